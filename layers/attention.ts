@@ -1,0 +1,115 @@
+import * as tf from '@tensorflow/tfjs';
+import { KVCache } from './kv-cache';
+import { applyRotary } from './rotary';
+import { HFNamedWeights, linear, normalInit, variableOf } from './weights';
+
+export { KVCache } from './kv-cache';
+
+export interface AttentionArgs {
+  hiddenSize: number;
+  numHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  bias: boolean;
+  layerIndex: number;
+  initializerRange?: number;
+  name?: string;
+}
+
+export interface AttentionKwargs {
+  /** Additive float32 mask [batch, 1, queryLen, keyLen] (0 = attend, float32 min = masked), or null. */
+  mask?: tf.Tensor | null;
+  cache?: KVCache | null;
+  outputAttentions?: boolean;
+}
+
+/**
+ * Grouped-query self-attention (MHA, GQA and MQA) with q/k/v/o projections, partial rotary embedding and a
+ * KV cache. Inputs: [hidden [batch, seq, hidden], cos, sin] (from PartialRotaryEmbedding.tables).
+ * Outputs: [attnOutput] or [attnOutput, probabilities [batch, heads, seq, keyLen]].
+ */
+export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights {
+  static className = 'NemotronAttention';
+  readonly args: AttentionArgs;
+  private readonly projections: Record<'q_proj' | 'k_proj' | 'v_proj' | 'o_proj', { weight: tf.LayerVariable; bias: tf.LayerVariable | null }> =
+    {} as never;
+  private readonly scale: number;
+
+  constructor(args: AttentionArgs) {
+    super({ name: args.name });
+    if (args.numHeads % args.numKeyValueHeads !== 0) {
+      throw new Error(`NemotronAttention: numHeads ${args.numHeads} is not divisible by numKeyValueHeads ${args.numKeyValueHeads}`);
+    }
+    this.args = args;
+    this.scale = 1 / Math.sqrt(args.headDim);
+    this.build([null, null, args.hiddenSize]);
+  }
+
+  build(_inputShape: tf.Shape | tf.Shape[]): void {
+    const { hiddenSize, numHeads, numKeyValueHeads, headDim, bias } = this.args;
+    const init = normalInit(this.args.initializerRange ?? 0.02);
+    const shapes: Record<string, [number, number]> = {
+      q_proj: [numHeads * headDim, hiddenSize],
+      k_proj: [numKeyValueHeads * headDim, hiddenSize],
+      v_proj: [numKeyValueHeads * headDim, hiddenSize],
+      o_proj: [hiddenSize, numHeads * headDim],
+    };
+    for (const [name, shape] of Object.entries(shapes)) {
+      (this.projections as Record<string, unknown>)[name] = {
+        weight: this.addWeight(`${name}.weight`, shape, 'float32', init),
+        bias: bias ? this.addWeight(`${name}.bias`, [shape[0]], 'float32', tf.initializers.zeros()) : null,
+      };
+    }
+    this.built = true;
+  }
+
+  private project(name: keyof NemotronAttention['projections'], x: tf.Tensor): tf.Tensor {
+    const p = this.projections[name];
+    return linear(x, p.weight.read(), p.bias?.read());
+  }
+
+  call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {
+    const [hidden, cos, sin] = inputs as [tf.Tensor3D, tf.Tensor4D, tf.Tensor4D];
+    const { numHeads, numKeyValueHeads: kvHeads, headDim } = this.args;
+    const groups = numHeads / kvHeads;
+    return tf.tidy(() => {
+      const [batch, seq] = hidden.shape;
+      const heads = (t: tf.Tensor, n: number) => t.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
+      let q = applyRotary(heads(this.project('q_proj', hidden), numHeads), cos, sin);
+      let k = applyRotary(heads(this.project('k_proj', hidden), kvHeads), cos, sin);
+      let v = heads(this.project('v_proj', hidden), kvHeads);
+      if (kwargs.cache) [k, v] = kwargs.cache.update(this.args.layerIndex, k, v);
+      const keyLen = k.shape[2];
+      // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
+      const grouped = q.reshape([batch, kvHeads, groups * seq, headDim]);
+      let scores = tf.mul(tf.matMul(grouped, k, false, true), this.scale).reshape([batch, numHeads, seq, keyLen]);
+      if (kwargs.mask) scores = tf.add(scores, kwargs.mask);
+      const probs = tf.softmax(scores, -1);
+      const context = tf.matMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)
+        .reshape([batch, numHeads, seq, headDim])
+        .transpose([0, 2, 1, 3])
+        .reshape([batch, seq, numHeads * headDim]);
+      const out = this.project('o_proj', context);
+      return kwargs.outputAttentions ? [out, probs] : [out];
+    });
+  }
+
+  computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {
+    return (inputShape as tf.Shape[])[0];
+  }
+
+  namedWeights(): Array<[string, tf.Variable]> {
+    const out: Array<[string, tf.Variable]> = [];
+    for (const [name, p] of Object.entries(this.projections)) {
+      out.push([`${name}.weight`, variableOf(p.weight)]);
+      if (p.bias) out.push([`${name}.bias`, variableOf(p.bias)]);
+    }
+    return out;
+  }
+
+  getConfig(): tf.serialization.ConfigDict {
+    const { hiddenSize, numHeads, numKeyValueHeads, headDim, bias, layerIndex } = this.args;
+    return { ...super.getConfig(), hiddenSize, numHeads, numKeyValueHeads, headDim, bias, layerIndex };
+  }
+}
+tf.serialization.registerClass(NemotronAttention);

@@ -1,0 +1,28 @@
+import * as tf from '@tensorflow/tfjs';
+
+/** A layer whose weights carry their Hugging Face names (relative to the layer), in HF layout. */
+export interface HFNamedWeights {
+  namedWeights(): Array<[string, tf.Variable]>;
+}
+
+/** The tf.Variable behind a tfjs-layers LayerVariable (what gradients and `assign` act on). */
+export function variableOf(weight: tf.LayerVariable): tf.Variable {
+  return weight.read() as tf.Variable;
+}
+
+/** transformers' _init_weights for Linear/Embedding: normal(0, initializer_range); biases zero. */
+export function normalInit(stddev: number, seed?: number): ReturnType<typeof tf.initializers.randomNormal> {
+  return tf.initializers.randomNormal({ mean: 0, stddev, seed });
+}
+
+/** y = x · Wᵀ + b with W in HF layout [out, in]; x of any rank ≥ 2. */
+export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null): tf.Tensor {
+  return tf.tidy(() => {
+    const inFeatures = x.shape[x.rank - 1];
+    const outFeatures = weight.shape[0];
+    const flat = x.rank === 2 ? (x as tf.Tensor2D) : x.reshape([-1, inFeatures]) as tf.Tensor2D;
+    let y: tf.Tensor = tf.matMul(flat, weight as tf.Tensor2D, false, true);
+    if (bias) y = tf.add(y, bias);
+    return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
+  });
+}

@@ -1,0 +1,206 @@
+import * as tf from '@tensorflow/tfjs';
+import { KVCache } from '../../layers/attention';
+import { NemotronDecoderLayer } from '../../layers/decoder-layer';
+import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
+import { PartialRotaryEmbedding } from '../../layers/rotary';
+import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
+import { NemotronConfig } from './config';
+import { NemotronPreTrainedModel, prefixed } from './pretrained';
+
+export { KVCache };
+
+export interface NemotronModelInputs {
+  /** Token ids [batch, seq]: an int32 tensor or plain rows. Exactly one of inputIds / inputsEmbeds. */
+  inputIds?: IntMatrixLike;
+  /** 1 = attend, 0 = padding; [batch, pastLength + seq]. */
+  attentionMask?: IntMatrixLike;
+  /** Positions [batch, seq]; default pastLength … pastLength + seq - 1. */
+  positionIds?: IntMatrixLike;
+  /** Embeddings [batch, seq, hidden] instead of ids. */
+  inputsEmbeds?: tf.Tensor3D;
+  /** A cache to read and extend (the caller owns and disposes it). */
+  pastKeyValues?: KVCache;
+  /** Return a cache: the one passed in, or a new one. Default: true only when pastKeyValues is given. */
+  useCache?: boolean;
+  outputHiddenStates?: boolean;
+  outputAttentions?: boolean;
+}
+
+export interface BaseModelOutput {
+  lastHiddenState: tf.Tensor3D;
+  /** Embeddings first, then each layer's output, the last one after the final norm. */
+  hiddenStates?: tf.Tensor3D[];
+  /** Softmax attention probabilities per layer, [batch, heads, seq, keyLength]. */
+  attentions?: tf.Tensor4D[];
+  pastKeyValues?: KVCache;
+}
+
+/** What a forward call resolved from its inputs: validated shapes and the values that steer it. */
+export interface PreparedInputs {
+  batch: number;
+  seq: number;
+  pastLength: number;
+  /** Token ids as plain rows (null when embeddings were given). */
+  ids: number[][] | null;
+}
+
+/** The bare decoder: embeddings, N pre-norm blocks, final LayerNorm1P. */
+export class NemotronModel extends NemotronPreTrainedModel {
+  static readonly architecture: string = 'NemotronModel';
+  readonly basePrefix: string = '';
+  readonly embedTokens: tf.Variable;
+  readonly layers: NemotronDecoderLayer[];
+  readonly norm: NemotronLayerNorm1P;
+  readonly rotary: PartialRotaryEmbedding;
+
+  constructor(config: NemotronConfig) {
+    super(config);
+    const c = config;
+    this.embedTokens = tf.variable(tf.randomNormal([c.vocabSize, c.hiddenSize], 0, c.initializerRange, 'float32'), true);
+    this.layers = Array.from({ length: c.numHiddenLayers }, (_, i) => new NemotronDecoderLayer({
+      hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, numHeads: c.numAttentionHeads,
+      numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim, attentionBias: c.attentionBias, mlpBias: c.mlpBias,
+      activation: c.hiddenAct, normEps: c.normEps, layerIndex: i, initializerRange: c.initializerRange,
+    }));
+    this.norm = new NemotronLayerNorm1P({ size: c.hiddenSize, eps: c.normEps });
+    this.rotary = new PartialRotaryEmbedding({
+      headDim: c.headDim, rotaryDim: c.rotaryDim, base: c.ropeTheta,
+      scalingFactor: c.ropeScaling?.factor, initialPositions: Math.min(c.maxPositionEmbeddings, 256),
+    });
+  }
+
+  namedParameters(): Map<string, tf.Variable> {
+    return new Map(this.baseParameters(this.basePrefix));
+  }
+
+  /** The base weights under a prefix ('model.' inside the heads). */
+  baseParameters(prefix: string): Array<[string, tf.Variable]> {
+    return [
+      [`${prefix}embed_tokens.weight`, this.embedTokens],
+      ...this.layers.flatMap((layer, i) => prefixed(`${prefix}layers.${i}.`, layer.namedWeights())),
+      ...prefixed(`${prefix}norm.`, this.norm.namedWeights()),
+    ];
+  }
+
+  protected disposeExtras(): void {
+    this.rotary.disposeWeights();
+  }
+
+  /** Validates the inputs of a forward call against the config; every error names the value and what was expected. */
+  prepare(inputs: NemotronModelInputs): PreparedInputs {
+    const c = this.config;
+    if ((inputs.inputIds === undefined) === (inputs.inputsEmbeds === undefined)) {
+      throw new Error('forward: pass exactly one of inputIds and inputsEmbeds');
+    }
+    let ids: number[][] | null = null;
+    let batch: number;
+    let seq: number;
+    if (inputs.inputIds !== undefined) {
+      ids = readIntRows(inputs.inputIds, 'inputIds');
+      [batch, seq] = [ids.length, ids[0].length];
+      ids.forEach((row, r) => row.forEach((id, p) => {
+        if (id < 0 || id >= c.vocabSize) {
+          throw new Error(`inputIds[${r}][${p}] = ${id} is out of range: token ids must be in [0, vocab_size ${c.vocabSize})`);
+        }
+      }));
+    } else {
+      const e = inputs.inputsEmbeds!;
+      if (e.rank !== 3 || e.shape[2] !== c.hiddenSize) {
+        throw new Error(`inputsEmbeds must be [batch, seq, hidden_size ${c.hiddenSize}], got [${e.shape}]`);
+      }
+      [batch, seq] = [e.shape[0], e.shape[1]];
+    }
+    const cache = inputs.pastKeyValues;
+    const pastLength = cache?.length ?? 0;
+    if (cache && cache.numLayers !== c.numHiddenLayers) {
+      throw new Error(`pastKeyValues has ${cache.numLayers} layers, the model ${c.numHiddenLayers}`);
+    }
+    if (cache && cache.batchSize !== null && cache.batchSize !== batch) {
+      throw new Error(`pastKeyValues holds a batch of ${cache.batchSize}, the inputs a batch of ${batch}`);
+    }
+    if (pastLength + seq > c.maxPositionEmbeddings) {
+      throw new Error(`Sequence of ${pastLength + seq} tokens (${pastLength} cached + ${seq} new) is longer than ` +
+        `max_position_embeddings ${c.maxPositionEmbeddings}`);
+    }
+    if (inputs.attentionMask !== undefined) {
+      const mask = readIntRows(inputs.attentionMask, 'attentionMask');
+      const width = mask[0].length;
+      if (mask.length !== batch || width !== pastLength + seq) {
+        throw new Error(`attentionMask has shape [${mask.length}, ${width}], expected [${batch}, ${pastLength + seq}] ` +
+          `(batch, cached + new tokens) to match inputIds [${batch}, ${seq}]`);
+      }
+      mask.forEach((row, r) => row.forEach((v, p) => {
+        if (v !== 0 && v !== 1) throw new Error(`attentionMask[${r}][${p}] = ${v}, expected 0 or 1`);
+      }));
+    }
+    if (inputs.positionIds !== undefined) {
+      const pos = readIntRows(inputs.positionIds, 'positionIds');
+      if (pos.length !== batch || pos[0].length !== seq) {
+        throw new Error(`positionIds has shape [${pos.length}, ${pos[0].length}], expected [${batch}, ${seq}]`);
+      }
+      pos.forEach((row, r) => row.forEach((v, p) => {
+        if (v < 0 || v >= c.maxPositionEmbeddings) {
+          throw new Error(`positionIds[${r}][${p}] = ${v} is outside [0, max_position_embeddings ${c.maxPositionEmbeddings})`);
+        }
+      }));
+    }
+    return { batch, seq, pastLength, ids };
+  }
+
+  /**
+   * The additive float32 mask [batch, 1, seq, pastLength + seq] shared by every layer: causal, plus padding
+   * where an attention mask is given. Null for a single new token without padding (nothing to mask).
+   */
+  buildMask(attentionMask: number[][] | null, batch: number, seq: number, pastLength: number): tf.Tensor4D | null {
+    const keys = pastLength + seq;
+    if (seq === 1 && !attentionMask?.some((row) => row.includes(0))) return null;
+    const data = new Float32Array(batch * seq * keys);
+    for (let b = 0; b < batch; b++) {
+      for (let q = 0; q < seq; q++) {
+        const base = (b * seq + q) * keys;
+        for (let k = 0; k < keys; k++) {
+          const allowed = k <= pastLength + q && (!attentionMask || attentionMask[b][k] === 1);
+          if (!allowed) data[base + k] = MASK_MIN;
+        }
+      }
+    }
+    return tf.tensor4d(data, [batch, 1, seq, keys]);
+  }
+
+  forward(inputs: NemotronModelInputs): BaseModelOutput {
+    const prepared = this.prepare(inputs);
+    const { batch, seq, pastLength, ids } = prepared;
+    const useCache = inputs.useCache ?? inputs.pastKeyValues !== undefined;
+    const cache = useCache ? inputs.pastKeyValues ?? new KVCache(this.config.numHiddenLayers) : undefined;
+    const mask = inputs.attentionMask !== undefined ? readIntRows(inputs.attentionMask, 'attentionMask') : null;
+    const positions = inputs.positionIds !== undefined
+      ? readIntRows(inputs.positionIds, 'positionIds')
+      : Array.from({ length: batch }, () => Array.from({ length: seq }, (_, i) => pastLength + i));
+    const maxPosition = Math.max(...positions.map((row) => Math.max(...row)));
+
+    const out = tf.tidy(() => {
+      const hiddenStates: tf.Tensor3D[] = [];
+      const attentions: tf.Tensor4D[] = [];
+      let hidden = ids
+        ? (tf.gather(this.embedTokens, tf.tensor2d(ids, [batch, seq], 'int32')) as tf.Tensor3D)
+        : inputs.inputsEmbeds!;
+      const additiveMask = this.buildMask(mask, batch, seq, pastLength);
+      const [cos, sin] = this.rotary.tables(tf.tensor2d(positions, [batch, seq], 'int32'), maxPosition);
+      const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false };
+      for (const layer of this.layers) {
+        if (inputs.outputHiddenStates) hiddenStates.push(hidden);
+        const [next, probs] = layer.apply([hidden, cos, sin], kwargs) as tf.Tensor[];
+        hidden = next as tf.Tensor3D;
+        if (probs) attentions.push(probs as tf.Tensor4D);
+      }
+      const lastHiddenState = this.norm.apply(hidden) as tf.Tensor3D;
+      if (inputs.outputHiddenStates) hiddenStates.push(lastHiddenState);
+      return { lastHiddenState, hiddenStates, attentions };
+    });
+    const result: BaseModelOutput = { lastHiddenState: out.lastHiddenState };
+    if (inputs.outputHiddenStates) result.hiddenStates = out.hiddenStates;
+    if (inputs.outputAttentions) result.attentions = out.attentions;
+    if (cache) result.pastKeyValues = cache;
+    return result;
+  }
+}

@@ -1,0 +1,159 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
+import { shapesEqual } from '../../src/tensors';
+import { NemotronConfig, NemotronConfigFields } from './config';
+
+export interface FromPretrainedOptions {
+  /** Fields that replace those of config.json (e.g. numLabels for a new classification head). */
+  config?: Partial<NemotronConfigFields>;
+  /** Called after each tensor is loaded. */
+  onProgress?: (progress: { loadedBytes: number; totalBytes: number; tensor: string }) => void;
+  /** Silence the warning that lists newly initialised tensors. */
+  quiet?: boolean;
+}
+
+export interface SavePretrainedOptions {
+  /** Split into shards of at most this many bytes, with model.safetensors.index.json, as transformers does. */
+  maxShardBytes?: number;
+  /** Store float weights as BF16 (default F32). */
+  dtype?: 'F32' | 'BF16';
+}
+
+/** Base-model parameter names (after the base prefix) every class shares. */
+const BASE_NAME = /^(embed_tokens\.weight|norm\.(weight|bias)|layers\.\d+\..+)$/;
+/** The prefixes transformers stores base weights under, by class. */
+const BASE_PREFIXES = ['model.', 'transformer.'];
+/** Head weights of the classes other than this one: present in another class's checkpoint, ignored here. */
+const OTHER_HEADS = /^(lm_head|score|qa_outputs)\.(weight|bias)$/;
+
+type ModelConstructor<T> = new (config: NemotronConfig) => T;
+
+/**
+ * What every Nemotron class shares: config, HF-named parameters, loading and saving checkpoints.
+ * Subclasses define `namedParameters()` (HF names, HF layout) and `basePrefix`.
+ */
+export abstract class NemotronPreTrainedModel {
+  /** The class name transformers gives this model (written to config.json's architectures). */
+  static readonly architecture: string = 'NemotronPreTrainedModel';
+  /** Where the base model's parameters live in this class's checkpoints ('' for NemotronModel). */
+  abstract readonly basePrefix: string;
+
+  constructor(readonly config: NemotronConfig) {}
+
+  /** Every trainable parameter by its HF name, in HF layout (Linear weights [out, in]). */
+  abstract namedParameters(): Map<string, tf.Variable>;
+
+  numParameters(): number {
+    let n = 0;
+    for (const v of this.namedParameters().values()) n += v.size;
+    return n;
+  }
+
+  /** Frees every weight and cached table. The model is unusable afterwards. */
+  dispose(): void {
+    for (const v of this.namedParameters().values()) v.dispose();
+    this.disposeExtras();
+  }
+
+  protected disposeExtras(): void {}
+
+  /**
+   * Builds the model from a Hugging Face checkpoint folder (config.json + safetensors, single or sharded).
+   * Base weights load from any Nemotron class's checkpoint; head weights the checkpoint lacks are
+   * initialised as transformers initialises them, with a warning that names them.
+   */
+  static async fromPretrained<T extends NemotronPreTrainedModel>(
+    this: ModelConstructor<T> & { architecture: string },
+    dir: string,
+    options: FromPretrainedOptions = {},
+  ): Promise<T> {
+    let config = NemotronConfig.fromPretrained(dir);
+    if (options.config) config = config.with(options.config);
+    const reader = CheckpointReader.open(dir);
+    let model: T | null = null;
+    try {
+      model = new this(config);
+      model.loadWeights(reader, (config.architectures ?? []).includes(this.architecture), options);
+      return model;
+    } catch (e) {
+      model?.dispose();
+      throw e;
+    } finally {
+      reader.close();
+    }
+  }
+
+  /** Maps a checkpoint tensor name to this model's parameter name, or null when it is not one of ours. */
+  private resolveName(name: string, params: Map<string, tf.Variable>): string | null {
+    if (params.has(name)) return name;
+    const prefix = this.basePrefix;
+    for (const p of ['', ...BASE_PREFIXES]) {
+      if (!name.startsWith(p)) continue;
+      const bare = name.slice(p.length);
+      if (BASE_NAME.test(bare) && params.has(prefix + bare)) return prefix + bare;
+    }
+    return null;
+  }
+
+  private loadWeights(reader: CheckpointReader, sameArchitecture: boolean, options: FromPretrainedOptions): void {
+    const params = this.namedParameters();
+    const loaded = new Set<string>();
+    const totalBytes = reader.totalBytes();
+    let loadedBytes = 0;
+    for (const name of reader.names()) {
+      const target = this.resolveName(name, params);
+      if (target === null) {
+        const bare = name.replace(/^(model|transformer)\./, '');
+        if (OTHER_HEADS.test(bare) || (this.config.tieWordEmbeddings && bare === 'lm_head.weight')) continue;
+        throw new Error(`Unexpected tensor ${name} in the checkpoint at ${reader.dir}: ` +
+          `${this.constructor.name} has no such parameter`);
+      }
+      const info = reader.info(name);
+      const variable = params.get(target)!;
+      if (!shapesEqual(info.shape, variable.shape)) {
+        throw new Error(`Shape mismatch for ${name} in ${info.file}: the checkpoint has [${info.shape}], ` +
+          `${this.constructor.name} expects [${variable.shape}] for ${target}`);
+      }
+      if (loaded.has(target)) throw new Error(`The checkpoint at ${reader.dir} holds ${target} twice (as ${name})`);
+      const host = reader.read(name);
+      tf.tidy(() => variable.assign(tf.tensor(host.data, host.shape, 'float32')));
+      loaded.add(target);
+      loadedBytes += info.byteLength;
+      options.onProgress?.({ loadedBytes, totalBytes, tensor: name });
+    }
+    const missing = [...params.keys()].filter((n) => !loaded.has(n));
+    const missingBase = missing.filter((n) => BASE_NAME.test(n.slice(this.basePrefix.length)) && n.startsWith(this.basePrefix));
+    if (missingBase.length || (missing.length && sameArchitecture)) {
+      const list = (missingBase.length ? missingBase : missing);
+      throw new Error(`The checkpoint at ${reader.dir} lacks ${list.length} tensor(s) that ${this.constructor.name} needs: ` +
+        `${list.slice(0, 8).join(', ')}${list.length > 8 ? ', …' : ''}`);
+    }
+    if (missing.length && !options.quiet) {
+      console.warn(`${this.constructor.name}: newly initialised from normal(0, ${this.config.initializerRange}) ` +
+        `(not in the checkpoint at ${reader.dir}): ${missing.join(', ')}. Train them before use.`);
+    }
+  }
+
+  /** Writes config.json, generation_config.json and model.safetensors (or shards) as transformers writes them. */
+  savePretrained(dir: string, options: SavePretrainedOptions = {}): void {
+    const architecture = (this.constructor as unknown as { architecture: string }).architecture;
+    const config = this.config.with({ architectures: [architecture] });
+    config.save(dir);
+    const generation: Record<string, unknown> = { _from_model_config: true, transformers_version: '4.48.0' };
+    if (config.bosTokenId !== null) generation.bos_token_id = config.bosTokenId;
+    if (config.eosTokenId !== null) generation.eos_token_id = config.eosTokenId;
+    if (config.padTokenId !== null) generation.pad_token_id = config.padTokenId;
+    fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
+    const tensors = [...this.namedParameters()].map(([name, v]) => ({
+      name, shape: v.shape.slice(), data: v.dataSync() as Float32Array, dtype: 'float32' as const,
+    }));
+    saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
+  }
+}
+
+/** Prefixes each name of a layer's weights. */
+export function prefixed(prefix: string, weights: Array<[string, tf.Variable]>): Array<[string, tf.Variable]> {
+  return weights.map(([n, v]) => [`${prefix}${n}`, v]);
+}

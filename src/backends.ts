@@ -1,0 +1,121 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * The one place that chooses and sets up a tfjs backend.
+ * - tensorflow: @tensorflow/tfjs-node (native libtensorflow, CPU)
+ * - cuda: @tensorflow/tfjs-node-gpu (native libtensorflow with CUDA); registers as tfjs's "tensorflow" backend
+ * - webgpu: @tensorflow/tfjs-backend-webgpu on the `webgpu` package (Dawn) in Node, or the browser's navigator.gpu
+ * - wasm: @tensorflow/tfjs-backend-wasm (XNNPACK, single-threaded in Node)
+ * - cpu: plain JavaScript, always there
+ */
+export type BackendName = 'tensorflow' | 'cuda' | 'webgpu' | 'wasm' | 'cpu';
+export const BACKEND_NAMES: readonly BackendName[] = ['cuda', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+/** Fastest first, for the default choice. WebGPU needs an adapter and is only taken when asked for. */
+const DEFAULT_ORDER: readonly BackendName[] = ['cuda', 'tensorflow', 'wasm', 'cpu'];
+export const BACKEND_ENV = 'NEMOTRON_BACKEND';
+
+/** The tfjs engine name each of ours registers under. */
+const ENGINE_NAME: Record<BackendName, string> = { tensorflow: 'tensorflow', cuda: 'tensorflow', webgpu: 'webgpu', wasm: 'wasm', cpu: 'cpu' };
+
+let current: BackendName | null = null;
+const loadErrors = new Map<BackendName, string>();
+
+function requireOptional(id: string): unknown {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(id);
+}
+
+async function register(name: BackendName): Promise<void> {
+  switch (name) {
+    case 'cpu':
+      return;
+    case 'wasm':
+      requireOptional('@tensorflow/tfjs-backend-wasm');
+      return;
+    case 'tensorflow':
+      requireOptional('@tensorflow/tfjs-node');
+      return;
+    case 'cuda':
+      requireOptional('@tensorflow/tfjs-node-gpu');
+      return;
+    case 'webgpu': {
+      const g = globalThis as { navigator?: { gpu?: unknown } };
+      if (!g.navigator?.gpu) {
+        // Node: Dawn through the `webgpu` package. navigator.gpu must exist before the backend is imported.
+        const dawn = requireOptional('webgpu') as { create(flags: string[]): unknown; globals: object };
+        Object.assign(globalThis, dawn.globals);
+        const gpu = dawn.create([]);
+        if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+        else (g.navigator as { gpu?: unknown }).gpu = gpu;
+      }
+      requireOptional('@tensorflow/tfjs-backend-webgpu');
+      return;
+    }
+  }
+}
+
+function isBackendName(name: string): name is BackendName {
+  return (BACKEND_NAMES as readonly string[]).includes(name);
+}
+
+/** Sets up one backend; throws with the reason when it cannot run here. */
+export async function setBackend(name: BackendName | string): Promise<BackendName> {
+  if (!isBackendName(name)) throw new Error(`Unknown backend ${JSON.stringify(name)}; expected one of ${BACKEND_NAMES.join(', ')}`);
+  try {
+    await register(name);
+    const ok = await tf.setBackend(ENGINE_NAME[name]);
+    if (!ok) throw new Error(`tfjs could not initialise the ${ENGINE_NAME[name]} backend`);
+    await tf.ready();
+  } catch (e) {
+    const reason = (e as Error).message.split('\n')[0];
+    loadErrors.set(name, reason);
+    throw new Error(`Backend ${name} is not available: ${reason}`);
+  }
+  current = name;
+  return name;
+}
+
+/**
+ * Picks the backend: the argument, else $NEMOTRON_BACKEND, else the fastest that loads here
+ * (cuda, tensorflow, wasm, cpu). Says which it picked unless `quiet`.
+ */
+export async function initBackend(name?: string, options: { quiet?: boolean } = {}): Promise<BackendName> {
+  const wanted = name ?? process.env[BACKEND_ENV];
+  if (wanted) return setBackend(wanted);
+  for (const candidate of DEFAULT_ORDER) {
+    try {
+      await setBackend(candidate);
+      if (!options.quiet) console.error(`nemotron-tfjs: backend ${candidate}`);
+      return candidate;
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error('No tfjs backend could be initialised');
+}
+
+/** The backend this library set, or null before any call. */
+export function currentBackend(): BackendName | null {
+  return current;
+}
+
+/** Backends that load on this machine (each is tried; the current one is restored afterwards). */
+export async function availableBackends(candidates: readonly BackendName[] = BACKEND_NAMES): Promise<BackendName[]> {
+  const before = current;
+  const found: BackendName[] = [];
+  for (const name of candidates) {
+    try {
+      await setBackend(name);
+      found.push(name);
+    } catch {
+      // not here
+    }
+  }
+  if (before) await setBackend(before);
+  return found;
+}
+
+/** Why a backend failed to load, when it did. */
+export function backendError(name: BackendName): string | undefined {
+  return loadErrors.get(name);
+}

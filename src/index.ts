@@ -1,0 +1,20 @@
+/** nemotron-tfjs: the public entry point. */
+import * as tf from '@tensorflow/tfjs';
+
+export { tf };
+export * from './backends';
+export * from './tensors';
+export * from './losses';
+export * from './io/safetensors';
+export * from './io/checkpoint';
+export { Relu2, relu2 } from '../layers/relu2';
+export { NemotronLayerNorm1P } from '../layers/layernorm1p';
+export { PartialRotaryEmbedding, applyRotary } from '../layers/rotary';
+export { NemotronAttention, KVCache } from '../layers/attention';
+export { NemotronMLP } from '../layers/mlp';
+export { NemotronDecoderLayer } from '../layers/decoder-layer';
+export { Linear } from '../layers/linear';
+export * from '../models/nemotron/config';
+export * from '../models/nemotron/pretrained';
+export * from '../models/nemotron/model';
+export * from '../models/nemotron/heads';

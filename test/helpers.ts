@@ -1,0 +1,85 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { SafetensorsFile } from '../src/io/safetensors';
+import { BackendName, availableBackends, setBackend } from '../src/backends';
+
+/** Tests run from dist/test/…; fixtures stay in the source tree. */
+export const FIXTURES = path.resolve(__dirname, '../../test/fixtures/hf-reference');
+export const CONFIGS = ['tiny-gqa', 'tiny-mha-bias'] as const;
+export type FixtureName = (typeof CONFIGS)[number];
+
+export function fixtureDir(config: FixtureName, sub = ''): string {
+  return path.join(FIXTURES, config, sub);
+}
+
+export interface Expected {
+  json: Record<string, any>;
+  tensor(key: string): tf.Tensor;
+  has(key: string): boolean;
+  keys(): string[];
+}
+
+const cache = new Map<string, { json: Record<string, any>; file: SafetensorsFile }>();
+
+/** expected.json and expected.safetensors of a fixture configuration. */
+export function expected(config: FixtureName): Expected {
+  if (!cache.has(config)) {
+    cache.set(config, {
+      json: JSON.parse(fs.readFileSync(fixtureDir(config, 'expected.json'), 'utf8')),
+      file: SafetensorsFile.open(fixtureDir(config, 'expected.safetensors')),
+    });
+  }
+  const { json, file } = cache.get(config)!;
+  return {
+    json,
+    has: (key) => file.has(key),
+    keys: () => file.names(),
+    tensor: (key) => {
+      const t = file.read(key);
+      return tf.tensor(t.data, t.shape, t.dtype);
+    },
+  };
+}
+
+/** Largest |a - b|; shapes must agree. */
+export function maxAbsDiff(actual: tf.Tensor, reference: tf.Tensor): number {
+  expect(actual.shape, 'shape').to.deep.equal(reference.shape);
+  return tf.tidy(() => tf.max(tf.abs(tf.sub(actual, reference))).dataSync()[0]);
+}
+
+/** Asserts |actual - reference| ≤ tol everywhere (absolute), disposing the reference. */
+export function expectClose(actual: tf.Tensor, reference: tf.Tensor, tol: number, what: string): void {
+  const diff = maxAbsDiff(actual, reference);
+  reference.dispose();
+  expect(diff, `${what}: max |diff| ${diff}`).to.be.at.most(tol);
+}
+
+/** Relative closeness for losses. */
+export function expectRelClose(actual: number, reference: number, rel: number, what: string): void {
+  expect(Number.isFinite(actual), `${what} is ${actual}`).to.equal(true);
+  expect(Math.abs(actual - reference), `${what}: ${actual} vs ${reference}`).to.be.at.most(rel * Math.abs(reference));
+}
+
+/** Backends the parity suites run on: $NEMOTRON_TEST_BACKENDS (comma-separated) or every one present. */
+let present: BackendName[] | null = null;
+export async function testBackends(): Promise<BackendName[]> {
+  if (process.env.NEMOTRON_TEST_BACKENDS) return process.env.NEMOTRON_TEST_BACKENDS.split(',') as BackendName[];
+  present ??= await availableBackends(['cpu', 'wasm', 'tensorflow']);
+  return present;
+}
+
+/** Runs `body` as a describe block per backend, switching backend before its tests. */
+export function forEachBackend(backends: readonly BackendName[], body: (backend: BackendName) => void): void {
+  for (const backend of backends) {
+    describe(`on ${backend}`, function () {
+      before(async () => { await setBackend(backend); });
+      body(backend);
+    });
+  }
+}
+
+export function tmpDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(require('os').tmpdir(), `nemotron-${prefix}-`));
+}

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { AttentionKwargs, NemotronAttention } from './attention';
 import { NemotronLayerNorm1P } from './layernorm1p';
 import { Activation, NemotronMLP } from './mlp';
-import { HFNamedWeights } from './weights';
+import { HFNamedWeights, outputs } from './weights';
 
 export interface DecoderLayerArgs {
   hiddenSize: number;
@@ -48,7 +48,7 @@ export class NemotronDecoderLayer extends tf.layers.Layer implements HFNamedWeig
     const [hidden, cos, sin] = inputs as tf.Tensor[];
     return tf.tidy(() => {
       const normed = this.inputLayernorm.apply(hidden) as tf.Tensor;
-      const [attnOut, probs] = this.selfAttn.apply([normed, cos, sin], kwargs) as tf.Tensor[];
+      const [attnOut, probs] = outputs(this.selfAttn.apply([normed, cos, sin], kwargs));
       const h = tf.add(hidden, attnOut);
       const out = tf.add(h, this.mlp.apply(this.postAttentionLayernorm.apply(h) as tf.Tensor) as tf.Tensor);
       return probs ? [out, probs] : [out];

@@ -26,3 +26,8 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
     return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
   });
 }
+
+/** Layer.apply returns a lone tensor for a one-element output list; this undoes that. */
+export function outputs(result: tf.Tensor | tf.Tensor[] | tf.SymbolicTensor | tf.SymbolicTensor[]): tf.Tensor[] {
+  return Array.isArray(result) ? (result as tf.Tensor[]) : [result as tf.Tensor];
+}

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { BackendName, availableBackends, setBackend } from '../src/backends';
+import { BackendName, setBackend } from '../src/backends';
 
 /** Tests run from dist/test/…; fixtures stay in the source tree. */
 export const FIXTURES = path.resolve(__dirname, '../../test/fixtures/hf-reference');
@@ -62,12 +62,20 @@ export function expectRelClose(actual: number, reference: number, rel: number, w
   expect(Math.abs(actual - reference), `${what}: ${actual} vs ${reference}`).to.be.at.most(rel * Math.abs(reference));
 }
 
-/** Backends the parity suites run on: $NEMOTRON_TEST_BACKENDS (comma-separated) or every one present. */
-let present: BackendName[] | null = null;
-export async function testBackends(): Promise<BackendName[]> {
+/**
+ * Backends the parity suites run on: $NEMOTRON_TEST_BACKENDS (comma-separated), else cpu and wasm plus the
+ * native backend when @tensorflow/tfjs-node loads here.
+ */
+export function testBackends(): BackendName[] {
   if (process.env.NEMOTRON_TEST_BACKENDS) return process.env.NEMOTRON_TEST_BACKENDS.split(',') as BackendName[];
-  present ??= await availableBackends(['cpu', 'wasm', 'tensorflow']);
-  return present;
+  const list: BackendName[] = ['cpu', 'wasm'];
+  try {
+    require('@tensorflow/tfjs-node');
+    list.push('tensorflow');
+  } catch {
+    // the native backend is optional
+  }
+  return list;
 }
 
 /** Runs `body` as a describe block per backend, switching backend before its tests. */

@@ -3,6 +3,7 @@ import { KVCache } from '../../layers/attention';
 import { NemotronDecoderLayer } from '../../layers/decoder-layer';
 import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
+import { outputs } from '../../layers/weights';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
@@ -189,7 +190,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false };
       for (const layer of this.layers) {
         if (inputs.outputHiddenStates) hiddenStates.push(hidden);
-        const [next, probs] = layer.apply([hidden, cos, sin], kwargs) as tf.Tensor[];
+        const [next, probs] = outputs(layer.apply([hidden, cos, sin], kwargs));
         hidden = next as tf.Tensor3D;
         if (probs) attentions.push(probs as tf.Tensor4D);
       }

@@ -55,9 +55,16 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
   forward(inputs: HeadInputs): Out {
     const prepared = this.model.prepare(inputs);
     const base = this.model.forward(inputs);
-    const headOut = tf.tidy(() => this.head(base, inputs, prepared) as unknown as tf.TensorContainer) as unknown as Out;
+    let out: Out;
+    try {
+      out = tf.tidy(() => this.head(base, inputs, prepared) as unknown as tf.TensorContainer) as unknown as Out;
+    } catch (e) {
+      // A rejected label or option: free what the base computed (a cache passed in stays the caller's).
+      tf.dispose([base.lastHiddenState, ...(base.hiddenStates ?? []), ...(base.attentions ?? [])]);
+      if (base.pastKeyValues && base.pastKeyValues !== inputs.pastKeyValues) base.pastKeyValues.dispose();
+      throw e;
+    }
     if (!base.hiddenStates) base.lastHiddenState.dispose();
-    const out = headOut as Out;
     if (base.hiddenStates) out.hiddenStates = base.hiddenStates;
     if (base.attentions) out.attentions = base.attentions;
     if (base.pastKeyValues) out.pastKeyValues = base.pastKeyValues;

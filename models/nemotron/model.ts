@@ -57,7 +57,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
   constructor(config: NemotronConfig) {
     super(config);
     const c = config;
-    this.embedTokens = tf.variable(tf.randomNormal([c.vocabSize, c.hiddenSize], 0, c.initializerRange, 'float32'), true);
+    this.embedTokens = tf.tidy(() => tf.variable(tf.randomNormal([c.vocabSize, c.hiddenSize], 0, c.initializerRange, 'float32'), true));
     this.layers = Array.from({ length: c.numHiddenLayers }, (_, i) => new NemotronDecoderLayer({
       hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, numHeads: c.numAttentionHeads,
       numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim, attentionBias: c.attentionBias, mlpBias: c.mlpBias,

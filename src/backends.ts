@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
 
 /**
  * The one place that chooses and sets up a tfjs backend.
@@ -31,6 +32,8 @@ async function register(name: BackendName): Promise<void> {
       return;
     case 'wasm':
       requireOptional('@tensorflow/tfjs-backend-wasm');
+      // Training needs UnsortedSegmentSum (the embedding gradient), which the wasm backend lacks.
+      registerWasmTrainingKernels();
       return;
     case 'tensorflow':
       requireOptional('@tensorflow/tfjs-node');

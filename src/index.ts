@@ -18,3 +18,4 @@ export * from '../models/nemotron/config';
 export * from '../models/nemotron/pretrained';
 export * from '../models/nemotron/model';
 export * from '../models/nemotron/heads';
+export * from './generation/index';

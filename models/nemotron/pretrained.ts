@@ -40,6 +40,9 @@ export abstract class NemotronPreTrainedModel {
   /** Where the base model's parameters live in this class's checkpoints ('' for NemotronModel). */
   abstract readonly basePrefix: string;
 
+  /** generation_config.json as read by fromPretrained (snake_case, as transformers writes it), or null. */
+  generationConfig: Record<string, unknown> | null = null;
+
   constructor(readonly config: NemotronConfig) {}
 
   /** Every trainable parameter by its HF name, in HF layout (Linear weights [out, in]). */
@@ -76,6 +79,8 @@ export abstract class NemotronPreTrainedModel {
     try {
       model = new this(config);
       model.loadWeights(reader, (config.architectures ?? []).includes(this.architecture), options);
+      const generationFile = path.join(dir, 'generation_config.json');
+      if (fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8'));
       return model;
     } catch (e) {
       model?.dispose();

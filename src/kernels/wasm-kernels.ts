@@ -24,9 +24,10 @@
  *   - stack / unstack / tile / expandDims / cast / cumsum / clipByValue
  *
  * Not wasm-specific (they fail the same way on the cpu backend, so they are tfjs-core
- * limitations and no kernel can fix them): `tf.stridedSlice` has no gradient, and
- * the gradient of `tf.squaredDifference` does not reduce a broadcast input back to
- * its shape.
+ * limitations and no kernel can fix them): `tf.stridedSlice` has no gradient; the
+ * gradient of `tf.squaredDifference` does not reduce a broadcast input back to its
+ * shape; and a `tf.where` whose condition is computed from a differentiated input
+ * (e.g. `tf.greater(x, 0)`) fails with "gradient function not found for Greater".
  */
 import * as tf from '@tensorflow/tfjs';
 

@@ -1,0 +1,22 @@
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { IntMatrixLike } from '../tensors';
+import { GenerateOptions, GenerateOutput, GenerationStep, generate, generateStream } from './generate';
+
+export * from './generate';
+export * from './processors';
+
+// generate() lives outside the model (cache and decoding loop are the caller's business, as in mlx-lm);
+// these methods give the transformers-style call `model.generate(ids, options)`.
+declare module '../../models/nemotron/heads' {
+  interface NemotronForCausalLM {
+    generate(inputIds: IntMatrixLike, options?: GenerateOptions): Promise<GenerateOutput>;
+    generateStream(inputIds: IntMatrixLike, options?: GenerateOptions): AsyncGenerator<GenerationStep, void>;
+  }
+}
+
+NemotronForCausalLM.prototype.generate = function (this: NemotronForCausalLM, inputIds: IntMatrixLike, options?: GenerateOptions) {
+  return generate(this, inputIds, options);
+};
+NemotronForCausalLM.prototype.generateStream = function (this: NemotronForCausalLM, inputIds: IntMatrixLike, options?: GenerateOptions) {
+  return generateStream(this, inputIds, options);
+};

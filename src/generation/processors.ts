@@ -1,0 +1,100 @@
+/**
+ * Logits processors on one row of scores (a Float32Array over the vocabulary), in the order transformers
+ * applies them: repetition penalty, minimum length, then the sampling warpers temperature, top-k, top-p, min-p.
+ * Filtered entries become -Infinity.
+ */
+
+export interface ProcessorOptions {
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  /** EOS ids to forbid while fewer than minNewTokens were generated. */
+  suppressTokens?: number[];
+  doSample?: boolean;
+}
+
+/** CTRL's penalty: scores of tokens already present are divided by p (multiplied when negative). */
+export function applyRepetitionPenalty(scores: Float32Array, seen: Iterable<number>, penalty: number): void {
+  for (const id of new Set(seen)) {
+    const s = scores[id];
+    scores[id] = s < 0 ? s * penalty : s / penalty;
+  }
+}
+
+export function applyTopK(scores: Float32Array, k: number): void {
+  if (k <= 0 || k >= scores.length) return;
+  const kth = Float32Array.from(scores).sort().reverse()[k - 1];
+  for (let i = 0; i < scores.length; i++) if (scores[i] < kth) scores[i] = -Infinity;
+}
+
+function softmax(scores: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const s of scores) if (s > max) max = s;
+  const p = new Float64Array(scores.length);
+  let sum = 0;
+  for (let i = 0; i < scores.length; i++) sum += p[i] = Math.exp(scores[i] - max);
+  for (let i = 0; i < p.length; i++) p[i] /= sum;
+  return p;
+}
+
+/** Nucleus: keeps the smallest set of most likely tokens whose probability reaches topP (at least one). */
+export function applyTopP(scores: Float32Array, topP: number): void {
+  if (topP >= 1) return;
+  const p = softmax(scores);
+  const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]);
+  let cumulative = 0;
+  let keep = 0;
+  for (const i of order) {
+    keep++;
+    cumulative += p[i];
+    if (cumulative >= topP) break;
+  }
+  for (const i of order.slice(keep)) scores[i] = -Infinity;
+}
+
+/** Drops tokens whose probability is below minP × the top probability. */
+export function applyMinP(scores: Float32Array, minP: number): void {
+  if (minP <= 0) return;
+  const p = softmax(scores);
+  let top = 0;
+  for (const v of p) if (v > top) top = v;
+  for (let i = 0; i < p.length; i++) if (p[i] < minP * top) scores[i] = -Infinity;
+}
+
+/** Applies every configured processor in transformers' order, in place. */
+export function processScores(scores: Float32Array, sequence: number[], options: ProcessorOptions): void {
+  if (options.repetitionPenalty !== undefined && options.repetitionPenalty !== 1) {
+    applyRepetitionPenalty(scores, sequence, options.repetitionPenalty);
+  }
+  for (const id of options.suppressTokens ?? []) scores[id] = -Infinity;
+  if (!options.doSample) return;
+  if (options.temperature !== undefined && options.temperature !== 1) {
+    for (let i = 0; i < scores.length; i++) scores[i] /= options.temperature;
+  }
+  if (options.topK !== undefined) applyTopK(scores, options.topK);
+  if (options.topP !== undefined) applyTopP(scores, options.topP);
+  if (options.minP !== undefined) applyMinP(scores, options.minP);
+}
+
+/** Index of the largest score (the first on ties, as torch.argmax). */
+export function argmax(scores: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < scores.length; i++) if (scores[i] > scores[best]) best = i;
+  return best;
+}
+
+/** Draws from softmax(scores) with a uniform random number in [0, 1). */
+export function sample(scores: Float32Array, uniform: number): number {
+  const p = softmax(scores);
+  let cumulative = 0;
+  let last = 0;
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === 0) continue;
+    cumulative += p[i];
+    last = i;
+    if (uniform < cumulative) return i;
+  }
+  return last;
+}

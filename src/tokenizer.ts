@@ -1,0 +1,543 @@
+/**
+ * An `AutoTokenizer`-style tokenizer for Nemotron checkpoints.
+ *
+ * It loads a Hugging Face checkpoint folder's `tokenizer.json` (the "fast" tokenizer format) plus
+ * `tokenizer_config.json` and, when present, `special_tokens_map.json` and the model's `config.json`
+ * (only as a last resort for special-token ids). Tokenization itself is done by the npm package
+ * `@huggingface/tokenizers` (tokenizers.js), a pure-JS implementation of the HF `tokenizers` pipeline
+ * (normalizer, pre-tokenizer, BPE/Unigram/WordPiece model with byte fallback, post-processor, decoder).
+ *
+ * What this module adds on top, to behave like `transformers`:
+ *  - special tokens (bos/eos/unk/pad) resolved from tokenizer_config.json (plain strings or
+ *    AddedToken objects `{content: ...}`), special_tokens_map.json, config.json ids;
+ *  - `add_bos_token` / `add_eos_token` from tokenizer_config.json (Llama/Nemotron style) override
+ *    the post-processor, as `update_post_processor()` does in transformers;
+ *  - `clean_up_tokenization_spaces` defaults to false (the transformers default) instead of
+ *    tokenizers.js's true;
+ *  - batch encoding with left/right padding, attention masks and truncation;
+ *  - a streaming decoder for generation;
+ *  - id validation and error messages that name the file or the id at fault.
+ *
+ * The package ships a CommonJS build (`exports["."].node.require` → `dist/tokenizers.cjs`), so the
+ * plain `import` below compiles to an ordinary `require()`; no dynamic `import()` is needed.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+
+/** Options of {@link NemotronTokenizer.encode}. */
+export interface EncodeOptions {
+  /** Add the special tokens of the post-processor / `add_bos_token` (BOS for Nemotron). Default true. */
+  addSpecialTokens?: boolean;
+}
+
+/** Options of {@link NemotronTokenizer.decode}. */
+export interface DecodeOptions {
+  /** Drop special tokens (`<s>`, `</s>`, `<unk>`, `<pad>`, additional special tokens). Default false. */
+  skipSpecialTokens?: boolean;
+}
+
+/** Options of {@link NemotronTokenizer.encodeBatch}. */
+export interface EncodeBatchOptions {
+  /** Default true. */
+  addSpecialTokens?: boolean;
+  /** Where the padding goes: 'left' for generation. Default: tokenizer_config's `padding_side`, else 'right'. */
+  paddingSide?: 'left' | 'right';
+  /** Maximum length of a row (special tokens included) when truncating. Default: `model_max_length`. */
+  maxLength?: number;
+  /** Truncate rows longer than `maxLength`. Default: true when `maxLength` is given, else false. */
+  truncation?: boolean;
+}
+
+/** Result of {@link NemotronTokenizer.encodeBatch}: rows of equal length. */
+export interface BatchEncoding {
+  inputIds: number[][];
+  /** 1 for real tokens, 0 for padding. */
+  attentionMask: number[][];
+}
+
+/** See {@link NemotronTokenizer.createStreamDecoder}. */
+export interface StreamDecoder {
+  /** Add one generated id; returns the text that became final (possibly ''). */
+  push(id: number): string;
+  /** End of stream: returns all text still held back. */
+  flush(): string;
+}
+
+/** Extra sources for {@link NemotronTokenizer.fromJSON}. */
+export interface TokenizerSources {
+  /** Contents of special_tokens_map.json. */
+  specialTokensMap?: object;
+  /** Contents of the model's config.json (bos/eos/pad_token_id fallbacks). */
+  modelConfig?: object;
+  /** Where tokenizer.json came from, for error messages. */
+  source?: string;
+}
+
+type Json = Record<string, any>;
+type Role = 'bos' | 'eos' | 'unk' | 'pad';
+
+/** Patterns of transformers' `clean_up_tokenization` (only used when the config enables it). */
+const CLEANUP_PATTERNS = [" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"];
+const REPLACEMENT_CHAR = '\uFFFD';
+
+function readJson(file: string): Json {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Error(`Cannot read ${file}: ${(e as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`Invalid JSON in ${file}: ${(e as Error).message}`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new Error(`Invalid ${file}: expected a JSON object`);
+  }
+  return value as Json;
+}
+
+/** The text of a special token given as a string or an AddedToken object `{content: ...}`. */
+function tokenContent(value: unknown, what: string): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value === 'string') return value;
+  if (typeof value === 'object' && typeof (value as Json).content === 'string') {
+    return (value as Json).content as string;
+  }
+  throw new Error(`${what} must be a string or an object with a "content" string, got ${JSON.stringify(value)}`);
+}
+
+function sameIds(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+export class NemotronTokenizer {
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  readonly padToken: string | null;
+  readonly unkToken: string | null;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  readonly padTokenId: number | null;
+  readonly unkTokenId: number | null;
+  /** Whether `encode` prepends BOS: tokenizer_config's `add_bos_token`, else what the post-processor does. */
+  readonly addBosToken: boolean;
+  /** Whether `encode` appends EOS: tokenizer_config's `add_eos_token`, else what the post-processor does. */
+  readonly addEosToken: boolean;
+  /**
+   * Number of token ids, added tokens included (`len(tokenizer)` in transformers); every id in
+   * [0, vocabSize) that has a token decodes. The model's embedding may be larger (padded).
+   */
+  readonly vocabSize: number;
+  /** `padding_side` of tokenizer_config.json, else 'right' (as transformers). */
+  readonly paddingSide: 'left' | 'right';
+  /** `truncation_side` of tokenizer_config.json, else 'right'. */
+  readonly truncationSide: 'left' | 'right';
+  /** `model_max_length` of tokenizer_config.json when it is a real limit, else null. */
+  readonly modelMaxLength: number | null;
+  /** `clean_up_tokenization_spaces` of tokenizer_config.json, else false (the transformers default). */
+  readonly cleanUpTokenizationSpaces: boolean;
+
+  private readonly tok: HFTokenizer;
+  private readonly specialIds: Set<number>;
+  /** Ids added around one sequence when `addSpecialTokens` is true. */
+  private readonly prefixIds: number[];
+  private readonly suffixIds: number[];
+
+  private constructor(tok: HFTokenizer, config: Json, sources: TokenizerSources) {
+    this.tok = tok;
+    const source = sources.source ?? 'tokenizer.json';
+    const stm: Json = (sources.specialTokensMap as Json) ?? {};
+    const modelConfig: Json = (sources.modelConfig as Json) ?? {};
+    this.vocabSize = tok.model!.vocab.length;
+
+    const resolve = (role: Role): { token: string | null; id: number | null } => {
+      const key = `${role}_token`;
+      let token = tokenContent(config[key], `tokenizer_config.json ${key}`);
+      let where = 'tokenizer_config.json';
+      if (token === null) {
+        token = tokenContent(stm[key], `special_tokens_map.json ${key}`);
+        where = 'special_tokens_map.json';
+      }
+      if (token === null && role === 'unk') {
+        const unk = tok.model!.unk_token;
+        if (typeof unk === 'string') {
+          token = unk;
+          where = source;
+        }
+      }
+      if (token === null) {
+        // Last resort: the model's config.json (eos_token_id may be a list; the first one is the EOS).
+        const raw = modelConfig[`${role}_token_id`];
+        const id = Array.isArray(raw) ? raw[0] : raw;
+        if (typeof id === 'number') {
+          const t = tok.id_to_token(id);
+          if (t === undefined) {
+            throw new Error(`config.json ${role}_token_id ${id} is not in the vocabulary of ${source} (size ${this.vocabSize})`);
+          }
+          return { token: t, id };
+        }
+        return { token: null, id: null };
+      }
+      const id = tok.token_to_id(token);
+      if (id === undefined) {
+        throw new Error(`${key} ${JSON.stringify(token)} (from ${where}) is not in the vocabulary of ${source}`);
+      }
+      return { token, id };
+    };
+    const bos = resolve('bos');
+    const eos = resolve('eos');
+    const unk = resolve('unk');
+    const pad = resolve('pad');
+    this.bosToken = bos.token;
+    this.bosTokenId = bos.id;
+    this.eosToken = eos.token;
+    this.eosTokenId = eos.id;
+    this.unkToken = unk.token;
+    this.unkTokenId = unk.id;
+    // The real pad token only; batch padding falls back to EOS when this is null (see encodeBatch).
+    this.padToken = pad.token;
+    this.padTokenId = pad.id;
+
+    // Special ids (dropped by skipSpecialTokens): added tokens marked special, the four special tokens
+    // above and additional_special_tokens, as transformers' all_special_ids.
+    this.specialIds = new Set<number>();
+    for (const [id, added] of tok.get_added_tokens_decoder()) if (added.special) this.specialIds.add(id);
+    for (const id of [bos.id, eos.id, unk.id, pad.id]) if (id !== null) this.specialIds.add(id);
+    const additional = config.additional_special_tokens ?? stm.additional_special_tokens ?? [];
+    if (Array.isArray(additional)) {
+      for (const t of additional) {
+        const content = tokenContent(t, 'additional_special_tokens entry');
+        const id = content === null ? undefined : tok.token_to_id(content);
+        if (id !== undefined) this.specialIds.add(id);
+      }
+    }
+
+    // What the post-processor adds around a single sequence: encode a probe with and without special
+    // tokens and split the difference into a fixed prefix and suffix (TemplateProcessing, Bert and
+    // Roberta processing all add fixed tokens around a single sequence).
+    const probe = 'a';
+    const withSpecial = tok.encode(probe, { add_special_tokens: true }).ids;
+    const plain = tok.encode(probe, { add_special_tokens: false }).ids;
+    let prefix: number[] = [];
+    let suffix: number[] = [];
+    let found = false;
+    for (let p = 0; p + plain.length <= withSpecial.length; p++) {
+      if (sameIds(withSpecial.slice(p, p + plain.length), plain)) {
+        prefix = withSpecial.slice(0, p);
+        suffix = withSpecial.slice(p + plain.length);
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      throw new Error(`Unsupported post_processor in ${source}: it does not add fixed special tokens around a sequence`);
+    }
+    const postAddsBos = bos.id !== null && prefix.length > 0 && prefix[0] === bos.id;
+    const postAddsEos = eos.id !== null && suffix.length > 0 && suffix[suffix.length - 1] === eos.id;
+    if (typeof config.add_bos_token === 'boolean' || typeof config.add_eos_token === 'boolean') {
+      // Llama/Nemotron style: tokenizer_config's flags replace the post-processor (transformers'
+      // update_post_processor builds the template `bos? $A eos?`).
+      this.addBosToken = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : postAddsBos;
+      this.addEosToken = typeof config.add_eos_token === 'boolean' ? config.add_eos_token : postAddsEos;
+      if (this.addBosToken && bos.id === null) {
+        throw new Error(`add_bos_token is true in tokenizer_config.json but there is no bos_token`);
+      }
+      if (this.addEosToken && eos.id === null) {
+        throw new Error(`add_eos_token is true in tokenizer_config.json but there is no eos_token`);
+      }
+      this.prefixIds = this.addBosToken ? [bos.id!] : [];
+      this.suffixIds = this.addEosToken ? [eos.id!] : [];
+    } else {
+      this.addBosToken = postAddsBos;
+      this.addEosToken = postAddsEos;
+      this.prefixIds = prefix;
+      this.suffixIds = suffix;
+    }
+
+    this.paddingSide = config.padding_side === 'left' ? 'left' : 'right';
+    this.truncationSide = config.truncation_side === 'left' ? 'left' : 'right';
+    const mml = config.model_max_length;
+    // transformers writes int(1e30) when there is no limit.
+    this.modelMaxLength = typeof mml === 'number' && mml > 0 && mml < 1e12 ? mml : null;
+    this.cleanUpTokenizationSpaces = config.clean_up_tokenization_spaces === true;
+  }
+
+  /**
+   * Loads `<dir>/tokenizer.json` (required), `<dir>/tokenizer_config.json`,
+   * `<dir>/special_tokens_map.json` and `<dir>/config.json` (each optional).
+   */
+  static async fromPretrained(dir: string): Promise<NemotronTokenizer> {
+    const tokenizerPath = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(tokenizerPath)) {
+      throw new Error(
+        `No tokenizer.json in ${dir} (only the Hugging Face "fast" tokenizer format is supported; ` +
+          `save one with tokenizer.save_pretrained())`,
+      );
+    }
+    const tokenizerJson = readJson(tokenizerPath);
+    const optional = (name: string): Json | undefined => {
+      const file = path.join(dir, name);
+      return fs.existsSync(file) ? readJson(file) : undefined;
+    };
+    const tokenizerConfig = optional('tokenizer_config.json');
+    const specialTokensMap = optional('special_tokens_map.json');
+    const modelConfig = optional('config.json');
+    return NemotronTokenizer.create(tokenizerJson, tokenizerConfig, {
+      specialTokensMap,
+      modelConfig,
+      source: tokenizerPath,
+    });
+  }
+
+  /** Builds a tokenizer from already parsed tokenizer.json / tokenizer_config.json contents. */
+  static async fromJSON(
+    tokenizerJson: object,
+    tokenizerConfig?: object,
+    sources: TokenizerSources = {},
+  ): Promise<NemotronTokenizer> {
+    return NemotronTokenizer.create(tokenizerJson, tokenizerConfig, sources);
+  }
+
+  private static create(tokenizerJson: object, tokenizerConfig: object | undefined, sources: TokenizerSources): NemotronTokenizer {
+    const source = sources.source ?? 'tokenizer.json';
+    if (tokenizerJson === null || typeof tokenizerJson !== 'object' || Array.isArray(tokenizerJson)) {
+      throw new Error(`Invalid ${source}: expected a JSON object`);
+    }
+    const tj = tokenizerJson as Json;
+    if (tj.model === null || typeof tj.model !== 'object') {
+      throw new Error(`Invalid ${source}: it has no "model" object`);
+    }
+    if (tokenizerConfig !== undefined && (tokenizerConfig === null || typeof tokenizerConfig !== 'object')) {
+      throw new Error(`Invalid tokenizer_config.json: expected a JSON object`);
+    }
+    const config: Json = { ...((tokenizerConfig as Json) ?? {}) };
+    // tokenizers.js needs every pipeline key present (null when absent, as the Rust library writes them).
+    const json: Json = {
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      added_tokens: [],
+      ...tj,
+    };
+    // tokenizers.js expects plain strings where transformers also accepts AddedToken objects.
+    const libConfig: Json = { ...config };
+    for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      if (key in libConfig) libConfig[key] = tokenContent(libConfig[key], `tokenizer_config.json ${key}`) ?? undefined;
+    }
+    if (Array.isArray(libConfig.additional_special_tokens)) {
+      libConfig.additional_special_tokens = libConfig.additional_special_tokens
+        .map((t: unknown) => tokenContent(t, 'tokenizer_config.json additional_special_tokens entry'))
+        .filter((t: string | null) => t !== null);
+    }
+    libConfig.clean_up_tokenization_spaces = config.clean_up_tokenization_spaces === true;
+    let tok: HFTokenizer;
+    try {
+      tok = new HFTokenizer(json, libConfig);
+    } catch (e) {
+      throw new Error(`Cannot build a tokenizer from ${source}: ${(e as Error).message}`);
+    }
+    return new NemotronTokenizer(tok, config, sources);
+  }
+
+  /** The id of a token string, or null if it is not in the vocabulary. */
+  tokenToId(token: string): number | null {
+    return this.tok.token_to_id(token) ?? null;
+  }
+
+  /** The token string of an id, or null if there is none. */
+  idToToken(id: number): string | null {
+    return this.tok.id_to_token(id) ?? null;
+  }
+
+  /** Whether an id is a special token (removed by `skipSpecialTokens`). */
+  isSpecialId(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  /** Token ids of `text`; with `addSpecialTokens` (default) BOS is prepended like transformers. */
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    if (typeof text !== 'string') throw new Error(`encode: expected a string, got ${typeof text}`);
+    const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
+    for (let i = 0; i < ids.length; i++) {
+      if (typeof ids[i] !== 'number') {
+        throw new Error(`encode: piece ${i} of ${JSON.stringify(text)} has no id and the tokenizer has no unk_token`);
+      }
+    }
+    if (opts.addSpecialTokens === false) return ids;
+    return [...this.prefixIds, ...ids, ...this.suffixIds];
+  }
+
+  /** Text of token ids (like transformers' `decode`, `clean_up_tokenization_spaces` from the config). */
+  decode(ids: number[], opts: DecodeOptions = {}): string {
+    if (!Array.isArray(ids)) throw new Error(`decode: expected an array of token ids`);
+    const kept: number[] = [];
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.tok.id_to_token(id) === undefined) {
+        throw new Error(
+          `decode: token id ${id} at position ${i} is out of range (valid ids are 0..${this.vocabSize - 1})`,
+        );
+      }
+      if (!(opts.skipSpecialTokens && this.specialIds.has(id))) kept.push(id);
+    }
+    if (kept.length === 0) return '';
+    return this.tok.decode(kept, {
+      skip_special_tokens: false,
+      clean_up_tokenization_spaces: this.cleanUpTokenizationSpaces,
+    });
+  }
+
+  /**
+   * Encodes a batch like `tokenizer(texts, padding=True, padding_side=...)`: every row is padded to
+   * the longest row, on the left (for generation) or the right, with attention masks (0 on padding).
+   * With truncation, rows are cut to `maxLength` tokens special tokens included (from the end, or
+   * from the start when tokenizer_config's truncation_side is 'left').
+   *
+   * Padding uses `padTokenId`; when the tokenizer has no pad token (common for Llama-style
+   * checkpoints) it falls back to `eosTokenId`, as the usual `tokenizer.pad_token = tokenizer.eos_token`
+   * recipe does; the attention mask marks those positions as padding either way. With neither a pad
+   * nor an EOS token, a batch that needs padding is an error.
+   */
+  encodeBatch(texts: string[], opts: EncodeBatchOptions = {}): BatchEncoding {
+    if (!Array.isArray(texts)) throw new Error(`encodeBatch: expected an array of strings`);
+    const addSpecial = opts.addSpecialTokens !== false;
+    const side = opts.paddingSide ?? this.paddingSide;
+    if (side !== 'left' && side !== 'right') throw new Error(`encodeBatch: paddingSide must be 'left' or 'right', got ${side}`);
+    const truncation = opts.truncation ?? opts.maxLength !== undefined;
+    let limit: number | null = null;
+    if (truncation) {
+      limit = opts.maxLength ?? this.modelMaxLength;
+      if (limit === null) {
+        throw new Error(`encodeBatch: truncation needs maxLength (tokenizer_config.json has no model_max_length)`);
+      }
+      if (!Number.isInteger(limit) || limit < 1) throw new Error(`encodeBatch: maxLength must be a positive integer, got ${limit}`);
+    }
+    const nSpecial = addSpecial ? this.prefixIds.length + this.suffixIds.length : 0;
+    if (limit !== null && limit < nSpecial) {
+      throw new Error(`encodeBatch: maxLength ${limit} is shorter than the ${nSpecial} special tokens added to each row`);
+    }
+    const rows = texts.map((text, i) => {
+      if (typeof text !== 'string') throw new Error(`encodeBatch: texts[${i}] is not a string`);
+      let ids = this.encode(text, { addSpecialTokens: false });
+      if (limit !== null && ids.length > limit - nSpecial) {
+        const keep = limit - nSpecial;
+        ids = this.truncationSide === 'left' ? ids.slice(ids.length - keep) : ids.slice(0, keep);
+      }
+      return addSpecial ? [...this.prefixIds, ...ids, ...this.suffixIds] : ids;
+    });
+    const width = rows.reduce((m, r) => Math.max(m, r.length), 0);
+    const needsPadding = rows.some((r) => r.length < width);
+    // No pad token: pad with EOS (masked out by the attention mask), see the doc comment above.
+    const padId = this.padTokenId ?? this.eosTokenId;
+    if (needsPadding && padId === null) {
+      throw new Error(`encodeBatch: the batch needs padding but the tokenizer has neither a pad_token nor an eos_token`);
+    }
+    const inputIds: number[][] = [];
+    const attentionMask: number[][] = [];
+    for (const row of rows) {
+      const n = width - row.length;
+      const pad = new Array<number>(n).fill(padId ?? 0);
+      const zeros = new Array<number>(n).fill(0);
+      const ones = new Array<number>(row.length).fill(1);
+      if (side === 'left') {
+        inputIds.push([...pad, ...row]);
+        attentionMask.push([...zeros, ...ones]);
+      } else {
+        inputIds.push([...row, ...pad]);
+        attentionMask.push([...ones, ...zeros]);
+      }
+    }
+    return { inputIds, attentionMask };
+  }
+
+  /**
+   * A streaming decoder for generation: push ids one at a time and get back only text that will not
+   * change any more. The concatenation of every `push` result and `flush()` is exactly
+   * `decode(allIds, opts)`.
+   *
+   * It keeps a small window of ids: the previous chunk (context, already emitted) and the pending ids.
+   * Each push decodes the window and emits what goes beyond the text already emitted from it, so
+   * decoder effects that depend on neighbours (the leading-space strip of SentencePiece decoders, byte
+   * fallback sequences) come out as in a full decode. Held back: a trailing run of U+FFFD (an
+   * incomplete multi-byte character / byte-fallback sequence), and, when the config enables
+   * `clean_up_tokenization_spaces`, a tail that a later token could still rewrite (" " before ".").
+   * Once everything in the window is emitted, the pending ids become the new context.
+   */
+  createStreamDecoder(opts: DecodeOptions = {}): StreamDecoder {
+    const decodeOpts: DecodeOptions = { skipSpecialTokens: opts.skipSpecialTokens === true };
+    const allIds: number[] = [];
+    let total = ''; // everything emitted so far
+    let window: number[] = [];
+    let contextLen = 0; // leading ids of `window` that are context only
+    let windowEmitted = ''; // the part of decode(window) already emitted (or context)
+
+    const stableEnd = (text: string): number => {
+      let end = text.length;
+      while (end > 0 && text[end - 1] === REPLACEMENT_CHAR) end--;
+      if (this.cleanUpTokenizationSpaces) {
+        // Hold back the longest tail that is a proper prefix of a clean-up pattern.
+        let hold = 0;
+        for (const p of CLEANUP_PATTERNS) {
+          for (let k = Math.min(p.length - 1, end); k > hold; k--) {
+            if (text.slice(end - k, end) === p.slice(0, k)) {
+              hold = k;
+              break;
+            }
+          }
+        }
+        end -= hold;
+      }
+      return end;
+    };
+
+    return {
+      push: (id: number): string => {
+        if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.tok.id_to_token(id) === undefined) {
+          throw new Error(
+            `stream decode: token id ${id} at position ${allIds.length} is out of range (valid ids are 0..${this.vocabSize - 1})`,
+          );
+        }
+        allIds.push(id);
+        window.push(id);
+        const text = this.decode(window, decodeOpts);
+        // A decoder whose output for earlier ids changed with this one: hold everything, flush() resyncs.
+        if (!text.startsWith(windowEmitted)) return '';
+        const end = stableEnd(text);
+        if (end <= windowEmitted.length) return '';
+        const out = text.slice(windowEmitted.length, end);
+        total += out;
+        if (end === text.length) {
+          window = window.slice(contextLen);
+          contextLen = window.length;
+          windowEmitted = this.decode(window, decodeOpts);
+        } else {
+          windowEmitted = text.slice(0, end);
+        }
+        return out;
+      },
+      flush: (): string => {
+        const full = this.decode(allIds, decodeOpts);
+        let out: string;
+        if (full.startsWith(total)) {
+          out = full.slice(total.length);
+        } else {
+          // Cannot happen with the supported decoders; emit what the window still holds.
+          const text = this.decode(window, decodeOpts);
+          out = text.startsWith(windowEmitted) ? text.slice(windowEmitted.length) : '';
+        }
+        // Reset, so that the decoder can be reused for a new stream.
+        window = [];
+        contextLen = 0;
+        windowEmitted = '';
+        allIds.length = 0;
+        total = '';
+        return out;
+      },
+    };
+  }
+}

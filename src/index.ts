@@ -19,3 +19,5 @@ export * from '../models/nemotron/pretrained';
 export * from '../models/nemotron/model';
 export * from '../models/nemotron/heads';
 export * from './generation/index';
+export * from './training/index';
+export * from './tokenizer';

@@ -1,0 +1,107 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, Option } from 'commander';
+import { initBackend } from '../backends';
+import {
+  NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
+} from '../../models/nemotron/heads';
+import { NemotronConfigFields } from '../../models/nemotron/config';
+import { FromPretrainedOptions } from '../../models/nemotron/pretrained';
+import { NemotronTokenizer } from '../tokenizer';
+import { Example, TASKS, TaskName, readJsonl } from '../training/data';
+import { Trainer, TrainableModel } from '../training/trainer';
+
+type Loader = (dir: string, options: FromPretrainedOptions) => Promise<TrainableModel>;
+const LOADERS: Record<TaskName, Loader> = {
+  'causal-lm': (dir, o) => NemotronForCausalLM.fromPretrained(dir, o),
+  'sequence-classification': (dir, o) => NemotronForSequenceClassification.fromPretrained(dir, o),
+  'token-classification': (dir, o) => NemotronForTokenClassification.fromPretrained(dir, o),
+  'question-answering': (dir, o) => NemotronForQuestionAnswering.fromPretrained(dir, o),
+};
+
+function number(name: string, integer = false, min = -Infinity) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min) {
+      throw new Error(`${name} must be ${integer ? 'an integer' : 'a number'}${min > -Infinity ? ` ≥ ${min}` : ''}, got "${value}"`);
+    }
+    return n;
+  };
+}
+
+/** Head settings a classification dataset implies when the checkpoint has no such head yet. */
+function headConfig(task: TaskName, examples: Example[], numLabels?: number): Partial<NemotronConfigFields> {
+  if (task === 'sequence-classification') {
+    const label = examples[0].label;
+    if (Array.isArray(label)) return { numLabels: numLabels ?? label.length, problemType: 'multi_label_classification' };
+    const labels = examples.map((e) => e.label as number);
+    if (labels.some((l) => !Number.isInteger(l))) return { numLabels: 1, problemType: 'regression' };
+    return { numLabels: numLabels ?? Math.max(...labels) + 1, problemType: 'single_label_classification' };
+  }
+  if (task === 'token-classification') {
+    return { numLabels: numLabels ?? Math.max(...examples.flatMap((e) => e.label as number[])) + 1 };
+  }
+  return {};
+}
+
+export function registerFinetune(program: Command): void {
+  program
+    .command('finetune')
+    .description('Fine-tune a checkpoint on a JSONL dataset (formats in the README) and save a checkpoint fromPretrained loads')
+    .addOption(new Option('--task <task>', 'what to train').choices(TASKS as string[]).makeOptionMandatory())
+    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder to start from (config.json + safetensors; tokenizer.json for text)')
+    .requiredOption('--train <file>', 'training data, JSONL')
+    .option('--eval <file>', 'held-out data, JSONL: its loss is logged every --eval-every steps and at the end')
+    .requiredOption('--output <dir>', 'where the fine-tuned checkpoint, optimizer state and log go')
+    .option('--lr <rate>', 'peak learning rate', number('--lr', false, Number.MIN_VALUE), 5e-5)
+    .option('--epochs <n>', 'passes over the training data', number('--epochs', false, Number.MIN_VALUE), 1)
+    .option('--max-steps <n>', 'optimizer steps (overrides --epochs)', number('--max-steps', true, 1))
+    .option('--batch-size <n>', 'examples per micro-batch', number('--batch-size', true, 1), 8)
+    .option('--grad-accum <n>', 'micro-batches per optimizer step', number('--grad-accum', true, 1), 1)
+    .option('--max-length <n>', 'truncate examples to this many tokens', number('--max-length', true, 1), 512)
+    .addOption(new Option('--schedule <name>', 'learning-rate schedule after warmup').choices(['constant', 'linear', 'cosine']).default('linear'))
+    .option('--warmup-steps <n>', 'linear warmup steps', number('--warmup-steps', true, 0), 0)
+    .option('--weight-decay <w>', 'AdamW decoupled weight decay (not on biases and norms)', number('--weight-decay', false, 0), 0)
+    .option('--max-grad-norm <n>', 'clip the global gradient norm (0: no clipping)', number('--max-grad-norm', false, 0), 1)
+    .option('--eval-every <n>', 'evaluate every N steps', number('--eval-every', true, 1))
+    .option('--save-every <n>', 'save a resumable checkpoint every N steps', number('--save-every', true, 1))
+    .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', number('--num-labels', true, 1))
+    .option('--seed <n>', 'seed of the data order', number('--seed', true), 42)
+    .option('--resume', 'continue the run saved in --output (weights, optimizer state, position in the data)')
+    .option('--no-progress', 'no progress bar')
+    .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
+    .action(async (opts, command: Command) => {
+      const task = opts.task as TaskName;
+      const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
+      for (const file of ['config.json']) {
+        if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);
+      }
+      const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      const train = readJsonl(opts.train, task, tokenizer, opts.maxLength);
+      const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength) : undefined;
+      const resuming = opts.resume && fs.existsSync(path.join(opts.output, 'trainer_state.json'));
+      const from = resuming ? opts.output : opts.model;
+      const model = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels) });
+      const trainer = new Trainer(model, train, {
+        task, lr: opts.lr, epochs: opts.epochs, maxSteps: opts.maxSteps, batchSize: opts.batchSize, gradAccum: opts.gradAccum,
+        schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
+        seed: opts.seed, evalExamples, evalEvery: opts.evalEvery, outputDir: opts.output, saveEvery: opts.saveEvery,
+        logFile: path.join(opts.output, 'train_log.jsonl'), progress: opts.progress && process.stderr.isTTY,
+        padTokenId: model.config.padTokenId ?? tokenizer?.padTokenId ?? 0,
+      });
+      fs.mkdirSync(opts.output, { recursive: true });
+      if (resuming) trainer.restore(opts.output);
+      else fs.rmSync(path.join(opts.output, 'train_log.jsonl'), { force: true });
+      process.stderr.write(`finetune ${task}: ${train.length} examples, ${trainer.totalSteps} steps from step ${trainer.state.step}, backend ${backend}\n`);
+      const history = await trainer.fit();
+      const first = history[0];
+      const last = history[history.length - 1];
+      if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
+      }
+      const evalNote = trainer.evalHistory.length ? ` · eval loss ${trainer.evalHistory[trainer.evalHistory.length - 1].evalLoss.toFixed(4)}` : '';
+      process.stdout.write(`trained ${trainer.state.step} steps: loss ${first?.loss.toFixed(4) ?? '-'} → ${last?.loss.toFixed(4) ?? '-'}${evalNote}; saved to ${opts.output}\n`);
+      trainer.dispose();
+      model.dispose();
+    });
+}

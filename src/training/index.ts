@@ -1,0 +1,4 @@
+export * from './data';
+export * from './optimizer';
+export * from './schedule';
+export * from './trainer';

@@ -1,0 +1,113 @@
+import * as tf from '@tensorflow/tfjs';
+
+export interface AdamWOptions {
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** Parameters that get weight decay; default: all but biases and LayerNorm weights (as the HF Trainer). */
+  decays?: (name: string) => boolean;
+}
+
+/** The HF Trainer's rule: no weight decay on biases and LayerNorm parameters. */
+export function defaultDecays(name: string): boolean {
+  return !name.endsWith('.bias') && !/(^|\.)(input_layernorm|post_attention_layernorm|norm)\./.test(name);
+}
+
+/**
+ * AdamW exactly as torch.optim.AdamW steps: decoupled decay p ← p(1 − lr·wd), then the bias-corrected Adam update
+ * p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε).
+ * Moments are keyed by parameter name so that they can be saved and restored with the checkpoint.
+ */
+export class AdamW {
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  private readonly decays: (name: string) => boolean;
+  /** Steps taken (t in the bias correction). */
+  step = 0;
+  readonly expAvg = new Map<string, tf.Tensor>();
+  readonly expAvgSq = new Map<string, tf.Tensor>();
+
+  constructor(readonly params: Map<string, tf.Variable>, options: AdamWOptions = {}) {
+    this.beta1 = options.beta1 ?? 0.9;
+    this.beta2 = options.beta2 ?? 0.999;
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 0.01;
+    this.decays = options.decays ?? defaultDecays;
+    for (const [name, value] of [['beta1', this.beta1], ['beta2', this.beta2]] as const) {
+      if (!(value >= 0 && value < 1)) throw new Error(`AdamW: ${name} must be in [0, 1), got ${value}`);
+    }
+    if (!(this.weightDecay >= 0)) throw new Error(`AdamW: weightDecay must be ≥ 0, got ${this.weightDecay}`);
+  }
+
+  /** One update with gradients keyed by parameter name. */
+  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+    if (!(lr > 0)) throw new Error(`AdamW: learning rate must be > 0, got ${lr}`);
+    this.step++;
+    const c1 = 1 - this.beta1 ** this.step;
+    const c2 = Math.sqrt(1 - this.beta2 ** this.step);
+    for (const [name, param] of this.params) {
+      const grad = grads.get(name);
+      if (!grad) continue;
+      const [m, v] = tf.tidy(() => {
+        const m0 = this.expAvg.get(name) ?? tf.zerosLike(param);
+        const v0 = this.expAvgSq.get(name) ?? tf.zerosLike(param);
+        return [
+          tf.add(tf.mul(m0, this.beta1), tf.mul(grad, 1 - this.beta1)),
+          tf.add(tf.mul(v0, this.beta2), tf.mul(tf.square(grad), 1 - this.beta2)),
+        ];
+      });
+      tf.tidy(() => {
+        const decayed = this.decays(name) && this.weightDecay > 0 ? tf.mul(param, 1 - lr * this.weightDecay) : param;
+        const denom = tf.add(tf.div(tf.sqrt(v), c2), this.eps);
+        param.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), lr / c1)));
+      });
+      this.expAvg.get(name)?.dispose();
+      this.expAvgSq.get(name)?.dispose();
+      this.expAvg.set(name, tf.keep(m));
+      this.expAvgSq.set(name, tf.keep(v));
+    }
+  }
+
+  /** Named host copies of the moments, for saving. */
+  stateTensors(): Array<{ name: string; shape: number[]; data: Float32Array }> {
+    const out: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
+    for (const [prefix, map] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
+      for (const [name, t] of map) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: t.dataSync() as Float32Array });
+    }
+    return out;
+  }
+
+  /** Restores moments saved by stateTensors. */
+  loadState(step: number, tensors: Map<string, { shape: number[]; data: Float32Array | Int32Array }>): void {
+    this.dispose();
+    this.step = step;
+    for (const [key, t] of tensors) {
+      const [, prefix, name] = /^(exp_avg_sq|exp_avg)\.(.+)$/.exec(key) ?? [];
+      if (!prefix || !this.params.has(name)) throw new Error(`Optimizer state holds ${key}, which matches no parameter`);
+      (prefix === 'exp_avg' ? this.expAvg : this.expAvgSq).set(name, tf.keep(tf.tensor(t.data, t.shape, 'float32')));
+    }
+  }
+
+  dispose(): void {
+    for (const t of [...this.expAvg.values(), ...this.expAvgSq.values()]) t.dispose();
+    this.expAvg.clear();
+    this.expAvgSq.clear();
+  }
+}
+
+/** Scales gradients in place so that their global L2 norm is at most maxNorm; returns the norm before clipping. */
+export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): number {
+  const norm = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))).dataSync()[0]);
+  if (maxNorm > 0 && norm > maxNorm) {
+    // torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6)
+    const coefficient = maxNorm / (norm + 1e-6);
+    for (const [name, g] of grads) {
+      grads.set(name, tf.tidy(() => tf.mul(g, coefficient)));
+      g.dispose();
+    }
+  }
+  return norm;
+}

@@ -1,0 +1,240 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import cliProgress from 'cli-progress';
+import type { HeadInputs } from '../../models/nemotron/heads';
+import type { NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors';
+import { Example, TaskName, collate, countTokens, epochBatches } from './data';
+import { AdamW, clipByGlobalNorm } from './optimizer';
+import { ScheduleName, learningRate } from './schedule';
+
+/** Any head model: forward with labels gives a loss. */
+export type TrainableModel = NemotronPreTrainedModel & { forward(inputs: HeadInputs): { loss?: tf.Scalar } };
+
+export interface TrainerOptions {
+  task: TaskName;
+  lr: number;
+  batchSize: number;
+  epochs?: number;
+  /** Optimizer steps; overrides epochs when given. */
+  maxSteps?: number;
+  gradAccum?: number;
+  schedule?: ScheduleName;
+  warmupSteps?: number;
+  weightDecay?: number;
+  /** Clip the global gradient norm to this (0 = no clipping). Default 1.0, as the HF Trainer. */
+  maxGradNorm?: number;
+  seed?: number;
+  shuffle?: boolean;
+  evalExamples?: Example[];
+  /** Evaluate every N optimizer steps (and at the end). */
+  evalEvery?: number;
+  /** Append one JSON line per step (and per evaluation) here. */
+  logFile?: string;
+  /** Save a resumable checkpoint here every saveEvery steps and at the end. */
+  outputDir?: string;
+  saveEvery?: number;
+  /** A progress bar on stderr with loss, learning rate and tokens/s. */
+  progress?: boolean;
+  padTokenId?: number;
+}
+
+export interface StepLog {
+  step: number;
+  epoch: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  tokensPerSecond: number;
+}
+
+export interface TrainState {
+  /** Optimizer steps taken. */
+  step: number;
+  epoch: number;
+  /** Micro-batches of the current epoch already consumed. */
+  batchInEpoch: number;
+}
+
+const OPTIMIZER_FILE = 'optimizer.safetensors';
+const STATE_FILE = 'trainer_state.json';
+
+/**
+ * The fine-tuning loop (tfjs-layers' fit does not fit language models): AdamW, global-norm clipping, warmup +
+ * schedule, gradient accumulation, periodic evaluation, resumable checkpoints, progress bar and JSONL log.
+ */
+export class Trainer {
+  readonly optimizer: AdamW;
+  readonly options: Required<Pick<TrainerOptions, 'gradAccum' | 'schedule' | 'warmupSteps' | 'maxGradNorm' | 'seed' | 'shuffle' | 'padTokenId'>> & TrainerOptions;
+  state: TrainState = { step: 0, epoch: 0, batchInEpoch: 0 };
+  readonly history: StepLog[] = [];
+  readonly evalHistory: Array<{ step: number; evalLoss: number }> = [];
+  private readonly params: Map<string, tf.Variable>;
+
+  constructor(readonly model: TrainableModel, readonly train: Example[], options: TrainerOptions) {
+    if (!(options.lr > 0)) throw new Error(`learning rate must be > 0, got ${options.lr}`);
+    if (train.length === 0) throw new Error('The training set is empty');
+    if (!(Number.isInteger(options.batchSize) && options.batchSize > 0)) throw new Error(`batch size must be a positive integer, got ${options.batchSize}`);
+    const gradAccum = options.gradAccum ?? 1;
+    if (!(Number.isInteger(gradAccum) && gradAccum > 0)) throw new Error(`gradient accumulation must be a positive integer, got ${gradAccum}`);
+    if (options.epochs !== undefined && !(options.epochs > 0)) throw new Error(`epochs must be > 0, got ${options.epochs}`);
+    if (options.maxSteps !== undefined && !(Number.isInteger(options.maxSteps) && options.maxSteps > 0)) {
+      throw new Error(`maxSteps must be a positive integer, got ${options.maxSteps}`);
+    }
+    this.options = {
+      gradAccum, schedule: 'linear', warmupSteps: 0, maxGradNorm: 1, seed: 42, shuffle: true,
+      padTokenId: model.config.padTokenId ?? 0, ...options,
+    };
+    this.params = model.namedParameters();
+    this.optimizer = new AdamW(this.params, { weightDecay: options.weightDecay ?? 0 });
+  }
+
+  get batchesPerEpoch(): number {
+    return Math.ceil(this.train.length / this.options.batchSize);
+  }
+
+  /** Optimizer steps of the whole run. */
+  get totalSteps(): number {
+    if (this.options.maxSteps) return this.options.maxSteps;
+    return Math.ceil((this.options.epochs ?? 1) * this.batchesPerEpoch / this.options.gradAccum);
+  }
+
+  private nextMicroBatches(): HeadInputs[] {
+    const out: HeadInputs[] = [];
+    while (out.length < this.options.gradAccum) {
+      const batches = epochBatches(this.train, this.options.batchSize, this.options.seed, this.state.epoch, this.options.shuffle);
+      if (this.state.batchInEpoch >= batches.length) {
+        this.state.epoch++;
+        this.state.batchInEpoch = 0;
+        continue;
+      }
+      out.push(collate(batches[this.state.batchInEpoch++], this.options.task, this.options.padTokenId));
+    }
+    return out;
+  }
+
+  /** One optimizer step over gradAccum micro-batches; returns its log line. */
+  step(): StepLog {
+    const started = Date.now();
+    const micro = this.nextMicroBatches();
+    const variables = [...this.params.values()];
+    const names = new Map([...this.params].map(([name, v]) => [v.name, name]));
+    const summed = new Map<string, tf.Tensor>();
+    let lossSum = 0;
+    let tokens = 0;
+    for (const batch of micro) {
+      tokens += countTokens(batch);
+      const { value, grads } = tf.variableGrads(() => {
+        const loss = this.model.forward(batch).loss;
+        if (!loss) throw new Error(`The ${this.options.task} batch produced no loss: check its labels`);
+        return tf.div(loss, micro.length) as tf.Scalar;
+      }, variables);
+      lossSum += value.dataSync()[0];
+      value.dispose();
+      for (const [varName, grad] of Object.entries(grads)) {
+        if (!grad) continue;
+        const name = names.get(varName)!;
+        const previous = summed.get(name);
+        summed.set(name, previous ? tf.tidy(() => tf.add(previous, grad)) : grad);
+        if (previous) {
+          previous.dispose();
+          grad.dispose();
+        }
+      }
+    }
+    if (!Number.isFinite(lossSum)) throw new Error(`Loss is ${lossSum} at step ${this.state.step + 1}: lower the learning rate or check the data`);
+    const gradNorm = clipByGlobalNorm(summed, this.options.maxGradNorm);
+    const lr = learningRate(this.state.step, {
+      name: this.options.schedule, lr: this.options.lr, totalSteps: this.totalSteps, warmupSteps: this.options.warmupSteps,
+    });
+    // A zero learning rate (warmup's first step) still counts the step, as torch does.
+    if (lr > 0) this.optimizer.apply(summed, lr);
+    else this.optimizer.step++;
+    tf.dispose([...summed.values()]);
+    this.state.step++;
+    const seconds = Math.max(1e-3, (Date.now() - started) / 1000);
+    const log: StepLog = { step: this.state.step, epoch: this.state.epoch, loss: lossSum, lr, gradNorm, tokens, tokensPerSecond: tokens / seconds };
+    this.history.push(log);
+    if (this.options.logFile) fs.appendFileSync(this.options.logFile, JSON.stringify(log) + '\n');
+    return log;
+  }
+
+  /** Mean loss over examples (batched, no gradients). */
+  evaluate(examples: Example[] = this.options.evalExamples ?? []): number {
+    if (examples.length === 0) throw new Error('No evaluation examples');
+    let total = 0;
+    let count = 0;
+    for (const batch of epochBatches(examples, this.options.batchSize, 0, 0, false)) {
+      const out = this.model.forward(collate(batch, this.options.task, this.options.padTokenId));
+      total += out.loss!.dataSync()[0] * batch.length;
+      count += batch.length;
+      tf.dispose(Object.values(out as Record<string, unknown>).filter((v): v is tf.Tensor => v instanceof tf.Tensor));
+    }
+    return total / count;
+  }
+
+  /** Runs to totalSteps (from wherever a resumed state stands). */
+  async fit(): Promise<StepLog[]> {
+    const total = this.totalSteps;
+    const bar = this.options.progress
+      ? new cliProgress.SingleBar({
+        format: 'train |{bar}| {value}/{total} steps · loss {loss} · lr {lr} · {tps} tok/s · eta {eta_formatted}',
+        stream: process.stderr,
+      }, cliProgress.Presets.shades_classic)
+      : null;
+    bar?.start(total, this.state.step, { loss: '-', lr: '-', tps: '-' });
+    try {
+      while (this.state.step < total) {
+        const log = this.step();
+        bar?.update(this.state.step, { loss: log.loss.toFixed(4), lr: log.lr.toExponential(2), tps: log.tokensPerSecond.toFixed(0) });
+        const last = this.state.step === total;
+        if (this.options.evalExamples?.length && ((this.options.evalEvery && this.state.step % this.options.evalEvery === 0) || last)) {
+          const evalLoss = this.evaluate();
+          this.evalHistory.push({ step: this.state.step, evalLoss });
+          if (this.options.logFile) fs.appendFileSync(this.options.logFile, JSON.stringify({ step: this.state.step, evalLoss }) + '\n');
+        }
+        if (this.options.outputDir && ((this.options.saveEvery && this.state.step % this.options.saveEvery === 0) || last)) {
+          this.save(this.options.outputDir);
+        }
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      bar?.stop();
+    }
+    return this.history;
+  }
+
+  /** A checkpoint fromPretrained loads, plus the optimizer moments and the loop's position, to resume exactly. */
+  save(dir: string): void {
+    this.model.savePretrained(dir);
+    writeSafetensors(path.join(dir, OPTIMIZER_FILE), this.optimizer.stateTensors().map((t) => ({ ...t, dtype: 'F32' as const })));
+    fs.writeFileSync(path.join(dir, STATE_FILE), JSON.stringify({ ...this.state, optimizerStep: this.optimizer.step, options: this.optionsForState() }, null, 2));
+  }
+
+  private optionsForState(): Record<string, unknown> {
+    const { evalExamples: _e, ...rest } = this.options;
+    return rest;
+  }
+
+  /** Restores the optimizer and loop position saved by `save` (the model must have been loaded from the same dir). */
+  restore(dir: string): void {
+    const stateFile = path.join(dir, STATE_FILE);
+    if (!fs.existsSync(stateFile)) throw new Error(`No ${STATE_FILE} in ${dir}: not a checkpoint this trainer saved`);
+    const saved = JSON.parse(fs.readFileSync(stateFile, 'utf8'));
+    this.state = { step: saved.step, epoch: saved.epoch, batchInEpoch: saved.batchInEpoch };
+    const optimizerFile = path.join(dir, OPTIMIZER_FILE);
+    const tensors = new Map<string, { shape: number[]; data: Float32Array | Int32Array }>();
+    if (fs.existsSync(optimizerFile)) {
+      const file = SafetensorsFile.open(optimizerFile);
+      for (const name of file.names()) tensors.set(name, file.read(name) as { shape: number[]; data: Float32Array });
+      file.close();
+    }
+    this.optimizer.loadState(saved.optimizerStep ?? saved.step, tensors);
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+  }
+}

@@ -1,0 +1,68 @@
+import { execFileSync, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { tmpDir } from '../helpers';
+
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+const DATASETS = path.resolve(__dirname, '../../../examples/datasets');
+
+describe('finetune CLI', function () {
+  let base: string;
+  before(async () => {
+    await tf.setBackend('cpu');
+    base = tmpDir('ft-base');
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 32, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 64, padTokenId: 0, initializerRange: 0.1,
+    }));
+    model.savePretrained(base);
+    model.dispose();
+  });
+
+  const classes = {
+    'causal-lm': NemotronForCausalLM, 'sequence-classification': NemotronForSequenceClassification,
+    'token-classification': NemotronForTokenClassification, 'question-answering': NemotronForQuestionAnswering,
+  } as const;
+  for (const task of Object.keys(classes) as Array<keyof typeof classes>) {
+    it(`--task ${task}: trains, logs every step, saves a checkpoint fromPretrained loads`, async () => {
+      const output = tmpDir(`ft-${task}`);
+      const stdout = execFileSync('node', [CLI, 'finetune', '--backend', 'cpu', '--task', task, '--model', base,
+        '--train', path.join(DATASETS, `${task}.jsonl`), '--eval', path.join(DATASETS, `${task}.jsonl`), '--output', output,
+        '--lr', '3e-3', '--max-steps', '6', '--batch-size', '4', '--no-progress'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      expect(stdout).to.match(/trained 6 steps: loss [\d.]+ → [\d.]+ · eval loss [\d.]+/);
+      const log = fs.readFileSync(path.join(output, 'train_log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(log.filter((l) => 'loss' in l)).to.have.length(6);
+      const loaded = await (classes[task] as typeof NemotronForCausalLM).fromPretrained(output);
+      expect(loaded.numParameters()).to.be.greaterThan(0);
+      loaded.dispose();
+    });
+  }
+
+  it('--resume continues from the saved step', () => {
+    const output = tmpDir('ft-resume');
+    const args = ['finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', base, '--train', path.join(DATASETS, 'causal-lm.jsonl'),
+      '--output', output, '--lr', '1e-3', '--batch-size', '2', '--no-progress'];
+    execFileSync('node', [CLI, ...args, '--max-steps', '2'], { stdio: 'ignore' });
+    const out = spawnSync('node', [CLI, ...args, '--max-steps', '4', '--resume'], { encoding: 'utf8' });
+    expect(out.status).to.equal(0);
+    expect(out.stderr).to.match(/4 steps from step 2/);
+  });
+
+  it('bad input: a broken JSONL line, a learning rate ≤ 0, an unknown task', () => {
+    const bad = path.join(tmpDir('ft-bad'), 'bad.jsonl');
+    fs.writeFileSync(bad, '{"input_ids": [2, 5]}\n{"input_ids": [2, 5]\n');
+    const run = (...extra: string[]) => spawnSync('node', [CLI, 'finetune', '--backend', 'cpu', '--model', base, '--output', tmpDir('ft-x'), ...extra], { encoding: 'utf8' });
+    let r = run('--task', 'causal-lm', '--train', bad);
+    expect(r.status).to.equal(1);
+    expect(r.stderr).to.include(`${bad}:2: not valid JSON`);
+    r = run('--task', 'causal-lm', '--train', bad, '--lr', '0');
+    expect(r.status).to.equal(1);
+    expect(r.stderr).to.match(/--lr must be a number ≥/);
+    r = run('--task', 'translation', '--train', bad);
+    expect(r.status).to.equal(1);
+    expect(r.stderr).to.match(/translation/);
+  });
+});

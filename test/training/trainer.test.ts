@@ -1,0 +1,187 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import {
+  AdamW, NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
+  NemotronForTokenClassification, TaskName, Trainer, clipByGlobalNorm, learningRate, readJsonl,
+} from '../../src/index';
+import { tmpDir } from '../helpers';
+
+const DATASETS = path.resolve(__dirname, '../../../examples/datasets');
+const tiny = (extra: Partial<ConstructorParameters<typeof NemotronConfig>[0]> = {}) => new NemotronConfig({
+  vocabSize: 32, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
+  maxPositionEmbeddings: 64, padTokenId: 0, initializerRange: 0.1, ...extra,
+});
+
+const MODELS = {
+  'causal-lm': () => new NemotronForCausalLM(tiny()),
+  'sequence-classification': () => new NemotronForSequenceClassification(tiny({ numLabels: 2 })),
+  'token-classification': () => new NemotronForTokenClassification(tiny({ numLabels: 2 })),
+  'question-answering': () => new NemotronForQuestionAnswering(tiny()),
+};
+
+describe('training', () => {
+  before(() => tf.setBackend('cpu'));
+
+  describe('AdamW, clipping, schedules', () => {
+    it('AdamW takes torch.optim.AdamW steps (decoupled decay, bias correction)', () => {
+      const p = tf.variable(tf.tensor1d([1, -2]));
+      const opt = new AdamW(new Map([['w', p]]), { weightDecay: 0.1, decays: () => true });
+      let [m, v, x] = [[0, 0], [0, 0], [1, -2]];
+      const g = [0.5, -1.5];
+      for (let t = 1; t <= 2; t++) {
+        opt.apply(new Map([['w', tf.tensor1d(g)]]), 0.01);
+        x = x.map((xi, i) => {
+          m[i] = 0.9 * m[i] + 0.1 * g[i];
+          v[i] = 0.999 * v[i] + 0.001 * g[i] ** 2;
+          const decayed = xi * (1 - 0.01 * 0.1);
+          return decayed - (0.01 / (1 - 0.9 ** t)) * m[i] / (Math.sqrt(v[i]) / Math.sqrt(1 - 0.999 ** t) + 1e-8);
+        });
+      }
+      Array.from(p.dataSync()).forEach((val, i) => expect(val).to.be.closeTo(x[i], 1e-6));
+      opt.dispose();
+      p.dispose();
+    });
+
+    it('no weight decay on biases and LayerNorm weights by default', () => {
+      const names = ['model.layers.0.input_layernorm.weight', 'model.norm.bias', 'model.layers.0.mlp.up_proj.bias', 'model.layers.0.mlp.up_proj.weight'];
+      const vars = new Map(names.map((n) => [n, tf.variable(tf.ones([2]))]));
+      const opt = new AdamW(vars, { weightDecay: 0.5 });
+      opt.apply(new Map(names.map((n) => [n, tf.zeros([2])])), 0.1);
+      expect(names.map((n) => vars.get(n)!.dataSync()[0])).to.deep.equal([1, 1, 1, Math.fround(1 - 0.05)]);
+      opt.dispose();
+      tf.dispose([...vars.values()]);
+    });
+
+    it('clips by the global norm', () => {
+      const grads = new Map([['a', tf.tensor1d([3, 0])], ['b', tf.tensor1d([0, 4])]]);
+      expect(clipByGlobalNorm(grads, 1)).to.be.closeTo(5, 1e-6);
+      expect(Array.from(grads.get('b')!.dataSync())[1]).to.be.closeTo(0.8, 1e-5);
+      tf.dispose([...grads.values()]);
+    });
+
+    it('schedules: warmup, then constant, linear or cosine', () => {
+      const o = { lr: 1, totalSteps: 10, warmupSteps: 2 };
+      expect([0, 1, 2].map((s) => learningRate(s, { ...o, name: 'constant' }))).to.deep.equal([0, 0.5, 1]);
+      expect(learningRate(6, { ...o, name: 'linear' })).to.be.closeTo(0.5, 1e-12);
+      expect(learningRate(6, { ...o, name: 'cosine' })).to.be.closeTo(0.5, 1e-12);
+      expect(learningRate(10, { ...o, name: 'cosine' })).to.be.closeTo(0, 1e-12);
+      expect(() => learningRate(0, { ...o, lr: 0, name: 'linear' })).to.throw(/learning rate must be > 0, got 0/);
+    });
+  });
+
+  describe('it learns: each task on its example dataset', () => {
+    const cases: Array<[TaskName, number, number]> = [
+      // task, steps, the loss must end below this fraction of where it started
+      ['causal-lm', 40, 0.3],
+      ['sequence-classification', 40, 0.5],
+      ['token-classification', 40, 0.5],
+      ['question-answering', 40, 0.5],
+    ];
+    for (const [task, steps, fraction] of cases) {
+      it(`${task}: loss falls below ${fraction} of its start in ${steps} steps`, async () => {
+        const model = MODELS[task]();
+        const examples = readJsonl(path.join(DATASETS, `${task}.jsonl`), task);
+        const trainer = new Trainer(model, examples, { task, lr: 3e-3, batchSize: 4, maxSteps: steps, schedule: 'constant', seed: 1 });
+        const start = trainer.evaluate(examples);
+        await trainer.fit();
+        const end = trainer.evaluate(examples);
+        expect(end, `${task}: ${start} → ${end}`).to.be.below(fraction * start);
+        trainer.dispose();
+        model.dispose();
+      });
+    }
+  });
+
+  it('gradient accumulation of 2 × 2 equals one batch of 4', () => {
+    const examples = readJsonl(path.join(DATASETS, 'causal-lm.jsonl'), 'causal-lm');
+    const losses = [1, 2].map((accum) => {
+      const model = new NemotronForCausalLM(tiny());
+      tf.tidy(() => { for (const v of model.namedParameters().values()) v.assign(tf.mul(tf.ones(v.shape), 0.05).add(tf.randomNormal(v.shape, 0, 0.1, 'float32', 5))); });
+      const trainer = new Trainer(model, examples, { task: 'causal-lm', lr: 1e-2, batchSize: 4 / accum, gradAccum: accum, maxSteps: 3, shuffle: false });
+      trainer.step();
+      trainer.step();
+      const loss = trainer.evaluate(examples);
+      trainer.dispose();
+      model.dispose();
+      return loss;
+    });
+    // Not bit-equal: per-batch means weigh tokens differently; the same data must give close losses.
+    expect(Math.abs(losses[0] - losses[1])).to.be.below(0.05 * losses[0]);
+  });
+
+  it('a resumed run continues the same loss curve as an uninterrupted one', async () => {
+    const examples = readJsonl(path.join(DATASETS, 'sequence-classification.jsonl'), 'sequence-classification');
+    const dir = tmpDir('resume');
+    const options = { task: 'sequence-classification' as const, lr: 3e-3, batchSize: 3, maxSteps: 8, schedule: 'cosine' as const, warmupSteps: 2, seed: 5, weightDecay: 0.01 };
+    const first = new NemotronForSequenceClassification(tiny({ numLabels: 2 }));
+    first.savePretrained(dir);
+    const straight = new Trainer(first, examples, options);
+    await straight.fit();
+    const reference = straight.history.map((h) => h.loss);
+    straight.dispose();
+    first.dispose();
+
+    const a = await NemotronForSequenceClassification.fromPretrained(dir);
+    const half = new Trainer(a, examples, { ...options, outputDir: path.join(dir, 'ckpt'), saveEvery: 4 });
+    for (let i = 0; i < 4; i++) half.step();
+    half.save(path.join(dir, 'ckpt'));
+    half.dispose();
+    a.dispose();
+
+    const b = await NemotronForSequenceClassification.fromPretrained(path.join(dir, 'ckpt'));
+    const resumed = new Trainer(b, examples, options);
+    resumed.restore(path.join(dir, 'ckpt'));
+    expect(resumed.state.step).to.equal(4);
+    await resumed.fit();
+    const losses = [...half.history, ...resumed.history].map((h) => h.loss);
+    losses.forEach((l, i) => expect(l, `step ${i + 1}`).to.be.closeTo(reference[i], 1e-6));
+    resumed.dispose();
+    b.dispose();
+  });
+
+  it('the tensor count after step 1 equals the count after step 100; a JSONL log line per step', () => {
+    const examples = readJsonl(path.join(DATASETS, 'token-classification.jsonl'), 'token-classification');
+    const model = new NemotronForTokenClassification(tiny({ numLabels: 2, numHiddenLayers: 1 }));
+    const logFile = path.join(tmpDir('log'), 'log.jsonl');
+    const trainer = new Trainer(model, examples, { task: 'token-classification', lr: 1e-3, batchSize: 4, maxSteps: 100, logFile });
+    trainer.step();
+    const afterFirst = tf.memory().numTensors;
+    for (let i = 1; i < 100; i++) trainer.step();
+    expect(tf.memory().numTensors).to.equal(afterFirst);
+    const lines = fs.readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines).to.have.length(100);
+    expect(lines[99]).to.include.keys('step', 'loss', 'lr', 'tokensPerSecond');
+    trainer.dispose();
+    model.dispose();
+  });
+
+  describe('bad input', () => {
+    const write = (text: string) => {
+      const file = path.join(tmpDir('jsonl'), 'data.jsonl');
+      fs.writeFileSync(file, text);
+      return file;
+    };
+    it('a line that does not parse, or lacks a field, names file and line', () => {
+      const bad = write('{"input_ids": [1, 2]}\n{oops\n');
+      expect(() => readJsonl(bad, 'causal-lm')).to.throw(new RegExp(`${bad}:2: not valid JSON`));
+      const missing = write('{"input_ids": [1, 2]}\n\n{"input_ids": [3]}\n');
+      expect(() => readJsonl(missing, 'sequence-classification')).to.throw(new RegExp(`${missing}:1: missing field "label"`));
+    });
+    it('an empty dataset', () => {
+      expect(() => readJsonl(write('\n\n'), 'causal-lm')).to.throw(/is empty/);
+    });
+    it('a learning rate ≤ 0', () => {
+      const model = MODELS['causal-lm']();
+      expect(() => new Trainer(model, [{ inputIds: [1, 2] }], { task: 'causal-lm', lr: 0, batchSize: 1 })).to.throw(/learning rate must be > 0, got 0/);
+      model.dispose();
+    });
+    it('class labels outside [0, num_labels)', () => {
+      const model = MODELS['sequence-classification']();
+      const trainer = new Trainer(model, [{ inputIds: [2, 5], label: 2 }], { task: 'sequence-classification', lr: 1e-3, batchSize: 1 });
+      expect(() => trainer.step()).to.throw(/labels\[0\] = 2 is outside \[0, num_labels 2\)/);
+      model.dispose();
+    });
+  });
+});

@@ -21,3 +21,4 @@ export * from '../models/nemotron/heads';
 export * from './generation/index';
 export * from './training/index';
 export * from './tokenizer';
+export * from '../models/nemotron/presets';

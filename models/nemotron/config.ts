@@ -1,5 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
+// Circular on purpose: both sides use the other only at call time.
+import { preset } from './presets';
 
 /** Activation names transformers' ACT2FN accepts for Nemotron; relu2 is the one the family uses. */
 export const SUPPORTED_ACTIVATIONS = ['relu2', 'relu', 'gelu', 'silu'] as const;
@@ -211,6 +213,11 @@ export class NemotronConfig implements NemotronConfigFields {
     if (json.num_labels !== undefined) fields.numLabels = Number(json.num_labels);
     fields.torchDtype = (json.dtype ?? json.torch_dtype ?? null) as string | null;
     return new NemotronConfig(fields, source);
+  }
+
+  /** A published checkpoint's shape by name (see presets.ts): minitron-4b, minitron-8b, nemotron-3-8b, nemotron-4-15b. */
+  static preset(name: string, overrides: Partial<NemotronConfigFields> = {}): NemotronConfig {
+    return preset(name, overrides);
   }
 
   static fromPretrained(dir: string): NemotronConfig {

@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, Option } from 'commander';
 import { initBackend } from '../backends';
+import { integerArg, numberArg } from './generate';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
 } from '../../models/nemotron/heads';
@@ -19,15 +20,9 @@ const LOADERS: Record<TaskName, Loader> = {
   'question-answering': (dir, o) => NemotronForQuestionAnswering.fromPretrained(dir, o),
 };
 
-function number(name: string, integer = false, min = -Infinity) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (value.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min) {
-      throw new Error(`${name} must be ${integer ? 'an integer' : 'a number'}${min > -Infinity ? ` ≥ ${min}` : ''}, got "${value}"`);
-    }
-    return n;
-  };
-}
+const positive = numberArg('a number > 0', (n) => n > 0);
+const atLeast = (min: number) => integerArg(`an integer ≥ ${min}`, (n) => n >= min);
+const nonNegative = numberArg('a number ≥ 0', (n) => n >= 0);
 
 /** Head settings a classification dataset implies when the checkpoint has no such head yet. */
 function headConfig(task: TaskName, examples: Example[], numLabels?: number): Partial<NemotronConfigFields> {
@@ -53,20 +48,20 @@ export function registerFinetune(program: Command): void {
     .requiredOption('--train <file>', 'training data, JSONL')
     .option('--eval <file>', 'held-out data, JSONL: its loss is logged every --eval-every steps and at the end')
     .requiredOption('--output <dir>', 'where the fine-tuned checkpoint, optimizer state and log go')
-    .option('--lr <rate>', 'peak learning rate', number('--lr', false, Number.MIN_VALUE), 5e-5)
-    .option('--epochs <n>', 'passes over the training data', number('--epochs', false, Number.MIN_VALUE), 1)
-    .option('--max-steps <n>', 'optimizer steps (overrides --epochs)', number('--max-steps', true, 1))
-    .option('--batch-size <n>', 'examples per micro-batch', number('--batch-size', true, 1), 8)
-    .option('--grad-accum <n>', 'micro-batches per optimizer step', number('--grad-accum', true, 1), 1)
-    .option('--max-length <n>', 'truncate examples to this many tokens', number('--max-length', true, 1), 512)
+    .option('--lr <rate>', 'peak learning rate', positive, 5e-5)
+    .option('--epochs <n>', 'passes over the training data', positive, 1)
+    .option('--max-steps <n>', 'optimizer steps (overrides --epochs)', atLeast(1))
+    .option('--batch-size <n>', 'examples per micro-batch', atLeast(1), 8)
+    .option('--grad-accum <n>', 'micro-batches per optimizer step', atLeast(1), 1)
+    .option('--max-length <n>', 'truncate examples to this many tokens', atLeast(1), 512)
     .addOption(new Option('--schedule <name>', 'learning-rate schedule after warmup').choices(['constant', 'linear', 'cosine']).default('linear'))
-    .option('--warmup-steps <n>', 'linear warmup steps', number('--warmup-steps', true, 0), 0)
-    .option('--weight-decay <w>', 'AdamW decoupled weight decay (not on biases and norms)', number('--weight-decay', false, 0), 0)
-    .option('--max-grad-norm <n>', 'clip the global gradient norm (0: no clipping)', number('--max-grad-norm', false, 0), 1)
-    .option('--eval-every <n>', 'evaluate every N steps', number('--eval-every', true, 1))
-    .option('--save-every <n>', 'save a resumable checkpoint every N steps', number('--save-every', true, 1))
-    .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', number('--num-labels', true, 1))
-    .option('--seed <n>', 'seed of the data order', number('--seed', true), 42)
+    .option('--warmup-steps <n>', 'linear warmup steps', atLeast(0), 0)
+    .option('--weight-decay <w>', 'AdamW decoupled weight decay (not on biases and norms)', nonNegative, 0)
+    .option('--max-grad-norm <n>', 'clip the global gradient norm (0: no clipping)', nonNegative, 1)
+    .option('--eval-every <n>', 'evaluate every N steps', atLeast(1))
+    .option('--save-every <n>', 'save a resumable checkpoint every N steps', atLeast(1))
+    .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', atLeast(1))
+    .option('--seed <n>', 'seed of the data order', integerArg('an integer'), 42)
     .option('--resume', 'continue the run saved in --output (weights, optimizer state, position in the data)')
     .option('--no-progress', 'no progress bar')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))

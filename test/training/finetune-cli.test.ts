@@ -60,7 +60,7 @@ describe('finetune CLI', function () {
     expect(r.stderr).to.include(`${bad}:2: not valid JSON`);
     r = run('--task', 'causal-lm', '--train', bad, '--lr', '0');
     expect(r.status).to.equal(1);
-    expect(r.stderr).to.match(/--lr must be a number ≥/);
+    expect(r.stderr).to.match(/--lr.*must be a number > 0/);
     r = run('--task', 'translation', '--train', bad);
     expect(r.status).to.equal(1);
     expect(r.stderr).to.match(/translation/);

@@ -1,0 +1,262 @@
+/**
+ * `nemotron-tfjs generate --model DIR --prompt TEXT`: loads a causal LM and its tokenizer, echoes the prompt
+ * and streams the generated text to stdout token by token; progress and timings go to stderr.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { performance } from 'perf_hooks';
+import * as tf from '@tensorflow/tfjs';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as cliProgress from 'cli-progress';
+import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
+import { CheckpointReader } from '../io/checkpoint';
+import { NemotronTokenizer } from '../tokenizer';
+import { GenerateOptions, generateStream } from '../generation/generate';
+import { NemotronConfig } from '../../models/nemotron/config';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { checkModelDir, formatBytes } from './info';
+
+/** The `--backend` option, shared by the program (global) and the subcommands that run a model. */
+export function backendOption(): Option {
+  return new Option('--backend <name>',
+    `tfjs backend to run on (default: $${BACKEND_ENV}, else the fastest that loads here: cuda, tensorflow, wasm, cpu)`)
+    .choices(BACKEND_NAMES as string[]);
+}
+
+const INTEGER = /^[+-]?\d+$/;
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+/**
+ * A commander argument parser for an integer that `accept`s; otherwise commander reports
+ * "option '--x <n>' argument 'v' is invalid. It must be <expected>."
+ */
+export function integerArg(expected: string, accept: (n: number) => boolean = () => true): (value: string) => number {
+  return (value: string) => {
+    const v = value.trim();
+    const n = Number(v);
+    if (!INTEGER.test(v) || !Number.isSafeInteger(n) || !accept(n)) throw new InvalidArgumentError(`It must be ${expected}.`);
+    return n;
+  };
+}
+
+/** Like {@link integerArg} for a decimal number (no hex, no Infinity, no empty string). */
+export function numberArg(expected: string, accept: (n: number) => boolean = () => true): (value: string) => number {
+  return (value: string) => {
+    const v = value.trim();
+    const n = Number(v);
+    if (!DECIMAL.test(v) || !Number.isFinite(n) || !accept(n)) throw new InvalidArgumentError(`It must be ${expected}.`);
+    return n;
+  };
+}
+
+export interface GenerateCliOptions {
+  model: string;
+  prompt: string;
+  maxNewTokens: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  greedy?: boolean;
+  sample?: boolean;
+  stream: boolean;
+  addSpecialTokens: boolean;
+  skipSpecialTokens: boolean;
+  backend?: string;
+}
+
+type GenerationConfigJson = Record<string, unknown>;
+
+const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+
+/**
+ * Decoding settings, as transformers resolves them: command-line options, then generation_config.json, then
+ * transformers' GenerationConfig defaults (greedy; when sampling temperature 1, top-k 50, top-p 1).
+ */
+export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson | null): GenerateOptions {
+  const samplingFlags: Array<[string, unknown]> = [
+    ['--temperature', o.temperature], ['--top-k', o.topK], ['--top-p', o.topP], ['--min-p', o.minP],
+  ];
+  const given = samplingFlags.filter(([, v]) => v !== undefined).map(([flag]) => flag);
+  if (o.greedy && o.sample) throw new Error('--greedy and --sample cannot be combined');
+  if (o.greedy && given.length) {
+    throw new Error(`--greedy cannot be combined with ${given.join(', ')} (those only apply when sampling)`);
+  }
+  const fromFile = gc ?? {};
+  const doSample = o.greedy ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
+  const options: GenerateOptions = {
+    maxNewTokens: o.maxNewTokens,
+    doSample,
+    repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
+  };
+  if (doSample) {
+    options.temperature = o.temperature ?? num(fromFile.temperature) ?? 1;
+    options.topK = o.topK ?? num(fromFile.top_k) ?? 50;
+    options.topP = o.topP ?? num(fromFile.top_p) ?? 1;
+    options.minP = o.minP ?? num(fromFile.min_p);
+    // A seed only matters when sampling; without one every run differs.
+    if (o.seed !== undefined) options.seed = o.seed;
+  }
+  return options;
+}
+
+/** generation_config.json of a checkpoint folder, or null when there is none. */
+function readGenerationConfig(dir: string): GenerationConfigJson | null {
+  const file = path.join(dir, 'generation_config.json');
+  if (!fs.existsSync(file)) return null;
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new Error(`${file}: expected a JSON object`);
+  return json as GenerationConfigJson;
+}
+
+const rate = (tokens: number, ms: number): string => (ms > 0 ? (tokens / (ms / 1000)).toFixed(1) : '–');
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+export async function runGenerate(o: GenerateCliOptions): Promise<void> {
+  // Cheap checks first: files, options, config, checkpoint headers; only then the backend and the weights.
+  const dir = checkModelDir(o.model, ['config.json', 'tokenizer.json']);
+  const options = resolveDecoding(o, readGenerationConfig(dir));
+  if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
+  const config = NemotronConfig.fromPretrained(dir);
+  const reader = CheckpointReader.open(dir);
+  let totalBytes: number;
+  try {
+    totalBytes = reader.totalBytes();
+    if (!config.tieWordEmbeddings && !reader.has('lm_head.weight')) {
+      throw new Error(`the checkpoint in ${o.model} has no language-model head (lm_head.weight) and tie_word_embeddings ` +
+        `is false: generate needs a NemotronForCausalLM checkpoint (architectures: ${(config.architectures ?? []).join(', ') || 'none'})`);
+    }
+  } finally {
+    reader.close();
+  }
+  const tokenizer = await NemotronTokenizer.fromPretrained(dir);
+  const promptIds = tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
+  if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
+  const outside = promptIds.find((id) => id >= config.vocabSize);
+  if (outside !== undefined) {
+    throw new Error(`the prompt has token id ${outside}, outside the model's vocabulary (vocab_size ${config.vocabSize}): ` +
+      `tokenizer.json does not belong to this model`);
+  }
+  if (promptIds.length + o.maxNewTokens > config.maxPositionEmbeddings) {
+    throw new Error(`the prompt (${promptIds.length} tokens) plus --max-new-tokens ${o.maxNewTokens} exceeds the context length ` +
+      `(max_position_embeddings ${config.maxPositionEmbeddings})`);
+  }
+  const unknown = tokenizer.unkTokenId === null ? 0 : promptIds.filter((id) => id === tokenizer.unkTokenId).length;
+  if (unknown > 0) {
+    process.stderr.write(`warning: ${plural(unknown, 'piece')} of the prompt ${unknown === 1 ? 'is' : 'are'} not in the vocabulary ` +
+      `(encoded as ${tokenizer.unkToken})\n`);
+  }
+
+  // tfjs's development hints (such as "install tfjs-node" on the cpu backend) are noise here; NEMOTRON_DEBUG=1 keeps them.
+  if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
+  const backend = await initBackend(o.backend);
+
+  const bar = new cliProgress.SingleBar({
+    stream: process.stderr,
+    format: 'loading weights [{bar}] {percentage}% | {loaded} / {size} | {tensor}',
+    barsize: 30,
+    hideCursor: true,
+    clearOnComplete: true,
+    autopadding: true,
+  }, cliProgress.Presets.shades_classic);
+  const loadStart = performance.now();
+  bar.start(totalBytes, 0, { loaded: formatBytes(0), size: formatBytes(totalBytes), tensor: '' });
+  let model: NemotronForCausalLM;
+  try {
+    model = await NemotronForCausalLM.fromPretrained(dir, {
+      onProgress: ({ loadedBytes, tensor }) => bar.update(loadedBytes, { loaded: formatBytes(loadedBytes), tensor }),
+    });
+  } finally {
+    bar.stop();
+  }
+  process.stderr.write(`loaded ${formatBytes(totalBytes)} of weights in ${((performance.now() - loadStart) / 1000).toFixed(2)} s ` +
+    `(backend ${backend})\n`);
+
+  try {
+    const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
+    let text = '';
+    const emit = (piece: string) => {
+      if (!piece) return;
+      if (o.stream) process.stdout.write(piece);
+      else text += piece;
+    };
+    // The prompt goes through the same decoder, so the continuation joins it exactly as decode(prompt + new) would
+    // (leading-space handling, multi-byte characters split across tokens).
+    for (const id of promptIds) emit(decoder.push(id));
+
+    const start = performance.now();
+    let first = start;
+    let last = start;
+    let generated = 0;
+    for await (const step of generateStream(model, [promptIds], options)) {
+      last = performance.now();
+      if (generated === 0) first = last;
+      generated++;
+      emit(decoder.push(step.tokens[0]));
+    }
+    emit(decoder.flush());
+    if (o.stream) process.stdout.write('\n');
+    else process.stdout.write(text + '\n');
+
+    // The first new token comes out of the prompt pass; the generation rate counts the others over their time.
+    const decodeRate = generated > 1 ? rate(generated - 1, last - first) : '–';
+    process.stderr.write(`prompt: ${plural(promptIds.length, 'token')}, ${rate(promptIds.length, first - start)} tok/s · ` +
+      `generated: ${plural(generated, 'token')}, ${decodeRate} tok/s · backend ${currentBackend() ?? backend}\n`);
+  } finally {
+    model.dispose();
+  }
+}
+
+export function registerGenerate(program: Command): void {
+  program
+    .command('generate')
+    .description('generate text from a prompt with a causal LM checkpoint, streaming tokens to stdout')
+    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors)')
+    .requiredOption('-p, --prompt <text>', 'the prompt (BOS is added as the tokenizer config says)')
+    .option('-n, --max-new-tokens <n>', 'number of new tokens to generate at most (stops earlier at EOS)',
+      integerArg('a positive integer', (n) => n > 0), 50)
+    .option('--greedy', 'greedy decoding (argmax), even when generation_config.json sets do_sample')
+    .option('--sample', 'sample from the distribution (temperature 1, top-k 50, top-p 1 unless set here or in generation_config.json)')
+    .option('-t, --temperature <t>', 'sampling temperature > 0 (implies sampling; default: generation_config.json, else 1)',
+      numberArg('a number > 0 (use --greedy for deterministic decoding)', (n) => n > 0))
+    .option('-k, --top-k <k>', 'keep the k most likely tokens, 0 = all (implies sampling; default: generation_config.json, else 50)',
+      integerArg('an integer >= 0', (n) => n >= 0))
+    .option('--top-p <p>', 'nucleus sampling: keep the most likely tokens up to probability p, in (0, 1] (implies sampling; default: generation_config.json, else 1)',
+      numberArg('a number in (0, 1]', (n) => n > 0 && n <= 1))
+    .option('--min-p <p>', 'drop tokens less likely than p × the top probability, in [0, 1] (implies sampling; default: off)',
+      numberArg('a number in [0, 1]', (n) => n >= 0 && n <= 1))
+    .option('--repetition-penalty <r>', 'CTRL repetition penalty > 0, 1 = none (also with --greedy; default: generation_config.json, else 1)',
+      numberArg('a number > 0', (n) => n > 0))
+    .option('-s, --seed <s>', 'seed of the sampler: the same seed gives the same text on the same backend (default: random)',
+      integerArg('an integer'))
+    .option('--no-stream', 'print the text once generation ends instead of token by token')
+    .option('--no-special-tokens', 'do not add BOS (or other special tokens) to the prompt')
+    .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')
+    .addOption(backendOption())
+    .addHelpText('after', `
+Decoding follows transformers: greedy unless sampling is asked for (--sample, or any of --temperature,
+--top-k, --top-p, --min-p) or generation_config.json sets do_sample; --greedy always wins over the file.
+Generation stops at the EOS id(s) of generation_config.json (else config.json) or after --max-new-tokens.
+
+stdout gets the prompt and the generated text; stderr gets the progress bar and a closing line
+  prompt: N tokens, X tok/s · generated: M tokens, Y tok/s · backend B
+where X counts the prompt pass (which also yields the first new token) and Y the other M - 1 tokens.
+
+Example:
+  nemotron-tfjs generate --model ./Minitron-4B-Base --prompt "The capital of France is" -n 20 --greedy`)
+    .action(async (_opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals() as GenerateCliOptions & { specialTokens: boolean; showSpecialTokens?: boolean };
+      await runGenerate({
+        ...opts,
+        addSpecialTokens: opts.specialTokens,
+        skipSpecialTokens: !opts.showSpecialTokens,
+      });
+    });
+}

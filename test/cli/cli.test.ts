@@ -1,0 +1,281 @@
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { spawnSync } from 'child_process';
+import { expect } from 'chai';
+import { setBackend } from '../../src/backends';
+import { CheckpointReader } from '../../src/io/checkpoint';
+import { NemotronTokenizer } from '../../src/tokenizer';
+import { GenerateOptions, generate } from '../../src/generation/generate';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { fixtureDir } from '../helpers';
+
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+const PACKAGE = path.resolve(__dirname, '../../../package.json');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(...args: string[]): Run {
+  const env = { ...process.env };
+  delete env.NEMOTRON_BACKEND;
+  delete env.NEMOTRON_DEBUG;
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env, timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * A tokenizer.json with exactly the 96 ids of the tiny-gqa model: SentencePiece-style BPE over characters
+ * (▁ for spaces), a few merges and some multi-byte characters, with <pad> <unk> <s> </s> = 0..3 as in the config.
+ */
+function writeTinyTokenizer(dir: string): void {
+  const specials = ['<pad>', '<unk>', '<s>', '</s>'];
+  const chars = ['▁', ...'abcdefghijklmnopqrstuvwxyz', ...'ABCDEFGHIJKLMNOPQRSTUVWXYZ', ...'0123456789', ...'.,!?\'-:;()"'];
+  const merges = [['▁', 't'], ['h', 'e'], ['▁t', 'he'], ['▁', 'a'], ['i', 'n'], ['e', 'r'], ['a', 'n'], ['o', 'n']];
+  const multiByte = ['é', 'ü', 'ñ', 'ß', '中', '文', '日', '本', '€', '😀'];
+  const tokens = [...specials, ...chars, ...merges.map((m) => m.join('')), ...multiByte];
+  expect(tokens).to.have.length(96);
+  const tokenizer = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: specials.map((content, id) => ({
+      id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+    })),
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }],
+    },
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
+    },
+    model: {
+      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: true, byte_fallback: false, ignore_merges: false,
+      vocab: Object.fromEntries(tokens.map((t, i) => [t, i])),
+      merges: merges.map((m) => m.join(' ')),
+    },
+  };
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer, null, 1));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({
+    add_bos_token: true, add_eos_token: false, bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', pad_token: '<pad>',
+    clean_up_tokenization_spaces: false,
+  }, null, 1));
+}
+
+function copyCheckpoint(from: string, to: string, skip: string[] = []): void {
+  fs.mkdirSync(to, { recursive: true });
+  for (const f of fs.readdirSync(from)) if (!skip.includes(f)) fs.copyFileSync(path.join(from, f), path.join(to, f));
+}
+
+const STATS = /prompt: (\d+) tokens?, [\d.]+ tok\/s · generated: (\d+) tokens?, ([\d.]+|–) tok\/s · backend cpu/;
+
+describe('CLI (nemotron-tfjs)', function () {
+  this.timeout(120_000);
+  const PROMPT = 'Hello the world';
+  let tmp: string;
+  let model: string;
+  let tokenizer: NemotronTokenizer;
+  let lm: NemotronForCausalLM;
+
+  /** What the CLI should print: decode(prompt + generated) with special tokens skipped, then a newline. */
+  async function expectedText(prompt: string, options: GenerateOptions): Promise<string> {
+    const ids = tokenizer.encode(prompt);
+    const out = await generate(lm, [ids], options);
+    return tokenizer.decode(out.sequences[0], { skipSpecialTokens: true }) + '\n';
+  }
+
+  before(async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-cli-'));
+    model = path.join(tmp, 'tiny');
+    copyCheckpoint(fixtureDir('tiny-gqa', 'causal-lm'), model);
+    writeTinyTokenizer(model);
+    copyCheckpoint(model, path.join(tmp, 'no-tokenizer'), ['tokenizer.json']);
+    copyCheckpoint(model, path.join(tmp, 'no-config'), ['config.json']);
+    await setBackend('cpu');
+    tokenizer = await NemotronTokenizer.fromPretrained(model);
+    lm = await NemotronForCausalLM.fromPretrained(model);
+  });
+
+  after(() => {
+    lm?.dispose();
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  describe('generate', () => {
+    it('--greedy --max-new-tokens 5: the prompt and the greedy continuation on stdout, the tokens/s line on stderr', async () => {
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '--max-new-tokens', '5', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout.startsWith(PROMPT)).to.equal(true);
+      expect(r.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 5 }));
+      const stats = r.stderr.match(STATS);
+      expect(stats, r.stderr).to.not.equal(null);
+      expect(Number(stats![1])).to.equal(tokenizer.encode(PROMPT).length);
+      expect(Number(stats![2])).to.be.within(1, 5);
+      expect(r.stderr).to.not.match(/Hi, looks like you are running TensorFlow\.js/);
+    });
+
+    it('the same command twice gives the same output; --no-stream prints the same text', () => {
+      const args = ['generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '8', '--backend', 'cpu'];
+      const a = cli(...args);
+      const b = cli(...args);
+      const c = cli(...args, '--no-stream');
+      expect(a.code).to.equal(0);
+      expect(b.stdout).to.equal(a.stdout);
+      expect(c.code).to.equal(0);
+      expect(c.stdout).to.equal(a.stdout);
+    });
+
+    it('the global --backend before the subcommand works too', () => {
+      const r = cli('--backend', 'cpu', 'generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '3');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stderr).to.match(STATS);
+    });
+
+    it('sampling with --seed is reproducible and matches generate() with transformers\' defaults (top-k 50)', async () => {
+      const args = ['generate', '--model', model, '--prompt', 'The cat', '--temperature', '0.9', '-n', '12', '--backend', 'cpu'];
+      const a = cli(...args, '--seed', '7');
+      const b = cli(...args, '--seed', '7');
+      const c = cli(...args, '--seed', '8');
+      expect(a.code, a.stderr).to.equal(0);
+      expect(b.stdout).to.equal(a.stdout);
+      expect(c.stdout).to.not.equal(a.stdout);
+      expect(a.stdout).to.equal(await expectedText('The cat', {
+        maxNewTokens: 12, doSample: true, temperature: 0.9, topK: 50, topP: 1, seed: 7,
+      }));
+    });
+
+    it('--help documents every option with its default', () => {
+      const r = cli('generate', '--help');
+      expect(r.code).to.equal(0);
+      for (const option of ['--model', '--prompt', '--max-new-tokens', '--temperature', '--top-k', '--top-p', '--min-p',
+        '--repetition-penalty', '--seed', '--greedy', '--sample', '--no-stream', '--backend', '--help']) {
+        expect(r.stdout, option).to.include(option);
+      }
+      expect(r.stdout).to.include('(default: 50)');
+      const top = cli('--help');
+      expect(top.code).to.equal(0);
+      for (const command of ['generate', 'info', '--backend', '--version']) expect(top.stdout).to.include(command);
+    });
+
+    it('a folder without tokenizer.json: exit 1, the message names tokenizer.json and the folder', () => {
+      const dir = path.join(tmp, 'no-tokenizer');
+      const r = cli('generate', '--model', dir, '--prompt', PROMPT, '--backend', 'cpu');
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.match(/^error: /);
+      expect(r.stderr).to.include('tokenizer.json').and.include(dir);
+      expect(r.stderr).to.not.include('    at ');
+      expect(r.stdout).to.equal('');
+    });
+
+    it('a folder without config.json: exit 1, the message names config.json', () => {
+      const dir = path.join(tmp, 'no-config');
+      const r = cli('generate', '--model', dir, '--prompt', PROMPT, '--backend', 'cpu');
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.include('config.json').and.include(dir);
+      const missing = cli('generate', '--model', path.join(tmp, 'nowhere'), '--prompt', PROMPT);
+      expect(missing.code).to.equal(1);
+      expect(missing.stderr).to.include('does not exist');
+    });
+
+    it('bad numbers: exit 1 with a message naming the option', () => {
+      const cases: Array<[string[], RegExp]> = [
+        [['--max-new-tokens', '0'], /--max-new-tokens.*'0' is invalid.*positive integer/],
+        [['--top-p', '2'], /--top-p.*'2' is invalid.*\(0, 1\]/],
+        [['--temperature', 'abc'], /--temperature.*'abc' is invalid/],
+        [['--top-k', '1.5'], /--top-k.*'1\.5' is invalid/],
+        [['--seed', '0x10'], /--seed.*'0x10' is invalid/],
+        [['--greedy', '--temperature', '0.7'], /--greedy cannot be combined with --temperature/],
+      ];
+      for (const [extra, message] of cases) {
+        const r = cli('generate', '--model', model, '--prompt', PROMPT, '--backend', 'cpu', ...extra);
+        expect(r.code, extra.join(' ')).to.equal(1);
+        expect(r.stderr, extra.join(' ')).to.match(message);
+        expect(r.stdout, extra.join(' ')).to.equal('');
+      }
+    });
+
+    it('a prompt that does not fit the context: exit 1 naming max_position_embeddings', () => {
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '-n', '60', '--backend', 'cpu');
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.include('max_position_embeddings 64');
+    });
+  });
+
+  describe('info', () => {
+    function checkpointSum(dir: string): number {
+      const reader = CheckpointReader.open(dir);
+      try {
+        return reader.names().reduce((n, name) => n + reader.info(name).shape.reduce((a, b) => a * b, 1), 0);
+      } finally {
+        reader.close();
+      }
+    }
+
+    it('reports the parameter count of the checkpoint\'s tensors and the lm_head', () => {
+      const sum = checkpointSum(model);
+      const r = cli('info', '--model', model);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.include(sum.toLocaleString('en-US'));
+      expect(r.stdout).to.include('NemotronForCausalLM');
+      expect(r.stdout).to.match(/lm_head\s+\[96, 64\]/);
+      expect(r.stdout).to.match(/context length\s+64/);
+      expect(r.stdout).to.include('matches');
+    });
+
+    it('--json parses and holds the counts, dtypes, memory and heads', () => {
+      const sum = checkpointSum(model);
+      const r = cli('info', '--model', model, '--json');
+      expect(r.code, r.stderr).to.equal(0);
+      const card = JSON.parse(r.stdout);
+      expect(card.parameters.checkpoint).to.equal(sum);
+      expect(card.parameters.config).to.equal(sum);
+      expect(card.config).to.include({ hiddenSize: 64, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 16,
+        intermediateSize: 128, vocabSize: 96, contextLength: 64, partialRotaryFactor: 0.5, tieWordEmbeddings: false });
+      expect(card.checkpoint.dtypes).to.deep.equal(['F32']);
+      expect(card.checkpoint.tensorBytes).to.equal(sum * 4);
+      expect(card.memory.float32WeightBytes).to.equal(sum * 4);
+      expect(card.memory.kvCacheBytesPerToken).to.equal(2 * 2 * 2 * 16 * 4);
+      expect(card.heads).to.deep.equal([{ name: 'lm_head', shape: [96, 64], bias: false, tied: false }]);
+      expect(card.baseOnly).to.equal(false);
+      expect(card.tokenizer).to.equal(true);
+    });
+
+    it('tied heads, BF16 on disk, other heads: the config count agrees with the checkpoint', () => {
+      const tied = JSON.parse(cli('info', '--model', fixtureDir('tiny-mha-bias', 'causal-lm-bf16'), '--json').stdout);
+      expect(tied.heads).to.deep.equal([{ name: 'lm_head', shape: [tied.config.vocabSize, tied.config.hiddenSize], bias: false, tied: true }]);
+      expect(tied.checkpoint.dtypes).to.deep.equal(['BF16']);
+      expect(tied.memory.float32WeightBytes).to.equal(tied.checkpoint.tensorBytes * 2);
+      for (const [config, sub, head] of [['tiny-mha-bias', 'causal-lm-bf16', 'lm_head'], ['tiny-gqa', 'qa', 'qa_outputs'],
+        ['tiny-mha-bias', 'tokcls', 'score'], ['tiny-gqa', 'seqcls-single', 'score'], ['tiny-gqa', 'causal-lm-sharded', 'lm_head']] as const) {
+        const dir = fixtureDir(config, sub);
+        const card = JSON.parse(cli('info', '--model', dir, '--json').stdout);
+        expect(card.parameters.checkpoint, `${config}/${sub}`).to.equal(checkpointSum(dir));
+        expect(card.parameters.config, `${config}/${sub}`).to.equal(card.parameters.checkpoint);
+        expect(card.heads.map((h: { name: string }) => h.name), `${config}/${sub}`).to.deep.equal([head]);
+      }
+    });
+
+    it('a folder without config.json: exit 1', () => {
+      const r = cli('info', '--model', path.join(tmp, 'no-config'));
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.include('config.json');
+    });
+  });
+
+  it('--version prints the package version', () => {
+    const r = cli('--version');
+    expect(r.code).to.equal(0);
+    expect(r.stdout.trim()).to.equal(JSON.parse(fs.readFileSync(PACKAGE, 'utf8')).version);
+  });
+});

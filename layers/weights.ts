@@ -10,9 +10,24 @@ export function variableOf(weight: tf.LayerVariable): tf.Variable {
   return weight.read() as tf.Variable;
 }
 
+let deferredInit = 0;
+
+/**
+ * Builds layers whose weights start as zeros instead of random draws: for loading a checkpoint, where every
+ * value is overwritten (and drawing 4 billion normals would take minutes). Zero pages cost no memory until written.
+ */
+export function withDeferredInit<T>(build: () => T): T {
+  deferredInit++;
+  try {
+    return build();
+  } finally {
+    deferredInit--;
+  }
+}
+
 /** transformers' _init_weights for Linear/Embedding: normal(0, initializer_range); biases zero. */
 export function normalInit(stddev: number, seed?: number): ReturnType<typeof tf.initializers.randomNormal> {
-  return tf.initializers.randomNormal({ mean: 0, stddev, seed });
+  return deferredInit ? tf.initializers.zeros() : tf.initializers.randomNormal({ mean: 0, stddev, seed });
 }
 
 /** y = x · Wᵀ + b with W in HF layout [out, in]; x of any rank ≥ 2. */

@@ -3,7 +3,7 @@ import { KVCache } from '../../layers/attention';
 import { NemotronDecoderLayer } from '../../layers/decoder-layer';
 import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
-import { outputs } from '../../layers/weights';
+import { normalInit, outputs } from '../../layers/weights';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
@@ -57,7 +57,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
   constructor(config: NemotronConfig) {
     super(config);
     const c = config;
-    this.embedTokens = tf.tidy(() => tf.variable(tf.randomNormal([c.vocabSize, c.hiddenSize], 0, c.initializerRange, 'float32'), true));
+    this.embedTokens = tf.tidy(() => tf.variable(normalInit(c.initializerRange).apply([c.vocabSize, c.hiddenSize], 'float32'), true));
     this.layers = Array.from({ length: c.numHiddenLayers }, (_, i) => new NemotronDecoderLayer({
       hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, numHeads: c.numAttentionHeads,
       numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim, attentionBias: c.attentionBias, mlpBias: c.mlpBias,

@@ -1,9 +1,12 @@
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
+import { withDeferredInit } from '../../layers/weights';
+import { estimateMemory } from './presets';
 
 export interface FromPretrainedOptions {
   /** Fields that replace those of config.json (e.g. numLabels for a new classification head). */
@@ -12,7 +15,12 @@ export interface FromPretrainedOptions {
   onProgress?: (progress: { loadedBytes: number; totalBytes: number; tensor: string }) => void;
   /** Silence the warning that lists newly initialised tensors. */
   quiet?: boolean;
+  /** Skip the check that the float32 weights fit in this machine's memory (and in wasm's 4 GB). */
+  skipMemoryCheck?: boolean;
 }
+
+/** wasm's linear memory is 32-bit: 4 GB for everything, weights and activations. */
+const WASM_MEMORY_BYTES = 4 * 1024 ** 3;
 
 export interface SavePretrainedOptions {
   /** Split into shards of at most this many bytes, with model.safetensors.index.json, as transformers does. */
@@ -77,7 +85,8 @@ export abstract class NemotronPreTrainedModel {
     const reader = CheckpointReader.open(dir);
     let model: T | null = null;
     try {
-      model = new this(config);
+      if (!options.skipMemoryCheck) checkMemory(config, this.architecture, dir);
+      model = withDeferredInit(() => new this(config));
       model.loadWeights(reader, (config.architectures ?? []).includes(this.architecture), options);
       const generationFile = path.join(dir, 'generation_config.json');
       if (fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8'));
@@ -135,6 +144,11 @@ export abstract class NemotronPreTrainedModel {
       throw new Error(`The checkpoint at ${reader.dir} lacks ${list.length} tensor(s) that ${this.constructor.name} needs: ` +
         `${list.slice(0, 8).join(', ')}${list.length > 8 ? ', …' : ''}`);
     }
+    // Built with deferred init: what the checkpoint lacks gets transformers' init now (weights normal, biases zero).
+    for (const name of missing) {
+      const v = params.get(name)!;
+      if (!name.endsWith('.bias')) tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, this.config.initializerRange, 'float32')));
+    }
     if (missing.length && !options.quiet) {
       console.warn(`${this.constructor.name}: newly initialised from normal(0, ${this.config.initializerRange}) ` +
         `(not in the checkpoint at ${reader.dir}): ${missing.join(', ')}. Train them before use.`);
@@ -155,6 +169,20 @@ export abstract class NemotronPreTrainedModel {
       name, shape: v.shape.slice(), data: v.dataSync() as Float32Array, dtype: 'float32' as const,
     }));
     saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
+  }
+}
+
+/** Refuses, before reading any weight, a checkpoint whose float32 weights cannot fit where they would go. */
+function checkMemory(config: NemotronConfig, architecture: string, dir: string): void {
+  const { weightsBytes } = estimateMemory(config, { batch: 1, sequenceLength: 1, architecture });
+  const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+  if (tf.getBackend() === 'wasm' && weightsBytes > WASM_MEMORY_BYTES) {
+    throw new Error(`The checkpoint at ${dir} needs ${gb(weightsBytes)} for its float32 weights; the wasm backend is capped at ` +
+      `${gb(WASM_MEMORY_BYTES)}. Use the tensorflow or cpu backend.`);
+  }
+  if (weightsBytes > os.totalmem()) {
+    throw new Error(`The checkpoint at ${dir} needs ${gb(weightsBytes)} for its float32 weights (tfjs has no bfloat16), ` +
+      `more than this machine's ${gb(os.totalmem())} of memory`);
   }
 }
 

@@ -3,6 +3,8 @@ import * as path from 'path';
 import { Command, Option } from 'commander';
 import { initBackend } from '../backends';
 import { integerArg, numberArg } from './generate';
+import { loadingBar } from './progress';
+import { CheckpointReader } from '../io/checkpoint';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
 } from '../../models/nemotron/heads';
@@ -23,6 +25,15 @@ const LOADERS: Record<TaskName, Loader> = {
 const positive = numberArg('a number > 0', (n) => n > 0);
 const atLeast = (min: number) => integerArg(`an integer ≥ ${min}`, (n) => n >= min);
 const nonNegative = numberArg('a number ≥ 0', (n) => n >= 0);
+
+function checkpointBytes(dir: string): number {
+  const reader = CheckpointReader.open(dir);
+  try {
+    return reader.totalBytes();
+  } finally {
+    reader.close();
+  }
+}
 
 /** Head settings a classification dataset implies when the checkpoint has no such head yet. */
 function headConfig(task: TaskName, examples: Example[], numLabels?: number): Partial<NemotronConfigFields> {
@@ -76,7 +87,13 @@ export function registerFinetune(program: Command): void {
       const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength) : undefined;
       const resuming = opts.resume && fs.existsSync(path.join(opts.output, 'trainer_state.json'));
       const from = resuming ? opts.output : opts.model;
-      const model = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels) });
+      const bar = opts.progress && process.stderr.isTTY ? loadingBar(checkpointBytes(from)) : null;
+      let model: TrainableModel;
+      try {
+        model = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels), onProgress: bar?.onProgress });
+      } finally {
+        bar?.stop();
+      }
       const trainer = new Trainer(model, train, {
         task, lr: opts.lr, epochs: opts.epochs, maxSteps: opts.maxSteps, batchSize: opts.batchSize, gradAccum: opts.gradAccum,
         schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,

@@ -7,7 +7,6 @@ import * as path from 'path';
 import { performance } from 'perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import * as cliProgress from 'cli-progress';
 import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
 import { CheckpointReader } from '../io/checkpoint';
 import { NemotronTokenizer } from '../tokenizer';
@@ -15,6 +14,7 @@ import { GenerateOptions, generateStream } from '../generation/generate';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { checkModelDir, formatBytes } from './info';
+import { loadingBar } from './progress';
 
 /** The `--backend` option, shared by the program (global) and the subcommands that run a model. */
 export function backendOption(): Option {
@@ -158,20 +158,12 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
   const backend = await initBackend(o.backend);
 
-  const bar = new cliProgress.SingleBar({
-    stream: process.stderr,
-    format: 'loading weights [{bar}] {percentage}% | {loaded} / {size} | {tensor}',
-    barsize: 30,
-    hideCursor: true,
-    clearOnComplete: true,
-    autopadding: true,
-  }, cliProgress.Presets.shades_classic);
   const loadStart = performance.now();
-  bar.start(totalBytes, 0, { loaded: formatBytes(0), size: formatBytes(totalBytes), tensor: '' });
+  const bar = loadingBar(totalBytes);
   let model: NemotronForCausalLM;
   try {
     model = await NemotronForCausalLM.fromPretrained(dir, {
-      onProgress: ({ loadedBytes, tensor }) => bar.update(loadedBytes, { loaded: formatBytes(loadedBytes), tensor }),
+      onProgress: bar.onProgress,
     });
   } finally {
     bar.stop();

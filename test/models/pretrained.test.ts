@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  CheckpointReader, NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
+  CheckpointReader, NemotronConfig, setBackend, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
   NemotronModel,
 } from '../../src/index';
 import { expectClose, expected, fixtureDir, maxAbsDiff, tmpDir } from '../helpers';
@@ -114,6 +114,34 @@ describe('checkpoints: loading across classes, saving, bad input', () => {
     const bytes = fs.readFileSync(file);
     fs.writeFileSync(file, bytes.subarray(0, bytes.length - 100));
     await rejects(NemotronForCausalLM.fromPretrained(dir), /model\.safetensors/);
+  });
+
+  it('a checkpoint that cannot fit is refused before loading, with the estimate', async () => {
+    const dir = tmpDir('huge');
+    NemotronConfig.preset('nemotron-4-15b').save(dir);
+    fs.copyFileSync(fixtureDir('tiny-gqa', 'causal-lm/model.safetensors'), path.join(dir, 'model.safetensors'));
+    const before = tf.memory().numTensors;
+    await rejects(NemotronForCausalLM.fromPretrained(dir), /needs 6\d\.\d GB for its float32 weights.*more than this machine's/);
+    NemotronConfig.preset('minitron-4b').save(dir);
+    await setBackend('wasm');
+    try {
+      await rejects(NemotronForCausalLM.fromPretrained(dir), /needs 16\.\d GB .*wasm backend is capped at 4\.3 GB/);
+    } finally {
+      await tf.setBackend('cpu');
+    }
+    expect(tf.memory().numTensors).to.equal(before);
+  });
+
+  it('onProgress reports every tensor and the bytes read', async () => {
+    const seen: number[] = [];
+    let total = 0;
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm-bf16'), {
+      onProgress: ({ loadedBytes, totalBytes }) => { seen.push(loadedBytes); total = totalBytes; },
+    });
+    expect(seen).to.have.length(model.namedParameters().size);
+    expect(seen[seen.length - 1]).to.equal(total);
+    expect(total).to.equal(model.numParameters() * 2); // BF16 on disk
+    model.dispose();
   });
 
   describe('bad input to forward', () => {

@@ -1,0 +1,161 @@
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import seedrandom from 'seedrandom';
+import {
+  NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
+  NemotronForTokenClassification, NemotronModel, SafetensorsFile, setBackend,
+} from '../../src/index';
+import { expectClose, expectRelClose, tmpDir } from '../helpers';
+
+/**
+ * The live reference harness: random configurations (from a logged seed) built here, saved with savePretrained,
+ * loaded by transformers (scripts/reference/live_parity.py), and compared output by output. Needs the reference
+ * venv (scripts/reference-venv.sh, or $NEMOTRON_REF_PYTHON); skipped without it.
+ */
+const ROOT = path.resolve(__dirname, '../../..');
+const PYTHON = process.env.NEMOTRON_REF_PYTHON ?? path.join(ROOT, '.venv-ref/bin/python');
+const SCRIPT = path.join(ROOT, 'scripts/reference/live_parity.py');
+const SEED = Number(process.env.NEMOTRON_PARITY_SEED ?? Date.now() % 100000);
+const CONFIG_COUNT = Number(process.env.NEMOTRON_PARITY_CONFIGS ?? 3);
+const ABS = 1e-4;
+const REL = 1e-5;
+
+/** A random small configuration: MHA/GQA/MQA, head_dim ≠ hidden/heads, rotary fractions, biases, tying, rope scaling. */
+function randomConfig(random: () => number): NemotronConfig {
+  const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const heads = pick([2, 3, 4, 6]);
+  const kvHeads: number = pick([heads, 1, ...[2, 3].filter((k) => k < heads && heads % k === 0)]);
+  const headDim = pick([8, 12, 16]);
+  const partial = pick([0.25, 0.5, 1].filter((f) => Math.floor(headDim * f) % 2 === 0 && Math.floor(headDim * f) > 0));
+  return new NemotronConfig({
+    vocabSize: 64 + Math.floor(random() * 40), hiddenSize: pick([24, 32, 48]), intermediateSize: pick([32, 64, 96]),
+    numHiddenLayers: 1 + Math.floor(random() * 3), numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim,
+    partialRotaryFactor: partial, ropeTheta: pick([500, 10000]), attentionBias: random() < 0.5, mlpBias: random() < 0.5,
+    tieWordEmbeddings: random() < 0.5, maxPositionEmbeddings: 64, padTokenId: 0, bosTokenId: 2, eosTokenId: 3,
+    ropeScaling: random() < 0.3 ? { ropeType: 'linear', factor: 2 } : null,
+  });
+}
+
+/** Random values everywhere, LayerNorm1P gammas and biases included, so that every parameter moves the outputs. */
+function randomize(params: Map<string, tf.Variable>, seed: number): void {
+  let k = 0;
+  for (const [name, v] of params) {
+    const std = v.rank >= 2 ? (name.includes('embed_tokens') ? 1 : 1 / Math.sqrt(v.shape[1]!)) : 0.1;
+    tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, std, 'float32', seed * 1000 + k++)));
+  }
+}
+
+describe('live parity with transformers (random configurations)', function () {
+  this.timeout(600000);
+  before(async function () {
+    if (!fs.existsSync(PYTHON)) {
+      console.log(`    (skipped: no reference python at ${PYTHON}; run scripts/reference-venv.sh or set NEMOTRON_REF_PYTHON)`);
+      this.skip();
+    }
+    await setBackend('cpu');
+    console.log(`    seed ${SEED} (NEMOTRON_PARITY_SEED=${SEED} reproduces these configurations)`);
+  });
+
+  for (let n = 0; n < CONFIG_COUNT; n++) {
+    it(`configuration ${n + 1} of ${CONFIG_COUNT}: base model, every head, every loss, the gradients; saved checkpoints load in transformers`, async () => {
+      const random = seedrandom(`${SEED}:${n}`);
+      const config = randomConfig(random);
+      const dir = tmpDir('live');
+      const batch = 2;
+      const seq = 6;
+      const ids = Array.from({ length: batch }, () => Array.from({ length: seq }, () => 4 + Math.floor(random() * (config.vocabSize - 4))));
+      const mask = ids.map(() => ids[0].map(() => 1));
+      ids[1][4] = ids[1][5] = 0; // right padding
+      mask[1][4] = mask[1][5] = 0;
+      const causalLabels = ids.map((row, r) => row.map((t, c) => (mask[r][c] ? t : -100)));
+      const label = `${JSON.stringify({ ...config.toJSON(), id2label: undefined, label2id: undefined })}`;
+
+      const causal = new NemotronForCausalLM(config);
+      randomize(causal.namedParameters(), SEED + n);
+      causal.savePretrained(path.join(dir, 'causal'));
+      const heads = {
+        single: { numLabels: 3, labels: [2, 0], float: false, problemType: null },
+        multi: { numLabels: 3, labels: [[1, 0, 1], [0, 1, 0]], float: true, problemType: 'multi_label_classification' as const },
+        regression: { numLabels: 1, labels: [0.7, -1.3], float: true, problemType: null },
+      };
+      for (const [name, h] of Object.entries(heads)) {
+        const m = await NemotronForSequenceClassification.fromPretrained(path.join(dir, 'causal'), { config: { numLabels: h.numLabels, problemType: h.problemType }, quiet: true });
+        m.savePretrained(path.join(dir, `seqcls-${name}`));
+        m.dispose();
+      }
+      const qa = await NemotronForQuestionAnswering.fromPretrained(path.join(dir, 'causal'), { quiet: true });
+      randomize(new Map([...qa.namedParameters()].filter(([k]) => k.startsWith('qa_outputs'))), 7);
+      qa.savePretrained(path.join(dir, 'qa'));
+      qa.dispose();
+      const tok = await NemotronForTokenClassification.fromPretrained(path.join(dir, 'causal'), { config: { numLabels: 4 }, quiet: true });
+      randomize(new Map([...tok.namedParameters()].filter(([k]) => k.startsWith('score'))), 8);
+      tok.savePretrained(path.join(dir, 'tokcls'));
+      tok.dispose();
+      const tokLabels = ids.map((row, r) => row.map((_, c) => (mask[r][c] ? Math.floor(random() * 4) : -100)));
+      const cases = {
+        input_ids: ids, attention_mask: mask, causal_dir: path.join(dir, 'causal'), causal_labels: causalLabels,
+        seqcls: Object.entries(heads).map(([name, h]) => ({ name, dir: path.join(dir, `seqcls-${name}`), labels: h.labels, float_labels: h.float })),
+        qa: { dir: path.join(dir, 'qa'), start_positions: [1, 99], end_positions: [3, 2] },
+        tokcls: { dir: path.join(dir, 'tokcls'), labels: tokLabels },
+      };
+      fs.writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(cases));
+      const run = spawnSync(PYTHON, [SCRIPT, path.join(dir, 'cases.json'), path.join(dir, 'ref')], { encoding: 'utf8' });
+      expect(run.status, `transformers failed on ${label}:\n${run.stderr.slice(-3000)}`).to.equal(0);
+      const ref = SafetensorsFile.open(path.join(dir, 'ref/expected.safetensors'));
+      const meta = JSON.parse(fs.readFileSync(path.join(dir, 'ref/expected.json'), 'utf8'));
+      const reference = (key: string) => { const t = ref.read(key); return tf.tensor(t.data, t.shape); };
+      const inputs = { inputIds: ids, attentionMask: mask };
+
+      const base = await NemotronModel.fromPretrained(path.join(dir, 'causal'), { quiet: true });
+      const b = base.forward({ ...inputs, outputHiddenStates: true, outputAttentions: true });
+      b.hiddenStates!.forEach((h, i) => expectClose(h, reference(`base.hidden_states.${i}`), ABS, `${label}: hidden state ${i}`));
+      b.attentions!.forEach((a, i) => expectClose(a, reference(`base.attentions.${i}`), ABS, `${label}: attention ${i}`));
+      tf.dispose([b.lastHiddenState, ...b.hiddenStates!, ...b.attentions!]);
+      base.dispose();
+
+      const batchInputs = { ...inputs, labels: causalLabels };
+      const out = causal.forward(batchInputs);
+      expectClose(out.logits, reference('causal.logits'), ABS, `${label}: causal logits`);
+      expectRelClose(out.loss!.dataSync()[0], meta.causal_loss, REL, `${label}: causal loss`);
+      tf.dispose([out.logits, out.loss!]);
+      const params = causal.namedParameters();
+      const { value, grads } = tf.variableGrads(() => causal.forward(batchInputs).loss!, [...params.values()]);
+      for (const [name, v] of params) {
+        const worst = tf.tidy(() => {
+          const r = reference(`causal.grad.${name}`);
+          return tf.max(tf.sub(tf.abs(tf.sub(grads[v.name], r)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(r))))).dataSync()[0];
+        });
+        expect(worst, `${label}: gradient of ${name}`).to.be.at.most(0);
+      }
+      tf.dispose([value, ...Object.values(grads)]);
+      causal.dispose();
+
+      for (const [name, h] of Object.entries(heads)) {
+        const m = await NemotronForSequenceClassification.fromPretrained(path.join(dir, `seqcls-${name}`));
+        const o = m.forward({ ...inputs, labels: h.labels });
+        expectClose(o.logits, reference(`seqcls.${name}.logits`), ABS, `${label}: seqcls ${name} logits`);
+        expectRelClose(o.loss!.dataSync()[0], meta[`seqcls_${name}_loss`], REL, `${label}: seqcls ${name} loss`);
+        tf.dispose([o.logits, o.loss!]);
+        m.dispose();
+      }
+      const q = await NemotronForQuestionAnswering.fromPretrained(path.join(dir, 'qa'));
+      const qo = q.forward({ ...inputs, startPositions: cases.qa.start_positions, endPositions: cases.qa.end_positions });
+      expectClose(qo.startLogits, reference('qa.start_logits'), ABS, `${label}: qa start`);
+      expectClose(qo.endLogits, reference('qa.end_logits'), ABS, `${label}: qa end`);
+      expectRelClose(qo.loss!.dataSync()[0], meta.qa_loss, REL, `${label}: qa loss`);
+      tf.dispose([qo.startLogits, qo.endLogits, qo.loss!]);
+      q.dispose();
+      const t = await NemotronForTokenClassification.fromPretrained(path.join(dir, 'tokcls'));
+      const to = t.forward({ ...inputs, labels: tokLabels });
+      expectClose(to.logits, reference('tokcls.logits'), ABS, `${label}: tokcls logits`);
+      expectRelClose(to.loss!.dataSync()[0], meta.tokcls_loss, REL, `${label}: tokcls loss`);
+      tf.dispose([to.logits, to.loss!]);
+      t.dispose();
+      ref.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+  }
+});

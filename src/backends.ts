@@ -27,6 +27,8 @@ function requireOptional(id: string): unknown {
 }
 
 async function register(name: BackendName): Promise<void> {
+  // Already registered (e.g. a bundle that imported the backend itself): nothing to load.
+  if (name === 'webgpu' && tf.findBackendFactory('webgpu')) return;
   switch (name) {
     case 'cpu':
       return;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the Python venv with transformers + CPU PyTorch that the reference
+# comparisons and benchmarks/torch_bench.py use.
+#   bash scripts/reference-venv.sh [VENV_DIR]     (default: .venv-ref at the repository root)
+# Idempotent: returns at once when the venv already imports torch, transformers, safetensors and numpy.
+# torch is pinned to the CPU build (2.13.0+cpu): a plain `pip install torch` would pull the CUDA
+# build and several GB of nvidia-* wheels. A local wheel in /opt/wheels (or $TORCH_WHEEL_DIR) is used when present.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${1:-$ROOT/.venv-ref}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+PY="${PYTHON:-python3}"
+WHEEL_DIR="${TORCH_WHEEL_DIR:-/opt/wheels}"
+
+check() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$TORCH_VERSION" <<'PYEOF' >/dev/null 2>&1
+import sys, torch, transformers, safetensors, numpy
+assert torch.__version__.split('+')[0] == sys.argv[1], torch.__version__
+PYEOF
+}
+
+if check; then
+  echo "reference venv ready: $VENV ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+
+# The CPU wheel: prefer a local file, else the version pin with the CPU local label.
+TORCH_SPEC="torch==$TORCH_VERSION"
+LOCAL_WHEEL="$(ls "$WHEEL_DIR"/torch-"$TORCH_VERSION"+cpu-*.whl 2>/dev/null | head -n1 || true)"
+if [ -n "$LOCAL_WHEEL" ]; then
+  TORCH_SPEC="$LOCAL_WHEEL"
+fi
+# Keep pip from replacing torch with a CUDA build while resolving the rest.
+"${PIP[@]}" "$TORCH_SPEC"
+"${PIP[@]}" transformers safetensors numpy "torch==$TORCH_VERSION"
+
+if ! check; then
+  echo "reference venv at $VENV is incomplete" >&2
+  exit 1
+fi
+echo "reference venv ready: $VENV ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -459,6 +459,7 @@ export class SafetensorsFile {
   }
 
   /** Read one tensor and convert it: floats to float32, integers and BOOL to int32. */
+  /** Reads one tensor: floats as float32, integers and booleans as int32. */
   read(name: string): HostTensor {
     assertLittleEndianHost();
     const info = this.info(name);
@@ -480,11 +481,13 @@ export class SafetensorsFile {
         return { dtype: 'float32', shape, data: Float32Array.from(tmp) };
       }
       case 'BF16': {
-        const tmp = new Uint16Array(n);
-        fill(tmp);
+        // Read the 16-bit values into the upper half of the output and widen them in place, front to back: the
+        // write of element i (16-bit slots 2i, 2i+1) never passes the slot n + i it reads. No second buffer.
         const out = new Float32Array(n);
-        const bits = new Uint32Array(out.buffer);
-        for (let i = 0; i < n; i++) bits[i] = tmp[i] << 16;
+        const halves = new Uint16Array(out.buffer, out.byteOffset, 2 * n);
+        fill(halves.subarray(n));
+        const bits = new Uint32Array(out.buffer, out.byteOffset, n);
+        for (let i = 0; i < n; i++) bits[i] = halves[n + i] << 16;
         return { dtype: 'float32', shape, data: out };
       }
       case 'F16': {

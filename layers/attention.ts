@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { KVCache } from './kv-cache';
 import { applyRotary } from './rotary';
-import { HFNamedWeights, linear, matMulTransposeB, normalInit, variableOf } from './weights';
+import { HFNamedWeights, batchMatMul, linear, normalInit, variableOf } from './weights';
 
 export { KVCache } from './kv-cache';
 
@@ -82,10 +82,10 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const keyLen = k.shape[2];
       // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
       const grouped = q.reshape([batch, kvHeads, groups * seq, headDim]);
-      let scores = tf.mul(matMulTransposeB(grouped, k), this.scale).reshape([batch, numHeads, seq, keyLen]);
+      let scores = tf.mul(batchMatMul(grouped, k, true), this.scale).reshape([batch, numHeads, seq, keyLen]);
       if (kwargs.mask) scores = tf.add(scores, kwargs.mask);
       const probs = tf.softmax(scores, -1);
-      const context = tf.matMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)
+      const context = batchMatMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)
         .reshape([batch, numHeads, seq, headDim])
         .transpose([0, 2, 1, 3])
         .reshape([batch, seq, numHeads * headDim]);

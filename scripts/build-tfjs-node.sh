@@ -25,6 +25,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TFJS_NODE_VERSION="${TFJS_NODE_VERSION:-4.22.0}"
+# @tensorflow/tfjs-node (CPU) or @tensorflow/tfjs-node-gpu (the same binding; pair it with TF_PIP_PACKAGE=tensorflow,
+# whose libtensorflow is built with CUDA 12, for the `cuda` backend).
+TFJS_NODE_PACKAGE="${TFJS_NODE_PACKAGE:-@tensorflow/tfjs-node}"
+PKG_SLUG="$(echo "${TFJS_NODE_PACKAGE#@}" | tr / -)"
 TF_VERSION="${TF_VERSION:-2.21.0}"
 NODE_GYP_SPEC="${NODE_GYP_SPEC:-node-gyp@11}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
@@ -43,7 +47,7 @@ done
 NATIVE="$ROOT/native"
 WORK="$NATIVE/work"
 WHEELS="$NATIVE/wheels"
-TFDIR="$NATIVE/tf-$TF_VERSION"
+TFDIR="$NATIVE/tf-$TF_VERSION-${TF_PIP_PACKAGE:-auto}"
 PKG="$WORK/package"
 
 log() { printf '\n== %s\n' "$*"; }
@@ -86,10 +90,10 @@ fi
 echo "platform=$(uname -m) pip package=$TF_PIP_PACKAGE==$TF_VERSION node=$(node -v) NODEDIR=$NODEDIR jobs=$JOBS"
 
 # ------------------------------------------------- 1. tfjs-node sources (npm)
-log "1. npm pack @tensorflow/tfjs-node@$TFJS_NODE_VERSION"
-TGZ="$WORK/tensorflow-tfjs-node-$TFJS_NODE_VERSION.tgz"
+log "1. npm pack $TFJS_NODE_PACKAGE@$TFJS_NODE_VERSION"
+TGZ="$WORK/$PKG_SLUG-$TFJS_NODE_VERSION.tgz"
 if [ ! -f "$TGZ" ]; then
-  (cd "$WORK" && npm pack --silent "@tensorflow/tfjs-node@$TFJS_NODE_VERSION" >/dev/null)
+  (cd "$WORK" && npm pack --silent "$TFJS_NODE_PACKAGE@$TFJS_NODE_VERSION" >/dev/null)
 fi
 rm -rf "$PKG"
 tar -xzf "$TGZ" -C "$WORK"
@@ -97,12 +101,13 @@ tar -xzf "$TGZ" -C "$WORK"
 
 # ---------------------------------------------- 2. libtensorflow from PyPI
 log "2. pip download $TF_PIP_PACKAGE==$TF_VERSION (wheel is only unzipped, never installed)"
-WHEEL="$(ls "$WHEELS"/*-"$TF_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
+WHEEL_PREFIX="$(echo "$TF_PIP_PACKAGE" | tr - _)"
+WHEEL="$(ls "$WHEELS"/"$WHEEL_PREFIX"-"$TF_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
 if [ -z "$WHEEL" ]; then
   # The wheel's Python tag is irrelevant (we only unzip it); take this
   # interpreter's wheel, which pip resolves by default.
   python3 -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "$TF_PIP_PACKAGE==$TF_VERSION"
-  WHEEL="$(ls "$WHEELS"/*-"$TF_VERSION"-*.whl | head -n1)"
+  WHEEL="$(ls "$WHEELS"/"$WHEEL_PREFIX"-"$TF_VERSION"-*.whl | head -n1)"
 fi
 echo "wheel: $WHEEL"
 if [ ! -f "$TFDIR/.complete" ]; then
@@ -167,15 +172,15 @@ if ldd "$BINDING" | grep -q 'not found'; then ldd "$BINDING"; die "unresolved sh
 
 # ---------------------------------------------- 5. install into node_modules
 if [ "$DO_INSTALL" = 1 ]; then
-  log "5. install into $ROOT/node_modules/@tensorflow/tfjs-node"
-  DEST="$ROOT/node_modules/@tensorflow/tfjs-node"
+  log "5. install into $ROOT/node_modules/$TFJS_NODE_PACKAGE"
+  DEST="$ROOT/node_modules/$TFJS_NODE_PACKAGE"
   have="$(node -p "try{require('$DEST/package.json').version}catch(e){''}" 2>/dev/null || true)"
   if [ "$have" != "$TFJS_NODE_VERSION" ]; then
     # --ignore-scripts: the package's install script would try to download
     # libtensorflow 2.9.1 from storage.googleapis.com. --no-save: leave
     # package.json / package-lock.json alone.
     (cd "$ROOT" && npm install --no-save --ignore-scripts --no-audit --no-fund \
-        "@tensorflow/tfjs-node@$TFJS_NODE_VERSION")
+        "$TFJS_NODE_PACKAGE@$TFJS_NODE_VERSION")
   fi
   mkdir -p "$DEST/lib/napi-v$NAPI_VERSION" "$DEST/deps/lib"
   cp -f "$BINDING" "$DEST/lib/napi-v$NAPI_VERSION/tfjs_binding.node"
@@ -194,7 +199,7 @@ if [ "$DO_INSTALL" = 1 ] && [ "$DO_VERIFY" = 1 ]; then
     cd "$ROOT"
     export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
     node -e "
-const tf = require('@tensorflow/tfjs-node');
+const tf = require('$TFJS_NODE_PACKAGE');
 const b = tf.getBackend();
 console.log('backend', b, 'libtensorflow', tf.backend().binding.TF_Version);
 if (b !== 'tensorflow') { console.error('expected the tensorflow backend'); process.exit(1); }

@@ -25,7 +25,8 @@ export interface AttentionKwargs {
 
 /**
  * Grouped-query self-attention (MHA, GQA and MQA) with q/k/v/o projections, partial rotary embedding and a
- * KV cache. Inputs: [hidden [batch, seq, hidden], cos, sin] (from PartialRotaryEmbedding.tables).
+ * KV cache. Inputs: [hidden [batch·seq, hidden] or [batch, seq, hidden], cos, sin, permutation] (from
+ * PartialRotaryEmbedding: tables() and permutation).
  * Outputs: [attnOutput] or [attnOutput, probabilities [batch, heads, seq, keyLen]].
  */
 export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights {
@@ -69,15 +70,19 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
   }
 
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {
-    const [hidden, cos, sin] = inputs as [tf.Tensor3D, tf.Tensor4D, tf.Tensor4D];
+    const [hidden, cos, sin, permutation] = inputs as [tf.Tensor, tf.Tensor4D, tf.Tensor4D, tf.Tensor1D];
     const { numHeads, numKeyValueHeads: kvHeads, headDim } = this.args;
     const groups = numHeads / kvHeads;
     return tf.tidy(() => {
-      const [batch, seq] = hidden.shape;
+      // Hidden states come as [batch·seq, hidden] from the model (no reshapes around each projection) or as
+      // [batch, seq, hidden]; for the former, seq is the rotary tables'.
+      const seq = (hidden.rank === 3 ? hidden.shape[1] : cos.shape[2]) as number;
+      const batch = hidden.rank === 3 ? hidden.shape[0] : hidden.shape[0] / seq;
+      const flat = hidden.rank === 2 ? hidden : hidden.reshape([batch * seq, -1]);
       const heads = (t: tf.Tensor, n: number) => t.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-      let q = applyRotary(heads(this.project('q_proj', hidden), numHeads), cos, sin);
-      let k = applyRotary(heads(this.project('k_proj', hidden), kvHeads), cos, sin);
-      let v = heads(this.project('v_proj', hidden), kvHeads);
+      let q = applyRotary(heads(this.project('q_proj', flat), numHeads), cos, sin, permutation);
+      let k = applyRotary(heads(this.project('k_proj', flat), kvHeads), cos, sin, permutation);
+      let v = heads(this.project('v_proj', flat), kvHeads);
       if (kwargs.cache) [k, v] = kwargs.cache.update(this.args.layerIndex, k, v);
       const keyLen = k.shape[2];
       // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
@@ -88,9 +93,10 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const context = batchMatMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)
         .reshape([batch, numHeads, seq, headDim])
         .transpose([0, 2, 1, 3])
-        .reshape([batch, seq, numHeads * headDim]);
+        .reshape([batch * seq, numHeads * headDim]);
       const out = this.project('o_proj', context);
-      return kwargs.outputAttentions ? [out, probs] : [out];
+      const shaped = hidden.rank === 2 ? out : out.reshape([batch, seq, -1]);
+      return kwargs.outputAttentions ? [shaped, probs] : [shaped];
     });
   }
 

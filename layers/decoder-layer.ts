@@ -19,7 +19,7 @@ export interface DecoderLayerArgs {
   name?: string;
 }
 
-/** Pre-norm block: x + attn(norm(x)), then h + mlp(norm(h)). Inputs [hidden, cos, sin]; outputs [hidden, probs?]. */
+/** Pre-norm block: x + attn(norm(x)), then h + mlp(norm(h)). Inputs [hidden, cos, sin, permutation] (see NemotronAttention); outputs [hidden, probs?]. */
 export class NemotronDecoderLayer extends tf.layers.Layer implements HFNamedWeights {
   static className = 'NemotronDecoderLayer';
   readonly args: DecoderLayerArgs;
@@ -45,10 +45,10 @@ export class NemotronDecoderLayer extends tf.layers.Layer implements HFNamedWeig
   }
 
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {
-    const [hidden, cos, sin] = inputs as tf.Tensor[];
+    const [hidden, cos, sin, permutation] = inputs as tf.Tensor[];
     return tf.tidy(() => {
       const normed = this.inputLayernorm.apply(hidden) as tf.Tensor;
-      const [attnOut, probs] = outputs(this.selfAttn.apply([normed, cos, sin], kwargs));
+      const [attnOut, probs] = outputs(this.selfAttn.apply([normed, cos, sin, permutation], kwargs));
       const h = tf.add(hidden, attnOut);
       const out = tf.add(h, this.mlp.apply(this.postAttentionLayernorm.apply(h) as tf.Tensor) as tf.Tensor);
       return probs ? [out, probs] : [out];

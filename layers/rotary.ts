@@ -23,6 +23,7 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
   private readonly invFreq: Float32Array;
   private cosTable: tf.Tensor2D | null = null;
   private sinTable: tf.Tensor2D | null = null;
+  private permutationTensor: tf.Tensor1D | null = null;
   private tableSize = 0;
 
   constructor(args: RotaryArgs) {
@@ -40,41 +41,57 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
       this.invFreq[i] = Math.fround(Math.fround(1 / Math.fround(Math.pow(args.base, exponent))) / factor);
     }
     this.ensureTable(args.initialPositions ?? 0);
+    void this.permutation; // built with the tables, not on first use, so that a forward adds no lasting tensor
   }
 
   /** Grows the cos/sin tables to cover positions [0, positions). */
   ensureTable(positions: number): void {
     if (positions <= this.tableSize) return;
     const size = Math.max(64, 2 ** Math.ceil(Math.log2(positions)));
-    const dim = this.args.rotaryDim;
-    const half = dim / 2;
-    const cos = new Float32Array(size * dim);
-    const sin = new Float32Array(size * dim);
+    const { headDim, rotaryDim } = this.args;
+    const half = rotaryDim / 2;
+    // Rows span the whole head: cos is 1 and sin 0 on the pass-through channels, and rotate_half's minus sign is
+    // folded into sin, so that a rotation is x·cos + x[permutation]·sin (four ops, see applyRotary).
+    const cos = new Float32Array(size * headDim);
+    const sin = new Float32Array(size * headDim);
     for (let p = 0; p < size; p++) {
+      const row = p * headDim;
       for (let i = 0; i < half; i++) {
-        const angle = Math.fround(p * this.invFreq[i]);
-        const c = Math.cos(angle);
-        const s = Math.sin(angle);
         // emb = cat(freqs, freqs): both halves use the same angle.
-        cos[p * dim + i] = c;
-        cos[p * dim + i + half] = c;
-        sin[p * dim + i] = s;
-        sin[p * dim + i + half] = s;
+        const angle = Math.fround(p * this.invFreq[i]);
+        cos[row + i] = cos[row + i + half] = Math.cos(angle);
+        sin[row + i] = -Math.sin(angle);
+        sin[row + i + half] = Math.sin(angle);
       }
+      for (let i = rotaryDim; i < headDim; i++) cos[row + i] = 1;
     }
     this.cosTable?.dispose();
     this.sinTable?.dispose();
-    this.cosTable = tf.keep(tf.tensor2d(cos, [size, dim]));
-    this.sinTable = tf.keep(tf.tensor2d(sin, [size, dim]));
+    this.cosTable = tf.keep(tf.tensor2d(cos, [size, headDim]));
+    this.sinTable = tf.keep(tf.tensor2d(sin, [size, headDim]));
     this.tableSize = size;
   }
 
-  /** cos and sin for these positions, shaped [batch, 1, seq, rotaryDim] to broadcast over heads. */
+  /**
+   * The channel order rotate_half reads: the second half of the rotated channels, then the first; pass-through
+   * channels stay (their sin is 0). Owned by the layer: do not dispose.
+   */
+  get permutation(): tf.Tensor1D {
+    if (!this.permutationTensor) {
+      const { headDim, rotaryDim } = this.args;
+      const half = rotaryDim / 2;
+      const order = Array.from({ length: headDim }, (_, i) => (i < half ? i + half : i < rotaryDim ? i - half : i));
+      this.permutationTensor = tf.keep(tf.tensor1d(order, 'int32'));
+    }
+    return this.permutationTensor;
+  }
+
+  /** cos and sin for these positions, shaped [batch, 1, seq, headDim] to broadcast over heads (see ensureTable). */
   tables(positionIds: tf.Tensor2D, maxPosition: number): [tf.Tensor4D, tf.Tensor4D] {
     this.ensureTable(maxPosition + 1);
     return tf.tidy(() => {
       const [b, s] = positionIds.shape;
-      const shape: [number, number, number, number] = [b, 1, s, this.args.rotaryDim];
+      const shape: [number, number, number, number] = [b, 1, s, this.args.headDim];
       const flat = positionIds.reshape([-1]);
       return [
         tf.gather(this.cosTable!, flat).reshape(shape) as tf.Tensor4D,
@@ -89,7 +106,7 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
     return tf.tidy(() => {
       const maxPosition = Math.max(0, ...(positionIds.dataSync() as Int32Array));
       const [cos, sin] = this.tables(positionIds as tf.Tensor2D, maxPosition);
-      return applyRotary(x as tf.Tensor4D, cos, sin);
+      return applyRotary(x as tf.Tensor4D, cos, sin, this.permutation);
     });
   }
 
@@ -106,26 +123,18 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
   disposeWeights(): number {
     this.cosTable?.dispose();
     this.sinTable?.dispose();
-    this.cosTable = this.sinTable = null;
+    this.permutationTensor?.dispose();
+    this.cosTable = this.sinTable = this.permutationTensor = null;
     this.tableSize = 0;
     return super.disposeWeights();
   }
 }
 tf.serialization.registerClass(PartialRotaryEmbedding);
 
-/** x·cos + rotate_half(x)·sin on the first cos.shape[-1] channels; the rest of x passes through. */
-export function applyRotary(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
-  return tf.tidy(() => {
-    const headDim = x.shape[3];
-    const rotaryDim = cos.shape[3];
-    const half = rotaryDim / 2;
-    const rot = rotaryDim === headDim ? x : x.slice([0, 0, 0, 0], [-1, -1, -1, rotaryDim]);
-    const x1 = rot.slice([0, 0, 0, 0], [-1, -1, -1, half]);
-    const x2 = rot.slice([0, 0, 0, half], [-1, -1, -1, half]);
-    const rotated = tf.concat([tf.neg(x2), x1], 3);
-    const embedded = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
-    if (rotaryDim === headDim) return embedded as tf.Tensor4D;
-    const pass = x.slice([0, 0, 0, rotaryDim], [-1, -1, -1, headDim - rotaryDim]);
-    return tf.concat([embedded, pass], 3) as tf.Tensor4D;
-  });
+/**
+ * Rotary embedding with tables from PartialRotaryEmbedding.tables: x·cos + x[permutation]·sin, which is
+ * x·cos + rotate_half(x)·sin on the rotated channels and x itself on the pass-through ones.
+ */
+export function applyRotary(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D, permutation: tf.Tensor1D): tf.Tensor4D {
+  return tf.tidy(() => tf.add(tf.mul(x, cos), tf.mul(tf.gather(x, permutation, 3), sin)) as tf.Tensor4D);
 }

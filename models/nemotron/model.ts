@@ -182,19 +182,21 @@ export class NemotronModel extends NemotronPreTrainedModel {
     const out = tf.tidy(() => {
       const hiddenStates: tf.Tensor3D[] = [];
       const attentions: tf.Tensor4D[] = [];
+      // Hidden states travel as [batch·seq, hidden]: every projection is then one matMul with no reshapes around it.
       let hidden = ids
-        ? (tf.gather(this.embedTokens, tf.tensor2d(ids, [batch, seq], 'int32')) as tf.Tensor3D)
-        : inputs.inputsEmbeds!;
+        ? (tf.gather(this.embedTokens, tf.tensor1d(ids.flat(), 'int32')) as tf.Tensor2D)
+        : (inputs.inputsEmbeds!.reshape([batch * seq, this.config.hiddenSize]) as tf.Tensor2D);
+      const as3d = (t: tf.Tensor) => t.reshape([batch, seq, this.config.hiddenSize]) as tf.Tensor3D;
       const additiveMask = this.buildMask(mask, batch, seq, pastLength);
       const [cos, sin] = this.rotary.tables(tf.tensor2d(positions, [batch, seq], 'int32'), maxPosition);
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false };
       for (const layer of this.layers) {
-        if (inputs.outputHiddenStates) hiddenStates.push(hidden);
-        const [next, probs] = outputs(layer.apply([hidden, cos, sin], kwargs));
-        hidden = next as tf.Tensor3D;
+        if (inputs.outputHiddenStates) hiddenStates.push(as3d(hidden));
+        const [next, probs] = outputs(layer.apply([hidden, cos, sin, this.rotary.permutation], kwargs));
+        hidden = next as tf.Tensor2D;
         if (probs) attentions.push(probs as tf.Tensor4D);
       }
-      const lastHiddenState = this.norm.apply(hidden) as tf.Tensor3D;
+      const lastHiddenState = as3d(this.norm.apply(hidden) as tf.Tensor);
       if (inputs.outputHiddenStates) hiddenStates.push(lastHiddenState);
       return { lastHiddenState, hiddenStates, attentions };
     });

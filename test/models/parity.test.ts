@@ -45,7 +45,7 @@ forEachBackend(testBackends(), () => {
         const afterLoad = tf.memory().numTensors;
         const params = model.namedParameters().size;
         model.dispose();
-        expect(afterLoad - tf.memory().numTensors, 'dispose frees every weight (and the rotary tables)').to.equal(params + 2);
+        expect(afterLoad - tf.memory().numTensors, 'dispose frees every weight (and the rotary tables and permutation)').to.equal(params + 3);
       });
 
       it('logitsToKeep computes the last positions only, equal to the full logits there', async () => {

@@ -91,3 +91,13 @@ export function forEachBackend(backends: readonly BackendName[], body: (backend:
 export function tmpDir(prefix: string): string {
   return fs.mkdtempSync(path.join(require('os').tmpdir(), `nemotron-${prefix}-`));
 }
+
+/** The message of the error `fn` throws; fails when it throws none. */
+export function errorOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error('expected an error');
+}

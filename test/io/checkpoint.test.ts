@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { errorOf } from '../helpers';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -10,14 +11,6 @@ const FP32 = path.join(FIXTURES, 'causal-lm');
 const BF16 = path.join(FIXTURES, 'causal-lm-bf16');
 const SHARDED = path.join(FIXTURES, 'causal-lm-sharded');
 
-function errorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    return (e as Error).message;
-  }
-  throw new Error('expected an error');
-}
 
 function bitsEqual(a: Float32Array | Int32Array, b: Float32Array | Int32Array): boolean {
   if (a.length !== b.length) return false;

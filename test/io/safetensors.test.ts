@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { errorOf } from '../helpers';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -21,14 +22,6 @@ function image(header: unknown, data: Uint8Array = new Uint8Array(0), opts: { he
   return new Uint8Array(Buffer.concat([prefix, h, Buffer.from(data)]));
 }
 
-function errorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    return (e as Error).message;
-  }
-  throw new Error('expected an error');
-}
 
 describe('io/safetensors', () => {
   let tmp: string;

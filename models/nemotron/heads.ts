@@ -54,7 +54,7 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
 
   forward(inputs: HeadInputs): Out {
     const prepared = this.model.prepare(inputs);
-    const base = this.model.forward(inputs);
+    const base = this.model.forward(inputs, prepared);
     let out: Out;
     try {
       out = tf.tidy(() => this.head(base, inputs, prepared) as unknown as tf.TensorContainer) as unknown as Out;
@@ -168,7 +168,7 @@ export class NemotronForSequenceClassification extends NemotronWithHead<Sequence
     if (inputs.labels === undefined) return { logits };
     const labels = readNumbers(inputs.labels as tf.Tensor | number[], 'labels');
     const numLabels = this.config.numLabels;
-    const problem = inferProblemType(this.config, labels.isInteger && !(inputs.labels instanceof tf.Tensor && inputs.labels.dtype !== 'int32'), labels.shape.length);
+    const problem = inferProblemType(this.config, labels.isInteger, labels.shape.length);
     let loss: tf.Scalar;
     if (problem === 'regression') {
       const expected = numLabels === 1 ? [batch] : [batch, numLabels];

@@ -43,6 +43,10 @@ export interface PreparedInputs {
   pastLength: number;
   /** Token ids as plain rows (null when embeddings were given). */
   ids: number[][] | null;
+  /** The attention mask's rows, or null without one. */
+  mask: number[][] | null;
+  /** Position ids: given, or pastLength … pastLength + seq - 1. */
+  positions: number[][];
 }
 
 /** The bare decoder: embeddings, N pre-norm blocks, final LayerNorm1P. */
@@ -123,8 +127,9 @@ export class NemotronModel extends NemotronPreTrainedModel {
       throw new Error(`Sequence of ${pastLength + seq} tokens (${pastLength} cached + ${seq} new) is longer than ` +
         `max_position_embeddings ${c.maxPositionEmbeddings}`);
     }
+    let mask: number[][] | null = null;
     if (inputs.attentionMask !== undefined) {
-      const mask = readIntRows(inputs.attentionMask, 'attentionMask');
+      mask = readIntRows(inputs.attentionMask, 'attentionMask');
       const width = mask[0].length;
       if (mask.length !== batch || width !== pastLength + seq) {
         throw new Error(`attentionMask has shape [${mask.length}, ${width}], expected [${batch}, ${pastLength + seq}] ` +
@@ -134,8 +139,9 @@ export class NemotronModel extends NemotronPreTrainedModel {
         if (v !== 0 && v !== 1) throw new Error(`attentionMask[${r}][${p}] = ${v}, expected 0 or 1`);
       }));
     }
+    let positions = Array.from({ length: batch }, () => Array.from({ length: seq }, (_, i) => pastLength + i));
     if (inputs.positionIds !== undefined) {
-      const pos = readIntRows(inputs.positionIds, 'positionIds');
+      const pos = positions = readIntRows(inputs.positionIds, 'positionIds');
       if (pos.length !== batch || pos[0].length !== seq) {
         throw new Error(`positionIds has shape [${pos.length}, ${pos[0].length}], expected [${batch}, ${seq}]`);
       }
@@ -145,7 +151,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
         }
       }));
     }
-    return { batch, seq, pastLength, ids };
+    return { batch, seq, pastLength, ids, mask, positions };
   }
 
   /**
@@ -168,15 +174,11 @@ export class NemotronModel extends NemotronPreTrainedModel {
     return tf.tensor4d(data, [batch, 1, seq, keys]);
   }
 
-  forward(inputs: NemotronModelInputs): BaseModelOutput {
-    const prepared = this.prepare(inputs);
-    const { batch, seq, pastLength, ids } = prepared;
+  /** `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already. */
+  forward(inputs: NemotronModelInputs, prepared: PreparedInputs = this.prepare(inputs)): BaseModelOutput {
+    const { batch, seq, pastLength, ids, mask, positions } = prepared;
     const useCache = inputs.useCache ?? inputs.pastKeyValues !== undefined;
     const cache = useCache ? inputs.pastKeyValues ?? new KVCache(this.config.numHiddenLayers) : undefined;
-    const mask = inputs.attentionMask !== undefined ? readIntRows(inputs.attentionMask, 'attentionMask') : null;
-    const positions = inputs.positionIds !== undefined
-      ? readIntRows(inputs.positionIds, 'positionIds')
-      : Array.from({ length: batch }, () => Array.from({ length: seq }, (_, i) => pastLength + i));
     const maxPosition = Math.max(...positions.map((row) => Math.max(...row)));
 
     const out = tf.tidy(() => {

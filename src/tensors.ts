@@ -3,8 +3,13 @@ import * as tf from '@tensorflow/tfjs';
 /** What the public API accepts wherever transformers takes a LongTensor. */
 export type IntMatrixLike = tf.Tensor | number[][] | number[];
 
-/** The float32 value transformers adds for a masked position (torch.finfo(float32).min). */
-export const MASK_MIN = -3.4028234663852886e38;
+/**
+ * What the additive attention mask adds at a masked position. transformers adds torch.finfo(float32).min; on WebGPU
+ * that overflows to -inf in rows where every key is masked (left padding), whose NaNs then reach the real rows
+ * through the cache. -1e9 masks just as completely (exp underflows to exactly 0) and stays finite. Rows that are
+ * wholly padding get other (unused) values than in transformers; every real position is identical.
+ */
+export const MASK_MIN = -1e9;
 
 /**
  * Reads a batch of integer rows from a tensor or plain arrays: the values (for validation and pooling)

@@ -1,0 +1,95 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import {
+  NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
+  NemotronModel, SafetensorsFile, generate,
+} from '../../src/index';
+
+/** Reads a scalar back. WebGPU in Node has no synchronous readback (tfjs uses OffscreenCanvas for it): always await. */
+async function scalar(t: tf.Tensor): Promise<number> {
+  const v = (await t.data())[0];
+  t.dispose();
+  return v;
+}
+
+async function maxDiff(actual: tf.Tensor, file: SafetensorsFile, key: string): Promise<number> {
+  const r = file.read(key);
+  return scalar(tf.tidy(() => tf.max(tf.abs(tf.sub(actual, tf.tensor(r.data, r.shape))))));
+}
+
+async function maxOf(values: Array<Promise<number>>): Promise<number> {
+  return Math.max(...await Promise.all(values));
+}
+
+/**
+ * Every check of the HF fixtures in one pass, with asynchronous reads only (WebGPU in Node has no synchronous readback):
+ * hidden states, attentions, every head's logits and loss, gradients of every parameter, greedy generation.
+ * Returns the measured differences and `pass` under the fixtures README's tolerances.
+ */
+export async function fixtureParity(dir: string): Promise<Record<string, number | boolean>> {
+  const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
+  const ref = SafetensorsFile.open(path.join(dir, 'expected.safetensors'));
+  const inputs = { inputIds: exp.input_ids, attentionMask: exp.attention_mask };
+  const r: Record<string, number | boolean> = {};
+  const rel = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
+
+  const base = await NemotronModel.fromPretrained(path.join(dir, 'causal-lm'), { quiet: true });
+  const b = base.forward({ ...inputs, outputHiddenStates: true, outputAttentions: true });
+  r.hiddenStates = await maxOf(b.hiddenStates!.map((h, i) => maxDiff(h, ref, `base.hidden_states.${i}`)));
+  r.attentions = await maxOf(b.attentions!.map((a, i) => maxDiff(a, ref, `base.attentions.${i}`)));
+  tf.dispose([b.lastHiddenState, ...b.hiddenStates!, ...b.attentions!]);
+  base.dispose();
+
+  const causal = await NemotronForCausalLM.fromPretrained(path.join(dir, 'causal-lm'));
+  const batch = { ...inputs, labels: exp.causal_labels };
+  const c = causal.forward(batch);
+  r.causalLogits = await maxDiff(c.logits, ref, 'causal.logits');
+  r.causalLossRel = rel((await c.loss!.data())[0], exp.causal_loss);
+  tf.dispose([c.logits, c.loss!]);
+  const params = causal.namedParameters();
+  const { value, grads } = tf.variableGrads(() => causal.forward(batch).loss!, [...params.values()]);
+  let worst = -Infinity;
+  for (const [pname, v] of params) {
+    const g = ref.read(`causal.grad.${pname}`);
+    worst = Math.max(worst, await scalar(tf.tidy(() => {
+      const t = tf.tensor(g.data, g.shape);
+      return tf.max(tf.sub(tf.abs(tf.sub(grads[v.name], t)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(t)))));
+    })));
+  }
+  r.gradientsWithinTolerance = worst <= 0;
+  r.gradientExcess = worst;
+  tf.dispose([value, ...Object.values(grads)]);
+  const single = await generate(causal, exp.gen_single_prompt, { maxNewTokens: 8, eosTokenId: null, outputScores: true });
+  r.genSingleExact = JSON.stringify(single.sequences) === JSON.stringify(exp.gen_single_output);
+  const batched = await generate(causal, exp.gen_batch_prompt, { attentionMask: exp.gen_batch_mask, maxNewTokens: 6, eosTokenId: null, padTokenId: 0 });
+  r.genBatchExact = JSON.stringify(batched.sequences) === JSON.stringify(exp.gen_batch_output);
+  causal.dispose();
+
+  for (const v of ['single', 'multi', 'regression']) {
+    const m = await NemotronForSequenceClassification.fromPretrained(path.join(dir, `seqcls-${v}`));
+    const o = m.forward({ ...inputs, labels: exp[`seqcls_${v}_labels`] });
+    r[`seqcls_${v}_logits`] = await maxDiff(o.logits, ref, `seqcls.${v}.logits`);
+    r[`seqcls_${v}_lossRel`] = rel((await o.loss!.data())[0], exp[`seqcls_${v}_loss`]);
+    tf.dispose([o.logits, o.loss!]);
+    m.dispose();
+  }
+  const qa = await NemotronForQuestionAnswering.fromPretrained(path.join(dir, 'qa'));
+  const q = qa.forward({ ...inputs, startPositions: exp.qa_start_positions, endPositions: exp.qa_end_positions });
+  r.qaLogits = await maxOf([maxDiff(q.startLogits, ref, 'qa.start_logits'), maxDiff(q.endLogits, ref, 'qa.end_logits')]);
+  r.qaLossRel = rel((await q.loss!.data())[0], exp.qa_loss);
+  tf.dispose([q.startLogits, q.endLogits, q.loss!]);
+  qa.dispose();
+  const tok = await NemotronForTokenClassification.fromPretrained(path.join(dir, 'tokcls'));
+  const t = tok.forward({ ...inputs, labels: exp.tokcls_labels });
+  r.tokclsLogits = await maxDiff(t.logits, ref, 'tokcls.logits');
+  r.tokclsLossRel = rel((await t.loss!.data())[0], exp.tokcls_loss);
+  tf.dispose([t.logits, t.loss!]);
+  tok.dispose();
+  ref.close();
+  const logitKeys = Object.keys(r).filter((k) => /Logits|logits|hiddenStates|attentions/.test(k));
+  const lossKeys = Object.keys(r).filter((k) => k.endsWith('LossRel') || k.endsWith('lossRel'));
+  r.pass = logitKeys.every((k) => (r[k] as number) <= 1e-4) && lossKeys.every((k) => (r[k] as number) <= 1e-5)
+    && r.gradientsWithinTolerance === true && r.genSingleExact === true && r.genBatchExact === true;
+  return r;
+}

@@ -530,7 +530,7 @@ async function main(): Promise<void> {
     let t = now();
     const model = seededModel(config, a.seed);
     const counts = countParams(model);
-    model.savePretrained(dir);
+    await model.savePretrained(dir);
     model.dispose();
     console.error(`bench: ${a.config}, ${(counts.total_params / 1e6).toFixed(1)} M params, weights saved to ${dir} in ${(now() - t).toFixed(1)} s`);
     const inputs = makeInputs(config, a);

@@ -169,8 +169,11 @@ export abstract class NemotronPreTrainedModel {
     }
   }
 
-  /** Writes config.json, generation_config.json and model.safetensors (or shards) as transformers writes them. */
-  savePretrained(dir: string, options: SavePretrainedOptions = {}): void {
+  /**
+   * Writes config.json, generation_config.json and model.safetensors (or shards) as transformers writes them.
+   * Async because weights are read back from the backend, which WebGPU can only do asynchronously.
+   */
+  async savePretrained(dir: string, options: SavePretrainedOptions = {}): Promise<void> {
     const architecture = (this.constructor as unknown as { architecture: string }).architecture;
     const config = this.config.with({ architectures: [architecture] });
     config.save(dir);
@@ -179,9 +182,10 @@ export abstract class NemotronPreTrainedModel {
     if (config.eosTokenId !== null) generation.eos_token_id = config.eosTokenId;
     if (config.padTokenId !== null) generation.pad_token_id = config.padTokenId;
     fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
-    const tensors = [...this.namedParameters()].map(([name, v]) => ({
-      name, shape: v.shape.slice(), data: v.dataSync() as Float32Array, dtype: 'float32' as const,
-    }));
+    const tensors = [];
+    for (const [name, v] of this.namedParameters()) {
+      tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array, dtype: 'float32' as const });
+    }
     saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
   }
 }

@@ -72,10 +72,10 @@ export class AdamW {
   }
 
   /** Named host copies of the moments, for saving. */
-  stateTensors(): Array<{ name: string; shape: number[]; data: Float32Array }> {
+  async stateTensors(): Promise<Array<{ name: string; shape: number[]; data: Float32Array }>> {
     const out: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
     for (const [prefix, map] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
-      for (const [name, t] of map) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: t.dataSync() as Float32Array });
+      for (const [name, t] of map) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: await t.data() as Float32Array });
     }
     return out;
   }
@@ -99,8 +99,10 @@ export class AdamW {
 }
 
 /** Scales gradients in place so that their global L2 norm is at most maxNorm; returns the norm before clipping. */
-export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): number {
-  const norm = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))).dataSync()[0]);
+export async function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<number> {
+  const normTensor = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
+  const norm = (await normTensor.data())[0];
+  normTensor.dispose();
   if (maxNorm > 0 && norm > maxNorm) {
     // torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6)
     const coefficient = maxNorm / (norm + 1e-6);

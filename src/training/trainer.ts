@@ -115,8 +115,8 @@ export class Trainer {
     return out;
   }
 
-  /** One optimizer step over gradAccum micro-batches; returns its log line. */
-  step(): StepLog {
+  /** One optimizer step over gradAccum micro-batches; returns its log line. Reads back asynchronously (WebGPU). */
+  async step(): Promise<StepLog> {
     const started = Date.now();
     const micro = this.nextMicroBatches();
     const variables = [...this.params.values()];
@@ -131,7 +131,7 @@ export class Trainer {
         if (!loss) throw new Error(`The ${this.options.task} batch produced no loss: check its labels`);
         return tf.div(loss, micro.length) as tf.Scalar;
       }, variables);
-      lossSum += value.dataSync()[0];
+      lossSum += (await value.data())[0];
       value.dispose();
       for (const [varName, grad] of Object.entries(grads)) {
         if (!grad) continue;
@@ -145,7 +145,7 @@ export class Trainer {
       }
     }
     if (!Number.isFinite(lossSum)) throw new Error(`Loss is ${lossSum} at step ${this.state.step + 1}: lower the learning rate or check the data`);
-    const gradNorm = clipByGlobalNorm(summed, this.options.maxGradNorm);
+    const gradNorm = await clipByGlobalNorm(summed, this.options.maxGradNorm);
     const lr = learningRate(this.state.step, {
       name: this.options.schedule, lr: this.options.lr, totalSteps: this.totalSteps, warmupSteps: this.options.warmupSteps,
     });
@@ -162,13 +162,13 @@ export class Trainer {
   }
 
   /** Mean loss over examples (batched, no gradients). */
-  evaluate(examples: Example[] = this.options.evalExamples ?? []): number {
+  async evaluate(examples: Example[] = this.options.evalExamples ?? []): Promise<number> {
     if (examples.length === 0) throw new Error('No evaluation examples');
     let total = 0;
     let count = 0;
     for (const batch of epochBatches(examples, this.options.batchSize, 0, 0, false)) {
       const out = this.model.forward(collate(batch, this.options.task, this.options.padTokenId));
-      total += out.loss!.dataSync()[0] * batch.length;
+      total += (await out.loss!.data())[0] * batch.length;
       count += batch.length;
       tf.dispose(Object.values(out as Record<string, unknown>).filter((v): v is tf.Tensor => v instanceof tf.Tensor));
     }
@@ -187,16 +187,16 @@ export class Trainer {
     bar?.start(total, this.state.step, { loss: '-', lr: '-', tps: '-' });
     try {
       while (this.state.step < total) {
-        const log = this.step();
+        const log = await this.step();
         bar?.update(this.state.step, { loss: log.loss.toFixed(4), lr: log.lr.toExponential(2), tps: log.tokensPerSecond.toFixed(0) });
         const last = this.state.step === total;
         if (this.options.evalExamples?.length && ((this.options.evalEvery && this.state.step % this.options.evalEvery === 0) || last)) {
-          const evalLoss = this.evaluate();
+          const evalLoss = await this.evaluate();
           this.evalHistory.push({ step: this.state.step, evalLoss });
           if (this.options.logFile) fs.appendFileSync(this.options.logFile, JSON.stringify({ step: this.state.step, evalLoss }) + '\n');
         }
         if (this.options.outputDir && ((this.options.saveEvery && this.state.step % this.options.saveEvery === 0) || last)) {
-          this.save(this.options.outputDir);
+          await this.save(this.options.outputDir);
         }
         await new Promise((r) => setImmediate(r));
       }
@@ -207,9 +207,9 @@ export class Trainer {
   }
 
   /** A checkpoint fromPretrained loads, plus the optimizer moments and the loop's position, to resume exactly. */
-  save(dir: string): void {
-    this.model.savePretrained(dir);
-    writeSafetensors(path.join(dir, OPTIMIZER_FILE), this.optimizer.stateTensors().map((t) => ({ ...t, dtype: 'F32' as const })));
+  async save(dir: string): Promise<void> {
+    await this.model.savePretrained(dir);
+    writeSafetensors(path.join(dir, OPTIMIZER_FILE), (await this.optimizer.stateTensors()).map((t) => ({ ...t, dtype: 'F32' as const })));
     fs.writeFileSync(path.join(dir, STATE_FILE), JSON.stringify({ ...this.state, optimizerStep: this.optimizer.step, options: this.optionsForState() }, null, 2));
   }
 

@@ -36,7 +36,7 @@ describe('checkpoints: loading across classes, saving, bad input', () => {
       const inputs = { inputIds: own.input_ids as number[][], attentionMask: own.attention_mask as number[][] };
       for (const maxShardBytes of [undefined, 20_000]) {
         const dir = tmpDir('save');
-        model.savePretrained(dir, { maxShardBytes });
+        await model.savePretrained(dir, { maxShardBytes });
         const reader = CheckpointReader.open(dir);
         expect(reader.names().includes('lm_head.weight')).to.equal(!model.config.tieWordEmbeddings);
         expect(reader.indexFile !== null).to.equal(maxShardBytes !== undefined);

@@ -75,7 +75,7 @@ describe('live parity with transformers (random configurations)', function () {
 
       const causal = new NemotronForCausalLM(config);
       randomize(causal.namedParameters(), SEED + n);
-      causal.savePretrained(path.join(dir, 'causal'));
+      await causal.savePretrained(path.join(dir, 'causal'));
       const heads = {
         single: { numLabels: 3, labels: [2, 0], float: false, problemType: null },
         multi: { numLabels: 3, labels: [[1, 0, 1], [0, 1, 0]], float: true, problemType: 'multi_label_classification' as const },
@@ -83,16 +83,16 @@ describe('live parity with transformers (random configurations)', function () {
       };
       for (const [name, h] of Object.entries(heads)) {
         const m = await NemotronForSequenceClassification.fromPretrained(path.join(dir, 'causal'), { config: { numLabels: h.numLabels, problemType: h.problemType }, quiet: true });
-        m.savePretrained(path.join(dir, `seqcls-${name}`));
+        await m.savePretrained(path.join(dir, `seqcls-${name}`));
         m.dispose();
       }
       const qa = await NemotronForQuestionAnswering.fromPretrained(path.join(dir, 'causal'), { quiet: true });
       randomize(new Map([...qa.namedParameters()].filter(([k]) => k.startsWith('qa_outputs'))), 7);
-      qa.savePretrained(path.join(dir, 'qa'));
+      await qa.savePretrained(path.join(dir, 'qa'));
       qa.dispose();
       const tok = await NemotronForTokenClassification.fromPretrained(path.join(dir, 'causal'), { config: { numLabels: 4 }, quiet: true });
       randomize(new Map([...tok.namedParameters()].filter(([k]) => k.startsWith('score'))), 8);
-      tok.savePretrained(path.join(dir, 'tokcls'));
+      await tok.savePretrained(path.join(dir, 'tokcls'));
       tok.dispose();
       const tokLabels = ids.map((row, r) => row.map((_, c) => (mask[r][c] ? Math.floor(random() * 4) : -100)));
       const cases = {

@@ -18,7 +18,7 @@ describe('finetune CLI', function () {
       vocabSize: 32, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
       maxPositionEmbeddings: 64, padTokenId: 0, initializerRange: 0.1,
     }));
-    model.savePretrained(base);
+    await model.savePretrained(base);
     model.dispose();
   });
 

@@ -54,9 +54,9 @@ describe('training', () => {
       tf.dispose([...vars.values()]);
     });
 
-    it('clips by the global norm', () => {
+    it('clips by the global norm', async () => {
       const grads = new Map([['a', tf.tensor1d([3, 0])], ['b', tf.tensor1d([0, 4])]]);
-      expect(clipByGlobalNorm(grads, 1)).to.be.closeTo(5, 1e-6);
+      expect(await clipByGlobalNorm(grads, 1)).to.be.closeTo(5, 1e-6);
       expect(Array.from(grads.get('b')!.dataSync())[1]).to.be.closeTo(0.8, 1e-5);
       tf.dispose([...grads.values()]);
     });
@@ -84,9 +84,9 @@ describe('training', () => {
         const model = MODELS[task]();
         const examples = readJsonl(path.join(DATASETS, `${task}.jsonl`), task);
         const trainer = new Trainer(model, examples, { task, lr: 3e-3, batchSize: 4, maxSteps: steps, schedule: 'constant', seed: 1 });
-        const start = trainer.evaluate(examples);
+        const start = await trainer.evaluate(examples);
         await trainer.fit();
-        const end = trainer.evaluate(examples);
+        const end = await trainer.evaluate(examples);
         expect(end, `${task}: ${start} → ${end}`).to.be.below(fraction * start);
         trainer.dispose();
         model.dispose();
@@ -94,19 +94,19 @@ describe('training', () => {
     }
   });
 
-  it('gradient accumulation of 2 × 2 equals one batch of 4', () => {
+  it('gradient accumulation of 2 × 2 equals one batch of 4', async () => {
     const examples = readJsonl(path.join(DATASETS, 'causal-lm.jsonl'), 'causal-lm');
-    const losses = [1, 2].map((accum) => {
+    const losses: number[] = [];
+    for (const accum of [1, 2]) {
       const model = new NemotronForCausalLM(tiny());
       tf.tidy(() => { for (const v of model.namedParameters().values()) v.assign(tf.mul(tf.ones(v.shape), 0.05).add(tf.randomNormal(v.shape, 0, 0.1, 'float32', 5))); });
       const trainer = new Trainer(model, examples, { task: 'causal-lm', lr: 1e-2, batchSize: 4 / accum, gradAccum: accum, maxSteps: 3, shuffle: false });
-      trainer.step();
-      trainer.step();
-      const loss = trainer.evaluate(examples);
+      await trainer.step();
+      await trainer.step();
+      losses.push(await trainer.evaluate(examples));
       trainer.dispose();
       model.dispose();
-      return loss;
-    });
+    }
     // Not bit-equal: per-batch means weigh tokens differently; the same data must give close losses.
     expect(Math.abs(losses[0] - losses[1])).to.be.below(0.05 * losses[0]);
   });
@@ -116,7 +116,7 @@ describe('training', () => {
     const dir = tmpDir('resume');
     const options = { task: 'sequence-classification' as const, lr: 3e-3, batchSize: 3, maxSteps: 8, schedule: 'cosine' as const, warmupSteps: 2, seed: 5, weightDecay: 0.01 };
     const first = new NemotronForSequenceClassification(tiny({ numLabels: 2 }));
-    first.savePretrained(dir);
+    await first.savePretrained(dir);
     const straight = new Trainer(first, examples, options);
     await straight.fit();
     const reference = straight.history.map((h) => h.loss);
@@ -125,8 +125,8 @@ describe('training', () => {
 
     const a = await NemotronForSequenceClassification.fromPretrained(dir);
     const half = new Trainer(a, examples, { ...options, outputDir: path.join(dir, 'ckpt'), saveEvery: 4 });
-    for (let i = 0; i < 4; i++) half.step();
-    half.save(path.join(dir, 'ckpt'));
+    for (let i = 0; i < 4; i++) await half.step();
+    await half.save(path.join(dir, 'ckpt'));
     half.dispose();
     a.dispose();
 
@@ -141,14 +141,14 @@ describe('training', () => {
     b.dispose();
   });
 
-  it('the tensor count after step 1 equals the count after step 100; a JSONL log line per step', () => {
+  it('the tensor count after step 1 equals the count after step 100; a JSONL log line per step', async () => {
     const examples = readJsonl(path.join(DATASETS, 'token-classification.jsonl'), 'token-classification');
     const model = new NemotronForTokenClassification(tiny({ numLabels: 2, numHiddenLayers: 1 }));
     const logFile = path.join(tmpDir('log'), 'log.jsonl');
     const trainer = new Trainer(model, examples, { task: 'token-classification', lr: 1e-3, batchSize: 4, maxSteps: 100, logFile });
-    trainer.step();
+    await trainer.step();
     const afterFirst = tf.memory().numTensors;
-    for (let i = 1; i < 100; i++) trainer.step();
+    for (let i = 1; i < 100; i++) await trainer.step();
     expect(tf.memory().numTensors).to.equal(afterFirst);
     const lines = fs.readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     expect(lines).to.have.length(100);
@@ -177,10 +177,12 @@ describe('training', () => {
       expect(() => new Trainer(model, [{ inputIds: [1, 2] }], { task: 'causal-lm', lr: 0, batchSize: 1 })).to.throw(/learning rate must be > 0, got 0/);
       model.dispose();
     });
-    it('class labels outside [0, num_labels)', () => {
+    it('class labels outside [0, num_labels)', async () => {
       const model = MODELS['sequence-classification']();
       const trainer = new Trainer(model, [{ inputIds: [2, 5], label: 2 }], { task: 'sequence-classification', lr: 1e-3, batchSize: 1 });
-      expect(() => trainer.step()).to.throw(/labels\[0\] = 2 is outside \[0, num_labels 2\)/);
+      let error: Error | null = null;
+      try { await trainer.step(); } catch (e) { error = e as Error; }
+      expect(error?.message).to.match(/labels\[0\] = 2 is outside \[0, num_labels 2\)/);
       model.dispose();
     });
   });

@@ -1,8 +1,9 @@
 import * as fs from 'fs';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { setBackend } from '../../src/index';
-import { CONFIGS, fixtureDir } from '../helpers';
+import * as path from 'path';
+import { NemotronConfig, NemotronForCausalLM, Trainer, readJsonl, setBackend } from '../../src/index';
+import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
 /**
@@ -24,6 +25,24 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
   after(() => tf.setBackend('cpu'));
+
+  it('the Trainer runs unchanged: AdamW steps lower the loss, and the checkpoint saves', async () => {
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 32, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 64, padTokenId: 0, initializerRange: 0.1,
+    }));
+    const examples = readJsonl(path.resolve(__dirname, '../../../examples/datasets/causal-lm.jsonl'), 'causal-lm');
+    const trainer = new Trainer(model, examples, { task: 'causal-lm', lr: 3e-3, batchSize: 4, maxSteps: 15, schedule: 'constant' });
+    const start = await trainer.evaluate(examples);
+    await trainer.fit();
+    const end = await trainer.evaluate(examples);
+    expect(end, `${start} → ${end}`).to.be.below(0.7 * start);
+    const dir = tmpDir('webgpu-save');
+    await trainer.save(dir);
+    expect(fs.existsSync(path.join(dir, 'model.safetensors'))).to.equal(true);
+    trainer.dispose();
+    model.dispose();
+  });
 
   for (const config of CONFIGS) {
     it(`${config}: hidden states, attentions, every head, gradients, greedy generation`, async () => {

@@ -58,8 +58,3 @@ export function readNumbers(value: tf.Tensor | number[] | number[][], name: stri
 export function shapesEqual(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
-
-/** tf.memory().numTensors, for leak checks. */
-export function liveTensors(): number {
-  return tf.memory().numTensors;
-}

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { LAYERNORM1P_KERNEL, fusedKernelsApply } from '../src/kernels/webgpu-kernels';
 import { HFNamedWeights, variableOf } from './weights';
 
 export interface LayerNorm1PArgs {
@@ -32,6 +33,10 @@ export class NemotronLayerNorm1P extends tf.layers.Layer implements HFNamedWeigh
 
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    if (fusedKernelsApply()) {
+      const attrs = { eps: this.args.eps };
+      return tf.engine().runKernel(LAYERNORM1P_KERNEL, { x, weight: this.weight.read(), bias: this.bias.read() }, attrs) as tf.Tensor;
+    }
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true);
       const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.args.eps)));

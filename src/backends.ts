@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
+import { registerWebGPUKernels } from './kernels/webgpu-kernels';
 
 /**
  * The one place that chooses and sets up a tfjs backend.
@@ -76,6 +77,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     loadErrors.set(name, reason);
     throw new Error(`Backend ${name} is not available: ${reason}`);
   }
+  if (name === 'webgpu') registerWebGPUKernels();
   current = name;
   return name;
 }

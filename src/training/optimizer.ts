@@ -100,7 +100,8 @@ export class AdamW {
 
 /** Scales gradients in place so that their global L2 norm is at most maxNorm; returns the norm before clipping. */
 export async function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<number> {
-  const normTensor = tf.tidy(() => tf.sqrt(tf.addN([...grads.values()].map((g) => tf.sum(tf.square(g))))));
+  // Pairwise adds, not tf.addN: WebGPU's AddN binds one buffer per input and fails past the adapter's limit (8).
+  const normTensor = tf.tidy(() => tf.sqrt([...grads.values()].map((g) => tf.sum(tf.square(g))).reduce((a, b) => tf.add(a, b))));
   const norm = (await normTensor.data())[0];
   normTensor.dispose();
   if (maxNorm > 0 && norm > maxNorm) {

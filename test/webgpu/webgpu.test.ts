@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
-import { NemotronConfig, NemotronForCausalLM, Trainer, readJsonl, setBackend } from '../../src/index';
+import { NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, Trainer, readJsonl, setBackend } from '../../src/index';
 import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
@@ -26,6 +26,25 @@ describe('webgpu backend: parity with transformers', function () {
   });
   after(() => tf.setBackend('cpu'));
 
+  it('the fused LayerNorm1P kernel equals the plain tfjs ops it replaces', async () => {
+    for (const [rows, cols] of [[1, 48], [7, 64], [3, 1024], [2, 5000]]) {
+      const norm = new NemotronLayerNorm1P({ size: cols, eps: 1e-5 });
+      for (const [, v] of norm.namedWeights()) v.assign(tf.randomNormal([cols], 0, 0.3));
+      const x = tf.add(tf.mul(tf.randomNormal([rows, cols]), 3), 1.5);
+      const fused = norm.apply(x) as tf.Tensor;
+      const [weight, bias] = norm.namedWeights().map(([, v]) => v);
+      const plain = tf.tidy(() => {
+        const { mean, variance } = tf.moments(x, -1, true);
+        return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-5))), tf.add(weight, 1)), bias);
+      });
+      const diff = tf.max(tf.abs(tf.sub(fused, plain)));
+      const worst = (await diff.data())[0];
+      expect(worst, `[${rows}, ${cols}]: max |fused - plain| = ${worst}`).to.be.at.most(1e-5);
+      tf.dispose([x, fused, plain, diff]);
+      norm.namedWeights().forEach(([, v]) => v.dispose());
+    }
+  });
+
   it('the Trainer runs unchanged: AdamW steps lower the loss, and the checkpoint saves', async () => {
     const model = new NemotronForCausalLM(new NemotronConfig({
       vocabSize: 32, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
@@ -37,6 +56,7 @@ describe('webgpu backend: parity with transformers', function () {
     await trainer.fit();
     const end = await trainer.evaluate(examples);
     expect(end, `${start} → ${end}`).to.be.below(0.7 * start);
+    for (const log of trainer.history) expect(Number.isFinite(log.gradNorm) && log.gradNorm > 0, `gradient norm ${log.gradNorm}`).to.equal(true);
     const dir = tmpDir('webgpu-save');
     await trainer.save(dir);
     expect(fs.existsSync(path.join(dir, 'model.safetensors'))).to.equal(true);

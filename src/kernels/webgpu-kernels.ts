@@ -1,0 +1,116 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
+ * LayerNorm1P instead of ten. Used for inference only (while no gradient tape records; training keeps the plain tfjs
+ * ops, whose gradients exist). Checked against those plain ops in test/webgpu/.
+ */
+export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
+
+interface WebGPUBackendLike {
+  runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: Array<{ type: string; data: number[] }>): tf.TensorInfo;
+  disposeData(dataId: object): boolean;
+}
+
+/** One workgroup a row: mean, then variance around it (two passes, as tf.moments), then (x - mean)·rsqrt(var + eps)·(1 + w) + b. */
+class LayerNorm1PProgram {
+  readonly variableNames = ['x', 'w', 'b'];
+  readonly uniforms = 'eps : f32,';
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number];
+  readonly shaderKey: string;
+
+  constructor(rows: number, cols: number) {
+    this.outputShape = [rows, cols];
+    this.dispatchLayout = { x: [0, 1] };
+    this.dispatch = [rows, 1, 1];
+    this.workgroupSize = [cols >= 4096 ? 256 : 64, 1, 1];
+    this.shaderKey = `nemotron_layernorm1p_${this.workgroupSize[0]}`;
+  }
+
+  getUserCode(): string {
+    const block = this.workgroupSize[0];
+    return `
+    var<workgroup> partial : array<f32, ${block}>;
+    var<workgroup> rowMean : f32;
+    var<workgroup> rowInvStd : f32;
+
+    fn sumPartials(tid : i32) {
+      for (var size = ${block / 2}; size > 0; size = size >> 1) {
+        if (tid < size) {
+          partial[tid] = partial[tid] + partial[tid + size];
+        }
+        workgroupBarrier();
+      }
+    }
+
+    fn main(index : i32) {
+      let row = index / ${block};
+      let tid = i32(localId.x);
+      let cols = uniforms.outShape[1];
+      var sum = 0.0;
+      for (var col = tid; col < cols; col += ${block}) {
+        sum += getX(row, col);
+      }
+      partial[tid] = sum;
+      workgroupBarrier();
+      sumPartials(tid);
+      if (tid == 0) {
+        rowMean = partial[0] / f32(cols);
+      }
+      workgroupBarrier();
+      var squares = 0.0;
+      for (var col = tid; col < cols; col += ${block}) {
+        let d = getX(row, col) - rowMean;
+        squares += d * d;
+      }
+      partial[tid] = squares;
+      workgroupBarrier();
+      sumPartials(tid);
+      if (tid == 0) {
+        rowInvStd = inverseSqrt(partial[0] / f32(cols) + uniforms.eps);
+      }
+      workgroupBarrier();
+      for (var col = tid; col < cols; col += ${block}) {
+        setOutputAtCoords(row, col, (getX(row, col) - rowMean) * rowInvStd * (1.0 + getW(col)) + getB(col));
+      }
+    }
+    `;
+  }
+}
+
+function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
+  const kernel = tf.getKernel('Reshape', 'webgpu')!;
+  return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
+}
+
+/** Registers the fused kernels for 'webgpu' (idempotent); setBackend('webgpu') calls it. */
+export function registerWebGPUKernels(): void {
+  if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;
+  tf.registerKernel({
+    kernelName: LAYERNORM1P_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const gpu = backend as unknown as WebGPUBackendLike;
+      const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias: tf.TensorInfo };
+      const cols = x.shape[x.shape.length - 1];
+      const rows = x.shape.reduce((a, b) => a * b, 1) / cols;
+      const x2d = reshape(gpu, x, [rows, cols]);
+      const out2d = gpu.runWebGPUProgram(new LayerNorm1PProgram(rows, cols), [x2d, weight, bias], 'float32',
+        [{ type: 'float32', data: [(attrs as { eps: number }).eps] }]);
+      const out = reshape(gpu, out2d, x.shape);
+      gpu.disposeData(x2d.dataId);
+      gpu.disposeData(out2d.dataId);
+      return out;
+    },
+  });
+}
+
+/** True where the fused kernels apply: on webgpu, with them registered, and while no gradient tape records. */
+export function fusedKernelsApply(): boolean {
+  if (tf.getBackend() !== 'webgpu' || !tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return false;
+  const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
+  return state.gradientDepth === 0;
+}

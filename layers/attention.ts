@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { ROTARY_KERNEL, fusedKernelsApply } from '../src/kernels/webgpu-kernels';
 import { KVCache } from './kv-cache';
 import { applyRotary } from './rotary';
 import { HFNamedWeights, batchMatMul, linear, normalInit, variableOf } from './weights';
@@ -21,6 +22,8 @@ export interface AttentionKwargs {
   mask?: tf.Tensor | null;
   cache?: KVCache | null;
   outputAttentions?: boolean;
+  /** Channels the rotary tables rotate: lets WebGPU run the embedding as one fused kernel. */
+  rotaryDim?: number;
 }
 
 /**
@@ -80,8 +83,12 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const batch = hidden.rank === 3 ? hidden.shape[0] : hidden.shape[0] / seq;
       const flat = hidden.rank === 2 ? hidden : hidden.reshape([batch * seq, -1]);
       const heads = (t: tf.Tensor, n: number) => t.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-      let q = applyRotary(heads(this.project('q_proj', flat), numHeads), cos, sin, permutation);
-      let k = applyRotary(heads(this.project('k_proj', flat), kvHeads), cos, sin, permutation);
+      const fused = kwargs.rotaryDim !== undefined && cos.shape[0] === batch && fusedKernelsApply();
+      const rotate = (x: tf.Tensor4D) => (fused
+        ? tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim: kwargs.rotaryDim! }) as tf.Tensor4D
+        : applyRotary(x, cos, sin, permutation));
+      let q = rotate(heads(this.project('q_proj', flat), numHeads));
+      let k = rotate(heads(this.project('k_proj', flat), kvHeads));
       let v = heads(this.project('v_proj', flat), kvHeads);
       if (kwargs.cache) [k, v] = kwargs.cache.update(this.args.layerIndex, k, v);
       const keyLen = k.shape[2];

@@ -191,7 +191,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
       const as3d = (t: tf.Tensor) => t.reshape([batch, seq, this.config.hiddenSize]) as tf.Tensor3D;
       const additiveMask = this.buildMask(mask, batch, seq, pastLength);
       const [cos, sin] = this.rotary.tables(tf.tensor2d(positions, [batch, seq], 'int32'), maxPosition);
-      const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false };
+      const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false, rotaryDim: this.config.rotaryDim };
       for (const layer of this.layers) {
         if (inputs.outputHiddenStates) hiddenStates.push(as3d(hidden));
         const [next, probs] = outputs(layer.apply([hidden, cos, sin, this.rotary.permutation], kwargs));

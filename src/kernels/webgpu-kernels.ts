@@ -2,10 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
- * LayerNorm1P instead of ten. Used for inference only (while no gradient tape records; training keeps the plain tfjs
+ * LayerNorm1P instead of ten, one per rotary embedding instead of four. Used for inference only (while no gradient tape records; training keeps the plain tfjs
  * ops, whose gradients exist). Checked against those plain ops in test/webgpu/.
  */
 export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
+export const ROTARY_KERNEL = 'NemotronRotary';
 
 interface WebGPUBackendLike {
   runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: Array<{ type: string; data: number[] }>): tf.TensorInfo;
@@ -81,6 +82,47 @@ class LayerNorm1PProgram {
   }
 }
 
+/**
+ * Rotary embedding of x [batch, heads, seq, headDim] with the tables of PartialRotaryEmbedding ([batch, 1, seq, headDim],
+ * rotate_half's sign folded into sin): out[j] = x[j]·cos[j] + x[partner(j)]·sin[j], the partner of a rotated channel
+ * being the one half a rotary width away; pass-through channels have sin 0.
+ */
+class RotaryProgram {
+  readonly variableNames = ['x', 'cos', 'sin'];
+  readonly uniforms = 'half : i32,';
+  readonly size = true;
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number] = [64, 1, 1];
+  readonly shaderKey = 'nemotron_rotary';
+
+  constructor(shape: number[]) {
+    this.outputShape = shape;
+    this.dispatchLayout = { x: shape.map((_, i) => i) };
+    this.dispatch = [Math.ceil(shape.reduce((a, b) => a * b, 1) / 64), 1, 1];
+  }
+
+  getUserCode(): string {
+    return `
+    fn main(index : i32) {
+      if (index < uniforms.size) {
+        let c = getCoordsFromIndex(index);
+        let j = c[3];
+        var partner = j;
+        if (j < uniforms.half) {
+          partner = j + uniforms.half;
+        } else if (j < 2 * uniforms.half) {
+          partner = j - uniforms.half;
+        }
+        setOutputAtIndex(index, getX(c[0], c[1], c[2], j) * getCos(c[0], 0, c[2], j) +
+          getX(c[0], c[1], c[2], partner) * getSin(c[0], 0, c[2], j));
+      }
+    }
+    `;
+  }
+}
+
 function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const kernel = tf.getKernel('Reshape', 'webgpu')!;
   return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
@@ -89,6 +131,7 @@ function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]):
 /** Registers the fused kernels for 'webgpu' (idempotent); setBackend('webgpu') calls it. */
 export function registerWebGPUKernels(): void {
   if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;
+  registerRotary();
   tf.registerKernel({
     kernelName: LAYERNORM1P_KERNEL,
     backendName: 'webgpu',
@@ -104,6 +147,19 @@ export function registerWebGPUKernels(): void {
       gpu.disposeData(x2d.dataId);
       gpu.disposeData(out2d.dataId);
       return out;
+    },
+  });
+}
+
+/** Registers the rotary kernel (see registerWebGPUKernels). */
+function registerRotary(): void {
+  tf.registerKernel({
+    kernelName: ROTARY_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const { x, cos, sin } = inputs as { x: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo };
+      return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(new RotaryProgram(x.shape), [x, cos, sin], 'float32',
+        [{ type: 'int32', data: [(attrs as { rotaryDim: number }).rotaryDim / 2] }]);
     },
   });
 }

@@ -2,7 +2,8 @@ import * as fs from 'fs';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
-import { NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, Trainer, readJsonl, setBackend } from '../../src/index';
+import { NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, PartialRotaryEmbedding, Trainer, applyRotary, readJsonl, setBackend } from '../../src/index';
+import { ROTARY_KERNEL } from '../../src/kernels/webgpu-kernels';
 import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
@@ -42,6 +43,22 @@ describe('webgpu backend: parity with transformers', function () {
       expect(worst, `[${rows}, ${cols}]: max |fused - plain| = ${worst}`).to.be.at.most(1e-5);
       tf.dispose([x, fused, plain, diff]);
       norm.namedWeights().forEach(([, v]) => v.dispose());
+    }
+  });
+
+  it('the fused rotary kernel equals the plain tfjs ops it replaces (partial and full rotation, a large dispatch)', async () => {
+    for (const [batch, heads, seq, headDim, rotaryDim] of [[2, 3, 5, 24, 6], [1, 4, 7, 16, 8], [1, 2, 3, 8, 8], [1, 24, 2048, 128, 64]]) {
+      const rope = new PartialRotaryEmbedding({ headDim, rotaryDim, base: 500 });
+      const positions = tf.tensor2d(Array.from({ length: batch }, (_, b) => Array.from({ length: seq }, (_, i) => i + 3 * b)), [batch, seq], 'int32');
+      const [cos, sin] = rope.tables(positions, seq + 3 * batch);
+      const x = tf.randomNormal([batch, heads, seq, headDim]) as tf.Tensor4D;
+      const fused = tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim }) as tf.Tensor;
+      const plain = applyRotary(x, cos, sin, rope.permutation);
+      const diff = tf.max(tf.abs(tf.sub(fused, plain)));
+      const worst = (await diff.data())[0];
+      expect(worst, `[${batch}, ${heads}, ${seq}, ${headDim}] rotary ${rotaryDim}: ${worst}`).to.be.at.most(1e-5);
+      tf.dispose([positions, cos, sin, x, fused, plain, diff]);
+      rope.disposeWeights();
     }
   });
 

@@ -73,7 +73,7 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
   }
 
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {
-    const [hidden, cos, sin, permutation] = inputs as [tf.Tensor, tf.Tensor4D, tf.Tensor4D, tf.Tensor1D];
+    const [hidden, cos, sin, permutation] = inputs as [tf.Tensor, tf.Tensor4D, tf.Tensor4D, tf.Tensor2D];
     const { numHeads, numKeyValueHeads: kvHeads, headDim } = this.args;
     const groups = numHeads / kvHeads;
     return tf.tidy(() => {
@@ -94,7 +94,9 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const keyLen = k.shape[2];
       // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
       const grouped = q.reshape([batch, kvHeads, groups * seq, headDim]);
-      let scores = tf.mul(batchMatMul(grouped, k, true), this.scale).reshape([batch, numHeads, seq, keyLen]);
+      // Scaled before the product (transformers scales after): the same up to rounding, on seq × headDim values
+      // instead of seq × keyLen.
+      let scores = batchMatMul(tf.mul(grouped, this.scale), k, true).reshape([batch, numHeads, seq, keyLen]);
       if (kwargs.mask) scores = tf.add(scores, kwargs.mask);
       const probs = tf.softmax(scores, -1);
       const context = batchMatMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)

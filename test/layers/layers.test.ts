@@ -85,13 +85,15 @@ describe('layers', () => {
     const x = tf.tensor4d([[[[1, 0]]]]);
     const cos = tf.tensor4d([[[[Math.cos(0.5), Math.cos(0.5)]]]]);
     const sin = tf.tensor4d([[[[-Math.sin(0.5), Math.sin(0.5)]]]]);
-    const permutation = tf.tensor1d([1, 0], 'int32');
+    const permutation = tf.tensor2d([[0, 1], [1, 0]]);
     expectAllClose(values(applyRotary(x as tf.Tensor4D, cos, sin, permutation)), [Math.cos(0.5), Math.sin(0.5)], 1e-6);
   });
 
   it('the rotary tables and permutation of the layer give what applyRotary expects', () => {
     const rope = new PartialRotaryEmbedding({ headDim: 6, rotaryDim: 4, base: 100 });
-    expect(Array.from(rope.permutation.dataSync())).to.deep.equal([2, 3, 0, 1, 4, 5]);
+    // column j holds a single 1, in the row of j's partner
+    expect(Array.from(tf.argMax(rope.permutation, 0).dataSync())).to.deep.equal([2, 3, 0, 1, 4, 5]);
+    expect(tf.sum(rope.permutation).dataSync()[0]).to.equal(6);
     const [cos, sin] = rope.tables(tf.tensor2d([[3]], [1, 1], 'int32'), 3);
     expectAllClose(values(cos), [Math.cos(3), Math.cos(0.3), Math.cos(3), Math.cos(0.3), 1, 1], 1e-6);
     expectAllClose(values(sin), [-Math.sin(3), -Math.sin(0.3), Math.sin(3), Math.sin(0.3), 0, 0], 1e-6);
@@ -140,7 +142,7 @@ describe('layers', () => {
         const cos = tf.ones([1, 1, 3, 2]) as tf.Tensor4D;
         const sin = tf.zeros([1, 1, 3, 2]) as tf.Tensor4D;
         const mask = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([3, 3]), -1, 0)), -3.4e38).reshape([1, 1, 3, 3]);
-        const [out, probs] = attn.apply([x, cos, sin, tf.tensor1d([1, 0], 'int32')], { mask, outputAttentions: true }) as tf.Tensor[];
+        const [out, probs] = attn.apply([x, cos, sin, tf.tensor2d([[0, 1], [1, 0]])], { mask, outputAttentions: true }) as tf.Tensor[];
         expectAllClose(values(out), values(reference(attn, x, kvHeads)), 1e-5);
         expect(probs.shape).to.deep.equal([2, 4, 3, 3]);
         expectAllClose(values(tf.sum(probs, -1)), new Array(24).fill(1), 1e-6);
@@ -154,7 +156,7 @@ describe('layers', () => {
       const ones = (s: number) => tf.ones([1, 1, s, 2]) as tf.Tensor4D;
       const zeros = (s: number) => tf.zeros([1, 1, s, 2]) as tf.Tensor4D;
       const mask = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([4, 4]), -1, 0)), -3.4e38).reshape([1, 1, 4, 4]);
-      const perm = tf.tensor1d([1, 0], 'int32');
+      const perm = tf.tensor2d([[0, 1], [1, 0]]);
       const whole = values(attn.apply([x, ones(4), zeros(4), perm], { mask }) as tf.Tensor);
       const cache = new KVCache(1);
       const steps: number[] = [];

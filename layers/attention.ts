@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { ROTARY_KERNEL, fusedKernelsApply } from '../src/kernels/webgpu-kernels';
+import { ATTENTION_KERNEL, ROTARY_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { KVCache } from './kv-cache';
 import { applyRotary } from './rotary';
 import { HFNamedWeights, batchMatMul, linear, normalInit, variableOf } from './weights';
@@ -82,14 +82,20 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const seq = (hidden.rank === 3 ? hidden.shape[1] : cos.shape[2]) as number;
       const batch = hidden.rank === 3 ? hidden.shape[0] : hidden.shape[0] / seq;
       const flat = hidden.rank === 2 ? hidden : hidden.reshape([batch * seq, -1]);
+      const [qFlat, kFlat, vFlat] = (['q_proj', 'k_proj', 'v_proj'] as const).map((name) => this.project(name, flat));
+      if (!kwargs.outputAttentions && kwargs.rotaryDim !== undefined && fusedKernelApplies(ATTENTION_KERNEL)) {
+        const context = this.fusedCore(qFlat, kFlat, vFlat, cos, sin, batch, seq, kwargs);
+        const out = this.project('o_proj', context);
+        return [hidden.rank === 2 ? out : out.reshape([batch, seq, -1])];
+      }
       const heads = (t: tf.Tensor, n: number) => t.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-      const fused = kwargs.rotaryDim !== undefined && cos.shape[0] === batch && fusedKernelsApply();
+      const fused = kwargs.rotaryDim !== undefined && cos.shape[0] === batch && fusedKernelApplies(ROTARY_KERNEL);
       const rotate = (x: tf.Tensor4D) => (fused
         ? tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim: kwargs.rotaryDim! }) as tf.Tensor4D
         : applyRotary(x, cos, sin, permutation));
-      let q = rotate(heads(this.project('q_proj', flat), numHeads));
-      let k = rotate(heads(this.project('k_proj', flat), kvHeads));
-      let v = heads(this.project('v_proj', flat), kvHeads);
+      let q = rotate(heads(qFlat, numHeads));
+      let k = rotate(heads(kFlat, kvHeads));
+      let v = heads(vFlat, kvHeads);
       if (kwargs.cache) [k, v] = kwargs.cache.update(this.args.layerIndex, k, v);
       const keyLen = k.shape[2];
       // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
@@ -107,6 +113,20 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const shaped = hidden.rank === 2 ? out : out.reshape([batch, seq, -1]);
       return kwargs.outputAttentions ? [shaped, probs] : [shaped];
     });
+  }
+
+  /** The fused kernel's path (inference on backends that register it): the same steps as call(), cache append included. */
+  private fusedCore(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, batch: number, seq: number,
+    kwargs: AttentionKwargs): tf.Tensor {
+    const { numHeads, numKeyValueHeads: kvHeads, headDim, layerIndex } = this.args;
+    const inputs: tf.NamedTensorMap = { q, k, v, cos, sin };
+    if (kwargs.mask) inputs.mask = kwargs.mask;
+    const cache = kwargs.cache;
+    if (cache?.keys[layerIndex]) [inputs.pastKeys, inputs.pastValues] = [cache.keys[layerIndex]!, cache.values[layerIndex]!];
+    const attrs = { batch, seq, numHeads, kvHeads, headDim, rotaryDim: kwargs.rotaryDim!, scale: this.scale };
+    const [context, keys, values] = tf.engine().runKernel(ATTENTION_KERNEL, inputs, attrs) as tf.Tensor[];
+    if (cache) cache.replace(layerIndex, keys as tf.Tensor4D, values as tf.Tensor4D);
+    return context;
   }
 
   computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {

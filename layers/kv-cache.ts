@@ -37,6 +37,15 @@ export class KVCache {
     return [newK, newV];
   }
 
+  /** Stores a layer's full keys/values computed elsewhere (a fused kernel that appended them itself); frees the old ones. */
+  replace(layer: number, keys: tf.Tensor4D, values: tf.Tensor4D): void {
+    if (layer < 0 || layer >= this.numLayers) throw new Error(`KVCache: layer ${layer} out of range [0, ${this.numLayers})`);
+    this.keys[layer]?.dispose();
+    this.values[layer]?.dispose();
+    this.keys[layer] = tf.keep(keys);
+    this.values[layer] = tf.keep(values);
+  }
+
   dispose(): void {
     for (let i = 0; i < this.numLayers; i++) {
       this.keys[i]?.dispose();

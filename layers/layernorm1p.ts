@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { LAYERNORM1P_KERNEL, fusedKernelsApply } from '../src/kernels/webgpu-kernels';
+import { LAYERNORM1P_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { HFNamedWeights, variableOf } from './weights';
 
 export interface LayerNorm1PArgs {
@@ -33,7 +33,7 @@ export class NemotronLayerNorm1P extends tf.layers.Layer implements HFNamedWeigh
 
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
-    if (fusedKernelsApply()) {
+    if (fusedKernelApplies(LAYERNORM1P_KERNEL)) {
       const attrs = { eps: this.args.eps };
       return tf.engine().runKernel(LAYERNORM1P_KERNEL, { x, weight: this.weight.read(), bias: this.bias.read() }, attrs) as tf.Tensor;
     }

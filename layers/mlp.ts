@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { MLP_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { relu2 } from './relu2';
 import { HFNamedWeights, linear, normalInit, variableOf } from './weights';
 
@@ -51,6 +52,12 @@ export class NemotronMLP extends tf.layers.Layer implements HFNamedWeights {
 
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    const { activation } = this.args;
+    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && fusedKernelApplies(MLP_KERNEL)) {
+      const inputs: tf.NamedTensorMap = { x, up: this.upWeight.read(), down: this.downWeight.read() };
+      if (this.upBias) [inputs.upBias, inputs.downBias] = [this.upBias.read(), this.downBias!.read()];
+      return tf.engine().runKernel(MLP_KERNEL, inputs, { activation }) as tf.Tensor;
+    }
     return tf.tidy(() => {
       const up = ACTIVATIONS[this.args.activation](linear(x, this.upWeight.read(), this.upBias?.read()));
       return linear(up, this.downWeight.read(), this.downBias?.read());

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { LINEAR_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 
 /** A layer whose weights carry their Hugging Face names (relative to the layer), in HF layout. */
 export interface HFNamedWeights {
@@ -36,6 +37,11 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
     const inFeatures = x.shape[x.rank - 1];
     const outFeatures = weight.shape[0];
     const flat = x.rank === 2 ? (x as tf.Tensor2D) : x.reshape([-1, inFeatures]) as tf.Tensor2D;
+    if (fusedKernelApplies(LINEAR_KERNEL)) {
+      const inputs: tf.NamedTensorMap = bias ? { x: flat, weight, bias } : { x: flat, weight };
+      const y = tf.engine().runKernel(LINEAR_KERNEL, inputs) as tf.Tensor;
+      return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
+    }
     // wasm multiplies by a transposed right operand 2–14× slower than by a plain one; (W·xᵀ)ᵀ keeps the weight
     // untransposed and moves only the (small) activations.
     let y: tf.Tensor = tf.getBackend() === 'wasm'

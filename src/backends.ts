@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
+import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
+import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
 import { registerWebGPUKernels } from './kernels/webgpu-kernels';
 
 /**
@@ -78,6 +80,10 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     throw new Error(`Backend ${name} is not available: ${reason}`);
   }
   if (name === 'webgpu') registerWebGPUKernels();
+  if (name === 'tensorflow' || name === 'cuda') {
+    registerTensorFlowKernels();
+    registerDecodeStepKernel();
+  }
   current = name;
   return name;
 }

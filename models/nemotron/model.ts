@@ -4,6 +4,8 @@ import { NemotronDecoderLayer } from '../../layers/decoder-layer';
 import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
 import { normalInit, outputs } from '../../layers/weights';
+import { DECODE_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
+import { decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
@@ -174,6 +176,13 @@ export class NemotronModel extends NemotronPreTrainedModel {
     return tf.tensor4d(data, [batch, 1, seq, keys]);
   }
 
+  /** The compiled step's spec where this forward is a decoding step the backend compiles (see DECODE_STEP_KERNEL). */
+  private compiledDecodeStep(prepared: PreparedInputs, inputs: NemotronModelInputs, cache: KVCache | undefined, hasMask: boolean) {
+    if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
+    if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
+    return decodeStepSpec(this.config, prepared.batch, hasMask, prepared.pastLength + 1);
+  }
+
   /** `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already. */
   forward(inputs: NemotronModelInputs, prepared: PreparedInputs = this.prepare(inputs)): BaseModelOutput {
     const { batch, seq, pastLength, ids, mask, positions } = prepared;
@@ -191,6 +200,17 @@ export class NemotronModel extends NemotronPreTrainedModel {
       const as3d = (t: tf.Tensor) => t.reshape([batch, seq, this.config.hiddenSize]) as tf.Tensor3D;
       const additiveMask = this.buildMask(mask, batch, seq, pastLength);
       const [cos, sin] = this.rotary.tables(tf.tensor2d(positions, [batch, seq], 'int32'), maxPosition);
+      const step = this.compiledDecodeStep(prepared, inputs, cache, additiveMask !== null);
+      if (step) {
+        // One token per row after a cache: the whole step as one kernel (the native backend runs it as one graph).
+        const named: tf.NamedTensorMap = { hidden, cos, sin, ...(additiveMask ? { mask: additiveMask } : {}) };
+        cache!.keys.forEach((k, i) => Object.assign(named, { [`past.keys.${i}`]: k!, [`past.values.${i}`]: cache!.values[i]! }));
+        const weights = new Map(this.baseParameters(''));
+        for (const [name] of decodeStepInputs(step)) if (!(name in named)) named[name] = weights.get(name)!;
+        const [last, ...keysAndValues] = tf.engine().runKernel(DECODE_STEP_KERNEL, named, step as unknown as tf.NamedAttrMap) as tf.Tensor[];
+        for (let i = 0; i < this.layers.length; i++) cache!.replace(i, keysAndValues[2 * i] as tf.Tensor4D, keysAndValues[2 * i + 1] as tf.Tensor4D);
+        return { lastHiddenState: as3d(last), hiddenStates, attentions };
+      }
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false, rotaryDim: this.config.rotaryDim };
       for (const layer of this.layers) {
         if (inputs.outputHiddenStates) hiddenStates.push(as3d(hidden));

@@ -1,12 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
+import { LAYERNORM1P_KERNEL, ROTARY_KERNEL } from './fused';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
  * LayerNorm1P instead of ten, one per rotary embedding instead of four. Used for inference only (while no gradient tape records; training keeps the plain tfjs
  * ops, whose gradients exist). Checked against those plain ops in test/webgpu/.
  */
-export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
-export const ROTARY_KERNEL = 'NemotronRotary';
 
 interface WebGPUBackendLike {
   runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: Array<{ type: string; data: number[] }>): tf.TensorInfo;
@@ -162,11 +161,4 @@ function registerRotary(): void {
         [{ type: 'int32', data: [(attrs as { rotaryDim: number }).rotaryDim / 2] }]);
     },
   });
-}
-
-/** True where the fused kernels apply: on webgpu, with them registered, and while no gradient tape records. */
-export function fusedKernelsApply(): boolean {
-  if (tf.getBackend() !== 'webgpu' || !tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return false;
-  const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
-  return state.gradientDepth === 0;
 }

@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import { NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, PartialRotaryEmbedding, Trainer, applyRotary, readJsonl, setBackend } from '../../src/index';
-import { ROTARY_KERNEL } from '../../src/kernels/webgpu-kernels';
+import { ROTARY_KERNEL } from '../../src/kernels/fused';
 import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 

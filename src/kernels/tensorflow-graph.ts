@@ -1,0 +1,277 @@
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as protobuf from 'protobufjs';
+import * as tf from '@tensorflow/tfjs';
+import { DECODE_STEP_KERNEL } from './fused';
+import type { NodeBackend } from './tensorflow-kernels';
+import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, smallAttention } from './tensorflow-ops';
+
+/**
+ * One decoding step of NemotronModel (a new token per row, with a KV cache) as a single TensorFlow graph.
+ *
+ * Eagerly, even on raw handles, each TensorFlow op costs ~13 µs of dispatch, and a step of minitron-small runs ~700 of
+ * them: ~9 ms on top of the ~26 ms its weights take to stream. A graph runs the same ops at ~1 µs each. tfjs-node's
+ * binding runs graphs only as SavedModels, so the step — written with the same functions as the eager kernels
+ * (tensorflow-ops.ts) — is recorded as a GraphDef, wrapped in a SavedModel, loaded once per shape and run with the
+ * weights, the cache and the new hidden states as inputs: nothing is copied, and weights changed by training are
+ * simply the next call's inputs.
+ */
+
+// The parts of TensorFlow's protos this file writes (field numbers as in tensorflow/core/framework/*.proto and
+// tensorflow/core/protobuf/{meta_graph,saved_model}.proto). DataType is an enum there: DT_FLOAT 1, DT_INT32 3.
+const SCHEMA = `
+syntax = "proto3";
+package tensorflow;
+message TensorShapeProto { message Dim { int64 size = 1; } repeated Dim dim = 2; bool unknown_rank = 3; }
+message TensorProto { int32 dtype = 1; TensorShapeProto tensor_shape = 2; bytes tensor_content = 4; }
+message AttrValue {
+  oneof value { bytes s = 2; int64 i = 3; float f = 4; bool b = 5; int32 type = 6; TensorShapeProto shape = 7; TensorProto tensor = 8; }
+}
+message NodeDef { string name = 1; string op = 2; repeated string input = 3; map<string, AttrValue> attr = 5; }
+message VersionDef { int32 producer = 1; }
+message GraphDef { repeated NodeDef node = 1; VersionDef versions = 4; }
+message MetaInfoDef { repeated string tags = 4; }
+message MetaGraphDef { MetaInfoDef meta_info_def = 1; GraphDef graph_def = 2; }
+message SavedModel { int64 saved_model_schema_version = 1; repeated MetaGraphDef meta_graphs = 2; }
+`;
+const DT_FLOAT = 1;
+const DT_INT32 = 3;
+/** The GraphDef version: TensorFlow 2.x reads graphs from producers this old (it refuses none above its own). */
+const GRAPH_PRODUCER = 1000;
+const TAG = 'serve';
+/** A key length that makes attention() take BatchMatMulV2 (see smallAttention). */
+const LARGE_KEY_LEN = 1 << 20;
+
+let savedModelType: protobuf.Type | null = null;
+
+interface NodeDef {
+  name: string;
+  op: string;
+  input: string[];
+  attr: Record<string, object>;
+}
+
+/** Records TFOps as GraphDef nodes; a handle is a node name (its first output). */
+class GraphOps implements TFOps<string> {
+  readonly nodes: NodeDef[] = [];
+  private readonly constants = new Map<string, string>();
+
+  /** A float32 input; -1 marks a dimension that varies between runs. */
+  placeholder(name: string, shape: number[]): string {
+    const attr = { dtype: { type: DT_FLOAT }, shape: { shape: { dim: shape.map((size) => ({ size })) } } };
+    this.nodes.push({ name, op: 'Placeholder', input: [], attr });
+    return name;
+  }
+
+  identity(name: string, x: string): string {
+    this.nodes.push({ name, op: 'Identity', input: [x], attr: { T: { type: DT_FLOAT } } });
+    return name;
+  }
+
+  constant(dtype: 'float32' | 'int32', shape: number[], values: ArrayLike<number> | (() => ArrayLike<number>), key?: string): string {
+    const fullKey = `${dtype}:${shape.join('x')}:${key ?? Array.from(values as ArrayLike<number>).join(',')}`;
+    let name = this.constants.get(fullKey);
+    if (name === undefined) {
+      const data = typeof values === 'function' ? values() : values;
+      const content = dtype === 'float32' ? new Float32Array(Array.from(data)) : new Int32Array(Array.from(data));
+      const type = dtype === 'float32' ? DT_FLOAT : DT_INT32;
+      name = `const_${this.constants.size}`;
+      this.nodes.push({
+        name, op: 'Const', input: [], attr: {
+          dtype: { type },
+          value: { tensor: { dtype: type, tensorShape: { dim: shape.map((size) => ({ size })) }, tensorContent: new Uint8Array(content.buffer) } },
+        },
+      });
+      this.constants.set(fullKey, name);
+    }
+    return name;
+  }
+
+  op(name: string, inputs: string[], attrs: Attrs = {}): string {
+    return this.opUntyped(name, inputs, { T: { type: 'float32' }, ...attrs });
+  }
+
+  opUntyped(op: string, inputs: string[], attrs: Attrs): string {
+    const attr: Record<string, object> = {};
+    for (const [key, v] of Object.entries(attrs)) {
+      if ('bool' in v) attr[key] = { b: v.bool };
+      else if ('int' in v) attr[key] = { i: v.int };
+      else if ('float' in v) attr[key] = { f: v.float };
+      else attr[key] = { type: v.type === 'float32' ? DT_FLOAT : DT_INT32 };
+    }
+    const name = `${op}_${this.nodes.length}`;
+    this.nodes.push({ name, op, input: inputs, attr });
+    return name;
+  }
+
+  savedModel(): Uint8Array {
+    savedModelType ??= protobuf.parse(SCHEMA).root.lookupType('tensorflow.SavedModel');
+    const message = {
+      savedModelSchemaVersion: 1,
+      metaGraphs: [{ metaInfoDef: { tags: [TAG] }, graphDef: { node: this.nodes, versions: { producer: GRAPH_PRODUCER } } }],
+    };
+    return savedModelType.encode(savedModelType.fromObject(message)).finish();
+  }
+}
+
+/** What shapes a decoding graph: the config's sizes, the batch, and whether a padding mask comes in. */
+export interface DecodeStepSpec {
+  numLayers: number;
+  hiddenSize: number;
+  numHeads: number;
+  kvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  intermediateSize: number;
+  eps: number;
+  attentionBias: boolean;
+  mlpBias: boolean;
+  activation: 'relu2' | 'relu';
+  batch: number;
+  hasMask: boolean;
+  /** Whether the attention matMuls are small at the current key length (BatchMatMulV3 or V2; the graph runs at any length). */
+  smallAttention: boolean;
+}
+
+/** The fields of a NemotronConfig the decoding step depends on. */
+export interface DecodeStepConfig {
+  numHiddenLayers: number;
+  hiddenSize: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  intermediateSize: number;
+  normEps: number;
+  attentionBias: boolean;
+  mlpBias: boolean;
+  hiddenAct: string;
+}
+
+/** The step's spec for a forward of `batch` new tokens over `keyLen` keys, or null where the graph cannot run it. */
+export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, keyLen: number): DecodeStepSpec | null {
+  if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
+  const shape = { batch, seq: 1, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim, rotaryDim: c.rotaryDim, scale: 1 };
+  return {
+    numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
+    headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,
+    attentionBias: c.attentionBias, mlpBias: c.mlpBias, activation: c.hiddenAct, batch, hasMask,
+    smallAttention: smallAttention(shape, keyLen),
+  };
+}
+
+interface DecodeGraph {
+  modelId: number;
+  inputNames: string[];
+  outputNames: string[];
+}
+
+/**
+ * The inputs a decoding step takes, in order, with their shapes (-1: varies): hidden, cos, sin, [mask], past
+ * keys/values, then the weights by their HF names (as NemotronModel.namedParameters()).
+ */
+export function decodeStepInputs(spec: DecodeStepSpec): Array<[string, number[]]> {
+  const { batch: b, hiddenSize: h, numHeads, kvHeads, headDim: d, intermediateSize } = spec;
+  const inputs: Array<[string, number[]]> = [['hidden', [b, h]], ['cos', [b, 1, 1, d]], ['sin', [b, 1, 1, d]]];
+  if (spec.hasMask) inputs.push(['mask', [b, 1, 1, -1]]);
+  for (let i = 0; i < spec.numLayers; i++) inputs.push([`past.keys.${i}`, [b, kvHeads, -1, d]], [`past.values.${i}`, [b, kvHeads, -1, d]]);
+  const linear = (name: string, out: number, inFeatures: number, bias: boolean): Array<[string, number[]]> =>
+    [[`${name}.weight`, [out, inFeatures]], ...(bias ? [[`${name}.bias`, [out]] as [string, number[]]] : [])];
+  const norm = (name: string): Array<[string, number[]]> => [[`${name}.weight`, [h]], [`${name}.bias`, [h]]];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const p = `layers.${i}.`;
+    inputs.push(
+      ...norm(`${p}input_layernorm`),
+      ...linear(`${p}self_attn.q_proj`, numHeads * d, h, spec.attentionBias),
+      ...linear(`${p}self_attn.k_proj`, kvHeads * d, h, spec.attentionBias),
+      ...linear(`${p}self_attn.v_proj`, kvHeads * d, h, spec.attentionBias),
+      ...linear(`${p}self_attn.o_proj`, h, numHeads * d, spec.attentionBias),
+      ...norm(`${p}post_attention_layernorm`),
+      ...linear(`${p}mlp.up_proj`, intermediateSize, h, spec.mlpBias),
+      ...linear(`${p}mlp.down_proj`, h, intermediateSize, spec.mlpBias),
+    );
+  }
+  inputs.push(...norm('norm'));
+  return inputs;
+}
+
+/** Records the step: NemotronDecoderLayer.call for every layer, then the final norm (as NemotronModel.forward). */
+function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames: string[]; outputNames: string[] } {
+  const g = new GraphOps();
+  const inputs = decodeStepInputs(spec);
+  const inputNames = inputs.map(([name]) => name);
+  const input = new Map(inputs.map(([name, shape]) => [name, g.placeholder(name, shape)]));
+  const w = (name: string) => input.get(name)!;
+  const optional = (name: string, present: boolean) => (present ? w(name) : undefined);
+  const { batch: b, hiddenSize, numHeads, kvHeads, headDim, eps } = spec;
+  const shape = { batch: b, seq: 1, numHeads, kvHeads, headDim, rotaryDim: spec.rotaryDim, scale: 1 / Math.sqrt(headDim) };
+  let hidden = w('hidden');
+  const outputNames: string[] = [];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const p = `layers.${i}.`;
+    const project = (name: string, x: string, out: number) =>
+      linear(g, x, w(`${p}self_attn.${name}.weight`), b, out, optional(`${p}self_attn.${name}.bias`, spec.attentionBias));
+    const normed = layerNorm1P(g, hidden, w(`${p}input_layernorm.weight`), w(`${p}input_layernorm.bias`), eps);
+    const { context, keys, values } = attention(g, {
+      q: project('q_proj', normed, numHeads * headDim),
+      k: project('k_proj', normed, kvHeads * headDim),
+      v: project('v_proj', normed, kvHeads * headDim),
+      cos: w('cos'), sin: w('sin'), mask: optional('mask', spec.hasMask),
+      pastKeys: w(`past.keys.${i}`), pastValues: w(`past.values.${i}`),
+    }, shape, spec.smallAttention ? 1 : LARGE_KEY_LEN);
+    outputNames.push(g.identity(`keys.${i}`, keys), g.identity(`values.${i}`, values));
+    hidden = g.op('AddV2', [hidden, project('o_proj', context, hiddenSize)]);
+    const mlpWeights = {
+      up: w(`${p}mlp.up_proj.weight`), down: w(`${p}mlp.down_proj.weight`),
+      upBias: optional(`${p}mlp.up_proj.bias`, spec.mlpBias), downBias: optional(`${p}mlp.down_proj.bias`, spec.mlpBias),
+    };
+    const normedMlp = layerNorm1P(g, hidden, w(`${p}post_attention_layernorm.weight`), w(`${p}post_attention_layernorm.bias`), eps);
+    hidden = g.op('AddV2', [hidden, mlp(g, normedMlp, mlpWeights, b, { hidden: hiddenSize, intermediate: spec.intermediateSize }, spec.activation)]);
+  }
+  outputNames.unshift(g.identity('last_hidden_state', layerNorm1P(g, hidden, w('norm.weight'), w('norm.bias'), eps)));
+  return { bytes: g.savedModel(), inputNames, outputNames };
+}
+
+const graphs = new Map<string, DecodeGraph>();
+
+/** The loaded graph for `spec`: recorded, written to a temporary SavedModel, loaded, and the files removed. */
+function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
+  const key = JSON.stringify(spec);
+  let graph = graphs.get(key);
+  if (!graph) {
+    const { bytes, inputNames, outputNames } = recordDecodeStep(spec);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-tfjs-graph-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'saved_model.pb'), bytes);
+      graph = { modelId: backend.binding.loadSavedModel(dir, TAG), inputNames, outputNames };
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    graphs.set(key, graph);
+  }
+  return graph;
+}
+
+/**
+ * The kernel: inputs named as decodeStepInputNames(spec), attrs the spec. Outputs [lastHiddenState [b, hidden] (after
+ * the final norm), keys.0, values.0, keys.1, …] with the new token's keys and values appended.
+ */
+function decodeStepKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.Tensor[] {
+  const node = backend as NodeBackend;
+  const graph = decodeGraph(node, attrs as unknown as DecodeStepSpec);
+  const ids = node.getInputTensorIds(graph.inputNames.map((name) => {
+    const t = inputs[name];
+    if (!t) throw new Error(`${DECODE_STEP_KERNEL}: missing input ${JSON.stringify(name)}`);
+    return t;
+  }));
+  const outputs = node.binding.runSavedModel(graph.modelId, ids, graph.inputNames.map((n) => `${n}:0`).join(','),
+    graph.outputNames.map((n) => `${n}:0`).join(','));
+  return outputs.map((metadata) => node.createOutputTensor(metadata));
+}
+
+/** Registers the decoding-step kernel for 'tensorflow' (idempotent). */
+export function registerDecodeStepKernel(): void {
+  if (tf.getKernel(DECODE_STEP_KERNEL, 'tensorflow')) return;
+  tf.registerKernel({ kernelName: DECODE_STEP_KERNEL, backendName: 'tensorflow', kernelFunc: decodeStepKernel as unknown as tf.KernelFunc });
+}

@@ -1,0 +1,200 @@
+import * as tf from '@tensorflow/tfjs';
+import { ATTENTION_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, ROTARY_KERNEL } from './fused';
+import { AttentionShape, Attrs, TFOps, attention, layerNorm1P, linear, mlp, rotary } from './tensorflow-ops';
+
+/**
+ * Fused kernels for the native backends ('tensorflow', and 'cuda', which registers under that name), for inference.
+ *
+ * A tfjs op on tfjs-node costs ~30 µs before TensorFlow does any work (kernel dispatch, a tfjs tensor for every
+ * output, a freshly uploaded int32 tensor for every reshape's shape or reduction's axes); a TensorFlow eager op run
+ * straight through the binding costs ~10 µs. Each kernel here is one tfjs op that runs its TensorFlow ops on raw
+ * handles: intermediates never become tfjs tensors, and constants (axes, shapes, epsilon, the rotary permutation)
+ * are uploaded once. Checked against the plain tfjs ops in test/kernels/tensorflow-kernels.test.ts.
+ */
+
+export interface TFEOpAttr {
+  name: string;
+  type: number;
+  value: unknown;
+}
+
+export interface TensorMetadata {
+  id: number;
+  shape: number[];
+  dtype: number;
+}
+
+export interface Binding {
+  TF_FLOAT: number;
+  TF_INT32: number;
+  TF_ATTR_BOOL: number;
+  TF_ATTR_TYPE: number;
+  TF_ATTR_FLOAT: number;
+  TF_ATTR_INT: number;
+  createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
+  deleteTensor(id: number): void;
+  executeOp(name: string, attrs: TFEOpAttr[], inputIds: number[], numOutputs: number): TensorMetadata[];
+  loadSavedModel(exportDir: string, tags: string): number;
+  runSavedModel(modelId: number, inputIds: number[], inputNames: string, outputNames: string): TensorMetadata[];
+}
+
+/** What this library uses of tfjs-node's NodeJSKernelBackend. */
+export interface NodeBackend {
+  binding: Binding;
+  getInputTensorIds(tensors: tf.TensorInfo[]): number[];
+  createOutputTensor(metadata: TensorMetadata): tf.Tensor;
+}
+
+/**
+ * Raw handles of constants (axes, shapes, epsilon, permutation matrices), uploaded once per binding. Reshape targets
+ * vary with the sequence length, so the map is emptied when it grows past MAX_CONSTANTS, between kernels.
+ */
+const constants = new WeakMap<Binding, Map<string, number>>();
+const MAX_CONSTANTS = 512;
+
+/** One kernel's TensorFlow ops on raw handles; `finish` wraps the results as tfjs tensors and frees the rest. */
+class EagerOps implements TFOps<number> {
+  private readonly temporaries: number[] = [];
+  private readonly binding: Binding;
+  private readonly cache: Map<string, number>;
+
+  constructor(private readonly backend: NodeBackend) {
+    this.binding = backend.binding;
+    let cache = constants.get(this.binding);
+    if (!cache) constants.set(this.binding, (cache = new Map()));
+    if (cache.size >= MAX_CONSTANTS) {
+      for (const id of cache.values()) this.binding.deleteTensor(id);
+      cache.clear();
+    }
+    this.cache = cache;
+  }
+
+  input(t: tf.TensorInfo): number {
+    return this.backend.getInputTensorIds([t])[0];
+  }
+
+  constant(dtype: 'float32' | 'int32', shape: number[], values: ArrayLike<number> | (() => ArrayLike<number>), key?: string): number {
+    const fullKey = `${dtype}:${shape.join('x')}:${key ?? Array.from(values as ArrayLike<number>).join(',')}`;
+    let id = this.cache.get(fullKey);
+    if (id === undefined) {
+      const data = typeof values === 'function' ? values() : values;
+      id = dtype === 'float32'
+        ? this.binding.createTensor(shape, this.binding.TF_FLOAT, Float32Array.from(data))
+        : this.binding.createTensor(shape, this.binding.TF_INT32, Int32Array.from(data));
+      this.cache.set(fullKey, id);
+    }
+    return id;
+  }
+
+  op(name: string, inputs: number[], attrs: Attrs = {}): number {
+    return this.opUntyped(name, inputs, { T: { type: 'float32' }, ...attrs });
+  }
+
+  opUntyped(name: string, inputs: number[], attrs: Attrs): number {
+    const [out] = this.binding.executeOp(name, Object.entries(attrs).map(([n, v]) => this.attr(n, v)), inputs, 1);
+    this.temporaries.push(out.id);
+    return out.id;
+  }
+
+  private attr(name: string, v: Attrs[string]): TFEOpAttr {
+    const b = this.binding;
+    if ('bool' in v) return { name, type: b.TF_ATTR_BOOL, value: v.bool };
+    if ('int' in v) return { name, type: b.TF_ATTR_INT, value: v.int };
+    if ('float' in v) return { name, type: b.TF_ATTR_FLOAT, value: v.float };
+    return { name, type: b.TF_ATTR_TYPE, value: v.type === 'float32' ? b.TF_FLOAT : b.TF_INT32 };
+  }
+
+  /** Wraps `results` (this kernel's outputs: handle and shape) as tfjs tensors, and frees every other temporary. */
+  finish(results: Array<[number, number[]]>): tf.Tensor[] {
+    const kept = new Set(results.map(([id]) => id));
+    for (const t of this.temporaries) if (!kept.has(t)) this.binding.deleteTensor(t);
+    this.temporaries.length = 0;
+    return results.map(([id, shape]) => this.backend.createOutputTensor({ id, shape, dtype: this.binding.TF_FLOAT }));
+  }
+
+  /** Frees every temporary (on an error path). */
+  abandon(): void {
+    for (const t of this.temporaries) this.binding.deleteTensor(t);
+    this.temporaries.length = 0;
+  }
+}
+
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
+
+function runEager(backend: unknown, body: (ops: EagerOps) => Array<[number, number[]]>): tf.Tensor[] {
+  const ops = new EagerOps(backend as NodeBackend);
+  try {
+    return ops.finish(body(ops));
+  } catch (error) {
+    ops.abandon();
+    throw error;
+  }
+}
+
+/** 10 TensorFlow ops on raw handles instead of ~30 tfjs ops (tfjs-node's Mean adds casts and an axes upload). */
+function layerNorm1PKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor {
+  const { x, weight, bias } = inputs as Record<string, tf.TensorInfo>;
+  return runEager(backend, (ops) => [
+    [layerNorm1P(ops, ops.input(x), ops.input(weight), ops.input(bias), (attrs as { eps: number }).eps), x.shape],
+  ])[0];
+}
+
+/** applyRotary in four TensorFlow ops (a broadcasting batch matMul needs no reshapes). */
+function rotaryKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor {
+  const { x, cos, sin } = inputs as Record<string, tf.TensorInfo>;
+  const headDim = x.shape[x.shape.length - 1];
+  const elements = x.shape.reduce((a, c) => a * c, 1);
+  return runEager(backend, (ops) => [
+    [rotary(ops, ops.input(x), ops.input(cos), ops.input(sin), headDim, (attrs as { rotaryDim: number }).rotaryDim, elements), x.shape],
+  ])[0];
+}
+
+function linearKernel({ inputs, backend }: KernelArgs): tf.Tensor {
+  const { x, weight, bias } = inputs as Record<string, tf.TensorInfo | undefined>;
+  const rows = x!.shape[0];
+  const out = weight!.shape[0];
+  return runEager(backend, (ops) => [
+    [linear(ops, ops.input(x!), ops.input(weight!), rows, out, bias && ops.input(bias)), [rows, out]],
+  ])[0];
+}
+
+function mlpKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor {
+  const { x, up, down, upBias, downBias } = inputs as Record<string, tf.TensorInfo | undefined>;
+  const rows = x!.shape[0];
+  const sizes = { hidden: down!.shape[0], intermediate: up!.shape[0] };
+  const activation = (attrs as { activation: 'relu2' | 'relu' }).activation;
+  return runEager(backend, (ops) => {
+    const weights = { up: ops.input(up!), down: ops.input(down!), upBias: upBias && ops.input(upBias), downBias: downBias && ops.input(downBias) };
+    return [[mlp(ops, ops.input(x!), weights, rows, sizes, activation), [rows, sizes.hidden]]];
+  })[0];
+}
+
+/** Outputs [context [b·s, H·d], keys, values [b, KV, L, d]]: see tensorflow-ops.ts attention(). */
+function attentionKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor[] {
+  const named = inputs as Record<string, tf.TensorInfo | undefined>;
+  const shape = attrs as unknown as AttentionShape;
+  const { batch: b, seq: s, numHeads, kvHeads, headDim: d } = shape;
+  const keyLen = (named.pastKeys ? named.pastKeys.shape[2] : 0) + s;
+  return runEager(backend, (ops) => {
+    const handle = (name: string) => (named[name] ? ops.input(named[name]!) : undefined);
+    const x = {
+      q: handle('q')!, k: handle('k')!, v: handle('v')!, cos: handle('cos')!, sin: handle('sin')!,
+      mask: handle('mask'), pastKeys: handle('pastKeys'), pastValues: handle('pastValues'),
+    };
+    const { context, keys, values } = attention(ops, x, shape, keyLen);
+    return [[context, [b * s, numHeads * d]], [keys, [b, kvHeads, keyLen, d]], [values, [b, kvHeads, keyLen, d]]];
+  });
+}
+
+/** Registers the fused kernels for the 'tensorflow' backend (idempotent); setBackend('tensorflow'|'cuda') calls it. */
+export function registerTensorFlowKernels(): void {
+  if (tf.getKernel(LAYERNORM1P_KERNEL, 'tensorflow')) return;
+  const kernels: Array<[string, tf.KernelFunc]> = [
+    [LAYERNORM1P_KERNEL, layerNorm1PKernel as unknown as tf.KernelFunc],
+    [ROTARY_KERNEL, rotaryKernel as unknown as tf.KernelFunc],
+    [LINEAR_KERNEL, linearKernel as unknown as tf.KernelFunc],
+    [MLP_KERNEL, mlpKernel as unknown as tf.KernelFunc],
+    [ATTENTION_KERNEL, attentionKernel as unknown as tf.KernelFunc],
+  ];
+  for (const [kernelName, kernelFunc] of kernels) tf.registerKernel({ kernelName, backendName: 'tensorflow', kernelFunc });
+}

@@ -21,6 +21,10 @@ export const BACKEND_ENV = 'NEMOTRON_BACKEND';
 /** The tfjs engine name each of ours registers under. */
 const ENGINE_NAME: Record<BackendName, string> = { tensorflow: 'tensorflow', cuda: 'tensorflow', webgpu: 'webgpu', wasm: 'wasm', cpu: 'cpu' };
 
+// libtensorflow logs at INFO by default (its oneDNN notice, every SavedModel load of the compiled decoding step).
+// Read once, when it first logs: set here, before anything loads tfjs-node, unless the user chose a level.
+process.env.TF_CPP_MIN_LOG_LEVEL ??= '1';
+
 let current: BackendName | null = null;
 const loadErrors = new Map<BackendName, string>();
 

@@ -1,0 +1,246 @@
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import {
+  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding,
+  applyRotary, setBackend, useFusedKernels,
+} from '../../src/index';
+import { DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { expectClose } from '../helpers';
+
+/**
+ * The native backend's fused kernels (src/kernels/tensorflow-kernels.ts) and compiled decoding step
+ * (src/kernels/tensorflow-graph.ts) against the plain tfjs ops they replace, on the same backend. Float32 sums in
+ * another order differ by a few ulps; 1e-5 absolute on values of order 1 is far below the fixtures' 1e-4.
+ */
+const TOL = 1e-5;
+
+function nativeAvailable(): boolean {
+  try {
+    require('@tensorflow/tfjs-node');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `fn` with the fused kernels on, then off; both results as tensors (the caller disposes them). */
+function fusedAndPlain<T extends tf.Tensor | tf.Tensor[]>(fn: () => T): [T, T] {
+  useFusedKernels(true);
+  const fused = fn();
+  useFusedKernels(false);
+  try {
+    return [fused, fn()];
+  } finally {
+    useFusedKernels(true);
+  }
+}
+
+/** Counts the kernels `fn` runs by name. */
+function kernelsRun(fn: () => void): Map<string, number> {
+  const engine = tf.engine();
+  const original = engine.runKernel.bind(engine);
+  const counts = new Map<string, number>();
+  engine.runKernel = ((name: string, inputs: tf.NamedTensorMap, attrs?: tf.NamedAttrMap) => {
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+    return original(name, inputs, attrs);
+  }) as typeof engine.runKernel;
+  try {
+    fn();
+  } finally {
+    engine.runKernel = original;
+  }
+  return counts;
+}
+
+/** TensorFlow handles alive in the binding (raw handles included, which tf.memory() does not see). */
+function nativeHandles(): number {
+  return (tf.backend() as unknown as { binding: { getNumOfTensors(): number } }).binding.getNumOfTensors();
+}
+
+function freeWeights(layer: { namedWeights(): Array<[string, tf.Variable]> }): void {
+  layer.namedWeights().forEach(([, w]) => w.dispose());
+}
+
+const describeNative = nativeAvailable() ? describe : describe.skip;
+
+describeNative('tensorflow backend: fused kernels equal the plain ops', function () {
+  this.timeout(60_000);
+  before(async () => { await setBackend('tensorflow'); });
+  after(() => useFusedKernels(true));
+
+  it('LayerNorm1P', () => {
+    const norm = new NemotronLayerNorm1P({ size: 96, eps: 1e-5 });
+    norm.namedWeights().forEach(([, w], i) => w.assign(tf.randomNormal([96], 0, 0.3, 'float32', 1 + i)));
+    const x = tf.randomNormal([5, 96], 0.5, 2, 'float32', 3);
+    const [fused, plain] = fusedAndPlain(() => norm.apply(x) as tf.Tensor);
+    expectClose(fused, plain, TOL, 'LayerNorm1P');
+    tf.dispose([fused, plain, x]);
+    freeWeights(norm);
+  });
+
+  it('rotary, partial and full', () => {
+    for (const rotaryDim of [8, 16]) {
+      const rope = new PartialRotaryEmbedding({ headDim: 16, rotaryDim, base: 10000 });
+      const x = tf.randomNormal([2, 3, 5, 16], 0, 1, 'float32', rotaryDim) as tf.Tensor4D;
+      const positions = tf.tensor2d([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]], [2, 5], 'int32');
+      const [cos, sin] = rope.tables(positions, 11);
+      const fused = tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim }) as tf.Tensor;
+      const plain = applyRotary(x, cos, sin, rope.permutation);
+      expectClose(fused, plain, TOL, `rotary ${rotaryDim}/16`);
+      tf.dispose([x, positions, cos, sin, fused, plain]);
+      rope.disposeWeights();
+    }
+  });
+
+  it('linear: one, two and five rows (each takes its own TensorFlow op), with and without bias', () => {
+    const weight = tf.randomNormal([48, 32], 0, 0.2, 'float32', 4);
+    const bias = tf.randomNormal([48], 0, 0.2, 'float32', 5);
+    for (const rows of [1, 2, 5]) {
+      const x = tf.randomNormal([rows, 32], 0, 1, 'float32', rows);
+      for (const b of [undefined, bias]) {
+        const fused = tf.engine().runKernel(LINEAR_KERNEL, b ? { x, weight, bias: b } : { x, weight }) as tf.Tensor;
+        const plain = tf.tidy(() => {
+          const y = tf.matMul(x, weight, false, true);
+          return b ? tf.add(y, b) : y;
+        });
+        expect(fused.shape).to.deep.equal([rows, 48]);
+        expectClose(fused, plain, TOL, `linear rows ${rows}${b ? ' + bias' : ''}`);
+        tf.dispose([fused, plain]);
+      }
+      x.dispose();
+    }
+    tf.dispose([weight, bias]);
+  });
+
+  it('MLP: relu² and relu, with biases', () => {
+    for (const activation of ['relu2', 'relu'] as const) {
+      const mlp = new NemotronMLP({ hiddenSize: 32, intermediateSize: 64, bias: true, activation, initializerRange: 0.2 });
+      mlp.namedWeights().forEach(([, w], i) => { if (w.shape.length === 1) w.assign(tf.randomNormal(w.shape, 0, 0.1, 'float32', 10 + i)); });
+      for (const rows of [1, 3]) {
+        const x = tf.randomNormal([rows, 32], 0, 1, 'float32', 20 + rows);
+        const [fused, plain] = fusedAndPlain(() => mlp.apply(x) as tf.Tensor);
+        expectClose(fused, plain, TOL, `MLP ${activation} rows ${rows}`);
+        tf.dispose([x, fused, plain]);
+      }
+      freeWeights(mlp);
+    }
+  });
+
+  it('attention: prefill into a cache, then a token, with a padding mask; the caches agree too', () => {
+    const args = { hiddenSize: 32, numHeads: 4, numKeyValueHeads: 2, headDim: 16, bias: true, layerIndex: 0, initializerRange: 0.2 };
+    const attention = new NemotronAttention(args);
+    const rope = new PartialRotaryEmbedding({ headDim: 16, rotaryDim: 8, base: 10000 });
+    const run = (fused: boolean) => {
+      useFusedKernels(fused);
+      const cache = new KVCache(1);
+      const outputs: tf.Tensor[] = [];
+      for (const [seq, start] of [[4, 0], [1, 4]]) {
+        const hidden = tf.randomNormal([2 * seq, 32], 0, 1, 'float32', seq);
+        const positions = tf.tensor2d([[...Array(seq).keys()].map((i) => start + i), [...Array(seq).keys()].map((i) => Math.max(0, start + i - 1))], [2, seq], 'int32');
+        const [cos, sin] = rope.tables(positions, start + seq);
+        // Row 1 is left-padded by one token.
+        const keys = start + seq;
+        const mask = tf.tensor4d(Array.from({ length: 2 * seq * keys }, (_, i) => {
+          const [row, q, k] = [Math.floor(i / (seq * keys)), Math.floor(i / keys) % seq, i % keys];
+          return k > start + q || (row === 1 && k === 0) ? -1e9 : 0;
+        }), [2, 1, seq, keys]);
+        const result = attention.apply([hidden, cos, sin, rope.permutation], { mask, cache, rotaryDim: 8 }) as tf.Tensor | tf.Tensor[];
+        outputs.push(Array.isArray(result) ? result[0] : result);
+        tf.dispose([hidden, positions, cos, sin, mask]);
+      }
+      outputs.push(cache.keys[0]!.clone(), cache.values[0]!.clone());
+      cache.dispose();
+      useFusedKernels(true);
+      return outputs;
+    };
+    let counts = new Map<string, number>();
+    let fused: tf.Tensor[] = [];
+    counts = kernelsRun(() => { fused = run(true); });
+    expect(counts.get('NemotronAttention'), 'the fused attention kernel ran').to.equal(2);
+    const plain = run(false);
+    ['prefill output', 'token output', 'cached keys', 'cached values'].forEach((what, i) => expectClose(fused[i], plain[i], TOL, what));
+    tf.dispose([...fused, ...plain]);
+    freeWeights(attention);
+    rope.disposeWeights();
+  });
+});
+
+describeNative('tensorflow backend: the decoding step as one graph', function () {
+  this.timeout(120_000);
+  before(async () => { await setBackend('tensorflow'); });
+  after(() => useFusedKernels(true));
+
+  const base = {
+    vocabSize: 64, hiddenSize: 32, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 8, intermediateSize: 48,
+    numHiddenLayers: 2, maxPositionEmbeddings: 64, initializerRange: 0.2,
+  };
+
+  /** Prefill, then `steps` decoding steps fed fixed tokens; the logits of every step and the final caches. */
+  function decode(model: NemotronForCausalLM, prompts: number[][], mask: number[][], steps: number): tf.Tensor[] {
+    const cache = new KVCache(model.config.numHiddenLayers);
+    const out: tf.Tensor[] = [];
+    const attention = mask.map((r) => r.slice());
+    const positions = attention.map((row) => row.map((_, i) => Math.max(0, row.slice(0, i + 1).reduce((a, b) => a + b, 0) - 1)));
+    const first = model.forward({ inputIds: prompts, attentionMask: attention, positionIds: positions, pastKeyValues: cache, useCache: true, logitsToKeep: 1 });
+    out.push(first.logits);
+    for (let s = 0; s < steps; s++) {
+      attention.forEach((row) => row.push(1));
+      const pos = attention.map((row) => [row.reduce((a, b) => a + b, 0) - 1]);
+      const step = model.forward({
+        inputIds: prompts.map((_, b) => [(7 * s + 3 * b + 1) % 64]), attentionMask: attention, positionIds: pos,
+        pastKeyValues: cache, useCache: true, logitsToKeep: 1,
+      });
+      out.push(step.logits);
+    }
+    out.push(...cache.keys.map((k) => k!.clone()), ...cache.values.map((v) => v!.clone()));
+    cache.dispose();
+    return out;
+  }
+
+  const cases: Array<[string, Partial<typeof base> & Record<string, unknown>, number[][], number[][]]> = [
+    ['batch 1, GQA, relu²', {}, [[5, 9, 2, 7]], [[1, 1, 1, 1]]],
+    ['batch 2, left padding (mask), biases', { attentionBias: true, mlpBias: true }, [[0, 9, 2, 7], [4, 4, 8, 1]], [[0, 1, 1, 1], [1, 1, 1, 1]]],
+    ['batch 3, MHA, full rotary, relu', { numKeyValueHeads: 4, partialRotaryFactor: 1, hiddenAct: 'relu' }, [[1, 2], [3, 4], [5, 6]], [[1, 1], [1, 1], [1, 1]]],
+  ];
+  for (const [name, fields, prompts, mask] of cases) {
+    it(`${name}: logits and caches equal the layer-by-layer path`, () => {
+      const model = new NemotronForCausalLM(new NemotronConfig({ ...base, ...fields } as never));
+      let fused: tf.Tensor[] = [];
+      useFusedKernels(true);
+      const counts = kernelsRun(() => { fused = decode(model, prompts, mask, 5); });
+      expect(counts.get(DECODE_STEP_KERNEL), 'decoding steps run as one graph').to.equal(5);
+      useFusedKernels(false);
+      const plain = decode(model, prompts, mask, 5);
+      useFusedKernels(true);
+      fused.forEach((t, i) => expectClose(t, plain[i], TOL, i <= 5 ? `logits of step ${i}` : `cache tensor ${i - 6}`));
+      tf.dispose([...fused, ...plain]);
+      model.dispose();
+    });
+  }
+
+  it('sees weights changed after compiling (training, then generating)', () => {
+    const model = new NemotronForCausalLM(new NemotronConfig(base as never));
+    const before = decode(model, [[1, 2, 3]], [[1, 1, 1]], 2);
+    const q = model.namedParameters().get('model.layers.1.self_attn.q_proj.weight')!;
+    q.assign(tf.mul(q, 3));
+    const fused = decode(model, [[1, 2, 3]], [[1, 1, 1]], 2);
+    useFusedKernels(false);
+    const plain = decode(model, [[1, 2, 3]], [[1, 1, 1]], 2);
+    useFusedKernels(true);
+    expect(tf.max(tf.abs(tf.sub(before[2], fused[2]))).dataSync()[0], 'the change shows').to.be.greaterThan(1e-3);
+    fused.forEach((t, i) => expectClose(t, plain[i], TOL, `after the change, output ${i}`));
+    tf.dispose([...before, ...fused, ...plain]);
+    model.dispose();
+  });
+
+  it('leaves no tensor behind, tfjs or raw TensorFlow handle, step after step', () => {
+    const model = new NemotronForCausalLM(new NemotronConfig({ ...base, attentionBias: true } as never));
+    tf.dispose(decode(model, [[1, 2, 3], [0, 4, 5]], [[1, 1, 1], [0, 1, 1]], 3)); // compiles the graphs, caches constants
+    const tensors = tf.memory().numTensors;
+    const handles = nativeHandles();
+    for (let i = 0; i < 3; i++) tf.dispose(decode(model, [[1, 2, 3], [0, 4, 5]], [[1, 1, 1], [0, 1, 1]], 3));
+    expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
+    expect(nativeHandles(), 'TensorFlow handles').to.equal(handles);
+    model.dispose();
+  });
+});

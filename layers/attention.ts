@@ -83,7 +83,7 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const batch = hidden.rank === 3 ? hidden.shape[0] : hidden.shape[0] / seq;
       const flat = hidden.rank === 2 ? hidden : hidden.reshape([batch * seq, -1]);
       const [qFlat, kFlat, vFlat] = (['q_proj', 'k_proj', 'v_proj'] as const).map((name) => this.project(name, flat));
-      if (!kwargs.outputAttentions && kwargs.rotaryDim !== undefined && fusedKernelApplies(ATTENTION_KERNEL)) {
+      if (!kwargs.outputAttentions && kwargs.rotaryDim !== undefined && fusedKernelApplies(ATTENTION_KERNEL, { seq })) {
         const context = this.fusedCore(qFlat, kFlat, vFlat, cos, sin, batch, seq, kwargs);
         const out = this.project('o_proj', context);
         return [hidden.rank === 2 ? out : out.reshape([batch, seq, -1])];

@@ -23,12 +23,22 @@ export function useFusedKernels(on: boolean): void {
   enabled = on;
 }
 
+const limits = new Map<string, (attrs: Record<string, unknown>) => boolean>();
+
+/** Restricts a backend's kernel to the calls `accepts` (e.g. WebGPU's attention kernel to one new token per row). */
+export function limitFusedKernel(kernelName: string, backendName: string, accepts: (attrs: Record<string, unknown>) => boolean): void {
+  limits.set(`${kernelName}/${backendName}`, accepts);
+}
+
 /**
- * True where `kernelName` is registered for the active backend and no gradient tape records (the fused kernels have
- * no gradients; training keeps the plain ops).
+ * True where `kernelName` is registered for the active backend, accepts `attrs` (see limitFusedKernel), and no gradient
+ * tape records (the fused kernels have no gradients; training keeps the plain ops).
  */
-export function fusedKernelApplies(kernelName: string): boolean {
-  if (!enabled || !tf.getKernel(kernelName, tf.getBackend())) return false;
+export function fusedKernelApplies(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
+  const backend = tf.getBackend();
+  if (!enabled || !tf.getKernel(kernelName, backend)) return false;
+  const accepts = limits.get(`${kernelName}/${backend}`);
+  if (accepts && !accepts(attrs)) return false;
   const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
   return state.gradientDepth === 0;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { LAYERNORM1P_KERNEL, ROTARY_KERNEL } from './fused';
+import { ATTENTION_KERNEL, LAYERNORM1P_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
@@ -122,6 +122,137 @@ class RotaryProgram {
   }
 }
 
+/**
+ * Attention scores of one new token per row: scores[b, h, k] = scale · q[b, h, 0, :]·keys[b, h / groups, k, :]
+ * (+ mask[b, 0, 0, k]); GQA by indexing, K never repeated.
+ */
+class DecodeScoresProgram {
+  readonly variableNames: string[];
+  readonly uniforms = 'groups : i32, headDim : i32, scale : f32,';
+  readonly size = true;
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number] = [64, 1, 1];
+  readonly shaderKey: string;
+
+  constructor(batch: number, heads: number, keyLen: number, private readonly masked: boolean) {
+    this.variableNames = masked ? ['q', 'k', 'mask'] : ['q', 'k'];
+    this.outputShape = [batch, heads, keyLen];
+    this.dispatchLayout = { x: [0, 1, 2] };
+    this.dispatch = [Math.ceil((batch * heads * keyLen) / 64), 1, 1];
+    this.shaderKey = `nemotron_decode_scores_${masked}`;
+  }
+
+  getUserCode(): string {
+    return `
+    fn main(index : i32) {
+      if (index < uniforms.size) {
+        let c = getCoordsFromIndex(index);
+        let kvHead = c[1] / uniforms.groups;
+        var dot = 0.0;
+        for (var j = 0; j < uniforms.headDim; j++) {
+          dot += getQ(c[0], c[1], 0, j) * getK(c[0], kvHead, c[2], j);
+        }
+        var score = dot * uniforms.scale;
+        ${this.masked ? 'score += getMask(c[0], 0, 0, c[2]);' : ''}
+        setOutputAtIndex(index, score);
+      }
+    }
+    `;
+  }
+}
+
+/** context[b, h·d + j] = Σ_k probs[b, h, k] · values[b, h / groups, k, j]: heads already merged for o_proj. */
+class DecodeContextProgram {
+  readonly variableNames = ['probs', 'v'];
+  readonly uniforms = 'groups : i32, headDim : i32, keyLen : i32,';
+  readonly size = true;
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number] = [64, 1, 1];
+  readonly shaderKey = 'nemotron_decode_context';
+
+  constructor(batch: number, heads: number, headDim: number) {
+    this.outputShape = [batch, heads * headDim];
+    this.dispatchLayout = { x: [0, 1] };
+    this.dispatch = [Math.ceil((batch * heads * headDim) / 64), 1, 1];
+  }
+
+  getUserCode(): string {
+    return `
+    fn main(index : i32) {
+      if (index < uniforms.size) {
+        let c = getCoordsFromIndex(index);
+        let head = c[1] / uniforms.headDim;
+        let j = c[1] - head * uniforms.headDim;
+        let kvHead = head / uniforms.groups;
+        var sum = 0.0;
+        for (var k = 0; k < uniforms.keyLen; k++) {
+          sum += getProbs(c[0], head, k) * getV(c[0], kvHead, k, j);
+        }
+        setOutputAtIndex(index, sum);
+      }
+    }
+    `;
+  }
+}
+
+interface AttentionAttrs {
+  batch: number;
+  seq: number;
+  numHeads: number;
+  kvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  scale: number;
+}
+
+/**
+ * The attention kernel's contract (see tensorflow-ops.ts attention()) for one new token per row — decoding, where
+ * WebGPU's per-dispatch cost dominates: rotary (2 dispatches), cache append (2), scores, softmax, context (1 each),
+ * against ~20 for the plain ops. Longer sequences keep the plain ops (tfjs's tiled matMuls).
+ */
+function decodeAttention({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo[] {
+  const gpu = backend as WebGPUBackendLike;
+  const named = inputs as Record<string, tf.TensorInfo | undefined>;
+  const { batch: b, numHeads: heads, kvHeads, headDim: d, rotaryDim, scale } = attrs as unknown as AttentionAttrs;
+  const groups = heads / kvHeads;
+  const temporaries: tf.TensorInfo[] = [];
+  const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
+  const half = [{ type: 'int32', data: [rotaryDim / 2] }];
+  const rotate = (x: tf.TensorInfo, n: number) => {
+    const shaped = temp(reshape(gpu, x, [b, n, 1, d]));
+    return gpu.runWebGPUProgram(new RotaryProgram(shaped.shape), [shaped, named.cos!, named.sin!], 'float32', half);
+  };
+  const append = (past: tf.TensorInfo | undefined, x: tf.TensorInfo) => {
+    if (!past) return x;
+    const concat = tf.getKernel('Concat', 'webgpu')!;
+    const out = concat.kernelFunc({ inputs: [past, x] as unknown as tf.NamedTensorInfoMap, backend: backend as never, attrs: { axis: 2 } }) as tf.TensorInfo;
+    temporaries.push(x);
+    return out;
+  };
+  try {
+    const query = temp(rotate(named.q!, heads));
+    const keys = append(named.pastKeys, rotate(named.k!, kvHeads));
+    const values = append(named.pastValues, reshape(gpu, named.v!, [b, kvHeads, 1, d]));
+    const keyLen = keys.shape[2];
+    const scoreInputs = named.mask ? [query, keys, named.mask] : [query, keys];
+    const scores = temp(gpu.runWebGPUProgram(new DecodeScoresProgram(b, heads, keyLen, named.mask !== undefined), scoreInputs, 'float32', [
+      { type: 'int32', data: [groups] }, { type: 'int32', data: [d] }, { type: 'float32', data: [scale] },
+    ]));
+    const softmax = tf.getKernel('Softmax', 'webgpu')!;
+    const probs = temp(softmax.kernelFunc({ inputs: { logits: scores }, backend: backend as never, attrs: { dim: 2 } }) as tf.TensorInfo);
+    const context = gpu.runWebGPUProgram(new DecodeContextProgram(b, heads, d), [probs, values], 'float32', [
+      { type: 'int32', data: [groups] }, { type: 'int32', data: [d] }, { type: 'int32', data: [keyLen] },
+    ]);
+    return [context, keys, values];
+  } finally {
+    for (const t of temporaries) gpu.disposeData(t.dataId);
+  }
+}
+
 function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const kernel = tf.getKernel('Reshape', 'webgpu')!;
   return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
@@ -131,6 +262,8 @@ function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]):
 export function registerWebGPUKernels(): void {
   if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;
   registerRotary();
+  tf.registerKernel({ kernelName: ATTENTION_KERNEL, backendName: 'webgpu', kernelFunc: decodeAttention as unknown as tf.KernelFunc });
+  limitFusedKernel(ATTENTION_KERNEL, 'webgpu', (attrs) => attrs.seq === 1);
   tf.registerKernel({
     kernelName: LAYERNORM1P_KERNEL,
     backendName: 'webgpu',

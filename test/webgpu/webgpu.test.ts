@@ -2,7 +2,10 @@ import * as fs from 'fs';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
-import { NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, PartialRotaryEmbedding, Trainer, applyRotary, readJsonl, setBackend } from '../../src/index';
+import {
+  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, PartialRotaryEmbedding, Trainer, applyRotary, readJsonl,
+  setBackend, useFusedKernels,
+} from '../../src/index';
 import { ROTARY_KERNEL } from '../../src/kernels/fused';
 import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
@@ -58,6 +61,58 @@ describe('webgpu backend: parity with transformers', function () {
       const worst = (await diff.data())[0];
       expect(worst, `[${batch}, ${heads}, ${seq}, ${headDim}] rotary ${rotaryDim}: ${worst}`).to.be.at.most(1e-5);
       tf.dispose([positions, cos, sin, x, fused, plain, diff]);
+      rope.disposeWeights();
+    }
+  });
+
+  it('the fused decoding attention kernel equals the plain tfjs ops (GQA and MHA, padding mask, cache append)', async () => {
+    for (const [heads, kvHeads, headDim, rotaryDim] of [[4, 2, 16, 8], [3, 3, 8, 8], [24, 8, 128, 64]]) {
+      const hiddenSize = heads * headDim;
+      const attention = new NemotronAttention({ hiddenSize, numHeads: heads, numKeyValueHeads: kvHeads, headDim, bias: true, layerIndex: 0, initializerRange: 0.1 });
+      const rope = new PartialRotaryEmbedding({ headDim, rotaryDim, base: 10000 });
+      const run = async (fused: boolean) => {
+        useFusedKernels(fused);
+        const cache = new KVCache(1);
+        const results: Float32Array[] = [];
+        let ran = 0;
+        for (const [seq, start] of [[5, 0], [1, 5], [1, 6]]) {
+          const hidden = tf.randomNormal([2 * seq, hiddenSize], 0, 1, 'float32', 7 * seq + start);
+          const positions = tf.tensor2d([...Array(2)].map((_, r) => [...Array(seq).keys()].map((i) => Math.max(0, start + i - r))), [2, seq], 'int32');
+          const [cos, sin] = rope.tables(positions, start + seq);
+          const keys = start + seq;
+          // Row 1 is left-padded by one token.
+          const mask = tf.tensor4d(Array.from({ length: 2 * seq * keys }, (_, i) => {
+            const [row, q, k] = [Math.floor(i / (seq * keys)), Math.floor(i / keys) % seq, i % keys];
+            return k > start + q || (row === 1 && k === 0) ? -1e9 : 0;
+          }), [2, 1, seq, keys]);
+          const engine = tf.engine();
+          const original = engine.runKernel.bind(engine);
+          engine.runKernel = ((name: string, ins: tf.NamedTensorMap, attrs?: tf.NamedAttrMap) => {
+            if (name === 'NemotronAttention') ran++;
+            return original(name, ins, attrs);
+          }) as typeof engine.runKernel;
+          const result = attention.apply([hidden, cos, sin, rope.permutation], { mask, cache, rotaryDim }) as tf.Tensor | tf.Tensor[];
+          engine.runKernel = original;
+          const out = Array.isArray(result) ? result[0] : result;
+          results.push(await out.data() as Float32Array);
+          tf.dispose([hidden, positions, cos, sin, mask, out]);
+        }
+        results.push(await cache.keys[0]!.data() as Float32Array, await cache.values[0]!.data() as Float32Array);
+        cache.dispose();
+        useFusedKernels(true);
+        return { results, ran };
+      };
+      const fused = await run(true);
+      const plain = await run(false);
+      expect(fused.ran, 'the kernel ran for the two one-token steps only').to.equal(2);
+      ['prefill', 'token 1', 'token 2', 'cached keys', 'cached values'].forEach((what, i) => {
+        // Sums in another order: float32 rounding relative to the values' size (up to ~30 for the 3072-wide case).
+        let worst = 0;
+        let size = 1;
+        fused.results[i].forEach((v, j) => { worst = Math.max(worst, Math.abs(v - plain.results[i][j])); size = Math.max(size, Math.abs(plain.results[i][j])); });
+        expect(worst, `${heads}/${kvHeads} heads, ${what}: max |fused - plain| = ${worst}, max |plain| = ${size}`).to.be.at.most(1e-5 * size);
+      });
+      attention.namedWeights().forEach(([, w]) => w.dispose());
       rope.disposeWeights();
     }
   });

@@ -3,7 +3,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as protobuf from 'protobufjs';
 import * as tf from '@tensorflow/tfjs';
-import { DECODE_STEP_KERNEL } from './fused';
+import { DECODE_STEP_KERNEL, limitFusedKernel } from './fused';
 import type { NodeBackend } from './tensorflow-kernels';
 import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, smallAttention } from './tensorflow-ops';
 
@@ -270,8 +270,13 @@ function decodeStepKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorIn
   return outputs.map((metadata) => node.createOutputTensor(metadata));
 }
 
-/** Registers the decoding-step kernel for 'tensorflow' (idempotent). */
+/**
+ * Registers the decoding-step kernel for 'tensorflow' (idempotent). Not on a GPU build (tfjs-node-gpu registers under
+ * the same name): runSavedModel resolves every input handle to host memory, which on a GPU would copy all the
+ * weights back each step.
+ */
 export function registerDecodeStepKernel(): void {
   if (tf.getKernel(DECODE_STEP_KERNEL, 'tensorflow')) return;
   tf.registerKernel({ kernelName: DECODE_STEP_KERNEL, backendName: 'tensorflow', kernelFunc: decodeStepKernel as unknown as tf.KernelFunc });
+  limitFusedKernel(DECODE_STEP_KERNEL, 'tensorflow', () => !(tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice);
 }

@@ -16,7 +16,7 @@ import * as os from 'os';
 import * as path from 'path';
 import seedrandom from 'seedrandom';
 import {
-  AdamW, availableBackends, BackendName, generate, NemotronConfig, NemotronForCausalLM, setBackend, tf, useFusedKernels,
+  AdamW, availableBackends, BackendName, DECODE_STEP_KERNEL, generate, NemotronConfig, NemotronForCausalLM, setBackend, tf, useFusedKernels,
 } from '../src/index';
 import { BENCH_CONFIGS, benchConfig } from './configs';
 
@@ -44,7 +44,7 @@ interface Args {
 }
 
 function usage(): string {
-  return `usage: node dist/benchmarks/run.js [--config ${Object.keys(BENCH_CONFIGS).join('|')}] [--backends cpu,wasm,tensorflow,tensorflow:plain,...]
+  return `usage: node dist/benchmarks/run.js [--config ${Object.keys(BENCH_CONFIGS).join('|')}] [--backends cpu,wasm,tensorflow,tensorflow:eager,tensorflow:plain,...]
   [--prefill 512] [--decode 128] [--batches 1,8] [--train-tokens 128] [--no-torch] [--no-train] [--no-limits]
   [--venv .venv-ref] [--seed 0] [--out benchmarks/results]`;
 }
@@ -200,13 +200,15 @@ const message = (e: unknown): string => (e instanceof Error ? e.message : String
 async function runWorker(a: Args): Promise<void> {
   resetHwm();
   const sampler = new RssSampler();
-  // "tensorflow:plain" runs the tensorflow backend without the fused kernels (to measure what they buy).
+  // Variants measure what the fused kernels buy: "tensorflow:plain" runs without any, "tensorflow:eager" with the fused
+  // kernels but without the compiled decoding step.
   const backend = a.worker!;
   const [engine, variant] = backend.split(':');
   const result: BackendResult = { backend, errors: {}, versions: { tfjs: tf.version_core, node: process.version } };
   await setBackend(engine);
   if (variant === 'plain') useFusedKernels(false);
-  else if (variant) throw new Error(`Unknown backend variant ${JSON.stringify(variant)} in ${backend}; expected "plain"`);
+  else if (variant === 'eager') useFusedKernels(false, [DECODE_STEP_KERNEL]);
+  else if (variant) throw new Error(`Unknown backend variant ${JSON.stringify(variant)} in ${backend}; expected "plain" or "eager"`);
   const inputs = JSON.parse(fs.readFileSync(a.inputs, 'utf8')) as Inputs;
   const tensorsBefore = tf.memory().numTensors;
   // Written after every phase: a backend that aborts later (e.g. wasm out of memory) keeps what it measured.

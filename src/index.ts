@@ -5,7 +5,7 @@ export { tf };
 export * from './backends';
 export * from './tensors';
 export * from './losses';
-export { useFusedKernels } from './kernels/fused';
+export { DECODE_STEP_KERNEL, useFusedKernels } from './kernels/fused';
 export * from './io/safetensors';
 export * from './io/checkpoint';
 export { Relu2, relu2 } from '../layers/relu2';

@@ -17,10 +17,22 @@ export const ATTENTION_KERNEL = 'NemotronAttention';
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
 
 let enabled = true;
+const disabled = new Set<string>();
 
-/** Turns the fused kernels off (true: on, the default) — for comparing them with the plain ops they replace. */
-export function useFusedKernels(on: boolean): void {
-  enabled = on;
+/**
+ * Turns the fused kernels on (the default) or off — for comparing them with the plain ops they replace. With
+ * `kernelNames`, only those (e.g. [DECODE_STEP_KERNEL] to keep the fused kernels but not the compiled decoding step).
+ */
+export function useFusedKernels(on: boolean, kernelNames?: readonly string[]): void {
+  if (!kernelNames) {
+    enabled = on;
+    disabled.clear();
+    return;
+  }
+  for (const name of kernelNames) {
+    if (on) disabled.delete(name);
+    else disabled.add(name);
+  }
 }
 
 const limits = new Map<string, (attrs: Record<string, unknown>) => boolean>();
@@ -36,7 +48,7 @@ export function limitFusedKernel(kernelName: string, backendName: string, accept
  */
 export function fusedKernelApplies(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
   const backend = tf.getBackend();
-  if (!enabled || !tf.getKernel(kernelName, backend)) return false;
+  if (!enabled || disabled.has(kernelName) || !tf.getKernel(kernelName, backend)) return false;
   const accepts = limits.get(`${kernelName}/${backend}`);
   if (accepts && !accepts(attrs)) return false;
   const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;

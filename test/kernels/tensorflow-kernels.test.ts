@@ -4,7 +4,7 @@ import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding,
   applyRotary, setBackend, useFusedKernels,
 } from '../../src/index';
-import { DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { expectClose } from '../helpers';
 
 /**
@@ -203,17 +203,25 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
     ['batch 3, MHA, full rotary, relu', { numKeyValueHeads: 4, partialRotaryFactor: 1, hiddenAct: 'relu' }, [[1, 2], [3, 4], [5, 6]], [[1, 1], [1, 1], [1, 1]]],
   ];
   for (const [name, fields, prompts, mask] of cases) {
-    it(`${name}: logits and caches equal the layer-by-layer path`, () => {
+    it(`${name}: logits and caches equal the layer-by-layer path (compiled step, and fused kernels alone)`, () => {
       const model = new NemotronForCausalLM(new NemotronConfig({ ...base, ...fields } as never));
       let fused: tf.Tensor[] = [];
       useFusedKernels(true);
       const counts = kernelsRun(() => { fused = decode(model, prompts, mask, 5); });
       expect(counts.get(DECODE_STEP_KERNEL), 'decoding steps run as one graph').to.equal(5);
+      // The fused kernels without the compiled step: what a GPU build of the binding runs.
+      let eager: tf.Tensor[] = [];
+      useFusedKernels(false, [DECODE_STEP_KERNEL]);
+      const eagerCounts = kernelsRun(() => { eager = decode(model, prompts, mask, 5); });
+      expect(eagerCounts.get(DECODE_STEP_KERNEL) ?? 0, 'no compiled step').to.equal(0);
+      expect(eagerCounts.get(ATTENTION_KERNEL), 'fused attention, prefill and every step').to.equal(6 * model.config.numHiddenLayers);
       useFusedKernels(false);
       const plain = decode(model, prompts, mask, 5);
       useFusedKernels(true);
-      fused.forEach((t, i) => expectClose(t, plain[i], TOL, i <= 5 ? `logits of step ${i}` : `cache tensor ${i - 6}`));
-      tf.dispose([...fused, ...plain]);
+      // expectClose disposes its reference: the first comparison gets a copy.
+      fused.forEach((t, i) => expectClose(t, plain[i].clone(), TOL, i <= 5 ? `logits of step ${i}` : `cache tensor ${i - 6}`));
+      eager.forEach((t, i) => expectClose(t, plain[i], TOL, i <= 5 ? `eager kernels: logits of step ${i}` : `eager kernels: cache tensor ${i - 6}`));
+      tf.dispose([...fused, ...eager, ...plain]);
       model.dispose();
     });
   }

@@ -101,3 +101,37 @@ export function errorOf(fn: () => unknown): string {
   }
   throw new Error('expected an error');
 }
+
+/** Counts the kernels `fn` runs, by name. */
+export function kernelsRun(fn: () => void): Map<string, number> {
+  const engine = tf.engine();
+  const original = engine.runKernel.bind(engine);
+  const counts = new Map<string, number>();
+  engine.runKernel = ((name: string, inputs: tf.NamedTensorMap, attrs?: tf.NamedAttrMap) => {
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+    return original(name, inputs, attrs);
+  }) as typeof engine.runKernel;
+  try {
+    fn();
+  } finally {
+    engine.runKernel = original;
+  }
+  return counts;
+}
+
+/**
+ * Inputs of an attention layer for `seq` new tokens from position `start`, batch 2 with row 1 left-padded by one
+ * token: hidden [2·seq, hiddenSize], the rotary tables and the additive mask [2, 1, seq, start + seq].
+ */
+export function paddedAttentionStep(rope: { tables(p: tf.Tensor2D, max: number): [tf.Tensor4D, tf.Tensor4D] }, seq: number, start: number,
+  hiddenSize: number, seed: number): { hidden: tf.Tensor; cos: tf.Tensor4D; sin: tf.Tensor4D; mask: tf.Tensor4D } {
+  const positions = tf.tensor2d([0, 1].map((r) => [...Array(seq).keys()].map((i) => Math.max(0, start + i - r))), [2, seq], 'int32');
+  const [cos, sin] = rope.tables(positions, start + seq);
+  positions.dispose();
+  const keys = start + seq;
+  const mask = tf.tensor4d(Array.from({ length: 2 * seq * keys }, (_, i) => {
+    const [row, q, k] = [Math.floor(i / (seq * keys)), Math.floor(i / keys) % seq, i % keys];
+    return k > start + q || (row === 1 && k === 0) ? -1e9 : 0;
+  }), [2, 1, seq, keys]);
+  return { hidden: tf.randomNormal([2 * seq, hiddenSize], 0, 1, 'float32', seed), cos, sin, mask };
+}

@@ -13,6 +13,16 @@ export const LINEAR_KERNEL = 'NemotronLinear';
 export const MLP_KERNEL = 'NemotronMLP';
 /** NemotronAttention between the projections and o_proj, cache append included (see tensorflow-kernels.ts). */
 export const ATTENTION_KERNEL = 'NemotronAttention';
+/** The attention kernel's attrs: its shapes and the softmax scale. */
+export interface AttentionShape {
+  batch: number;
+  seq: number;
+  numHeads: number;
+  kvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  scale: number;
+}
 /** A whole decoding step of NemotronModel, one new token per row with a KV cache (see tensorflow-graph.ts). */
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
 

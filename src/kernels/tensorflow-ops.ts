@@ -1,3 +1,7 @@
+import type { AttentionShape } from './fused';
+
+export type { AttentionShape };
+
 /**
  * The fused computations of the native backend, written once against `TFOps` and run two ways: eagerly on raw
  * TensorFlow handles (tensorflow-kernels.ts, one tfjs kernel each) and recorded into a TensorFlow graph
@@ -115,16 +119,6 @@ export function mlp<H>(ops: TFOps<H>, x: H, w: MLPWeights<H>, rows: number, size
   const hidden = ops.op('Relu', [linear(ops, x, w.up, rows, sizes.intermediate, w.upBias)]);
   const activated = activation === 'relu2' ? ops.op('Square', [hidden]) : hidden;
   return linear(ops, activated, w.down, rows, sizes.hidden, w.downBias);
-}
-
-export interface AttentionShape {
-  batch: number;
-  seq: number;
-  numHeads: number;
-  kvHeads: number;
-  headDim: number;
-  rotaryDim: number;
-  scale: number;
 }
 
 /** Whether attention's batch matMuls take BatchMatMulV3 (small) at this key length. */

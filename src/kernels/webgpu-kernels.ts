@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { ATTENTION_KERNEL, LAYERNORM1P_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
+import { ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
@@ -81,26 +81,28 @@ class LayerNorm1PProgram {
   }
 }
 
+/** A program with one invocation per output element (64 a workgroup): `main(index)` with getCoordsFromIndex. */
+abstract class PerElementProgram {
+  readonly size = true;
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number] = [64, 1, 1];
+
+  constructor(readonly outputShape: number[]) {
+    this.dispatchLayout = { x: outputShape.map((_, i) => i) };
+    this.dispatch = [Math.ceil(outputShape.reduce((a, b) => a * b, 1) / 64), 1, 1];
+  }
+}
+
 /**
  * Rotary embedding of x [batch, heads, seq, headDim] with the tables of PartialRotaryEmbedding ([batch, 1, seq, headDim],
  * rotate_half's sign folded into sin): out[j] = x[j]·cos[j] + x[partner(j)]·sin[j], the partner of a rotated channel
  * being the one half a rotary width away; pass-through channels have sin 0.
  */
-class RotaryProgram {
+class RotaryProgram extends PerElementProgram {
   readonly variableNames = ['x', 'cos', 'sin'];
   readonly uniforms = 'half : i32,';
-  readonly size = true;
-  readonly outputShape: number[];
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly workgroupSize: [number, number, number] = [64, 1, 1];
   readonly shaderKey = 'nemotron_rotary';
-
-  constructor(shape: number[]) {
-    this.outputShape = shape;
-    this.dispatchLayout = { x: shape.map((_, i) => i) };
-    this.dispatch = [Math.ceil(shape.reduce((a, b) => a * b, 1) / 64), 1, 1];
-  }
 
   getUserCode(): string {
     return `
@@ -126,21 +128,14 @@ class RotaryProgram {
  * Attention scores of one new token per row: scores[b, h, k] = scale · q[b, h, 0, :]·keys[b, h / groups, k, :]
  * (+ mask[b, 0, 0, k]); GQA by indexing, K never repeated.
  */
-class DecodeScoresProgram {
+class DecodeScoresProgram extends PerElementProgram {
   readonly variableNames: string[];
   readonly uniforms = 'groups : i32, headDim : i32, scale : f32,';
-  readonly size = true;
-  readonly outputShape: number[];
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly workgroupSize: [number, number, number] = [64, 1, 1];
   readonly shaderKey: string;
 
   constructor(batch: number, heads: number, keyLen: number, private readonly masked: boolean) {
+    super([batch, heads, keyLen]);
     this.variableNames = masked ? ['q', 'k', 'mask'] : ['q', 'k'];
-    this.outputShape = [batch, heads, keyLen];
-    this.dispatchLayout = { x: [0, 1, 2] };
-    this.dispatch = [Math.ceil((batch * heads * keyLen) / 64), 1, 1];
     this.shaderKey = `nemotron_decode_scores_${masked}`;
   }
 
@@ -164,20 +159,13 @@ class DecodeScoresProgram {
 }
 
 /** context[b, h·d + j] = Σ_k probs[b, h, k] · values[b, h / groups, k, j]: heads already merged for o_proj. */
-class DecodeContextProgram {
+class DecodeContextProgram extends PerElementProgram {
   readonly variableNames = ['probs', 'v'];
   readonly uniforms = 'groups : i32, headDim : i32, keyLen : i32,';
-  readonly size = true;
-  readonly outputShape: number[];
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly workgroupSize: [number, number, number] = [64, 1, 1];
   readonly shaderKey = 'nemotron_decode_context';
 
   constructor(batch: number, heads: number, headDim: number) {
-    this.outputShape = [batch, heads * headDim];
-    this.dispatchLayout = { x: [0, 1] };
-    this.dispatch = [Math.ceil((batch * heads * headDim) / 64), 1, 1];
+    super([batch, heads * headDim]);
   }
 
   getUserCode(): string {
@@ -199,16 +187,6 @@ class DecodeContextProgram {
   }
 }
 
-interface AttentionAttrs {
-  batch: number;
-  seq: number;
-  numHeads: number;
-  kvHeads: number;
-  headDim: number;
-  rotaryDim: number;
-  scale: number;
-}
-
 /**
  * The attention kernel's contract (see tensorflow-ops.ts attention()) for one new token per row — decoding, where
  * WebGPU's per-dispatch cost dominates: rotary (2 dispatches), cache append (2), scores, softmax, context (1 each),
@@ -217,7 +195,7 @@ interface AttentionAttrs {
 function decodeAttention({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo[] {
   const gpu = backend as WebGPUBackendLike;
   const named = inputs as Record<string, tf.TensorInfo | undefined>;
-  const { batch: b, numHeads: heads, kvHeads, headDim: d, rotaryDim, scale } = attrs as unknown as AttentionAttrs;
+  const { batch: b, numHeads: heads, kvHeads, headDim: d, rotaryDim, scale } = attrs as unknown as AttentionShape;
   const groups = heads / kvHeads;
   const temporaries: tf.TensorInfo[] = [];
   const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);

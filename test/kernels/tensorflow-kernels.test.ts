@@ -5,7 +5,7 @@ import {
   applyRotary, setBackend, useFusedKernels,
 } from '../../src/index';
 import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
-import { expectClose } from '../helpers';
+import { expectClose, kernelsRun, paddedAttentionStep } from '../helpers';
 
 /**
  * The native backend's fused kernels (src/kernels/tensorflow-kernels.ts) and compiled decoding step
@@ -33,23 +33,6 @@ function fusedAndPlain<T extends tf.Tensor | tf.Tensor[]>(fn: () => T): [T, T] {
   } finally {
     useFusedKernels(true);
   }
-}
-
-/** Counts the kernels `fn` runs by name. */
-function kernelsRun(fn: () => void): Map<string, number> {
-  const engine = tf.engine();
-  const original = engine.runKernel.bind(engine);
-  const counts = new Map<string, number>();
-  engine.runKernel = ((name: string, inputs: tf.NamedTensorMap, attrs?: tf.NamedAttrMap) => {
-    counts.set(name, (counts.get(name) ?? 0) + 1);
-    return original(name, inputs, attrs);
-  }) as typeof engine.runKernel;
-  try {
-    fn();
-  } finally {
-    engine.runKernel = original;
-  }
-  return counts;
 }
 
 /** TensorFlow handles alive in the binding (raw handles included, which tf.memory() does not see). */
@@ -135,18 +118,10 @@ describeNative('tensorflow backend: fused kernels equal the plain ops', function
       const cache = new KVCache(1);
       const outputs: tf.Tensor[] = [];
       for (const [seq, start] of [[4, 0], [1, 4]]) {
-        const hidden = tf.randomNormal([2 * seq, 32], 0, 1, 'float32', seq);
-        const positions = tf.tensor2d([[...Array(seq).keys()].map((i) => start + i), [...Array(seq).keys()].map((i) => Math.max(0, start + i - 1))], [2, seq], 'int32');
-        const [cos, sin] = rope.tables(positions, start + seq);
-        // Row 1 is left-padded by one token.
-        const keys = start + seq;
-        const mask = tf.tensor4d(Array.from({ length: 2 * seq * keys }, (_, i) => {
-          const [row, q, k] = [Math.floor(i / (seq * keys)), Math.floor(i / keys) % seq, i % keys];
-          return k > start + q || (row === 1 && k === 0) ? -1e9 : 0;
-        }), [2, 1, seq, keys]);
+        const { hidden, cos, sin, mask } = paddedAttentionStep(rope, seq, start, 32, seq);
         const result = attention.apply([hidden, cos, sin, rope.permutation], { mask, cache, rotaryDim: 8 }) as tf.Tensor | tf.Tensor[];
         outputs.push(Array.isArray(result) ? result[0] : result);
-        tf.dispose([hidden, positions, cos, sin, mask]);
+        tf.dispose([hidden, cos, sin, mask]);
       }
       outputs.push(cache.keys[0]!.clone(), cache.values[0]!.clone());
       cache.dispose();

@@ -7,7 +7,7 @@ import {
   setBackend, useFusedKernels,
 } from '../../src/index';
 import { ROTARY_KERNEL } from '../../src/kernels/fused';
-import { CONFIGS, fixtureDir, tmpDir } from '../helpers';
+import { CONFIGS, fixtureDir, kernelsRun, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
 /**
@@ -76,26 +76,13 @@ describe('webgpu backend: parity with transformers', function () {
         const results: Float32Array[] = [];
         let ran = 0;
         for (const [seq, start] of [[5, 0], [1, 5], [1, 6]]) {
-          const hidden = tf.randomNormal([2 * seq, hiddenSize], 0, 1, 'float32', 7 * seq + start);
-          const positions = tf.tensor2d([...Array(2)].map((_, r) => [...Array(seq).keys()].map((i) => Math.max(0, start + i - r))), [2, seq], 'int32');
-          const [cos, sin] = rope.tables(positions, start + seq);
-          const keys = start + seq;
-          // Row 1 is left-padded by one token.
-          const mask = tf.tensor4d(Array.from({ length: 2 * seq * keys }, (_, i) => {
-            const [row, q, k] = [Math.floor(i / (seq * keys)), Math.floor(i / keys) % seq, i % keys];
-            return k > start + q || (row === 1 && k === 0) ? -1e9 : 0;
-          }), [2, 1, seq, keys]);
-          const engine = tf.engine();
-          const original = engine.runKernel.bind(engine);
-          engine.runKernel = ((name: string, ins: tf.NamedTensorMap, attrs?: tf.NamedAttrMap) => {
-            if (name === 'NemotronAttention') ran++;
-            return original(name, ins, attrs);
-          }) as typeof engine.runKernel;
-          const result = attention.apply([hidden, cos, sin, rope.permutation], { mask, cache, rotaryDim }) as tf.Tensor | tf.Tensor[];
-          engine.runKernel = original;
+          const { hidden, cos, sin, mask } = paddedAttentionStep(rope, seq, start, hiddenSize, 7 * seq + start);
+          let result: tf.Tensor | tf.Tensor[] = [];
+          ran += kernelsRun(() => { result = attention.apply([hidden, cos, sin, rope.permutation], { mask, cache, rotaryDim }) as tf.Tensor | tf.Tensor[]; })
+            .get('NemotronAttention') ?? 0;
           const out = Array.isArray(result) ? result[0] : result;
           results.push(await out.data() as Float32Array);
-          tf.dispose([hidden, positions, cos, sin, mask, out]);
+          tf.dispose([hidden, cos, sin, mask, out]);
         }
         results.push(await cache.keys[0]!.data() as Float32Array, await cache.values[0]!.data() as Float32Array);
         cache.dispose();

@@ -5,7 +5,7 @@ import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
 import { normalInit, outputs } from '../../layers/weights';
 import { DECODE_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
-import { decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
+import { DecodeGraphError, decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
@@ -207,9 +207,15 @@ export class NemotronModel extends NemotronPreTrainedModel {
         cache!.keys.forEach((k, i) => Object.assign(named, { [`past.keys.${i}`]: k!, [`past.values.${i}`]: cache!.values[i]! }));
         const weights = new Map(this.baseParameters(''));
         for (const [name] of decodeStepInputs(step)) if (!(name in named)) named[name] = weights.get(name)!;
-        const [last, ...keysAndValues] = tf.engine().runKernel(DECODE_STEP_KERNEL, named, step as unknown as tf.NamedAttrMap) as tf.Tensor[];
-        for (let i = 0; i < this.layers.length; i++) cache!.replace(i, keysAndValues[2 * i] as tf.Tensor4D, keysAndValues[2 * i + 1] as tf.Tensor4D);
-        return { lastHiddenState: as3d(last), hiddenStates, attentions };
+        try {
+          const [last, ...keysAndValues] = tf.engine().runKernel(DECODE_STEP_KERNEL, named, step as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          for (let i = 0; i < this.layers.length; i++) cache!.replace(i, keysAndValues[2 * i] as tf.Tensor4D, keysAndValues[2 * i + 1] as tf.Tensor4D);
+          return { lastHiddenState: as3d(last), hiddenStates, attentions };
+        } catch (e) {
+          if (!(e instanceof DecodeGraphError)) throw e;
+          // Nothing changed yet (the cache is replaced only on success): the layers below compute the same step.
+          console.warn(`nemotron-tfjs: ${e.message}; decoding layer by layer`);
+        }
       }
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false, rotaryDim: this.config.rotaryDim };
       for (const layer of this.layers) {

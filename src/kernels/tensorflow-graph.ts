@@ -153,12 +153,13 @@ export interface DecodeStepConfig {
 export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, keyLen: number): DecodeStepSpec | null {
   if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
   const shape = { batch, seq: 1, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim, rotaryDim: c.rotaryDim, scale: 1 };
-  return {
+  const spec: DecodeStepSpec = {
     numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
     headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,
     attentionBias: c.attentionBias, mlpBias: c.mlpBias, activation: c.hiddenAct, batch, hasMask,
     smallAttention: smallAttention(shape, keyLen),
   };
+  return failed.has(JSON.stringify(spec)) ? null : spec;
 }
 
 interface DecodeGraph {
@@ -234,6 +235,11 @@ function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames
 }
 
 const graphs = new Map<string, DecodeGraph>();
+/** Specs whose graph could not be built or loaded: not tried again (decodeStepSpec answers null for them). */
+const failed = new Set<string>();
+
+/** A decoding graph that could not be written or loaded; the model falls back to its layers. */
+export class DecodeGraphError extends Error {}
 
 /** The loaded graph for `spec`: recorded, written to a temporary SavedModel, loaded, and the files removed. */
 function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
@@ -241,12 +247,16 @@ function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
   let graph = graphs.get(key);
   if (!graph) {
     const { bytes, inputNames, outputNames } = recordDecodeStep(spec);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-tfjs-graph-'));
+    let dir: string | null = null;
     try {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-tfjs-graph-'));
       fs.writeFileSync(path.join(dir, 'saved_model.pb'), bytes);
       graph = { modelId: backend.binding.loadSavedModel(dir, TAG), inputNames, outputNames };
+    } catch (e) {
+      failed.add(key);
+      throw new DecodeGraphError(`the compiled decoding step could not be loaded (${(e as Error).message.split('\n')[0]})`);
     } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
     }
     graphs.set(key, graph);
   }

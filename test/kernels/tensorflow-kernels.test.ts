@@ -216,6 +216,31 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
     model.dispose();
   });
 
+  it('falls back to the layers, with a warning, where the graph cannot be loaded (here: no writable temporary folder)', () => {
+    const model = new NemotronForCausalLM(new NemotronConfig({ ...base, numHiddenLayers: 3 } as never));
+    const tmp = process.env.TMPDIR;
+    const warn = console.warn;
+    const warnings: string[] = [];
+    process.env.TMPDIR = '/nonexistent/nemotron-tfjs-test';
+    console.warn = (message: string) => { warnings.push(message); };
+    let fused: tf.Tensor[] = [];
+    try {
+      fused = decode(model, [[1, 2, 3]], [[1, 1, 1]], 3);
+    } finally {
+      console.warn = warn;
+      if (tmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmp;
+    }
+    expect(warnings, 'one warning, then no further attempt').to.have.length(1);
+    expect(warnings[0]).to.match(/compiled decoding step could not be loaded .*decoding layer by layer/);
+    useFusedKernels(false);
+    const plain = decode(model, [[1, 2, 3]], [[1, 1, 1]], 3);
+    useFusedKernels(true);
+    fused.forEach((t, i) => expectClose(t, plain[i], TOL, `fallback output ${i}`));
+    tf.dispose([...fused, ...plain]);
+    model.dispose();
+  });
+
   it('leaves no tensor behind, tfjs or raw TensorFlow handle, step after step', () => {
     const model = new NemotronForCausalLM(new NemotronConfig({ ...base, attentionBias: true } as never));
     tf.dispose(decode(model, [[1, 2, 3], [0, 4, 5]], [[1, 1, 1], [0, 1, 1]], 3)); // compiles the graphs, caches constants

@@ -11,7 +11,7 @@ import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, smallAttention } fro
  * One decoding step of NemotronModel (a new token per row, with a KV cache) as a single TensorFlow graph.
  *
  * Eagerly, even on raw handles, each TensorFlow op costs ~13 µs of dispatch, and a step of minitron-small runs ~700 of
- * them: ~9 ms on top of the ~26 ms its weights take to stream. A graph runs the same ops at ~1 µs each. tfjs-node's
+ * them: ~9 ms on top of the ~26 ms its weights take to stream. In a graph they cost a few µs each. tfjs-node's
  * binding runs graphs only as SavedModels, so the step — written with the same functions as the eager kernels
  * (tensorflow-ops.ts) — is recorded as a GraphDef, wrapped in a SavedModel, loaded once per shape and run with the
  * weights, the cache and the new hidden states as inputs: nothing is copied, and weights changed by training are
@@ -264,7 +264,7 @@ function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
 }
 
 /**
- * The kernel: inputs named as decodeStepInputNames(spec), attrs the spec. Outputs [lastHiddenState [b, hidden] (after
+ * The kernel: inputs named as decodeStepInputs(spec), attrs the spec. Outputs [lastHiddenState [b, hidden] (after
  * the final norm), keys.0, values.0, keys.1, …] with the new token's keys and values appended.
  */
 function decodeStepKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.Tensor[] {

@@ -46,6 +46,16 @@ def main():
         if p.grad is not None:
             exp[f"causal.grad.{name}"] = p.grad.detach().clone()
 
+    # Greedy generation on a left-padded batch: the sequences, and every step's scores (the raw logits of greedy
+    # decoding), which the TypeScript side replays token by token through its KV cache.
+    gen = cases["generate"]
+    with torch.no_grad():
+        o = causal.generate(torch.tensor(gen["input_ids"]), attention_mask=torch.tensor(gen["attention_mask"]),
+                            max_new_tokens=gen["max_new_tokens"], do_sample=False, output_scores=True,
+                            return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    meta["gen_sequences"] = o.sequences.tolist()
+    exp["gen.scores"] = torch.stack(list(o.scores), 1)
+
     for case in cases["seqcls"]:
         m = load(NemotronForSequenceClassification, case["dir"])
         labels = torch.tensor(case["labels"], dtype=torch.float32 if case["float_labels"] else torch.long)

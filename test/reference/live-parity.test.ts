@@ -6,9 +6,9 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import {
   NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
-  NemotronForTokenClassification, NemotronModel, SafetensorsFile, setBackend,
+  NemotronForTokenClassification, NemotronModel, KVCache, SafetensorsFile, setBackend,
 } from '../../src/index';
-import { expectClose, expectRelClose, tmpDir } from '../helpers';
+import { expectClose, expectRelClose, testBackends, tmpDir } from '../helpers';
 
 /**
  * The live reference harness: random configurations (from a logged seed) built here, saved with savePretrained,
@@ -48,6 +48,27 @@ function randomize(params: Map<string, tf.Variable>, seed: number): void {
   }
 }
 
+/**
+ * Feeds `sequences` (prompt of `promptLength` with `mask`, then the generated tokens) through a KV cache one token at
+ * a time, with transformers' positions (mask cumsum − 1); returns the logits [batch, vocab] of each of `steps` steps.
+ */
+function replayThroughCache(model: NemotronForCausalLM, sequences: number[][], mask: number[][], promptLength: number, steps: number): tf.Tensor[] {
+  const cache = new KVCache(model.config.numHiddenLayers);
+  const attention = mask.map((row) => row.slice());
+  const positions = () => attention.map((row) => { let seen = 0; return row.map((v) => { seen += v; return v ? seen - 1 : 1; }); });
+  const out: tf.Tensor[] = [];
+  for (let s = 0; s < steps; s++) {
+    if (s > 0) attention.forEach((row) => row.push(1));
+    const inputIds = s === 0 ? sequences.map((r) => r.slice(0, promptLength)) : sequences.map((r) => [r[promptLength + s - 1]]);
+    const positionIds = s === 0 ? positions() : positions().map((r) => [r[r.length - 1]]);
+    const { logits } = model.forward({ inputIds, attentionMask: attention, positionIds, pastKeyValues: cache, useCache: true, logitsToKeep: 1 });
+    out.push(tf.tidy(() => logits.squeeze([1])));
+    logits.dispose();
+  }
+  cache.dispose();
+  return out;
+}
+
 describe('live parity with transformers (random configurations)', function () {
   this.timeout(600000);
   before(async function () {
@@ -60,7 +81,7 @@ describe('live parity with transformers (random configurations)', function () {
   });
 
   for (let n = 0; n < CONFIG_COUNT; n++) {
-    it(`configuration ${n + 1} of ${CONFIG_COUNT}: base model, every head, every loss, the gradients; saved checkpoints load in transformers`, async () => {
+    it(`configuration ${n + 1} of ${CONFIG_COUNT}: base model, every head, every loss, the gradients, greedy decoding through the cache; saved checkpoints load in transformers`, async () => {
       const random = seedrandom(`${SEED}:${n}`);
       const config = randomConfig(random);
       const dir = tmpDir('live');
@@ -100,6 +121,8 @@ describe('live parity with transformers (random configurations)', function () {
         seqcls: Object.entries(heads).map(([name, h]) => ({ name, dir: path.join(dir, `seqcls-${name}`), labels: h.labels, float_labels: h.float })),
         qa: { dir: path.join(dir, 'qa'), start_positions: [1, 99], end_positions: [3, 2] },
         tokcls: { dir: path.join(dir, 'tokcls'), labels: tokLabels },
+        // Row 1 left-padded by one token.
+        generate: { input_ids: [ids[0].slice(0, 4), [0, ...ids[0].slice(1, 4)]], attention_mask: [[1, 1, 1, 1], [0, 1, 1, 1]], max_new_tokens: 5 },
       };
       fs.writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(cases));
       const run = spawnSync(PYTHON, [SCRIPT, path.join(dir, 'cases.json'), path.join(dir, 'ref')], { encoding: 'utf8' });
@@ -154,6 +177,20 @@ describe('live parity with transformers (random configurations)', function () {
       expectRelClose(to.loss!.dataSync()[0], meta.tokcls_loss, REL, `${label}: tokcls loss`);
       tf.dispose([to.logits, to.loss!]);
       t.dispose();
+      // transformers' greedy tokens replayed through the KV cache, on every backend here (on tensorflow the prompt goes
+      // through the fused kernels and each token through the compiled decoding step): logits of every step.
+      const sequences = meta.gen_sequences as number[][];
+      const scores = reference('gen.scores');
+      for (const backend of testBackends()) {
+        await setBackend(backend);
+        const model = await NemotronForCausalLM.fromPretrained(path.join(dir, 'causal'), { quiet: true });
+        const steps = replayThroughCache(model, sequences, cases.generate.attention_mask, 4, cases.generate.max_new_tokens);
+        steps.forEach((logits, s) => expectClose(logits, scores.slice([0, s, 0], [-1, 1, -1]).squeeze([1]), ABS, `${label}: ${backend}, step ${s}`));
+        tf.dispose(steps);
+        model.dispose();
+      }
+      await setBackend('cpu');
+      scores.dispose();
       ref.close();
       fs.rmSync(dir, { recursive: true, force: true });
     });

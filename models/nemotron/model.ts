@@ -177,10 +177,14 @@ export class NemotronModel extends NemotronPreTrainedModel {
   }
 
   /** The compiled step's spec where this forward is a decoding step the backend compiles (see DECODE_STEP_KERNEL). */
+  /** float32 bytes of the base weights (sizes never change once built). */
+  private weightBytes?: number;
+
   private compiledDecodeStep(prepared: PreparedInputs, inputs: NemotronModelInputs, cache: KVCache | undefined, hasMask: boolean) {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
-    return decodeStepSpec(this.config, prepared.batch, hasMask, prepared.pastLength + 1);
+    this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
+    return decodeStepSpec(this.config, prepared.batch, hasMask, prepared.pastLength + 1, this.weightBytes);
   }
 
   /** `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already. */

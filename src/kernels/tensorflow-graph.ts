@@ -149,9 +149,20 @@ export interface DecodeStepConfig {
   hiddenAct: string;
 }
 
-/** The step's spec for a forward of `batch` new tokens over `keyLen` keys, or null where the graph cannot run it. */
-export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, keyLen: number): DecodeStepSpec | null {
+/**
+ * The share of the machine's memory the step's weights may take. The binding's runSavedModel copies every input of a
+ * run (measured: a graph that only takes the Shape of 500 MB of fed weights fails under a 700 MB TensorFlow allocator
+ * limit, TF_MKL_ALLOC_MAX_BYTES), so a run holds the weights twice; larger models decode with the eager kernels.
+ */
+export const DECODE_STEP_MEMORY_SHARE = 0.25;
+
+/**
+ * The step's spec for a forward of `batch` new tokens over `keyLen` keys, or null where the graph cannot run it (an
+ * activation it does not have, a graph that failed to load, or weights of `weightBytes` too large to copy each run).
+ */
+export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, keyLen: number, weightBytes: number): DecodeStepSpec | null {
   if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
+  if (weightBytes > DECODE_STEP_MEMORY_SHARE * os.totalmem()) return null;
   const shape = { batch, seq: 1, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim, rotaryDim: c.rotaryDim, scale: 1 };
   const spec: DecodeStepSpec = {
     numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,

@@ -1,3 +1,4 @@
+import * as os from 'os';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -5,6 +6,7 @@ import {
   applyRotary, setBackend, useFusedKernels,
 } from '../../src/index';
 import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { DECODE_STEP_MEMORY_SHARE, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { expectClose, kernelsRun, paddedAttentionStep } from '../helpers';
 
 /**
@@ -239,6 +241,12 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
     fused.forEach((t, i) => expectClose(t, plain[i], TOL, `fallback output ${i}`));
     tf.dispose([...fused, ...plain]);
     model.dispose();
+  });
+
+  it('leaves models whose weights are too large to copy each run to the eager kernels', () => {
+    const config = new NemotronConfig(base as never);
+    expect(decodeStepSpec(config, 1, false, 8, 1e6), 'small').to.not.equal(null);
+    expect(decodeStepSpec(config, 1, false, 8, DECODE_STEP_MEMORY_SHARE * os.totalmem() + 1), 'too large').to.equal(null);
   });
 
   it('leaves no tensor behind, tfjs or raw TensorFlow handle, step after step', () => {

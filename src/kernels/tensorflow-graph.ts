@@ -14,8 +14,8 @@ import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, smallAttention } fro
  * them: ~9 ms on top of the ~26 ms its weights take to stream. In a graph they cost a few µs each. tfjs-node's
  * binding runs graphs only as SavedModels, so the step — written with the same functions as the eager kernels
  * (tensorflow-ops.ts) — is recorded as a GraphDef, wrapped in a SavedModel, loaded once per shape and run with the
- * weights, the cache and the new hidden states as inputs: nothing is copied, and weights changed by training are
- * simply the next call's inputs.
+ * weights, the cache and the new hidden states as inputs; weights changed by training are simply the next call's
+ * inputs. A run holds a copy of its inputs (see DECODE_STEP_MEMORY_SHARE).
  */
 
 // The parts of TensorFlow's protos this file writes (field numbers as in tensorflow/core/framework/*.proto and

@@ -184,7 +184,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
     this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
-    return decodeStepSpec(this.config, prepared.batch, hasMask, prepared.pastLength + 1, this.weightBytes);
+    return decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes);
   }
 
   /** `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already. */

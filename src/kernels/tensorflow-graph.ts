@@ -5,7 +5,7 @@ import * as protobuf from 'protobufjs';
 import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, limitFusedKernel } from './fused';
 import type { NodeBackend } from './tensorflow-kernels';
-import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, smallAttention } from './tensorflow-ops';
+import { Attrs, TFOps, attention, layerNorm1P, linear, mlp } from './tensorflow-ops';
 
 /**
  * One decoding step of NemotronModel (a new token per row, with a KV cache) as a single TensorFlow graph.
@@ -40,8 +40,6 @@ const DT_INT32 = 3;
 /** The GraphDef version: TensorFlow 2.x reads graphs from producers this old (it refuses none above its own). */
 const GRAPH_PRODUCER = 1000;
 const TAG = 'serve';
-/** A key length that makes attention() take BatchMatMulV2 (see smallAttention). */
-const LARGE_KEY_LEN = 1 << 20;
 
 let savedModelType: protobuf.Type | null = null;
 
@@ -130,8 +128,6 @@ export interface DecodeStepSpec {
   activation: 'relu2' | 'relu';
   batch: number;
   hasMask: boolean;
-  /** Whether the attention matMuls are small at the current key length (BatchMatMulV3 or V2; the graph runs at any length). */
-  smallAttention: boolean;
 }
 
 /** The fields of a NemotronConfig the decoding step depends on. */
@@ -157,18 +153,16 @@ export interface DecodeStepConfig {
 export const DECODE_STEP_MEMORY_SHARE = 0.25;
 
 /**
- * The step's spec for a forward of `batch` new tokens over `keyLen` keys, or null where the graph cannot run it (an
+ * The step's spec for a forward of `batch` new tokens (one per row), or null where the graph cannot run it (an
  * activation it does not have, a graph that failed to load, or weights of `weightBytes` too large to copy each run).
  */
-export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, keyLen: number, weightBytes: number): DecodeStepSpec | null {
+export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, weightBytes: number): DecodeStepSpec | null {
   if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
   if (weightBytes > DECODE_STEP_MEMORY_SHARE * os.totalmem()) return null;
-  const shape = { batch, seq: 1, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim, rotaryDim: c.rotaryDim, scale: 1 };
   const spec: DecodeStepSpec = {
     numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
     headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,
     attentionBias: c.attentionBias, mlpBias: c.mlpBias, activation: c.hiddenAct, batch, hasMask,
-    smallAttention: smallAttention(shape, keyLen),
   };
   return failed.has(JSON.stringify(spec)) ? null : spec;
 }
@@ -231,7 +225,7 @@ function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames
       v: project('v_proj', normed, kvHeads * headDim),
       cos: w('cos'), sin: w('sin'), mask: optional('mask', spec.hasMask),
       pastKeys: w(`past.keys.${i}`), pastValues: w(`past.values.${i}`),
-    }, shape, spec.smallAttention ? 1 : LARGE_KEY_LEN);
+    }, shape, 0); // one new token: the key length does not shape the graph
     outputNames.push(g.identity(`keys.${i}`, keys), g.identity(`values.${i}`, values));
     hidden = g.op('AddV2', [hidden, project('o_proj', context, hiddenSize)]);
     const mlpWeights = {

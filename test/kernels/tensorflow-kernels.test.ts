@@ -245,8 +245,8 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
 
   it('leaves models whose weights are too large to copy each run to the eager kernels', () => {
     const config = new NemotronConfig(base as never);
-    expect(decodeStepSpec(config, 1, false, 8, 1e6), 'small').to.not.equal(null);
-    expect(decodeStepSpec(config, 1, false, 8, DECODE_STEP_MEMORY_SHARE * os.totalmem() + 1), 'too large').to.equal(null);
+    expect(decodeStepSpec(config, 1, false, 1e6), 'small').to.not.equal(null);
+    expect(decodeStepSpec(config, 1, false, DECODE_STEP_MEMORY_SHARE * os.totalmem() + 1), 'too large').to.equal(null);
   });
 
   it('leaves no tensor behind, tfjs or raw TensorFlow handle, step after step', () => {

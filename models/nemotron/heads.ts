@@ -48,23 +48,29 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
     return new Map([...this.model.baseParameters(this.basePrefix), ...this.headParameters()]);
   }
 
+  /** A projection [out, hidden] of the last hidden state the base may apply in its compiled decoding step. */
+  protected decodingProjection(_inputs: HeadInputs): tf.Tensor2D | undefined {
+    return undefined;
+  }
+
   protected disposeExtras(): void {
     this.model.rotary.disposeWeights();
   }
 
   forward(inputs: HeadInputs): Out {
     const prepared = this.model.prepare(inputs);
-    const base = this.model.forward(inputs, prepared);
+    const base = this.model.forward(inputs, prepared, this.decodingProjection(inputs));
     let out: Out;
     try {
       out = tf.tidy(() => this.head(base, inputs, prepared) as unknown as tf.TensorContainer) as unknown as Out;
     } catch (e) {
       // A rejected label or option: free what the base computed (a cache passed in stays the caller's).
-      tf.dispose([base.lastHiddenState, ...(base.hiddenStates ?? []), ...(base.attentions ?? [])]);
+      tf.dispose([base.lastHiddenState, ...(base.hiddenStates ?? []), ...(base.attentions ?? []), base.projectedLogits ?? []]);
       if (base.pastKeyValues && base.pastKeyValues !== inputs.pastKeyValues) base.pastKeyValues.dispose();
       throw e;
     }
     if (!base.hiddenStates) base.lastHiddenState.dispose();
+    base.projectedLogits?.dispose();
     if (base.hiddenStates) out.hiddenStates = base.hiddenStates;
     if (base.attentions) out.attentions = base.attentions;
     if (base.pastKeyValues) out.pastKeyValues = base.pastKeyValues;
@@ -107,6 +113,11 @@ export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
     return (this.lmHead ? this.lmHead.namedWeights()[0][1] : this.model.embedTokens) as tf.Tensor2D;
   }
 
+  /** Decoding without labels: the compiled step may compute the logits itself. */
+  protected decodingProjection(inputs: HeadInputs): tf.Tensor2D | undefined {
+    return inputs.labels === undefined ? this.outputWeight : undefined;
+  }
+
   protected head(base: BaseModelOutput, inputs: HeadInputs, prepared: PreparedInputs): Pick<CausalLMOutput, 'logits' | 'loss'> {
     const keep = inputs.logitsToKeep ?? 0;
     if (!Number.isInteger(keep) || keep < 0) throw new Error(`logitsToKeep must be a non-negative integer, got ${keep}`);
@@ -114,7 +125,8 @@ export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
     const { batch, seq } = prepared;
     let hidden: tf.Tensor = base.lastHiddenState;
     if (keep > 0 && keep < seq) hidden = hidden.slice([0, seq - keep, 0], [-1, keep, -1]);
-    const logits = linear(hidden, this.outputWeight) as tf.Tensor3D;
+    const vocab = this.config.vocabSize;
+    const logits = base.projectedLogits ? base.projectedLogits.reshape([batch, seq, vocab]) as tf.Tensor3D : linear(hidden, this.outputWeight) as tf.Tensor3D;
     if (inputs.labels === undefined) return { logits };
     const labels = checkedLabels(inputs.labels as IntMatrixLike, 'labels', [batch, seq], this.config.vocabSize, 'vocab_size', -100);
     // Shift so that position i predicts token i + 1; the last position has nothing to predict.

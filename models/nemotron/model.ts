@@ -36,6 +36,11 @@ export interface BaseModelOutput {
   /** Softmax attention probabilities per layer, [batch, heads, seq, keyLength]. */
   attentions?: tf.Tensor4D[];
   pastKeyValues?: KVCache;
+  /**
+   * [batch, vocab]: the last hidden state times the output weight passed to forward(), where the compiled decoding
+   * step applied it on the way (NemotronForCausalLM's logits; absent otherwise).
+   */
+  projectedLogits?: tf.Tensor2D;
 }
 
 /** What a forward call resolved from its inputs: validated shapes and the values that steer it. */
@@ -176,19 +181,24 @@ export class NemotronModel extends NemotronPreTrainedModel {
     return tf.tensor4d(data, [batch, 1, seq, keys]);
   }
 
-  /** The compiled step's spec where this forward is a decoding step the backend compiles (see DECODE_STEP_KERNEL). */
   /** float32 bytes of the base weights (sizes never change once built). */
   private weightBytes?: number;
 
-  private compiledDecodeStep(prepared: PreparedInputs, inputs: NemotronModelInputs, cache: KVCache | undefined, hasMask: boolean) {
+  /** The compiled step's spec where this forward is a decoding step the backend compiles (see DECODE_STEP_KERNEL). */
+  private compiledDecodeStep(prepared: PreparedInputs, inputs: NemotronModelInputs, cache: KVCache | undefined, hasMask: boolean,
+    outputWeight: tf.Tensor2D | undefined) {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
     this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
-    return decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes);
+    const vocab = outputWeight?.shape[0] ?? 0;
+    return decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes + 4 * vocab * this.config.hiddenSize, vocab);
   }
 
-  /** `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already. */
-  forward(inputs: NemotronModelInputs, prepared: PreparedInputs = this.prepare(inputs)): BaseModelOutput {
+  /**
+   * `prepared`: what prepare(inputs) returned, when the caller (a head) has validated the inputs already.
+   * `outputWeight` [vocab, hidden]: a projection the compiled decoding step may apply too (see projectedLogits).
+   */
+  forward(inputs: NemotronModelInputs, prepared: PreparedInputs = this.prepare(inputs), outputWeight?: tf.Tensor2D): BaseModelOutput {
     const { batch, seq, pastLength, ids, mask, positions } = prepared;
     const useCache = inputs.useCache ?? inputs.pastKeyValues !== undefined;
     const cache = useCache ? inputs.pastKeyValues ?? new KVCache(this.config.numHiddenLayers) : undefined;
@@ -204,17 +214,19 @@ export class NemotronModel extends NemotronPreTrainedModel {
       const as3d = (t: tf.Tensor) => t.reshape([batch, seq, this.config.hiddenSize]) as tf.Tensor3D;
       const additiveMask = this.buildMask(mask, batch, seq, pastLength);
       const [cos, sin] = this.rotary.tables(tf.tensor2d(positions, [batch, seq], 'int32'), maxPosition);
-      const step = this.compiledDecodeStep(prepared, inputs, cache, additiveMask !== null);
+      const step = this.compiledDecodeStep(prepared, inputs, cache, additiveMask !== null, outputWeight);
       if (step) {
         // One token per row after a cache: the whole step as one kernel (the native backend runs it as one graph).
         const named: tf.NamedTensorMap = { hidden, cos, sin, ...(additiveMask ? { mask: additiveMask } : {}) };
         cache!.keys.forEach((k, i) => Object.assign(named, { [`past.keys.${i}`]: k!, [`past.values.${i}`]: cache!.values[i]! }));
-        const weights = new Map(this.baseParameters(''));
+        const weights = new Map<string, tf.Tensor>(this.baseParameters(''));
+        if (outputWeight && step.vocabSize > 0) weights.set('output.weight', outputWeight);
         for (const [name] of decodeStepInputs(step)) if (!(name in named)) named[name] = weights.get(name)!;
         try {
-          const [last, ...keysAndValues] = tf.engine().runKernel(DECODE_STEP_KERNEL, named, step as unknown as tf.NamedAttrMap) as tf.Tensor[];
-          for (let i = 0; i < this.layers.length; i++) cache!.replace(i, keysAndValues[2 * i] as tf.Tensor4D, keysAndValues[2 * i + 1] as tf.Tensor4D);
-          return { lastHiddenState: as3d(last), hiddenStates, attentions };
+          const [last, ...rest] = tf.engine().runKernel(DECODE_STEP_KERNEL, named, step as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          const projectedLogits = step.vocabSize > 0 ? rest.shift() as tf.Tensor2D : undefined;
+          for (let i = 0; i < this.layers.length; i++) cache!.replace(i, rest[2 * i] as tf.Tensor4D, rest[2 * i + 1] as tf.Tensor4D);
+          return { lastHiddenState: as3d(last), hiddenStates, attentions, projectedLogits };
         } catch (e) {
           if (!(e instanceof DecodeGraphError)) throw e;
           // Nothing changed yet (the cache is replaced only on success): the layers below compute the same step.
@@ -230,12 +242,13 @@ export class NemotronModel extends NemotronPreTrainedModel {
       }
       const lastHiddenState = as3d(this.norm.apply(hidden) as tf.Tensor);
       if (inputs.outputHiddenStates) hiddenStates.push(lastHiddenState);
-      return { lastHiddenState, hiddenStates, attentions };
+      return { lastHiddenState, hiddenStates, attentions, projectedLogits: undefined as tf.Tensor2D | undefined };
     });
     const result: BaseModelOutput = { lastHiddenState: out.lastHiddenState };
     if (inputs.outputHiddenStates) result.hiddenStates = out.hiddenStates;
     if (inputs.outputAttentions) result.attentions = out.attentions;
     if (cache) result.pastKeyValues = cache;
+    if (out.projectedLogits) result.projectedLogits = out.projectedLogits;
     return result;
   }
 }

@@ -178,6 +178,7 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
     ['batch 1, GQA, relu²', {}, [[5, 9, 2, 7]], [[1, 1, 1, 1]]],
     ['batch 2, left padding (mask), biases', { attentionBias: true, mlpBias: true }, [[0, 9, 2, 7], [4, 4, 8, 1]], [[0, 1, 1, 1], [1, 1, 1, 1]]],
     ['batch 3, MHA, full rotary, relu', { numKeyValueHeads: 4, partialRotaryFactor: 1, hiddenAct: 'relu' }, [[1, 2], [3, 4], [5, 6]], [[1, 1], [1, 1], [1, 1]]],
+    ['batch 2, output projection tied to the embeddings', { tieWordEmbeddings: true }, [[3, 1, 4], [1, 5, 9]], [[1, 1, 1], [1, 1, 1]]],
   ];
   for (const [name, fields, prompts, mask] of cases) {
     it(`${name}: logits and caches equal the layer-by-layer path (compiled step, and fused kernels alone)`, () => {
@@ -202,6 +203,23 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
       model.dispose();
     });
   }
+
+  it('applies the output projection in the compiled step: projectedLogits = lastHiddenState · Wᵀ', () => {
+    const model = new NemotronForCausalLM(new NemotronConfig(base as never));
+    const cache = new KVCache(model.config.numHiddenLayers);
+    tf.dispose(model.forward({ inputIds: [[5, 9, 2]], pastKeyValues: cache, useCache: true, logitsToKeep: 1 }).logits);
+    const weight = model.outputWeight;
+    const counts = kernelsRun(() => {
+      const out = model.model.forward({ inputIds: [[7]], pastKeyValues: cache, useCache: true }, undefined, weight);
+      expect(out.projectedLogits, 'computed by the step').to.not.equal(undefined);
+      const expected = tf.matMul(out.lastHiddenState.reshape([1, -1]), weight, false, true);
+      expectClose(out.projectedLogits!, expected, TOL, 'projected logits');
+      tf.dispose([out.lastHiddenState, out.projectedLogits!]);
+    });
+    expect(counts.get(DECODE_STEP_KERNEL)).to.equal(1);
+    cache.dispose();
+    model.dispose();
+  });
 
   it('sees weights changed after compiling (training, then generating)', () => {
     const model = new NemotronForCausalLM(new NemotronConfig(base as never));

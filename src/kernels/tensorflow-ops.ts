@@ -134,7 +134,12 @@ function decodingAttention<H>(ops: TFOps<H>, query: H, keys: H, values: H, mask:
   const column = reshape(ops, ops.op('Mul', [query, scalar(ops, scale)]), [b, kvHeads, groups, d, 1]);
   let scores = reshape(ops, batchMatMulV3(ops, reshape(ops, keys, [b, kvHeads, 1, -1, d]), column, false), [b, heads, 1, -1]);
   if (mask !== undefined) scores = ops.op('AddV2', [scores, mask]);
-  const probs = reshape(ops, ops.op('Softmax', [scores]), [b, kvHeads, groups, 1, -1]);
+  // Softmax spelled out: in a graph oneDNN takes Softmax over (_MklSoftmax), ~100 µs a call at these sizes; the
+  // five plain ops cost a few µs each (measured, minitron-small decoding step: 1–2 ms a step).
+  const lastAxis = ops.constant('int32', [1], [-1]);
+  const keepDims: Attrs = { keep_dims: { bool: true }, Tidx: int32 };
+  const exp = ops.op('Exp', [ops.op('Sub', [scores, ops.op('Max', [scores, lastAxis], keepDims)])]);
+  const probs = reshape(ops, ops.op('RealDiv', [exp, ops.op('Sum', [exp, lastAxis], keepDims)]), [b, kvHeads, groups, 1, -1]);
   const context = batchMatMulV3(ops, probs, reshape(ops, values, [b, kvHeads, 1, -1, d]), false);
   return reshape(ops, context, [b, heads * d]);
 }

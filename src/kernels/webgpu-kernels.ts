@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
-import { ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
+import { ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
- * LayerNorm1P instead of ten, one per rotary embedding instead of four. Used for inference only (while no gradient tape records; training keeps the plain tfjs
+ * LayerNorm1P instead of ten, one per rotary embedding instead of four, one per relu² instead of two. Used for inference only (while no gradient tape records; training keeps the plain tfjs
  * ops, whose gradients exist). Checked against those plain ops in test/webgpu/.
  */
 
@@ -91,6 +91,23 @@ abstract class PerElementProgram {
   constructor(readonly outputShape: number[]) {
     this.dispatchLayout = { x: outputShape.map((_, i) => i) };
     this.dispatch = [Math.ceil(outputShape.reduce((a, b) => a * b, 1) / 64), 1, 1];
+  }
+}
+
+/** relu(x)² of each element (the MLP's activation), as tf.square(tf.relu(x)) computes it. */
+class Relu2Program extends PerElementProgram {
+  readonly variableNames = ['x'];
+  readonly shaderKey = 'nemotron_relu2';
+
+  getUserCode(): string {
+    return `
+    fn main(index : i32) {
+      if (index < uniforms.size) {
+        let r = max(getXByOutputIndex(index), 0.0);
+        setOutputAtIndex(index, r * r);
+      }
+    }
+    `;
   }
 }
 
@@ -240,6 +257,14 @@ function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]):
 export function registerWebGPUKernels(): void {
   if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;
   registerRotary();
+  tf.registerKernel({
+    kernelName: RELU2_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend }) => {
+      const { x } = inputs as { x: tf.TensorInfo };
+      return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(new Relu2Program(x.shape), [x], 'float32');
+    },
+  });
   tf.registerKernel({ kernelName: ATTENTION_KERNEL, backendName: 'webgpu', kernelFunc: decodeAttention as unknown as tf.KernelFunc });
   limitFusedKernel(ATTENTION_KERNEL, 'webgpu', (attrs) => attrs.seq === 1);
   tf.registerKernel({

@@ -3,10 +3,10 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
-  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, PartialRotaryEmbedding, Trainer, applyRotary, readJsonl,
-  setBackend, useFusedKernels,
+  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
+  readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
-import { ROTARY_KERNEL } from '../../src/kernels/fused';
+import { RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { CONFIGS, fixtureDir, kernelsRun, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
@@ -63,6 +63,29 @@ describe('webgpu backend: parity with transformers', function () {
       tf.dispose([positions, cos, sin, x, fused, plain, diff]);
       rope.disposeWeights();
     }
+  });
+
+  it('the fused relu² kernel equals the plain tfjs ops, and the MLP runs it', async () => {
+    for (const shape of [[7, 300], [1, 18432], [3, 5, 11]]) {
+      const x = tf.randomNormal(shape, 0, 2);
+      let fused: tf.Tensor = x;
+      const counts = kernelsRun(() => { fused = relu2(x); });
+      expect(counts.get(RELU2_KERNEL), `[${shape}] fused`).to.equal(1);
+      useFusedKernels(false);
+      const plain = relu2(x);
+      useFusedKernels(true);
+      const diff = tf.max(tf.abs(tf.sub(fused, plain)));
+      const worst = (await diff.data())[0];
+      expect(worst, `[${shape}] relu²: ${worst}`).to.be.at.most(1e-6);
+      expect((await tf.min(fused).data())[0], 'no negative outputs').to.equal(0);
+      tf.dispose([x, fused, plain, diff]);
+    }
+    const mlp = new NemotronMLP({ hiddenSize: 16, intermediateSize: 48, bias: false, activation: 'relu2' });
+    const x = tf.randomNormal([3, 16]);
+    const counts = kernelsRun(() => { tf.dispose(mlp.apply(x) as tf.Tensor); });
+    expect(counts.get(RELU2_KERNEL), 'one relu² program in the MLP').to.equal(1);
+    tf.dispose(x);
+    mlp.namedWeights().forEach(([, v]) => v.dispose());
   });
 
   it('the fused decoding attention kernel equals the plain tfjs ops (GQA and MHA, padding mask, cache append)', async () => {

@@ -5,7 +5,7 @@ import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
 import { normalInit, outputs } from '../../layers/weights';
 import { DECODE_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
-import { DecodeGraphError, decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
+import { DecodeGraphError, decodeStepFits, decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
@@ -190,8 +190,12 @@ export class NemotronModel extends NemotronPreTrainedModel {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
     this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
+    // With the output projection where it fits the memory share too, else without it (the head then applies it).
     const vocab = outputWeight?.shape[0] ?? 0;
-    return decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes + 4 * vocab * this.config.hiddenSize, vocab);
+    const withProjection = this.weightBytes + 4 * vocab * this.config.hiddenSize;
+    return vocab > 0 && decodeStepFits(withProjection)
+      ? decodeStepSpec(this.config, prepared.batch, hasMask, withProjection, vocab)
+      : decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes);
   }
 
   /**

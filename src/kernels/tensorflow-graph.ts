@@ -154,13 +154,18 @@ export interface DecodeStepConfig {
  */
 export const DECODE_STEP_MEMORY_SHARE = 0.25;
 
+/** Whether a step whose float32 inputs take `weightBytes` fits DECODE_STEP_MEMORY_SHARE of this machine's memory. */
+export function decodeStepFits(weightBytes: number): boolean {
+  return weightBytes <= DECODE_STEP_MEMORY_SHARE * os.totalmem();
+}
+
 /**
  * The step's spec for a forward of `batch` new tokens (one per row), or null where the graph cannot run it (an
  * activation it does not have, a graph that failed to load, or weights of `weightBytes` too large to copy each run).
  */
 export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, weightBytes: number, vocabSize = 0): DecodeStepSpec | null {
   if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
-  if (weightBytes > DECODE_STEP_MEMORY_SHARE * os.totalmem()) return null;
+  if (!decodeStepFits(weightBytes)) return null;
   const spec: DecodeStepSpec = {
     numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
     headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,

@@ -25,6 +25,18 @@ export interface AttentionShape {
   rotaryDim: number;
   scale: number;
 }
+/** One AdamW update of a parameter: [param, expAvg, expAvgSq] after the step (see src/training/optimizer.ts). */
+export const ADAMW_KERNEL = 'NemotronAdamW';
+/** The AdamW kernel's attrs: torch.optim.AdamW's hyperparameters, the step t (from 1) and the decay factor lr·wd. */
+export interface AdamWAttrs {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** lr · weight decay for a parameter that decays, else 0. */
+  decay: number;
+  step: number;
+}
 /** A whole decoding step of NemotronModel, one new token per row with a KV cache (see tensorflow-graph.ts). */
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
 

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { ADAMW_KERNEL, fusedKernelApplies } from '../kernels/fused';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -48,9 +49,14 @@ export class AdamW {
     this.step++;
     const c1 = 1 - this.beta1 ** this.step;
     const c2 = Math.sqrt(1 - this.beta2 ** this.step);
+    const fused = fusedKernelApplies(ADAMW_KERNEL);
     for (const [name, param] of this.params) {
       const grad = grads.get(name);
       if (!grad) continue;
+      if (fused) {
+        this.applyFused(name, param, grad, lr);
+        continue;
+      }
       const [m, v] = tf.tidy(() => {
         const m0 = this.expAvg.get(name) ?? tf.zerosLike(param);
         const v0 = this.expAvgSq.get(name) ?? tf.zerosLike(param);
@@ -69,6 +75,20 @@ export class AdamW {
       this.expAvg.set(name, tf.keep(m));
       this.expAvgSq.set(name, tf.keep(v));
     }
+  }
+
+  /** The same update as one kernel where the backend has it (the native backend: one pass over memory). */
+  private applyFused(name: string, param: tf.Variable, grad: tf.Tensor, lr: number): void {
+    const zeros = this.expAvg.has(name) ? [] : [tf.zerosLike(param), tf.zerosLike(param)];
+    const [m0, v0] = zeros.length ? zeros : [this.expAvg.get(name)!, this.expAvgSq.get(name)!];
+    const decay = this.decays(name) && this.weightDecay > 0 ? lr * this.weightDecay : 0;
+    const attrs = { lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, decay, step: this.step };
+    const [p, m, v] = tf.engine().runKernel(ADAMW_KERNEL, { param, grad, expAvg: m0, expAvgSq: v0 }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    param.assign(p);
+    p.dispose();
+    tf.dispose([...zeros, this.expAvg.get(name) ?? [], this.expAvgSq.get(name) ?? []]);
+    this.expAvg.set(name, tf.keep(m));
+    this.expAvgSq.set(name, tf.keep(v));
   }
 
   /** Named host copies of the moments, for saving. */

@@ -1,13 +1,18 @@
 /**
- * The device run for WebGPU (Dawn) on the lent GPU machine: parity with the HF fixtures (every head, greedy
- * generation, gradients) and the benchmark (minitron-small and a Minitron-4B shape), results under $OUT.
+ * The device run for WebGPU (Dawn) on the lent GPU machine: the machine's facts (limits, the cost of one dispatch,
+ * matrix-vector rates), parity with the HF fixtures (every head, greedy generation, gradients) and the benchmark
+ * (minitron-small and a Minitron-4B shape: prefill, decode at batch 1 and 16 with the fused kernels on and off, where
+ * a decoding step's time goes, a training step), results under $OUT.
  * Bundled by scripts/gpu-prepare.sh (which also copies the fixtures into .device/fixtures); run there as
- *   bash .device/run.sh [--skip-parity] [--skip-bench] [--configs minitron-small,minitron-4b]
+ *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--configs minitron-small,minitron-4b]
+ * (--quick: small products in the micro-benchmarks, for a check on a software driver.)
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronConfig, NemotronForCausalLM, generate, setBackend } from '../src/index';
+import { KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
+import { LINEAR_KERNEL, MLP_KERNEL } from '../src/kernels/fused';
+import { linear, withDeferredInit } from '../layers/weights';
 import { fixtureParity } from '../test/webgpu/fixture-parity';
 import { benchConfig } from './configs';
 
@@ -16,35 +21,166 @@ const OUT = process.env.OUT ?? '/tmp';
 const FIXTURES = path.resolve(process.env.NEMOTRON_FIXTURES ?? 'fixtures');
 const results: Record<string, unknown> = { started: new Date().toISOString() };
 const save = () => fs.writeFileSync(path.join(OUT, 'gpu-results.json'), JSON.stringify(results, null, 2));
-const log = (m: string) => { process.stdout.write(`${m}\n`); };
+const started = performance.now();
+const log = (m: string) => { process.stdout.write(`[${((performance.now() - started) / 1000).toFixed(1)} s] ${m}\n`); };
+const round = (x: number, digits = 2) => Number(x.toFixed(digits));
 
 async function setUpWebGPU(): Promise<void> {
   // navigator.gpu must exist before tfjs-backend-webgpu is imported, or the backend never registers.
+  // allow_unsafe_apis: timestamp queries, so that tf.profile reports GPU time per kernel.
   const dawn = await import('webgpu') as unknown as { create(flags: string[]): unknown; globals: object };
   Object.assign(globalThis, dawn.globals);
-  Object.defineProperty(globalThis, 'navigator', { value: { gpu: dawn.create([]) }, configurable: true, writable: true });
+  Object.defineProperty(globalThis, 'navigator', {
+    value: { gpu: dawn.create(['enable-dawn-features=allow_unsafe_apis']) }, configurable: true, writable: true,
+  });
   await import('@tensorflow/tfjs-backend-webgpu');
   await setBackend('webgpu');
-  results.adapter = String((tf.backend() as unknown as { adapterInfo?: { vendor?: string; architecture?: string } }).adapterInfo?.architecture ?? 'webgpu');
+  const backend = tf.backend() as unknown as {
+    adapterInfo?: Record<string, unknown>; device: { limits: Record<string, number>; features: Set<string> }; supportTimestampQuery?: boolean;
+  };
+  const limits: Record<string, number> = {};
+  for (const key of ['maxBufferSize', 'maxStorageBufferBindingSize', 'maxComputeWorkgroupStorageSize', 'maxComputeWorkgroupsPerDimension']) {
+    limits[key] = backend.device.limits[key];
+  }
+  bindingLimit = limits.maxStorageBufferBindingSize;
+  results.adapter = { ...(backend.adapterInfo ?? {}), limits, features: [...backend.device.features], timestampQuery: backend.supportTimestampQuery };
 }
 
-async function bench(name: string): Promise<Record<string, number>> {
+/** Largest buffer one kernel may bind: a weight above it cannot be read by a shader (Dawn only reports it asynchronously). */
+let bindingLimit = Infinity;
+
+/** Seconds taken by f (which awaits its own results). */
+async function time(f: () => Promise<unknown> | unknown): Promise<number> {
+  const t = performance.now();
+  await f();
+  return (performance.now() - t) / 1000;
+}
+
+/** The cost of one small dispatch, and matrix-vector rates of tfjs's matMul against the few-rows kernel. */
+async function micro(quick: boolean): Promise<Record<string, unknown>> {
+  const r: Record<string, unknown> = {};
+  const x = tf.fill([1, 3072], 0.5);
+  const chain = async (n: number) => {
+    let y: tf.Tensor = x;
+    for (let i = 0; i < n; i++) {
+      const next = tf.relu(y);
+      if (y !== x) y.dispose();
+      y = next;
+    }
+    await y.data();
+    y.dispose();
+  };
+  await chain(20);
+  r.dispatchMicroseconds = round(1e6 * (await time(() => chain(500))) / 500, 1);
+  const scalar = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const y = tf.add(x, i + 0.5); // a JS number becomes a new tensor every call
+      await y.data();
+      y.dispose();
+    }
+  };
+  await scalar(3);
+  r.scalarUploadAndReadMicroseconds = round(1e6 * (await time(() => scalar(50))) / 50, 1);
+  x.dispose();
+  // [rows, in, out]: the decode products of the Minitron-4B shape and its output projection.
+  const shapes: Array<[number, number, number]> = quick ? [[1, 64, 96], [3, 64, 70000]] : [[1, 3072, 3072], [1, 3072, 1024], [1, 3072, 9216], [1, 9216, 3072], [16, 3072, 9216], [1, 3072, 256000]];
+  const rates: Record<string, unknown> = {};
+  for (const [rows, inF, outF] of shapes) {
+    if (4 * inF * outF > bindingLimit) {
+      rates[`${rows}x${inF}x${outF}`] = `skipped: ${4 * inF * outF} bytes of weight > maxStorageBufferBindingSize ${bindingLimit}`;
+      continue;
+    }
+    const a = tf.fill([rows, inF], 0.01);
+    const w = tf.fill([outF, inF], 0.02);
+    const reps = outF > 100000 ? 10 : 50;
+    const entry: Record<string, number> = {};
+    for (const [name, f] of [
+      ['tfjsMatMul', () => tf.matMul(a, w, false, true)],
+      ['fewRowsKernel', () => linear(a, w)],
+    ] as Array<[string, () => tf.Tensor]>) {
+      const run = async (n: number) => {
+        const outs: tf.Tensor[] = [];
+        for (let i = 0; i < n; i++) outs.push(f());
+        await outs[n - 1].data();
+        tf.dispose(outs);
+      };
+      await run(2);
+      const seconds = await time(() => run(reps));
+      entry[`${name}GBps`] = round((reps * outF * inF * 4) / seconds / 1e9, 1);
+      entry[`${name}Ms`] = round((1000 * seconds) / reps, 3);
+    }
+    rates[`${rows}x${inF}x${outF}`] = entry;
+    tf.dispose([a, w]);
+  }
+  r.matrixVector = rates;
+  return r;
+}
+
+/**
+ * Random weights made on the GPU: a few rows drawn on the CPU, tiled to the weight's height, each row scaled by
+ * its own draw. Drawing 4 billion normals in JavaScript would take minutes; the products cost the same either way.
+ */
+function randomWeightsOnGPU(model: NemotronForCausalLM, stddev: number): void {
+  let seed = 1;
+  for (const v of model.namedParameters().values()) {
+    if (v.rank !== 2) continue; // norms and biases keep their init
+    const [rows, cols] = v.shape as [number, number];
+    const block = Math.min(rows, 61);
+    tf.tidy(() => {
+      const drawn = tf.randomNormal([block, cols], 0, stddev, 'float32', seed++);
+      const tiled = tf.tile(drawn, [Math.ceil(rows / block), 1]).slice([0, 0], [rows, cols]);
+      const scale = tf.randomUniform([rows, 1], 0.5, 1.5, 'float32', seed++);
+      v.assign(tf.mul(tiled, scale));
+    });
+  }
+}
+
+async function bench(name: string): Promise<Record<string, unknown>> {
   const config = new NemotronConfig({ ...benchConfig(name).fields, padTokenId: 0 });
-  const model = new NemotronForCausalLM(config); // random weights, created on the GPU
-  const r: Record<string, number> = { parameters: model.numParameters() };
+  const largest = 4 * config.vocabSize * config.hiddenSize;
+  if (largest > bindingLimit) throw new Error(`the embedding (${largest} bytes) is larger than maxStorageBufferBindingSize ${bindingLimit}`);
+  let r: Record<string, unknown> = {};
+  const model = withDeferredInit(() => new NemotronForCausalLM(config));
+  r.initSeconds = round(await time(async () => {
+    randomWeightsOnGPU(model, config.initializerRange);
+    const probe = model.namedParameters().values().next().value!.slice([0, 0], [1, 1]);
+    await probe.data();
+    probe.dispose();
+  }));
+  r.parameters = model.numParameters();
+  log(`${name}: ${r.parameters} parameters on the GPU in ${r.initSeconds} s`);
   const ids = (b: number, n: number) => Array.from({ length: b }, (_, i) => Array.from({ length: n }, (_, j) => 4 + ((i * 131 + j * 7) % (config.vocabSize - 4))));
-  const time = async (f: () => Promise<void> | void) => { const t = performance.now(); await f(); return (performance.now() - t) / 1000; };
   const prefill = Math.min(2048, config.maxPositionEmbeddings - 64);
   const forwardLast = async () => { const o = model.forward({ inputIds: ids(1, prefill), logitsToKeep: 1 }); await o.logits.data(); o.logits.dispose(); };
   await forwardLast(); // warm-up: shader compilation
   r.prefillTokens = prefill;
-  r.prefillTokensPerSecond = prefill / await time(forwardLast);
-  for (const b of [1, 16]) {
-    const steps = 32;
+  r.prefillTokensPerSecond = round(prefill / await time(forwardLast));
+  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s`);
+  save();
+
+  const decode = async (b: number, steps = 32) => {
     await generate(model, ids(b, 8), { maxNewTokens: 4, eosTokenId: null });
     const seconds = await time(async () => { await generate(model, ids(b, 8), { maxNewTokens: steps, eosTokenId: null }); });
-    r[`decodeBatch${b}TokensPerSecond`] = (steps * b) / seconds;
+    return round((steps * b) / seconds);
+  };
+  // What the kernels buy: all fused kernels; without the few-rows products; none (tfjs's own ops).
+  const variants: Array<[string, () => void]> = [
+    ['', () => useFusedKernels(true)],
+    ['WithoutFewRowsKernels', () => useFusedKernels(false, [LINEAR_KERNEL, MLP_KERNEL])],
+    ['PlainOps', () => useFusedKernels(false)],
+  ];
+  for (const [variant, set] of variants) {
+    set();
+    for (const b of variant === '' ? [1, 16] : [1]) {
+      r[`decodeBatch${b}TokensPerSecond${variant}`] = await decode(b);
+      log(`${name}: decode b${b}${variant} ${r[`decodeBatch${b}TokensPerSecond${variant}`]} tok/s`);
+      save();
+    }
   }
+  useFusedKernels(true);
+  r = { ...r, ...await decodeStepProfile(model, ids(1, 8)) };
+  save();
+
   const trainIds = ids(1, 128);
   const params = [...model.namedParameters().values()];
   const step = async () => {
@@ -53,8 +189,51 @@ async function bench(name: string): Promise<Record<string, number>> {
     tf.dispose([value, ...Object.values(grads)]);
   };
   await step();
-  r.trainTokensPerSecond = 128 / await time(step);
+  r.trainTokensPerSecond = round(128 / await time(step));
+  log(`${name}: training step ${r.trainTokensPerSecond} tok/s`);
   model.dispose();
+  return r;
+}
+
+/**
+ * Where a batch-1 decoding step's time goes: the JavaScript that records it (forward() returning), the whole step
+ * (token read back), and the GPU time of each kernel (timestamp queries through tf.profile).
+ */
+async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][]): Promise<Record<string, unknown>> {
+  const cache = new KVCache(model.config.numHiddenLayers);
+  const step = async (ids: number[][], attention: number) => {
+    const t0 = performance.now();
+    const out = model.forward({ inputIds: ids, attentionMask: [Array(attention).fill(1)], pastKeyValues: cache, useCache: true, logitsToKeep: 1 });
+    const token = tf.tidy(() => tf.argMax(out.logits.reshape([1, -1]), -1));
+    const recorded = performance.now() - t0;
+    out.logits.dispose();
+    const next = (await token.data())[0];
+    token.dispose();
+    return { next, recorded, total: performance.now() - t0 };
+  };
+  let { next } = await step(prompt, prompt[0].length);
+  let length = prompt[0].length;
+  const recorded: number[] = [];
+  const total: number[] = [];
+  for (let i = 0; i < 24; i++) {
+    const s = await step([[next]], ++length);
+    next = s.next;
+    if (i >= 4) [recorded.push(s.recorded), total.push(s.total)];
+  }
+  const mean = (xs: number[]) => round(xs.reduce((a, b) => a + b, 0) / xs.length);
+  const r: Record<string, unknown> = { decodeStepRecordMs: mean(recorded), decodeStepTotalMs: mean(total) };
+  let kernels: Record<string, { count: number; ms: number }> = {};
+  const profile = await tf.profile(async () => { next = (await step([[next]], ++length)).next; });
+  for (const k of profile.kernels) {
+    const e = kernels[k.name] ??= { count: 0, ms: 0 };
+    e.count++;
+    e.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+  }
+  kernels = Object.fromEntries(Object.entries(kernels).map(([n, e]) => [n, { count: e.count, ms: round(e.ms, 3) }]));
+  r.decodeStepKernels = kernels;
+  r.decodeStepGpuMs = round(Object.values(kernels).reduce((a, e) => a + e.ms, 0), 3);
+  cache.dispose();
+  log(`decode step: recorded in ${r.decodeStepRecordMs} ms, total ${r.decodeStepTotalMs} ms, GPU ${r.decodeStepGpuMs} ms`);
   return r;
 }
 
@@ -63,7 +242,17 @@ async function main(): Promise<void> {
   const configs = (argv.includes('--configs') ? argv[argv.indexOf('--configs') + 1] : 'minitron-small,minitron-4b').split(',');
   await setUpWebGPU();
   tf.env().set('PROD', true);
-  log(`backend ${tf.getBackend()}, adapter ${results.adapter}`);
+  log(`backend ${tf.getBackend()}, adapter ${JSON.stringify(results.adapter)}`);
+  save();
+  if (!argv.includes('--skip-micro')) {
+    try {
+      results.micro = await micro(argv.includes('--quick'));
+    } catch (e) {
+      results.micro = { error: (e as Error).stack ?? String(e) };
+    }
+    log(`micro: ${JSON.stringify(results.micro)}`);
+    save();
+  }
   if (!argv.includes('--skip-parity')) {
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) {
       try {

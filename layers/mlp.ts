@@ -53,7 +53,7 @@ export class NemotronMLP extends tf.layers.Layer implements HFNamedWeights {
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
     const { activation } = this.args;
-    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && fusedKernelApplies(MLP_KERNEL)) {
+    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && fusedKernelApplies(MLP_KERNEL, { rows: x.shape[0] })) {
       const inputs: tf.NamedTensorMap = { x, up: this.upWeight.read(), down: this.downWeight.read() };
       if (this.upBias) [inputs.upBias, inputs.downBias] = [this.upBias.read(), this.downBias!.read()];
       return tf.engine().runKernel(MLP_KERNEL, inputs, { activation }) as tf.Tensor;

@@ -37,7 +37,7 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
     const inFeatures = x.shape[x.rank - 1];
     const outFeatures = weight.shape[0];
     const flat = x.rank === 2 ? (x as tf.Tensor2D) : x.reshape([-1, inFeatures]) as tf.Tensor2D;
-    if (fusedKernelApplies(LINEAR_KERNEL)) {
+    if (fusedKernelApplies(LINEAR_KERNEL, { rows: flat.shape[0] })) {
       const inputs: tf.NamedTensorMap = bias ? { x: flat, weight, bias } : { x: flat, weight };
       const y = tf.engine().runKernel(LINEAR_KERNEL, inputs) as tf.Tensor;
       return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);

@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import { ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
+import {
+  ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel,
+} from './fused';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
@@ -248,6 +250,122 @@ function decodeAttention({ inputs, backend, attrs }: { inputs: tf.NamedTensorInf
   }
 }
 
+/** Rows up to which the few-rows product below replaces tfjs's tiled matMul (decoding: one row per sequence). */
+export const FEW_ROWS = 16;
+
+type Epilogue = 'none' | 'relu' | 'relu2';
+
+/**
+ * y = act(x·Wᵀ + b) for a few rows x [M, K] (M ≤ FEW_ROWS) and W in HF layout [N, K]: a matrix-vector product, bound
+ * by reading W once. Each workgroup owns `cols` rows of W and walks them with its threads side by side along K
+ * (coalesced reads), keeps M·cols sums a thread, then adds the threads' sums up in workgroup memory. tfjs's
+ * matMul tiles for large M and reads W with a stride for transposeB, which wastes most of the bandwidth here.
+ */
+class FewRowsLinearProgram {
+  readonly variableNames: string[];
+  readonly uniforms = 'k : i32,';
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number];
+  readonly shaderKey: string;
+  private readonly cols: number;
+
+  constructor(private readonly rows: number, outFeatures: number, private readonly hasBias: boolean, private readonly epilogue: Epilogue) {
+    this.variableNames = hasBias ? ['x', 'w', 'b'] : ['x', 'w'];
+    this.outputShape = [rows, outFeatures];
+    this.dispatchLayout = { x: [0, 1] };
+    // Workgroup memory holds rows·cols·threads sums: 8 KB at most.
+    const threads = rows <= 2 ? 256 : rows <= 4 ? 128 : 64;
+    this.cols = rows <= 8 ? 4 : 2;
+    this.workgroupSize = [threads, 1, 1];
+    const groups = Math.ceil(outFeatures / this.cols);
+    // At most 65535 workgroups a dimension: a large vocabulary spreads over y.
+    this.dispatch = [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
+    this.shaderKey = `nemotron_few_rows_linear_${rows}_${this.cols}_${threads}_${hasBias}_${epilogue}`;
+  }
+
+  getUserCode(): string {
+    const { rows, cols, hasBias, epilogue } = this;
+    const threads = this.workgroupSize[0];
+    const sums = rows * cols;
+    const each = (f: (m: number, c: number) => string) => Array.from({ length: sums }, (_, j) => f(Math.floor(j / cols), j % cols)).join('\n');
+    const act = epilogue === 'relu2' ? 'let r = max(v, 0.0); return r * r;' : epilogue === 'relu' ? 'return max(v, 0.0);' : 'return v;';
+    return `
+    var<workgroup> partial : array<f32, ${sums * threads}>;
+
+    fn activate(v : f32) -> f32 { ${act} }
+
+    fn main(index : i32) {
+      let tid = i32(localId.x);
+      let n = uniforms.outShape[1];
+      let kk = uniforms.k;
+      let first = i32(workgroupId.y * numWorkgroups.x + workgroupId.x) * ${cols};
+      ${Array.from({ length: cols }, (_, c) => `let w${c} = min(first + ${c}, n - 1) * kk;`).join('\n')}
+      ${each((m, c) => `var s${m}_${c} = 0.0;`)}
+      for (var k = tid; k < kk; k += ${threads}) {
+        ${Array.from({ length: cols }, (_, c) => `let wv${c} = w[w${c} + k];`).join('\n')}
+        ${Array.from({ length: rows }, (_, m) => `let xv${m} = x[${m} * kk + k];`).join('\n')}
+        ${each((m, c) => `s${m}_${c} += xv${m} * wv${c};`)}
+      }
+      ${each((m, c) => `partial[${m * cols + c} * ${threads} + tid] = s${m}_${c};`)}
+      workgroupBarrier();
+      for (var size = ${threads / 2}; size > 0; size = size >> 1) {
+        if (tid < size) {
+          for (var j = 0; j < ${sums}; j++) {
+            partial[j * ${threads} + tid] += partial[j * ${threads} + tid + size];
+          }
+        }
+        workgroupBarrier();
+      }
+      if (tid < ${sums}) {
+        let m = tid / ${cols};
+        let col = first + tid % ${cols};
+        if (col < n) {
+          result[m * n + col] = activate(partial[tid * ${threads}]${hasBias ? ' + b[col]' : ''});
+        }
+      }
+    }
+    `;
+  }
+}
+
+function fewRowsLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo | undefined, epilogue: Epilogue): tf.TensorInfo {
+  const [rows, k] = x.shape;
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return gpu.runWebGPUProgram(new FewRowsLinearProgram(rows, weight.shape[0], bias !== undefined, epilogue), inputs, 'float32',
+    [{ type: 'int32', data: [k] }]);
+}
+
+/** LINEAR_KERNEL and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (see limitFusedKernel below): up·relu² is one dispatch. */
+function registerFewRowsKernels(): void {
+  const fewRows = (attrs: Record<string, unknown>) => typeof attrs.rows === 'number' && attrs.rows <= FEW_ROWS;
+  tf.registerKernel({
+    kernelName: LINEAR_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend }) => {
+      const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias?: tf.TensorInfo };
+      return fewRowsLinear(backend as unknown as WebGPUBackendLike, x, weight, bias, 'none');
+    },
+  });
+  limitFusedKernel(LINEAR_KERNEL, 'webgpu', fewRows);
+  tf.registerKernel({
+    kernelName: MLP_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const gpu = backend as unknown as WebGPUBackendLike;
+      const { x, up, down, upBias, downBias } = inputs as Record<string, tf.TensorInfo | undefined>;
+      const hidden = fewRowsLinear(gpu, x!, up!, upBias, (attrs as { activation: Epilogue }).activation);
+      try {
+        return fewRowsLinear(gpu, hidden, down!, downBias, 'none');
+      } finally {
+        gpu.disposeData(hidden.dataId);
+      }
+    },
+  });
+  limitFusedKernel(MLP_KERNEL, 'webgpu', fewRows);
+}
+
 function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const kernel = tf.getKernel('Reshape', 'webgpu')!;
   return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
@@ -257,6 +375,7 @@ function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]):
 export function registerWebGPUKernels(): void {
   if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;
   registerRotary();
+  registerFewRowsKernels();
   tf.registerKernel({
     kernelName: RELU2_KERNEL,
     backendName: 'webgpu',

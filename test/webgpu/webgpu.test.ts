@@ -6,7 +6,9 @@ import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
-import { RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
+import { linear } from '../../layers/weights';
 import { CONFIGS, fixtureDir, kernelsRun, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
@@ -81,11 +83,50 @@ describe('webgpu backend: parity with transformers', function () {
       tf.dispose([x, fused, plain, diff]);
     }
     const mlp = new NemotronMLP({ hiddenSize: 16, intermediateSize: 48, bias: false, activation: 'relu2' });
-    const x = tf.randomNormal([3, 16]);
+    // More rows than the few-rows MLP kernel takes: the plain path, with the relu² program.
+    const x = tf.randomNormal([FEW_ROWS + 4, 16]);
     const counts = kernelsRun(() => { tf.dispose(mlp.apply(x) as tf.Tensor); });
     expect(counts.get(RELU2_KERNEL), 'one relu² program in the MLP').to.equal(1);
     tf.dispose(x);
     mlp.namedWeights().forEach(([, v]) => v.dispose());
+  });
+
+  it('the few-rows linear and MLP kernels equal the plain tfjs ops (1 to 16 rows, bias, a vocabulary over 65535 workgroups)', async () => {
+    const cases: Array<[number, number, number, boolean]> = [
+      [1, 64, 48, false], [2, 100, 37, true], [3, 1024, 256, false], [5, 300, 129, true], [9, 64, 7, false], [16, 1000, 300, true],
+      [1, 8, 140000, false],
+    ];
+    for (const [rows, inFeatures, outFeatures, withBias] of cases) {
+      const x = tf.randomNormal([rows, inFeatures]) as tf.Tensor2D;
+      const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2) as tf.Tensor2D;
+      const bias = withBias ? tf.randomNormal([outFeatures]) : null;
+      let fused: tf.Tensor = x;
+      const counts = kernelsRun(() => { fused = linear(x, weight, bias); });
+      expect(counts.get(LINEAR_KERNEL), `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ fused`).to.equal(1);
+      useFusedKernels(false);
+      const plain = linear(x, weight, bias);
+      useFusedKernels(true);
+      const diff = tf.max(tf.abs(tf.sub(fused, plain)));
+      const worst = (await diff.data())[0];
+      expect(worst, `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ bias ${withBias}: ${worst}`).to.be.at.most(1e-4);
+      tf.dispose([x, weight, fused, plain, diff, ...(bias ? [bias] : [])]);
+    }
+    for (const [rows, withBias] of [[1, false], [4, true], [FEW_ROWS, false]] as Array<[number, boolean]>) {
+      const mlp = new NemotronMLP({ hiddenSize: 96, intermediateSize: 200, bias: withBias, activation: 'relu2' });
+      for (const [, v] of mlp.namedWeights()) v.assign(tf.randomNormal(v.shape, 0, 0.3));
+      const x = tf.randomNormal([rows, 96]);
+      let fused: tf.Tensor = x;
+      const counts = kernelsRun(() => { fused = mlp.apply(x) as tf.Tensor; });
+      expect(counts.get(MLP_KERNEL), `MLP of ${rows} rows fused`).to.equal(1);
+      useFusedKernels(false);
+      const plain = mlp.apply(x) as tf.Tensor;
+      useFusedKernels(true);
+      const diff = tf.max(tf.abs(tf.sub(fused, plain)));
+      const worst = (await diff.data())[0];
+      expect(worst, `MLP of ${rows} rows: ${worst}`).to.be.at.most(1e-4);
+      tf.dispose([x, fused, plain, diff]);
+      mlp.namedWeights().forEach(([, v]) => v.dispose());
+    }
   });
 
   it('the fused decoding attention kernel equals the plain tfjs ops (GQA and MHA, padding mask, cache append)', async () => {

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { Linear } from '../../layers/linear';
+import { VocabMatrix } from '../../layers/vocab-matrix';
 import { linear } from '../../layers/weights';
 import { binaryCrossEntropyWithLogits, crossEntropy, meanSquaredError } from '../../src/losses';
 import { IntMatrixLike, readIntRows, readNumbers } from '../../src/tensors';
@@ -95,27 +96,32 @@ function checkedLabels(value: IntMatrixLike, name: string, shape: number[], limi
 export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
   static readonly architecture: string = 'NemotronForCausalLM';
   /** Null when the head is tied to the input embeddings. */
-  readonly lmHead: Linear | null;
+  readonly lmHead: VocabMatrix | null;
 
   constructor(config: NemotronConfig) {
     super(config);
-    this.lmHead = config.tieWordEmbeddings ? null : new Linear({
-      inFeatures: config.hiddenSize, outFeatures: config.vocabSize, bias: false, initializerRange: config.initializerRange,
-    });
+    this.lmHead = config.tieWordEmbeddings ? null : new VocabMatrix(config.vocabSize, config.hiddenSize, config.initializerRange);
   }
 
   protected headParameters(): Array<[string, tf.Variable]> {
-    return this.lmHead ? prefixed('lm_head.', this.lmHead.namedWeights()) : [];
+    return this.lmHead ? this.lmHead.named('lm_head.weight') : [];
   }
 
-  /** The output projection [vocab, hidden] (the embeddings when tied). */
+  /** The output projection [vocab, hidden] (the embeddings when tied), as one tensor or row blocks. */
+  get outputMatrix(): VocabMatrix {
+    return this.lmHead ?? this.model.embedding;
+  }
+
+  /** The output projection as one tensor (see outputMatrix where the backend may store it in row blocks). */
   get outputWeight(): tf.Tensor2D {
-    return (this.lmHead ? this.lmHead.namedWeights()[0][1] : this.model.embedTokens) as tf.Tensor2D;
+    const single = this.outputMatrix.single;
+    if (!single) throw new Error(`The output projection is stored in ${this.outputMatrix.blocks.length} row blocks on this backend: use outputMatrix`);
+    return single as tf.Tensor2D;
   }
 
-  /** Decoding without labels: the compiled step may compute the logits itself. */
+  /** Decoding without labels: the compiled step may compute the logits itself (from one tensor). */
   protected decodingProjection(inputs: HeadInputs): tf.Tensor2D | undefined {
-    return inputs.labels === undefined ? this.outputWeight : undefined;
+    return inputs.labels === undefined ? (this.outputMatrix.single as tf.Tensor2D | null) ?? undefined : undefined;
   }
 
   protected head(base: BaseModelOutput, inputs: HeadInputs, prepared: PreparedInputs): Pick<CausalLMOutput, 'logits' | 'loss'> {
@@ -126,7 +132,7 @@ export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
     let hidden: tf.Tensor = base.lastHiddenState;
     if (keep > 0 && keep < seq) hidden = hidden.slice([0, seq - keep, 0], [-1, keep, -1]);
     const vocab = this.config.vocabSize;
-    const logits = base.projectedLogits ? base.projectedLogits.reshape([batch, seq, vocab]) as tf.Tensor3D : linear(hidden, this.outputWeight) as tf.Tensor3D;
+    const logits = base.projectedLogits ? base.projectedLogits.reshape([batch, seq, vocab]) as tf.Tensor3D : this.outputMatrix.project(hidden) as tf.Tensor3D;
     if (inputs.labels === undefined) return { logits };
     const labels = checkedLabels(inputs.labels as IntMatrixLike, 'labels', [batch, seq], this.config.vocabSize, 'vocab_size', -100);
     // Shift so that position i predicts token i + 1; the last position has nothing to predict.

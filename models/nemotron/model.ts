@@ -3,7 +3,8 @@ import { KVCache } from '../../layers/attention';
 import { NemotronDecoderLayer } from '../../layers/decoder-layer';
 import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
-import { normalInit, outputs } from '../../layers/weights';
+import { outputs } from '../../layers/weights';
+import { VocabMatrix } from '../../layers/vocab-matrix';
 import { DECODE_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
 import { DecodeGraphError, decodeStepFits, decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
@@ -60,7 +61,8 @@ export interface PreparedInputs {
 export class NemotronModel extends NemotronPreTrainedModel {
   static readonly architecture: string = 'NemotronModel';
   readonly basePrefix: string = '';
-  readonly embedTokens: tf.Variable;
+  /** embed_tokens.weight [vocab, hidden] (row blocks where the backend binds less: see VocabMatrix). */
+  readonly embedding: VocabMatrix;
   readonly layers: NemotronDecoderLayer[];
   readonly norm: NemotronLayerNorm1P;
   readonly rotary: PartialRotaryEmbedding;
@@ -68,7 +70,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
   constructor(config: NemotronConfig) {
     super(config);
     const c = config;
-    this.embedTokens = tf.tidy(() => tf.variable(normalInit(c.initializerRange).apply([c.vocabSize, c.hiddenSize], 'float32'), true));
+    this.embedding = new VocabMatrix(c.vocabSize, c.hiddenSize, c.initializerRange);
     this.layers = Array.from({ length: c.numHiddenLayers }, (_, i) => new NemotronDecoderLayer({
       hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, numHeads: c.numAttentionHeads,
       numKeyValueHeads: c.numKeyValueHeads, headDim: c.headDim, attentionBias: c.attentionBias, mlpBias: c.mlpBias,
@@ -81,6 +83,13 @@ export class NemotronModel extends NemotronPreTrainedModel {
     });
   }
 
+  /** embed_tokens.weight as one tensor (it is one unless the backend made row blocks of it: see VocabMatrix). */
+  get embedTokens(): tf.Variable {
+    const single = this.embedding.single;
+    if (!single) throw new Error(`embed_tokens.weight is stored in ${this.embedding.blocks.length} row blocks on this backend: use model.embedding`);
+    return single;
+  }
+
   namedParameters(): Map<string, tf.Variable> {
     return new Map(this.baseParameters(this.basePrefix));
   }
@@ -88,7 +97,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
   /** The base weights under a prefix ('model.' inside the heads). */
   baseParameters(prefix: string): Array<[string, tf.Variable]> {
     return [
-      [`${prefix}embed_tokens.weight`, this.embedTokens],
+      ...this.embedding.named(`${prefix}embed_tokens.weight`),
       ...this.layers.flatMap((layer, i) => prefixed(`${prefix}layers.${i}.`, layer.namedWeights())),
       ...prefixed(`${prefix}norm.`, this.norm.namedWeights()),
     ];
@@ -213,7 +222,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
       const attentions: tf.Tensor4D[] = [];
       // Hidden states travel as [batch·seq, hidden]: every projection is then one matMul with no reshapes around it.
       let hidden = ids
-        ? (tf.gather(this.embedTokens, tf.tensor1d(ids.flat(), 'int32')) as tf.Tensor2D)
+        ? this.embedding.embed(ids.flat())
         : (inputs.inputsEmbeds!.reshape([batch * seq, this.config.hiddenSize]) as tf.Tensor2D);
       const as3d = (t: tf.Tensor) => t.reshape([batch, seq, this.config.hiddenSize]) as tf.Tensor3D;
       const additiveMask = this.buildMask(mask, batch, seq, pastLength);

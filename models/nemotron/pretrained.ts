@@ -8,6 +8,7 @@ import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
+import { BLOCK_SEPARATOR } from '../../layers/vocab-matrix';
 import { estimateMemory } from './presets';
 
 export interface FromPretrainedOptions {
@@ -102,7 +103,7 @@ export abstract class NemotronPreTrainedModel {
   }
 
   /** Maps a checkpoint tensor name to this model's parameter name, or null when it is not one of ours. */
-  private resolveName(name: string, params: Map<string, tf.Variable>): string | null {
+  private resolveName(name: string, params: Map<string, unknown>): string | null {
     if (params.has(name)) return name;
     const prefix = this.basePrefix;
     for (const p of ['', ...BASE_PREFIXES]) {
@@ -114,7 +115,10 @@ export abstract class NemotronPreTrainedModel {
   }
 
   private loadWeights(reader: CheckpointReader, sameArchitecture: boolean, options: FromPretrainedOptions): void {
-    const params = this.namedParameters();
+    const blocked = namedBlocks(this.namedParameters());
+    // One entry a checkpoint tensor: a blocked matrix under its HF name (its blocks are filled row range by row range).
+    const params = new Map<string, tf.Variable | tf.Variable[]>([...this.namedParameters()].filter(([n]) => !n.includes(BLOCK_SEPARATOR)));
+    for (const [name, blocks] of blocked) params.set(name, blocks);
     const loaded = new Set<string>();
     const totalBytes = reader.totalBytes();
     let loadedBytes = 0;
@@ -131,19 +135,25 @@ export abstract class NemotronPreTrainedModel {
           `${this.constructor.name} has no such parameter`);
       }
       const info = reader.info(name);
-      const variable = params.get(target)!;
-      if (!shapesEqual(info.shape, variable.shape)) {
+      const entry = params.get(target)!;
+      const blocks = Array.isArray(entry) ? entry : [entry];
+      const shape = [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)];
+      if (!shapesEqual(info.shape, shape)) {
         throw new Error(`Shape mismatch for ${name} in ${info.file}: the checkpoint has [${info.shape}], ` +
-          `${this.constructor.name} expects [${variable.shape}] for ${target}`);
+          `${this.constructor.name} expects [${shape}] for ${target}`);
       }
       if (loaded.has(target)) throw new Error(`The checkpoint at ${reader.dir} holds ${target} twice (as ${name})`);
       const host = reader.read(name);
-      tf.tidy(() => {
-        const value = tf.tensor(host.data, host.shape, 'float32');
-        // tensorflow and webgpu keep a written array on the JS heap until an op first reads it; running one now moves
-        // the weight into backend memory, so a full-size load never holds the weights twice.
-        variable.assign(lazy ? moveToBackend(value) : value);
-      });
+      let offset = 0;
+      for (const block of blocks) {
+        tf.tidy(() => {
+          const value = tf.tensor(host.data.subarray(offset, offset + block.size), block.shape, 'float32');
+          // tensorflow and webgpu keep a written array on the JS heap until an op first reads it; running one now moves
+          // the weight into backend memory, so a full-size load never holds the weights twice.
+          block.assign(lazy ? moveToBackend(value) : value);
+        });
+        offset += block.size;
+      }
       // A copied array is garbage now; V8 does not see the backend's memory, so collect before reading the next
       // large tensor rather than let garbage and weights pile up (the difference between 1.0× and 2× at full size).
       if (lazy && info.byteLength > 64 * 1024 ** 2) collectGarbage();
@@ -160,8 +170,11 @@ export abstract class NemotronPreTrainedModel {
     }
     // Built with deferred init: what the checkpoint lacks gets transformers' init now (weights normal, biases zero).
     for (const name of missing) {
-      const v = params.get(name)!;
-      if (!name.endsWith('.bias')) tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, this.config.initializerRange, 'float32')));
+      const entry = params.get(name)!;
+      if (name.endsWith('.bias')) continue;
+      for (const v of Array.isArray(entry) ? entry : [entry]) {
+        tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, this.config.initializerRange, 'float32')));
+      }
     }
     if (missing.length && !options.quiet) {
       console.warn(`${this.constructor.name}: newly initialised from normal(0, ${this.config.initializerRange}) ` +
@@ -183,8 +196,22 @@ export abstract class NemotronPreTrainedModel {
     if (config.padTokenId !== null) generation.pad_token_id = config.padTokenId;
     fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
     const tensors = [];
+    const blocked = namedBlocks(this.namedParameters());
     for (const [name, v] of this.namedParameters()) {
-      tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array, dtype: 'float32' as const });
+      if (!name.includes(BLOCK_SEPARATOR)) {
+        tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array, dtype: 'float32' as const });
+      }
+    }
+    // A matrix stored in row blocks is one tensor in the checkpoint, as transformers has it.
+    for (const [name, blocks] of blocked) {
+      const shape = [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)];
+      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      let offset = 0;
+      for (const block of blocks) {
+        data.set(await block.data() as Float32Array, offset);
+        offset += block.size;
+      }
+      tensors.push({ name, shape, data, dtype: 'float32' as const });
     }
     saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
   }
@@ -233,6 +260,20 @@ function checkMemory(config: NemotronConfig, architecture: string, dir: string):
     throw new Error(`The checkpoint at ${dir} needs ${gb(weightsBytes)} for its float32 weights (tfjs has no bfloat16), ` +
       `more than this machine's ${gb(os.totalmem())} of memory`);
   }
+}
+
+/** Parameters stored in row blocks (`name#i`, see VocabMatrix), grouped under their HF name in block order. */
+function namedBlocks(params: Map<string, tf.Variable>): Map<string, tf.Variable[]> {
+  const groups = new Map<string, tf.Variable[]>();
+  for (const [name, v] of params) {
+    const at = name.lastIndexOf(BLOCK_SEPARATOR);
+    if (at < 0) continue;
+    const base = name.slice(0, at);
+    const list = groups.get(base) ?? [];
+    list[Number(name.slice(at + 1))] = v;
+    groups.set(base, list);
+  }
+  return groups;
 }
 
 /** Prefixes each name of a layer's weights. */

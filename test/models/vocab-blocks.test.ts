@@ -1,0 +1,81 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { NemotronConfig, NemotronForCausalLM, SafetensorsFile } from '../../src/index';
+import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
+import { CONFIGS, expected, expectClose, expectRelClose, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
+
+/**
+ * A vocabulary matrix in row blocks (what WebGPU needs where [vocab, hidden] is over its 2 GB binding limit, as for
+ * Minitron-4B), forced here with a small block limit: loading splits the checkpoint's tensor, forward, gradients and
+ * generation match transformers, and saving joins the blocks back into one tensor.
+ */
+forEachBackend(testBackends(), () => {
+  afterEach(() => setMaxWeightBlockBytes(null));
+
+  for (const config of CONFIGS) {
+    it(`embeddings and LM head in row blocks: logits, loss, gradients, generation, save: ${config}`, async () => {
+      const exp = expected(config);
+      const dir = fixtureDir(config, 'causal-lm');
+      const settings = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+      // Three blocks: the last one shorter when the vocabulary does not divide by three.
+      setMaxWeightBlockBytes(4 * settings.hidden_size * Math.ceil(settings.vocab_size / 3));
+      const model = await NemotronForCausalLM.fromPretrained(dir);
+      const params = model.namedParameters();
+      const blockNames = [...params.keys()].filter((n) => n.includes('#'));
+      const tied = settings.tie_word_embeddings;
+      expect(blockNames.sort()).to.deep.equal([
+        ...(tied ? [] : ['lm_head.weight#0', 'lm_head.weight#1', 'lm_head.weight#2']),
+        'model.embed_tokens.weight#0', 'model.embed_tokens.weight#1', 'model.embed_tokens.weight#2',
+      ].sort());
+      const original = SafetensorsFile.open(path.join(dir, 'model.safetensors'));
+      const checkpointValues = original.names().reduce((n, name) => n + original.info(name).shape.reduce((a, b) => a * b, 1), 0);
+      expect(model.numParameters(), 'every value of the checkpoint, once').to.equal(checkpointValues);
+      expect(() => model.model.embedTokens).to.throw(/3 row blocks/);
+
+      const before = tf.memory().numTensors;
+      const batch = { inputIds: exp.json.input_ids, attentionMask: exp.json.attention_mask, labels: exp.json.causal_labels };
+      const { value, grads } = tf.variableGrads(() => {
+        const out = model.forward(batch);
+        expectClose(out.logits, exp.tensor('causal.logits'), 1e-4, 'logits');
+        return out.loss!;
+      }, [...params.values()]);
+      expectRelClose(value.dataSync()[0], exp.json.causal_loss, 1e-5, 'loss');
+      for (const name of tied ? ['model.embed_tokens.weight'] : ['model.embed_tokens.weight', 'lm_head.weight']) {
+        const joined = tf.concat([0, 1, 2].map((i) => grads[params.get(`${name}#${i}`)!.name]));
+        const reference = exp.tensor(`causal.grad.${name}`);
+        const worst = tf.tidy(() => tf.max(tf.sub(tf.abs(tf.sub(joined, reference)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(reference))))).dataSync()[0]);
+        expect(worst, `gradient of ${name} (joined blocks) exceeds the tolerance by ${worst}`).to.be.at.most(0);
+        tf.dispose([joined, reference]);
+      }
+      tf.dispose([value, ...Object.values(grads)]);
+      expect(tf.memory().numTensors, 'no tensor left by forward and gradients').to.equal(before);
+
+      const out = await model.generate(exp.json.gen_single_prompt, { maxNewTokens: 8, eosTokenId: null });
+      expect(out.sequences).to.deep.equal(exp.json.gen_single_output);
+
+      const saved = tmpDir('blocks');
+      await model.savePretrained(saved);
+      const written = SafetensorsFile.open(path.join(saved, 'model.safetensors'));
+      expect(written.names().sort()).to.deep.equal(original.names().sort());
+      for (const name of original.names()) {
+        const [a, b] = [original.read(name), written.read(name)];
+        expect(b.shape, name).to.deep.equal(a.shape);
+        expect(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength).equals(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength)), `${name} bit-equal`).to.equal(true);
+      }
+      model.dispose();
+      expect(tf.memory().numTensors, 'dispose frees every block').to.be.below(before);
+    });
+  }
+
+  it('a limit below one row is refused with the sizes', () => {
+    setMaxWeightBlockBytes(64);
+    const before = tf.memory().numTensors;
+    const config = new NemotronConfig({ vocabSize: 10, hiddenSize: 32, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1 });
+    expect(() => new NemotronForCausalLM(config))
+      .to.throw(/A row of 32 float32 values \(128 bytes\) is larger than the backend's largest buffer \(64 bytes\)/);
+    expect(tf.memory().numTensors, 'nothing built before the refusal').to.equal(before);
+    expect(() => setMaxWeightBlockBytes(-1)).to.throw(/positive integer/);
+  });
+});

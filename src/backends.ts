@@ -3,6 +3,7 @@ import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
 import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
 import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
 import { registerWebGPUKernels } from './kernels/webgpu-kernels';
+import { registerWebGPUDecodeStep } from './kernels/webgpu-decode';
 
 /**
  * The one place that chooses and sets up a tfjs backend.
@@ -83,7 +84,10 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     loadErrors.set(name, reason);
     throw new Error(`Backend ${name} is not available: ${reason}`);
   }
-  if (name === 'webgpu') registerWebGPUKernels();
+  if (name === 'webgpu') {
+    registerWebGPUKernels();
+    registerWebGPUDecodeStep();
+  }
   if (name === 'tensorflow' || name === 'cuda') {
     registerTensorFlowKernels();
     registerDecodeStepKernel();

@@ -102,8 +102,8 @@ export function errorOf(fn: () => unknown): string {
   throw new Error('expected an error');
 }
 
-/** Counts the kernels `fn` runs, by name. */
-export function kernelsRun(fn: () => void): Map<string, number> {
+/** Counts engine.runKernel calls by kernel name until `restore` is called. */
+function countKernels(): { counts: Map<string, number>; restore: () => void } {
   const engine = tf.engine();
   const original = engine.runKernel.bind(engine);
   const counts = new Map<string, number>();
@@ -111,10 +111,27 @@ export function kernelsRun(fn: () => void): Map<string, number> {
     counts.set(name, (counts.get(name) ?? 0) + 1);
     return original(name, inputs, attrs);
   }) as typeof engine.runKernel;
+  return { counts, restore: () => { engine.runKernel = original; } };
+}
+
+/** kernelsRun for an async function (generation): counts the kernels run until its promise settles. */
+export async function kernelsRunAsync(fn: () => Promise<void>): Promise<Map<string, number>> {
+  const { counts, restore } = countKernels();
+  try {
+    await fn();
+  } finally {
+    restore();
+  }
+  return counts;
+}
+
+/** Counts the kernels `fn` runs, by name. */
+export function kernelsRun(fn: () => void): Map<string, number> {
+  const { counts, restore } = countKernels();
   try {
     fn();
   } finally {
-    engine.runKernel = original;
+    restore();
   }
   return counts;
 }

@@ -199,12 +199,15 @@ export class NemotronModel extends NemotronPreTrainedModel {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
     this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
-    // With the output projection where it fits the memory share too, else without it (the head then applies it).
+    // The native backend's graph copies its inputs each run (decodeStepFits); WebGPU reads the weights where they are.
+    const fits = (bytes: number) => tf.getBackend() !== 'tensorflow' || decodeStepFits(bytes);
+    if (!fits(this.weightBytes)) return null;
+    // With the output projection where it fits too, else without it (the head then applies it).
     const vocab = outputWeight?.shape[0] ?? 0;
-    const withProjection = this.weightBytes + 4 * vocab * this.config.hiddenSize;
-    return vocab > 0 && decodeStepFits(withProjection)
-      ? decodeStepSpec(this.config, prepared.batch, hasMask, withProjection, vocab)
-      : decodeStepSpec(this.config, prepared.batch, hasMask, this.weightBytes);
+    const withProjection = vocab > 0 && fits(this.weightBytes + 4 * vocab * this.config.hiddenSize);
+    const spec = decodeStepSpec(this.config, prepared.batch, hasMask, withProjection ? vocab : 0);
+    // A backend may take only some steps (WebGPU: no biases, at most FEW_ROWS rows).
+    return spec && fusedKernelApplies(DECODE_STEP_KERNEL, spec as unknown as Record<string, unknown>) ? spec : null;
   }
 
   /**

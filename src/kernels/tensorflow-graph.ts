@@ -161,11 +161,10 @@ export function decodeStepFits(weightBytes: number): boolean {
 
 /**
  * The step's spec for a forward of `batch` new tokens (one per row), or null where the graph cannot run it (an
- * activation it does not have, a graph that failed to load, or weights of `weightBytes` too large to copy each run).
+ * activation it does not have, a graph that failed to load). The native backend also needs decodeStepFits.
  */
-export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, weightBytes: number, vocabSize = 0): DecodeStepSpec | null {
+export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: boolean, vocabSize = 0): DecodeStepSpec | null {
   if (c.hiddenAct !== 'relu2' && c.hiddenAct !== 'relu') return null;
-  if (!decodeStepFits(weightBytes)) return null;
   const spec: DecodeStepSpec = {
     numLayers: c.numHiddenLayers, hiddenSize: c.hiddenSize, numHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
     headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,

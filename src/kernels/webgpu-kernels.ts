@@ -9,7 +9,7 @@ import {
  * ops, whose gradients exist). Checked against those plain ops in test/webgpu/.
  */
 
-interface WebGPUBackendLike {
+export interface WebGPUBackendLike {
   runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: Array<{ type: string; data: number[] }>): tf.TensorInfo;
   disposeData(dataId: object): boolean;
 }
@@ -84,7 +84,7 @@ class LayerNorm1PProgram {
 }
 
 /** A program with one invocation per output element (64 a workgroup): `main(index)` with getCoordsFromIndex. */
-abstract class PerElementProgram {
+export abstract class PerElementProgram {
   readonly size = true;
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
@@ -253,17 +253,30 @@ function decodeAttention({ inputs, backend, attrs }: { inputs: tf.NamedTensorInf
 /** Rows up to which the few-rows product below replaces tfjs's tiled matMul (decoding: one row per sequence). */
 export const FEW_ROWS = 16;
 
-type Epilogue = 'none' | 'relu' | 'relu2';
+export type Epilogue = 'none' | 'relu' | 'relu2';
+
+/** What a few-rows product computes around x·Wᵀ (see FewRowsLinearProgram). */
+export interface FewRowsOptions {
+  /** LayerNorm1P of x first (inputs lnWeight, lnBias; uniform eps): the norm is recomputed by each workgroup. */
+  norm?: boolean;
+  /** Output widths of up to three weights read as one [Σ widths, in] matrix (q, k and v projections in one pass). */
+  widths: number[];
+  bias?: boolean;
+  epilogue?: Epilogue;
+  /** Adds an input `residual` [rows, out] to the result (after the activation). */
+  residual?: boolean;
+}
 
 /**
- * y = act(x·Wᵀ + b) for a few rows x [M, K] (M ≤ FEW_ROWS) and W in HF layout [N, K]: a matrix-vector product, bound
- * by reading W once. Each workgroup owns `cols` rows of W and walks them with its threads side by side along K
- * (coalesced reads), keeps M·cols sums a thread, then adds the threads' sums up in workgroup memory. tfjs's
- * matMul tiles for large M and reads W with a stride for transposeB, which wastes most of the bandwidth here.
+ * y = act(x·Wᵀ + b) (+ residual) for a few rows x [M, K] (M ≤ FEW_ROWS) and W in HF layout [N, K]: a matrix-vector
+ * product, bound by reading W once. Each workgroup owns `cols` rows of W and walks them with its threads side by
+ * side along K (coalesced reads), keeps M·cols sums a thread, then adds the threads' sums up in workgroup memory.
+ * tfjs's matMul tiles for large M and reads W with a stride for transposeB: 0.3–0.56 TB/s against 1.6–1.7 TB/s
+ * here on the H100 (benchmarks/results/webgpu-h100-2026-11-28-run1.json).
  */
 class FewRowsLinearProgram {
   readonly variableNames: string[];
-  readonly uniforms = 'k : i32,';
+  readonly uniforms = 'k : i32, eps : f32,';
   readonly outputShape: number[];
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
@@ -271,8 +284,10 @@ class FewRowsLinearProgram {
   readonly shaderKey: string;
   private readonly cols: number;
 
-  constructor(private readonly rows: number, outFeatures: number, private readonly hasBias: boolean, private readonly epilogue: Epilogue) {
-    this.variableNames = hasBias ? ['x', 'w', 'b'] : ['x', 'w'];
+  constructor(private readonly rows: number, private readonly o: FewRowsOptions) {
+    const weights = o.widths.map((_, i) => `w${i}`);
+    this.variableNames = ['x', ...(o.norm ? ['lnw', 'lnb'] : []), ...weights, ...(o.bias ? ['b'] : []), ...(o.residual ? ['res'] : [])];
+    const outFeatures = o.widths.reduce((a, b) => a + b, 0);
     this.outputShape = [rows, outFeatures];
     this.dispatchLayout = { x: [0, 1] };
     // Workgroup memory holds rows·cols·threads sums: 8 KB at most.
@@ -282,30 +297,76 @@ class FewRowsLinearProgram {
     const groups = Math.ceil(outFeatures / this.cols);
     // At most 65535 workgroups a dimension: a large vocabulary spreads over y.
     this.dispatch = [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
-    this.shaderKey = `nemotron_few_rows_linear_${rows}_${this.cols}_${threads}_${hasBias}_${epilogue}`;
+    this.shaderKey = `nemotron_few_rows_${rows}_${this.cols}_${threads}_${o.widths.join('_')}_${!!o.norm}_${!!o.bias}_${o.epilogue ?? 'none'}_${!!o.residual}`;
   }
 
   getUserCode(): string {
-    const { rows, cols, hasBias, epilogue } = this;
+    const { rows, cols, o } = this;
     const threads = this.workgroupSize[0];
     const sums = rows * cols;
     const each = (f: (m: number, c: number) => string) => Array.from({ length: sums }, (_, j) => f(Math.floor(j / cols), j % cols)).join('\n');
+    const perRow = (f: (m: number) => string) => Array.from({ length: rows }, (_, m) => f(m)).join('\n');
+    const epilogue = o.epilogue ?? 'none';
     const act = epilogue === 'relu2' ? 'let r = max(v, 0.0); return r * r;' : epilogue === 'relu' ? 'return max(v, 0.0);' : 'return v;';
+    // Row n of the stacked weights: which weight, and its row there.
+    let offset = 0;
+    const pick = o.widths.map((width, i) => {
+      const line = i === o.widths.length - 1 ? `return w${i}[(n - ${offset}) * kk + k];` : `if (n < ${offset + width}) { return w${i}[(n - ${offset}) * kk + k]; }`;
+      offset += width;
+      return line;
+    }).join('\n        ');
+    // Sums over K of every row at once (two passes for the norm: mean, then variance around it, as tf.moments).
+    const reduceRows = `
+      workgroupBarrier();
+      for (var size = ${threads / 2}; size > 0; size = size >> 1) {
+        if (tid < size) {
+          for (var j = 0; j < ${rows}; j++) {
+            partial[j * ${threads} + tid] += partial[j * ${threads} + tid + size];
+          }
+        }
+        workgroupBarrier();
+      }`;
+    const norm = o.norm ? `
+      ${perRow((m) => `var t${m} = 0.0;`)}
+      for (var k = tid; k < kk; k += ${threads}) {
+        ${perRow((m) => `t${m} += x[${m} * kk + k];`)}
+      }
+      ${perRow((m) => `partial[${m * threads} + tid] = t${m};`)}
+      ${reduceRows}
+      ${perRow((m) => `let mean${m} = partial[${m * threads}] / f32(kk);`)}
+      workgroupBarrier();
+      ${perRow((m) => `t${m} = 0.0;`)}
+      for (var k = tid; k < kk; k += ${threads}) {
+        ${perRow((m) => `let d${m} = x[${m} * kk + k] - mean${m}; t${m} += d${m} * d${m};`)}
+      }
+      ${perRow((m) => `partial[${m * threads} + tid] = t${m};`)}
+      ${reduceRows}
+      ${perRow((m) => `let inv${m} = inverseSqrt(partial[${m * threads}] / f32(kk) + uniforms.eps);`)}
+      workgroupBarrier();` : '';
+    const load = (m: number) => (o.norm
+      ? `let xv${m} = (x[${m} * kk + k] - mean${m}) * inv${m} * g + lnb[k];`
+      : `let xv${m} = x[${m} * kk + k];`);
     return `
     var<workgroup> partial : array<f32, ${sums * threads}>;
 
     fn activate(v : f32) -> f32 { ${act} }
+
+    fn weight(n : i32, k : i32, kk : i32) -> f32 {
+        ${pick}
+    }
 
     fn main(index : i32) {
       let tid = i32(localId.x);
       let n = uniforms.outShape[1];
       let kk = uniforms.k;
       let first = i32(workgroupId.y * numWorkgroups.x + workgroupId.x) * ${cols};
-      ${Array.from({ length: cols }, (_, c) => `let w${c} = min(first + ${c}, n - 1) * kk;`).join('\n')}
+      ${norm}
+      ${Array.from({ length: cols }, (_, c) => `let n${c} = min(first + ${c}, n - 1);`).join('\n')}
       ${each((m, c) => `var s${m}_${c} = 0.0;`)}
       for (var k = tid; k < kk; k += ${threads}) {
-        ${Array.from({ length: cols }, (_, c) => `let wv${c} = w[w${c} + k];`).join('\n')}
-        ${Array.from({ length: rows }, (_, m) => `let xv${m} = x[${m} * kk + k];`).join('\n')}
+        ${o.norm ? 'let g = 1.0 + lnw[k];' : ''}
+        ${Array.from({ length: cols }, (_, c) => `let wv${c} = weight(n${c}, k, kk);`).join('\n')}
+        ${perRow(load)}
         ${each((m, c) => `s${m}_${c} += xv${m} * wv${c};`)}
       }
       ${each((m, c) => `partial[${m * cols + c} * ${threads} + tid] = s${m}_${c};`)}
@@ -322,7 +383,8 @@ class FewRowsLinearProgram {
         let m = tid / ${cols};
         let col = first + tid % ${cols};
         if (col < n) {
-          result[m * n + col] = activate(partial[tid * ${threads}]${hasBias ? ' + b[col]' : ''});
+          let v = activate(partial[tid * ${threads}]${o.bias ? ' + b[col]' : ''});
+          result[m * n + col] = v${o.residual ? ' + res[m * n + col]' : ''};
         }
       }
     }
@@ -330,11 +392,17 @@ class FewRowsLinearProgram {
   }
 }
 
+/**
+ * Runs a few-rows product. `inputs`: x, then [lnWeight, lnBias] with options.norm, the weights, [bias], [residual].
+ */
+export function fewRowsProduct(gpu: WebGPUBackendLike, inputs: tf.TensorInfo[], options: FewRowsOptions, eps = 0): tf.TensorInfo {
+  const [rows, k] = inputs[0].shape;
+  return gpu.runWebGPUProgram(new FewRowsLinearProgram(rows, options), inputs, 'float32',
+    [{ type: 'int32', data: [k] }, { type: 'float32', data: [eps] }]);
+}
+
 function fewRowsLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo | undefined, epilogue: Epilogue): tf.TensorInfo {
-  const [rows, k] = x.shape;
-  const inputs = bias ? [x, weight, bias] : [x, weight];
-  return gpu.runWebGPUProgram(new FewRowsLinearProgram(rows, weight.shape[0], bias !== undefined, epilogue), inputs, 'float32',
-    [{ type: 'int32', data: [k] }]);
+  return fewRowsProduct(gpu, bias ? [x, weight, bias] : [x, weight], { widths: [weight.shape[0]], bias: bias !== undefined, epilogue });
 }
 
 /** LINEAR_KERNEL and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (see limitFusedKernel below): up·relu² is one dispatch. */
@@ -369,6 +437,12 @@ function registerFewRowsKernels(): void {
 function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const kernel = tf.getKernel('Reshape', 'webgpu')!;
   return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
+}
+
+/** LayerNorm1P of x [rows, cols] (the LayerNorm1P kernel's program). */
+export function layerNorm1P(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo, eps: number): tf.TensorInfo {
+  const [rows, cols] = x.shape;
+  return gpu.runWebGPUProgram(new LayerNorm1PProgram(rows, cols), [x, weight, bias], 'float32', [{ type: 'float32', data: [eps] }]);
 }
 
 /** Registers the fused kernels for 'webgpu' (idempotent); setBackend('webgpu') calls it. */

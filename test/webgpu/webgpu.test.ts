@@ -4,12 +4,13 @@ import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
-  readJsonl, relu2, setBackend, useFusedKernels,
+  generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
-import { LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
 import { linear } from '../../layers/weights';
-import { CONFIGS, fixtureDir, kernelsRun, paddedAttentionStep, tmpDir } from '../helpers';
+import { CONFIGS, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
 /**
@@ -129,13 +130,78 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
+  it('the fused decoding step equals the layer-by-layer path (GQA/MHA, partial rotary, padding, a cache over one key tile)', async () => {
+    const cases: Array<[number, number, number, number, number, boolean, number]> = [
+      // heads, kv heads, head dim, rotary fraction, batch, padded, prompt length
+      [4, 2, 16, 0.5, 1, false, 6], [6, 2, 32, 1, 3, true, 6], [8, 8, 16, 0.5, 2, false, 5], [4, 1, 16, 0.25, 1, false, 1100],
+    ];
+    for (const [heads, kvHeads, headDim, rotary, batch, padded, length] of cases) {
+      const config = new NemotronConfig({
+        vocabSize: 300, hiddenSize: 64, numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim, partialRotaryFactor: rotary,
+        intermediateSize: 96, numHiddenLayers: 3, maxPositionEmbeddings: 2048, padTokenId: 0,
+      });
+      const model = new NemotronForCausalLM(config);
+      for (const v of model.namedParameters().values()) if (v.rank === 1) v.assign(tf.randomNormal(v.shape, 0, 0.2));
+      const pad = (b: number, j: number) => padded && b === 1 && j < 2;
+      const prompt = Array.from({ length: batch }, (_, b) => Array.from({ length }, (_, j) => (pad(b, j) ? 0 : 3 + ((b * 5 + j * 7) % 290))));
+      const attentionMask = prompt.map((row, b) => row.map((_, j) => (pad(b, j) ? 0 : 1)));
+      const generateWith = async (fused: boolean) => {
+        useFusedKernels(fused, [DECODE_STEP_KERNEL]);
+        let out: { sequences: number[][]; scores?: Float32Array[][] } = { sequences: [] };
+        const counts = await kernelsRunAsync(async () => {
+          out = await generate(model, prompt, { attentionMask, maxNewTokens: 4, eosTokenId: null, outputScores: true });
+        });
+        useFusedKernels(true);
+        return { out, steps: counts.get(DECODE_STEP_KERNEL) ?? 0 };
+      };
+      const before = tf.memory().numTensors;
+      const fused = await generateWith(true);
+      expect(tf.memory().numTensors, 'no tensor left by the fused steps').to.equal(before);
+      const plain = await generateWith(false);
+      const what = `${heads}/${kvHeads} heads × ${headDim}, rotary ${rotary}, batch ${batch}${padded ? ' padded' : ''}, prompt ${length}`;
+      expect(fused.steps, `${what}: every step after the prompt fused`).to.equal(3);
+      expect(plain.steps, `${what}: none when turned off`).to.equal(0);
+      expect(fused.out.sequences, what).to.deep.equal(plain.out.sequences);
+      let worst = 0;
+      fused.out.scores!.forEach((step, i) => step.forEach((row, r) => row.forEach((v, k) => { worst = Math.max(worst, Math.abs(v - plain.out.scores![i][r][k])); })));
+      expect(worst, `${what}: max |fused - layers| over the logits of every step = ${worst}`).to.be.at.most(1e-5);
+      model.dispose();
+    }
+  });
+
+  it('embeddings and LM head in row blocks (over the binding limit) generate what one tensor does', async () => {
+    const config = new NemotronConfig({
+      vocabSize: 1000, hiddenSize: 64, numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 96, numHiddenLayers: 2, tieWordEmbeddings: false,
+    });
+    const whole = new NemotronForCausalLM(config);
+    const dir = tmpDir('webgpu-blocks');
+    await whole.savePretrained(dir);
+    setMaxWeightBlockBytes(4 * 64 * 400);
+    try {
+      const blocked = await NemotronForCausalLM.fromPretrained(dir);
+      expect(blocked.outputMatrix.blocks.length, 'blocks of 400, 400 and 200 rows').to.equal(3);
+      const prompt = [[5, 17, 999, 400, 399]];
+      const [a, b] = [await whole.generate(prompt, { maxNewTokens: 6, eosTokenId: null, outputScores: true }),
+        await blocked.generate(prompt, { maxNewTokens: 6, eosTokenId: null, outputScores: true })];
+      expect(b.sequences).to.deep.equal(a.sequences);
+      let worst = 0;
+      a.scores!.forEach((step, i) => step[0].forEach((v, k) => { worst = Math.max(worst, Math.abs(v - b.scores![i][0][k])); }));
+      expect(worst, `max |blocked - whole| logits ${worst}`).to.be.at.most(1e-5);
+      blocked.dispose();
+    } finally {
+      setMaxWeightBlockBytes(null);
+      whole.dispose();
+    }
+  });
+
   it('the fused decoding attention kernel equals the plain tfjs ops (GQA and MHA, padding mask, cache append)', async () => {
     for (const [heads, kvHeads, headDim, rotaryDim] of [[4, 2, 16, 8], [3, 3, 8, 8], [24, 8, 128, 64]]) {
       const hiddenSize = heads * headDim;
       const attention = new NemotronAttention({ hiddenSize, numHeads: heads, numKeyValueHeads: kvHeads, headDim, bias: true, layerIndex: 0, initializerRange: 0.1 });
       const rope = new PartialRotaryEmbedding({ headDim, rotaryDim, base: 10000 });
       const run = async (fused: boolean) => {
-        useFusedKernels(fused);
+        // Only the attention kernel differs between the runs (the projections around it take the same path).
+        useFusedKernels(fused, [ATTENTION_KERNEL]);
         const cache = new KVCache(1);
         const results: Float32Array[] = [];
         let ran = 0;

@@ -5,7 +5,8 @@
  * a decoding step's time goes, a training step), results under $OUT.
  * Bundled by scripts/gpu-prepare.sh (which also copies the fixtures into .device/fixtures); run there as
  *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--configs minitron-small,minitron-4b]
- * (--quick: small products in the micro-benchmarks, for a check on a software driver.)
+ * (--quick: small products in the micro-benchmarks; --layers N, --prefill N: a smaller model and prompt; for a check on a
+ * software driver.)
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -135,8 +136,13 @@ function randomWeightsOnGPU(model: NemotronForCausalLM, stddev: number): void {
   }
 }
 
+/** Overrides for a quick check of the code paths (a software driver): --layers N, --prefill N. */
+const argv = process.argv.slice(2);
+const flag = (name: string) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : undefined);
+
 async function bench(name: string): Promise<Record<string, unknown>> {
-  const config = new NemotronConfig({ ...benchConfig(name).fields, padTokenId: 0 });
+  const layers = flag('--layers');
+  const config = new NemotronConfig({ ...benchConfig(name).fields, ...(layers ? { numHiddenLayers: layers } : {}), padTokenId: 0 });
   let r: Record<string, unknown> = {};
   const model = withDeferredInit(() => new NemotronForCausalLM(config));
   r.initSeconds = round(await time(async () => {
@@ -149,7 +155,7 @@ async function bench(name: string): Promise<Record<string, unknown>> {
   r.embeddingBlocks = model.model.embedding.blocks.length;
   log(`${name}: ${r.parameters} parameters on the GPU in ${r.initSeconds} s`);
   const ids = (b: number, n: number) => Array.from({ length: b }, (_, i) => Array.from({ length: n }, (_, j) => 4 + ((i * 131 + j * 7) % (config.vocabSize - 4))));
-  const prefill = Math.min(2048, config.maxPositionEmbeddings - 64);
+  const prefill = flag('--prefill') ?? Math.min(2048, config.maxPositionEmbeddings - 64);
   const forwardLast = async () => { const o = model.forward({ inputIds: ids(1, prefill), logitsToKeep: 1 }); await o.logits.data(); o.logits.dispose(); };
   await forwardLast(); // warm-up: shader compilation
   r.prefillTokens = prefill;
@@ -239,7 +245,6 @@ async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][])
 }
 
 async function main(): Promise<void> {
-  const argv = process.argv.slice(2);
   const configs = (argv.includes('--configs') ? argv[argv.indexOf('--configs') + 1] : 'minitron-small,minitron-4b').split(',');
   await setUpWebGPU();
   tf.env().set('PROD', true);

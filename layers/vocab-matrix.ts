@@ -60,14 +60,21 @@ export class VocabMatrix {
   embed(ids: number[]): tf.Tensor2D {
     return tf.tidy(() => {
       if (this.blocks.length === 1) return tf.gather(this.blocks[0], tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
-      // Each block gathers its own rows (others read row 0 and are zeroed): sums stay exact, gradients reach each block.
-      const parts = this.blocks.map((block, i) => {
-        const [start, height] = [this.starts[i], block.shape[0]];
-        const inside = ids.map((id) => id >= start && id < start + height);
-        const rows = tf.gather(block, tf.tensor1d(ids.map((id, j) => (inside[j] ? id - start : 0)), 'int32'));
-        return tf.mul(rows, tf.tensor2d(inside.map(Number), [ids.length, 1]));
+      // Each block that holds some of the ids gathers them; one more gather puts the rows back in order (none when
+      // they are in order already, as for one token a row). A decoding step touches one block or a few.
+      const parts: tf.Tensor[] = [];
+      const order = new Array<number>(ids.length);
+      let gathered = 0;
+      this.blocks.forEach((block, i) => {
+        const [start, end] = [this.starts[i], this.starts[i] + block.shape[0]];
+        const mine = ids.flatMap((id, j) => (id >= start && id < end ? [j] : []));
+        if (mine.length === 0) return;
+        mine.forEach((j, r) => { order[j] = gathered + r; });
+        gathered += mine.length;
+        parts.push(tf.gather(block, tf.tensor1d(mine.map((j) => ids[j] - start), 'int32')));
       });
-      return tf.addN(parts) as tf.Tensor2D;
+      const joined = parts.length === 1 ? parts[0] : tf.concat(parts);
+      return (order.every((o, j) => o === j) ? joined : tf.gather(joined, tf.tensor1d(order, 'int32'))) as tf.Tensor2D;
     });
   }
 

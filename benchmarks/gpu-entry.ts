@@ -84,7 +84,9 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
   r.scalarUploadAndReadMicroseconds = round(1e6 * (await time(() => scalar(50))) / 50, 1);
   x.dispose();
   // [rows, in, out]: the decode products of the Minitron-4B shape and its output projection.
-  const shapes: Array<[number, number, number]> = quick ? [[1, 64, 96], [3, 64, 70000]] : [[1, 3072, 3072], [1, 3072, 1024], [1, 3072, 9216], [1, 9216, 3072], [16, 3072, 9216], [1, 3072, 256000]];
+  // And two prefill products (2,048 rows), where the kernel multiplies weight first, (W·xᵀ)ᵀ.
+  const shapes: Array<[number, number, number]> = quick ? [[1, 64, 96], [3, 64, 70000], [64, 64, 96]] : [[1, 3072, 3072], [1, 3072, 1024],
+    [1, 3072, 9216], [1, 9216, 3072], [16, 3072, 9216], [1, 3072, 256000], [2048, 3072, 9216], [2048, 9216, 3072]];
   const rates: Record<string, unknown> = {};
   for (const [rows, inF, outF] of shapes) {
     if (4 * inF * outF > bindingLimit) {
@@ -93,11 +95,11 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
     }
     const a = tf.fill([rows, inF], 0.01);
     const w = tf.fill([outF, inF], 0.02);
-    const reps = outF > 100000 ? 10 : 50;
+    const reps = outF > 100000 || rows > 16 ? 10 : 50;
     const entry: Record<string, number> = {};
     for (const [name, f] of [
       ['tfjsMatMul', () => tf.matMul(a, w, false, true)],
-      ['fewRowsKernel', () => linear(a, w)],
+      ['linearKernel', () => linear(a, w)],
     ] as Array<[string, () => tf.Tensor]>) {
       const run = async (n: number) => {
         const outs: tf.Tensor[] = [];
@@ -108,6 +110,7 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
       await run(2);
       const seconds = await time(() => run(reps));
       entry[`${name}GBps`] = round((reps * outF * inF * 4) / seconds / 1e9, 1);
+      entry[`${name}TFLOPs`] = round((reps * 2 * rows * outF * inF) / seconds / 1e12, 2);
       entry[`${name}Ms`] = round((1000 * seconds) / reps, 3);
     }
     rates[`${rows}x${inF}x${outF}`] = entry;
@@ -160,7 +163,12 @@ async function bench(name: string): Promise<Record<string, unknown>> {
   await forwardLast(); // warm-up: shader compilation
   r.prefillTokens = prefill;
   r.prefillTokensPerSecond = round(prefill / await time(forwardLast));
-  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s`);
+  // tfjs's x·Wᵀ (its matMul with a transposed weight) instead of the weight-first kernel.
+  useFusedKernels(false, [LINEAR_KERNEL]);
+  await forwardLast();
+  r.prefillTokensPerSecondWithoutLinearKernel = round(prefill / await time(forwardLast));
+  useFusedKernels(true);
+  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s (x·Wᵀ by tfjs: ${r.prefillTokensPerSecondWithoutLinearKernel})`);
   save();
 
   const decode = async (b: number, steps = 32) => {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, limitFusedKernel } from './fused';
 import type { DecodeStepSpec } from './tensorflow-graph';
-import { FEW_ROWS, PerElementProgram, WebGPUBackendLike, fewRowsProduct, layerNorm1P } from './webgpu-kernels';
+import { FEW_ROWS, PerElementProgram, WebGPUBackendLike, WorkgroupProgram, fewRowsProduct, layerNorm1P } from './webgpu-kernels';
 
 /**
  * A whole decoding step (one new token per row after a KV cache) on WebGPU in 7 dispatches a layer, where the layers'
@@ -66,22 +66,15 @@ const KEY_TILE = 1024;
  * fused q/k/v output; one workgroup a (row, head), the softmax kept online over tiles of keys (running max and sum,
  * as flash-decoding does), GQA by indexing (K and V never repeated).
  */
-class DecodeAttentionProgram {
+class DecodeAttentionProgram extends WorkgroupProgram {
   readonly variableNames: string[];
   readonly uniforms = 'keyLen : i32, width : i32, half : i32, scale : f32,';
-  readonly outputShape: number[];
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly workgroupSize: [number, number, number];
   readonly shaderKey: string;
 
-  constructor(private readonly batch: number, private readonly heads: number, private readonly kvHeads: number, private readonly d: number,
+  constructor(batch: number, private readonly heads: number, private readonly kvHeads: number, private readonly d: number,
     private readonly masked: boolean) {
+    super([batch, heads * d], batch * heads, d <= 64 ? 64 : d <= 128 ? 128 : 256);
     this.variableNames = masked ? ['qkv', 'cos', 'sin', 'keys', 'values', 'mask'] : ['qkv', 'cos', 'sin', 'keys', 'values'];
-    this.outputShape = [batch, heads * d];
-    this.dispatchLayout = { x: [0, 1] };
-    this.dispatch = [batch * heads, 1, 1];
-    this.workgroupSize = [d <= 64 ? 64 : d <= 128 ? 128 : 256, 1, 1];
     this.shaderKey = `nemotron_decode_attention_${heads}_${kvHeads}_${d}_${masked}`;
   }
 
@@ -104,7 +97,7 @@ class DecodeAttentionProgram {
 
     fn main(index : i32) {
       let tid = i32(localId.x);
-      let row = i32(workgroupId.x);
+      let row = i32(workgroupId.y * numWorkgroups.x + workgroupId.x);
       let b = row / ${heads};
       let h = row % ${heads};
       let kvBase = (b * ${kvHeads} + h / ${groups}) * uniforms.keyLen;

@@ -14,21 +14,44 @@ export interface WebGPUBackendLike {
   disposeData(dataId: object): boolean;
 }
 
-/** One workgroup a row: mean, then variance around it (two passes, as tf.moments), then (x - mean)·rsqrt(var + eps)·(1 + w) + b. */
-class LayerNorm1PProgram {
-  readonly variableNames = ['x', 'w', 'b'];
-  readonly uniforms = 'eps : f32,';
-  readonly outputShape: number[];
+/** A program whose workgroups each own a unit of work (a row, a head, a few output columns): `main` reads workgroupId. */
+export abstract class WorkgroupProgram {
+  abstract readonly variableNames: string[];
+  abstract readonly shaderKey: string;
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
   readonly workgroupSize: [number, number, number];
+
+  constructor(readonly outputShape: number[], workgroups: number, threads: number) {
+    this.dispatchLayout = { x: outputShape.map((_, i) => i) };
+    // At most 65535 workgroups a dimension: more spread over y (main reads workgroupId.y * numWorkgroups.x + workgroupId.x).
+    this.dispatch = [Math.min(workgroups, 65535), Math.ceil(workgroups / 65535), 1];
+    this.workgroupSize = [threads, 1, 1];
+  }
+}
+
+/** WGSL that adds up `count` sums of `threads` threads each (partial[j·threads + tid]) into partial[j·threads]. */
+export function sumAcrossThreads(threads: number, count: number): string {
+  return `
+      workgroupBarrier();
+      for (var size = ${threads / 2}; size > 0; size = size >> 1) {
+        if (tid < size) {
+          for (var j = 0; j < ${count}; j++) {
+            partial[j * ${threads} + tid] += partial[j * ${threads} + tid + size];
+          }
+        }
+        workgroupBarrier();
+      }`;
+}
+
+/** One workgroup a row: mean, then variance around it (two passes, as tf.moments), then (x - mean)·rsqrt(var + eps)·(1 + w) + b. */
+class LayerNorm1PProgram extends WorkgroupProgram {
+  readonly variableNames = ['x', 'w', 'b'];
+  readonly uniforms = 'eps : f32,';
   readonly shaderKey: string;
 
   constructor(rows: number, cols: number) {
-    this.outputShape = [rows, cols];
-    this.dispatchLayout = { x: [0, 1] };
-    this.dispatch = [rows, 1, 1];
-    this.workgroupSize = [cols >= 4096 ? 256 : 64, 1, 1];
+    super([rows, cols], rows, cols >= 4096 ? 256 : 64);
     this.shaderKey = `nemotron_layernorm1p_${this.workgroupSize[0]}`;
   }
 
@@ -274,30 +297,30 @@ export interface FewRowsOptions {
  * tfjs's matMul tiles for large M and reads W with a stride for transposeB: 0.3–0.56 TB/s against 1.6–1.7 TB/s
  * here on the H100 (benchmarks/results/webgpu-h100-2026-11-28-run1.json).
  */
-class FewRowsLinearProgram {
+class FewRowsLinearProgram extends WorkgroupProgram {
   readonly variableNames: string[];
   readonly uniforms = 'k : i32, eps : f32,';
-  readonly outputShape: number[];
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-  readonly workgroupSize: [number, number, number];
   readonly shaderKey: string;
-  private readonly cols: number;
+
+  // Workgroup memory holds rows·cols·threads sums: 8 KB at most.
+  private static threads(rows: number): number {
+    return rows <= 2 ? 256 : rows <= 4 ? 128 : 64;
+  }
+
+  private static cols(rows: number): number {
+    return rows <= 8 ? 4 : 2;
+  }
 
   constructor(private readonly rows: number, private readonly o: FewRowsOptions) {
+    const outFeatures = o.widths.reduce((a, b) => a + b, 0);
+    super([rows, outFeatures], Math.ceil(outFeatures / FewRowsLinearProgram.cols(rows)), FewRowsLinearProgram.threads(rows));
     const weights = o.widths.map((_, i) => `w${i}`);
     this.variableNames = ['x', ...(o.norm ? ['lnw', 'lnb'] : []), ...weights, ...(o.bias ? ['b'] : []), ...(o.residual ? ['res'] : [])];
-    const outFeatures = o.widths.reduce((a, b) => a + b, 0);
-    this.outputShape = [rows, outFeatures];
-    this.dispatchLayout = { x: [0, 1] };
-    // Workgroup memory holds rows·cols·threads sums: 8 KB at most.
-    const threads = rows <= 2 ? 256 : rows <= 4 ? 128 : 64;
-    this.cols = rows <= 8 ? 4 : 2;
-    this.workgroupSize = [threads, 1, 1];
-    const groups = Math.ceil(outFeatures / this.cols);
-    // At most 65535 workgroups a dimension: a large vocabulary spreads over y.
-    this.dispatch = [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
-    this.shaderKey = `nemotron_few_rows_${rows}_${this.cols}_${threads}_${o.widths.join('_')}_${!!o.norm}_${!!o.bias}_${o.epilogue ?? 'none'}_${!!o.residual}`;
+    this.shaderKey = `nemotron_few_rows_${rows}_${this.cols}_${this.workgroupSize[0]}_${o.widths.join('_')}_${!!o.norm}_${!!o.bias}_${o.epilogue ?? 'none'}_${!!o.residual}`;
+  }
+
+  private get cols(): number {
+    return FewRowsLinearProgram.cols(this.rows);
   }
 
   getUserCode(): string {
@@ -316,16 +339,7 @@ class FewRowsLinearProgram {
       return line;
     }).join('\n        ');
     // Sums over K of every row at once (two passes for the norm: mean, then variance around it, as tf.moments).
-    const reduceRows = `
-      workgroupBarrier();
-      for (var size = ${threads / 2}; size > 0; size = size >> 1) {
-        if (tid < size) {
-          for (var j = 0; j < ${rows}; j++) {
-            partial[j * ${threads} + tid] += partial[j * ${threads} + tid + size];
-          }
-        }
-        workgroupBarrier();
-      }`;
+    const reduceRows = sumAcrossThreads(threads, rows);
     const norm = o.norm ? `
       ${perRow((m) => `var t${m} = 0.0;`)}
       for (var k = tid; k < kk; k += ${threads}) {
@@ -370,15 +384,7 @@ class FewRowsLinearProgram {
         ${each((m, c) => `s${m}_${c} += xv${m} * wv${c};`)}
       }
       ${each((m, c) => `partial[${m * cols + c} * ${threads} + tid] = s${m}_${c};`)}
-      workgroupBarrier();
-      for (var size = ${threads / 2}; size > 0; size = size >> 1) {
-        if (tid < size) {
-          for (var j = 0; j < ${sums}; j++) {
-            partial[j * ${threads} + tid] += partial[j * ${threads} + tid + size];
-          }
-        }
-        workgroupBarrier();
-      }
+      ${sumAcrossThreads(threads, sums)}
       if (tid < ${sums}) {
         let m = tid / ${cols};
         let col = first + tid % ${cols};
@@ -405,18 +411,40 @@ function fewRowsLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.Tens
   return fewRowsProduct(gpu, bias ? [x, weight, bias] : [x, weight], { widths: [weight.shape[0]], bias: bias !== undefined, epilogue });
 }
 
-/** LINEAR_KERNEL and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (see limitFusedKernel below): up·relu² is one dispatch. */
+/**
+ * x·Wᵀ (+ b) for many rows (a prompt) as (W·xᵀ)ᵀ: tfjs's tiled matMul reads 4 floats at a time (vec4) only when
+ * neither operand is transposed, and x·Wᵀ transposes the weight; transposing x [rows, in] and the result instead
+ * moves the activations, not the weights.
+ */
+function weightFirstLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo | undefined): tf.TensorInfo {
+  const run = (name: string, inputs: Record<string, tf.TensorInfo>, attrs: Record<string, unknown> = {}) =>
+    tf.getKernel(name, 'webgpu')!.kernelFunc({ inputs: inputs as tf.NamedTensorInfoMap, backend: gpu as never, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
+  const temporaries: tf.TensorInfo[] = [];
+  const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
+  try {
+    const xT = temp(run('Transpose', { x }, { perm: [1, 0] }));
+    const product = temp(run('BatchMatMul', { a: weight, b: xT }, { transposeA: false, transposeB: false }));
+    const y = run('Transpose', { x: product }, { perm: [1, 0] });
+    if (!bias) return y;
+    temp(y);
+    return run('Add', { a: y, b: bias });
+  } finally {
+    for (const t of temporaries) gpu.disposeData(t.dataId);
+  }
+}
+
+/** LINEAR_KERNEL (few rows: one product; more: weight first) and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (up·relu² one dispatch). */
 function registerFewRowsKernels(): void {
   const fewRows = (attrs: Record<string, unknown>) => typeof attrs.rows === 'number' && attrs.rows <= FEW_ROWS;
   tf.registerKernel({
     kernelName: LINEAR_KERNEL,
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend }) => {
+      const gpu = backend as unknown as WebGPUBackendLike;
       const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias?: tf.TensorInfo };
-      return fewRowsLinear(backend as unknown as WebGPUBackendLike, x, weight, bias, 'none');
+      return x.shape[0] <= FEW_ROWS ? fewRowsLinear(gpu, x, weight, bias, 'none') : weightFirstLinear(gpu, x, weight, bias);
     },
   });
-  limitFusedKernel(LINEAR_KERNEL, 'webgpu', fewRows);
   tf.registerKernel({
     kernelName: MLP_KERNEL,
     backendName: 'webgpu',

@@ -92,10 +92,12 @@ describe('webgpu backend: parity with transformers', function () {
     mlp.namedWeights().forEach(([, v]) => v.dispose());
   });
 
-  it('the few-rows linear and MLP kernels equal the plain tfjs ops (1 to 16 rows, bias, a vocabulary over 65535 workgroups)', async () => {
+  it('the linear and MLP kernels equal the plain tfjs ops (1 to 16 rows, more rows weight first, bias, a vocabulary over 65535 workgroups)', async () => {
     const cases: Array<[number, number, number, boolean]> = [
       [1, 64, 48, false], [2, 100, 37, true], [3, 1024, 256, false], [5, 300, 129, true], [9, 64, 7, false], [16, 1000, 300, true],
       [1, 8, 140000, false],
+      // more rows than FEW_ROWS: the weight-first product (W·xᵀ)ᵀ
+      [FEW_ROWS + 1, 100, 37, true], [40, 64, 48, false], [128, 256, 96, true],
     ];
     for (const [rows, inFeatures, outFeatures, withBias] of cases) {
       const x = tf.randomNormal([rows, inFeatures]) as tf.Tensor2D;

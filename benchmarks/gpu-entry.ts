@@ -5,8 +5,8 @@
  * a decoding step's time goes, a training step), results under $OUT.
  * Bundled by scripts/gpu-prepare.sh (which also copies the fixtures into .device/fixtures); run there as
  *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--configs minitron-small,minitron-4b]
- * (--quick: small products in the micro-benchmarks; --layers N, --prefill N: a smaller model and prompt; for a check on a
- * software driver.)
+ * (--quick: small products in the micro-benchmarks; --layers N, --prefill N, --decode-batches 1,16: a smaller model, prompt
+ * and decode batches; for a check on a software driver, as test/webgpu/gpu-entry.test.ts does.)
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -184,9 +184,10 @@ async function bench(name: string): Promise<Record<string, unknown>> {
     ['WithoutDecodeStepAndFewRowsKernels', () => useFusedKernels(false, [DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL])],
     ['PlainOps', () => useFusedKernels(false)],
   ];
+  const batches = argv.includes('--decode-batches') ? argv[argv.indexOf('--decode-batches') + 1].split(',').map(Number) : [1, 16];
   for (const [variant, set] of variants) {
     set();
-    for (const b of variant === '' ? [1, 16] : [1]) {
+    for (const b of variant === '' ? batches : [1]) {
       r[`decodeBatch${b}TokensPerSecond${variant}`] = await decode(b);
       log(`${name}: decode b${b}${variant} ${r[`decodeBatch${b}TokensPerSecond${variant}`]} tok/s`);
       save();

@@ -1,0 +1,45 @@
+import { execFile } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { promisify } from 'util';
+import { expect } from 'chai';
+import { FIXTURES } from '../helpers';
+
+const LAVAPIPE = '/usr/share/vulkan/icd.d/lvp_icd.json';
+
+/**
+ * The device run's entry (benchmarks/gpu-entry.ts) end to end on the software Vulkan driver, small: a GPU session has
+ * minutes of device time, and a bug found there costs a run. Speed is not judged; every figure must be there.
+ */
+describe('the GPU device entry, on lavapipe', function () {
+  this.timeout(900000);
+  before(function () {
+    if (!process.env.VK_ICD_FILENAMES && !process.env.VK_DRIVER_FILES && !fs.existsSync(LAVAPIPE)) {
+      console.log('    (skipped: no Vulkan driver; .ci/run installs lavapipe)');
+      this.skip();
+    }
+  });
+
+  it('measures the device, passes the fixture parity and benchmarks a tiny model with every variant', async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-gpu-entry-'));
+    const entry = path.resolve(__dirname, '../../benchmarks/gpu-entry.js');
+    const env: NodeJS.ProcessEnv = { ...process.env, OUT: out, NEMOTRON_FIXTURES: FIXTURES, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' };
+    if (!env.VK_ICD_FILENAMES && !env.VK_DRIVER_FILES) env.VK_ICD_FILENAMES = LAVAPIPE;
+    await promisify(execFile)(process.execPath, [entry, '--quick', '--configs', 'tiny', '--decode-batches', '1'], { env, maxBuffer: 1 << 26 });
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'gpu-results.json'), 'utf8'));
+    expect(results.finished, 'the run finished').to.be.a('string');
+    expect(results.adapter.limits.maxStorageBufferBindingSize).to.be.above(0);
+    expect(results.micro.dispatchMicroseconds).to.be.above(0);
+    for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
+    const bench = results['bench.tiny'];
+    expect(bench.error, 'no error in the benchmark').to.equal(undefined);
+    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutLinearKernel', 'decodeBatch1TokensPerSecond',
+      'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
+      'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond']) {
+      expect(bench[key], key).to.be.a('number').and.above(0);
+    }
+    expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+});

@@ -4,6 +4,24 @@ import { linear, normalInit } from './weights';
 /** Separates a parameter's HF name from its block index: `model.embed_tokens.weight#1`. */
 export const BLOCK_SEPARATOR = '#';
 
+/** `name#i` → [name, i]; null for a parameter stored whole. */
+export function blockOf(name: string): [string, number] | null {
+  const at = name.lastIndexOf(BLOCK_SEPARATOR);
+  return at < 0 ? null : [name.slice(0, at), Number(name.slice(at + 1))];
+}
+
+/** Values stored in row blocks, grouped under their HF name in block order (`name#0`, `name#1`, …). */
+export function groupBlocks<T>(entries: Iterable<[string, T]>): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const [name, value] of entries) {
+    const block = blockOf(name);
+    if (!block) continue;
+    if (!groups.has(block[0])) groups.set(block[0], []);
+    groups.get(block[0])![block[1]] = value;
+  }
+  return groups;
+}
+
 let blockBytesOverride: number | null = null;
 
 /**

@@ -8,7 +8,7 @@ import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
-import { BLOCK_SEPARATOR } from '../../layers/vocab-matrix';
+import { BLOCK_SEPARATOR, groupBlocks } from '../../layers/vocab-matrix';
 import { estimateMemory } from './presets';
 
 export interface FromPretrainedOptions {
@@ -115,7 +115,7 @@ export abstract class NemotronPreTrainedModel {
   }
 
   private loadWeights(reader: CheckpointReader, sameArchitecture: boolean, options: FromPretrainedOptions): void {
-    const blocked = namedBlocks(this.namedParameters());
+    const blocked = groupBlocks(this.namedParameters());
     // One entry a checkpoint tensor: a blocked matrix under its HF name (its blocks are filled row range by row range).
     const params = new Map<string, tf.Variable | tf.Variable[]>([...this.namedParameters()].filter(([n]) => !n.includes(BLOCK_SEPARATOR)));
     for (const [name, blocks] of blocked) params.set(name, blocks);
@@ -196,7 +196,7 @@ export abstract class NemotronPreTrainedModel {
     if (config.padTokenId !== null) generation.pad_token_id = config.padTokenId;
     fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
     const tensors = [];
-    const blocked = namedBlocks(this.namedParameters());
+    const blocked = groupBlocks(this.namedParameters());
     for (const [name, v] of this.namedParameters()) {
       if (!name.includes(BLOCK_SEPARATOR)) {
         tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array, dtype: 'float32' as const });
@@ -260,20 +260,6 @@ function checkMemory(config: NemotronConfig, architecture: string, dir: string):
     throw new Error(`The checkpoint at ${dir} needs ${gb(weightsBytes)} for its float32 weights (tfjs has no bfloat16), ` +
       `more than this machine's ${gb(os.totalmem())} of memory`);
   }
-}
-
-/** Parameters stored in row blocks (`name#i`, see VocabMatrix), grouped under their HF name in block order. */
-function namedBlocks(params: Map<string, tf.Variable>): Map<string, tf.Variable[]> {
-  const groups = new Map<string, tf.Variable[]>();
-  for (const [name, v] of params) {
-    const at = name.lastIndexOf(BLOCK_SEPARATOR);
-    if (at < 0) continue;
-    const base = name.slice(0, at);
-    const list = groups.get(base) ?? [];
-    list[Number(name.slice(at + 1))] = v;
-    groups.set(base, list);
-  }
-  return groups;
 }
 
 /** Prefixes each name of a layer's weights. */

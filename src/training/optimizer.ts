@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { ADAMW_KERNEL, fusedKernelApplies } from '../kernels/fused';
+import { BLOCK_SEPARATOR, blockOf, groupBlocks } from '../../layers/vocab-matrix';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -91,23 +92,50 @@ export class AdamW {
     this.expAvgSq.set(name, tf.keep(v));
   }
 
-  /** Named host copies of the moments, for saving. */
+  /**
+   * Named host copies of the moments, for saving. Moments of a matrix stored in row blocks (see VocabMatrix) are joined
+   * under its HF name, so that a state saved on one backend resumes on another.
+   */
   async stateTensors(): Promise<Array<{ name: string; shape: number[]; data: Float32Array }>> {
     const out: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
     for (const [prefix, map] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {
-      for (const [name, t] of map) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: await t.data() as Float32Array });
+      for (const [name, t] of map) {
+        if (!blockOf(name)) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: await t.data() as Float32Array });
+      }
+      for (const [name, blocks] of groupBlocks(map)) {
+        const data = new Float32Array(blocks.reduce((n, b) => n + b.size, 0));
+        let offset = 0;
+        for (const block of blocks) {
+          data.set(await block.data() as Float32Array, offset);
+          offset += block.size;
+        }
+        out.push({ name: `${prefix}.${name}`, shape: [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)], data });
+      }
     }
     return out;
   }
 
-  /** Restores moments saved by stateTensors. */
+  /** Restores moments saved by stateTensors (split into row blocks where this model stores the matrix so). */
   loadState(step: number, tensors: Map<string, { shape: number[]; data: Float32Array | Int32Array }>): void {
     this.dispose();
     this.step = step;
     for (const [key, t] of tensors) {
       const [, prefix, name] = /^(exp_avg_sq|exp_avg)\.(.+)$/.exec(key) ?? [];
-      if (!prefix || !this.params.has(name)) throw new Error(`Optimizer state holds ${key}, which matches no parameter`);
-      (prefix === 'exp_avg' ? this.expAvg : this.expAvgSq).set(name, tf.keep(tf.tensor(t.data, t.shape, 'float32')));
+      const target = prefix === 'exp_avg' ? this.expAvg : this.expAvgSq;
+      if (name && this.params.has(name)) {
+        target.set(name, tf.keep(tf.tensor(t.data, t.shape, 'float32')));
+        continue;
+      }
+      const blocks: Array<[string, tf.Variable]> = [];
+      const blockName = (i: number) => `${name}${BLOCK_SEPARATOR}${i}`;
+      while (name && this.params.has(blockName(blocks.length))) blocks.push([blockName(blocks.length), this.params.get(blockName(blocks.length))!]);
+      const rows = blocks.reduce((n, [, b]) => n + b.shape[0], 0);
+      if (!prefix || blocks.length === 0 || rows !== t.shape[0]) throw new Error(`Optimizer state holds ${key}, which matches no parameter`);
+      let offset = 0;
+      for (const [blockParam, block] of blocks) {
+        target.set(blockParam, tf.keep(tf.tensor(t.data.subarray(offset, offset + block.size), block.shape, 'float32')));
+        offset += block.size;
+      }
     }
   }
 

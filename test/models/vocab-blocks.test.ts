@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronConfig, NemotronForCausalLM, SafetensorsFile } from '../../src/index';
+import { AdamW, NemotronConfig, NemotronForCausalLM, SafetensorsFile } from '../../src/index';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { CONFIGS, expected, expectClose, expectRelClose, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
@@ -68,6 +68,45 @@ forEachBackend(testBackends(), () => {
       expect(tf.memory().numTensors, 'dispose frees every block').to.be.below(before);
     });
   }
+
+  it('AdamW moments of row blocks save under the HF name and resume with or without blocks', async () => {
+    const config = new NemotronConfig({ vocabSize: 90, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, tieWordEmbeddings: false });
+    setMaxWeightBlockBytes(4 * 16 * 40); // blocks of 30 rows: three
+    const blocked = new NemotronForCausalLM(config);
+    setMaxWeightBlockBytes(null);
+    const whole = new NemotronForCausalLM(config);
+    const before = tf.memory().numTensors;
+    const optimizer = new AdamW(blocked.namedParameters());
+    for (let step = 0; step < 2; step++) {
+      const grads = new Map([...blocked.namedParameters()].map(([n, p], i) => [n, tf.randomNormal(p.shape, 0, 1, 'float32', 10 * step + i)]));
+      optimizer.apply(grads, 0.01);
+      tf.dispose([...grads.values()]);
+    }
+    const state = await optimizer.stateTensors();
+    const names = state.map((t) => t.name);
+    expect(names.filter((n) => n.includes('#')), 'no block names in the saved state').to.deep.equal([]);
+    const embedding = state.find((t) => t.name === 'exp_avg.model.embed_tokens.weight')!;
+    expect(embedding.shape).to.deep.equal([90, 16]);
+    const joined = tf.concat([0, 1, 2].map((i) => optimizer.expAvg.get(`model.embed_tokens.weight#${i}`)!));
+    expect(Array.from(embedding.data)).to.deep.equal(Array.from(await joined.data()));
+    joined.dispose();
+    const asMap = new Map(state.map((t) => [t.name, t] as [string, typeof t]));
+    // Into a model stored whole, and back into blocks: the same numbers.
+    const resumedWhole = new AdamW(whole.namedParameters());
+    resumedWhole.loadState(2, asMap);
+    expect(Array.from(await resumedWhole.expAvg.get('model.embed_tokens.weight')!.data())).to.deep.equal(Array.from(embedding.data));
+    const resumedBlocks = new AdamW(blocked.namedParameters());
+    resumedBlocks.loadState(2, new Map((await resumedWhole.stateTensors()).map((t) => [t.name, t] as [string, typeof t])));
+    for (let i = 0; i < 3; i++) {
+      const [a, b] = [optimizer.expAvgSq.get(`lm_head.weight#${i}`)!, resumedBlocks.expAvgSq.get(`lm_head.weight#${i}`)!];
+      expect(Array.from(await b.data()), `lm_head block ${i}`).to.deep.equal(Array.from(await a.data()));
+    }
+    expect(() => resumedWhole.loadState(2, new Map([['exp_avg.nope.weight', embedding]]))).to.throw(/exp_avg.nope.weight, which matches no parameter/);
+    [optimizer, resumedWhole, resumedBlocks].forEach((o) => o.dispose());
+    expect(tf.memory().numTensors, 'no moment left').to.equal(before);
+    blocked.dispose();
+    whole.dispose();
+  });
 
   it('a limit below one row is refused with the sizes', () => {
     setMaxWeightBlockBytes(64);

@@ -22,6 +22,18 @@ export function groupBlocks<T>(entries: Iterable<[string, T]>): Map<string, T[]>
   return groups;
 }
 
+/** Row blocks read back and joined into one host tensor (what a checkpoint holds). */
+export async function joinRows(blocks: tf.Tensor[]): Promise<{ shape: number[]; data: Float32Array }> {
+  const shape = [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)];
+  const data = new Float32Array(blocks.reduce((n, b) => n + b.size, 0));
+  let offset = 0;
+  for (const block of blocks) {
+    data.set(await block.data() as Float32Array, offset);
+    offset += block.size;
+  }
+  return { shape, data };
+}
+
 let blockBytesOverride: number | null = null;
 
 /**

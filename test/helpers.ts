@@ -4,6 +4,8 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { BackendName, setBackend } from '../src/backends';
+import { ADAMW_KERNEL, useFusedKernels } from '../src/kernels/fused';
+import { AdamW } from '../src/training/optimizer';
 
 /** Tests run from dist/test/…; fixtures stay in the source tree. */
 export const FIXTURES = path.resolve(__dirname, '../../test/fixtures/hf-reference');
@@ -152,3 +154,30 @@ export function paddedAttentionStep(rope: { tables(p: tf.Tensor2D, max: number):
   }), [2, 1, seq, keys]);
   return { hidden: tf.randomNormal([2 * seq, hiddenSize], 0, 1, 'float32', seed), cos, sin, mask };
 }
+
+/**
+ * Three AdamW steps over a parameter that decays and one that does not, gradients drawn from `seed`, with
+ * ADAMW_KERNEL on or off: copies of the parameters and both moments, and how often the kernel ran.
+ */
+export function adamWThreeSteps(fused: boolean, seed: number): { tensors: tf.Tensor[]; kernels: number } {
+  useFusedKernels(fused, [ADAMW_KERNEL]);
+  const params = new Map(tf.tidy(() => [
+    ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([64, 48], 0, 0.5, 'float32', seed))],
+    ['layers.0.mlp.up_proj.bias', tf.variable(tf.randomNormal([64], 0, 0.5, 'float32', seed + 1))],
+  ] as Array<[string, tf.Variable]>));
+  const optimizer = new AdamW(params, { weightDecay: 0.1 });
+  let kernels = 0;
+  for (let step = 0; step < 3; step++) {
+    const grads = new Map([...params].map(([name, p], i) => [name, tf.randomNormal(p.shape, 0, 1, 'float32', seed + 10 * step + i)]));
+    kernels += kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).get(ADAMW_KERNEL) ?? 0;
+    tf.dispose([...grads.values()]);
+  }
+  const tensors = [...params.values(), ...optimizer.expAvg.values(), ...optimizer.expAvgSq.values()].map((t) => t.clone());
+  optimizer.dispose();
+  tf.dispose([...params.values()]);
+  useFusedKernels(true);
+  return { tensors, kernels };
+}
+
+/** The names of adamWThreeSteps' tensors, in order. */
+export const ADAMW_TENSORS = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];

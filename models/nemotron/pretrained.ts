@@ -8,7 +8,7 @@ import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
-import { BLOCK_SEPARATOR, groupBlocks } from '../../layers/vocab-matrix';
+import { BLOCK_SEPARATOR, groupBlocks, joinRows } from '../../layers/vocab-matrix';
 import { estimateMemory } from './presets';
 
 export interface FromPretrainedOptions {
@@ -203,16 +203,7 @@ export abstract class NemotronPreTrainedModel {
       }
     }
     // A matrix stored in row blocks is one tensor in the checkpoint, as transformers has it.
-    for (const [name, blocks] of blocked) {
-      const shape = [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)];
-      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-      let offset = 0;
-      for (const block of blocks) {
-        data.set(await block.data() as Float32Array, offset);
-        offset += block.size;
-      }
-      tensors.push({ name, shape, data, dtype: 'float32' as const });
-    }
+    for (const [name, blocks] of blocked) tensors.push({ name, ...await joinRows(blocks), dtype: 'float32' as const });
     saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
   }
 }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { ADAMW_KERNEL, fusedKernelApplies } from '../kernels/fused';
-import { BLOCK_SEPARATOR, blockOf, groupBlocks } from '../../layers/vocab-matrix';
+import { BLOCK_SEPARATOR, blockOf, groupBlocks, joinRows } from '../../layers/vocab-matrix';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -102,15 +102,7 @@ export class AdamW {
       for (const [name, t] of map) {
         if (!blockOf(name)) out.push({ name: `${prefix}.${name}`, shape: t.shape.slice(), data: await t.data() as Float32Array });
       }
-      for (const [name, blocks] of groupBlocks(map)) {
-        const data = new Float32Array(blocks.reduce((n, b) => n + b.size, 0));
-        let offset = 0;
-        for (const block of blocks) {
-          data.set(await block.data() as Float32Array, offset);
-          offset += block.size;
-        }
-        out.push({ name: `${prefix}.${name}`, shape: [blocks.reduce((n, b) => n + b.shape[0], 0), ...blocks[0].shape.slice(1)], data });
-      }
+      for (const [name, blocks] of groupBlocks(map)) out.push({ name: `${prefix}.${name}`, ...await joinRows(blocks) });
     }
     return out;
   }

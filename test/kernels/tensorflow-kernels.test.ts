@@ -4,11 +4,10 @@ import * as tf from '@tensorflow/tfjs';
 import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding,
   applyRotary, setBackend, useFusedKernels,
-  AdamW,
 } from '../../src/index';
-import { ADAMW_KERNEL, ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { DECODE_STEP_MEMORY_SHARE, decodeStepFits, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
-import { expectClose, kernelsRun, paddedAttentionStep } from '../helpers';
+import { ADAMW_TENSORS, adamWThreeSteps, expectClose, kernelsRun, paddedAttentionStep } from '../helpers';
 
 /**
  * The native backend's fused kernels (src/kernels/tensorflow-kernels.ts) and compiled decoding step
@@ -147,37 +146,15 @@ describeNative('tensorflow backend: AdamW through ResourceApplyAdam', function (
   before(async () => { await setBackend('tensorflow'); });
   after(() => useFusedKernels(true));
 
-  /** Three AdamW steps over two parameters (one decays, one does not) with gradients drawn from `seed`. */
-  function threeSteps(fused: boolean, seed: number): { tensors: tf.Tensor[]; kernels: number } {
-    useFusedKernels(fused);
-    const params = new Map(tf.tidy(() => [
-      ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([64, 48], 0, 0.5, 'float32', seed))],
-      ['layers.0.mlp.up_proj.bias', tf.variable(tf.randomNormal([64], 0, 0.5, 'float32', seed + 1))],
-    ] as Array<[string, tf.Variable]>));
-    const optimizer = new AdamW(params, { weightDecay: 0.1 });
-    let kernels = 0;
-    for (let step = 0; step < 3; step++) {
-      const grads = new Map([...params].map(([name, p], i) => [name, tf.randomNormal(p.shape, 0, 1, 'float32', seed + 10 * step + i)]));
-      kernels += kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).get(ADAMW_KERNEL) ?? 0;
-      tf.dispose([...grads.values()]);
-    }
-    const tensors = [...params.values(), ...optimizer.expAvg.values(), ...optimizer.expAvgSq.values()].map((t) => t.clone());
-    optimizer.dispose();
-    tf.dispose([...params.values()]);
-    useFusedKernels(true);
-    return { tensors, kernels };
-  }
-
   it('equals the plain ops\' update (parameters and both moments, with and without decay), and leaks nothing', () => {
-    threeSteps(true, 5).tensors.forEach((t) => t.dispose()); // warm-up: constants, first allocations
+    adamWThreeSteps(true, 5).tensors.forEach((t) => t.dispose()); // warm-up: constants, first allocations
     const tensors = tf.memory().numTensors;
     const handles = nativeHandles();
-    const fused = threeSteps(true, 7);
-    const plain = threeSteps(false, 7);
+    const fused = adamWThreeSteps(true, 7);
+    const plain = adamWThreeSteps(false, 7);
     expect(fused.kernels, 'one kernel a parameter a step').to.equal(6);
     expect(plain.kernels).to.equal(0);
-    const names = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];
-    fused.tensors.forEach((t, i) => expectClose(t, plain.tensors[i], 1e-6, names[i]));
+    fused.tensors.forEach((t, i) => expectClose(t, plain.tensors[i], 1e-6, ADAMW_TENSORS[i]));
     tf.dispose(fused.tensors);
     expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
     expect(nativeHandles(), 'TensorFlow handles').to.equal(handles);

@@ -3,14 +3,14 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
-  AdamW, KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
+  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
-import { ADAMW_KERNEL, ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
 import { linear } from '../../layers/weights';
-import { CONFIGS, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
+import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from './fixture-parity';
 
 /**
@@ -237,37 +237,16 @@ describe('webgpu backend: parity with transformers', function () {
   });
 
   it('the AdamW kernel takes the plain ops\' step (parameters and both moments, with and without decay) and leaks nothing', async () => {
-    /** Three steps over a parameter that decays and one that does not; copies of parameters and moments. */
-    const threeSteps = (fused: boolean, seed: number) => {
-      useFusedKernels(fused, [ADAMW_KERNEL]);
-      const params = new Map(tf.tidy(() => [
-        ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([64, 48], 0, 0.5, 'float32', seed))],
-        ['layers.0.mlp.up_proj.bias', tf.variable(tf.randomNormal([64], 0, 0.5, 'float32', seed + 1))],
-      ] as Array<[string, tf.Variable]>));
-      const optimizer = new AdamW(params, { weightDecay: 0.1 });
-      let kernels = 0;
-      for (let step = 0; step < 3; step++) {
-        const grads = new Map([...params].map(([name, p], i) => [name, tf.randomNormal(p.shape, 0, 1, 'float32', seed + 10 * step + i)]));
-        kernels += kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).get(ADAMW_KERNEL) ?? 0;
-        tf.dispose([...grads.values()]);
-      }
-      const tensors = [...params.values(), ...optimizer.expAvg.values(), ...optimizer.expAvgSq.values()].map((t) => t.clone());
-      optimizer.dispose();
-      tf.dispose([...params.values()]);
-      useFusedKernels(true);
-      return { tensors, kernels };
-    };
     const before = tf.memory().numTensors;
-    const fused = threeSteps(true, 7);
-    const plain = threeSteps(false, 7);
+    const fused = adamWThreeSteps(true, 7);
+    const plain = adamWThreeSteps(false, 7);
     expect(fused.kernels, 'one kernel a parameter a step').to.equal(6);
     expect(plain.kernels).to.equal(0);
-    const names = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];
-    for (let i = 0; i < names.length; i++) {
+    for (let i = 0; i < ADAMW_TENSORS.length; i++) {
       const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(fused.tensors[i], plain.tensors[i]))));
       const worst = (await diff.data())[0];
       diff.dispose();
-      expect(worst, `${names[i]}: max |fused - plain| = ${worst}`).to.be.at.most(1e-6);
+      expect(worst, `${ADAMW_TENSORS[i]}: max |fused - plain| = ${worst}`).to.be.at.most(1e-6);
     }
     tf.dispose([...fused.tensors, ...plain.tensors]);
     expect(tf.memory().numTensors, 'no tensor left').to.equal(before);

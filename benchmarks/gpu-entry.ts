@@ -292,6 +292,37 @@ async function main(): Promise<void> {
   }
   results.finished = new Date().toISOString();
   save();
+  fs.writeFileSync(path.join(OUT, 'gpu-results.md'), summary());
+}
+
+/** A markdown summary of the figures that answer the GPU issue's targets (the JSON keeps everything). */
+function summary(): string {
+  const adapter = results.adapter as { vendor?: string; description?: string; limits?: Record<string, number> } | undefined;
+  const micro = results.micro as { dispatchMicroseconds?: number } | undefined;
+  const lines = [
+    `# nemotron-tfjs on WebGPU: ${adapter?.vendor ?? '?'} ${adapter?.description ?? ''}`.trimEnd(),
+    '',
+    `Run ${results.started} → ${results.finished}; float32; one dispatch ${micro?.dispatchMicroseconds ?? '?'} µs; ` +
+      `maxStorageBufferBindingSize ${adapter?.limits?.maxStorageBufferBindingSize ?? '?'} bytes.`,
+    '',
+    ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
+    '',
+    '| model | prefill tok/s (x·Wᵀ by tfjs) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const [key, value] of Object.entries(results)) {
+    if (!key.startsWith('bench.')) continue;
+    const r = value as Record<string, number | string>;
+    if (r.error) {
+      lines.push(`| ${key.slice(6)} | error: ${String(r.error).split('\n')[0]} | | | | | | | |`);
+      continue;
+    }
+    lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutLinearKernel}) | ${r.decodeBatch1TokensPerSecond} | ` +
+      `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
+      `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
+      `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} |`);
+  }
+  return `${lines.join('\n')}\n`;
 }
 
 main().catch((e) => { log(`error: ${(e as Error).stack}`); results.error = String(e); save(); process.exit(1); });

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares .device/ for a WebGPU run on the lent GPU machine: bundles benchmarks/gpu-entry.ts with Node.js, Dawn
 # and the Vulkan loader (../shared/gpu/prepare-carry.sh), and copies the HF fixtures beside the bundle.
-# Then, with the device tool:  run  command "bash .device/run.sh"  carry [".device"]  timeout_s 540
-# Results come back as gpu-results.json. Needs the optional packages webgpu and @tensorflow/tfjs-backend-webgpu.
+# Then, with the device tool:  run  command "bash .device/run.sh"  carry [".device"]  timeout_s 420
+# Results come back as gpu-results.json (everything) and gpu-results.md (the summary table). Needs the optional packages webgpu and @tensorflow/tfjs-backend-webgpu.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"

@@ -40,6 +40,8 @@ describe('the GPU device entry, on lavapipe', function () {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);
+    const summary = fs.readFileSync(path.join(out, 'gpu-results.md'), 'utf8');
+    expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutLinearKernel}) | ${bench.decodeBatch1TokensPerSecond} |`);
     fs.rmSync(out, { recursive: true, force: true });
   });
 });

@@ -140,10 +140,11 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
-  it('the fused decoding step equals the layer-by-layer path (GQA/MHA, partial rotary, padding, a cache over one key tile)', async () => {
+  it('the fused decoding step equals the layer-by-layer path (GQA/MHA, partial rotary, padding, batch 16, a cache over one key tile)', async () => {
     const cases: Array<[number, number, number, number, number, boolean, number]> = [
       // heads, kv heads, head dim, rotary fraction, batch, padded, prompt length
       [4, 2, 16, 0.5, 1, false, 6], [6, 2, 32, 1, 3, true, 6], [8, 8, 16, 0.5, 2, false, 5], [4, 1, 16, 0.25, 1, false, 1100],
+      [4, 2, 16, 0.5, 16, true, 6], // the largest batch it takes
     ];
     for (const [heads, kvHeads, headDim, rotary, batch, padded, length] of cases) {
       const config = new NemotronConfig({

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { LINEAR_KERNEL, MLP_KERNEL } from '../src/kernels/fused';
 import { linear, withDeferredInit } from '../layers/weights';
-import { fixtureParity } from '../test/webgpu/fixture-parity';
+import { fixtureParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
 
 const OUT = process.env.OUT ?? '/tmp';

@@ -1,3 +1,4 @@
+import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
 import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
@@ -34,6 +35,23 @@ function requireOptional(id: string): unknown {
   return require(id);
 }
 
+/** Which native binding this process loaded: tfjs-node and tfjs-node-gpu both register tfjs's `tensorflow` backend. */
+let nativeLoaded: 'tensorflow' | 'cuda' | null = null;
+
+function loadNativeBinding(name: 'tensorflow' | 'cuda'): void {
+  if (nativeLoaded && nativeLoaded !== name) {
+    throw new Error(`the ${nativeLoaded} backend is loaded in this process; ${name} is another build of the same binding ` +
+      `(both register tfjs's "tensorflow" backend), so a process can use one of them`);
+  }
+  requireOptional(name === 'cuda' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node');
+  nativeLoaded = name;
+}
+
+/** An NVIDIA driver's device node: without one the cuda build runs on the CPU, so the default does not pick it. */
+function nvidiaDevicePresent(): boolean {
+  return fs.existsSync('/dev/nvidiactl');
+}
+
 async function register(name: BackendName): Promise<void> {
   // Already registered (e.g. a bundle that imported the backend itself): nothing to load.
   if (name === 'webgpu' && tf.findBackendFactory('webgpu')) return;
@@ -46,10 +64,8 @@ async function register(name: BackendName): Promise<void> {
       registerWasmTrainingKernels();
       return;
     case 'tensorflow':
-      requireOptional('@tensorflow/tfjs-node');
-      return;
     case 'cuda':
-      requireOptional('@tensorflow/tfjs-node-gpu');
+      loadNativeBinding(name);
       return;
     case 'webgpu': {
       const g = globalThis as { navigator?: { gpu?: unknown } };
@@ -92,18 +108,22 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     registerTensorFlowKernels();
     registerDecodeStepKernel();
   }
+  if (name === 'cuda' && !(tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice) {
+    console.warn('nemotron-tfjs: backend cuda: TensorFlow found no usable GPU (CUDA 12 driver and libraries); it runs on the CPU');
+  }
   current = name;
   return name;
 }
 
 /**
  * Picks the backend: the argument, else $NEMOTRON_BACKEND, else the fastest that loads here
- * (cuda, tensorflow, wasm, cpu). Says which it picked unless `quiet`.
+ * (cuda where an NVIDIA device is present, tensorflow, wasm, cpu). Says which it picked unless `quiet`.
  */
 export async function initBackend(name?: string, options: { quiet?: boolean } = {}): Promise<BackendName> {
   const wanted = name ?? process.env[BACKEND_ENV];
   if (wanted) return setBackend(wanted);
   for (const candidate of DEFAULT_ORDER) {
+    if (candidate === 'cuda' && !nvidiaDevicePresent()) continue;
     try {
       await setBackend(candidate);
       if (!options.quiet) console.error(`nemotron-tfjs: backend ${candidate}`);
@@ -120,11 +140,15 @@ export function currentBackend(): BackendName | null {
   return current;
 }
 
-/** Backends that load on this machine (each is tried; the current one is restored afterwards). */
+/**
+ * Backends that load on this machine (each is tried; the current one is restored afterwards). cuda counts only where
+ * an NVIDIA device is present (elsewhere its build runs on the CPU, and it would take the place of tensorflow).
+ */
 export async function availableBackends(candidates: readonly BackendName[] = BACKEND_NAMES): Promise<BackendName[]> {
   const before = current;
   const found: BackendName[] = [];
   for (const name of candidates) {
+    if (name === 'cuda' && !nvidiaDevicePresent()) continue;
     try {
       await setBackend(name);
       found.push(name);

@@ -11,7 +11,7 @@ import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
 import { linear } from '../../layers/weights';
 import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
-import { fixtureParity } from './fixture-parity';
+import { fixtureParity } from '../fixture-parity';
 
 /**
  * The WebGPU backend (Dawn, the `webgpu` package) against the HF fixtures. Without a GPU it runs on a software Vulkan

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
   NemotronModel, SafetensorsFile, generate,
-} from '../../src/index';
+} from '../src/index';
 
 /** Reads a scalar back. WebGPU in Node has no synchronous readback (tfjs uses OffscreenCanvas for it): always await. */
 async function scalar(t: tf.Tensor): Promise<number> {

@@ -1,0 +1,48 @@
+import * as fs from 'fs';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { BACKEND_ENV, availableBackends, initBackend, setBackend } from '../src/index';
+import { testBackends } from './helpers';
+
+describe('backend selection', () => {
+  after(async () => { await setBackend('cpu'); });
+
+  it('names an unknown backend and the choices', async () => {
+    let message = '';
+    await setBackend('tpu').catch((e: Error) => { message = e.message; });
+    expect(message).to.equal('Unknown backend "tpu"; expected one of cuda, tensorflow, webgpu, wasm, cpu');
+  });
+
+  it('takes $NEMOTRON_BACKEND when no name is given', async () => {
+    const saved = process.env[BACKEND_ENV];
+    process.env[BACKEND_ENV] = 'cpu';
+    try {
+      expect(await initBackend(undefined, { quiet: true })).to.equal('cpu');
+      expect(tf.getBackend()).to.equal('cpu');
+    } finally {
+      if (saved === undefined) delete process.env[BACKEND_ENV];
+      else process.env[BACKEND_ENV] = saved;
+    }
+  });
+
+  it('leaves cuda out of the default and of the available list without an NVIDIA device', async function () {
+    if (fs.existsSync('/dev/nvidiactl')) this.skip();
+    const saved = process.env[BACKEND_ENV];
+    delete process.env[BACKEND_ENV];
+    try {
+      expect(await initBackend(undefined, { quiet: true })).to.not.equal('cuda');
+      expect(await availableBackends()).to.not.include('cuda');
+    } finally {
+      if (saved !== undefined) process.env[BACKEND_ENV] = saved;
+    }
+  });
+
+  it('refuses cuda in a process that loaded tensorflow (two builds of one binding), naming both', async function () {
+    if (!testBackends().includes('tensorflow')) this.skip();
+    await setBackend('tensorflow');
+    let message = '';
+    await setBackend('cuda').catch((e: Error) => { message = e.message; });
+    expect(message).to.match(/the tensorflow backend is loaded in this process; cuda is another build of the same binding/);
+    expect(tf.getBackend(), 'still on tensorflow').to.equal('tensorflow');
+  });
+});

@@ -172,43 +172,51 @@ function decodeStep({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap;
   const half = rotaryDim / 2;
   const scale = 1 / Math.sqrt(d);
   const caches: tf.TensorInfo[] = [];
-  let x = named.hidden;
   const free = (...ts: tf.TensorInfo[]) => ts.forEach((t) => gpu.disposeData(t.dataId));
+  // The hidden state between layers; the input itself belongs to the caller.
+  let x = named.hidden;
+  let last: tf.TensorInfo | null = null;
   try {
     for (let i = 0; i < spec.numLayers; i++) {
       const p = (name: string) => named[`layers.${i}.${name}`];
-      const qkv = fewRowsProduct(gpu,
-        [x, p('input_layernorm.weight'), p('input_layernorm.bias'), p('self_attn.q_proj.weight'), p('self_attn.k_proj.weight'), p('self_attn.v_proj.weight')],
-        { norm: true, widths: [qWidth, kvWidth, kvWidth] }, eps);
-      const past = named[`past.keys.${i}`].shape[2];
-      const shape = [b, kvHeads, past + 1, d];
-      const keys = gpu.runWebGPUProgram(new AppendToCacheProgram(shape, true), [named[`past.keys.${i}`], qkv, cos, sin], 'float32', [
-        { type: 'int32', data: [past] }, { type: 'int32', data: [width] }, { type: 'int32', data: [qWidth] }, { type: 'int32', data: [half] },
-      ]);
-      const values = gpu.runWebGPUProgram(new AppendToCacheProgram(shape, false), [named[`past.values.${i}`], qkv], 'float32', [
-        { type: 'int32', data: [past] }, { type: 'int32', data: [width] }, { type: 'int32', data: [qWidth + kvWidth] }, { type: 'int32', data: [half] },
-      ]);
-      caches.push(keys, values);
-      const context = gpu.runWebGPUProgram(new DecodeAttentionProgram(b, heads, kvHeads, d, mask !== undefined),
-        mask ? [qkv, cos, sin, keys, values, mask] : [qkv, cos, sin, keys, values], 'float32', [
-          { type: 'int32', data: [past + 1] }, { type: 'int32', data: [width] }, { type: 'int32', data: [half] }, { type: 'float32', data: [scale] },
+      const temporaries: tf.TensorInfo[] = [];
+      const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
+      try {
+        const qkv = temp(fewRowsProduct(gpu,
+          [x, p('input_layernorm.weight'), p('input_layernorm.bias'), p('self_attn.q_proj.weight'), p('self_attn.k_proj.weight'), p('self_attn.v_proj.weight')],
+          { norm: true, widths: [qWidth, kvWidth, kvWidth] }, eps));
+        const past = named[`past.keys.${i}`].shape[2];
+        const shape = [b, kvHeads, past + 1, d];
+        const keys = gpu.runWebGPUProgram(new AppendToCacheProgram(shape, true), [named[`past.keys.${i}`], qkv, cos, sin], 'float32', [
+          { type: 'int32', data: [past] }, { type: 'int32', data: [width] }, { type: 'int32', data: [qWidth] }, { type: 'int32', data: [half] },
         ]);
-      const attended = fewRowsProduct(gpu, [context, p('self_attn.o_proj.weight'), x], { widths: [spec.hiddenSize], residual: true });
-      const up = fewRowsProduct(gpu, [attended, p('post_attention_layernorm.weight'), p('post_attention_layernorm.bias'), p('mlp.up_proj.weight')],
-        { norm: true, widths: [spec.intermediateSize], epilogue: spec.activation }, eps);
-      const next = fewRowsProduct(gpu, [up, p('mlp.down_proj.weight'), attended], { widths: [spec.hiddenSize], residual: true });
-      free(qkv, context, attended, up);
-      if (x !== named.hidden) free(x);
-      x = next;
+        caches.push(keys);
+        const values = gpu.runWebGPUProgram(new AppendToCacheProgram(shape, false), [named[`past.values.${i}`], qkv], 'float32', [
+          { type: 'int32', data: [past] }, { type: 'int32', data: [width] }, { type: 'int32', data: [qWidth + kvWidth] }, { type: 'int32', data: [half] },
+        ]);
+        caches.push(values);
+        const context = temp(gpu.runWebGPUProgram(new DecodeAttentionProgram(b, heads, kvHeads, d, mask !== undefined),
+          mask ? [qkv, cos, sin, keys, values, mask] : [qkv, cos, sin, keys, values], 'float32', [
+            { type: 'int32', data: [past + 1] }, { type: 'int32', data: [width] }, { type: 'int32', data: [half] }, { type: 'float32', data: [scale] },
+          ]));
+        const attended = temp(fewRowsProduct(gpu, [context, p('self_attn.o_proj.weight'), x], { widths: [spec.hiddenSize], residual: true }));
+        const up = temp(fewRowsProduct(gpu, [attended, p('post_attention_layernorm.weight'), p('post_attention_layernorm.bias'), p('mlp.up_proj.weight')],
+          { norm: true, widths: [spec.intermediateSize], epilogue: spec.activation }, eps));
+        const next = fewRowsProduct(gpu, [up, p('mlp.down_proj.weight'), attended], { widths: [spec.hiddenSize], residual: true });
+        if (x !== named.hidden) free(x);
+        x = next;
+      } finally {
+        free(...temporaries);
+      }
     }
-    const last = layerNorm1P(gpu, x, named['norm.weight'], named['norm.bias'], eps);
-    if (x !== named.hidden) free(x);
+    last = layerNorm1P(gpu, x, named['norm.weight'], named['norm.bias'], eps);
     const projected = spec.vocabSize > 0 ? [fewRowsProduct(gpu, [last, named['output.weight']], { widths: [spec.vocabSize] })] : [];
     return [last, ...projected, ...caches];
   } catch (e) {
-    free(...caches);
-    if (x !== named.hidden) free(x);
+    free(...caches, ...(last ? [last] : []));
     throw e;
+  } finally {
+    if (x !== named.hidden) free(x);
   }
 }
 

@@ -19,7 +19,7 @@ import { loadingBar } from './progress';
 /** The `--backend` option, shared by the program (global) and the subcommands that run a model. */
 export function backendOption(): Option {
   return new Option('--backend <name>',
-    `tfjs backend to run on (default: $${BACKEND_ENV}, else the fastest that loads here: cuda, tensorflow, wasm, cpu)`)
+    `tfjs backend to run on (default: $${BACKEND_ENV}, else the fastest that loads here: cuda where an NVIDIA device exists, tensorflow, wasm, cpu)`)
     .choices(BACKEND_NAMES as string[]);
 }
 

@@ -12,7 +12,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
-import { LINEAR_KERNEL, MLP_KERNEL } from '../src/kernels/fused';
+import { LINEAR_KERNEL, MLP_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
 import { linear, withDeferredInit } from '../layers/weights';
 import { fixtureParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
@@ -163,12 +163,16 @@ async function bench(name: string): Promise<Record<string, unknown>> {
   await forwardLast(); // warm-up: shader compilation
   r.prefillTokens = prefill;
   r.prefillTokensPerSecond = round(prefill / await time(forwardLast));
-  // tfjs's x·Wᵀ (its matMul with a transposed weight) instead of the weight-first kernel.
+  // tfjs's x·Wᵀ (its matMul with a transposed weight) instead of the weight-first kernel; and also tfjs's Q·Kᵀ.
   useFusedKernels(false, [LINEAR_KERNEL]);
   await forwardLast();
   r.prefillTokensPerSecondWithoutLinearKernel = round(prefill / await time(forwardLast));
+  useFusedKernels(false, [TRANSPOSED_PRODUCT_KERNEL]);
+  await forwardLast();
+  r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels = round(prefill / await time(forwardLast));
   useFusedKernels(true);
-  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s (x·Wᵀ by tfjs: ${r.prefillTokensPerSecondWithoutLinearKernel})`);
+  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s (x·Wᵀ by tfjs: ${r.prefillTokensPerSecondWithoutLinearKernel}; ` +
+    `Q·Kᵀ too: ${r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels})`);
   save();
 
   const decode = async (b: number, steps = 32) => {
@@ -307,7 +311,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (x·Wᵀ by tfjs) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s |',
+    '| model | prefill tok/s (x·Wᵀ by tfjs; Q·Kᵀ too) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -317,7 +321,8 @@ function summary(): string {
       lines.push(`| ${key.slice(6)} | error: ${String(r.error).split('\n')[0]} | | | | | | | |`);
       continue;
     }
-    lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutLinearKernel}) | ${r.decodeBatch1TokensPerSecond} | ` +
+    lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutLinearKernel}; ` +
+      `${r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels}) | ${r.decodeBatch1TokensPerSecond} | ` +
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} |`);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { LINEAR_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
+import { LINEAR_KERNEL, TRANSPOSED_PRODUCT_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 
 /** A layer whose weights carry their Hugging Face names (relative to the layer), in HF layout. */
 export interface HFNamedWeights {
@@ -63,6 +63,7 @@ export function outputs(result: tf.Tensor | tf.Tensor[] | tf.SymbolicTensor | tf
  * (4–5× faster at batch × kv heads ≤ 64, which covers attention).
  */
 export function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeB = false): tf.Tensor {
+  if (transposeB && fusedKernelApplies(TRANSPOSED_PRODUCT_KERNEL)) return tf.engine().runKernel(TRANSPOSED_PRODUCT_KERNEL, { a, b }) as tf.Tensor;
   if (tf.getBackend() !== 'wasm') return tf.matMul(a, b, false, transposeB);
   return tf.tidy(() => {
     const lead = a.shape.slice(0, -2);

@@ -9,6 +9,8 @@ export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
 export const ROTARY_KERNEL = 'NemotronRotary';
 /** x [rows, in] · Wᵀ (+ b) with W in HF layout [out, in]. */
 export const LINEAR_KERNEL = 'NemotronLinear';
+/** a · bᵀ over the last two axes, batched over the others (attention scores Q·Kᵀ). */
+export const TRANSPOSED_PRODUCT_KERNEL = 'NemotronTransposedProduct';
 /** relu(x)², element-wise (Relu2). */
 export const RELU2_KERNEL = 'NemotronRelu2';
 /** NemotronMLP's down(act(up(x))) on x [rows, hidden]. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import {
-  ADAMW_KERNEL, AdamWAttrs, ATTENTION_KERNEL, AttentionShape, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel,
+  ADAMW_KERNEL, AdamWAttrs, ATTENTION_KERNEL, AttentionShape, TRANSPOSED_PRODUCT_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel,
 } from './fused';
 
 /**
@@ -411,14 +411,37 @@ function fewRowsLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.Tens
   return fewRowsProduct(gpu, bias ? [x, weight, bias] : [x, weight], { widths: [weight.shape[0]], bias: bias !== undefined, epilogue });
 }
 
+/** Runs one of tfjs's own WebGPU kernels on TensorInfos (no engine bookkeeping: the caller disposes). */
+function tfjsKernel(gpu: WebGPUBackendLike) {
+  return (name: string, inputs: Record<string, tf.TensorInfo>, attrs: Record<string, unknown> = {}) =>
+    tf.getKernel(name, 'webgpu')!.kernelFunc({ inputs: inputs as tf.NamedTensorInfoMap, backend: gpu as never, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
+}
+
+/**
+ * a·bᵀ (attention scores) with bᵀ made explicit: tfjs's matMul reads vec4 only without a transposed operand, and
+ * K [.., keys, d] is small next to the product.
+ */
+function transposedProduct({ inputs, backend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo {
+  const gpu = backend as WebGPUBackendLike;
+  const run = tfjsKernel(gpu);
+  const { a, b } = inputs as Record<string, tf.TensorInfo>;
+  const perm = b.shape.map((_, i) => i);
+  [perm[perm.length - 2], perm[perm.length - 1]] = [perm[perm.length - 1], perm[perm.length - 2]];
+  const bT = run('Transpose', { x: b }, { perm });
+  try {
+    return run('BatchMatMul', { a, b: bT }, { transposeA: false, transposeB: false });
+  } finally {
+    gpu.disposeData(bT.dataId);
+  }
+}
+
 /**
  * x·Wᵀ (+ b) for many rows (a prompt) as (W·xᵀ)ᵀ: tfjs's tiled matMul reads 4 floats at a time (vec4) only when
  * neither operand is transposed, and x·Wᵀ transposes the weight; transposing x [rows, in] and the result instead
  * moves the activations, not the weights.
  */
 function weightFirstLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.TensorInfo, bias: tf.TensorInfo | undefined): tf.TensorInfo {
-  const run = (name: string, inputs: Record<string, tf.TensorInfo>, attrs: Record<string, unknown> = {}) =>
-    tf.getKernel(name, 'webgpu')!.kernelFunc({ inputs: inputs as tf.NamedTensorInfoMap, backend: gpu as never, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
+  const run = tfjsKernel(gpu);
   const temporaries: tf.TensorInfo[] = [];
   const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
   try {
@@ -541,6 +564,7 @@ export function registerWebGPUKernels(): void {
   registerRotary();
   registerFewRowsKernels();
   tf.registerKernel({ kernelName: ADAMW_KERNEL, backendName: 'webgpu', kernelFunc: adamW as unknown as tf.KernelFunc });
+  tf.registerKernel({ kernelName: TRANSPOSED_PRODUCT_KERNEL, backendName: 'webgpu', kernelFunc: transposedProduct as unknown as tf.KernelFunc });
   tf.registerKernel({
     kernelName: RELU2_KERNEL,
     backendName: 'webgpu',

@@ -34,14 +34,16 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
     const bench = results['bench.tiny'];
     expect(bench.error, 'no error in the benchmark').to.equal(undefined);
-    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutLinearKernel', 'decodeBatch1TokensPerSecond',
+    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutLinearKernel',
+      'prefillTokensPerSecondWithoutLinearAndTransposedProductKernels', 'decodeBatch1TokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
       'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);
     const summary = fs.readFileSync(path.join(out, 'gpu-results.md'), 'utf8');
-    expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutLinearKernel}) | ${bench.decodeBatch1TokensPerSecond} |`);
+    expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutLinearKernel}; ` +
+      `${bench.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels}) | ${bench.decodeBatch1TokensPerSecond} |`);
     fs.rmSync(out, { recursive: true, force: true });
   });
 });

@@ -6,10 +6,12 @@ import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
-import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import {
+  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
+} from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
-import { linear } from '../../layers/weights';
+import { batchMatMul, linear } from '../../layers/weights';
 import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from '../fixture-parity';
 
@@ -137,6 +139,20 @@ describe('webgpu backend: parity with transformers', function () {
       expect(worst, `MLP of ${rows} rows: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
       tf.dispose([x, fused, plain]);
       mlp.namedWeights().forEach(([, v]) => v.dispose());
+    }
+  });
+
+  it('the transposed product (attention scores) equals tfjs\'s matMul with a transposed operand', async () => {
+    for (const [aShape, bShape] of [[[2, 3, 5, 8], [2, 3, 7, 8]], [[1, 4, 64, 128], [1, 4, 96, 128]], [[6, 20], [9, 20]]]) {
+      const a = tf.randomNormal(aShape);
+      const b = tf.randomNormal(bShape);
+      let fused: tf.Tensor = a;
+      const counts = kernelsRun(() => { fused = batchMatMul(a, b, true); });
+      expect(counts.get(TRANSPOSED_PRODUCT_KERNEL), `[${aShape}]·[${bShape}]ᵀ fused`).to.equal(1);
+      const plain = tf.matMul(a, b, false, true);
+      const { worst, size } = await differenceAndSize(fused, plain);
+      expect(worst, `[${aShape}]·[${bShape}]ᵀ: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      tf.dispose([a, b, fused, plain]);
     }
   });
 

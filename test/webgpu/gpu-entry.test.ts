@@ -37,7 +37,7 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutLinearKernel',
       'prefillTokensPerSecondWithoutLinearAndTransposedProductKernels', 'decodeBatch1TokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
-      'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond']) {
+      'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);

@@ -12,7 +12,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { AdamW, DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
-import { LINEAR_KERNEL, MLP_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
+import { LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
+import { FEW_ROWS } from '../src/kernels/webgpu-kernels';
 import { linear, withDeferredInit } from '../layers/weights';
 import { fixtureParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
@@ -85,7 +86,7 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
   x.dispose();
   // [rows, in, out]: the decode products of the Minitron-4B shape and its output projection.
   // And two prefill products (2,048 rows), where the kernel multiplies weight first, (W·xᵀ)ᵀ.
-  const shapes: Array<[number, number, number]> = quick ? [[1, 64, 96], [3, 64, 70000], [64, 64, 96]] : [[1, 3072, 3072], [1, 3072, 1024],
+  const shapes: Array<[number, number, number]> = quick ? [[1, 64, 96], [3, 64, 70000], [64, 64, 96], [300, 64, 600]] : [[1, 3072, 3072], [1, 3072, 1024],
     [1, 3072, 9216], [1, 9216, 3072], [16, 3072, 9216], [1, 3072, 256000], [2048, 3072, 9216], [2048, 9216, 3072]];
   const rates: Record<string, unknown> = {};
   for (const [rows, inF, outF] of shapes) {
@@ -97,10 +98,14 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
     const w = tf.fill([outF, inF], 0.02);
     const reps = outF > 100000 || rows > 16 ? 10 : 50;
     const entry: Record<string, number> = {};
-    for (const [name, f] of [
-      ['tfjsMatMul', () => tf.matMul(a, w, false, true)],
-      ['linearKernel', () => linear(a, w)],
-    ] as Array<[string, () => tf.Tensor]>) {
+    const variants: Array<[string, () => tf.Tensor, string[]]> = [
+      ['tfjsMatMul', () => tf.matMul(a, w, false, true), []],
+      ['linearKernel', () => linear(a, w), []],
+      // Many rows: the tiled product above; weight first here.
+      ...(rows > FEW_ROWS ? [['weightFirst', () => linear(a, w), [TILED_PRODUCT_KERNEL]] as [string, () => tf.Tensor, string[]]] : []),
+    ];
+    for (const [name, f, off] of variants) {
+      useFusedKernels(false, off);
       const run = async (n: number) => {
         const outs: tf.Tensor[] = [];
         for (let i = 0; i < n; i++) outs.push(f());
@@ -112,6 +117,7 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
       entry[`${name}GBps`] = round((reps * outF * inF * 4) / seconds / 1e9, 1);
       entry[`${name}TFLOPs`] = round((reps * 2 * rows * outF * inF) / seconds / 1e12, 2);
       entry[`${name}Ms`] = round((1000 * seconds) / reps, 3);
+      useFusedKernels(true);
     }
     rates[`${rows}x${inF}x${outF}`] = entry;
     tf.dispose([a, w]);
@@ -143,10 +149,10 @@ function randomWeightsOnGPU(model: NemotronForCausalLM, stddev: number): void {
 const argv = process.argv.slice(2);
 const flag = (name: string) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : undefined);
 
-async function bench(name: string): Promise<Record<string, unknown>> {
+/** Benchmarks one configuration into `r` (results[`bench.NAME`]: every save() keeps what is measured so far). */
+async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   const layers = flag('--layers');
   const config = new NemotronConfig({ ...benchConfig(name).fields, ...(layers ? { numHiddenLayers: layers } : {}), padTokenId: 0 });
-  let r: Record<string, unknown> = {};
   const model = withDeferredInit(() => new NemotronForCausalLM(config));
   r.initSeconds = round(await time(async () => {
     randomWeightsOnGPU(model, config.initializerRange);
@@ -163,16 +169,17 @@ async function bench(name: string): Promise<Record<string, unknown>> {
   await forwardLast(); // warm-up: shader compilation
   r.prefillTokens = prefill;
   r.prefillTokensPerSecond = round(prefill / await time(forwardLast));
-  // tfjs's x·Wᵀ (its matMul with a transposed weight) instead of the weight-first kernel; and also tfjs's Q·Kᵀ.
-  useFusedKernels(false, [LINEAR_KERNEL]);
+  // Without the tiled product: x·Wᵀ weight first, (W·xᵀ)ᵀ, and Q·Kᵀ with Kᵀ made explicit (each on tfjs's vec4 matMul);
+  // then tfjs's own matMul with a transposed operand for both.
+  useFusedKernels(false, [TILED_PRODUCT_KERNEL]);
   await forwardLast();
-  r.prefillTokensPerSecondWithoutLinearKernel = round(prefill / await time(forwardLast));
-  useFusedKernels(false, [TRANSPOSED_PRODUCT_KERNEL]);
+  r.prefillTokensPerSecondWithoutTiledProduct = round(prefill / await time(forwardLast));
+  useFusedKernels(false, [LINEAR_KERNEL, TRANSPOSED_PRODUCT_KERNEL]);
   await forwardLast();
-  r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels = round(prefill / await time(forwardLast));
+  r.prefillTokensPerSecondWithoutProductKernels = round(prefill / await time(forwardLast));
   useFusedKernels(true);
-  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s (x·Wᵀ by tfjs: ${r.prefillTokensPerSecondWithoutLinearKernel}; ` +
-    `Q·Kᵀ too: ${r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels})`);
+  log(`${name}: prefill ${r.prefillTokensPerSecond} tok/s (without the tiled product: ${r.prefillTokensPerSecondWithoutTiledProduct}; ` +
+    `tfjs's matMul: ${r.prefillTokensPerSecondWithoutProductKernels})`);
   save();
 
   const decode = async (b: number, steps = 32) => {
@@ -198,7 +205,7 @@ async function bench(name: string): Promise<Record<string, unknown>> {
     }
   }
   useFusedKernels(true);
-  r = { ...r, ...await decodeStepProfile(model, ids(1, 8)) };
+  Object.assign(r, await decodeStepProfile(model, ids(1, 8)));
   save();
 
   const trainIds = ids(1, 128);
@@ -229,7 +236,6 @@ async function bench(name: string): Promise<Record<string, unknown>> {
     log(`${name}: training step with AdamW ${r.trainWithAdamWTokensPerSecond} tok/s`);
   }
   model.dispose();
-  return r;
 }
 
 /**
@@ -302,10 +308,12 @@ async function main(): Promise<void> {
   }
   if (!argv.includes('--skip-bench')) {
     for (const name of configs) {
+      const r: Record<string, unknown> = {};
+      results[`bench.${name}`] = r;
       try {
-        results[`bench.${name}`] = await bench(name);
+        await bench(name, r);
       } catch (e) {
-        results[`bench.${name}`] = { error: (e as Error).stack ?? String(e) };
+        r.error = (e as Error).stack ?? String(e);
       }
       log(`bench ${name}: ${JSON.stringify(results[`bench.${name}`])}`);
       save();
@@ -328,7 +336,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (x·Wᵀ by tfjs; Q·Kᵀ too) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
+    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -338,8 +346,8 @@ function summary(): string {
       lines.push(`| ${key.slice(6)} | error: ${String(r.error).split('\n')[0]} | | | | | | | |`);
       continue;
     }
-    lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutLinearKernel}; ` +
-      `${r.prefillTokensPerSecondWithoutLinearAndTransposedProductKernels}) | ${r.decodeBatch1TokensPerSecond} | ` +
+    lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutTiledProduct}; ` +
+      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} | ` +
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}) |`);

@@ -11,6 +11,11 @@ export const ROTARY_KERNEL = 'NemotronRotary';
 export const LINEAR_KERNEL = 'NemotronLinear';
 /** a · bᵀ over the last two axes, batched over the others (attention scores Q·Kᵀ). */
 export const TRANSPOSED_PRODUCT_KERNEL = 'NemotronTransposedProduct';
+/**
+ * a [batch, m, k] · b [batch or 1, n, k]ᵀ (+ bias) as one tiled product reading both operands along K (WebGPU): the
+ * many-row path of LINEAR_KERNEL and TRANSPOSED_PRODUCT_KERNEL use it where registered and on; off, they fall back.
+ */
+export const TILED_PRODUCT_KERNEL = 'NemotronTiledProduct';
 /** relu(x)², element-wise (Relu2). */
 export const RELU2_KERNEL = 'NemotronRelu2';
 /** NemotronMLP's down(act(up(x))) on x [rows, hidden]. */

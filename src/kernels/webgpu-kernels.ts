@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import {
-  ADAMW_KERNEL, AdamWAttrs, ATTENTION_KERNEL, AttentionShape, TRANSPOSED_PRODUCT_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, limitFusedKernel,
+  ADAMW_KERNEL, AdamWAttrs, ATTENTION_KERNEL, AttentionShape, TRANSPOSED_PRODUCT_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL,
+  fusedKernelApplies, limitFusedKernel,
 } from './fused';
+import { tiledProduct, tiledProductApplies } from './webgpu-gemm';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
@@ -418,13 +420,21 @@ function tfjsKernel(gpu: WebGPUBackendLike) {
 }
 
 /**
- * a·bᵀ (attention scores) with bᵀ made explicit: tfjs's matMul reads vec4 only without a transposed operand, and
- * K [.., keys, d] is small next to the product.
+ * a·bᵀ (attention scores) over the last two axes: the tiled product where it applies (leading axes of b equal to a's),
+ * else bᵀ made explicit — tfjs's matMul reads vec4 only without a transposed operand, and K [.., keys, d] is small
+ * next to the product.
  */
 function transposedProduct({ inputs, backend }: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo {
   const gpu = backend as WebGPUBackendLike;
   const run = tfjsKernel(gpu);
   const { a, b } = inputs as Record<string, tf.TensorInfo>;
+  const [m, k] = a.shape.slice(-2);
+  const n = b.shape[b.shape.length - 2];
+  const lead = a.shape.slice(0, -2);
+  if (fusedKernelApplies(TILED_PRODUCT_KERNEL, { k }) && tf.util.arraysEqual(lead, b.shape.slice(0, -2))) {
+    const batch = lead.reduce((x, y) => x * y, 1);
+    return withReshaped(gpu, [[a, [batch, m, k]], [b, [batch, n, k]]], ([a3, b3]) => tiledProduct(gpu, a3, b3), [...lead, m, n]);
+  }
   const perm = b.shape.map((_, i) => i);
   [perm[perm.length - 2], perm[perm.length - 1]] = [perm[perm.length - 1], perm[perm.length - 2]];
   const bT = run('Transpose', { x: b }, { perm });
@@ -432,6 +442,20 @@ function transposedProduct({ inputs, backend }: { inputs: tf.NamedTensorInfoMap;
     return run('BatchMatMul', { a, b: bT }, { transposeA: false, transposeB: false });
   } finally {
     gpu.disposeData(bT.dataId);
+  }
+}
+
+/** Runs `f` on the inputs viewed with other shapes (no copies) and views its output as `outShape`. */
+function withReshaped(gpu: WebGPUBackendLike, views: Array<[tf.TensorInfo, number[]]>, f: (ts: tf.TensorInfo[]) => tf.TensorInfo,
+  outShape: number[]): tf.TensorInfo {
+  const viewed = views.map(([t, shape]) => reshape(gpu, t, shape));
+  try {
+    const out = f(viewed);
+    const shaped = reshape(gpu, out, outShape);
+    gpu.disposeData(out.dataId);
+    return shaped;
+  } finally {
+    for (const t of viewed) gpu.disposeData(t.dataId);
   }
 }
 
@@ -456,7 +480,7 @@ function weightFirstLinear(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf.
   }
 }
 
-/** LINEAR_KERNEL (few rows: one product; more: weight first) and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (up·relu² one dispatch). */
+/** LINEAR_KERNEL (few rows: one product; more: the tiled product, or weight first) and MLP_KERNEL for x [rows ≤ FEW_ROWS, in] (up·relu² one dispatch). */
 function registerFewRowsKernels(): void {
   const fewRows = (attrs: Record<string, unknown>) => typeof attrs.rows === 'number' && attrs.rows <= FEW_ROWS;
   tf.registerKernel({
@@ -465,7 +489,11 @@ function registerFewRowsKernels(): void {
     kernelFunc: ({ inputs, backend }) => {
       const gpu = backend as unknown as WebGPUBackendLike;
       const { x, weight, bias } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo; bias?: tf.TensorInfo };
-      return x.shape[0] <= FEW_ROWS ? fewRowsLinear(gpu, x, weight, bias, 'none') : weightFirstLinear(gpu, x, weight, bias);
+      const [rows, k] = x.shape;
+      if (rows <= FEW_ROWS) return fewRowsLinear(gpu, x, weight, bias, 'none');
+      if (!fusedKernelApplies(TILED_PRODUCT_KERNEL, { k })) return weightFirstLinear(gpu, x, weight, bias);
+      const n = weight.shape[0];
+      return withReshaped(gpu, [[x, [1, rows, k]], [weight, [1, n, k]]], ([x3, w3]) => tiledProduct(gpu, x3, w3, bias), [rows, n]);
     },
   });
   tf.registerKernel({
@@ -565,6 +593,15 @@ export function registerWebGPUKernels(): void {
   registerFewRowsKernels();
   tf.registerKernel({ kernelName: ADAMW_KERNEL, backendName: 'webgpu', kernelFunc: adamW as unknown as tf.KernelFunc });
   tf.registerKernel({ kernelName: TRANSPOSED_PRODUCT_KERNEL, backendName: 'webgpu', kernelFunc: transposedProduct as unknown as tf.KernelFunc });
+  tf.registerKernel({
+    kernelName: TILED_PRODUCT_KERNEL,
+    backendName: 'webgpu',
+    kernelFunc: ({ inputs, backend }) => {
+      const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
+      return tiledProduct(backend as unknown as WebGPUBackendLike, a, b, bias);
+    },
+  });
+  limitFusedKernel(TILED_PRODUCT_KERNEL, 'webgpu', (attrs) => typeof attrs.k === 'number' && tiledProductApplies(attrs.k));
   tf.registerKernel({
     kernelName: RELU2_KERNEL,
     backendName: 'webgpu',

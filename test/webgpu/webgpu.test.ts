@@ -7,7 +7,7 @@ import {
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
 import {
-  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
+  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
 } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
@@ -27,6 +27,23 @@ async function differenceAndSize(a: tf.Tensor, b: tf.Tensor): Promise<{ worst: n
   const [worst, size] = await both.data();
   both.dispose();
   return { worst, size };
+}
+
+/** The WebGPU programs (class names) `f` dispatches, with counts: which path a kernel took. */
+function programsRun(f: () => void): Map<string, number> {
+  const gpu = tf.backend() as unknown as { runWebGPUProgram: (program: object, ...rest: unknown[]) => unknown };
+  const original = gpu.runWebGPUProgram;
+  const seen = new Map<string, number>();
+  gpu.runWebGPUProgram = function (program: object, ...rest: unknown[]) {
+    seen.set(program.constructor.name, (seen.get(program.constructor.name) ?? 0) + 1);
+    return original.call(this, program, ...rest);
+  };
+  try {
+    f();
+  } finally {
+    gpu.runWebGPUProgram = original;
+  }
+  return seen;
 }
 
 describe('webgpu backend: parity with transformers', function () {
@@ -102,29 +119,38 @@ describe('webgpu backend: parity with transformers', function () {
     mlp.namedWeights().forEach(([, v]) => v.dispose());
   });
 
-  it('the linear and MLP kernels equal the plain tfjs ops (1 to 16 rows, more rows weight first, bias, a vocabulary over 65535 workgroups)', async () => {
+  it('the linear and MLP kernels equal the plain tfjs ops (1 to 16 rows; more rows tiled or weight first; bias; a vocabulary over 65535 workgroups)', async () => {
     const cases: Array<[number, number, number, boolean]> = [
       [1, 64, 48, false], [2, 100, 37, true], [3, 1024, 256, false], [5, 300, 129, true], [9, 64, 7, false], [16, 1000, 300, true],
       [1, 8, 140000, false],
-      // more rows than FEW_ROWS: the weight-first product (W·xᵀ)ᵀ
-      [FEW_ROWS + 1, 100, 37, true], [40, 64, 48, false], [128, 256, 96, true],
+      // more rows than FEW_ROWS: the tiled product (64×64 tiles; 128×128 for the 1700 rows), or weight first (W·xᵀ)ᵀ
+      [FEW_ROWS + 1, 100, 37, true], [40, 64, 48, false], [128, 256, 96, true], [1700, 32, 1300, true], [40, 66, 48, false],
     ];
-    for (const [rows, inFeatures, outFeatures, withBias] of cases) {
-      const x = tf.randomNormal([rows, inFeatures]) as tf.Tensor2D;
-      const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2) as tf.Tensor2D;
-      const bias = withBias ? tf.randomNormal([outFeatures]) : null;
-      let fused: tf.Tensor = x;
-      const counts = kernelsRun(() => { fused = linear(x, weight, bias); });
-      expect(counts.get(LINEAR_KERNEL), `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ fused`).to.equal(1);
-      useFusedKernels(false);
-      const plain = linear(x, weight, bias);
-      useFusedKernels(true);
-      const { worst, size } = await differenceAndSize(fused, plain);
-      // Sums in another order: float32 rounding relative to the outputs' size.
-      expect(worst, `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ bias ${withBias}: ${worst} (max |plain| ${size})`)
-        .to.be.at.most(1e-5 * Math.max(1, size));
-      tf.dispose([x, weight, fused, plain, ...(bias ? [bias] : [])]);
+    for (const tiled of [true, false]) {
+      useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);
+      for (const [rows, inFeatures, outFeatures, withBias] of cases) {
+        if (!tiled && rows <= FEW_ROWS) continue;
+        const x = tf.randomNormal([rows, inFeatures]) as tf.Tensor2D;
+        const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2) as tf.Tensor2D;
+        const bias = withBias ? tf.randomNormal([outFeatures]) : null;
+        const shape = `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ`;
+        let fused: tf.Tensor = x;
+        let programs = new Map<string, number>();
+        const counts = kernelsRun(() => { programs = programsRun(() => { fused = linear(x, weight, bias); }); });
+        expect(counts.get(LINEAR_KERNEL), `${shape} fused`).to.equal(1);
+        const expectTiled = tiled && rows > FEW_ROWS && inFeatures % 4 === 0;
+        expect(programs.get('TiledProductProgram') ?? 0, `${shape} tiled`).to.equal(expectTiled ? 1 : 0);
+        useFusedKernels(false);
+        const plain = linear(x, weight, bias);
+        useFusedKernels(true);
+        useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);
+        const { worst, size } = await differenceAndSize(fused, plain);
+        // Sums in another order: float32 rounding relative to the outputs' size.
+        expect(worst, `${shape} bias ${withBias} tiled ${tiled}: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+        tf.dispose([x, weight, fused, plain, ...(bias ? [bias] : [])]);
+      }
     }
+    useFusedKernels(true);
     for (const [rows, withBias] of [[1, false], [4, true], [FEW_ROWS, false]] as Array<[number, boolean]>) {
       const mlp = new NemotronMLP({ hiddenSize: 96, intermediateSize: 200, bias: withBias, activation: 'relu2' });
       for (const [, v] of mlp.namedWeights()) v.assign(tf.randomNormal(v.shape, 0, 0.3));
@@ -142,18 +168,51 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
-  it('the transposed product (attention scores) equals tfjs\'s matMul with a transposed operand', async () => {
-    for (const [aShape, bShape] of [[[2, 3, 5, 8], [2, 3, 7, 8]], [[1, 4, 64, 128], [1, 4, 96, 128]], [[6, 20], [9, 20]]]) {
-      const a = tf.randomNormal(aShape);
-      const b = tf.randomNormal(bShape);
-      let fused: tf.Tensor = a;
-      const counts = kernelsRun(() => { fused = batchMatMul(a, b, true); });
-      expect(counts.get(TRANSPOSED_PRODUCT_KERNEL), `[${aShape}]·[${bShape}]ᵀ fused`).to.equal(1);
-      const plain = tf.matMul(a, b, false, true);
-      const { worst, size } = await differenceAndSize(fused, plain);
-      expect(worst, `[${aShape}]·[${bShape}]ᵀ: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
-      tf.dispose([a, b, fused, plain]);
+  it('the transposed product (attention scores) equals tfjs\'s matMul with a transposed operand, tiled or through an explicit bᵀ', async () => {
+    for (const tiled of [true, false]) {
+      useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);
+      for (const [aShape, bShape] of [[[2, 3, 5, 8], [2, 3, 7, 8]], [[1, 4, 64, 128], [1, 4, 96, 128]], [[6, 20], [9, 20]], [[2, 2, 130, 64], [2, 2, 200, 64]],
+        [[3, 10, 6], [3, 12, 6]]]) {
+        const a = tf.randomNormal(aShape);
+        const b = tf.randomNormal(bShape);
+        let fused: tf.Tensor = a;
+        let programs = new Map<string, number>();
+        const counts = kernelsRun(() => { programs = programsRun(() => { fused = batchMatMul(a, b, true); }); });
+        expect(counts.get(TRANSPOSED_PRODUCT_KERNEL), `[${aShape}]·[${bShape}]ᵀ fused`).to.equal(1);
+        const expectTiled = tiled && aShape[aShape.length - 1] % 4 === 0;
+        expect(programs.get('TiledProductProgram') ?? 0, `[${aShape}]·[${bShape}]ᵀ tiled`).to.equal(expectTiled ? 1 : 0);
+        const plain = tf.matMul(a, b, false, true);
+        const { worst, size } = await differenceAndSize(fused, plain);
+        expect(worst, `[${aShape}]·[${bShape}]ᵀ tiled ${tiled}: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+        tf.dispose([a, b, fused, plain]);
+      }
     }
+    useFusedKernels(true);
+  });
+
+  it('the tiled product a·bᵀ (+ bias) equals tfjs\'s matMul: b per batch or shared, 64- and 128-wide tiles, edges, K not a multiple of 16', async () => {
+    const cases: Array<[number, number, number, number, number, boolean]> = [
+      // batch, b's batch, m, n, k, bias
+      [1, 1, 130, 70, 68, true], [2, 1, 17, 33, 20, true], [6, 6, 40, 50, 64, false], [200, 200, 60, 61, 8, false], [3, 1, 300, 260, 1024, true],
+    ];
+    for (const [batch, bBatch, m, n, k, withBias] of cases) {
+      const a = tf.randomNormal([batch, m, k]);
+      const b = tf.randomNormal([bBatch, n, k]);
+      const bias = tf.randomNormal([n]);
+      const fused = tf.engine().runKernel(TILED_PRODUCT_KERNEL, withBias ? { a, b, bias } : { a, b }) as tf.Tensor;
+      const plain = tf.tidy(() => {
+        const y = tf.matMul(a, bBatch === batch ? b : tf.tile(b, [batch, 1, 1]), false, true);
+        return withBias ? tf.add(y, bias) : y;
+      });
+      const { worst, size } = await differenceAndSize(fused, plain);
+      const what = `[${batch}, ${m}, ${k}]·[${bBatch}, ${n}, ${k}]ᵀ bias ${withBias}`;
+      expect(fused.shape, what).to.deep.equal([batch, m, n]);
+      expect(worst, `${what}: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      tf.dispose([a, b, bias, fused, plain]);
+    }
+    const odd = [tf.zeros([1, 4, 6]), tf.zeros([1, 5, 6])];
+    expect(() => tf.engine().runKernel(TILED_PRODUCT_KERNEL, { a: odd[0], b: odd[1] })).to.throw(/6 a multiple of 4/);
+    tf.dispose(odd);
   });
 
   it('the fused decoding step equals the layer-by-layer path (GQA/MHA, partial rotary, padding, batch 16, a cache over one key tile)', async () => {

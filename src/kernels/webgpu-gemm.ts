@@ -1,0 +1,126 @@
+import * as tf from '@tensorflow/tfjs';
+import type { WebGPUBackendLike } from './webgpu-kernels';
+
+/**
+ * a·bᵀ on WebGPU for the prefill products — x·Wᵀ with W in HF layout [out, in], and attention scores Q·Kᵀ — where both
+ * operands run along K in memory, so both tiles load as vec4 with no transposed copy (tfjs's matMul reads vec4 only
+ * when neither operand is transposed, hence the copies of weightFirstLinear/transposedProduct this replaces).
+ *
+ * 16×16 threads a workgroup, each thread an R×R block of the output (R = 8: 128×128 tiles, R = 4: 64×64), K in
+ * steps of 16 through workgroup memory stored k-major, so a thread reads R/4 vec4 of each operand for R² FMAs
+ * (tfjs's tiles are 32×32, 4×4 a thread). A thread's rows are ty·4 + i + 64·g: consecutive threads read consecutive
+ * vec4 of a tile row (no bank conflicts) and write consecutive output columns.
+ */
+const THREADS = 16;
+const K_STEP = 16;
+
+export class TiledProductProgram {
+  readonly variableNames: string[];
+  readonly variableComponents: number[];
+  readonly uniforms = 'm : i32, n : i32, k4 : i32, bStride : i32,';
+  readonly shaderKey: string;
+  readonly outputShape: number[];
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+  readonly workgroupSize: [number, number, number] = [THREADS, THREADS, 1];
+
+  constructor(batch: number, m: number, n: number, private readonly r: 4 | 8, private readonly bias: boolean) {
+    const tile = THREADS * r;
+    this.outputShape = [batch, m, n];
+    this.dispatchLayout = { x: [0, 1, 2] };
+    this.dispatch = [Math.ceil(n / tile), Math.ceil(m / tile), batch];
+    this.variableNames = bias ? ['a', 'b', 'bias'] : ['a', 'b'];
+    this.variableComponents = bias ? [4, 4, 1] : [4, 4];
+    this.shaderKey = `nemotron_tiled_product_${r}_${bias}`;
+  }
+
+  getUserCode(): string {
+    const r = this.r;
+    const tile = THREADS * r;
+    const groups = r / 4; // 64-row (64-column) groups of a thread's block
+    const rows = Array.from({ length: r }, (_, i) => i);
+    const cols = Array.from({ length: groups }, (_, h) => h);
+    const loads = (tile * K_STEP) / 4 / (THREADS * THREADS);
+    // One operand's tile: `loads` vec4 a thread, stored transposed (k-major) with zeros past the edges.
+    const loadTile = (operand: 'a' | 'b', shared: string, first: string, limit: string, base: string) => `
+        for (var l = 0; l < ${loads}; l++) {
+          let e = tid + l * ${THREADS * THREADS};
+          let row = e / 4;
+          let q = e % 4;
+          var v = vec4<f32>(0.0);
+          if (${first} + row < ${limit} && t + q < uniforms.k4) {
+            v = ${operand}[${base} + (${first} + row) * uniforms.k4 + t + q];
+          }
+          for (var c = 0; c < 4; c++) {
+            ${shared}[(q * 4 + c) * ${tile / 4} + row / 4][row % 4] = v[c];
+          }
+        }`;
+    const store = rows.map((i) => {
+      const row = `row0 + ${Math.floor(i / 4) * 64} + ty * 4 + ${i % 4}`;
+      return `
+      if (${row} < uniforms.m) {
+        ${cols.map((h) => `
+        for (var j = 0; j < 4; j++) {
+          let col = col0 + ${h * 64} + tx * 4 + j;
+          if (col < uniforms.n) {
+            result[(batch * uniforms.m + ${row}) * uniforms.n + col] = acc${i}_${h}[j]${this.bias ? ' + bias[col]' : ''};
+          }
+        }`).join('')}
+      }`;
+    }).join('');
+    return `
+    var<workgroup> aTile : array<vec4<f32>, ${(K_STEP * tile) / 4}>;
+    var<workgroup> bTile : array<vec4<f32>, ${(K_STEP * tile) / 4}>;
+
+    fn main(index : i32) {
+      let tx = i32(localId.x);
+      let ty = i32(localId.y);
+      let tid = ty * ${THREADS} + tx;
+      let batch = i32(workgroupId.z);
+      let row0 = i32(workgroupId.y) * ${tile};
+      let col0 = i32(workgroupId.x) * ${tile};
+      let aBase = batch * uniforms.m * uniforms.k4;
+      let bBase = batch * uniforms.bStride;
+      ${rows.map((i) => cols.map((h) => `var acc${i}_${h} = vec4<f32>(0.0);`).join(' ')).join('\n      ')}
+      for (var t = 0; t < uniforms.k4; t += ${K_STEP / 4}) {
+        ${loadTile('a', 'aTile', 'row0', 'uniforms.m', 'aBase')}
+        ${loadTile('b', 'bTile', 'col0', 'uniforms.n', 'bBase')}
+        workgroupBarrier();
+        for (var k = 0; k < ${K_STEP}; k++) {
+          ${Array.from({ length: groups }, (_, g) => `let a${g} = aTile[k * ${tile / 4} + ${g * 16} + ty];`).join('\n          ')}
+          ${cols.map((h) => `let b${h} = bTile[k * ${tile / 4} + ${h * 16} + tx];`).join('\n          ')}
+          ${rows.map((i) => cols.map((h) => `acc${i}_${h} = fma(vec4<f32>(a${Math.floor(i / 4)}[${i % 4}]), b${h}, acc${i}_${h});`).join(' ')).join('\n          ')}
+        }
+        workgroupBarrier();
+      }
+      ${store}
+    }
+    `;
+  }
+}
+
+/** Workgroups below which the 128×128 tiles leave much of a large GPU idle: smaller tiles then (about a wave of an H100). */
+const FEW_TILES = 132;
+
+/** Whether tiledProduct takes these operands: K a multiple of 4 (vec4 rows). */
+export function tiledProductApplies(k: number): boolean {
+  return k % 4 === 0;
+}
+
+/**
+ * a [batch, m, k] · b [batch or 1, n, k]ᵀ (+ bias [n]) → [batch, m, n]. b with batch 1 is shared by every batch (a
+ * weight); the caller reshapes higher ranks to these.
+ */
+export function tiledProduct(gpu: WebGPUBackendLike, a: tf.TensorInfo, b: tf.TensorInfo, bias?: tf.TensorInfo): tf.TensorInfo {
+  const [batch, m, k] = a.shape;
+  const [bBatch, n, bk] = b.shape;
+  if (bk !== k || (bBatch !== 1 && bBatch !== batch) || !tiledProductApplies(k)) {
+    throw new Error(`tiledProduct: cannot multiply [${a.shape}] by [${b.shape}]ᵀ (expected b [${batch} or 1, n, ${k}] with ${k} a multiple of 4)`);
+  }
+  const tiles = (edge: number) => Math.ceil(m / edge) * Math.ceil(n / edge) * batch;
+  const r = tiles(THREADS * 8) >= FEW_TILES ? 8 : 4;
+  const k4 = k / 4;
+  return gpu.runWebGPUProgram(new TiledProductProgram(batch, m, n, r, bias !== undefined), bias ? [a, b, bias] : [a, b], 'float32', [
+    { type: 'int32', data: [m] }, { type: 'int32', data: [n] }, { type: 'int32', data: [k4] }, { type: 'int32', data: [bBatch === 1 ? 0 : n * k4] },
+  ]);
+}

@@ -265,15 +265,27 @@ async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][])
   }
   const mean = (xs: number[]) => round(xs.reduce((a, b) => a + b, 0) / xs.length);
   const r: Record<string, unknown> = { decodeStepRecordMs: mean(recorded), decodeStepTotalMs: mean(total) };
-  let kernels: Record<string, { count: number; ms: number }> = {};
+  const kernels: Record<string, { count: number; ms: number }> = {};
+  // Inside a kernel, the WebGPU backend times each program it dispatches ("Name: ms, Name: ms"): what the fused
+  // step's time is made of.
+  const programs: Record<string, { count: number; ms: number }> = {};
+  const add = (into: Record<string, { count: number; ms: number }>, name: string, ms: number) => {
+    const e = into[name] ??= { count: 0, ms: 0 };
+    e.count++;
+    e.ms += ms;
+  };
   const profile = await tf.profile(async () => { next = (await step([[next]], ++length)).next; });
   for (const k of profile.kernels) {
-    const e = kernels[k.name] ??= { count: 0, ms: 0 };
-    e.count++;
-    e.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+    add(kernels, k.name, typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0);
+    for (const part of String(k.extraInfo ?? '').split(', ')) {
+      const match = /^(\w+): ([\d.e+-]+)$/.exec(part);
+      if (match) add(programs, match[1], Number(match[2]));
+    }
   }
-  kernels = Object.fromEntries(Object.entries(kernels).map(([n, e]) => [n, { count: e.count, ms: round(e.ms, 3) }]));
-  r.decodeStepKernels = kernels;
+  const rounded = (table: Record<string, { count: number; ms: number }>) =>
+    Object.fromEntries(Object.entries(table).map(([n, e]) => [n, { count: e.count, ms: round(e.ms, 3) }]));
+  r.decodeStepKernels = rounded(kernels);
+  r.decodeStepPrograms = rounded(programs);
   r.decodeStepGpuMs = round(Object.values(kernels).reduce((a, e) => a + e.ms, 0), 3);
   cache.dispose();
   log(`decode step: recorded in ${r.decodeStepRecordMs} ms, total ${r.decodeStepTotalMs} ms, GPU ${r.decodeStepGpuMs} ms`);

@@ -40,6 +40,9 @@ describe('the GPU device entry, on lavapipe', function () {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);
+    // Its programs, each timed (7 a layer, then the final norm; the tiny model has 2 layers).
+    expect(bench.decodeStepPrograms.FewRowsLinearProgram.count, 'products in the step').to.be.at.least(8);
+    expect(bench.decodeStepPrograms.DecodeAttentionProgram.count, 'attention programs').to.equal(2);
     const summary = fs.readFileSync(path.join(out, 'gpu-results.md'), 'utf8');
     expect(results.micro.matrixVector['300x64x600'].weightFirstMs, 'the many-row product weight first too').to.be.above(0);
     expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutTiledProduct}; ` +

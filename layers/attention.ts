@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ATTENTION_KERNEL, ROTARY_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { KVCache } from './kv-cache';
 import { applyRotary } from './rotary';
+import { maxWeightBlockBytes } from './vocab-matrix';
 import { HFNamedWeights, batchMatMul, linear, normalInit, variableOf } from './weights';
 
 export { KVCache } from './kv-cache';
@@ -75,7 +76,6 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {
     const [hidden, cos, sin, permutation] = inputs as [tf.Tensor, tf.Tensor4D, tf.Tensor4D, tf.Tensor2D];
     const { numHeads, numKeyValueHeads: kvHeads, headDim } = this.args;
-    const groups = numHeads / kvHeads;
     return tf.tidy(() => {
       // Hidden states come as [batch·seq, hidden] from the model (no reshapes around each projection) or as
       // [batch, seq, hidden]; for the former, seq is the rotary tables'.
@@ -93,26 +93,47 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
       const rotate = (x: tf.Tensor4D) => (fused
         ? tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim: kwargs.rotaryDim! }) as tf.Tensor4D
         : applyRotary(x, cos, sin, permutation));
-      let q = rotate(heads(qFlat, numHeads));
+      const q = rotate(heads(qFlat, numHeads));
       let k = rotate(heads(kFlat, kvHeads));
       let v = heads(vFlat, kvHeads);
       if (kwargs.cache) [k, v] = kwargs.cache.update(this.args.layerIndex, k, v);
+      // Scores [batch, heads, positions, keys] larger than the backend binds at once (WebGPU: 2 GB on the H100, e.g.
+      // 32 heads × 4,096² float32) are computed over chunks of query positions.
       const keyLen = k.shape[2];
-      // GQA without repeating K/V: head h = kv * groups + g, so [b, H, s, d] is [b, KV, groups·s, d] as is.
-      const grouped = q.reshape([batch, kvHeads, groups * seq, headDim]);
-      // Scaled before the product (transformers scales after): the same up to rounding, on seq × headDim values
-      // instead of seq × keyLen.
-      let scores = batchMatMul(tf.mul(grouped, this.scale), k, true).reshape([batch, numHeads, seq, keyLen]);
-      if (kwargs.mask) scores = tf.add(scores, kwargs.mask);
-      const probs = tf.softmax(scores, -1);
-      const context = batchMatMul(probs.reshape([batch, kvHeads, groups * seq, keyLen]), v)
-        .reshape([batch, numHeads, seq, headDim])
+      const chunk = Math.max(1, Math.floor(maxWeightBlockBytes() / (4 * batch * numHeads * keyLen)));
+      const contexts: tf.Tensor[] = [];
+      const probs: tf.Tensor[] = [];
+      for (let start = 0; start < seq; start += chunk) {
+        const n = Math.min(chunk, seq - start);
+        const part = <T extends tf.Tensor>(t: T) => (n === seq ? t : t.slice([0, 0, start, 0], [-1, -1, n, -1]) as T);
+        const mask = kwargs.mask && kwargs.mask.shape[2] === seq ? part(kwargs.mask) : kwargs.mask;
+        const attended = this.attend(part(q), k, v, mask ?? null, n);
+        contexts.push(attended.context);
+        probs.push(attended.probs);
+      }
+      const context = (contexts.length === 1 ? contexts[0] : tf.concat(contexts, 2))
         .transpose([0, 2, 1, 3])
         .reshape([batch * seq, numHeads * headDim]);
       const out = this.project('o_proj', context);
       const shaped = hidden.rank === 2 ? out : out.reshape([batch, seq, -1]);
-      return kwargs.outputAttentions ? [shaped, probs] : [shaped];
+      return kwargs.outputAttentions ? [shaped, probs.length === 1 ? probs[0] : tf.concat(probs, 2)] : [shaped];
     });
+  }
+
+  /** softmax(scale·q·kᵀ + mask)·v for q [b, heads, n, d] against all keys: context [b, heads, n, d] and the probabilities. */
+  private attend(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor | null, n: number): { context: tf.Tensor; probs: tf.Tensor } {
+    const { numHeads, numKeyValueHeads: kvHeads, headDim } = this.args;
+    const groups = numHeads / kvHeads;
+    const [batch, , keyLen] = k.shape;
+    // GQA without repeating K/V: head h = kv * groups + g, so [b, H, n, d] is [b, KV, groups·n, d] as is.
+    const grouped = q.reshape([batch, kvHeads, groups * n, headDim]);
+    // Scaled before the product (transformers scales after): the same up to rounding, on n × headDim values
+    // instead of n × keyLen.
+    let scores = batchMatMul(tf.mul(grouped, this.scale), k, true).reshape([batch, numHeads, n, keyLen]);
+    if (mask) scores = tf.add(scores, mask);
+    const probs = tf.softmax(scores, -1);
+    const context = batchMatMul(probs.reshape([batch, kvHeads, groups * n, keyLen]), v).reshape([batch, numHeads, n, headDim]);
+    return { context, probs };
   }
 
   /** The fused kernel's path (inference on backends that register it): the same steps as call(), cache append included. */

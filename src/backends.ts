@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
 import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
 import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
-import { registerWebGPUKernels } from './kernels/webgpu-kernels';
+import { guardBindingLimit, registerWebGPUKernels } from './kernels/webgpu-kernels';
 import { registerWebGPUDecodeStep } from './kernels/webgpu-decode';
 
 /**
@@ -101,6 +101,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     throw new Error(`Backend ${name} is not available: ${reason}`);
   }
   if (name === 'webgpu') {
+    guardBindingLimit(tf.backend());
     registerWebGPUKernels();
     registerWebGPUDecodeStep();
   }

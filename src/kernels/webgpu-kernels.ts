@@ -586,6 +586,34 @@ export function layerNorm1P(gpu: WebGPUBackendLike, x: tf.TensorInfo, weight: tf
   return gpu.runWebGPUProgram(new LayerNorm1PProgram(rows, cols), [x, weight, bias], 'float32', [{ type: 'float32', data: [eps] }]);
 }
 
+const GUARDED = Symbol('nemotron.bindingLimitGuard');
+
+/**
+ * Makes every WebGPU program refuse, with an error naming the tensor, a tensor larger than the device binds to a
+ * shader (maxStorageBufferBindingSize: 2 GB on the H100, 128 MB on lavapipe). Dawn itself only prints a validation
+ * message and skips the dispatch, so the result would silently be zeros. Idempotent; setBackend('webgpu') calls it.
+ */
+export function guardBindingLimit(backend: object): void {
+  const gpu = backend as WebGPUBackendLike & { device?: { limits?: { maxStorageBufferBindingSize?: number } }; [GUARDED]?: boolean };
+  const limit = gpu.device?.limits?.maxStorageBufferBindingSize;
+  if (gpu[GUARDED] || limit === undefined) return;
+  const run = gpu.runWebGPUProgram;
+  const bytes = (shape: number[], dtype: tf.DataType) => shape.reduce((a, b) => a * b, 1) * (dtype === 'complex64' ? 8 : 4);
+  gpu.runWebGPUProgram = function (this: WebGPUBackendLike, program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, ...rest: unknown[]) {
+    const outputShape = (program as { outputShape: number[] }).outputShape;
+    const tensors: Array<[string, number[], tf.DataType]> = [['output', outputShape, dtype], ...inputs.map((t, i) => [`input ${i}`, t.shape, t.dtype] as [string, number[], tf.DataType])];
+    for (const [what, shape, type] of tensors) {
+      if (bytes(shape, type) > limit) {
+        throw new Error(`WebGPU: ${program.constructor.name} would bind a [${shape}] ${type} tensor (its ${what}) of ${bytes(shape, type)} bytes; ` +
+          `this device binds at most ${limit} bytes to a shader (maxStorageBufferBindingSize). Work on fewer positions at once ` +
+          '(logitsToKeep, shorter or fewer sequences).');
+      }
+    }
+    return (run as (...args: unknown[]) => tf.TensorInfo).call(this, program, inputs, dtype, ...rest);
+  } as WebGPUBackendLike['runWebGPUProgram'];
+  gpu[GUARDED] = true;
+}
+
 /** Registers the fused kernels for 'webgpu' (idempotent); setBackend('webgpu') calls it. */
 export function registerWebGPUKernels(): void {
   if (tf.getKernel(LAYERNORM1P_KERNEL, 'webgpu')) return;

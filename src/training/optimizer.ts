@@ -51,11 +51,17 @@ export class AdamW {
     const c1 = 1 - this.beta1 ** this.step;
     const c2 = Math.sqrt(1 - this.beta2 ** this.step);
     const fused = fusedKernelApplies(ADAMW_KERNEL);
+    // A row block that no token reached (the embedding gathers only from blocks that hold the batch's ids) has no
+    // gradient, yet it is part of one matrix whose gradient torch would hold, zero in those rows: it steps with zeros.
+    const touched = new Set([...grads.keys()].map((name) => blockOf(name)?.[0]).filter((base) => base !== undefined));
     for (const [name, param] of this.params) {
-      const grad = grads.get(name);
+      const base = blockOf(name)?.[0];
+      const zeros = !grads.has(name) && base !== undefined && touched.has(base) ? tf.zerosLike(param) : undefined;
+      const grad = grads.get(name) ?? zeros;
       if (!grad) continue;
       if (fused) {
         this.applyFused(name, param, grad, lr);
+        zeros?.dispose();
         continue;
       }
       const [m, v] = tf.tidy(() => {
@@ -75,6 +81,7 @@ export class AdamW {
       this.expAvgSq.get(name)?.dispose();
       this.expAvg.set(name, tf.keep(m));
       this.expAvgSq.set(name, tf.keep(v));
+      zeros?.dispose();
     }
   }
 

@@ -72,6 +72,8 @@ export function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeB = false): tf.
     const bt = transposeB ? b.reshape([batches, b.shape[b.rank - 2], k]).transpose([0, 2, 1]) : b.reshape([batches, k, -1]);
     const n = bt.shape[2] as number;
     if (batches > 64) return tf.matMul(a.reshape([batches, m, k]), bt).reshape([...lead, m, n]);
+    // One batch: no unstack (tfjs hands a one-output kernel's gradient over as a tensor, not the list stack() wants).
+    if (batches === 1) return tf.matMul(a.reshape([m, k]), bt.reshape([k, n])).reshape([...lead, m, n]);
     const as = tf.unstack(a.reshape([batches, m, k]));
     const bs = tf.unstack(bt);
     return tf.stack(as.map((x, i) => tf.matMul(x as tf.Tensor2D, bs[i] as tf.Tensor2D))).reshape([...lead, m, n]);

@@ -108,6 +108,46 @@ forEachBackend(testBackends(), () => {
     whole.dispose();
   });
 
+  it('AdamW steps a row block that no token reached with a zero gradient, as torch steps the one matrix', async () => {
+    const config = new NemotronConfig({ vocabSize: 90, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, tieWordEmbeddings: false });
+    setMaxWeightBlockBytes(4 * 16 * 40); // blocks of 30 rows: three
+    const blocked = new NemotronForCausalLM(config);
+    setMaxWeightBlockBytes(null);
+    const whole = new NemotronForCausalLM(config);
+    const wholeParams = whole.namedParameters();
+    const blockedParams = blocked.namedParameters();
+    // The same weights in both: each block takes its rows of the whole matrix.
+    const firstRow = new Map<string, number>();
+    for (const [name, v] of blockedParams) {
+      const [base] = name.split('#');
+      const start = firstRow.get(base) ?? 0;
+      v.assign(base === name ? wholeParams.get(name)! : wholeParams.get(base)!.slice([start, 0], [v.shape[0], -1]));
+      firstRow.set(base, start + v.shape[0]);
+    }
+    const before = tf.memory().numTensors;
+    const optimizers = [new AdamW(wholeParams), new AdamW(blockedParams)];
+    // Step 1 reaches every embedding block; steps 2 and 3 only the first (ids below 30).
+    for (const ids of [[[5, 40, 70, 10]], [[1, 2, 3, 4]], [[7, 8, 9, 1]]]) {
+      [whole, blocked].forEach((model, i) => {
+        const params = model.namedParameters();
+        const { value, grads } = tf.variableGrads(() => model.forward({ inputIds: ids, labels: ids }).loss!, [...params.values()]);
+        const byName = new Map([...params].flatMap(([n, v]) => (grads[v.name] ? [[n, grads[v.name]] as [string, tf.Tensor]] : [])));
+        optimizers[i].apply(byName, 0.01);
+        tf.dispose([value, ...Object.values(grads).filter((g) => g)]);
+      });
+    }
+    for (const name of ['model.embed_tokens.weight', 'lm_head.weight']) {
+      const joined = tf.concat([0, 1, 2].map((i) => blockedParams.get(`${name}#${i}`)!));
+      const worst = tf.tidy(() => tf.max(tf.abs(tf.sub(joined, wholeParams.get(name)!))).dataSync()[0]);
+      expect(worst, `${name}: blocks against the whole matrix after 3 steps`).to.be.at.most(1e-6);
+      joined.dispose();
+    }
+    optimizers.forEach((o) => o.dispose());
+    expect(tf.memory().numTensors, 'no tensor left by the steps').to.equal(before);
+    blocked.dispose();
+    whole.dispose();
+  });
+
   it('a limit below one row is refused with the sizes', () => {
     setMaxWeightBlockBytes(64);
     const before = tf.memory().numTensors;

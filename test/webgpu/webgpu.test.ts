@@ -280,6 +280,44 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
+  it('a tensor over the binding limit is refused with its shape (Dawn alone would skip the dispatch and leave zeros)', async () => {
+    const limit = (tf.backend() as unknown as { device: { limits: { maxStorageBufferBindingSize: number } } }).device.limits.maxStorageBufferBindingSize;
+    const before = tf.memory().numTensors;
+    const n = limit / 4 + 1024;
+    expect(() => tf.fill([n], 2)).to.throw(new RegExp(`\\[${n}\\] float32 tensor \\(its output\\) of ${4 * n} bytes; this device binds at most ${limit} bytes`));
+    expect(tf.memory().numTensors, 'nothing allocated').to.equal(before);
+  });
+
+  it('a prompt whose attention scores are over the binding limit runs in chunks of positions and gives the cpu backend\'s logits', async function () {
+    // 16 heads × 1,500² float32 scores: 144 MB, over lavapipe's 128 MB (the H100's 2 GB: 32 heads × 4,096² and up).
+    const config = new NemotronConfig({
+      vocabSize: 300, hiddenSize: 64, numAttentionHeads: 16, numKeyValueHeads: 4, headDim: 4, intermediateSize: 96, numHiddenLayers: 1,
+      maxPositionEmbeddings: 2048,
+    });
+    const limit = (tf.backend() as unknown as { device: { limits: { maxStorageBufferBindingSize: number } } }).device.limits.maxStorageBufferBindingSize;
+    const seq = 1500;
+    if (4 * 16 * seq * seq <= limit) this.skip();
+    const prompt = [Array.from({ length: seq }, (_, i) => (i * 37) % 300)];
+    const dir = tmpDir('webgpu-long-prompt');
+    const logitsOn = async (backend: 'cpu' | 'webgpu') => {
+      await setBackend(backend);
+      const model = backend === 'cpu' ? new NemotronForCausalLM(config) : await NemotronForCausalLM.fromPretrained(dir);
+      if (backend === 'cpu') await model.savePretrained(dir);
+      const out = model.forward({ inputIds: prompt, logitsToKeep: 4 });
+      const values = await out.logits.data() as Float32Array;
+      out.logits.dispose();
+      model.dispose();
+      return values;
+    };
+    const reference = await logitsOn('cpu');
+    const ours = await logitsOn('webgpu');
+    let worst = 0;
+    let size = 0;
+    reference.forEach((v, i) => { worst = Math.max(worst, Math.abs(v - ours[i])); size = Math.max(size, Math.abs(v)); });
+    expect(size, 'logits that are not all zero').to.be.above(0);
+    expect(worst, `max |webgpu - cpu| over the last 4 positions' logits: ${worst} (max ${size})`).to.be.at.most(1e-4 * Math.max(1, size));
+  });
+
   it('the fused decoding attention kernel equals the plain tfjs ops (GQA and MHA, padding mask, cache append)', async () => {
     for (const [heads, kvHeads, headDim, rotaryDim] of [[4, 2, 16, 8], [3, 3, 8, 8], [24, 8, 128, 64]]) {
       const hiddenSize = heads * headDim;

@@ -5,7 +5,10 @@ export { tf };
 export * from './backends';
 export * from './tensors';
 export * from './losses';
-export { DECODE_STEP_KERNEL, useFusedKernels } from './kernels/fused';
+export {
+  ADAMW_KERNEL, ATTENTION_KERNEL, DECODE_STEP_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL,
+  TRANSPOSED_PRODUCT_KERNEL, useFusedKernels,
+} from './kernels/fused';
 export * from './io/safetensors';
 export * from './io/checkpoint';
 export { Relu2, relu2 } from '../layers/relu2';

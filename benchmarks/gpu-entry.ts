@@ -13,7 +13,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { AdamW, DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
-import { FEW_ROWS } from '../src/kernels/webgpu-kernels';
+import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { linear, withDeferredInit } from '../layers/weights';
 import { fixtureParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
@@ -98,14 +98,15 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
     const w = tf.fill([outF, inF], 0.02);
     const reps = outF > 100000 || rows > 16 ? 10 : 50;
     const entry: Record<string, number> = {};
-    const variants: Array<[string, () => tf.Tensor, string[]]> = [
-      ['tfjsMatMul', () => tf.matMul(a, w, false, true), []],
-      ['linearKernel', () => linear(a, w), []],
-      // Many rows: the tiled product above; weight first here.
-      ...(rows > FEW_ROWS ? [['weightFirst', () => linear(a, w), [TILED_PRODUCT_KERNEL]] as [string, () => tf.Tensor, string[]]] : []),
+    const variants: Array<[string, () => tf.Tensor, string[], boolean]> = [
+      ['tfjsMatMul', () => tf.matMul(a, w, false, true), [], true],
+      ['linearKernel', () => linear(a, w), [], true],
+      // Many rows: the tiled product above; weight first here. Few rows: vec4 reads above; one float at a time here.
+      rows > FEW_ROWS ? ['weightFirst', () => linear(a, w), [TILED_PRODUCT_KERNEL], true] : ['fewRowsScalar', () => linear(a, w), [], false],
     ];
-    for (const [name, f, off] of variants) {
+    for (const [name, f, off, vectorized] of variants) {
       useFusedKernels(false, off);
+      setVectorizedFewRows(vectorized);
       const run = async (n: number) => {
         const outs: tf.Tensor[] = [];
         for (let i = 0; i < n; i++) outs.push(f());
@@ -118,6 +119,7 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
       entry[`${name}TFLOPs`] = round((reps * 2 * rows * outF * inF) / seconds / 1e12, 2);
       entry[`${name}Ms`] = round((1000 * seconds) / reps, 3);
       useFusedKernels(true);
+      setVectorizedFewRows(true);
     }
     rates[`${rows}x${inF}x${outF}`] = entry;
     tf.dispose([a, w]);
@@ -191,7 +193,8 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   // few-rows products either; none (tfjs's own ops).
   const variants: Array<[string, () => void]> = [
     ['', () => useFusedKernels(true)],
-    ['WithoutDecodeStepKernel', () => useFusedKernels(false, [DECODE_STEP_KERNEL])],
+    ['WithoutVectorizedFewRows', () => setVectorizedFewRows(false)],
+    ['WithoutDecodeStepKernel', () => { setVectorizedFewRows(true); useFusedKernels(false, [DECODE_STEP_KERNEL]); }],
     ['WithoutDecodeStepAndFewRowsKernels', () => useFusedKernels(false, [DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL])],
     ['PlainOps', () => useFusedKernels(false)],
   ];
@@ -348,7 +351,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
+    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -359,7 +362,7 @@ function summary(): string {
       continue;
     }
     lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutTiledProduct}; ` +
-      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} | ` +
+      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} (${r.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}) | ` +
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}) |`);

@@ -34,7 +34,7 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
     const bench = results['bench.tiny'];
     expect(bench.error, 'no error in the benchmark').to.equal(undefined);
-    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond',
+    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
       'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
@@ -45,8 +45,9 @@ describe('the GPU device entry, on lavapipe', function () {
     expect(bench.decodeStepPrograms.DecodeAttentionProgram.count, 'attention programs').to.equal(2);
     const summary = fs.readFileSync(path.join(out, 'gpu-results.md'), 'utf8');
     expect(results.micro.matrixVector['300x64x600'].weightFirstMs, 'the many-row product weight first too').to.be.above(0);
+    expect(results.micro.matrixVector['1x64x96'].fewRowsScalarMs, 'the few-rows product one float at a time too').to.be.above(0);
     expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutTiledProduct}; ` +
-      `${bench.prefillTokensPerSecondWithoutProductKernels}) | ${bench.decodeBatch1TokensPerSecond} |`);
+      `${bench.prefillTokensPerSecondWithoutProductKernels}) | ${bench.decodeBatch1TokensPerSecond} (${bench.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}) |`);
     fs.rmSync(out, { recursive: true, force: true });
   });
 });

@@ -10,7 +10,7 @@ import {
   ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
 } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
-import { FEW_ROWS } from '../../src/kernels/webgpu-kernels';
+import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels';
 import { batchMatMul, linear } from '../../layers/weights';
 import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from '../fixture-parity';
@@ -125,11 +125,14 @@ describe('webgpu backend: parity with transformers', function () {
       [1, 8, 140000, false],
       // more rows than FEW_ROWS: the tiled product (64×64 tiles; 128×128 for the 1700 rows), or weight first (W·xᵀ)ᵀ
       [FEW_ROWS + 1, 100, 37, true], [40, 64, 48, false], [128, 256, 96, true], [1700, 32, 1300, true], [40, 66, 48, false],
+      // K not a multiple of 4: the few-rows product reads one float at a time
+      [3, 66, 50, true],
     ];
+    // First pass: the tiled product and few-rows products reading vec4; second: weight first, one float at a time.
     for (const tiled of [true, false]) {
       useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);
+      setVectorizedFewRows(tiled);
       for (const [rows, inFeatures, outFeatures, withBias] of cases) {
-        if (!tiled && rows <= FEW_ROWS) continue;
         const x = tf.randomNormal([rows, inFeatures]) as tf.Tensor2D;
         const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2) as tf.Tensor2D;
         const bias = withBias ? tf.randomNormal([outFeatures]) : null;
@@ -151,6 +154,7 @@ describe('webgpu backend: parity with transformers', function () {
       }
     }
     useFusedKernels(true);
+    setVectorizedFewRows(true);
     for (const [rows, withBias] of [[1, false], [4, true], [FEW_ROWS, false]] as Array<[number, boolean]>) {
       const mlp = new NemotronMLP({ hiddenSize: 96, intermediateSize: 200, bias: withBias, activation: 'relu2' });
       for (const [, v] of mlp.namedWeights()) v.assign(tf.randomNormal(v.shape, 0, 0.3));

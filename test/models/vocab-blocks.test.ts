@@ -11,6 +11,15 @@ import { CONFIGS, expected, expectClose, expectRelClose, fixtureDir, forEachBack
  * Minitron-4B), forced here with a small block limit: loading splits the checkpoint's tensor, forward, gradients and
  * generation match transformers, and saving joins the blocks back into one tensor.
  */
+/** A small causal LM twice: its vocabulary matrices in three blocks of 30 rows, and whole. */
+function blockedAndWhole(): { blocked: NemotronForCausalLM; whole: NemotronForCausalLM } {
+  const config = new NemotronConfig({ vocabSize: 90, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, tieWordEmbeddings: false });
+  setMaxWeightBlockBytes(4 * 16 * 40);
+  const blocked = new NemotronForCausalLM(config);
+  setMaxWeightBlockBytes(null);
+  return { blocked, whole: new NemotronForCausalLM(config) };
+}
+
 forEachBackend(testBackends(), () => {
   afterEach(() => setMaxWeightBlockBytes(null));
 
@@ -70,11 +79,7 @@ forEachBackend(testBackends(), () => {
   }
 
   it('AdamW moments of row blocks save under the HF name and resume with or without blocks', async () => {
-    const config = new NemotronConfig({ vocabSize: 90, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, tieWordEmbeddings: false });
-    setMaxWeightBlockBytes(4 * 16 * 40); // blocks of 30 rows: three
-    const blocked = new NemotronForCausalLM(config);
-    setMaxWeightBlockBytes(null);
-    const whole = new NemotronForCausalLM(config);
+    const { blocked, whole } = blockedAndWhole();
     const before = tf.memory().numTensors;
     const optimizer = new AdamW(blocked.namedParameters());
     for (let step = 0; step < 2; step++) {
@@ -109,11 +114,7 @@ forEachBackend(testBackends(), () => {
   });
 
   it('AdamW steps a row block that no token reached with a zero gradient, as torch steps the one matrix', async () => {
-    const config = new NemotronConfig({ vocabSize: 90, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, tieWordEmbeddings: false });
-    setMaxWeightBlockBytes(4 * 16 * 40); // blocks of 30 rows: three
-    const blocked = new NemotronForCausalLM(config);
-    setMaxWeightBlockBytes(null);
-    const whole = new NemotronForCausalLM(config);
+    const { blocked, whole } = blockedAndWhole();
     const wholeParams = whole.namedParameters();
     const blockedParams = blocked.namedParameters();
     // The same weights in both: each block takes its rows of the whole matrix.

@@ -210,6 +210,10 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   useFusedKernels(true);
   Object.assign(r, await decodeStepProfile(model, ids(1, 8)));
   save();
+  r.decodeBatch1AfterPromptTokens = prefill;
+  r.decodeBatch1AfterPromptTokensPerSecond = await decodeAfterPrompt(model, ids(1, prefill), 16);
+  log(`${name}: decode b1 after a ${prefill}-token prompt ${r.decodeBatch1AfterPromptTokensPerSecond} tok/s`);
+  save();
 
   const trainIds = ids(1, 128);
   const params = [...model.namedParameters().values()];
@@ -221,6 +225,12 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   await step();
   r.trainTokensPerSecond = round(128 / await time(step));
   log(`${name}: training step (loss and gradients) ${r.trainTokensPerSecond} tok/s`);
+  // Where a training step's GPU time goes (the plain tfjs ops and their gradients: the fused kernels are inference only).
+  const trainProfile = await profileKernels(step);
+  r.trainStepKernels = trainProfile.kernels;
+  r.trainStepGpuMs = trainProfile.gpuMs;
+  log(`${name}: training step GPU ${r.trainStepGpuMs} ms in ${Object.values(trainProfile.kernels).reduce((a, e) => a + e.count, 0)} kernels`);
+  save();
   // With the AdamW update too (the CPU benchmark's training step), where the moments fit beside weights and gradients
   // without doubt (under a billion parameters: the device does not report its memory).
   if ((r.parameters as number) < 1e9) {
@@ -241,11 +251,36 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   model.dispose();
 }
 
+type Timings = Record<string, { count: number; ms: number }>;
+
 /**
- * Where a batch-1 decoding step's time goes: the JavaScript that records it (forward() returning), the whole step
- * (token read back), and the GPU time of each kernel (timestamp queries through tf.profile).
+ * GPU time of `f` by kernel (timestamp queries through tf.profile, each program in its own pass) and by WebGPU
+ * program: inside a kernel the backend times each program it dispatches ("Name: ms, Name: ms").
  */
-async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][]): Promise<Record<string, unknown>> {
+async function profileKernels(f: () => Promise<void>): Promise<{ kernels: Timings; programs: Timings; gpuMs: number }> {
+  const kernels: Timings = {};
+  const programs: Timings = {};
+  const add = (into: Timings, name: string, ms: number) => {
+    const e = into[name] ??= { count: 0, ms: 0 };
+    e.count++;
+    e.ms += ms;
+  };
+  const profile = await tf.profile(f);
+  for (const k of profile.kernels) {
+    add(kernels, k.name, typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0);
+    for (const part of String(k.extraInfo ?? '').split(', ')) {
+      const match = /^(\w+): ([\d.e+-]+)$/.exec(part);
+      if (match) add(programs, match[1], Number(match[2]));
+    }
+  }
+  const rounded = (table: Timings) => Object.fromEntries(Object.entries(table)
+    .sort(([, a], [, b]) => b.ms - a.ms)
+    .map(([n, e]) => [n, { count: e.count, ms: round(e.ms, 3) }]));
+  return { kernels: rounded(kernels), programs: rounded(programs), gpuMs: round(Object.values(kernels).reduce((a, e) => a + e.ms, 0), 3) };
+}
+
+/** Greedy batch-1 steps through a KV cache: the token, the time forward() took to return (recorded) and to the token. */
+function greedyStepper(model: NemotronForCausalLM) {
   const cache = new KVCache(model.config.numHiddenLayers);
   const step = async (ids: number[][], attention: number) => {
     const t0 = performance.now();
@@ -257,6 +292,27 @@ async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][])
     token.dispose();
     return { next, recorded, total: performance.now() - t0 };
   };
+  return { cache, step };
+}
+
+/** Batch-1 decoding speed after a long prompt (the attention reads the whole cache every step). */
+async function decodeAfterPrompt(model: NemotronForCausalLM, prompt: number[][], steps: number): Promise<number> {
+  const { cache, step } = greedyStepper(model);
+  let length = prompt[0].length;
+  let { next } = await step(prompt, length);
+  next = (await step([[next]], ++length)).next; // the first step after a prompt compiles nothing new, but warms up
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) next = (await step([[next]], ++length)).next;
+  cache.dispose();
+  return round((1000 * steps) / (performance.now() - t0));
+}
+
+/**
+ * Where a batch-1 decoding step's time goes: the JavaScript that records it (forward() returning), the whole step
+ * (token read back), and the GPU time of each kernel (timestamp queries through tf.profile).
+ */
+async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][]): Promise<Record<string, unknown>> {
+  const { cache, step } = greedyStepper(model);
   let { next } = await step(prompt, prompt[0].length);
   let length = prompt[0].length;
   const recorded: number[] = [];
@@ -268,28 +324,10 @@ async function decodeStepProfile(model: NemotronForCausalLM, prompt: number[][])
   }
   const mean = (xs: number[]) => round(xs.reduce((a, b) => a + b, 0) / xs.length);
   const r: Record<string, unknown> = { decodeStepRecordMs: mean(recorded), decodeStepTotalMs: mean(total) };
-  const kernels: Record<string, { count: number; ms: number }> = {};
-  // Inside a kernel, the WebGPU backend times each program it dispatches ("Name: ms, Name: ms"): what the fused
-  // step's time is made of.
-  const programs: Record<string, { count: number; ms: number }> = {};
-  const add = (into: Record<string, { count: number; ms: number }>, name: string, ms: number) => {
-    const e = into[name] ??= { count: 0, ms: 0 };
-    e.count++;
-    e.ms += ms;
-  };
-  const profile = await tf.profile(async () => { next = (await step([[next]], ++length)).next; });
-  for (const k of profile.kernels) {
-    add(kernels, k.name, typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0);
-    for (const part of String(k.extraInfo ?? '').split(', ')) {
-      const match = /^(\w+): ([\d.e+-]+)$/.exec(part);
-      if (match) add(programs, match[1], Number(match[2]));
-    }
-  }
-  const rounded = (table: Record<string, { count: number; ms: number }>) =>
-    Object.fromEntries(Object.entries(table).map(([n, e]) => [n, { count: e.count, ms: round(e.ms, 3) }]));
-  r.decodeStepKernels = rounded(kernels);
-  r.decodeStepPrograms = rounded(programs);
-  r.decodeStepGpuMs = round(Object.values(kernels).reduce((a, e) => a + e.ms, 0), 3);
+  const profile = await profileKernels(async () => { next = (await step([[next]], ++length)).next; });
+  r.decodeStepKernels = profile.kernels;
+  r.decodeStepPrograms = profile.programs;
+  r.decodeStepGpuMs = profile.gpuMs;
   cache.dispose();
   log(`decode step: recorded in ${r.decodeStepRecordMs} ms, total ${r.decodeStepTotalMs} ms, GPU ${r.decodeStepGpuMs} ms`);
   return r;
@@ -351,7 +389,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
+    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -362,7 +400,7 @@ function summary(): string {
       continue;
     }
     lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutTiledProduct}; ` +
-      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} (${r.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}) | ` +
+      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} (${r.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}; ${r.decodeBatch1AfterPromptTokensPerSecond}) | ` +
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}) |`);

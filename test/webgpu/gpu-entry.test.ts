@@ -34,7 +34,7 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
     const bench = results['bench.tiny'];
     expect(bench.error, 'no error in the benchmark').to.equal(undefined);
-    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows',
+    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows', 'decodeBatch1AfterPromptTokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
       'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
@@ -43,11 +43,13 @@ describe('the GPU device entry, on lavapipe', function () {
     // Its programs, each timed (7 a layer, then the final norm; the tiny model has 2 layers).
     expect(bench.decodeStepPrograms.FewRowsLinearProgram.count, 'products in the step').to.be.at.least(8);
     expect(bench.decodeStepPrograms.DecodeAttentionProgram.count, 'attention programs').to.equal(2);
+    expect(bench.trainStepKernels.BatchMatMul.count, 'the training step profiled by kernel').to.be.above(0);
     const summary = fs.readFileSync(path.join(out, 'gpu-results.md'), 'utf8');
     expect(results.micro.matrixVector['300x64x600'].weightFirstMs, 'the many-row product weight first too').to.be.above(0);
     expect(results.micro.matrixVector['1x64x96'].fewRowsScalarMs, 'the few-rows product one float at a time too').to.be.above(0);
     expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutTiledProduct}; ` +
-      `${bench.prefillTokensPerSecondWithoutProductKernels}) | ${bench.decodeBatch1TokensPerSecond} (${bench.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}) |`);
+      `${bench.prefillTokensPerSecondWithoutProductKernels}) | ${bench.decodeBatch1TokensPerSecond} (${bench.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}; ` +
+      `${bench.decodeBatch1AfterPromptTokensPerSecond}) |`);
     fs.rmSync(out, { recursive: true, force: true });
   });
 });

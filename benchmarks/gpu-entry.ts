@@ -147,14 +147,16 @@ function randomWeightsOnGPU(model: NemotronForCausalLM, stddev: number): void {
   }
 }
 
-/** Overrides for a quick check of the code paths (a software driver): --layers N, --prefill N. */
+/** Overrides for a quick check of the code paths (a software driver): --layers N, --vocab N, --prefill N. */
 const argv = process.argv.slice(2);
 const flag = (name: string) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : undefined);
 
 /** Benchmarks one configuration into `r` (results[`bench.NAME`]: every save() keeps what is measured so far). */
 async function bench(name: string, r: Record<string, unknown>): Promise<void> {
-  const layers = flag('--layers');
-  const config = new NemotronConfig({ ...benchConfig(name).fields, ...(layers ? { numHiddenLayers: layers } : {}), padTokenId: 0 });
+  const [layers, vocab] = [flag('--layers'), flag('--vocab')];
+  const config = new NemotronConfig({
+    ...benchConfig(name).fields, ...(layers ? { numHiddenLayers: layers } : {}), ...(vocab ? { vocabSize: vocab } : {}), padTokenId: 0,
+  });
   const model = withDeferredInit(() => new NemotronForCausalLM(config));
   r.initSeconds = round(await time(async () => {
     randomWeightsOnGPU(model, config.initializerRange);

@@ -12,6 +12,7 @@ import type { WebGPUBackendLike } from './webgpu-kernels';
  * vec4 of a tile row (no bank conflicts) and write consecutive output columns.
  */
 const THREADS = 16;
+/** K per step through workgroup memory: 4 k-quads, so that a tile's (row quad, k-quad) pairs number `tile`. */
 const K_STEP = 16;
 
 export class TiledProductProgram {
@@ -40,21 +41,18 @@ export class TiledProductProgram {
     const groups = r / 4; // 64-row (64-column) groups of a thread's block
     const rows = Array.from({ length: r }, (_, i) => i);
     const cols = Array.from({ length: groups }, (_, h) => h);
-    const loads = (tile * K_STEP) / 4 / (THREADS * THREADS);
-    // One operand's tile: `loads` vec4 a thread, stored transposed (k-major) with zeros past the edges.
+    // One operand's tile, stored k-major with zeros past the edges: thread p (of `tile`) reads the same k-quad of four
+    // consecutive rows and writes four whole vec4 (one per k), so no two threads write parts of one vec4.
+    const quad = [0, 1, 2, 3];
     const loadTile = (operand: 'a' | 'b', shared: string, first: string, limit: string, base: string) => `
-        for (var l = 0; l < ${loads}; l++) {
-          let e = tid + l * ${THREADS * THREADS};
-          let row = e / 4;
-          let q = e % 4;
-          var v = vec4<f32>(0.0);
-          if (${first} + row < ${limit} && t + q < uniforms.k4) {
-            v = ${operand}[${base} + (${first} + row) * uniforms.k4 + t + q];
-          }
-          for (var c = 0; c < 4; c++) {
-            ${shared}[(q * 4 + c) * ${tile / 4} + row / 4][row % 4] = v[c];
-          }
-        }`;
+          let q = p % 4;
+          let g = p / 4;
+          let inK = t + q < uniforms.k4;
+          ${quad.map((i) => `var v${i} = vec4<f32>(0.0);
+          if (${first} + g * 4 + ${i} < ${limit} && inK) {
+            v${i} = ${operand}[${base} + (${first} + g * 4 + ${i}) * uniforms.k4 + t + q];
+          }`).join('\n          ')}
+          ${quad.map((c) => `${shared}[(q * 4 + ${c}) * ${tile / 4} + g] = vec4<f32>(v0[${c}], v1[${c}], v2[${c}], v3[${c}]);`).join('\n          ')}`;
     const store = rows.map((i) => {
       const row = `row0 + ${Math.floor(i / 4) * 64} + ty * 4 + ${i % 4}`;
       return `
@@ -83,8 +81,14 @@ export class TiledProductProgram {
       let bBase = batch * uniforms.bStride;
       ${rows.map((i) => cols.map((h) => `var acc${i}_${h} = vec4<f32>(0.0);`).join(' ')).join('\n      ')}
       for (var t = 0; t < uniforms.k4; t += ${K_STEP / 4}) {
-        ${loadTile('a', 'aTile', 'row0', 'uniforms.m', 'aBase')}
-        ${loadTile('b', 'bTile', 'col0', 'uniforms.n', 'bBase')}
+        // Threads 0..${tile - 1} load a's tile, the next ${tile} b's: ${tile / 4} row quads by 4 k-quads each.
+        if (tid < ${tile}) {
+          let p = tid;
+          ${loadTile('a', 'aTile', 'row0', 'uniforms.m', 'aBase')}
+        } else if (tid < ${2 * tile}) {
+          let p = tid - ${tile};
+          ${loadTile('b', 'bTile', 'col0', 'uniforms.n', 'bBase')}
+        }
         workgroupBarrier();
         for (var k = 0; k < ${K_STEP}; k++) {
           ${Array.from({ length: groups }, (_, g) => `let a${g} = aTile[k * ${tile / 4} + ${g * 16} + ty];`).join('\n          ')}

@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { AdamW, DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
+import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
 import { linear, withDeferredInit } from '../layers/weights';
 import { fixtureParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
@@ -196,7 +197,8 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   const variants: Array<[string, () => void]> = [
     ['', () => useFusedKernels(true)],
     ['WithoutVectorizedFewRows', () => setVectorizedFewRows(false)],
-    ['WithoutDecodeStepKernel', () => { setVectorizedFewRows(true); useFusedKernels(false, [DECODE_STEP_KERNEL]); }],
+    ['WithoutNormPrologue', () => { setVectorizedFewRows(true); setDecodeNormPrologue(false); }],
+    ['WithoutDecodeStepKernel', () => { setDecodeNormPrologue(true); useFusedKernels(false, [DECODE_STEP_KERNEL]); }],
     ['WithoutDecodeStepAndFewRowsKernels', () => useFusedKernels(false, [DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL])],
     ['PlainOps', () => useFusedKernels(false)],
   ];
@@ -391,7 +393,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
+    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; norms apart; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -402,7 +404,8 @@ function summary(): string {
       continue;
     }
     lines.push(`| ${key.slice(6)} | ${r.prefillTokensPerSecond} (${r.prefillTokensPerSecondWithoutTiledProduct}; ` +
-      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} (${r.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}; ${r.decodeBatch1AfterPromptTokensPerSecond}) | ` +
+      `${r.prefillTokensPerSecondWithoutProductKernels}) | ${r.decodeBatch1TokensPerSecond} (${r.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}; ` +
+      `${r.decodeBatch1TokensPerSecondWithoutNormPrologue}; ${r.decodeBatch1AfterPromptTokensPerSecond}) | ` +
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}) |`);

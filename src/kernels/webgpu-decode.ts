@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, limitFusedKernel } from './fused';
 import type { DecodeStepSpec } from './tensorflow-graph';
-import { FEW_ROWS, PerElementProgram, WebGPUBackendLike, WorkgroupProgram, fewRowsProduct, layerNorm1P } from './webgpu-kernels';
+import { FEW_ROWS, FewRowsOptions, PerElementProgram, WebGPUBackendLike, WorkgroupProgram, fewRowsProduct, layerNorm1P } from './webgpu-kernels';
 
 /**
  * A whole decoding step (one new token per row after a KV cache) on WebGPU in 7 dispatches a layer, where the layers'
@@ -161,6 +161,28 @@ class DecodeAttentionProgram extends WorkgroupProgram {
   }
 }
 
+let normPrologue = true;
+
+/**
+ * Whether the step folds each LayerNorm1P into the product after it (the default: each workgroup recomputes the row's
+ * statistics, one dispatch fewer) or runs it as its own dispatch first. For the device benchmark, which measures both.
+ */
+export function setDecodeNormPrologue(on: boolean): void {
+  normPrologue = on;
+}
+
+/** LayerNorm1P(x) · Wᵀ for the stacked weights: folded into one product, or a norm dispatch and then the product. */
+function normedProduct(gpu: WebGPUBackendLike, x: tf.TensorInfo, lnWeight: tf.TensorInfo, lnBias: tf.TensorInfo, weights: tf.TensorInfo[],
+  options: FewRowsOptions, eps: number): tf.TensorInfo {
+  if (normPrologue) return fewRowsProduct(gpu, [x, lnWeight, lnBias, ...weights], { ...options, norm: true }, eps);
+  const normed = layerNorm1P(gpu, x, lnWeight, lnBias, eps);
+  try {
+    return fewRowsProduct(gpu, [normed, ...weights], options);
+  } finally {
+    gpu.disposeData(normed.dataId);
+  }
+}
+
 function decodeStep({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo[] {
   const gpu = backend as WebGPUBackendLike;
   const spec = attrs as unknown as DecodeStepSpec;
@@ -182,9 +204,8 @@ function decodeStep({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap;
       const temporaries: tf.TensorInfo[] = [];
       const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
       try {
-        const qkv = temp(fewRowsProduct(gpu,
-          [x, p('input_layernorm.weight'), p('input_layernorm.bias'), p('self_attn.q_proj.weight'), p('self_attn.k_proj.weight'), p('self_attn.v_proj.weight')],
-          { norm: true, widths: [qWidth, kvWidth, kvWidth] }, eps));
+        const qkv = temp(normedProduct(gpu, x, p('input_layernorm.weight'), p('input_layernorm.bias'),
+          [p('self_attn.q_proj.weight'), p('self_attn.k_proj.weight'), p('self_attn.v_proj.weight')], { widths: [qWidth, kvWidth, kvWidth] }, eps));
         const past = named[`past.keys.${i}`].shape[2];
         const shape = [b, kvHeads, past + 1, d];
         const keys = gpu.runWebGPUProgram(new AppendToCacheProgram(shape, true), [named[`past.keys.${i}`], qkv, cos, sin], 'float32', [
@@ -200,8 +221,8 @@ function decodeStep({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap;
             { type: 'int32', data: [past + 1] }, { type: 'int32', data: [width] }, { type: 'int32', data: [half] }, { type: 'float32', data: [scale] },
           ]));
         const attended = temp(fewRowsProduct(gpu, [context, p('self_attn.o_proj.weight'), x], { widths: [spec.hiddenSize], residual: true }));
-        const up = temp(fewRowsProduct(gpu, [attended, p('post_attention_layernorm.weight'), p('post_attention_layernorm.bias'), p('mlp.up_proj.weight')],
-          { norm: true, widths: [spec.intermediateSize], epilogue: spec.activation }, eps));
+        const up = temp(normedProduct(gpu, attended, p('post_attention_layernorm.weight'), p('post_attention_layernorm.bias'), [p('mlp.up_proj.weight')],
+          { widths: [spec.intermediateSize], epilogue: spec.activation }, eps));
         const next = fewRowsProduct(gpu, [up, p('mlp.down_proj.weight'), attended], { widths: [spec.hiddenSize], residual: true });
         if (x !== named.hidden) free(x);
         x = next;

@@ -34,7 +34,8 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
     const bench = results['bench.tiny'];
     expect(bench.error, 'no error in the benchmark').to.equal(undefined);
-    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows', 'decodeBatch1AfterPromptTokensPerSecond',
+    for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows', 'decodeBatch1TokensPerSecondWithoutNormPrologue',
+      'decodeBatch1AfterPromptTokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
       'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
@@ -49,7 +50,7 @@ describe('the GPU device entry, on lavapipe', function () {
     expect(results.micro.matrixVector['1x64x96'].fewRowsScalarMs, 'the few-rows product one float at a time too').to.be.above(0);
     expect(summary).to.include(`| tiny | ${bench.prefillTokensPerSecond} (${bench.prefillTokensPerSecondWithoutTiledProduct}; ` +
       `${bench.prefillTokensPerSecondWithoutProductKernels}) | ${bench.decodeBatch1TokensPerSecond} (${bench.decodeBatch1TokensPerSecondWithoutVectorizedFewRows}; ` +
-      `${bench.decodeBatch1AfterPromptTokensPerSecond}) |`);
+      `${bench.decodeBatch1TokensPerSecondWithoutNormPrologue}; ${bench.decodeBatch1AfterPromptTokensPerSecond}) |`);
     fs.rmSync(out, { recursive: true, force: true });
   });
 });

@@ -11,6 +11,7 @@ import {
 } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels';
+import { setDecodeNormPrologue } from '../../src/kernels/webgpu-decode';
 import { batchMatMul, linear } from '../../layers/weights';
 import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity } from '../fixture-parity';
@@ -235,26 +236,32 @@ describe('webgpu backend: parity with transformers', function () {
       const pad = (b: number, j: number) => padded && b === 1 && j < 2;
       const prompt = Array.from({ length: batch }, (_, b) => Array.from({ length }, (_, j) => (pad(b, j) ? 0 : 3 + ((b * 5 + j * 7) % 290))));
       const attentionMask = prompt.map((row, b) => row.map((_, j) => (pad(b, j) ? 0 : 1)));
-      const generateWith = async (fused: boolean) => {
+      const generateWith = async (fused: boolean, normPrologue = true) => {
         useFusedKernels(fused, [DECODE_STEP_KERNEL]);
+        setDecodeNormPrologue(normPrologue);
         let out: { sequences: number[][]; scores?: Float32Array[][] } = { sequences: [] };
         const counts = await kernelsRunAsync(async () => {
           out = await generate(model, prompt, { attentionMask, maxNewTokens: 4, eosTokenId: null, outputScores: true });
         });
         useFusedKernels(true);
+        setDecodeNormPrologue(true);
         return { out, steps: counts.get(DECODE_STEP_KERNEL) ?? 0 };
       };
       const before = tf.memory().numTensors;
       const fused = await generateWith(true);
       expect(tf.memory().numTensors, 'no tensor left by the fused steps').to.equal(before);
       const plain = await generateWith(false);
+      // The norms as dispatches of their own instead of folded into the products.
+      const separateNorms = await generateWith(true, false);
       const what = `${heads}/${kvHeads} heads × ${headDim}, rotary ${rotary}, batch ${batch}${padded ? ' padded' : ''}, prompt ${length}`;
       expect(fused.steps, `${what}: every step after the prompt fused`).to.equal(3);
       expect(plain.steps, `${what}: none when turned off`).to.equal(0);
-      expect(fused.out.sequences, what).to.deep.equal(plain.out.sequences);
-      let worst = 0;
-      fused.out.scores!.forEach((step, i) => step.forEach((row, r) => row.forEach((v, k) => { worst = Math.max(worst, Math.abs(v - plain.out.scores![i][r][k])); })));
-      expect(worst, `${what}: max |fused - layers| over the logits of every step = ${worst}`).to.be.at.most(1e-5);
+      for (const [variant, run] of [['norms folded', fused], ['norms apart', separateNorms]] as const) {
+        expect(run.out.sequences, `${what}, ${variant}`).to.deep.equal(plain.out.sequences);
+        let worst = 0;
+        run.out.scores!.forEach((step, i) => step.forEach((row, r) => row.forEach((v, k) => { worst = Math.max(worst, Math.abs(v - plain.out.scores![i][r][k])); })));
+        expect(worst, `${what}, ${variant}: max |fused - layers| over the logits of every step = ${worst}`).to.be.at.most(1e-5);
+      }
       model.dispose();
     }
   });

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
-import { LINEAR_KERNEL, TRANSPOSED_PRODUCT_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
+import { LINEAR_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL, fusedKernelApplies, fusedKernelAvailable } from '../src/kernels/fused';
+import { FEW_ROWS } from '../src/kernels/webgpu-kernels';
 
 /** A layer whose weights carry their Hugging Face names (relative to the layer), in HF layout. */
 export interface HFNamedWeights {
@@ -42,6 +43,10 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
       const y = tf.engine().runKernel(LINEAR_KERNEL, inputs) as tf.Tensor;
       return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
     }
+    if (flat.shape[0] > FEW_ROWS && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: inFeatures })) {
+      const y = tiledLinear(flat, weight as tf.Tensor2D, bias ?? null);
+      return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
+    }
     // wasm multiplies by a transposed right operand 2–14× slower than by a plain one; (W·xᵀ)ᵀ keeps the weight
     // untransposed and moves only the (small) activations.
     let y: tf.Tensor = tf.getBackend() === 'wasm'
@@ -50,6 +55,38 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
     if (bias) y = tf.add(y, bias);
     return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
   });
+}
+
+/** a [batch, m, k] · b [batch or 1, n, k]ᵀ by the tiled kernel. */
+function tiled(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor | null): tf.Tensor {
+  return tf.engine().runKernel(TILED_PRODUCT_KERNEL, bias ? { a, b, bias } : { a, b }) as tf.Tensor;
+}
+
+/**
+ * x·Wᵀ (+ b) for training where the tiled product exists (WebGPU): forward by the kernel; backward dx = dy·W (tfjs's
+ * matMul without a transposed operand) and dW = dyᵀ·x as the tiled (dyᵀ)·(xᵀ)ᵀ, both operands along the rows; tfjs's
+ * matMul would read a transposed operand in both the forward and dW.
+ */
+function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null): tf.Tensor2D {
+  const [rows, inFeatures] = x.shape;
+  const outFeatures = weight.shape[0];
+  // customGrad hands its function a save callback after the inputs (the bias is told apart by `bias`, not by count);
+  // what the backward reads must be saved through it, or the forward's tidy frees it.
+  const product = tf.customGrad(((...args: unknown[]) => {
+    const [xs, w] = args as [tf.Tensor2D, tf.Tensor2D];
+    const b = bias ? (args[2] as tf.Tensor) : null;
+    (args[args.length - 1] as (ts: tf.Tensor[]) => void)([xs, w]);
+    const value = tiled(xs.reshape([1, rows, inFeatures]), w.reshape([1, outFeatures, inFeatures]), b).reshape([rows, outFeatures]);
+    const gradFunc = (dy: tf.Tensor, [xs, w]: tf.Tensor2D[]) => {
+      const dx = tf.matMul(dy as tf.Tensor2D, w);
+      const dw = rows % 4 === 0 && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: rows })
+        ? tiled(dy.transpose().reshape([1, outFeatures, rows]), xs.transpose().reshape([1, inFeatures, rows])).reshape([outFeatures, inFeatures])
+        : tf.matMul(dy as tf.Tensor2D, xs, true, false);
+      return bias ? [dx, dw, tf.sum(dy, 0)] : [dx, dw];
+    };
+    return { value, gradFunc };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return (bias ? product(x, weight, bias) : product(x, weight)) as tf.Tensor2D;
 }
 
 /** Layer.apply returns a lone tensor for a one-element output list; this undoes that. */

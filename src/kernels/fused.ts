@@ -74,14 +74,22 @@ export function limitFusedKernel(kernelName: string, backendName: string, accept
 }
 
 /**
- * True where `kernelName` is registered for the active backend, accepts `attrs` (see limitFusedKernel), and no gradient
- * tape records (the fused kernels have no gradients; training keeps the plain ops).
+ * True where `kernelName` is registered for the active backend, is on, and accepts `attrs` (see limitFusedKernel),
+ * whether or not a gradient tape records: for a kernel called inside a custom gradient, which supplies its own backward.
  */
-export function fusedKernelApplies(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
+export function fusedKernelAvailable(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
   const backend = tf.getBackend();
   if (!enabled || disabled.has(kernelName) || !tf.getKernel(kernelName, backend)) return false;
   const accepts = limits.get(`${kernelName}/${backend}`);
-  if (accepts && !accepts(attrs)) return false;
+  return !accepts || accepts(attrs);
+}
+
+/**
+ * True where `kernelName` is available (fusedKernelAvailable) and no gradient tape records (the fused kernels have
+ * no gradients; training keeps the plain ops).
+ */
+export function fusedKernelApplies(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
+  if (!fusedKernelAvailable(kernelName, attrs)) return false;
   const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
   return state.gradientDepth === 0;
 }

@@ -173,6 +173,48 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
+  it('training through the tiled product (forward, and dW = dyᵀ·x) gives tfjs\'s gradients: a linear, and a whole model', async () => {
+    const cases: Array<[number, number, number, boolean]> = [[24, 64, 40, true], [40, 32, 300, false], [18, 36, 20, true]];
+    for (const [rows, inFeatures, outFeatures, withBias] of cases) {
+      const x = tf.randomNormal([rows, inFeatures]);
+      const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2);
+      const bias = tf.randomNormal([outFeatures]);
+      const probe = tf.randomNormal([rows, outFeatures]);
+      const inputs = withBias ? [x, weight, bias] : [x, weight];
+      const gradients = () => tf.grads((...ts: tf.Tensor[]) => tf.sum(tf.mul(linear(ts[0], ts[1], ts[2] ?? null), probe)))(inputs);
+      let tiled: tf.Tensor[] = [];
+      const programs = programsRun(() => { tiled = gradients(); });
+      // Forward and dW tiled; dW falls back to tfjs's matMul where the rows are not a multiple of 4.
+      expect(programs.get('TiledProductProgram'), `${rows} rows: tiled programs`).to.equal(rows % 4 === 0 ? 2 : 1);
+      useFusedKernels(false, [TILED_PRODUCT_KERNEL]);
+      const plain = gradients();
+      useFusedKernels(true);
+      for (const [i, name] of ['x', 'W', 'bias'].slice(0, inputs.length).entries()) {
+        const { worst, size } = await differenceAndSize(tiled[i], plain[i]);
+        expect(worst, `[${rows}, ${inFeatures}]·[${outFeatures}, ${inFeatures}]ᵀ: gradient of ${name} ${worst} (max ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      }
+      tf.dispose([x, weight, bias, probe, ...tiled, ...plain]);
+    }
+    const config = new NemotronConfig({ vocabSize: 200, hiddenSize: 64, numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 96, numHiddenLayers: 2 });
+    const model = new NemotronForCausalLM(config);
+    const ids = [Array.from({ length: 12 }, (_, i) => (i * 17) % 200), Array.from({ length: 12 }, (_, i) => (i * 31 + 5) % 200)];
+    const params = model.namedParameters();
+    const gradients = () => tf.variableGrads(() => model.forward({ inputIds: ids, labels: ids }).loss!, [...params.values()]);
+    const before = tf.memory().numTensors;
+    const tiled = gradients();
+    useFusedKernels(false, [TILED_PRODUCT_KERNEL]);
+    const plain = gradients();
+    useFusedKernels(true);
+    expect(Math.abs((await tiled.value.data())[0] - (await plain.value.data())[0]), 'loss').to.be.at.most(1e-5);
+    for (const [name, v] of params) {
+      const { worst, size } = await differenceAndSize(tiled.grads[v.name], plain.grads[v.name]);
+      expect(worst, `gradient of ${name}: ${worst} (max ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+    }
+    tf.dispose([tiled.value, plain.value, ...Object.values(tiled.grads), ...Object.values(plain.grads)]);
+    expect(tf.memory().numTensors, 'no tensor left').to.equal(before);
+    model.dispose();
+  });
+
   it('the transposed product (attention scores) equals tfjs\'s matMul with a transposed operand, tiled or through an explicit bᵀ', async () => {
     for (const tiled of [true, false]) {
       useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);

@@ -10,8 +10,9 @@ shared=${SHARED:-$root/../shared}
 for pkg in webgpu @tensorflow/tfjs-backend-webgpu esbuild; do
   [ -d "node_modules/$pkg" ] || { echo "gpu-prepare: node_modules/$pkg is missing: npm install" >&2; exit 2; }
 done
-# The wasm backend cannot travel in the bundle (it loads .wasm files); the entry never asks for it.
-bash "$shared/gpu/prepare-carry.sh" benchmarks/gpu-entry.ts --external:@tensorflow/tfjs-backend-wasm --external:@tensorflow/tfjs-node --external:@tensorflow/tfjs-node-gpu
+# The wasm backend cannot travel in the bundle (it loads .wasm files); the entry never asks for it. --keep-names: the
+# report names WebGPU programs by their class names, which esbuild would otherwise rename (_FewRowsLinearProgram).
+bash "$shared/gpu/prepare-carry.sh" benchmarks/gpu-entry.ts --keep-names --external:@tensorflow/tfjs-backend-wasm --external:@tensorflow/tfjs-node --external:@tensorflow/tfjs-node-gpu
 
 mkdir -p .device/fixtures
 for config in tiny-gqa tiny-mha-bias; do

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { LAYERNORM1P_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
+import { LAYERNORM1P_GRAD_KERNEL, LAYERNORM1P_KERNEL, fusedKernelApplies, fusedKernelAvailable } from '../src/kernels/fused';
 import { HFNamedWeights, variableOf } from './weights';
 
 export interface LayerNorm1PArgs {
@@ -37,11 +37,31 @@ export class NemotronLayerNorm1P extends tf.layers.Layer implements HFNamedWeigh
       const attrs = { eps: this.args.eps };
       return tf.engine().runKernel(LAYERNORM1P_KERNEL, { x, weight: this.weight.read(), bias: this.bias.read() }, attrs) as tf.Tensor;
     }
+    if (fusedKernelAvailable(LAYERNORM1P_KERNEL) && fusedKernelAvailable(LAYERNORM1P_GRAD_KERNEL)) return this.fusedWithGradient(x);
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true);
       const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.args.eps)));
       return tf.add(tf.mul(normed, tf.add(this.weight.read(), 1)), this.bias.read());
     });
+  }
+
+  /** Training where the backend has both kernels (WebGPU): the fused forward, and the backward as one kernel. */
+  private fusedWithGradient(x: tf.Tensor): tf.Tensor {
+    const eps = this.args.eps;
+    const cols = this.args.size;
+    const norm = tf.customGrad(((...args: unknown[]) => {
+      const [input, weight, bias] = args as tf.Tensor[];
+      (args[3] as (ts: tf.Tensor[]) => void)([input, weight]);
+      const value = tf.engine().runKernel(LAYERNORM1P_KERNEL, { x: input, weight, bias }, { eps }) as tf.Tensor;
+      const gradFunc = (dy: tf.Tensor, [saved, w]: tf.Tensor[]) => {
+        const rows = saved.size / cols;
+        const [dx, dw, db] = tf.engine().runKernel(LAYERNORM1P_GRAD_KERNEL,
+          { dy: dy.reshape([rows, cols]), x: saved.reshape([rows, cols]), weight: w }, { eps }) as tf.Tensor[];
+        return [dx.reshape(saved.shape), dw, db];
+      };
+      return { value, gradFunc };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]);
+    return norm(x, this.weight.read(), this.bias.read());
   }
 
   computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {

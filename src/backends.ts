@@ -5,6 +5,7 @@ import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
 import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
 import { guardBindingLimit, registerWebGPUKernels } from './kernels/webgpu-kernels';
 import { registerWebGPUDecodeStep } from './kernels/webgpu-decode';
+import { registerLayerNorm1PGrad } from './kernels/webgpu-layernorm-grad';
 
 /**
  * The one place that chooses and sets up a tfjs backend.
@@ -103,6 +104,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
   if (name === 'webgpu') {
     guardBindingLimit(tf.backend());
     registerWebGPUKernels();
+    registerLayerNorm1PGrad();
     registerWebGPUDecodeStep();
   }
   if (name === 'tensorflow' || name === 'cuda') {

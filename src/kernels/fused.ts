@@ -6,6 +6,8 @@ import * as tf from '@tensorflow/tfjs';
  * to the plain ops, which are the reference every fused kernel is tested against.
  */
 export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
+/** LayerNorm1P's backward: [dx, dw, db] from dy, x [rows, cols] and the weight (attrs: eps). Training on WebGPU. */
+export const LAYERNORM1P_GRAD_KERNEL = 'NemotronLayerNorm1PGrad';
 export const ROTARY_KERNEL = 'NemotronRotary';
 /** x [rows, in] · Wᵀ (+ b) with W in HF layout [out, in]. */
 export const LINEAR_KERNEL = 'NemotronLinear';

@@ -37,7 +37,8 @@ describe('the GPU device entry, on lavapipe', function () {
     for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows', 'decodeBatch1TokensPerSecondWithoutNormPrologue',
       'decodeBatch1AfterPromptTokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
-      'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond']) {
+      'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond',
+      'trainTokensPerSecondWithoutTiledProduct', 'trainTokensPerSecondWithoutLayerNormGrad']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);

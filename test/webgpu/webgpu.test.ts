@@ -7,7 +7,7 @@ import {
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
 import {
-  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
+  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
 } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels';
@@ -76,6 +76,35 @@ describe('webgpu backend: parity with transformers', function () {
       const worst = (await diff.data())[0];
       expect(worst, `[${rows}, ${cols}]: max |fused - plain| = ${worst}`).to.be.at.most(1e-5);
       tf.dispose([x, fused, plain, diff]);
+      norm.namedWeights().forEach(([, v]) => v.dispose());
+    }
+  });
+
+  it('training through LayerNorm1P: the fused forward and the one-kernel backward give tfjs\'s gradients of the plain ops', async () => {
+    for (const shape of [[5, 48], [2, 7, 64], [33, 1030]]) {
+      const cols = shape[shape.length - 1];
+      const norm = new NemotronLayerNorm1P({ size: cols, eps: 1e-5 });
+      const [weight, bias] = norm.namedWeights().map(([, v]) => v);
+      weight.assign(tf.randomNormal([cols], 0, 0.3));
+      bias.assign(tf.randomNormal([cols], 0, 0.3));
+      const x = tf.add(tf.mul(tf.randomNormal(shape), 3), 1.5);
+      const probe = tf.randomNormal(shape);
+      const gradients = () => tf.variableGrads(() => tf.sum(tf.mul(norm.apply(x) as tf.Tensor, probe)) as tf.Scalar, [weight, bias]);
+      const inputGradient = () => tf.grad((input: tf.Tensor) => tf.sum(tf.mul(norm.apply(input) as tf.Tensor, probe)))(x);
+      const fused = gradients();
+      let fusedDx: tf.Tensor = x;
+      const programs = programsRun(() => { fusedDx = inputGradient(); });
+      expect(programs.get('InputGradProgram'), `[${shape}]: the backward kernel ran`).to.equal(1);
+      useFusedKernels(false, [LAYERNORM1P_GRAD_KERNEL]);
+      const plain = gradients();
+      const plainDx = inputGradient();
+      useFusedKernels(true);
+      for (const [name, a, b] of [['x', fusedDx, plainDx], ['weight', fused.grads[weight.name], plain.grads[weight.name]],
+        ['bias', fused.grads[bias.name], plain.grads[bias.name]]] as Array<[string, tf.Tensor, tf.Tensor]>) {
+        const { worst, size } = await differenceAndSize(a, b);
+        expect(worst, `[${shape}]: gradient of ${name} ${worst} (max ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      }
+      tf.dispose([x, probe, fusedDx, plainDx, fused.value, plain.value, ...Object.values(fused.grads), ...Object.values(plain.grads)]);
       norm.namedWeights().forEach(([, v]) => v.dispose());
     }
   });

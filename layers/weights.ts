@@ -57,15 +57,15 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
   });
 }
 
-/** a [batch, m, k] · b [batch or 1, n, k]ᵀ by the tiled kernel. */
-function tiled(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor | null): tf.Tensor {
-  return tf.engine().runKernel(TILED_PRODUCT_KERNEL, bias ? { a, b, bias } : { a, b }) as tf.Tensor;
+/** a [batch, m, k] · b [batch or 1, n, k]ᵀ by the tiled kernel; with transposeA, a [batch, depth, m]ᵀ · b [.., depth, n]. */
+function tiled(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor | null, transposeA = false): tf.Tensor {
+  return tf.engine().runKernel(TILED_PRODUCT_KERNEL, bias ? { a, b, bias } : { a, b }, { transposeA }) as tf.Tensor;
 }
 
 /**
  * x·Wᵀ (+ b) for training where the tiled product exists (WebGPU): forward by the kernel; backward dx = dy·W (tfjs's
- * matMul without a transposed operand) and dW = dyᵀ·x as the tiled (dyᵀ)·(xᵀ)ᵀ, both operands along the rows; tfjs's
- * matMul would read a transposed operand in both the forward and dW.
+ * matMul without a transposed operand) and dW = dyᵀ·x by the kernel's aᵀ·b form, which reads dy and x along their rows;
+ * tfjs's matMul would read a transposed operand in both the forward and dW.
  */
 function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null): tf.Tensor2D {
   const [rows, inFeatures] = x.shape;
@@ -79,8 +79,8 @@ function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null
     const value = tiled(xs.reshape([1, rows, inFeatures]), w.reshape([1, outFeatures, inFeatures]), b).reshape([rows, outFeatures]);
     const gradFunc = (dy: tf.Tensor, [xs, w]: tf.Tensor2D[]) => {
       const dx = tf.matMul(dy as tf.Tensor2D, w);
-      const dw = rows % 4 === 0 && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: rows })
-        ? tiled(dy.transpose().reshape([1, outFeatures, rows]), xs.transpose().reshape([1, inFeatures, rows])).reshape([outFeatures, inFeatures])
+      const dw = fusedKernelAvailable(TILED_PRODUCT_KERNEL, { transposeA: true, m: outFeatures, n: inFeatures })
+        ? tiled(dy.reshape([1, rows, outFeatures]), xs.reshape([1, rows, inFeatures]), null, true).reshape([outFeatures, inFeatures])
         : tf.matMul(dy as tf.Tensor2D, xs, true, false);
       return bias ? [dx, dw, tf.sum(dy, 0)] : [dx, dw];
     };

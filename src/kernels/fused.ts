@@ -16,6 +16,7 @@ export const TRANSPOSED_PRODUCT_KERNEL = 'NemotronTransposedProduct';
 /**
  * a [batch, m, k] · b [batch or 1, n, k]ᵀ (+ bias) as one tiled product reading both operands along K (WebGPU): the
  * many-row path of LINEAR_KERNEL and TRANSPOSED_PRODUCT_KERNEL use it where registered and on; off, they fall back.
+ * With attrs { transposeA: true }: a [batch, depth, m]ᵀ · b [batch or 1, depth, n] (a weight's gradient).
  */
 export const TILED_PRODUCT_KERNEL = 'NemotronTiledProduct';
 /** relu(x)², element-wise (Relu2). */

@@ -18,21 +18,23 @@ const K_STEP = 16;
 export class TiledProductProgram {
   readonly variableNames: string[];
   readonly variableComponents: number[];
-  readonly uniforms = 'm : i32, n : i32, k4 : i32, bStride : i32,';
+  /** depth: the reduction's length in vec4 (a·bᵀ, along the rows of both) or in rows (aᵀ·b, down both). */
+  readonly uniforms = 'm : i32, n : i32, depth : i32, bStride : i32,';
   readonly shaderKey: string;
   readonly outputShape: number[];
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
   readonly workgroupSize: [number, number, number] = [THREADS, THREADS, 1];
 
-  constructor(batch: number, m: number, n: number, private readonly r: 4 | 8, private readonly bias: boolean) {
+  /** transposeA: aᵀ·b with a [batch, depth, m] and b [batch or 1, depth, n], both read along their rows (m and n). */
+  constructor(batch: number, m: number, n: number, private readonly r: 4 | 8, private readonly bias: boolean, private readonly transposeA = false) {
     const tile = THREADS * r;
     this.outputShape = [batch, m, n];
     this.dispatchLayout = { x: [0, 1, 2] };
     this.dispatch = [Math.ceil(n / tile), Math.ceil(m / tile), batch];
     this.variableNames = bias ? ['a', 'b', 'bias'] : ['a', 'b'];
     this.variableComponents = bias ? [4, 4, 1] : [4, 4];
-    this.shaderKey = `nemotron_tiled_product_${r}_${bias}`;
+    this.shaderKey = `nemotron_tiled_product_${r}_${bias}_${transposeA}`;
   }
 
   getUserCode(): string {
@@ -44,13 +46,26 @@ export class TiledProductProgram {
     // One operand's tile, stored k-major with zeros past the edges: thread p (of `tile`) reads the same k-quad of four
     // consecutive rows and writes four whole vec4 (one per k), so no two threads write parts of one vec4.
     const quad = [0, 1, 2, 3];
-    const loadTile = (operand: 'a' | 'b', shared: string, first: string, limit: string, base: string) => `
+    // aᵀ·b: a tile is already k-major in memory (K_STEP rows of depth, `tile` columns): four whole vec4 a thread.
+    const loadRows = (operand: 'a' | 'b', shared: string, first: string, limit: string, base: string) => `
+          ${quad.map((j) => `{
+            let e = p + ${j * tile};
+            let k = e / ${tile / 4};
+            let col = ${first} + (e % ${tile / 4}) * 4;
+            var v = vec4<f32>(0.0);
+            if (t + k < uniforms.depth && col < ${limit}) {
+              v = ${operand}[${base} + ((t + k) * ${limit} + col) / 4];
+            }
+            ${shared}[e] = v;
+          }`).join('\n          ')}`;
+    const loadTile = (operand: 'a' | 'b', shared: string, first: string, limit: string, base: string) => this.transposeA
+      ? loadRows(operand, shared, first, limit, base) : `
           let q = p % 4;
           let g = p / 4;
-          let inK = t + q < uniforms.k4;
+          let inK = t + q < uniforms.depth;
           ${quad.map((i) => `var v${i} = vec4<f32>(0.0);
           if (${first} + g * 4 + ${i} < ${limit} && inK) {
-            v${i} = ${operand}[${base} + (${first} + g * 4 + ${i}) * uniforms.k4 + t + q];
+            v${i} = ${operand}[${base} + (${first} + g * 4 + ${i}) * uniforms.depth + t + q];
           }`).join('\n          ')}
           ${quad.map((c) => `${shared}[(q * 4 + ${c}) * ${tile / 4} + g] = vec4<f32>(v0[${c}], v1[${c}], v2[${c}], v3[${c}]);`).join('\n          ')}`;
     const store = rows.map((i) => {
@@ -77,11 +92,11 @@ export class TiledProductProgram {
       let batch = i32(workgroupId.z);
       let row0 = i32(workgroupId.y) * ${tile};
       let col0 = i32(workgroupId.x) * ${tile};
-      let aBase = batch * uniforms.m * uniforms.k4;
+      let aBase = batch * uniforms.m * uniforms.depth${this.transposeA ? ' / 4' : ''};
       let bBase = batch * uniforms.bStride;
       ${rows.map((i) => cols.map((h) => `var acc${i}_${h} = vec4<f32>(0.0);`).join(' ')).join('\n      ')}
-      for (var t = 0; t < uniforms.k4; t += ${K_STEP / 4}) {
-        // Threads 0..${tile - 1} load a's tile, the next ${tile} b's: ${tile / 4} row quads by 4 k-quads each.
+      for (var t = 0; t < uniforms.depth; t += ${this.transposeA ? K_STEP : K_STEP / 4}) {
+        // Threads 0..${tile - 1} load a's tile, the next ${tile} b's.
         if (tid < ${tile}) {
           let p = tid;
           ${loadTile('a', 'aTile', 'row0', 'uniforms.m', 'aBase')}
@@ -121,10 +136,34 @@ export function tiledProduct(gpu: WebGPUBackendLike, a: tf.TensorInfo, b: tf.Ten
   if (bk !== k || (bBatch !== 1 && bBatch !== batch) || !tiledProductApplies(k)) {
     throw new Error(`tiledProduct: cannot multiply [${a.shape}] by [${b.shape}]ᵀ (expected b [${batch} or 1, n, ${k}] with ${k} a multiple of 4)`);
   }
-  const tiles = (edge: number) => Math.ceil(m / edge) * Math.ceil(n / edge) * batch;
-  const r = tiles(THREADS * 8) >= FEW_TILES ? 8 : 4;
   const k4 = k / 4;
-  return gpu.runWebGPUProgram(new TiledProductProgram(batch, m, n, r, bias !== undefined), bias ? [a, b, bias] : [a, b], 'float32', [
+  return gpu.runWebGPUProgram(new TiledProductProgram(batch, m, n, tileFor(batch, m, n), bias !== undefined), bias ? [a, b, bias] : [a, b], 'float32', [
     { type: 'int32', data: [m] }, { type: 'int32', data: [n] }, { type: 'int32', data: [k4] }, { type: 'int32', data: [bBatch === 1 ? 0 : n * k4] },
+  ]);
+}
+
+/** 8×8 outputs a thread (128×128 tiles) where there are enough tiles to fill the GPU, else 4×4. */
+function tileFor(batch: number, m: number, n: number): 4 | 8 {
+  const tiles = (edge: number) => Math.ceil(m / edge) * Math.ceil(n / edge) * batch;
+  return tiles(THREADS * 8) >= FEW_TILES ? 8 : 4;
+}
+
+/** Whether tiledTransposedProduct takes these operands: m and n multiples of 4 (vec4 along both rows). */
+export function tiledTransposedProductApplies(m: number, n: number): boolean {
+  return m % 4 === 0 && n % 4 === 0;
+}
+
+/**
+ * a [batch, depth, m]ᵀ · b [batch or 1, depth, n] → [batch, m, n] (a weight's gradient dyᵀ·x): both operands read along
+ * their rows, so no transposed copy either.
+ */
+export function tiledTransposedProduct(gpu: WebGPUBackendLike, a: tf.TensorInfo, b: tf.TensorInfo): tf.TensorInfo {
+  const [batch, depth, m] = a.shape;
+  const [bBatch, bDepth, n] = b.shape;
+  if (bDepth !== depth || (bBatch !== 1 && bBatch !== batch) || !tiledTransposedProductApplies(m, n)) {
+    throw new Error(`tiledTransposedProduct: cannot multiply [${a.shape}]ᵀ by [${b.shape}] (expected b [${batch} or 1, ${depth}, n] with ${m} and n multiples of 4)`);
+  }
+  return gpu.runWebGPUProgram(new TiledProductProgram(batch, m, n, tileFor(batch, m, n), false, true), [a, b], 'float32', [
+    { type: 'int32', data: [m] }, { type: 'int32', data: [n] }, { type: 'int32', data: [depth] }, { type: 'int32', data: [bBatch === 1 ? 0 : depth * n / 4] },
   ]);
 }

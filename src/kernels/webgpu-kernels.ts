@@ -3,7 +3,7 @@ import {
   ADAMW_KERNEL, AdamWAttrs, ATTENTION_KERNEL, AttentionShape, TRANSPOSED_PRODUCT_KERNEL, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL,
   fusedKernelApplies, limitFusedKernel,
 } from './fused';
-import { tiledProduct, tiledProductApplies } from './webgpu-gemm';
+import { tiledProduct, tiledProductApplies, tiledTransposedProduct, tiledTransposedProductApplies } from './webgpu-gemm';
 
 /**
  * Fused kernels for the WebGPU backend, where an op costs 60–100 µs of dispatch whatever its size: one program per
@@ -643,12 +643,16 @@ export function registerWebGPUKernels(): void {
   tf.registerKernel({
     kernelName: TILED_PRODUCT_KERNEL,
     backendName: 'webgpu',
-    kernelFunc: ({ inputs, backend }) => {
+    kernelFunc: ({ inputs, backend, attrs }) => {
       const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
-      return tiledProduct(backend as unknown as WebGPUBackendLike, a, b, bias);
+      const gpu = backend as unknown as WebGPUBackendLike;
+      return (attrs as { transposeA?: boolean } | undefined)?.transposeA ? tiledTransposedProduct(gpu, a, b) : tiledProduct(gpu, a, b, bias);
     },
   });
-  limitFusedKernel(TILED_PRODUCT_KERNEL, 'webgpu', (attrs) => typeof attrs.k === 'number' && tiledProductApplies(attrs.k));
+  // attrs: { k } for a·bᵀ (the reduction runs along the rows), { transposeA: true, m, n } for aᵀ·b.
+  limitFusedKernel(TILED_PRODUCT_KERNEL, 'webgpu', (attrs) => (attrs.transposeA
+    ? tiledTransposedProductApplies(attrs.m as number, attrs.n as number)
+    : typeof attrs.k === 'number' && tiledProductApplies(attrs.k)));
   tf.registerKernel({
     kernelName: RELU2_KERNEL,
     backendName: 'webgpu',

@@ -202,8 +202,8 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
-  it('training through the tiled product (forward, and dW = dyᵀ·x) gives tfjs\'s gradients: a linear, and a whole model', async () => {
-    const cases: Array<[number, number, number, boolean]> = [[24, 64, 40, true], [40, 32, 300, false], [18, 36, 20, true]];
+  it('training through the tiled product (forward x·Wᵀ, and dW = dyᵀ·x in its aᵀ·b form) gives tfjs\'s gradients: a linear, and a whole model', async () => {
+    const cases: Array<[number, number, number, boolean]> = [[24, 64, 40, true], [40, 32, 300, false], [18, 36, 20, true], [20, 32, 30, true]];
     for (const [rows, inFeatures, outFeatures, withBias] of cases) {
       const x = tf.randomNormal([rows, inFeatures]);
       const weight = tf.randomNormal([outFeatures, inFeatures], 0, 0.2);
@@ -213,8 +213,8 @@ describe('webgpu backend: parity with transformers', function () {
       const gradients = () => tf.grads((...ts: tf.Tensor[]) => tf.sum(tf.mul(linear(ts[0], ts[1], ts[2] ?? null), probe)))(inputs);
       let tiled: tf.Tensor[] = [];
       const programs = programsRun(() => { tiled = gradients(); });
-      // Forward and dW tiled; dW falls back to tfjs's matMul where the rows are not a multiple of 4.
-      expect(programs.get('TiledProductProgram'), `${rows} rows: tiled programs`).to.equal(rows % 4 === 0 ? 2 : 1);
+      // Forward and dW tiled; dW falls back to tfjs's matMul where the output features are not a multiple of 4.
+      expect(programs.get('TiledProductProgram'), `${rows} rows: tiled programs`).to.equal(outFeatures % 4 === 0 ? 2 : 1);
       useFusedKernels(false, [TILED_PRODUCT_KERNEL]);
       const plain = gradients();
       useFusedKernels(true);
@@ -266,7 +266,7 @@ describe('webgpu backend: parity with transformers', function () {
     useFusedKernels(true);
   });
 
-  it('the tiled product a·bᵀ (+ bias) equals tfjs\'s matMul: b per batch or shared, 64- and 128-wide tiles, edges, K not a multiple of 16', async () => {
+  it('the tiled product a·bᵀ (+ bias) and aᵀ·b equal tfjs\'s matMul: b per batch or shared, 64- and 128-wide tiles, edges, K not a multiple of 16', async () => {
     const cases: Array<[number, number, number, number, number, boolean]> = [
       // batch, b's batch, m, n, k, bias
       [1, 1, 130, 70, 68, true], [2, 1, 17, 33, 20, true], [6, 6, 40, 50, 64, false], [200, 200, 60, 61, 8, false], [3, 1, 300, 260, 1024, true],
@@ -286,8 +286,21 @@ describe('webgpu backend: parity with transformers', function () {
       expect(worst, `${what}: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
       tf.dispose([a, b, bias, fused, plain]);
     }
+    // aᵀ·b: a [batch, depth, m], b [batch or 1, depth, n]; depth not a multiple of 16; both tile sizes.
+    for (const [batch, bBatch, depth, m, n] of [[1, 1, 50, 64, 40], [3, 1, 17, 36, 132], [200, 200, 10, 60, 64], [1, 1, 300, 260, 200]]) {
+      const a = tf.randomNormal([batch, depth, m]);
+      const b = tf.randomNormal([bBatch, depth, n]);
+      const fused = tf.engine().runKernel(TILED_PRODUCT_KERNEL, { a, b }, { transposeA: true }) as tf.Tensor;
+      const plain = tf.tidy(() => tf.matMul(a, bBatch === batch ? b : tf.tile(b, [batch, 1, 1]), true, false));
+      const { worst, size } = await differenceAndSize(fused, plain);
+      const what = `[${batch}, ${depth}, ${m}]ᵀ·[${bBatch}, ${depth}, ${n}]`;
+      expect(fused.shape, what).to.deep.equal([batch, m, n]);
+      expect(worst, `${what}: ${worst} (max |plain| ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      tf.dispose([a, b, fused, plain]);
+    }
     const odd = [tf.zeros([1, 4, 6]), tf.zeros([1, 5, 6])];
     expect(() => tf.engine().runKernel(TILED_PRODUCT_KERNEL, { a: odd[0], b: odd[1] })).to.throw(/6 a multiple of 4/);
+    expect(() => tf.engine().runKernel(TILED_PRODUCT_KERNEL, { a: odd[1], b: odd[1] }, { transposeA: true })).to.throw(/6 and n multiples of 4/);
     tf.dispose(odd);
   });
 

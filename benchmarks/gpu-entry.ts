@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { AdamW, DECODE_STEP_KERNEL, KVCache, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
+import { AdamW, DECODE_STEP_KERNEL, KVCache, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
@@ -228,16 +228,18 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   };
   await step();
   r.trainTokensPerSecond = round(128 / await time(step));
-  // Without the training kernels: linears on tfjs's matMul (the tiled product costs two transposes for dW), and
-  // LayerNorm1P's plain ops and their gradients.
-  for (const [variant, off] of [['WithoutTiledProduct', [TILED_PRODUCT_KERNEL]], ['WithoutLayerNormGrad', [LAYERNORM1P_GRAD_KERNEL]]] as const) {
+  // Without each training kernel: linears on tfjs's matMul; LayerNorm1P's and the rotary embedding's plain ops and
+  // their gradients.
+  for (const [variant, off] of [['WithoutTiledProduct', [TILED_PRODUCT_KERNEL]], ['WithoutLayerNormGrad', [LAYERNORM1P_GRAD_KERNEL]],
+    ['WithoutRotaryKernel', [ROTARY_KERNEL]]] as const) {
     useFusedKernels(false, off);
     await step();
     r[`trainTokensPerSecond${variant}`] = round(128 / await time(step));
     useFusedKernels(true);
   }
   log(`${name}: training step (loss and gradients) ${r.trainTokensPerSecond} tok/s (without the tiled product ` +
-    `${r.trainTokensPerSecondWithoutTiledProduct}, without the LayerNorm1P backward kernel ${r.trainTokensPerSecondWithoutLayerNormGrad})`);
+    `${r.trainTokensPerSecondWithoutTiledProduct}, without the LayerNorm1P backward kernel ${r.trainTokensPerSecondWithoutLayerNormGrad}, ` +
+    `without the rotary kernel ${r.trainTokensPerSecondWithoutRotaryKernel})`);
   // Where a training step's GPU time goes (the plain tfjs ops and their gradients: the fused kernels are inference only).
   const trainProfile = await profileKernels(step);
   r.trainStepKernels = trainProfile.kernels;
@@ -402,7 +404,7 @@ function summary(): string {
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
-    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; norms apart; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW; without tiled; without LN grad) |',
+    '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; norms apart; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW; without tiled; without LN grad; without rotary) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const [key, value] of Object.entries(results)) {
@@ -418,7 +420,7 @@ function summary(): string {
       `${r.decodeBatch1TokensPerSecondWithoutDecodeStepKernel} | ${r.decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels} | ` +
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}; ` +
-      `${r.trainTokensPerSecondWithoutTiledProduct}; ${r.trainTokensPerSecondWithoutLayerNormGrad}) |`);
+      `${r.trainTokensPerSecondWithoutTiledProduct}; ${r.trainTokensPerSecondWithoutLayerNormGrad}; ${r.trainTokensPerSecondWithoutRotaryKernel}) |`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import { ATTENTION_KERNEL, ROTARY_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
+import { ATTENTION_KERNEL, ROTARY_KERNEL, fusedKernelApplies, fusedKernelAvailable } from '../src/kernels/fused';
 import { KVCache } from './kv-cache';
-import { applyRotary } from './rotary';
+import { applyRotary, rotaryWithGradient } from './rotary';
 import { maxWeightBlockBytes } from './vocab-matrix';
 import { HFNamedWeights, batchMatMul, linear, normalInit, variableOf } from './weights';
 
@@ -89,10 +89,13 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
         return [hidden.rank === 2 ? out : out.reshape([batch, seq, -1])];
       }
       const heads = (t: tf.Tensor, n: number) => t.reshape([batch, seq, n, headDim]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-      const fused = kwargs.rotaryDim !== undefined && cos.shape[0] === batch && fusedKernelApplies(ROTARY_KERNEL);
+      const tables = kwargs.rotaryDim !== undefined && cos.shape[0] === batch;
+      const fused = tables && fusedKernelApplies(ROTARY_KERNEL);
+      // Training on WebGPU: the kernel with its inverse as the gradient (other backends keep the plain ops' gradients).
+      const fusedForTraining = tables && !fused && tf.getBackend() === 'webgpu' && fusedKernelAvailable(ROTARY_KERNEL);
       const rotate = (x: tf.Tensor4D) => (fused
         ? tf.engine().runKernel(ROTARY_KERNEL, { x, cos, sin }, { rotaryDim: kwargs.rotaryDim! }) as tf.Tensor4D
-        : applyRotary(x, cos, sin, permutation));
+        : fusedForTraining ? rotaryWithGradient(x, cos, sin, kwargs.rotaryDim!) : applyRotary(x, cos, sin, permutation));
       const q = rotate(heads(qFlat, numHeads));
       let k = rotate(heads(kFlat, kvHeads));
       let v = heads(vFlat, kvHeads);

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 export const LAYERNORM1P_KERNEL = 'NemotronLayerNorm1P';
 /** LayerNorm1P's backward: [dx, dw, db] from dy, x [rows, cols] and the weight (attrs: eps). Training on WebGPU. */
 export const LAYERNORM1P_GRAD_KERNEL = 'NemotronLayerNorm1PGrad';
+/** Rotary embedding of x [b, h, s, d] by cos/sin [b, 1, s, d] (attrs: rotaryDim; on WebGPU also inverse, its gradient). */
 export const ROTARY_KERNEL = 'NemotronRotary';
 /** x [rows, in] · Wᵀ (+ b) with W in HF layout [out, in]. */
 export const LINEAR_KERNEL = 'NemotronLinear';

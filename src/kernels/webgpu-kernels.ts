@@ -145,7 +145,8 @@ class Relu2Program extends PerElementProgram {
  */
 class RotaryProgram extends PerElementProgram {
   readonly variableNames = ['x', 'cos', 'sin'];
-  readonly uniforms = 'half : i32,';
+  /** sinSign −1 rotates back: the gradient of a rotation by the tables (their sin halves are ∓ the same values). */
+  readonly uniforms = 'half : i32, sinSign : f32,';
   readonly shaderKey = 'nemotron_rotary';
 
   getUserCode(): string {
@@ -161,7 +162,7 @@ class RotaryProgram extends PerElementProgram {
           partner = j - uniforms.half;
         }
         setOutputAtIndex(index, getX(c[0], c[1], c[2], j) * getCos(c[0], 0, c[2], j) +
-          getX(c[0], c[1], c[2], partner) * getSin(c[0], 0, c[2], j));
+          getX(c[0], c[1], c[2], partner) * getSin(c[0], 0, c[2], j) * uniforms.sinSign);
       }
     }
     `;
@@ -243,11 +244,7 @@ function decodeAttention({ inputs, backend, attrs }: { inputs: tf.NamedTensorInf
   const groups = heads / kvHeads;
   const temporaries: tf.TensorInfo[] = [];
   const temp = (t: tf.TensorInfo) => (temporaries.push(t), t);
-  const half = [{ type: 'int32', data: [rotaryDim / 2] }];
-  const rotate = (x: tf.TensorInfo, n: number) => {
-    const shaped = temp(reshape(gpu, x, [b, n, 1, d]));
-    return gpu.runWebGPUProgram(new RotaryProgram(shaped.shape), [shaped, named.cos!, named.sin!], 'float32', half);
-  };
+  const rotate = (x: tf.TensorInfo, n: number) => rotary(gpu, temp(reshape(gpu, x, [b, n, 1, d])), named.cos!, named.sin!, rotaryDim);
   const append = (past: tf.TensorInfo | undefined, x: tf.TensorInfo) => {
     if (!past) return x;
     const concat = tf.getKernel('Concat', 'webgpu')!;
@@ -682,6 +679,12 @@ export function registerWebGPUKernels(): void {
   });
 }
 
+/** x [b, h, s, d] rotated by cos/sin [b, 1, s, d] over the first rotaryDim channels (inverse: rotated back). */
+function rotary(gpu: WebGPUBackendLike, x: tf.TensorInfo, cos: tf.TensorInfo, sin: tf.TensorInfo, rotaryDim: number, inverse = false): tf.TensorInfo {
+  return gpu.runWebGPUProgram(new RotaryProgram(x.shape), [x, cos, sin], 'float32',
+    [{ type: 'int32', data: [rotaryDim / 2] }, { type: 'float32', data: [inverse ? -1 : 1] }]);
+}
+
 /** Registers the rotary kernel (see registerWebGPUKernels). */
 function registerRotary(): void {
   tf.registerKernel({
@@ -689,8 +692,8 @@ function registerRotary(): void {
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend, attrs }) => {
       const { x, cos, sin } = inputs as { x: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo };
-      return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(new RotaryProgram(x.shape), [x, cos, sin], 'float32',
-        [{ type: 'int32', data: [(attrs as { rotaryDim: number }).rotaryDim / 2] }]);
+      const { rotaryDim, inverse } = attrs as { rotaryDim: number; inverse?: boolean };
+      return rotary(backend as unknown as WebGPUBackendLike, x, cos, sin, rotaryDim, inverse);
     },
   });
 }

@@ -38,7 +38,7 @@ describe('the GPU device entry, on lavapipe', function () {
       'decodeBatch1AfterPromptTokensPerSecond',
       'decodeBatch1TokensPerSecondWithoutDecodeStepKernel', 'decodeBatch1TokensPerSecondWithoutDecodeStepAndFewRowsKernels',
       'decodeBatch1TokensPerSecondPlainOps', 'decodeStepTotalMs', 'trainTokensPerSecond', 'trainWithAdamWTokensPerSecond',
-      'trainTokensPerSecondWithoutTiledProduct', 'trainTokensPerSecondWithoutLayerNormGrad']) {
+      'trainTokensPerSecondWithoutTiledProduct', 'trainTokensPerSecondWithoutLayerNormGrad', 'trainTokensPerSecondWithoutRotaryKernel']) {
       expect(bench[key], key).to.be.a('number').and.above(0);
     }
     expect(bench.decodeStepKernels.NemotronDecodeStep.count, 'the profiled step ran as one kernel').to.equal(1);

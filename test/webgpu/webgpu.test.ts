@@ -6,6 +6,7 @@ import {
   KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
+import { rotaryWithGradient } from '../../layers/rotary';
 import {
   ATTENTION_KERNEL, DECODE_STEP_KERNEL, LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
 } from '../../src/kernels/fused';
@@ -121,6 +122,22 @@ describe('webgpu backend: parity with transformers', function () {
       const worst = (await diff.data())[0];
       expect(worst, `[${batch}, ${heads}, ${seq}, ${headDim}] rotary ${rotaryDim}: ${worst}`).to.be.at.most(1e-5);
       tf.dispose([positions, cos, sin, x, fused, plain, diff]);
+      rope.disposeWeights();
+    }
+  });
+
+  it('training through the rotary kernel: its inverse as the gradient equals tfjs\'s gradient of the plain ops (partial and full rotation)', async () => {
+    for (const [batch, heads, seq, headDim, rotaryDim] of [[2, 3, 5, 24, 6], [1, 4, 7, 16, 8], [1, 2, 3, 8, 8]]) {
+      const rope = new PartialRotaryEmbedding({ headDim, rotaryDim, base: 500 });
+      const positions = tf.tensor2d(Array.from({ length: batch }, (_, b) => Array.from({ length: seq }, (_, i) => i + 3 * b)), [batch, seq], 'int32');
+      const [cos, sin] = rope.tables(positions, seq + 3 * batch);
+      const x = tf.randomNormal([batch, heads, seq, headDim]) as tf.Tensor4D;
+      const probe = tf.randomNormal(x.shape);
+      const viaKernel = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(rotaryWithGradient(input as tf.Tensor4D, cos, sin, rotaryDim), probe)))(x);
+      const plain = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(applyRotary(input as tf.Tensor4D, cos, sin, rope.permutation), probe)))(x);
+      const { worst, size } = await differenceAndSize(viaKernel, plain);
+      expect(worst, `[${batch}, ${heads}, ${seq}, ${headDim}] rotary ${rotaryDim}: gradient ${worst} (max ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      tf.dispose([positions, cos, sin, x, probe, viaKernel, plain]);
       rope.disposeWeights();
     }
   });

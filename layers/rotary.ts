@@ -139,21 +139,19 @@ tf.serialization.registerClass(PartialRotaryEmbedding);
 
 /**
  * The fused rotary kernel for training on WebGPU: its gradient is the inverse rotation, the same kernel with the sin
- * table negated (`inverse`), as the tables' sin halves are −sin θ and +sin θ (and 0 on pass-through channels). 1
- * dispatch forward and 3 backward (with two zero gradients for the tables) where the plain ops and their gradients take ~11.
+ * table negated (`inverse`), as the tables' sin halves are −sin θ and +sin θ (and 0 on pass-through channels). One
+ * dispatch each way where the plain ops and their gradients take ~11. The tables are constants: saved for the backward
+ * (the forward's tidy would free them), not differentiated.
  */
 export function rotaryWithGradient(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D, rotaryDim: number): tf.Tensor4D {
-  const rotate = tf.customGrad(((...args: unknown[]) => {
-    const [input, c, s] = args as tf.Tensor[];
-    (args[3] as (ts: tf.Tensor[]) => void)([c, s]);
-    const value = tf.engine().runKernel(ROTARY_KERNEL, { x: input, cos: c, sin: s }, { rotaryDim }) as tf.Tensor;
-    const gradFunc = (dy: tf.Tensor, [savedCos, savedSin]: tf.Tensor[]) => [
-      tf.engine().runKernel(ROTARY_KERNEL, { x: dy, cos: savedCos, sin: savedSin }, { rotaryDim, inverse: true }) as tf.Tensor,
-      tf.zerosLike(savedCos), tf.zerosLike(savedSin),
-    ];
+  const rotate = tf.customGrad(((input: tf.Tensor, save: (ts: tf.Tensor[]) => void) => {
+    save([cos, sin]);
+    const value = tf.engine().runKernel(ROTARY_KERNEL, { x: input, cos, sin }, { rotaryDim }) as tf.Tensor;
+    const gradFunc = (dy: tf.Tensor, [savedCos, savedSin]: tf.Tensor[]) =>
+      tf.engine().runKernel(ROTARY_KERNEL, { x: dy, cos: savedCos, sin: savedSin }, { rotaryDim, inverse: true }) as tf.Tensor;
     return { value, gradFunc };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  return rotate(x, cos, sin) as tf.Tensor4D;
+  return rotate(x) as tf.Tensor4D;
 }
 
 /**

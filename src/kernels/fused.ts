@@ -20,7 +20,7 @@ export const TRANSPOSED_PRODUCT_KERNEL = 'NemotronTransposedProduct';
  * With attrs { transposeA: true }: a [batch, depth, m]ᵀ · b [batch or 1, depth, n] (a weight's gradient).
  */
 export const TILED_PRODUCT_KERNEL = 'NemotronTiledProduct';
-/** relu(x)², element-wise (Relu2). */
+/** relu(x)², element-wise (Relu2); given dy as well, its gradient dy·2·relu(x) (WebGPU). */
 export const RELU2_KERNEL = 'NemotronRelu2';
 /** NemotronMLP's down(act(up(x))) on x [rows, hidden]. */
 export const MLP_KERNEL = 'NemotronMLP';

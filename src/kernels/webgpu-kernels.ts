@@ -121,17 +121,26 @@ export abstract class PerElementProgram {
   }
 }
 
-/** relu(x)² of each element (the MLP's activation), as tf.square(tf.relu(x)) computes it. */
+/**
+ * relu(x)² of each element (the MLP's activation), as tf.square(tf.relu(x)) computes it; with `gradient`, its gradient
+ * dy·2·relu(x) (inputs x and dy).
+ */
 class Relu2Program extends PerElementProgram {
-  readonly variableNames = ['x'];
-  readonly shaderKey = 'nemotron_relu2';
+  readonly variableNames: string[];
+  readonly shaderKey: string;
+
+  constructor(shape: number[], private readonly gradient: boolean) {
+    super(shape);
+    this.variableNames = gradient ? ['x', 'dy'] : ['x'];
+    this.shaderKey = `nemotron_relu2_${gradient}`;
+  }
 
   getUserCode(): string {
     return `
     fn main(index : i32) {
       if (index < uniforms.size) {
         let r = max(getXByOutputIndex(index), 0.0);
-        setOutputAtIndex(index, r * r);
+        setOutputAtIndex(index, ${this.gradient ? 'getDyByOutputIndex(index) * 2.0 * r' : 'r * r'});
       }
     }
     `;
@@ -654,8 +663,8 @@ export function registerWebGPUKernels(): void {
     kernelName: RELU2_KERNEL,
     backendName: 'webgpu',
     kernelFunc: ({ inputs, backend }) => {
-      const { x } = inputs as { x: tf.TensorInfo };
-      return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(new Relu2Program(x.shape), [x], 'float32');
+      const { x, dy } = inputs as { x: tf.TensorInfo; dy?: tf.TensorInfo };
+      return (backend as unknown as WebGPUBackendLike).runWebGPUProgram(new Relu2Program(x.shape, dy !== undefined), dy ? [x, dy] : [x], 'float32');
     },
   });
   tf.registerKernel({ kernelName: ATTENTION_KERNEL, backendName: 'webgpu', kernelFunc: decodeAttention as unknown as tf.KernelFunc });

@@ -142,6 +142,18 @@ describe('webgpu backend: parity with transformers', function () {
     }
   });
 
+  it('training through relu²: its kernel\'s gradient dy·2·relu(x) equals tfjs\'s gradient of square(relu(x))', async () => {
+    const x = tf.randomNormal([37, 130]);
+    const probe = tf.randomNormal([37, 130]);
+    let fused: tf.Tensor = x;
+    const programs = programsRun(() => { fused = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(relu2(input), probe)))(x); });
+    expect(programs.get('Relu2Program'), 'the kernel forward and backward').to.equal(2);
+    const plain = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(tf.square(tf.relu(input)), probe)))(x);
+    const { worst, size } = await differenceAndSize(fused, plain);
+    expect(worst, `gradient ${worst} (max ${size})`).to.be.at.most(1e-6 * Math.max(1, size));
+    tf.dispose([x, probe, fused, plain]);
+  });
+
   it('the fused relu² kernel equals the plain tfjs ops, and the MLP runs it', async () => {
     for (const shape of [[7, 300], [1, 18432], [3, 5, 11]]) {
       const x = tf.randomNormal(shape, 0, 2);

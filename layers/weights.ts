@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { LINEAR_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL, fusedKernelApplies, fusedKernelAvailable } from '../src/kernels/fused';
+import { LINEAR_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL, fusedKernelApplies, fusedKernelAvailable, recordingGradients } from '../src/kernels/fused';
 import { FEW_ROWS } from '../src/kernels/webgpu-kernels';
 
 /** A layer whose weights carry their Hugging Face names (relative to the layer), in HF layout. */
@@ -43,7 +43,7 @@ export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null)
       const y = tf.engine().runKernel(LINEAR_KERNEL, inputs) as tf.Tensor;
       return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
     }
-    if (flat.shape[0] > FEW_ROWS && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: inFeatures })) {
+    if (flat.shape[0] > FEW_ROWS && recordingGradients() && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: inFeatures })) {
       const y = tiledLinear(flat, weight as tf.Tensor2D, bias ?? null);
       return x.rank === 2 ? y : y.reshape([...x.shape.slice(0, -1), outFeatures]);
     }

@@ -93,7 +93,10 @@ export function fusedKernelAvailable(kernelName: string, attrs: Record<string, u
  * no gradients; training keeps the plain ops).
  */
 export function fusedKernelApplies(kernelName: string, attrs: Record<string, unknown> = {}): boolean {
-  if (!fusedKernelAvailable(kernelName, attrs)) return false;
-  const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
-  return state.gradientDepth === 0;
+  return fusedKernelAvailable(kernelName, attrs) && !recordingGradients();
+}
+
+/** Whether a gradient tape records (inside tf.grad, tf.variableGrads, …): where custom gradients take over. */
+export function recordingGradients(): boolean {
+  return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
 }

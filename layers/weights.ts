@@ -89,6 +89,37 @@ function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null
   return (bias ? product(x, weight, bias) : product(x, weight)) as tf.Tensor2D;
 }
 
+/**
+ * Attention's batched products for training where the tiled product exists (WebGPU), every product reading its
+ * operands along their rows: scores Y = a·bᵀ tiled, da = dY·b, db = dYᵀ·a (aᵀ·b form); context Y = a·b on tfjs's
+ * untransposed matMul, da = dY·bᵀ tiled, db = aᵀ·dY (aᵀ·b form). Shapes the kernel does not take go to tfjs's matMul.
+ */
+function tiledBatchProduct(a: tf.Tensor, b: tf.Tensor, transposeB: boolean): tf.Tensor {
+  const lead = a.shape.slice(0, -2);
+  const batch = lead.reduce((x, y) => x * y, 1);
+  const [m, k] = a.shape.slice(-2) as [number, number];
+  const n = b.shape[b.rank - (transposeB ? 2 : 1)];
+  const [aShape, bShape] = [[batch, m, k], transposeB ? [batch, n, k] : [batch, k, n]];
+  // x [batch, rows, depth] · y [batch, cols, depth]ᵀ, and x [batch, depth, rows]ᵀ · y [batch, depth, cols].
+  const nt = (x: tf.Tensor, y: tf.Tensor) => (fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: x.shape[2] })
+    ? tiled(x, y) : tf.matMul(x as tf.Tensor3D, y as tf.Tensor3D, false, true));
+  const tn = (x: tf.Tensor, y: tf.Tensor) => (fusedKernelAvailable(TILED_PRODUCT_KERNEL, { transposeA: true, m: x.shape[2], n: y.shape[2] })
+    ? tiled(x, y, null, true) : tf.matMul(x as tf.Tensor3D, y as tf.Tensor3D, true, false));
+  const product = tf.customGrad(((aIn: tf.Tensor, bIn: tf.Tensor, save: (ts: tf.Tensor[]) => void) => {
+    save([aIn, bIn]);
+    const [a3, b3] = [aIn.reshape(aShape), bIn.reshape(bShape)];
+    const value = (transposeB ? nt(a3, b3) : tf.matMul(a3 as tf.Tensor3D, b3 as tf.Tensor3D)).reshape([...lead, m, n]);
+    const gradFunc = (dy: tf.Tensor, [savedA, savedB]: tf.Tensor[]) => {
+      const [dy3, sa, sb] = [dy.reshape([batch, m, n]), savedA.reshape(aShape), savedB.reshape(bShape)];
+      return transposeB
+        ? [tf.matMul(dy3 as tf.Tensor3D, sb as tf.Tensor3D).reshape(a.shape), tn(dy3, sa).reshape(b.shape)]
+        : [nt(dy3, sb).reshape(a.shape), tn(sa, dy3).reshape(b.shape)];
+    };
+    return { value, gradFunc };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return product(a, b);
+}
+
 /** Layer.apply returns a lone tensor for a one-element output list; this undoes that. */
 export function outputs(result: tf.Tensor | tf.Tensor[] | tf.SymbolicTensor | tf.SymbolicTensor[]): tf.Tensor[] {
   return Array.isArray(result) ? (result as tf.Tensor[]) : [result as tf.Tensor];
@@ -101,6 +132,9 @@ export function outputs(result: tf.Tensor | tf.Tensor[] | tf.SymbolicTensor | tf
  */
 export function batchMatMul(a: tf.Tensor, b: tf.Tensor, transposeB = false): tf.Tensor {
   if (transposeB && fusedKernelApplies(TRANSPOSED_PRODUCT_KERNEL)) return tf.engine().runKernel(TRANSPOSED_PRODUCT_KERNEL, { a, b }) as tf.Tensor;
+  if (recordingGradients() && fusedKernelAvailable(TILED_PRODUCT_KERNEL, { k: 4 }) && tf.util.arraysEqual(a.shape.slice(0, -2), b.shape.slice(0, -2))) {
+    return tiledBatchProduct(a, b, transposeB);
+  }
   if (tf.getBackend() !== 'wasm') return tf.matMul(a, b, false, transposeB);
   return tf.tidy(() => {
     const lead = a.shape.slice(0, -2);

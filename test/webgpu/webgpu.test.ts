@@ -273,6 +273,30 @@ describe('webgpu backend: parity with transformers', function () {
     model.dispose();
   });
 
+  it('training through attention\'s products (scores a·bᵀ, context a·b) with tiled backward products gives tfjs\'s gradients', async () => {
+    const cases: Array<[number[], number[], boolean]> = [
+      [[2, 3, 12, 16], [2, 3, 20, 16], true], [[1, 2, 7, 10], [1, 2, 9, 10], true], // k not a multiple of 4: tfjs's forward
+      [[2, 3, 12, 20], [2, 3, 20, 16], false], [[1, 2, 7, 9], [1, 2, 9, 6], false],
+    ];
+    for (const [aShape, bShape, transposeB] of cases) {
+      const a = tf.randomNormal(aShape);
+      const b = tf.randomNormal(bShape);
+      const outShape = [...aShape.slice(0, -1), transposeB ? bShape[bShape.length - 2] : bShape[bShape.length - 1]];
+      const probe = tf.randomNormal(outShape);
+      const gradients = (f: (x: tf.Tensor, y: tf.Tensor) => tf.Tensor) => tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(f(x, y), probe)))([a, b]);
+      let ours: tf.Tensor[] = [];
+      const programs = programsRun(() => { ours = gradients((x, y) => batchMatMul(x, y, transposeB)); });
+      const plain = gradients((x, y) => tf.matMul(x, y, false, transposeB));
+      const what = `[${aShape}]·[${bShape}]${transposeB ? 'ᵀ' : ''}`;
+      if (aShape[3] % 4 === 0 && bShape[3] % 4 === 0) expect(programs.get('TiledProductProgram') ?? 0, `${what}: tiled programs`).to.be.at.least(2);
+      for (const [i, name] of ['a', 'b'].entries()) {
+        const { worst, size } = await differenceAndSize(ours[i], plain[i]);
+        expect(worst, `${what}: gradient of ${name} ${worst} (max ${size})`).to.be.at.most(1e-5 * Math.max(1, size));
+      }
+      tf.dispose([a, b, probe, ...ours, ...plain]);
+    }
+  });
+
   it('the transposed product (attention scores) equals tfjs\'s matMul with a transposed operand, tiled or through an explicit bᵀ', async () => {
     for (const tiled of [true, false]) {
       useFusedKernels(tiled, [TILED_PRODUCT_KERNEL]);

@@ -286,11 +286,8 @@ async function runWorker(a: Args): Promise<void> {
       let loss = NaN;
       for (let step = 0; step < 2; step++) {
         const start = now();
-        const { value, grads } = tf.variableGrads(() => {
-          const out = model.forward({ inputIds: inputs.train, labels: inputs.train });
-          if (!out.loss) throw new Error('no loss');
-          return out.loss;
-        }, [...params.values()]);
+        // The Trainer's loss: computeLoss (the logits by chunks of positions, never whole).
+        const { value, grads } = tf.variableGrads(() => model.computeLoss({ inputIds: inputs.train, labels: inputs.train }), [...params.values()]);
         loss = (await value.data())[0];
         value.dispose();
         const named = new Map<string, tf.Tensor>();

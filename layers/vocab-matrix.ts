@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { linear, normalInit } from './weights';
+import { linear, normalInit, transposedProduct } from './weights';
 
 /** Separates a parameter's HF name from its block index: `model.embed_tokens.weight#1`. */
 export const BLOCK_SEPARATOR = '#';
@@ -52,6 +52,19 @@ export function maxWeightBlockBytes(): number {
   if (tf.getBackend() !== 'webgpu') return Infinity;
   const device = (tf.backend() as unknown as { device?: { limits?: { maxStorageBufferBindingSize?: number } } }).device;
   return device?.limits?.maxStorageBufferBindingSize ?? Infinity;
+}
+
+/** The default bytes of logits a chunk of the chunked cross entropy holds at once (before the backend's own limit). */
+const DEFAULT_LOSS_CHUNK_BYTES = 256 * 2 ** 20;
+let lossChunkBytes = DEFAULT_LOSS_CHUNK_BYTES;
+
+/**
+ * Sets how many bytes of float32 logits one chunk of `VocabMatrix.projectedCrossEntropy` may hold (null: 256 MiB).
+ * Smaller chunks hold less memory and dispatch more kernels; tests force small ones to cross chunk edges.
+ */
+export function setLossChunkBytes(bytes: number | null): void {
+  if (bytes !== null && !(Number.isInteger(bytes) && bytes > 0)) throw new Error(`setLossChunkBytes: expected a positive integer or null, got ${bytes}`);
+  lossChunkBytes = bytes ?? DEFAULT_LOSS_CHUNK_BYTES;
 }
 
 /**
@@ -110,8 +123,86 @@ export class VocabMatrix {
 
   /** x [..., cols] · Wᵀ: [..., rows]. */
   project(x: tf.Tensor): tf.Tensor {
-    return tf.tidy(() => (this.blocks.length === 1
-      ? linear(x, this.blocks[0])
-      : tf.concat(this.blocks.map((b) => linear(x, b)), -1)));
+    return projectBlocks(x, this.blocks);
   }
+
+  /**
+   * Mean cross entropy of the logits x·Wᵀ against `targets` (one class id per row of x, none ignored), as torch's
+   * CrossEntropyLoss computes it, without the logits ever existing whole: rows of x go through in chunks of at most
+   * setLossChunkBytes() of logits, and the gradient recomputes each chunk's logits rather than keeping them. For a
+   * 256,000-token vocabulary the logits of 2,048 tokens are 2.1 GB (more than WebGPU binds at once), and the
+   * log-softmax, one-hot and gradient that a plain loss adds are as large again each.
+   */
+  projectedCrossEntropy(x: tf.Tensor2D, targets: number[]): tf.Scalar {
+    const [count, cols] = x.shape;
+    if (cols !== this.cols) throw new Error(`projectedCrossEntropy: x has ${cols} columns, expected ${this.cols}`);
+    if (targets.length !== count) throw new Error(`projectedCrossEntropy: ${targets.length} targets for ${count} rows`);
+    if (count === 0) throw new Error('projectedCrossEntropy: no rows: a mean over nothing is undefined');
+    targets.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= this.rows) throw new Error(`projectedCrossEntropy: targets[${i}] = ${t} is outside [0, ${this.rows})`);
+    });
+    const chunkRows = Math.max(1, Math.floor(Math.min(lossChunkBytes, maxWeightBlockBytes()) / (4 * this.rows)));
+    const chunks = Array.from({ length: Math.ceil(count / chunkRows) }, (_, i) => [i * chunkRows, Math.min(count, (i + 1) * chunkRows)]);
+    const vocab = this.rows;
+    const blockStarts = this.starts;
+    // The chunk's logits [rows, vocab] and its targets.
+    const chunkLogits = (xs: tf.Tensor2D, ws: tf.Tensor2D[], [start, end]: number[]) =>
+      projectBlocks(xs.slice([start, 0], [end - start, cols]), ws) as tf.Tensor2D;
+    const loss = tf.customGrad(((...args: unknown[]) => {
+      const inputs = args.slice(0, -1) as tf.Tensor2D[];
+      (args[args.length - 1] as (ts: tf.Tensor[]) => void)(inputs);
+      const [xs, ...ws] = inputs;
+      let total: tf.Tensor = tf.scalar(0);
+      for (const chunk of chunks) {
+        const next = tf.tidy(() => {
+          const logits = chunkLogits(xs, ws, chunk);
+          // The target's logit of each row, gathered from the flattened chunk: row r's is at r·vocab + target.
+          const at = targets.slice(chunk[0], chunk[1]).map((t, r) => r * vocab + t);
+          const picked = tf.gather(logits.reshape([-1]), tf.tensor1d(at, 'int32'));
+          return tf.add(total, tf.sum(tf.sub(tf.logSumExp(logits, 1), picked)));
+        });
+        total.dispose();
+        total = next;
+      }
+      const value = tf.div(total, count) as tf.Scalar;
+      // d loss / d logits = (softmax − onehot(target)) / count, chunk by chunk; then dx = dlogits·W and
+      // dW = dlogitsᵀ·x, block by block, the block gradients summed over chunks.
+      const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, ...sw] = saved as tf.Tensor2D[];
+        const dws: Array<tf.Tensor | null> = sw.map(() => null);
+        const dxs: tf.Tensor[] = [];
+        for (const chunk of chunks) {
+          const [dx, ...dw] = tf.tidy(() => {
+            const logits = chunkLogits(sx, sw, chunk);
+            const onehot = tf.oneHot(tf.tensor1d(targets.slice(chunk[0], chunk[1]), 'int32'), vocab);
+            const dlogits = tf.mul(tf.sub(tf.softmax(logits), onehot), tf.div(dy, count)) as tf.Tensor2D;
+            const xc = sx.slice([chunk[0], 0], [chunk[1] - chunk[0], cols]);
+            const perBlock = sw.map((w, b) => (sw.length === 1 ? dlogits : dlogits.slice([0, blockStarts[b]], [-1, w.shape[0]])));
+            // Summed pairwise: tf.addN binds every block at once, more than WebGPU's 8 buffers a shader.
+            const dxc = perBlock.map((d, b) => tf.matMul(d, sw[b])).reduce((a, b) => tf.add(a, b));
+            return [dxc, ...perBlock.map((d) => transposedProduct(d, xc))];
+          });
+          dxs.push(dx);
+          dw.forEach((d, b) => {
+            const previous = dws[b];
+            dws[b] = previous ? tf.tidy(() => tf.add(previous, d)) : d;
+            if (previous) {
+              previous.dispose();
+              d.dispose();
+            }
+          });
+        }
+        const dx = dxs.length === 1 ? dxs[0] : tf.concat(dxs);
+        if (dxs.length > 1) tf.dispose(dxs);
+        return [dx, ...(dws as tf.Tensor[])];
+      };
+      return { value, gradFunc };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]);
+    return loss(x, ...this.blocks) as tf.Scalar;
+  }
+}
+
+/** x [..., cols] times each block transposed, joined along the last axis: [..., rows]. */
+function projectBlocks(x: tf.Tensor, blocks: tf.Tensor[]): tf.Tensor {
+  return tf.tidy(() => (blocks.length === 1 ? linear(x, blocks[0]) : tf.concat(blocks.map((b) => linear(x, b)), -1)));
 }

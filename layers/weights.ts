@@ -79,9 +79,7 @@ function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null
     const value = tiled(xs.reshape([1, rows, inFeatures]), w.reshape([1, outFeatures, inFeatures]), b).reshape([rows, outFeatures]);
     const gradFunc = (dy: tf.Tensor, [xs, w]: tf.Tensor2D[]) => {
       const dx = tf.matMul(dy as tf.Tensor2D, w);
-      const dw = fusedKernelAvailable(TILED_PRODUCT_KERNEL, { transposeA: true, m: outFeatures, n: inFeatures })
-        ? tiled(dy.reshape([1, rows, outFeatures]), xs.reshape([1, rows, inFeatures]), null, true).reshape([outFeatures, inFeatures])
-        : tf.matMul(dy as tf.Tensor2D, xs, true, false);
+      const dw = transposedProduct(dy as tf.Tensor2D, xs);
       return bias ? [dx, dw, tf.sum(dy, 0)] : [dx, dw];
     };
     return { value, gradFunc };
@@ -118,6 +116,21 @@ function tiledBatchProduct(a: tf.Tensor, b: tf.Tensor, transposeB: boolean): tf.
     return { value, gradFunc };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return product(a, b);
+}
+
+/**
+ * aᵀ · b for 2-D a [depth, m] and b [depth, n] (a weight's gradient dyᵀ·x): by the tiled kernel's aᵀ·b form where it
+ * exists (WebGPU), with an explicit transpose on wasm (whose transposed-operand matMul is slow), else tfjs's matMul.
+ */
+export function transposedProduct(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [depth, m] = a.shape;
+    const n = b.shape[1];
+    if (fusedKernelAvailable(TILED_PRODUCT_KERNEL, { transposeA: true, m, n })) {
+      return tiled(a.reshape([1, depth, m]), b.reshape([1, depth, n]), null, true).reshape([m, n]) as tf.Tensor2D;
+    }
+    return tf.getBackend() === 'wasm' ? tf.matMul(tf.transpose(a), b) : tf.matMul(a, b, true, false);
+  });
 }
 
 /** Layer.apply returns a lone tensor for a one-element output list; this undoes that. */

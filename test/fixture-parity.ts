@@ -3,7 +3,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
-  NemotronModel, SafetensorsFile, generate,
+  NemotronModel, SafetensorsFile, generate, setLossChunkBytes,
 } from '../src/index';
 
 /** Reads a scalar back. WebGPU in Node has no synchronous readback (tfjs uses OffscreenCanvas for it): always await. */
@@ -20,6 +20,31 @@ async function maxDiff(actual: tf.Tensor, file: SafetensorsFile, key: string): P
 
 async function maxOf(values: Array<Promise<number>>): Promise<number> {
   return Math.max(...await Promise.all(values));
+}
+
+/**
+ * The worst excess of d loss / d parameter over the fixtures' gradient tolerance (1e-4 absolute or 1e-3 relative):
+ * ≤ 0 passes. A matrix stored in row blocks (`name#0`, `name#1`, … where the backend binds less) is compared joined.
+ */
+async function gradientExcess(params: Map<string, tf.Variable>, ref: SafetensorsFile, loss: () => tf.Scalar): Promise<number> {
+  const { value, grads } = tf.variableGrads(loss, [...params.values()]);
+  let worst = -Infinity;
+  const byName = new Map<string, tf.Variable[]>();
+  for (const [pname, v] of params) {
+    const name = pname.split('#')[0];
+    byName.set(name, [...(byName.get(name) ?? []), v]);
+  }
+  for (const [pname, vs] of byName) {
+    const g = ref.read(`causal.grad.${pname}`);
+    worst = Math.max(worst, await scalar(tf.tidy(() => {
+      const t = tf.tensor(g.data, g.shape);
+      // A block no token reached has no gradient: zero in those rows, as one matrix's gradient would be.
+      const ours = vs.length === 1 ? grads[vs[0].name] : tf.concat(vs.map((v) => grads[v.name] ?? tf.zerosLike(v)));
+      return tf.max(tf.sub(tf.abs(tf.sub(ours, t)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(t)))));
+    })));
+  }
+  tf.dispose([value, ...Object.values(grads)]);
+  return worst;
 }
 
 /**
@@ -48,26 +73,19 @@ export async function fixtureParity(dir: string): Promise<Record<string, number 
   r.causalLossRel = rel((await c.loss!.data())[0], exp.causal_loss);
   tf.dispose([c.logits, c.loss!]);
   const params = causal.namedParameters();
-  const { value, grads } = tf.variableGrads(() => causal.forward(batch).loss!, [...params.values()]);
-  let worst = -Infinity;
-  // A matrix stored in row blocks (`name#0`, `name#1`, … where the backend binds less) is compared joined.
-  const byName = new Map<string, tf.Variable[]>();
-  for (const [pname, v] of params) {
-    const name = pname.split('#')[0];
-    byName.set(name, [...(byName.get(name) ?? []), v]);
+  // Gradients of every parameter from forward()'s loss and from computeLoss(), the training path (its logits in
+  // chunks of 3 positions here, the last one short, so that chunk edges are crossed on every backend).
+  const forwardExcess = await gradientExcess(params, ref, () => causal.forward(batch).loss!);
+  let computeLossExcess: number;
+  setLossChunkBytes(3 * 4 * causal.config.vocabSize);
+  try {
+    r.computeLossRel = rel(await scalar(causal.computeLoss(batch)), exp.causal_loss);
+    computeLossExcess = await gradientExcess(params, ref, () => causal.computeLoss(batch));
+  } finally {
+    setLossChunkBytes(null);
   }
-  for (const [pname, vs] of byName) {
-    const g = ref.read(`causal.grad.${pname}`);
-    worst = Math.max(worst, await scalar(tf.tidy(() => {
-      const t = tf.tensor(g.data, g.shape);
-      // A block no token reached has no gradient: zero in those rows, as one matrix's gradient would be.
-      const ours = vs.length === 1 ? grads[vs[0].name] : tf.concat(vs.map((v) => grads[v.name] ?? tf.zerosLike(v)));
-      return tf.max(tf.sub(tf.abs(tf.sub(ours, t)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(t)))));
-    })));
-  }
-  r.gradientsWithinTolerance = worst <= 0;
-  r.gradientExcess = worst;
-  tf.dispose([value, ...Object.values(grads)]);
+  Object.assign(r, { gradientExcess: forwardExcess, computeLossGradientExcess: computeLossExcess });
+  r.gradientsWithinTolerance = forwardExcess <= 0 && computeLossExcess <= 0;
   const single = await generate(causal, exp.gen_single_prompt, { maxNewTokens: 8, eosTokenId: null, outputScores: true });
   r.genSingleExact = JSON.stringify(single.sequences) === JSON.stringify(exp.gen_single_output);
   const batched = await generate(causal, exp.gen_batch_prompt, { attentionMask: exp.gen_batch_mask, maxNewTokens: 6, eosTokenId: null, padTokenId: 0 });

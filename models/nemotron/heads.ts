@@ -77,6 +77,31 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
     if (base.pastKeyValues) out.pastKeyValues = base.pastKeyValues;
     return out;
   }
+
+  /**
+   * The loss alone, as forward() computes it with labels, for training: nothing else comes back (no logits, cache,
+   * hidden states or attentions), so a head may compute it without its outputs ever existing whole (the causal LM's
+   * [tokens, vocab] logits). Throws where the inputs give no loss (no labels).
+   */
+  computeLoss(inputs: HeadInputs): tf.Scalar {
+    const lossInputs: HeadInputs = { ...inputs, useCache: false, outputHiddenStates: false, outputAttentions: false };
+    const prepared = this.model.prepare(lossInputs);
+    const base = this.model.forward(lossInputs, prepared);
+    try {
+      return tf.tidy(() => {
+        const loss = this.headLoss(base, lossInputs, prepared);
+        if (!loss) throw new Error(`${this.constructor.name}.computeLoss: the inputs give no loss: pass labels (question answering: startPositions and endPositions)`);
+        return loss;
+      });
+    } finally {
+      base.lastHiddenState.dispose();
+    }
+  }
+
+  /** The head's loss from the base output (inside tf.tidy); by default the head's outputs, of which only the loss is kept. */
+  protected headLoss(base: BaseModelOutput, inputs: HeadInputs, prepared: PreparedInputs): tf.Scalar | undefined {
+    return this.head(base, inputs, prepared).loss;
+  }
 }
 
 /** Integer labels of shape [batch, seq] (or [batch]), each in [0, limit) or ignoreIndex. */
@@ -134,11 +159,32 @@ export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
     const vocab = this.config.vocabSize;
     const logits = base.projectedLogits ? base.projectedLogits.reshape([batch, seq, vocab]) as tf.Tensor3D : this.outputMatrix.project(hidden) as tf.Tensor3D;
     if (inputs.labels === undefined) return { logits };
-    const labels = checkedLabels(inputs.labels as IntMatrixLike, 'labels', [batch, seq], this.config.vocabSize, 'vocab_size', -100);
-    // Shift so that position i predicts token i + 1; the last position has nothing to predict.
-    const shifted = labels.flatMap((row) => [...row.slice(1), -100]);
+    const shifted = this.shiftedLabels(inputs, prepared);
     const loss = crossEntropy(logits.reshape([batch * seq, this.config.vocabSize]) as tf.Tensor2D, shifted);
     return { logits, loss };
+  }
+
+  /** The labels, checked and shifted so that position i predicts token i + 1 (the last position predicts nothing: -100). */
+  private shiftedLabels(inputs: HeadInputs, { batch, seq }: PreparedInputs): number[] {
+    const labels = checkedLabels(inputs.labels as IntMatrixLike, 'labels', [batch, seq], this.config.vocabSize, 'vocab_size', -100);
+    return labels.flatMap((row) => [...row.slice(1), -100]);
+  }
+
+  /**
+   * The loss over the positions that predict a token only, by the output matrix's chunked cross entropy: the logits
+   * never exist whole (for a 256,000-token vocabulary, 2,048 tokens of them are 2.1 GB, over what WebGPU binds).
+   */
+  protected headLoss(base: BaseModelOutput, inputs: HeadInputs, prepared: PreparedInputs): tf.Scalar | undefined {
+    if (inputs.labels === undefined) return undefined;
+    if (inputs.logitsToKeep) throw new Error('logitsToKeep cannot be combined with labels: the loss needs every position');
+    const shifted = this.shiftedLabels(inputs, prepared);
+    const counted = shifted.flatMap((label, row) => (label === -100 ? [] : [row]));
+    if (counted.length === 0) {
+      throw new Error('labels: no position has a token to predict (every label after the first of each row is -100): the mean loss would be NaN');
+    }
+    const hidden = base.lastHiddenState.reshape([prepared.batch * prepared.seq, this.config.hiddenSize]);
+    const rows = tf.gather(hidden, tf.tensor1d(counted, 'int32')) as tf.Tensor2D;
+    return this.outputMatrix.projectedCrossEntropy(rows, counted.map((row) => shifted[row]));
   }
 }
 

@@ -10,7 +10,7 @@ import { AdamW, clipByGlobalNorm } from './optimizer';
 import { ScheduleName, learningRate } from './schedule';
 
 /** Any head model: forward with labels gives a loss. */
-export type TrainableModel = NemotronPreTrainedModel & { forward(inputs: HeadInputs): { loss?: tf.Scalar } };
+export type TrainableModel = NemotronPreTrainedModel & { computeLoss(inputs: HeadInputs): tf.Scalar };
 
 export interface TrainerOptions {
   task: TaskName;
@@ -126,11 +126,8 @@ export class Trainer {
     let tokens = 0;
     for (const batch of micro) {
       tokens += countTokens(batch);
-      const { value, grads } = tf.variableGrads(() => {
-        const loss = this.model.forward(batch).loss;
-        if (!loss) throw new Error(`The ${this.options.task} batch produced no loss: check its labels`);
-        return tf.div(loss, micro.length) as tf.Scalar;
-      }, variables);
+      // computeLoss: the loss alone (a causal LM's logits never exist whole; see VocabMatrix.projectedCrossEntropy).
+      const { value, grads } = tf.variableGrads(() => tf.div(this.model.computeLoss(batch), micro.length) as tf.Scalar, variables);
       lossSum += (await value.data())[0];
       value.dispose();
       for (const [varName, grad] of Object.entries(grads)) {
@@ -167,10 +164,10 @@ export class Trainer {
     let total = 0;
     let count = 0;
     for (const batch of epochBatches(examples, this.options.batchSize, 0, 0, false)) {
-      const out = this.model.forward(collate(batch, this.options.task, this.options.padTokenId));
-      total += (await out.loss!.data())[0] * batch.length;
+      const loss = this.model.computeLoss(collate(batch, this.options.task, this.options.padTokenId));
+      total += (await loss.data())[0] * batch.length;
       count += batch.length;
-      tf.dispose(Object.values(out as Record<string, unknown>).filter((v): v is tf.Tensor => v instanceof tf.Tensor));
+      loss.dispose();
     }
     return total / count;
   }

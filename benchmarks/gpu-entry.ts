@@ -4,7 +4,7 @@
  * (minitron-small and a Minitron-4B shape: prefill, decode at batch 1 and 16 with the fused kernels on and off, where
  * a decoding step's time goes, a training step), results under $OUT.
  * Bundled by scripts/gpu-prepare.sh (which also copies the fixtures into .device/fixtures); run there as
- *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--configs minitron-small,minitron-4b]
+ *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--skip-long-train] [--configs minitron-small,minitron-4b]
  * (--quick: small products in the micro-benchmarks; --layers N, --prefill N, --decode-batches 1,16: a smaller model, prompt
  * and decode batches; for a check on a software driver, as test/webgpu/gpu-entry.test.ts does.)
  */
@@ -255,6 +255,32 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   r.trainStepGpuMs = trainProfile.gpuMs;
   log(`${name}: training step GPU ${r.trainStepGpuMs} ms in ${Object.values(trainProfile.kernels).reduce((a, e) => a + e.count, 0)} kernels`);
   save();
+  // Gradient checkpointing: its cost at 128 tokens, then a step over the prefill length, which without it would keep
+  // ~1.4 GB of activations a layer for Minitron-4B (45 GB); with it, each layer's input (25 MB).
+  model.gradientCheckpointingEnable();
+  await step();
+  r.trainTokensPerSecondCheckpointed = round(128 / await time(step));
+  log(`${name}: training step with gradient checkpointing ${r.trainTokensPerSecondCheckpointed} tok/s`);
+  save();
+  if (!argv.includes('--skip-long-train')) {
+    const longIds = ids(1, prefill);
+    const longStep = async () => {
+      const { value, grads } = tf.variableGrads(() => model.computeLoss({ inputIds: longIds, labels: longIds }), params);
+      await value.data();
+      tf.dispose([value, ...Object.values(grads)]);
+    };
+    try {
+      await longStep();
+      r.trainLongTokens = prefill;
+      r.trainLongTokensPerSecondCheckpointed = round(prefill / await time(longStep));
+      log(`${name}: training step over ${prefill} tokens with gradient checkpointing ${r.trainLongTokensPerSecondCheckpointed} tok/s`);
+    } catch (e) {
+      r.trainLongError = (e as Error).message;
+      log(`${name}: training step over ${prefill} tokens failed: ${r.trainLongError}`);
+    }
+    save();
+  }
+  model.gradientCheckpointingDisable();
   // With the AdamW update too (the CPU benchmark's training step), where the moments fit beside weights and gradients
   // without doubt (under a billion parameters: the device does not report its memory).
   if ((r.parameters as number) < 1e9) {
@@ -430,6 +456,14 @@ function summary(): string {
       `${r.decodeBatch1TokensPerSecondPlainOps} | ${r.decodeBatch16TokensPerSecond ?? '—'} | ` +
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}; ` +
       `${r.trainTokensPerSecondWithoutTiledProduct}; ${r.trainTokensPerSecondWithoutLayerNormGrad}; ${r.trainTokensPerSecondWithoutRotaryKernel}) |`);
+  }
+  lines.push('', '| model | train tok/s, 128 tokens: computeLoss | through forward()\'s whole logits | gradient checkpointing | long step (tokens): checkpointed tok/s |',
+    '| --- | ---: | ---: | ---: | ---: |');
+  for (const [key, value] of Object.entries(results)) {
+    const r = value as Record<string, number | string>;
+    if (!key.startsWith('bench.') || r.error) continue;
+    lines.push(`| ${key.slice(6)} | ${r.trainTokensPerSecond} | ${r.trainTokensPerSecondThroughForward} | ${r.trainTokensPerSecondCheckpointed} | ` +
+      `${r.trainLongError ? `error: ${String(r.trainLongError).split('\n')[0]}` : `(${r.trainLongTokens ?? '—'}) ${r.trainLongTokensPerSecondCheckpointed ?? '—'}`} |`);
   }
   return `${lines.join('\n')}\n`;
 }

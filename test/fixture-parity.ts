@@ -84,8 +84,12 @@ export async function fixtureParity(dir: string): Promise<Record<string, number 
   } finally {
     setLossChunkBytes(null);
   }
-  Object.assign(r, { gradientExcess: forwardExcess, computeLossGradientExcess: computeLossExcess });
-  r.gradientsWithinTolerance = forwardExcess <= 0 && computeLossExcess <= 0;
+  // And with gradient checkpointing (each layer recomputed in the backward, under a tape of its own).
+  causal.gradientCheckpointingEnable();
+  const checkpointedExcess = await gradientExcess(params, ref, () => causal.computeLoss(batch));
+  causal.gradientCheckpointingDisable();
+  Object.assign(r, { gradientExcess: forwardExcess, computeLossGradientExcess: computeLossExcess, checkpointedGradientExcess: checkpointedExcess });
+  r.gradientsWithinTolerance = forwardExcess <= 0 && computeLossExcess <= 0 && checkpointedExcess <= 0;
   const single = await generate(causal, exp.gen_single_prompt, { maxNewTokens: 8, eosTokenId: null, outputScores: true });
   r.genSingleExact = JSON.stringify(single.sequences) === JSON.stringify(exp.gen_single_output);
   const batched = await generate(causal, exp.gen_batch_prompt, { attentionMask: exp.gen_batch_mask, maxNewTokens: 6, eosTokenId: null, padTokenId: 0 });

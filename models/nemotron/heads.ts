@@ -58,6 +58,10 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
     this.model.rotary.disposeWeights();
   }
 
+  protected checkpointingSwitch(): { gradientCheckpointing: boolean } {
+    return this.model;
+  }
+
   forward(inputs: HeadInputs): Out {
     const prepared = this.model.prepare(inputs);
     const base = this.model.forward(inputs, prepared, this.decodingProjection(inputs));

@@ -5,9 +5,10 @@ import { NemotronLayerNorm1P } from '../../layers/layernorm1p';
 import { PartialRotaryEmbedding } from '../../layers/rotary';
 import { outputs } from '../../layers/weights';
 import { VocabMatrix } from '../../layers/vocab-matrix';
-import { DECODE_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
+import { DECODE_STEP_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
 import { DecodeGraphError, decodeStepFits, decodeStepInputs, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import { IntMatrixLike, MASK_MIN, readIntRows } from '../../src/tensors';
+import { recomputeInBackward } from '../../src/training/checkpointing';
 import { NemotronConfig } from './config';
 import { NemotronPreTrainedModel, prefixed } from './pretrained';
 
@@ -66,6 +67,15 @@ export class NemotronModel extends NemotronPreTrainedModel {
   readonly layers: NemotronDecoderLayer[];
   readonly norm: NemotronLayerNorm1P;
   readonly rotary: PartialRotaryEmbedding;
+  /**
+   * Recompute each decoder layer in the backward instead of keeping its activations (see gradientCheckpointingEnable):
+   * applies under a gradient tape, without a cache or attention maps asked for.
+   */
+  gradientCheckpointing = false;
+
+  protected checkpointingSwitch(): { gradientCheckpointing: boolean } {
+    return this;
+  }
 
   constructor(config: NemotronConfig) {
     super(config);
@@ -250,8 +260,17 @@ export class NemotronModel extends NemotronPreTrainedModel {
         }
       }
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false, rotaryDim: this.config.rotaryDim };
+      // Gradient checkpointing: a layer's constants (rotary tables, permutation, mask) travel as arguments, so that
+      // the recomputation in the backward reads the kept copies.
+      const checkpointed = this.gradientCheckpointing && recordingGradients() && !cache && !kwargs.outputAttentions;
+      const constants = [cos, sin, this.rotary.permutation, ...(additiveMask ? [additiveMask] : [])];
       for (const layer of this.layers) {
         if (inputs.outputHiddenStates) hiddenStates.push(as3d(hidden));
+        if (checkpointed) {
+          hidden = recomputeInBackward((h, [c, s, p, m]) => outputs(layer.apply([h, c, s, p], { ...kwargs, mask: m ?? null }))[0],
+            hidden, constants, layer.namedWeights().map(([, v]) => v)) as tf.Tensor2D;
+          continue;
+        }
         const [next, probs] = outputs(layer.apply([hidden, cos, sin, this.rotary.permutation], kwargs));
         hidden = next as tf.Tensor2D;
         if (probs) attentions.push(probs as tf.Tensor4D);

@@ -73,6 +73,7 @@ export function registerFinetune(program: Command): void {
     .option('--save-every <n>', 'save a resumable checkpoint every N steps', atLeast(1))
     .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', atLeast(1))
     .option('--seed <n>', 'seed of the data order', integerArg('an integer'), 42)
+    .option('--gradient-checkpointing', 'recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)')
     .option('--resume', 'continue the run saved in --output (weights, optimizer state, position in the data)')
     .option('--no-progress', 'no progress bar')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
@@ -99,7 +100,7 @@ export function registerFinetune(program: Command): void {
         schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
         seed: opts.seed, evalExamples, evalEvery: opts.evalEvery, outputDir: opts.output, saveEvery: opts.saveEvery,
         logFile: path.join(opts.output, 'train_log.jsonl'), progress: opts.progress && process.stderr.isTTY,
-        padTokenId: model.config.padTokenId ?? tokenizer?.padTokenId ?? 0,
+        padTokenId: model.config.padTokenId ?? tokenizer?.padTokenId ?? 0, gradientCheckpointing: opts.gradientCheckpointing ?? false,
       });
       fs.mkdirSync(opts.output, { recursive: true });
       if (resuming) trainer.restore(opts.output);

@@ -38,6 +38,11 @@ export interface TrainerOptions {
   /** A progress bar on stderr with loss, learning rate and tokens/s. */
   progress?: boolean;
   padTokenId?: number;
+  /**
+   * transformers' gradient_checkpointing: each decoder layer recomputed in the backward instead of keeping its
+   * activations (model.gradientCheckpointingEnable()). Less memory, one more forward of the layers a step.
+   */
+  gradientCheckpointing?: boolean;
 }
 
 export interface StepLog {
@@ -87,6 +92,7 @@ export class Trainer {
       gradAccum, schedule: 'linear', warmupSteps: 0, maxGradNorm: 1, seed: 42, shuffle: true,
       padTokenId: model.config.padTokenId ?? 0, ...options,
     };
+    if (options.gradientCheckpointing) model.gradientCheckpointingEnable();
     this.params = model.namedParameters();
     this.optimizer = new AdamW(this.params, { weightDecay: options.weightDecay ?? 0 });
   }

@@ -111,6 +111,25 @@ describe('training', () => {
     expect(Math.abs(losses[0] - losses[1])).to.be.below(0.05 * losses[0]);
   });
 
+  it('gradientCheckpointing: the same loss curve and gradient norms as without', async () => {
+    const examples = readJsonl(path.join(DATASETS, 'causal-lm.jsonl'), 'causal-lm');
+    const runs: Array<Array<[number, number]>> = [];
+    for (const gradientCheckpointing of [false, true]) {
+      const model = new NemotronForCausalLM(tiny());
+      tf.tidy(() => { for (const v of model.namedParameters().values()) v.assign(tf.randomNormal(v.shape, 0, 0.1, 'float32', 7)); });
+      const trainer = new Trainer(model, examples, { task: 'causal-lm', lr: 1e-2, batchSize: 4, maxSteps: 4, shuffle: false, gradientCheckpointing });
+      expect(model.isGradientCheckpointing).to.equal(gradientCheckpointing);
+      await trainer.fit();
+      runs.push(trainer.history.map((h) => [h.loss, h.gradNorm]));
+      trainer.dispose();
+      model.dispose();
+    }
+    runs[1].forEach(([loss, norm], i) => {
+      expect(loss, `loss at step ${i + 1}`).to.be.closeTo(runs[0][i][0], 1e-6 * runs[0][i][0]);
+      expect(norm, `gradient norm at step ${i + 1}`).to.be.closeTo(runs[0][i][1], 1e-6 * runs[0][i][1]);
+    });
+  });
+
   it('a resumed run continues the same loss curve as an uninterrupted one', async () => {
     const examples = readJsonl(path.join(DATASETS, 'sequence-classification.jsonl'), 'sequence-classification');
     const dir = tmpDir('resume');

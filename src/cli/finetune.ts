@@ -105,7 +105,7 @@ export function registerFinetune(program: Command): void {
       fs.mkdirSync(opts.output, { recursive: true });
       if (resuming) trainer.restore(opts.output);
       else fs.rmSync(path.join(opts.output, 'train_log.jsonl'), { force: true });
-      process.stderr.write(`finetune ${task}: ${train.length} examples, ${trainer.totalSteps} steps from step ${trainer.state.step}, backend ${backend}\n`);
+      process.stderr.write(`finetune ${task}: ${train.length} examples, ${trainer.totalSteps} steps from step ${trainer.state.step}, backend ${backend}${model.isGradientCheckpointing ? ', gradient checkpointing' : ''}\n`);
       const history = await trainer.fit();
       const first = history[0];
       const last = history[history.length - 1];

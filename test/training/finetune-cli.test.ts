@@ -41,6 +41,19 @@ describe('finetune CLI', function () {
     });
   }
 
+  it('--gradient-checkpointing logs the same losses as without it', () => {
+    const losses = [[], ['--gradient-checkpointing']].map((extra) => {
+      const output = tmpDir('ft-checkpointing');
+      const run = spawnSync('node', [CLI, 'finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', base, '--train', path.join(DATASETS, 'causal-lm.jsonl'),
+        '--output', output, '--lr', '3e-3', '--max-steps', '3', '--batch-size', '4', '--no-progress', ...extra], { encoding: 'utf8' });
+      expect(run.status, run.stderr).to.equal(0);
+      expect(/backend cpu, gradient checkpointing\n/.test(run.stderr), run.stderr).to.equal(extra.length > 0);
+      return fs.readFileSync(path.join(output, 'train_log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
+    });
+    expect(losses[1]).to.have.length(3);
+    losses[1].forEach((loss, i) => expect(loss, `step ${i + 1}`).to.be.closeTo(losses[0][i], 1e-6 * losses[0][i]));
+  });
+
   it('--resume continues from the saved step', () => {
     const output = tmpDir('ft-resume');
     const args = ['finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', base, '--train', path.join(DATASETS, 'causal-lm.jsonl'),

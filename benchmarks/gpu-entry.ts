@@ -16,7 +16,7 @@ import { LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNE
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
 import { linear, withDeferredInit } from '../layers/weights';
-import { fixtureParity } from '../test/fixture-parity';
+import { fixtureParity, loraParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
 
 const OUT = process.env.OUT ?? '/tmp';
@@ -406,6 +406,12 @@ async function main(): Promise<void> {
         results[`parity.${name}`] = { error: (e as Error).stack ?? String(e) };
       }
       log(`parity ${name}: ${JSON.stringify(results[`parity.${name}`])}`);
+      try {
+        results[`lora.${name}`] = await loraParity(path.join(FIXTURES, name), path.join(FIXTURES, 'peft-lora', name));
+      } catch (e) {
+        results[`lora.${name}`] = { error: (e as Error).stack ?? String(e) };
+      }
+      log(`LoRA parity ${name}: ${JSON.stringify(results[`lora.${name}`])}`);
       save();
     }
   }
@@ -437,7 +443,8 @@ function summary(): string {
     `Run ${results.started} → ${results.finished}; float32; one dispatch ${micro?.dispatchMicroseconds ?? '?'} µs; ` +
       `maxStorageBufferBindingSize ${adapter?.limits?.maxStorageBufferBindingSize ?? '?'} bytes.`,
     '',
-    ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
+    ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}; ` +
+      `PEFT LoRA: ${(results[`lora.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}`),
     '',
     '| model | prefill tok/s (without the tiled product; tfjs matMul) | decode b1 (without vec4 reads; norms apart; after the prompt) | b1 without step kernel | b1 without step and few-rows | b1 tfjs ops | decode b16 | step ms (JS / total / GPU) | train tok/s (with AdamW; without tiled; without LN grad; without rotary) |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { Adapters, adaptedLinear } from './lora';
 import { ATTENTION_KERNEL, ROTARY_KERNEL, fusedKernelApplies, fusedKernelAvailable } from '../src/kernels/fused';
 import { KVCache } from './kv-cache';
 import { applyRotary, rotaryWithGradient } from './rotary';
@@ -39,6 +40,8 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
   private readonly projections: Record<'q_proj' | 'k_proj' | 'v_proj' | 'o_proj', { weight: tf.LayerVariable; bias: tf.LayerVariable | null }> =
     {} as never;
   private readonly scale: number;
+  /** LoRA adapters of q_proj, k_proj, v_proj, o_proj (see LoraModel). */
+  readonly adapters: Adapters = new Map();
 
   constructor(args: AttentionArgs) {
     super({ name: args.name });
@@ -70,7 +73,7 @@ export class NemotronAttention extends tf.layers.Layer implements HFNamedWeights
 
   private project(name: keyof NemotronAttention['projections'], x: tf.Tensor): tf.Tensor {
     const p = this.projections[name];
-    return linear(x, p.weight.read(), p.bias?.read());
+    return adaptedLinear(x, p.weight.read(), p.bias?.read(), this.adapters.get(name));
   }
 
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: AttentionKwargs = {}): tf.Tensor[] {

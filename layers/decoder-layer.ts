@@ -59,6 +59,11 @@ export class NemotronDecoderLayer extends tf.layers.Layer implements HFNamedWeig
     return (inputShape as tf.Shape[])[0];
   }
 
+  /** The variables of the LoRA adapters attached to this layer's projections (none without LoraModel). */
+  adapterVariables(): tf.Variable[] {
+    return [...this.selfAttn.adapters.values(), ...this.mlp.adapters.values()].flatMap((a) => [a.a, a.b]);
+  }
+
   namedWeights(): Array<[string, tf.Variable]> {
     const parts: Array<[string, HFNamedWeights]> = [
       ['input_layernorm', this.inputLayernorm], ['self_attn', this.selfAttn],

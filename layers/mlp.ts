@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { MLP_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { relu2 } from './relu2';
-import { HFNamedWeights, linear, normalInit, variableOf } from './weights';
+import { Adapters, adaptedLinear } from './lora';
+import { HFNamedWeights, normalInit, variableOf } from './weights';
 
 export type Activation = 'relu2' | 'relu' | 'gelu' | 'silu';
 
@@ -30,6 +31,8 @@ export class NemotronMLP extends tf.layers.Layer implements HFNamedWeights {
   private upBias: tf.LayerVariable | null = null;
   private downWeight!: tf.LayerVariable;
   private downBias: tf.LayerVariable | null = null;
+  /** LoRA adapters of up_proj and down_proj (see LoraModel). */
+  readonly adapters: Adapters = new Map();
 
   constructor(args: MLPArgs) {
     super({ name: args.name });
@@ -53,14 +56,14 @@ export class NemotronMLP extends tf.layers.Layer implements HFNamedWeights {
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
     const { activation } = this.args;
-    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && fusedKernelApplies(MLP_KERNEL, { rows: x.shape[0] })) {
+    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && this.adapters.size === 0 && fusedKernelApplies(MLP_KERNEL, { rows: x.shape[0] })) {
       const inputs: tf.NamedTensorMap = { x, up: this.upWeight.read(), down: this.downWeight.read() };
       if (this.upBias) [inputs.upBias, inputs.downBias] = [this.upBias.read(), this.downBias!.read()];
       return tf.engine().runKernel(MLP_KERNEL, inputs, { activation }) as tf.Tensor;
     }
     return tf.tidy(() => {
-      const up = ACTIVATIONS[this.args.activation](linear(x, this.upWeight.read(), this.upBias?.read()));
-      return linear(up, this.downWeight.read(), this.downBias?.read());
+      const up = ACTIVATIONS[this.args.activation](adaptedLinear(x, this.upWeight.read(), this.upBias?.read(), this.adapters.get('up_proj')));
+      return adaptedLinear(up, this.downWeight.read(), this.downBias?.read(), this.adapters.get('down_proj'));
     });
   }
 

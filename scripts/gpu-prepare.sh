@@ -21,5 +21,7 @@ for config in tiny-gqa tiny-mha-bias; do
   for sub in causal-lm seqcls-single seqcls-multi seqcls-regression qa tokcls; do
     cp -r "test/fixtures/hf-reference/$config/$sub" ".device/fixtures/$config/"
   done
+  mkdir -p .device/fixtures/peft-lora
+  cp -r "test/fixtures/peft-lora/$config" .device/fixtures/peft-lora/
 done
 du -sh .device

@@ -18,6 +18,7 @@ export { NemotronAttention, KVCache } from '../layers/attention';
 export { NemotronMLP } from '../layers/mlp';
 export { NemotronDecoderLayer } from '../layers/decoder-layer';
 export { Linear } from '../layers/linear';
+export { LoraAdapter } from '../layers/lora';
 export { VocabMatrix, maxWeightBlockBytes, setLossChunkBytes, setMaxWeightBlockBytes } from '../layers/vocab-matrix';
 export * from '../models/nemotron/config';
 export * from '../models/nemotron/pretrained';

@@ -3,7 +3,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
-  NemotronModel, SafetensorsFile, generate, setLossChunkBytes,
+  LoraModel, NemotronModel, SafetensorsFile, generate, setLossChunkBytes,
 } from '../src/index';
 
 /** Reads a scalar back. WebGPU in Node has no synchronous readback (tfjs uses OffscreenCanvas for it): always await. */
@@ -121,5 +121,45 @@ export async function fixtureParity(dir: string): Promise<Record<string, number 
   const lossKeys = Object.keys(r).filter((k) => k.endsWith('LossRel') || k.endsWith('lossRel'));
   r.pass = logitKeys.every((k) => (r[k] as number) <= 1e-4) && lossKeys.every((k) => (r[k] as number) <= 1e-5)
     && r.gradientsWithinTolerance === true && r.genSingleExact === true && r.genBatchExact === true;
+  return r;
+}
+
+/**
+ * PEFT's LoRA fixture (test/fixtures/peft-lora/<config>, from scripts/reference/peft_lora_fixtures.py) on the active
+ * backend, asynchronous reads only: logits and loss with the adapter, the gradient of every adapter parameter (through
+ * computeLoss), the logits after mergeAndUnload(). `pass` under the fixtures' tolerances.
+ */
+export async function loraParity(hfDir: string, loraDir: string): Promise<Record<string, number | boolean>> {
+  const exp = JSON.parse(fs.readFileSync(path.join(hfDir, 'expected.json'), 'utf8'));
+  const ref = SafetensorsFile.open(path.join(loraDir, 'expected.safetensors'));
+  const loss = JSON.parse(fs.readFileSync(path.join(loraDir, 'expected.json'), 'utf8')).loss as number;
+  const batch = { inputIds: exp.input_ids, attentionMask: exp.attention_mask, labels: exp.causal_labels };
+  const model = await NemotronForCausalLM.fromPretrained(path.join(hfDir, 'causal-lm'));
+  const lora = await LoraModel.fromPretrained(model, path.join(loraDir, 'adapter'));
+  const r: Record<string, number | boolean> = {};
+  const out = model.forward(batch);
+  r.loraLogits = await maxDiff(out.logits, ref, 'logits');
+  r.loraLossRel = Math.abs((await scalar(out.loss!)) - loss) / loss;
+  out.logits.dispose();
+  const params = lora.namedParameters();
+  const { value, grads } = tf.variableGrads(() => lora.computeLoss(batch), [...params.values()]);
+  value.dispose();
+  let worst = -Infinity;
+  for (const [name, v] of params) {
+    const g = ref.read(`grad.${name}`);
+    worst = Math.max(worst, await scalar(tf.tidy(() => {
+      const t = tf.tensor(g.data, g.shape);
+      return tf.max(tf.sub(tf.abs(tf.sub(grads[v.name], t)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(t)))));
+    })));
+  }
+  tf.dispose(Object.values(grads));
+  r.loraGradientExcess = worst;
+  lora.mergeAndUnload();
+  const merged = model.forward({ inputIds: exp.input_ids, attentionMask: exp.attention_mask });
+  r.loraMergedLogits = await maxDiff(merged.logits, ref, 'merged.logits');
+  merged.logits.dispose();
+  model.dispose();
+  ref.close();
+  r.pass = (r.loraLogits as number) <= 1e-4 && (r.loraMergedLogits as number) <= 1e-4 && (r.loraLossRel as number) <= 1e-5 && worst <= 0;
   return r;
 }

@@ -208,6 +208,8 @@ export class NemotronModel extends NemotronPreTrainedModel {
     outputWeight: tf.Tensor2D | undefined) {
     if (prepared.seq !== 1 || !cache || cache.length === 0 || inputs.outputHiddenStates || inputs.outputAttentions) return null;
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
+    // The compiled step reads the weights alone: unmerged LoRA adapters go layer by layer (mergeAndUnload() folds them in).
+    if (this.layers.some((layer) => layer.adapterVariables().length > 0)) return null;
     this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
     // The native backend's graph copies its inputs each run (decodeStepFits); WebGPU reads the weights where they are.
     const fits = (bytes: number) => tf.getBackend() !== 'tensorflow' || decodeStepFits(bytes);
@@ -261,14 +263,14 @@ export class NemotronModel extends NemotronPreTrainedModel {
       }
       const kwargs = { mask: additiveMask, cache, outputAttentions: inputs.outputAttentions ?? false, rotaryDim: this.config.rotaryDim };
       // Gradient checkpointing: a layer's constants (rotary tables, permutation, mask) travel as arguments, so that
-      // the recomputation in the backward reads the kept copies.
+      // the recomputation in the backward reads the kept copies; frozen weights (LoRA's base) get no gradient.
       const checkpointed = this.gradientCheckpointing && recordingGradients() && !cache && !kwargs.outputAttentions;
       const constants = [cos, sin, this.rotary.permutation, ...(additiveMask ? [additiveMask] : [])];
       for (const layer of this.layers) {
         if (inputs.outputHiddenStates) hiddenStates.push(as3d(hidden));
         if (checkpointed) {
           hidden = recomputeInBackward((h, [c, s, p, m]) => outputs(layer.apply([h, c, s, p], { ...kwargs, mask: m ?? null }))[0],
-            hidden, constants, layer.namedWeights().map(([, v]) => v)) as tf.Tensor2D;
+            hidden, constants, [...layer.namedWeights().map(([, v]) => v), ...layer.adapterVariables()].filter((v) => v.trainable)) as tf.Tensor2D;
           continue;
         }
         const [next, probs] = outputs(layer.apply([hidden, cos, sin, this.rotary.permutation], kwargs));

@@ -9,12 +9,14 @@ import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
 } from '../../models/nemotron/heads';
 import { NemotronConfigFields } from '../../models/nemotron/config';
-import { FromPretrainedOptions } from '../../models/nemotron/pretrained';
+import { FromPretrainedOptions, NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { Example, TASKS, TaskName, readJsonl } from '../training/data';
+import { LoraModel } from '../training/lora';
 import { Trainer, TrainableModel } from '../training/trainer';
 
-type Loader = (dir: string, options: FromPretrainedOptions) => Promise<TrainableModel>;
+type HeadModel = NemotronPreTrainedModel & TrainableModel;
+type Loader = (dir: string, options: FromPretrainedOptions) => Promise<HeadModel>;
 const LOADERS: Record<TaskName, Loader> = {
   'causal-lm': (dir, o) => NemotronForCausalLM.fromPretrained(dir, o),
   'sequence-classification': (dir, o) => NemotronForSequenceClassification.fromPretrained(dir, o),
@@ -74,11 +76,19 @@ export function registerFinetune(program: Command): void {
     .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', atLeast(1))
     .option('--seed <n>', 'seed of the data order', integerArg('an integer'), 42)
     .option('--gradient-checkpointing', 'recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)')
+    .option('--lora-r <n>', 'LoRA: train rank-n adapters (PEFT format, saved as adapter_model.safetensors) instead of every weight; causal-lm', atLeast(1))
+    .option('--lora-alpha <a>', 'LoRA: scaling numerator (scaling = alpha / r)', positive, 16)
+    .option('--lora-targets <list>', 'LoRA: projections to adapt, comma-separated (q_proj,k_proj,v_proj,o_proj,up_proj,down_proj) or all-linear', 'all-linear')
+    .option('--lora-dropout <p>', 'LoRA: dropout on the adapters\' input while training', nonNegative, 0)
     .option('--resume', 'continue the run saved in --output (weights, optimizer state, position in the data)')
     .option('--no-progress', 'no progress bar')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
       const task = opts.task as TaskName;
+      const lora = opts.loraR !== undefined;
+      if (lora && task !== 'causal-lm') {
+        throw new Error(`--lora-r: LoRA is supported for --task causal-lm only (a new ${task} head would need PEFT's modules_to_save)`);
+      }
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       for (const file of ['config.json']) {
         if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);
@@ -87,14 +97,19 @@ export function registerFinetune(program: Command): void {
       const train = readJsonl(opts.train, task, tokenizer, opts.maxLength);
       const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength) : undefined;
       const resuming = opts.resume && fs.existsSync(path.join(opts.output, 'trainer_state.json'));
-      const from = resuming ? opts.output : opts.model;
+      // A LoRA run saves only the adapter: its base weights always come from --model.
+      const from = resuming && !lora ? opts.output : opts.model;
       const bar = opts.progress && process.stderr.isTTY ? loadingBar(checkpointBytes(from)) : null;
-      let model: TrainableModel;
+      let base: HeadModel;
       try {
-        model = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels), onProgress: bar?.onProgress });
+        base = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels), onProgress: bar?.onProgress });
       } finally {
         bar?.stop();
       }
+      const model: TrainableModel = !lora ? base : resuming ? await LoraModel.fromPretrained(base, opts.output) : LoraModel.attach(base, {
+        r: opts.loraR, loraAlpha: opts.loraAlpha, loraDropout: opts.loraDropout, seed: opts.seed,
+        targetModules: opts.loraTargets === 'all-linear' ? 'all-linear' : String(opts.loraTargets).split(',').map((t: string) => t.trim()),
+      });
       const trainer = new Trainer(model, train, {
         task, lr: opts.lr, epochs: opts.epochs, maxSteps: opts.maxSteps, batchSize: opts.batchSize, gradAccum: opts.gradAccum,
         schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
@@ -105,7 +120,8 @@ export function registerFinetune(program: Command): void {
       fs.mkdirSync(opts.output, { recursive: true });
       if (resuming) trainer.restore(opts.output);
       else fs.rmSync(path.join(opts.output, 'train_log.jsonl'), { force: true });
-      process.stderr.write(`finetune ${task}: ${train.length} examples, ${trainer.totalSteps} steps from step ${trainer.state.step}, backend ${backend}${model.isGradientCheckpointing ? ', gradient checkpointing' : ''}\n`);
+      process.stderr.write(`finetune ${task}: ${train.length} examples, ${trainer.totalSteps} steps from step ${trainer.state.step}, backend ${backend}${model.isGradientCheckpointing ? ', gradient checkpointing' : ''}` +
+        `${model instanceof LoraModel ? `, LoRA r ${model.loraConfig.r} on ${model.numParameters()} parameters` : ''}\n`);
       const history = await trainer.fit();
       const first = history[0];
       const last = history[history.length - 1];
@@ -115,6 +131,7 @@ export function registerFinetune(program: Command): void {
       const evalNote = trainer.evalHistory.length ? ` · eval loss ${trainer.evalHistory[trainer.evalHistory.length - 1].evalLoss.toFixed(4)}` : '';
       process.stdout.write(`trained ${trainer.state.step} steps: loss ${first?.loss.toFixed(4) ?? '-'} → ${last?.loss.toFixed(4) ?? '-'}${evalNote}; saved to ${opts.output}\n`);
       trainer.dispose();
-      model.dispose();
+      if (model instanceof LoraModel) model.unload();
+      base.dispose();
     });
 }

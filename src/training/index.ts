@@ -2,3 +2,4 @@ export * from './data';
 export * from './optimizer';
 export * from './schedule';
 export * from './trainer';
+export * from './lora';

@@ -3,14 +3,24 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import cliProgress from 'cli-progress';
 import type { HeadInputs } from '../../models/nemotron/heads';
-import type { NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
+import type { NemotronConfig } from '../../models/nemotron/config';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors';
 import { Example, TaskName, collate, countTokens, epochBatches } from './data';
 import { AdamW, clipByGlobalNorm } from './optimizer';
 import { ScheduleName, learningRate } from './schedule';
 
-/** Any head model: forward with labels gives a loss. */
-export type TrainableModel = NemotronPreTrainedModel & { computeLoss(inputs: HeadInputs): tf.Scalar };
+/**
+ * What the Trainer trains: a head model, or a LoraModel around one (then only the adapters train and a save writes
+ * the adapter). namedParameters() are the trained parameters; savePretrained(dir) writes what a run produces.
+ */
+export interface TrainableModel {
+  readonly config: NemotronConfig;
+  namedParameters(): Map<string, tf.Variable>;
+  computeLoss(inputs: HeadInputs): tf.Scalar;
+  gradientCheckpointingEnable(): void;
+  readonly isGradientCheckpointing: boolean;
+  savePretrained(dir: string): Promise<void>;
+}
 
 export interface TrainerOptions {
   task: TaskName;

@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { LoraModel, NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
 import { tmpDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -52,6 +52,29 @@ describe('finetune CLI', function () {
     });
     expect(losses[1]).to.have.length(3);
     losses[1].forEach((loss, i) => expect(loss, `step ${i + 1}`).to.be.closeTo(losses[0][i], 1e-6 * losses[0][i]));
+  });
+
+  it('--lora-r trains PEFT adapters only: the output holds the adapter, it loads onto the base, --resume continues it', async () => {
+    const output = tmpDir('ft-lora');
+    const args = ['finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', base, '--train', path.join(DATASETS, 'causal-lm.jsonl'),
+      '--output', output, '--lr', '1e-2', '--batch-size', '4', '--no-progress', '--lora-r', '4', '--lora-alpha', '8', '--lora-targets', 'q_proj,v_proj'];
+    const first = spawnSync('node', [CLI, ...args, '--max-steps', '2'], { encoding: 'utf8' });
+    expect(first.status, first.stderr).to.equal(0);
+    expect(first.stderr).to.match(/LoRA r 4 on \d+ parameters/);
+    expect(fs.existsSync(path.join(output, 'adapter_model.safetensors')) && !fs.existsSync(path.join(output, 'model.safetensors'))).to.equal(true);
+    const config = JSON.parse(fs.readFileSync(path.join(output, 'adapter_config.json'), 'utf8'));
+    expect([config.peft_type, config.r, config.lora_alpha, config.target_modules]).to.deep.equal(['LORA', 4, 8, ['q_proj', 'v_proj']]);
+    const resumed = spawnSync('node', [CLI, ...args, '--max-steps', '4', '--resume'], { encoding: 'utf8' });
+    expect(resumed.status, resumed.stderr).to.equal(0);
+    expect(resumed.stderr).to.match(/4 steps from step 2/);
+    const model = await NemotronForCausalLM.fromPretrained(base);
+    const lora = await LoraModel.fromPretrained(model, output);
+    expect(lora.namedParameters().size).to.equal(2 * 2 * model.config.numHiddenLayers);
+    lora.unload();
+    model.dispose();
+    const refused = spawnSync('node', [CLI, ...args.map((a) => (a === 'causal-lm' ? 'token-classification' : a)), '--max-steps', '1'], { encoding: 'utf8' });
+    expect(refused.status).to.not.equal(0);
+    expect(refused.stderr).to.match(/LoRA is supported for --task causal-lm only/);
   });
 
   it('--resume continues from the saved step', () => {

@@ -15,7 +15,7 @@ import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels
 import { setDecodeNormPrologue } from '../../src/kernels/webgpu-decode';
 import { batchMatMul, linear } from '../../layers/weights';
 import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
-import { fixtureParity } from '../fixture-parity';
+import { fixtureParity, loraParity } from '../fixture-parity';
 
 /**
  * The WebGPU backend (Dawn, the `webgpu` package) against the HF fixtures. Without a GPU it runs on a software Vulkan
@@ -544,6 +544,12 @@ describe('webgpu backend: parity with transformers', function () {
   for (const config of CONFIGS) {
     it(`${config}: hidden states, attentions, every head, gradients, greedy generation`, async () => {
       const r = await fixtureParity(fixtureDir(config));
+      console.log(`    ${JSON.stringify(r)}`);
+      expect(r.pass, JSON.stringify(r)).to.equal(true);
+    });
+
+    it(`${config}: PEFT's LoRA adapter: logits, loss, adapter gradients, merged logits`, async () => {
+      const r = await loraParity(fixtureDir(config), path.resolve(fixtureDir(config), '../../peft-lora', config));
       console.log(`    ${JSON.stringify(r)}`);
       expect(r.pass, JSON.stringify(r)).to.equal(true);
     });

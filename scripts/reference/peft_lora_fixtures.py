@@ -1,0 +1,54 @@
+"""LoRA reference data from PEFT, for test/models/lora.test.ts.
+
+For each tiny fixture configuration: PEFT's LoRA on transformers' NemotronForCausalLM (float32, eager attention), with
+random A and B (B is zero at PEFT's init, which would test nothing), saved by PEFT's save_pretrained; then the causal
+batch's logits and loss, the gradient of every adapter parameter, and the logits after merge_and_unload().
+
+    .venv-ref/bin/pip install peft      # not in the CI venv: the outputs are committed
+    .venv-ref/bin/python scripts/reference/peft_lora_fixtures.py
+"""
+import json
+import os
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import NemotronForCausalLM
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures")
+CASES = {
+    # Attention and MLP projections in every layer, scaling alpha / r.
+    "tiny-gqa": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    # Every linear projection (biases in the base), rank-stabilised scaling alpha / sqrt(r), layers 0 and 2 only.
+    "tiny-mha-bias": dict(r=3, lora_alpha=6, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+                          use_rslora=True, layers_to_transform=[0, 2]),
+}
+
+torch.manual_seed(0)
+for name, settings in CASES.items():
+    source = os.path.join(ROOT, "hf-reference", name)
+    expected = json.load(open(os.path.join(source, "expected.json")))
+    model = NemotronForCausalLM.from_pretrained(os.path.join(source, "causal-lm"), torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    peft_model = get_peft_model(model, LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **settings))
+    with torch.no_grad():
+        for param_name, param in peft_model.named_parameters():
+            if "lora_" in param_name:
+                param.copy_(torch.randn_like(param) * 0.2)
+    out_dir = os.path.join(ROOT, "peft-lora", name)
+    peft_model.save_pretrained(os.path.join(out_dir, "adapter"))
+    os.remove(os.path.join(out_dir, "adapter", "README.md"))
+
+    inputs = dict(input_ids=torch.tensor(expected["input_ids"]), attention_mask=torch.tensor(expected["attention_mask"]))
+    out = peft_model(**inputs, labels=torch.tensor(expected["causal_labels"]))
+    out.loss.backward()
+    tensors = {"logits": out.logits.detach().contiguous()}
+    for param_name, param in peft_model.named_parameters():
+        if param.requires_grad:
+            tensors["grad." + param_name.replace(".default", "")] = param.grad.detach().contiguous()
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        tensors["merged.logits"] = merged(**inputs).logits.contiguous()
+    save_file(tensors, os.path.join(out_dir, "expected.safetensors"))
+    json.dump({"loss": out.loss.item(), "settings": settings}, open(os.path.join(out_dir, "expected.json"), "w"), indent=1)
+    print(name, "loss", out.loss.item(), "trainable", sum(1 for k in tensors if k.startswith("grad.")))

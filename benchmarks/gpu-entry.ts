@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { AdamW, DECODE_STEP_KERNEL, KVCache, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
+import { AdamW, DECODE_STEP_KERNEL, KVCache, LoraModel, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
@@ -298,6 +298,39 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
     optimizer.dispose();
     log(`${name}: training step with AdamW ${r.trainWithAdamWTokensPerSecond} tok/s`);
   }
+  // LoRA (rank 16 on every projection, the base frozen) with its AdamW update: the fine-tuning most users run at this
+  // size; then over the prefill length with gradient checkpointing.
+  const lora = LoraModel.attach(model, { r: 16, loraAlpha: 32, targetModules: 'all-linear', seed: 0 });
+  const loraParams = lora.namedParameters();
+  const loraOptimizer = new AdamW(loraParams);
+  const loraStep = (tokens: number[][]) => async () => {
+    const { value, grads } = tf.variableGrads(() => lora.computeLoss({ inputIds: tokens, labels: tokens }), [...loraParams.values()]);
+    loraOptimizer.apply(new Map([...loraParams].map(([n, v]) => [n, grads[v.name]] as [string, tf.Tensor])), 1e-4);
+    await value.data();
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  try {
+    r.loraParameters = lora.numParameters();
+    await loraStep(trainIds)();
+    r.trainLoraTokensPerSecond = round(128 / await time(loraStep(trainIds)));
+    log(`${name}: LoRA r 16 training step with AdamW ${r.trainLoraTokensPerSecond} tok/s (${r.loraParameters} parameters)`);
+    save();
+    if (!argv.includes('--skip-long-train')) {
+      model.gradientCheckpointingEnable();
+      const longIds = ids(1, prefill);
+      await loraStep(longIds)();
+      r.trainLoraLongTokensPerSecondCheckpointed = round(prefill / await time(loraStep(longIds)));
+      log(`${name}: LoRA step over ${prefill} tokens with gradient checkpointing ${r.trainLoraLongTokensPerSecondCheckpointed} tok/s`);
+    }
+  } catch (e) {
+    r.trainLoraError = (e as Error).message;
+    log(`${name}: LoRA training failed: ${r.trainLoraError}`);
+  } finally {
+    model.gradientCheckpointingDisable();
+    loraOptimizer.dispose();
+    lora.unload();
+  }
+  save();
   model.dispose();
 }
 
@@ -464,13 +497,14 @@ function summary(): string {
       `${r.decodeStepRecordMs} / ${r.decodeStepTotalMs} / ${r.decodeStepGpuMs} | ${r.trainTokensPerSecond} (${r.trainWithAdamWTokensPerSecond ?? '—'}; ` +
       `${r.trainTokensPerSecondWithoutTiledProduct}; ${r.trainTokensPerSecondWithoutLayerNormGrad}; ${r.trainTokensPerSecondWithoutRotaryKernel}) |`);
   }
-  lines.push('', '| model | train tok/s, 128 tokens: computeLoss | through forward()\'s whole logits | gradient checkpointing | long step (tokens): checkpointed tok/s |',
-    '| --- | ---: | ---: | ---: | ---: |');
+  lines.push('', '| model | train tok/s, 128 tokens: computeLoss | through forward()\'s whole logits | gradient checkpointing | long step (tokens): checkpointed tok/s | LoRA r 16 + AdamW, 128 tokens | LoRA, long step, checkpointed |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const [key, value] of Object.entries(results)) {
     const r = value as Record<string, number | string>;
     if (!key.startsWith('bench.') || r.error) continue;
     lines.push(`| ${key.slice(6)} | ${r.trainTokensPerSecond} | ${r.trainTokensPerSecondThroughForward} | ${r.trainTokensPerSecondCheckpointed} | ` +
-      `${r.trainLongError ? `error: ${String(r.trainLongError).split('\n')[0]}` : `(${r.trainLongTokens ?? '—'}) ${r.trainLongTokensPerSecondCheckpointed ?? '—'}`} |`);
+      `${r.trainLongError ? `error: ${String(r.trainLongError).split('\n')[0]}` : `(${r.trainLongTokens ?? '—'}) ${r.trainLongTokensPerSecondCheckpointed ?? '—'}`} | ` +
+      `${r.trainLoraError ? `error: ${String(r.trainLoraError).split('\n')[0]}` : `${r.trainLoraTokensPerSecond ?? '—'} | ${r.trainLoraLongTokensPerSecondCheckpointed ?? '—'}`} |`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { linear, normalInit, transposedProduct } from './weights';
+import { linear, normalInit, trains, transposedProduct } from './weights';
 
 /** Separates a parameter's HF name from its block index: `model.embed_tokens.weight#1`. */
 export const BLOCK_SEPARATOR = '#';
@@ -148,10 +148,13 @@ export class VocabMatrix {
     // The chunk's logits [rows, vocab] and its targets.
     const chunkLogits = (xs: tf.Tensor2D, ws: tf.Tensor2D[], [start, end]: number[]) =>
       projectBlocks(xs.slice([start, 0], [end - start, cols]), ws) as tf.Tensor2D;
+    // A frozen block (LoRA's base) is not an input of the gradient: its dW is never computed.
+    const blocks = this.blocks as tf.Tensor2D[];
+    const trained = blocks.map(trains);
     const loss = tf.customGrad(((...args: unknown[]) => {
-      const inputs = args.slice(0, -1) as tf.Tensor2D[];
-      (args[args.length - 1] as (ts: tf.Tensor[]) => void)(inputs);
-      const [xs, ...ws] = inputs;
+      const xs = args[0] as tf.Tensor2D;
+      (args[args.length - 1] as (ts: tf.Tensor[]) => void)([xs, ...blocks]);
+      const ws = blocks;
       let total: tf.Tensor = tf.scalar(0);
       for (const chunk of chunks) {
         const next = tf.tidy(() => {
@@ -169,7 +172,7 @@ export class VocabMatrix {
       // dW = dlogitsᵀ·x, block by block, the block gradients summed over chunks.
       const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, ...sw] = saved as tf.Tensor2D[];
-        const dws: Array<tf.Tensor | null> = sw.map(() => null);
+        const dws: Array<tf.Tensor | null> = trained.filter(Boolean).map(() => null);
         const dxs: tf.Tensor[] = [];
         for (const chunk of chunks) {
           const [dx, ...dw] = tf.tidy(() => {
@@ -180,9 +183,10 @@ export class VocabMatrix {
             const perBlock = sw.map((w, b) => (sw.length === 1 ? dlogits : dlogits.slice([0, blockStarts[b]], [-1, w.shape[0]])));
             // Summed pairwise: tf.addN binds every block at once, more than WebGPU's 8 buffers a shader.
             const dxc = perBlock.map((d, b) => tf.matMul(d, sw[b])).reduce((a, b) => tf.add(a, b));
-            return [dxc, ...perBlock.map((d) => transposedProduct(d, xc))];
+            return [dxc, ...perBlock.map((d, b) => (trained[b] ? transposedProduct(d, xc) : null)).filter((d): d is tf.Tensor2D => d !== null)];
           });
           dxs.push(dx);
+          // dw holds the trained blocks' gradients, in block order.
           dw.forEach((d, b) => {
             const previous = dws[b];
             dws[b] = previous ? tf.tidy(() => tf.add(previous, d)) : d;
@@ -198,7 +202,7 @@ export class VocabMatrix {
       };
       return { value, gradFunc };
     }) as unknown as Parameters<typeof tf.customGrad>[0]);
-    return loss(x, ...this.blocks) as tf.Scalar;
+    return loss(x, ...blocks.filter((_, b) => trained[b])) as tf.Scalar;
   }
 }
 

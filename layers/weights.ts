@@ -62,29 +62,35 @@ function tiled(a: tf.Tensor, b: tf.Tensor, bias?: tf.Tensor | null, transposeA =
   return tf.engine().runKernel(TILED_PRODUCT_KERNEL, bias ? { a, b, bias } : { a, b }, { transposeA }) as tf.Tensor;
 }
 
+/** Whether a gradient for `t` may be wanted: not a frozen variable (LoRA's base weights are). */
+export function trains(t: tf.Tensor): boolean {
+  return !(t instanceof tf.Variable) || t.trainable;
+}
+
 /**
  * x·Wᵀ (+ b) for training where the tiled product exists (WebGPU): forward by the kernel; backward dx = dy·W (tfjs's
  * matMul without a transposed operand) and dW = dyᵀ·x by the kernel's aᵀ·b form, which reads dy and x along their rows;
- * tfjs's matMul would read a transposed operand in both the forward and dW.
+ * tfjs's matMul would read a transposed operand in both the forward and dW. A frozen weight or bias (LoRA's base) is
+ * not an input of the gradient, so that its product is never computed.
  */
 function tiledLinear(x: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor | null): tf.Tensor2D {
   const [rows, inFeatures] = x.shape;
   const outFeatures = weight.shape[0];
-  // customGrad hands its function a save callback after the inputs (the bias is told apart by `bias`, not by count);
-  // what the backward reads must be saved through it, or the forward's tidy frees it.
+  const [weightTrains, biasTrains] = [trains(weight), bias !== null && trains(bias)];
+  // customGrad hands its function the inputs, then a save callback; what the backward reads must be saved through it
+  // (the weight too when it is not an input), or the forward's tidy frees it.
   const product = tf.customGrad(((...args: unknown[]) => {
-    const [xs, w] = args as [tf.Tensor2D, tf.Tensor2D];
-    const b = bias ? (args[2] as tf.Tensor) : null;
-    (args[args.length - 1] as (ts: tf.Tensor[]) => void)([xs, w]);
-    const value = tiled(xs.reshape([1, rows, inFeatures]), w.reshape([1, outFeatures, inFeatures]), b).reshape([rows, outFeatures]);
-    const gradFunc = (dy: tf.Tensor, [xs, w]: tf.Tensor2D[]) => {
-      const dx = tf.matMul(dy as tf.Tensor2D, w);
-      const dw = transposedProduct(dy as tf.Tensor2D, xs);
-      return bias ? [dx, dw, tf.sum(dy, 0)] : [dx, dw];
-    };
+    const xs = args[0] as tf.Tensor2D;
+    (args[args.length - 1] as (ts: tf.Tensor[]) => void)([xs, weight]);
+    const value = tiled(xs.reshape([1, rows, inFeatures]), weight.reshape([1, outFeatures, inFeatures]), bias).reshape([rows, outFeatures]);
+    const gradFunc = (dy: tf.Tensor, [savedX, savedW]: tf.Tensor2D[]) => [
+      tf.matMul(dy as tf.Tensor2D, savedW),
+      ...(weightTrains ? [transposedProduct(dy as tf.Tensor2D, savedX)] : []),
+      ...(biasTrains ? [tf.sum(dy, 0)] : []),
+    ];
     return { value, gradFunc };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  return (bias ? product(x, weight, bias) : product(x, weight)) as tf.Tensor2D;
+  return product(x, ...(weightTrains ? [weight] : []), ...(biasTrains ? [bias!] : [])) as tf.Tensor2D;
 }
 
 /**

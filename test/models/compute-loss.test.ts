@@ -5,7 +5,7 @@ import {
   setLossChunkBytes,
 } from '../../src/index';
 import { crossEntropy } from '../../src/losses';
-import { CONFIGS, errorOf, expectClose, expected, expectRelClose, fixtureDir } from '../helpers';
+import { CONFIGS, errorOf, expectClose, expected, expectRelClose, fixtureDir, kernelsRun } from '../helpers';
 
 // computeLoss(): the loss alone, for training. Its gradients against transformers are in test/training/gradients.test.ts
 // and the fixture parity (every backend, row blocks included); here: every head, errors, and what it holds at once.
@@ -91,5 +91,29 @@ describe('computeLoss', () => {
       matrix.blocks.forEach((b) => b.dispose());
     }
     x.dispose();
+  });
+
+  it('a frozen output matrix (LoRA\'s base) gets no gradient product: one matMul fewer a chunk and block, the same dx', async () => {
+    const [count, vocab, width] = [10, 40, 8];
+    const targets = Array.from({ length: count }, (_, i) => (i * 7) % vocab);
+    const x = tf.variable(tf.randomNormal([count, width], 0, 1, 'float32', 2)) as tf.Variable<tf.Rank.R2>;
+    setLossChunkBytes(4 * 4 * vocab); // chunks of 4, 4 and 2 positions
+    setMaxWeightBlockBytes(20 * width * 4); // two blocks
+    const matrix = new VocabMatrix(vocab, width, 0.5);
+    const dx = (variables: tf.Variable[]) => {
+      let grad!: tf.Tensor;
+      const kernels = kernelsRun(() => {
+        const { value, grads } = tf.variableGrads(() => matrix.projectedCrossEntropy(x, targets), variables);
+        grad = grads[x.name];
+        tf.dispose([value, ...Object.values(grads).filter((g) => g !== grad)]);
+      });
+      return { grad, products: kernels.get('BatchMatMul') ?? 0 };
+    };
+    const trained = dx([x, ...matrix.blocks]);
+    matrix.blocks.forEach((b) => { b.trainable = false; });
+    const frozen = dx([x]);
+    expect(trained.products - frozen.products, 'dW products skipped: 3 chunks × 2 blocks').to.equal(6);
+    expectClose(frozen.grad, trained.grad, 0, 'd loss / d x');
+    tf.dispose([trained.grad, frozen.grad, x, ...matrix.blocks]);
   });
 });

@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
-  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
+  KVCache, LoraModel, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
 import { rotaryWithGradient } from '../../layers/rotary';
@@ -520,6 +520,41 @@ describe('webgpu backend: parity with transformers', function () {
     }
     tf.dispose([...fused.tensors, ...plain.tensors]);
     expect(tf.memory().numTensors, 'no tensor left').to.equal(before);
+  });
+
+  it('LoRA training computes no gradient product for the frozen weights (tiled linears, chunked loss)', async () => {
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 64, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 64, padTokenId: 0,
+    }));
+    const ids = [Array.from({ length: 24 }, (_, i) => 1 + ((i * 5) % 63))];
+    const lora = LoraModel.attach(model, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], seed: 1 });
+    const transposedProducts = (variables: tf.Variable[]) => {
+      const before = tf.memory().numTensors;
+      let count = 0;
+      const gpu = tf.backend() as unknown as { runWebGPUProgram: (program: { transposeA?: boolean }, ...rest: unknown[]) => unknown };
+      const original = gpu.runWebGPUProgram;
+      gpu.runWebGPUProgram = function (program: { transposeA?: boolean }, ...rest: unknown[]) {
+        if (program.constructor.name === 'TiledProductProgram' && program.transposeA) count++;
+        return original.call(this, program, ...rest);
+      };
+      try {
+        const { value, grads } = tf.variableGrads(() => lora.computeLoss({ inputIds: ids, labels: ids }), variables);
+        tf.dispose([value, ...Object.values(grads)]);
+      } finally {
+        gpu.runWebGPUProgram = original;
+      }
+      expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+      return count;
+    };
+    const adaptersOnly = transposedProducts([...lora.namedParameters().values()]);
+    lora.unload();
+    const everything = transposedProducts([...model.namedParameters().values()]);
+    // aᵀ·b products in the backward: attention's dK and dV (2 a layer) in both; without LoRA the dW of the 6 linears a
+    // layer and of the LM head (13); with it the adapters' dA and dB (2 layers × 2 projections × 2) and no frozen dW.
+    expect(everything, 'attention 4 + dW of 12 linears and the LM head').to.equal(4 + 13);
+    expect(adaptersOnly, 'attention 4 + the adapters\' 8, no dW of a frozen weight').to.equal(4 + 8);
+    model.dispose();
   });
 
   it('the Trainer runs unchanged: AdamW steps lower the loss, and the checkpoint saves', async () => {

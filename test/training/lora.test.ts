@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronForCausalLM, SafetensorsFile, Trainer, readJsonl } from '../../src/index';
+import { LoraModel, NemotronForCausalLM, SafetensorsFile, Trainer, generate, readJsonl } from '../../src/index';
 import { CONFIGS, FIXTURES, FixtureName, errorOf, expectClose, expected, expectRelClose, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // PEFT's LoRA on transformers' model (scripts/reference/peft_lora_fixtures.py): its saved adapter, the logits and loss
@@ -97,6 +97,21 @@ forEachBackend(testBackends(), () => {
       });
     });
   }
+
+  it('generation with an unmerged adapter (layer by layer, through the cache) equals generation after mergeAndUnload', async () => {
+    const exp = expected('tiny-mha-bias');
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-mha-bias', 'causal-lm'));
+    const lora = await LoraModel.fromPretrained(model, loraDir('tiny-mha-bias', 'adapter'));
+    const options = { attentionMask: exp.json.gen_batch_mask, maxNewTokens: 6, eosTokenId: null, padTokenId: 0, outputScores: true };
+    const unmerged = await generate(model, exp.json.gen_batch_prompt, options);
+    lora.mergeAndUnload();
+    const merged = await generate(model, exp.json.gen_batch_prompt, options);
+    expect(unmerged.sequences).to.deep.equal(merged.sequences);
+    let worst = 0;
+    unmerged.scores!.forEach((step, i) => step.forEach((row, b) => row.forEach((v, j) => { worst = Math.max(worst, Math.abs(v - merged.scores![i][b][j])); })));
+    expect(worst, 'max |score difference| over the steps').to.be.at.most(1e-4);
+    model.dispose();
+  });
 
   it('a new adapter changes nothing (B = 0); training moves the adapters only, with and without gradient checkpointing', async () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));

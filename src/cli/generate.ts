@@ -13,6 +13,7 @@ import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generateStream } from '../generation/generate';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
 import { checkModelDir, formatBytes } from './info';
 import { loadingBar } from './progress';
 
@@ -65,6 +66,8 @@ export interface GenerateCliOptions {
   addSpecialTokens: boolean;
   skipSpecialTokens: boolean;
   backend?: string;
+  /** A PEFT LoRA adapter folder, merged into the weights after loading. */
+  adapter?: string;
 }
 
 type GenerationConfigJson = Record<string, unknown>;
@@ -123,6 +126,9 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   // Cheap checks first: files, options, config, checkpoint headers; only then the backend and the weights.
   const dir = checkModelDir(o.model, ['config.json', 'tokenizer.json']);
   const options = resolveDecoding(o, readGenerationConfig(dir));
+  for (const file of o.adapter !== undefined ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
+    if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
+  }
   if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
   const config = NemotronConfig.fromPretrained(dir);
   const reader = CheckpointReader.open(dir);
@@ -170,6 +176,18 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
   process.stderr.write(`loaded ${formatBytes(totalBytes)} of weights in ${((performance.now() - loadStart) / 1000).toFixed(2)} s ` +
     `(backend ${backend})\n`);
+  if (o.adapter !== undefined) {
+    try {
+      // Merged, so that decoding runs at full speed (the fused decoding step reads the weights alone).
+      const lora = await LoraModel.fromPretrained(model, o.adapter);
+      const r = lora.loraConfig.r;
+      lora.mergeAndUnload();
+      process.stderr.write(`merged the LoRA adapter in ${o.adapter} (r ${r})\n`);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
 
   try {
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
@@ -231,6 +249,7 @@ export function registerGenerate(program: Command): void {
     .option('--no-stream', 'print the text once generation ends instead of token by token')
     .option('--no-special-tokens', 'do not add BOS (or other special tokens) to the prompt')
     .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')
+    .option('--adapter <dir>', 'a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the model')
     .addOption(backendOption())
     .addHelpText('after', `
 Decoding follows transformers: greedy unless sampling is asked for (--sample, or any of --temperature,

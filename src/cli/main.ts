@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info` and `finetune` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune` and `merge-lora` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -11,6 +11,7 @@ import { BACKEND_ENV } from '../backends';
 import { backendOption, registerGenerate } from './generate';
 import { registerInfo } from './info';
 import { registerFinetune } from './finetune';
+import { registerMergeLora } from './merge-lora';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -49,6 +50,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerGenerate(program);
   registerInfo(program);
   registerFinetune(program);
+  registerMergeLora(program);
   return program;
 }
 

@@ -8,6 +8,7 @@ import { CheckpointReader } from '../../src/io/checkpoint';
 import { NemotronTokenizer } from '../../src/tokenizer';
 import { GenerateOptions, generate } from '../../src/generation/generate';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { LoraModel } from '../../src/training/lora';
 import { fixtureDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -123,6 +124,24 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(Number(stats![1])).to.equal(tokenizer.encode(PROMPT).length);
       expect(Number(stats![2])).to.be.within(1, 5);
       expect(r.stderr).to.not.match(/Hi, looks like you are running TensorFlow\.js/);
+    });
+
+    it('--adapter merges a PEFT LoRA adapter: the text of the merged model; a folder without one is refused', async () => {
+      const adapter = path.resolve(fixtureDir('tiny-gqa'), '../../peft-lora/tiny-gqa/adapter');
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '6', '--backend', 'cpu', '--adapter', adapter);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stderr).to.match(/merged the LoRA adapter in .* \(r 4\)/);
+      const adapted = await NemotronForCausalLM.fromPretrained(model);
+      (await LoraModel.fromPretrained(adapted, adapter)).mergeAndUnload();
+      const ids = tokenizer.encode(PROMPT);
+      const expected = tokenizer.decode((await generate(adapted, [ids], { maxNewTokens: 6 })).sequences[0], { skipSpecialTokens: true }) + '\n';
+      const plain = tokenizer.decode((await generate(lm, [ids], { maxNewTokens: 6 })).sequences[0], { skipSpecialTokens: true }) + '\n';
+      adapted.dispose();
+      expect(r.stdout).to.equal(expected);
+      expect(expected, 'the adapter changes the text').to.not.equal(plain);
+      const bad = cli('generate', '--model', model, '--prompt', PROMPT, '--backend', 'cpu', '--adapter', model);
+      expect(bad.code).to.equal(1);
+      expect(bad.stderr).to.match(/--adapter .*: adapter_config\.json is missing \(expected a PEFT LoRA adapter folder\)/);
     });
 
     it('the same command twice gives the same output; --no-stream prints the same text', () => {

@@ -70,6 +70,17 @@ describe('finetune CLI', function () {
     const model = await NemotronForCausalLM.fromPretrained(base);
     const lora = await LoraModel.fromPretrained(model, output);
     expect(lora.namedParameters().size).to.equal(2 * 2 * model.config.numHiddenLayers);
+    // merge-lora: the saved checkpoint computes what the base with the adapter computes.
+    const merged = tmpDir('ft-lora-merged');
+    const merge = spawnSync('node', [CLI, 'merge-lora', '--backend', 'cpu', '--model', base, '--adapter', output, '--output', merged], { encoding: 'utf8' });
+    expect(merge.status, merge.stderr).to.equal(0);
+    expect(merge.stdout).to.match(/merged a LoRA adapter \(r 4, \d+ parameters\)/);
+    const reloaded = await NemotronForCausalLM.fromPretrained(merged);
+    const ids = [[2, 11, 25, 7, 19]];
+    const [adapted, folded] = [model.forward({ inputIds: ids }).logits, reloaded.forward({ inputIds: ids }).logits];
+    expect(tf.tidy(() => tf.max(tf.abs(tf.sub(adapted, folded))).dataSync()[0]), 'merged vs adapted logits').to.be.at.most(1e-5);
+    tf.dispose([adapted, folded]);
+    reloaded.dispose();
     lora.unload();
     model.dispose();
     const refused = spawnSync('node', [CLI, ...args.map((a) => (a === 'causal-lm' ? 'token-classification' : a)), '--max-steps', '1'], { encoding: 'utf8' });

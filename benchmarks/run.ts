@@ -16,7 +16,7 @@ import * as os from 'os';
 import * as path from 'path';
 import seedrandom from 'seedrandom';
 import {
-  AdamW, availableBackends, BackendName, DECODE_STEP_KERNEL, generate, NemotronConfig, NemotronForCausalLM, setBackend, tf, useFusedKernels,
+  AdamW, LoraModel, availableBackends, BackendName, DECODE_STEP_KERNEL, generate, NemotronConfig, NemotronForCausalLM, setBackend, tf, useFusedKernels,
 } from '../src/index';
 import { BENCH_CONFIGS, benchConfig } from './configs';
 
@@ -188,6 +188,7 @@ interface BackendResult {
   prefill?: { tokens: number; seconds: number; tokens_per_s: number };
   decode?: Record<string, DecodeResult>;
   train?: { tokens: number; seconds: number; warmup_seconds: number; tokens_per_s: number; loss: number };
+  lora_train?: { tokens: number; seconds: number; warmup_seconds: number; tokens_per_s: number; loss: number };
   peak_rss_bytes?: number | null;
   peak_rss_sampled_bytes?: number;
   leaked_tensors?: number;
@@ -273,12 +274,12 @@ async function runWorker(a: Args): Promise<void> {
     save();
   }
 
-  // Training: causal-LM loss and its gradients (variableGrads), then an AdamW step; one warm-up step, one timed.
-  if (a.train) {
-    result.errors.train = 'did not finish (the process died during the training step)';
+  // Training: causal-LM loss and its gradients (variableGrads), then an AdamW step; one warm-up step, one timed. Then
+  // the same for LoRA adapters (PEFT's r 16, alpha 32 on every projection; the base frozen).
+  const timeTraining = async (key: 'train' | 'lora_train', params: Map<string, tf.Variable>, lossOf: () => tf.Scalar) => {
+    result.errors[key] = 'did not finish (the process died during the training step)';
     save();
-    delete result.errors.train;
-    const params = model.namedParameters();
+    delete result.errors[key];
     const byVarName = new Map([...params].map(([name, v]) => [v.name, name]));
     const optimizer = new AdamW(params, { weightDecay: 0.01 });
     try {
@@ -286,8 +287,7 @@ async function runWorker(a: Args): Promise<void> {
       let loss = NaN;
       for (let step = 0; step < 2; step++) {
         const start = now();
-        // The Trainer's loss: computeLoss (the logits by chunks of positions, never whole).
-        const { value, grads } = tf.variableGrads(() => model.computeLoss({ inputIds: inputs.train, labels: inputs.train }), [...params.values()]);
+        const { value, grads } = tf.variableGrads(lossOf, [...params.values()]);
         loss = (await value.data())[0];
         value.dispose();
         const named = new Map<string, tf.Tensor>();
@@ -299,12 +299,20 @@ async function runWorker(a: Args): Promise<void> {
         times.push(now() - start);
       }
       const tokens = inputs.train.length * inputs.train[0].length;
-      result.train = { tokens, seconds: times[1], warmup_seconds: times[0], tokens_per_s: tokens / times[1], loss };
+      result[key] = { tokens, seconds: times[1], warmup_seconds: times[0], tokens_per_s: tokens / times[1], loss };
     } catch (e) {
-      result.errors.train = message(e);
+      result.errors[key] = message(e);
     } finally {
       optimizer.dispose();
     }
+  };
+  if (a.train) {
+    // The Trainer's loss: computeLoss (the logits by chunks of positions, never whole).
+    const lossOf = () => model.computeLoss({ inputIds: inputs.train, labels: inputs.train });
+    await timeTraining('train', model.namedParameters(), lossOf);
+    const lora = LoraModel.attach(model, { r: 16, loraAlpha: 32, targetModules: 'all-linear', seed: a.seed });
+    await timeTraining('lora_train', lora.namedParameters(), lossOf);
+    lora.unload();
   }
 
   model.dispose();
@@ -458,20 +466,21 @@ function markdown(report: Report): string {
   lines.push('');
   const batches = report.args.batches;
   const head = ['backend', 'load s', 'prefill tok/s', 'prefill GFLOP/s', 'of GEMM',
-    ...batches.flatMap((b) => [`decode b=${b} tok/s`, `b=${b} of BW`]), 'train tok/s', 'train s/step', 'peak RSS'];
+    ...batches.flatMap((b) => [`decode b=${b} tok/s`, `b=${b} of BW`]), 'train tok/s', 'train s/step', 'LoRA train tok/s', 'peak RSS'];
   lines.push(`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`);
   for (const r of report.results) {
     const d = r.derived;
     const row = [r.backend, fmt(r.load_seconds, 2), fmt(r.prefill?.tokens_per_s), fmt(d.prefill_gflops), pct(d.prefill_fraction_of_gemm),
       ...batches.flatMap((b) => [fmt(r.decode?.[String(b)]?.tokens_per_s, 2), pct(d.decode_fraction_of_bandwidth?.[String(b)])]),
-      fmt(r.train?.tokens_per_s), fmt(r.train?.seconds, 2), gb(r.peak_rss_bytes)];
+      fmt(r.train?.tokens_per_s), fmt(r.train?.seconds, 2), fmt(r.lora_train?.tokens_per_s), gb(r.peak_rss_bytes)];
     lines.push(`| ${row.join(' | ')} |`);
   }
   lines.push('');
   lines.push('- prefill GFLOP/s = (2 × body params × tokens + 2 × vocab × hidden) / time; attention scores not counted. "of GEMM": that over the numpy GEMM rate.');
   lines.push('- decode tok/s = (new tokens − 1) × batch / time from the first new token to the last (the prefill excluded). ' +
     '"of BW" = decode steps/s × float32 bytes of body + output projection / memory read bandwidth (above 100 % means caches helped).');
-  lines.push('- train tok/s: the second of two steps (the first allocates the AdamW moments). Peak RSS: Linux VmHWM of the process that ran the backend (each in its own process).');
+  lines.push('- train tok/s: the second of two steps (the first allocates the AdamW moments). LoRA: the same step over PEFT-style adapters ' +
+    '(r 16, alpha 32, every projection; the base frozen; torch: peft). Peak RSS: Linux VmHWM of the process that ran the backend (each in its own process).');
   for (const r of report.results) {
     const errs = Object.entries(r.errors ?? {});
     if (errs.length) lines.push(`- ${r.backend} errors: ${errs.map(([k, v]) => `${k}: ${v}`).join('; ')}`);

@@ -33,6 +33,11 @@ def reset_hwm():
         pass
 
 
+def timing(ids, times, loss):
+    """The second of two steps (the first allocates the optimizer state)."""
+    return {"tokens": ids.numel(), "seconds": times[-1], "warmup_seconds": times[0], "tokens_per_s": ids.numel() / times[-1], "loss": float(loss.detach())}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
@@ -133,16 +138,32 @@ def main():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 times.append(time.perf_counter() - t)
-            result["train"] = {
-                "tokens": train_ids.numel(),
-                "seconds": times[-1],
-                "warmup_seconds": times[0],
-                "tokens_per_s": train_ids.numel() / times[-1],
-                "loss": float(loss.detach()),
-            }
+            result["train"] = timing(train_ids, times, loss)
         except Exception as e:  # e.g. out of memory
             result["errors"]["train"] = f"{type(e).__name__}: {e}"
         peaks["train"] = vm_hwm_bytes()
+        # LoRA as run.ts does it: PEFT adapters r 16, alpha 32 on every projection (all-linear), the base frozen.
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            result["errors"]["lora_train"] = "peft is not installed in the reference venv (pip install peft)"
+        else:
+            try:
+                lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
+                lora.train()
+                opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
+                times = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    loss = lora(input_ids=train_ids, labels=train_ids, use_cache=False).loss
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    times.append(time.perf_counter() - t)
+                result["lora_train"] = timing(train_ids, times, loss)
+                result["versions"]["peft"] = __import__("peft").__version__
+            except Exception as e:
+                result["errors"]["lora_train"] = f"{type(e).__name__}: {e}"
 
     result["peak_rss_bytes"] = max(peaks.values())
     result["peak_rss_by_phase"] = peaks

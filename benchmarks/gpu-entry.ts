@@ -23,7 +23,11 @@ const OUT = process.env.OUT ?? '/tmp';
 // run.sh starts the bundle (an ES module, no __dirname) inside .device/, beside the fixtures.
 const FIXTURES = path.resolve(process.env.NEMOTRON_FIXTURES ?? 'fixtures');
 const results: Record<string, unknown> = { started: new Date().toISOString() };
-const save = () => fs.writeFileSync(path.join(OUT, 'gpu-results.json'), JSON.stringify(results, null, 2));
+/** Both files after every figure: a run cut short by the device's time limit still brings back its summary. */
+const save = () => {
+  fs.writeFileSync(path.join(OUT, 'gpu-results.json'), JSON.stringify(results, null, 2));
+  fs.writeFileSync(path.join(OUT, 'gpu-results.md'), summary());
+};
 const started = performance.now();
 const log = (m: string) => { process.stdout.write(`[${((performance.now() - started) / 1000).toFixed(1)} s] ${m}\n`); };
 const round = (x: number, digits = 2) => Number(x.toFixed(digits));
@@ -463,7 +467,6 @@ async function main(): Promise<void> {
   }
   results.finished = new Date().toISOString();
   save();
-  fs.writeFileSync(path.join(OUT, 'gpu-results.md'), summary());
 }
 
 /** A markdown summary of the figures that answer the GPU issue's targets (the JSON keeps everything). */
@@ -473,7 +476,7 @@ function summary(): string {
   const lines = [
     `# nemotron-tfjs on WebGPU: ${adapter?.vendor ?? '?'} ${adapter?.description ?? ''}`.trimEnd(),
     '',
-    `Run ${results.started} → ${results.finished}; float32; one dispatch ${micro?.dispatchMicroseconds ?? '?'} µs; ` +
+    `Run ${results.started} → ${results.finished ?? '(not finished)'}; float32; one dispatch ${micro?.dispatchMicroseconds ?? '?'} µs; ` +
       `maxStorageBufferBindingSize ${adapter?.limits?.maxStorageBufferBindingSize ?? '?'} bytes.`,
     '',
     ...['tiny-gqa', 'tiny-mha-bias'].map((n) => `- parity ${n}: ${(results[`parity.${n}`] as { pass?: boolean } | undefined)?.pass ?? 'not run'}; ` +

@@ -23,6 +23,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 
 /** Options of {@link NemotronTokenizer.encode}. */
@@ -72,6 +73,29 @@ export interface TokenizerSources {
   modelConfig?: object;
   /** Where tokenizer.json came from, for error messages. */
   source?: string;
+  /** Contents of chat_template.jinja (where transformers ≥ 4.43 saves the template instead of tokenizer_config.json). */
+  chatTemplate?: string;
+}
+
+/** One turn of a conversation, as transformers' apply_chat_template takes it. */
+export interface ChatMessage {
+  role: string;
+  content: string;
+  [key: string]: unknown;
+}
+
+/** Options of {@link NemotronTokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** End with the opening of an assistant turn, so that generation writes the reply. Default false. */
+  addGenerationPrompt?: boolean;
+  /** A template's name (tokenizer_config.json may hold several, e.g. "default" and "tool_use") or a template itself. */
+  chatTemplate?: string;
+  /** Tool (function) definitions the template may render, as JSON schemas. */
+  tools?: object[];
+  /** Documents for retrieval-augmented templates. */
+  documents?: object[];
+  /** Further variables the template reads. */
+  templateVariables?: Record<string, unknown>;
 }
 
 type Json = Record<string, any>;
@@ -141,8 +165,12 @@ export class NemotronTokenizer {
   /** `clean_up_tokenization_spaces` of tokenizer_config.json, else false (the transformers default). */
   readonly cleanUpTokenizationSpaces: boolean;
 
+  /** The chat templates by name (tokenizer_config.json's chat_template, or chat_template.jinja as "default"). */
+  readonly chatTemplates: ReadonlyMap<string, string>;
+
   private readonly tok: HFTokenizer;
   private readonly specialIds: Set<number>;
+  private readonly additionalSpecialTokens: string[];
   /** Ids added around one sequence when `addSpecialTokens` is true. */
   private readonly prefixIds: number[];
   private readonly suffixIds: number[];
@@ -208,12 +236,12 @@ export class NemotronTokenizer {
     for (const [id, added] of tok.get_added_tokens_decoder()) if (added.special) this.specialIds.add(id);
     for (const id of [bos.id, eos.id, unk.id, pad.id]) if (id !== null) this.specialIds.add(id);
     const additional = config.additional_special_tokens ?? stm.additional_special_tokens ?? [];
-    if (Array.isArray(additional)) {
-      for (const t of additional) {
-        const content = tokenContent(t, 'additional_special_tokens entry');
-        const id = content === null ? undefined : tok.token_to_id(content);
-        if (id !== undefined) this.specialIds.add(id);
-      }
+    this.additionalSpecialTokens = (Array.isArray(additional) ? additional : [])
+      .map((t: unknown) => tokenContent(t, 'additional_special_tokens entry'))
+      .filter((t: string | null): t is string => t !== null);
+    for (const content of this.additionalSpecialTokens) {
+      const id = tok.token_to_id(content);
+      if (id !== undefined) this.specialIds.add(id);
     }
 
     // What the post-processor adds around a single sequence: encode a probe with and without special
@@ -264,6 +292,76 @@ export class NemotronTokenizer {
     // transformers writes int(1e30) when there is no limit.
     this.modelMaxLength = typeof mml === 'number' && mml > 0 && mml < 1e12 ? mml : null;
     this.cleanUpTokenizationSpaces = config.clean_up_tokenization_spaces === true;
+
+    // chat_template: one string, or a list of {name, template} (transformers' multiple templates); a separate
+    // chat_template.jinja takes precedence, as in transformers.
+    const templates = new Map<string, string>();
+    const raw = config.chat_template;
+    if (typeof raw === 'string') templates.set('default', raw);
+    else if (Array.isArray(raw)) {
+      for (const entry of raw) {
+        if (!entry || typeof entry.name !== 'string' || typeof entry.template !== 'string') {
+          throw new Error(`tokenizer_config.json chat_template: expected a string or a list of {"name", "template"}, got an entry ${JSON.stringify(entry)}`);
+        }
+        templates.set(entry.name, entry.template);
+      }
+    } else if (raw !== undefined && raw !== null) {
+      throw new Error(`tokenizer_config.json chat_template: expected a string or a list of {"name", "template"}, got ${JSON.stringify(raw)}`);
+    }
+    if (sources.chatTemplate !== undefined) templates.set('default', sources.chatTemplate);
+    this.chatTemplates = templates;
+  }
+
+  /**
+   * transformers' apply_chat_template(conversation, tokenize=False): the conversation rendered by the checkpoint's
+   * chat template (Jinja, through @huggingface/jinja, with the special tokens as bos_token, eos_token, … and
+   * raise_exception as transformers provides them).
+   */
+  renderChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): string {
+    if (!Array.isArray(messages) || messages.some((m) => !m || typeof m.role !== 'string' || typeof m.content !== 'string')) {
+      throw new Error('applyChatTemplate: expected a list of messages {role: string, content: string}');
+    }
+    const source = this.chatTemplateSource(options.chatTemplate);
+    let template: Template;
+    try {
+      template = new Template(source);
+    } catch (e) {
+      throw new Error(`The chat template does not parse: ${(e as Error).message}`);
+    }
+    return template.render({
+      messages, add_generation_prompt: options.addGenerationPrompt ?? false,
+      ...(options.tools ? { tools: options.tools } : {}), ...(options.documents ? { documents: options.documents } : {}),
+      bos_token: this.bosToken ?? undefined, eos_token: this.eosToken ?? undefined, unk_token: this.unkToken ?? undefined,
+      pad_token: this.padToken ?? undefined, additional_special_tokens: this.additionalSpecialTokens,
+      ...options.templateVariables,
+    });
+  }
+
+  /**
+   * transformers' apply_chat_template(conversation): the rendered conversation's token ids. The template writes the
+   * special tokens itself (BOS included), so none is added, as transformers encodes it.
+   */
+  applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): number[] {
+    return this.encode(this.renderChatTemplate(messages, options), { addSpecialTokens: false });
+  }
+
+  private chatTemplateSource(choice: string | undefined): string {
+    if (choice !== undefined) {
+      const named = this.chatTemplates.get(choice);
+      if (named !== undefined) return named;
+      // Not a name: a template itself when it has Jinja syntax.
+      if (/{[{%]/.test(choice)) return choice;
+      throw new Error(`No chat template named ${JSON.stringify(choice)}; this tokenizer has ${[...this.chatTemplates.keys()].join(', ') || 'none'}`);
+    }
+    if (this.chatTemplates.size === 0) {
+      throw new Error('This tokenizer has no chat template (no chat_template in tokenizer_config.json, no chat_template.jinja): ' +
+        'pass options.chatTemplate, or encode the prompt as plain text');
+    }
+    const fallback = this.chatTemplates.get('default') ?? (this.chatTemplates.size === 1 ? [...this.chatTemplates.values()][0] : undefined);
+    if (fallback === undefined) {
+      throw new Error(`This tokenizer has several chat templates (${[...this.chatTemplates.keys()].join(', ')}) and none named "default": pass options.chatTemplate`);
+    }
+    return fallback;
   }
 
   /**
@@ -284,12 +382,15 @@ export class NemotronTokenizer {
       return fs.existsSync(file) ? readJson(file) : undefined;
     };
     const tokenizerConfig = optional('tokenizer_config.json');
+    const chatTemplateFile = path.join(dir, 'chat_template.jinja');
+    const chatTemplate = fs.existsSync(chatTemplateFile) ? fs.readFileSync(chatTemplateFile, 'utf8') : undefined;
     const specialTokensMap = optional('special_tokens_map.json');
     const modelConfig = optional('config.json');
     return NemotronTokenizer.create(tokenizerJson, tokenizerConfig, {
       specialTokensMap,
       modelConfig,
       source: tokenizerPath,
+      chatTemplate,
     });
   }
 

@@ -68,6 +68,10 @@ export interface GenerateCliOptions {
   backend?: string;
   /** A PEFT LoRA adapter folder, merged into the weights after loading. */
   adapter?: string;
+  /** The prompt is a user message, rendered with the tokenizer's chat template and the assistant turn opened. */
+  chat?: boolean;
+  /** With chat: a system message before it. */
+  system?: string;
 }
 
 type GenerationConfigJson = Record<string, unknown>;
@@ -143,7 +147,11 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     reader.close();
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(dir);
-  const promptIds = tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
+  if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
+  const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
+  const promptIds = o.chat
+    ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true })
+    : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
   if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
   const outside = promptIds.find((id) => id >= config.vocabSize);
   if (outside !== undefined) {
@@ -199,7 +207,8 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     };
     // The prompt goes through the same decoder, so the continuation joins it exactly as decode(prompt + new) would
     // (leading-space handling, multi-byte characters split across tokens).
-    for (const id of promptIds) emit(decoder.push(id));
+    // In chat mode only the reply is printed (the template's markup is not the user's text).
+    if (!o.chat) for (const id of promptIds) emit(decoder.push(id));
 
     const start = performance.now();
     let first = start;
@@ -249,6 +258,8 @@ export function registerGenerate(program: Command): void {
     .option('--no-stream', 'print the text once generation ends instead of token by token')
     .option('--no-special-tokens', 'do not add BOS (or other special tokens) to the prompt')
     .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')
+    .option('--chat', 'the prompt is a user message: render it with the tokenizer\'s chat template (assistant turn opened) and print only the reply')
+    .option('--system <text>', 'with --chat: a system message before the prompt')
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the model')
     .addOption(backendOption())
     .addHelpText('after', `
@@ -256,7 +267,7 @@ Decoding follows transformers: greedy unless sampling is asked for (--sample, or
 --top-k, --top-p, --min-p) or generation_config.json sets do_sample; --greedy always wins over the file.
 Generation stops at the EOS id(s) of generation_config.json (else config.json) or after --max-new-tokens.
 
-stdout gets the prompt and the generated text; stderr gets the progress bar and a closing line
+stdout gets the prompt and the generated text (with --chat, the reply only); stderr gets the progress bar and a closing line
   prompt: N tokens, X tok/s · generated: M tokens, Y tok/s · backend B
 where X counts the prompt pass (which also yields the first new token) and Y the other M - 1 tokens.
 

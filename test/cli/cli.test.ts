@@ -144,6 +144,28 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(bad.stderr).to.match(/--adapter .*: adapter_config\.json is missing \(expected a PEFT LoRA adapter folder\)/);
     });
 
+    it('--chat renders the prompt (and --system) with the chat template and prints the reply only', async () => {
+      const chatModel = path.join(tmp, 'chat');
+      copyCheckpoint(model, chatModel);
+      const config = JSON.parse(fs.readFileSync(path.join(model, 'tokenizer_config.json'), 'utf8'));
+      // Characters of the tiny vocabulary only (it has no newline).
+      config.chat_template = '{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}; {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}';
+      fs.writeFileSync(path.join(chatModel, 'tokenizer_config.json'), JSON.stringify(config));
+      const r = cli('generate', '--model', chatModel, '--prompt', PROMPT, '--system', 'Be brief.', '--chat', '--greedy', '-n', '5', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      const chatTokenizer = await NemotronTokenizer.fromPretrained(chatModel);
+      const ids = chatTokenizer.applyChatTemplate([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: PROMPT }], { addGenerationPrompt: true });
+      expect(chatTokenizer.decode(ids, { skipSpecialTokens: true })).to.equal(`system: Be brief.; user: ${PROMPT}; assistant:`);
+      const out = await generate(lm, [ids], { maxNewTokens: 5 });
+      expect(r.stdout).to.equal(chatTokenizer.decode(out.sequences[0].slice(ids.length), { skipSpecialTokens: true }) + '\n');
+      expect(Number(r.stderr.match(STATS)![1]), 'prompt tokens: the rendered conversation').to.equal(ids.length);
+      const noTemplate = cli('generate', '--model', model, '--prompt', PROMPT, '--chat', '--backend', 'cpu');
+      expect(noTemplate.code).to.equal(1);
+      expect(noTemplate.stderr).to.match(/has no chat template/);
+      const systemAlone = cli('generate', '--model', model, '--prompt', PROMPT, '--system', 'x', '--backend', 'cpu');
+      expect(systemAlone.stderr).to.match(/--system needs --chat/);
+    });
+
     it('the same command twice gives the same output; --no-stream prints the same text', () => {
       const args = ['generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '8', '--backend', 'cpu'];
       const a = cli(...args);

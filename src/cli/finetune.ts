@@ -75,6 +75,7 @@ export function registerFinetune(program: Command): void {
     .option('--save-every <n>', 'save a resumable checkpoint every N steps', atLeast(1))
     .option('--num-labels <n>', 'classes of a new classification head (default: from the data)', atLeast(1))
     .option('--seed <n>', 'seed of the data order', integerArg('an integer'), 42)
+    .option('--assistant-only-loss', 'causal-lm "messages" rows: learn the assistant turns only (the other tokens get label -100)')
     .option('--gradient-checkpointing', 'recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)')
     .option('--lora-r <n>', 'LoRA: train rank-n adapters (PEFT format, saved as adapter_model.safetensors) instead of every weight; causal-lm', atLeast(1))
     .option('--lora-alpha <a>', 'LoRA: scaling numerator (scaling = alpha / r)', positive, 16)
@@ -94,8 +95,9 @@ export function registerFinetune(program: Command): void {
         if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);
       }
       const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
-      const train = readJsonl(opts.train, task, tokenizer, opts.maxLength);
-      const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength) : undefined;
+      const readOptions = { assistantOnlyLoss: opts.assistantOnlyLoss ?? false };
+      const train = readJsonl(opts.train, task, tokenizer, opts.maxLength, readOptions);
+      const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength, readOptions) : undefined;
       const resuming = opts.resume && fs.existsSync(path.join(opts.output, 'trainer_state.json'));
       // A LoRA run saves only the adapter: its base weights always come from --model.
       const from = resuming && !lora ? opts.output : opts.model;

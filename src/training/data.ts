@@ -5,9 +5,18 @@ import type { HeadInputs } from '../../models/nemotron/heads';
 export type TaskName = 'causal-lm' | 'sequence-classification' | 'token-classification' | 'question-answering';
 export const TASKS: readonly TaskName[] = ['causal-lm', 'sequence-classification', 'token-classification', 'question-answering'];
 
-/** What the readers need of a tokenizer (NemotronTokenizer fits). */
+/** What the readers need of a tokenizer (NemotronTokenizer fits; the chat template only for "messages" rows). */
 export interface TextEncoder {
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
+  applyChatTemplate?(messages: Array<{ role: string; content: string }>, options?: { addGenerationPrompt?: boolean }): number[];
+}
+
+export interface ReadOptions {
+  /**
+   * causal-lm "messages" rows: train on the assistant turns' tokens only (the others' labels are -100), as TRL's
+   * assistant_only_loss. Default false: every token, as TRL's SFTTrainer by default.
+   */
+  assistantOnlyLoss?: boolean;
 }
 
 /** One training example, tokenized. `label` is per task: class id / float / multi-hot list, or per-token labels. */
@@ -20,13 +29,14 @@ export interface Example {
 
 /**
  * JSONL formats (one object a line; ids may replace text when no tokenizer is given):
- * - causal-lm: {"text": "..."} or {"input_ids": [...]}
+ * - causal-lm: {"text": "..."}, {"input_ids": [...]}, or {"messages": [{"role", "content"}, ...]} (rendered with the
+ *   tokenizer's chat template; see ReadOptions.assistantOnlyLoss)
  * - sequence-classification: {"text" | "input_ids", "label": int | float (regression) | [0/1, ...] (multi-label)}
  * - token-classification: {"tokens": ["word", ...] | "input_ids": [...], "labels": [int, ...]} (one label per word / id)
  * - question-answering: {"input_ids": [...], "start_position": int, "end_position": int}, or
  *   {"question", "context", "answer": "span text"} with a tokenizer (the span is found in the tokenized context)
  */
-export function readJsonl(file: string, task: TaskName, tokenizer?: TextEncoder, maxLength = 512): Example[] {
+export function readJsonl(file: string, task: TaskName, tokenizer?: TextEncoder, maxLength = 512, options: ReadOptions = {}): Example[] {
   if (!fs.existsSync(file)) throw new Error(`Dataset ${file} does not exist`);
   const lines = fs.readFileSync(file, 'utf8').split('\n');
   const examples: Example[] = [];
@@ -40,7 +50,7 @@ export function readJsonl(file: string, task: TaskName, tokenizer?: TextEncoder,
       throw new Error(`${where}: not valid JSON (${(e as Error).message})`);
     }
     if (typeof row !== 'object' || row === null || Array.isArray(row)) throw new Error(`${where}: expected a JSON object`);
-    examples.push(truncate(parseExample(row, task, where, tokenizer), maxLength, task));
+    examples.push(truncate(parseExample(row, task, where, tokenizer, options), maxLength, task));
   });
   if (examples.length === 0) throw new Error(`Dataset ${file} is empty: no JSON lines`);
   return examples;
@@ -63,10 +73,10 @@ function ids(row: Record<string, unknown>, where: string, tokenizer?: TextEncode
   return tokenizer.encode(text);
 }
 
-function parseExample(row: Record<string, unknown>, task: TaskName, where: string, tokenizer?: TextEncoder): Example {
+function parseExample(row: Record<string, unknown>, task: TaskName, where: string, tokenizer: TextEncoder | undefined, options: ReadOptions): Example {
   switch (task) {
     case 'causal-lm':
-      return { inputIds: ids(row, where, tokenizer) };
+      return 'messages' in row ? chatExample(row, where, tokenizer, options) : { inputIds: ids(row, where, tokenizer) };
     case 'sequence-classification': {
       const label = field<number | number[]>(row, 'label', where, (v) => typeof v === 'number' || isNumberList(v), 'a number or a list of numbers');
       return { inputIds: ids(row, where, tokenizer), label };
@@ -111,10 +121,39 @@ function parseExample(row: Record<string, unknown>, task: TaskName, where: strin
   }
 }
 
+/**
+ * A "messages" row: the conversation through the chat template; with assistantOnlyLoss, labels only on the tokens
+ * each assistant turn adds (found by rendering the conversation up to the turn's start, with the generation prompt,
+ * and up to its end: both must be prefixes of the whole).
+ */
+function chatExample(row: Record<string, unknown>, where: string, tokenizer: TextEncoder | undefined, options: ReadOptions): Example {
+  const isMessages = (v: unknown) => Array.isArray(v) && v.length > 0 &&
+    v.every((m) => m && typeof m === 'object' && typeof (m as Record<string, unknown>).role === 'string' && typeof (m as Record<string, unknown>).content === 'string');
+  const messages = field<Array<{ role: string; content: string }>>(row, 'messages', where, isMessages, 'a non-empty list of {"role", "content"} strings');
+  if (!tokenizer?.applyChatTemplate) throw new Error(`${where}: "messages" needs a tokenizer with a chat template (tokenizer.json and tokenizer_config.json in the model folder)`);
+  const render = (upTo: number, addGenerationPrompt: boolean) => tokenizer.applyChatTemplate!(messages.slice(0, upTo), { addGenerationPrompt });
+  const inputIds = render(messages.length, false);
+  if (!options.assistantOnlyLoss) return { inputIds };
+  const label = inputIds.map(() => -100);
+  const isPrefix = (part: number[]) => part.length <= inputIds.length && part.every((id, i) => id === inputIds[i]);
+  messages.forEach((m, i) => {
+    if (m.role !== 'assistant') return;
+    const [before, through] = [i === 0 ? [] : render(i, true), render(i + 1, false)];
+    if (!isPrefix(before) || !isPrefix(through) || before.length > through.length) {
+      throw new Error(`${where}: the chat template does not render the conversation up to message ${i} as a prefix of the whole, ` +
+        'so the assistant tokens cannot be told apart: train without assistantOnlyLoss (--assistant-only-loss)');
+    }
+    for (let t = before.length; t < through.length; t++) label[t] = inputIds[t];
+  });
+  if (label.every((l) => l === -100)) throw new Error(`${where}: assistantOnlyLoss, but the conversation has no assistant turn to learn`);
+  return { inputIds, label };
+}
+
 function truncate(e: Example, maxLength: number, task: TaskName): Example {
   if (e.inputIds.length <= maxLength) return e;
   const out: Example = { ...e, inputIds: e.inputIds.slice(0, maxLength) };
-  if (task === 'token-classification') out.label = (e.label as number[]).slice(0, maxLength);
+  // Per-token labels follow the ids (a multi-label class vector does not).
+  if ((task === 'token-classification' || task === 'causal-lm') && Array.isArray(e.label)) out.label = e.label.slice(0, maxLength);
   return out;
 }
 
@@ -126,7 +165,8 @@ export function collate(examples: Example[], task: TaskName, padTokenId: number)
   const attentionMask = examples.map((e) => pad(e.inputIds.map(() => 1), 0));
   switch (task) {
     case 'causal-lm':
-      return { inputIds, attentionMask, labels: examples.map((e) => pad(e.inputIds, -100)) };
+      // Labels are the ids themselves (the model shifts them), or the per-token labels of a chat row.
+      return { inputIds, attentionMask, labels: examples.map((e) => pad(Array.isArray(e.label) ? e.label : e.inputIds, -100)) };
     case 'sequence-classification':
       return { inputIds, attentionMask, labels: examples.map((e) => e.label) as number[] | number[][] };
     case 'token-classification':

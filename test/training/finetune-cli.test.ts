@@ -88,6 +88,32 @@ describe('finetune CLI', function () {
     expect(refused.stderr).to.match(/LoRA is supported for --task causal-lm only/);
   });
 
+  it('instruction tuning from chat data: "messages" rows, --assistant-only-loss, LoRA; the adapter is saved', async () => {
+    // A model over the fixture tokenizer's 327 ids, with the Nemotron-style chat template of the chat fixtures.
+    const chatBase = tmpDir('ft-chat-base');
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 327, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 128, padTokenId: 0, bosTokenId: 2, eosTokenId: 3, initializerRange: 0.1,
+    }));
+    await model.savePretrained(chatBase);
+    model.dispose();
+    const fixtures = path.resolve(__dirname, '../../../test/fixtures');
+    fs.copyFileSync(path.join(fixtures, 'tokenizer/tokenizer.json'), path.join(chatBase, 'tokenizer.json'));
+    fs.copyFileSync(path.join(fixtures, 'chat-template/tokenizer_config.json'), path.join(chatBase, 'tokenizer_config.json'));
+    const data = path.join(tmpDir('ft-chat-data'), 'chat.jsonl');
+    fs.writeFileSync(data, [
+      { messages: [{ role: 'user', content: 'Say hi.' }, { role: 'assistant', content: 'Hi there.' }] },
+      { messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: '2 + 2?' }, { role: 'assistant', content: 'Four.' }] },
+    ].map((r) => JSON.stringify(r)).join('\n'));
+    const output = tmpDir('ft-chat');
+    const run = spawnSync('node', [CLI, 'finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', chatBase, '--train', data,
+      '--output', output, '--lr', '1e-2', '--batch-size', '2', '--max-steps', '3', '--no-progress', '--assistant-only-loss', '--lora-r', '4'], { encoding: 'utf8' });
+    expect(run.status, run.stderr).to.equal(0);
+    expect(run.stdout).to.match(/trained 3 steps: loss ([\d.]+) → ([\d.]+)/);
+    expect(fs.existsSync(path.join(output, 'adapter_model.safetensors'))).to.equal(true);
+    expect(fs.existsSync(path.join(output, 'tokenizer_config.json')), 'the tokenizer (and its chat template) travels with the adapter').to.equal(true);
+  });
+
   it('--resume continues from the saved step', () => {
     const output = tmpDir('ft-resume');
     const args = ['finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', base, '--train', path.join(DATASETS, 'causal-lm.jsonl'),

@@ -20,8 +20,11 @@ const PROJECTIONS = [...ATTENTION_PROJECTIONS, ...MLP_PROJECTIONS];
 export interface LoraConfig {
   r: number;
   loraAlpha: number;
-  /** Projection names (q_proj, k_proj, v_proj, o_proj, up_proj, down_proj), or 'all-linear' for all six. */
-  targetModules: string[] | 'all-linear';
+  /**
+   * Projection names (q_proj, k_proj, v_proj, o_proj, up_proj, down_proj); 'all-linear' for all six; or, as PEFT, any
+   * other string is a regular expression that must match a module's whole name (`model.layers.0.self_attn.q_proj`).
+   */
+  targetModules: string[] | string;
   loraDropout?: number;
   /** scaling = loraAlpha / √r instead of loraAlpha / r. */
   useRslora?: boolean;
@@ -71,9 +74,13 @@ export class LoraModel {
   /** Attaches new adapters (A random, B zero: the model's outputs are unchanged until trained). */
   static attach(model: AdaptableModel, config: LoraConfig): LoraModel {
     const targets = config.targetModules === 'all-linear' ? PROJECTIONS : config.targetModules;
-    if (!Array.isArray(targets) || targets.length === 0) throw new Error('LoRA targetModules: expected projection names or \'all-linear\'');
-    for (const t of targets) {
-      if (!PROJECTIONS.includes(t)) throw new Error(`LoRA target module ${JSON.stringify(t)} is not a projection of a Nemotron layer; expected one of ${PROJECTIONS.join(', ')} or 'all-linear'`);
+    if (Array.isArray(targets)) {
+      if (targets.length === 0) throw new Error('LoRA targetModules: an empty list adapts nothing');
+      for (const t of targets) {
+        if (!PROJECTIONS.includes(t)) throw new Error(`LoRA target module ${JSON.stringify(t)} is not a projection of a Nemotron layer; expected one of ${PROJECTIONS.join(', ')} or 'all-linear'`);
+      }
+    } else if (typeof targets !== 'string') {
+      throw new Error('LoRA targetModules: expected projection names, \'all-linear\' or a regular expression');
     }
     if (!(typeof config.loraAlpha === 'number' && config.loraAlpha > 0)) throw new Error(`LoRA loraAlpha must be > 0, got ${config.loraAlpha}`);
     const base = baseOf(model);
@@ -81,13 +88,19 @@ export class LoraModel {
     const layers = config.layersToTransform ?? Array.from({ length: layerCount }, (_, i) => i);
     for (const i of layers) if (!(Number.isInteger(i) && i >= 0 && i < layerCount)) throw new Error(`LoRA layersToTransform: ${i} is not a layer index in [0, ${layerCount})`);
     if (base.layers.some((layer) => layer.adapterVariables().length > 0)) throw new Error('This model has LoRA adapters already: mergeAndUnload() or unload() them first');
+    // A regular expression matches whole module names, as PEFT's re.fullmatch.
+    const pattern = Array.isArray(targets) ? null : new RegExp(`^(?:${targets})$`);
+    const modules = (i: number) => PROJECTIONS.filter((name) => (pattern
+      ? pattern.test(`${model.basePrefix}layers.${i}.${ATTENTION_PROJECTIONS.includes(name) ? 'self_attn' : 'mlp'}.${name}`)
+      : (targets as string[]).includes(name)));
+    if (layers.every((i) => modules(i).length === 0)) throw new Error(`LoRA targetModules ${JSON.stringify(targets)} match no projection of this model`);
     const lora = new LoraModel(model, {
       loraDropout: 0, useRslora: false, ...config, targetModules: targets,
     });
     let seed = config.seed;
     for (const i of layers) {
       const layer = base.layers[i];
-      for (const name of targets) {
+      for (const name of modules(i)) {
         const weight = layer.namedWeights().find(([n]) => n.endsWith(`${name}.weight`))![1];
         const [outFeatures, inFeatures] = weight.shape;
         const adapter = new LoraAdapter(inFeatures, outFeatures, config.r, lora.scaling, lora.loraConfig.loraDropout, seed);
@@ -116,9 +129,7 @@ export class LoraModel {
     for (const [key, bad] of unsupported) {
       if (bad(raw[key])) throw new Error(`${configPath}: ${key} = ${JSON.stringify(raw[key])} is not supported by this LoRA implementation`);
     }
-    const targets = typeof raw.target_modules === 'string'
-      ? (raw.target_modules === 'all-linear' ? 'all-linear' : PROJECTIONS.filter((p) => new RegExp(raw.target_modules as string).test(p)))
-      : raw.target_modules as string[];
+    const targets = raw.target_modules as string[] | string;
     const layersToTransform = typeof raw.layers_to_transform === 'number' ? [raw.layers_to_transform] : raw.layers_to_transform as number[] | null;
     const lora = LoraModel.attach(model, {
       r: raw.r as number, loraAlpha: raw.lora_alpha as number, targetModules: targets, loraDropout: (raw.lora_dropout as number) ?? 0,

@@ -150,6 +150,27 @@ forEachBackend(testBackends(), () => {
   });
 });
 
+describe('LoRA target modules as a regular expression', () => {
+  it('matches whole module names as PEFT does, and saves and loads the expression', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const lora = LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: 'model\\.layers\\.1\\.self_attn\\.(q|v)_proj' });
+    expect([...lora.namedParameters().keys()]).to.deep.equal([
+      'base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight', 'base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight',
+      'base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight', 'base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight',
+    ]);
+    const dir = tmpDir('lora-regex');
+    await lora.savePretrained(dir);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).target_modules).to.equal('model\\.layers\\.1\\.self_attn\\.(q|v)_proj');
+    lora.unload();
+    const again = await LoraModel.fromPretrained(model, dir);
+    expect(again.namedParameters().size).to.equal(4);
+    again.unload();
+    // Not a whole-name match: "q_proj" alone as an expression would need the full name.
+    expect(errorOf(() => LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: 'self_attn\\.q_proj' }))).to.match(/match no projection of this model/);
+    model.dispose();
+  });
+});
+
 describe('LoRA bad input', () => {
   it('names what it refuses: an unknown projection, unsupported PEFT options, a wrong tensor shape, a second attach', async () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune` and `merge-lora` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora` and `evaluate` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -12,6 +12,7 @@ import { backendOption, registerGenerate } from './generate';
 import { registerInfo } from './info';
 import { registerFinetune } from './finetune';
 import { registerMergeLora } from './merge-lora';
+import { registerEvaluate } from './evaluate';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -51,6 +52,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerInfo(program);
   registerFinetune(program);
   registerMergeLora(program);
+  registerEvaluate(program);
   return program;
 }
 

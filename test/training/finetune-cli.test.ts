@@ -3,7 +3,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { LoraModel, NemotronConfig, readJsonl, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { causalPerplexity } from '../../src/cli/evaluate';
 import { tmpDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -112,6 +113,44 @@ describe('finetune CLI', function () {
     expect(run.stdout).to.match(/trained 3 steps: loss ([\d.]+) → ([\d.]+)/);
     expect(fs.existsSync(path.join(output, 'adapter_model.safetensors'))).to.equal(true);
     expect(fs.existsSync(path.join(output, 'tokenizer_config.json')), 'the tokenizer (and its chat template) travels with the adapter').to.equal(true);
+  });
+
+  it('evaluate: token-weighted perplexity, the same at batch 1 and 8, and what the adapter changes', async () => {
+    const data = path.join(DATASETS, 'causal-lm.jsonl');
+    const run = (...extra: string[]) => {
+      const r = spawnSync('node', [CLI, 'evaluate', '--backend', 'cpu', '--model', base, '--data', data, '--json', ...extra], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      return JSON.parse(r.stdout) as { loss: number; perplexity: number; tokens: number; examples: number };
+    };
+    const [one, eight] = [run('--batch-size', '1'), run('--batch-size', '8')];
+    expect(eight.loss, 'batch 8 vs batch 1').to.be.closeTo(one.loss, 1e-5 * one.loss);
+    expect(eight.perplexity).to.be.closeTo(Math.exp(eight.loss), 1e-9 * eight.perplexity);
+    // Independently: Σ over examples of (mean loss × predicted tokens) / Σ predicted tokens.
+    const model = await NemotronForCausalLM.fromPretrained(base);
+    const examples = readJsonl(data, 'causal-lm');
+    let [nll, tokens] = [0, 0];
+    for (const e of examples) {
+      const loss = model.computeLoss({ inputIds: [e.inputIds], labels: [e.inputIds] });
+      nll += loss.dataSync()[0] * (e.inputIds.length - 1);
+      tokens += e.inputIds.length - 1;
+      loss.dispose();
+    }
+    model.dispose();
+    expect(eight.tokens).to.equal(tokens);
+    expect(eight.examples).to.equal(examples.length);
+    expect(eight.loss).to.be.closeTo(nll / tokens, 1e-5 * eight.loss);
+    // With an adapter (random B, so that it changes the model): what the merged model gives in process.
+    const adapted = await NemotronForCausalLM.fromPretrained(base);
+    const lora = LoraModel.attach(adapted, { r: 2, loraAlpha: 4, targetModules: 'all-linear', seed: 1 });
+    for (const v of lora.namedParameters().values()) tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.3, 'float32', 2)));
+    const adapter = tmpDir('eval-adapter');
+    await lora.savePretrained(adapter);
+    lora.mergeAndUnload();
+    const inProcess = await causalPerplexity(adapted, data);
+    adapted.dispose();
+    const withAdapter = run('--adapter', adapter);
+    expect(withAdapter.loss).to.be.closeTo(inProcess.loss, 1e-5 * inProcess.loss);
+    expect(Math.abs(withAdapter.loss - eight.loss), 'the adapter changes the loss').to.be.above(1e-3);
   });
 
   it('--resume continues from the saved step', () => {

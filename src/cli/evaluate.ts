@@ -1,0 +1,70 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, Option } from 'commander';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../backends';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronTokenizer } from '../tokenizer';
+import { collate, epochBatches, readJsonl } from '../training/data';
+import { LoraModel } from '../training/lora';
+import { integerArg } from './generate';
+import { checkModelDir } from './info';
+
+export interface Perplexity {
+  /** Mean negative log-likelihood per predicted token (natural log). */
+  loss: number;
+  perplexity: number;
+  /** Predicted tokens: every position with a label after the shift (the first token of a row predicts nothing). */
+  tokens: number;
+  examples: number;
+}
+
+/**
+ * Token-weighted causal-LM loss over a dataset, as perplexity is defined: Σ NLL / Σ predicted tokens (a batch's mean
+ * loss weighted by its predicted tokens), and its exponential.
+ */
+export async function causalPerplexity(model: NemotronForCausalLM, file: string, options: { tokenizer?: NemotronTokenizer; batchSize?: number; maxLength?: number } = {}): Promise<Perplexity> {
+  const examples = readJsonl(file, 'causal-lm', options.tokenizer, options.maxLength ?? 512);
+  let nll = 0;
+  let tokens = 0;
+  for (const batch of epochBatches(examples, options.batchSize ?? 8, 0, 0, false)) {
+    const inputs = collate(batch, 'causal-lm', model.config.padTokenId ?? 0);
+    const predicted = (inputs.labels as number[][]).reduce((n, row) => n + row.slice(1).filter((l) => l !== -100).length, 0);
+    if (predicted === 0) continue;
+    const loss = model.computeLoss(inputs);
+    nll += (await loss.data())[0] * predicted;
+    loss.dispose();
+    tokens += predicted;
+  }
+  if (tokens === 0) throw new Error(`${file}: no example has a token to predict (each needs at least two tokens)`);
+  return { loss: nll / tokens, perplexity: Math.exp(nll / tokens), tokens, examples: examples.length };
+}
+
+export function registerEvaluate(program: Command): void {
+  program
+    .command('evaluate')
+    .description('Perplexity of a causal LM checkpoint (optionally with a PEFT LoRA adapter) on a JSONL dataset (causal-lm formats)')
+    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder (tokenizer.json for text rows)')
+    .requiredOption('--data <file>', 'JSONL: {"text"}, {"input_ids"} or {"messages"} rows, as finetune --task causal-lm reads them')
+    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
+    .option('--batch-size <n>', 'examples per forward', integerArg('an integer ≥ 1', (n) => n >= 1), 8)
+    .option('--max-length <n>', 'truncate examples to this many tokens', integerArg('an integer ≥ 2', (n) => n >= 2), 512)
+    .option('--json', 'print the result as JSON')
+    .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
+    .action(async (opts, command: Command) => {
+      checkModelDir(opts.model, ['config.json']);
+      if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
+      const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
+      const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      const model = await NemotronForCausalLM.fromPretrained(opts.model);
+      try {
+        if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+        const result = await causalPerplexity(model, opts.data, { tokenizer, batchSize: opts.batchSize, maxLength: opts.maxLength });
+        process.stdout.write(opts.json ? `${JSON.stringify({ ...result, backend })}\n`
+          : `loss ${result.loss.toFixed(4)} · perplexity ${result.perplexity.toFixed(3)} over ${result.tokens} predicted tokens ` +
+            `(${result.examples} examples, backend ${backend})\n`);
+      } finally {
+        model.dispose();
+      }
+    });
+}

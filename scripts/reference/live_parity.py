@@ -56,6 +56,20 @@ def main():
     meta["gen_sequences"] = o.sequences.tolist()
     exp["gen.scores"] = torch.stack(list(o.scores), 1)
 
+    # Beam search on the same prompts, with an EOS id the beams do meet (the token greedy decoding chose second for
+    # row 0): each setting's sequences and their scores.
+    eos = meta["gen_sequences"][0][len(gen["input_ids"][0]) + 1]
+    meta["beam_eos"] = eos
+    for i, setting in enumerate(cases["beam"]):
+        with torch.no_grad():
+            o = causal.generate(torch.tensor(gen["input_ids"]), attention_mask=torch.tensor(gen["attention_mask"]),
+                                max_new_tokens=setting["max_new_tokens"], do_sample=False, num_beams=setting["num_beams"],
+                                num_return_sequences=setting["num_return_sequences"], length_penalty=setting["length_penalty"],
+                                early_stopping=setting["early_stopping"], return_dict_in_generate=True, output_scores=True,
+                                pad_token_id=0, eos_token_id=eos)
+        meta[f"beam_{i}_sequences"] = o.sequences.tolist()
+        meta[f"beam_{i}_scores"] = o.sequences_scores.tolist()
+
     for case in cases["seqcls"]:
         m = load(NemotronForSequenceClassification, case["dir"])
         labels = torch.tensor(case["labels"], dtype=torch.float32 if case["float_labels"] else torch.long)

@@ -3,6 +3,7 @@ import seedrandom from 'seedrandom';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike, readIntRows } from '../tensors';
+import { beamSearch } from './beam-search';
 import { argmax, processScores, sample } from './processors';
 
 export interface GenerateOptions {
@@ -31,6 +32,14 @@ export interface GenerateOptions {
   useCache?: boolean;
   /** Called with the new token of every row as soon as the step has chosen them. */
   onToken?: (tokens: number[], step: number) => void;
+  /** Beam search with this many beams (> 1; generate() only, not streamed, not sampled). */
+  numBeams?: number;
+  /** Beam search: finished hypotheses scored sum(log p) / generated length ** lengthPenalty. Default 1. */
+  lengthPenalty?: number;
+  /** Beam search: transformers' early_stopping (false: its heuristic; true; 'never'). Default false. */
+  earlyStopping?: boolean | 'never';
+  /** Beam search: hypotheses returned per prompt, best first (≤ numBeams). Default 1. */
+  numReturnSequences?: number;
 }
 
 export interface GenerateOutput {
@@ -38,6 +47,8 @@ export interface GenerateOutput {
   sequences: number[][];
   /** With outputScores: [step][row] → processed logits over the vocabulary. */
   scores?: Float32Array[][];
+  /** Beam search: each returned hypothesis' length-normalised log-probability. */
+  sequencesScores?: number[];
 }
 
 export interface GenerationStep {
@@ -114,6 +125,7 @@ function positionsFromMask(mask: number[][]): number[][] {
  * generation and is freed when it ends (also on an error or an early `return()` of the iterator).
  */
 export async function* generateStream(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
+  if ((options.numBeams ?? 1) > 1) throw new Error('generateStream: beam search does not stream (a beam\'s tokens can change until it ends); use generate()');
   const { rows, mask, maxNew, minNew, eos, pad } = resolve(model, inputIds, options);
   const batch = rows.length;
   const random = seedrandom(String(options.seed ?? Date.now()));
@@ -173,6 +185,18 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
 
 /** transformers' generate(): greedy or sampled decoding with a KV cache; sequences include the prompt. */
 export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions = {}): Promise<GenerateOutput> {
+  if ((options.numBeams ?? 1) > 1) {
+    if (options.doSample) throw new Error('generate: beam sampling (numBeams > 1 with doSample) is not supported; use numBeams: 1 to sample');
+    if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
+    if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
+    const { rows, mask, maxNew, minNew, eos, pad } = resolve(model, inputIds, options);
+    return beamSearch(model, { rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty }, {
+      numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
+    });
+  }
+  if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
+    throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
+  }
   const sequences = readPrompt(inputIds).map((r) => r.slice());
   const scores: Float32Array[][] = [];
   for await (const step of generateStream(model, inputIds, options)) {

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import {
   NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
-  NemotronForTokenClassification, NemotronModel, KVCache, SafetensorsFile, setBackend,
+  NemotronForTokenClassification, NemotronModel, KVCache, SafetensorsFile, generate, setBackend,
 } from '../../src/index';
 import { expectClose, expectRelClose, testBackends, tmpDir } from '../helpers';
 
@@ -123,6 +123,11 @@ describe('live parity with transformers (random configurations)', function () {
         tokcls: { dir: path.join(dir, 'tokcls'), labels: tokLabels },
         // Row 1 left-padded by one token.
         generate: { input_ids: [ids[0].slice(0, 4), [0, ...ids[0].slice(1, 4)]], attention_mask: [[1, 1, 1, 1], [0, 1, 1, 1]], max_new_tokens: 5 },
+        beam: [
+          { num_beams: 3, num_return_sequences: 2, length_penalty: 1.0, early_stopping: false, max_new_tokens: 6 },
+          { num_beams: 4, num_return_sequences: 4, length_penalty: 0.5, early_stopping: true, max_new_tokens: 5 },
+          { num_beams: 2, num_return_sequences: 1, length_penalty: 2.0, early_stopping: 'never', max_new_tokens: 7 },
+        ],
       };
       fs.writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(cases));
       const run = spawnSync(PYTHON, [SCRIPT, path.join(dir, 'cases.json'), path.join(dir, 'ref')], { encoding: 'utf8' });
@@ -191,6 +196,18 @@ describe('live parity with transformers (random configurations)', function () {
       }
       await setBackend('cpu');
       scores.dispose();
+      // transformers' beam search (same prompts, an EOS id the beams meet): the same sequences, scores within 1e-4.
+      const beamModel = await NemotronForCausalLM.fromPretrained(path.join(dir, 'causal'), { quiet: true });
+      for (const [i, setting] of cases.beam.entries()) {
+        const out = await generate(beamModel, cases.generate.input_ids, {
+          attentionMask: cases.generate.attention_mask, maxNewTokens: setting.max_new_tokens, numBeams: setting.num_beams,
+          numReturnSequences: setting.num_return_sequences, lengthPenalty: setting.length_penalty, earlyStopping: setting.early_stopping as boolean | 'never',
+          eosTokenId: meta.beam_eos, padTokenId: 0,
+        });
+        expect(out.sequences, `${label}: beam search ${JSON.stringify(setting)}`).to.deep.equal(meta[`beam_${i}_sequences`]);
+        out.sequencesScores!.forEach((score: number, r: number) => expect(score, `${label}: beam ${i} score ${r}`).to.be.closeTo(meta[`beam_${i}_scores`][r], 1e-4));
+      }
+      beamModel.dispose();
       ref.close();
       fs.rmSync(dir, { recursive: true, force: true });
     });

@@ -10,7 +10,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
 import { CheckpointReader } from '../io/checkpoint';
 import { NemotronTokenizer } from '../tokenizer';
-import { GenerateOptions, generateStream } from '../generation/generate';
+import { GenerateOptions, generate, generateStream } from '../generation/generate';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
@@ -72,6 +72,8 @@ export interface GenerateCliOptions {
   chat?: boolean;
   /** With chat: a system message before it. */
   system?: string;
+  /** Beam search with this many beams (the text is printed when the search ends). */
+  numBeams?: number;
 }
 
 type GenerationConfigJson = Record<string, unknown>;
@@ -92,12 +94,20 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     throw new Error(`--greedy cannot be combined with ${given.join(', ')} (those only apply when sampling)`);
   }
   const fromFile = gc ?? {};
-  const doSample = o.greedy ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
+  const beams = o.numBeams ?? 1;
+  if (beams > 1 && (o.sample || given.length)) throw new Error(`--num-beams cannot be combined with ${o.sample ? '--sample' : given.join(', ')} (beam search is not sampled)`);
+  const doSample = o.greedy || beams > 1 ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
   const options: GenerateOptions = {
     maxNewTokens: o.maxNewTokens,
     doSample,
     repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
   };
+  if (beams > 1) {
+    options.numBeams = beams;
+    options.lengthPenalty = num(fromFile.length_penalty);
+    const early = fromFile.early_stopping;
+    if (early === true || early === false || early === 'never') options.earlyStopping = early;
+  }
   if (doSample) {
     options.temperature = o.temperature ?? num(fromFile.temperature) ?? 1;
     options.topK = o.topK ?? num(fromFile.top_k) ?? 50;
@@ -214,20 +224,34 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     let first = start;
     let last = start;
     let generated = 0;
-    for await (const step of generateStream(model, [promptIds], options)) {
-      last = performance.now();
-      if (generated === 0) first = last;
-      generated++;
-      emit(decoder.push(step.tokens[0]));
+    if (options.numBeams) {
+      // Beam search: a beam's tokens can change until it ends, so the text comes at the end.
+      const out = await generate(model, [promptIds], options);
+      last = first = performance.now();
+      const tokens = out.sequences[0].slice(promptIds.length);
+      generated = tokens.length;
+      for (const id of tokens) emit(decoder.push(id));
+    } else {
+      for await (const step of generateStream(model, [promptIds], options)) {
+        last = performance.now();
+        if (generated === 0) first = last;
+        generated++;
+        emit(decoder.push(step.tokens[0]));
+      }
     }
     emit(decoder.flush());
     if (o.stream) process.stdout.write('\n');
     else process.stdout.write(text + '\n');
 
     // The first new token comes out of the prompt pass; the generation rate counts the others over their time.
-    const decodeRate = generated > 1 ? rate(generated - 1, last - first) : '–';
-    process.stderr.write(`prompt: ${plural(promptIds.length, 'token')}, ${rate(promptIds.length, first - start)} tok/s · ` +
-      `generated: ${plural(generated, 'token')}, ${decodeRate} tok/s · backend ${currentBackend() ?? backend}\n`);
+    if (options.numBeams) {
+      process.stderr.write(`prompt: ${plural(promptIds.length, 'token')} · beam search (${options.numBeams} beams): ` +
+        `${plural(generated, 'token')} in ${((last - start) / 1000).toFixed(2)} s · backend ${currentBackend() ?? backend}\n`);
+    } else {
+      const decodeRate = generated > 1 ? rate(generated - 1, last - first) : '–';
+      process.stderr.write(`prompt: ${plural(promptIds.length, 'token')}, ${rate(promptIds.length, first - start)} tok/s · ` +
+        `generated: ${plural(generated, 'token')}, ${decodeRate} tok/s · backend ${currentBackend() ?? backend}\n`);
+    }
   } finally {
     model.dispose();
   }
@@ -255,6 +279,8 @@ export function registerGenerate(program: Command): void {
       numberArg('a number > 0', (n) => n > 0))
     .option('-s, --seed <s>', 'seed of the sampler: the same seed gives the same text on the same backend (default: random)',
       integerArg('an integer'))
+    .option('--num-beams <n>', 'beam search with n beams (not sampled; the text is printed when the search ends; length_penalty and early_stopping from generation_config.json)',
+      integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--no-stream', 'print the text once generation ends instead of token by token')
     .option('--no-special-tokens', 'do not add BOS (or other special tokens) to the prompt')
     .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')

@@ -166,6 +166,16 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(systemAlone.stderr).to.match(/--system needs --chat/);
     });
 
+    it('--num-beams: the text of beam search (generate() with numBeams), printed at the end; not with sampling flags', async () => {
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '3', '-n', '6', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, numBeams: 3 }));
+      expect(r.stderr).to.match(/beam search \(3 beams\): \d+ tokens? in [\d.]+ s · backend cpu/);
+      const bad = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '3', '--temperature', '0.7', '--backend', 'cpu');
+      expect(bad.code).to.equal(1);
+      expect(bad.stderr).to.match(/--num-beams cannot be combined with --temperature/);
+    });
+
     it('the same command twice gives the same output; --no-stream prints the same text', () => {
       const args = ['generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '8', '--backend', 'cpu'];
       const a = cli(...args);

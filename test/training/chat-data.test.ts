@@ -1,7 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
-import { NemotronTokenizer, collate, readJsonl } from '../../src/index';
+import { LoraModel, NemotronConfig, NemotronForCausalLM, NemotronTokenizer, Trainer, collate, readJsonl } from '../../src/index';
 import { tmpDir } from '../helpers';
 
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
@@ -77,5 +77,26 @@ describe('chat data for causal-lm fine-tuning', () => {
     expect(() => readJsonl(noAssistant, 'causal-lm', tokenizer, 512, { assistantOnlyLoss: true })).to.throw(/no assistant turn to learn/);
     const bad = writeJsonl([{ messages: [{ role: 'user' }] }]);
     expect(() => readJsonl(bad, 'causal-lm', tokenizer)).to.throw(/field "messages" must be a non-empty list of \{"role", "content"\} strings/);
+  });
+
+  it('the README\'s LoRA-on-chat-data example runs as written (a tiny model over the fixture tokenizer)', async () => {
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 327, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 256, padTokenId: 0, bosTokenId: 2, eosTokenId: 3, initializerRange: 0.1,
+    }));
+    const data = readJsonl(writeJsonl(CONVERSATIONS.map((messages) => ({ messages }))), 'causal-lm', tokenizer, 1024, { assistantOnlyLoss: true });
+    const lora = LoraModel.attach(model, { r: 16, loraAlpha: 32, targetModules: 'all-linear' });
+    const trainer = new Trainer(lora, data, { task: 'causal-lm', lr: 2e-4, batchSize: 4, epochs: 1, gradientCheckpointing: true });
+    await trainer.fit();
+    const dir = tmpDir('readme-adapter');
+    await lora.savePretrained(dir);
+    lora.mergeAndUnload();
+    const prompt = tokenizer.applyChatTemplate([{ role: 'user', content: 'Hi!' }], { addGenerationPrompt: true });
+    const reply = await model.generate([prompt], { maxNewTokens: 4, eosTokenId: null });
+    expect(reply.sequences[0]).to.have.length(prompt.length + 4);
+    expect(fs.existsSync(path.join(dir, 'adapter_model.safetensors'))).to.equal(true);
+    expect(trainer.history).to.have.length(1);
+    trainer.dispose();
+    model.dispose();
   });
 });

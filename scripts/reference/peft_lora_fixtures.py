@@ -13,7 +13,7 @@ import os
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import NemotronForCausalLM
+from transformers import NemotronForCausalLM, NemotronForSequenceClassification
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures")
 CASES = {
@@ -52,3 +52,30 @@ for name, settings in CASES.items():
     save_file(tensors, os.path.join(out_dir, "expected.safetensors"))
     json.dump({"loss": out.loss.item(), "settings": settings}, open(os.path.join(out_dir, "expected.json"), "w"), indent=1)
     print(name, "loss", out.loss.item(), "trainable", sum(1 for k in tensors if k.startswith("grad.")))
+
+# Sequence classification: PEFT's SEQ_CLS task type also trains the score head whole (modules_to_save); its copy is
+# perturbed too, so that loading it matters.
+source = os.path.join(ROOT, "hf-reference", "tiny-gqa")
+expected = json.load(open(os.path.join(source, "expected.json")))
+model = NemotronForSequenceClassification.from_pretrained(os.path.join(source, "seqcls-single"), torch_dtype=torch.float32, attn_implementation="eager")
+model.eval()
+peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="SEQ_CLS"))
+with torch.no_grad():
+    for param_name, param in peft_model.named_parameters():
+        if "lora_" in param_name:
+            param.copy_(torch.randn_like(param) * 0.2)
+        elif "modules_to_save" in param_name:
+            param.add_(torch.randn_like(param) * 0.2)
+out_dir = os.path.join(ROOT, "peft-lora", "tiny-gqa-seqcls")
+peft_model.save_pretrained(os.path.join(out_dir, "adapter"))
+os.remove(os.path.join(out_dir, "adapter", "README.md"))
+inputs = dict(input_ids=torch.tensor(expected["input_ids"]), attention_mask=torch.tensor(expected["attention_mask"]))
+out = peft_model(**inputs, labels=torch.tensor(expected["seqcls_single_labels"]))
+out.loss.backward()
+tensors = {"logits": out.logits.detach().contiguous()}
+for param_name, param in peft_model.named_parameters():
+    if param.requires_grad:
+        tensors["grad." + param_name.replace(".modules_to_save", "").replace(".default", "")] = param.grad.detach().contiguous()
+save_file(tensors, os.path.join(out_dir, "expected.safetensors"))
+json.dump({"loss": out.loss.item(), "labels": expected["seqcls_single_labels"]}, open(os.path.join(out_dir, "expected.json"), "w"), indent=1)
+print("tiny-gqa-seqcls loss", out.loss.item(), sorted(k for k in tensors if k.startswith("grad.")))

@@ -77,7 +77,7 @@ export function registerFinetune(program: Command): void {
     .option('--seed <n>', 'seed of the data order', integerArg('an integer'), 42)
     .option('--assistant-only-loss', 'causal-lm "messages" rows: learn the assistant turns only (the other tokens get label -100)')
     .option('--gradient-checkpointing', 'recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)')
-    .option('--lora-r <n>', 'LoRA: train rank-n adapters (PEFT format, saved as adapter_model.safetensors) instead of every weight; causal-lm', atLeast(1))
+    .option('--lora-r <n>', 'LoRA: train rank-n adapters (PEFT format, saved as adapter_model.safetensors) instead of every weight; a classification or QA head trains whole with them (PEFT\'s modules_to_save)', atLeast(1))
     .option('--lora-alpha <a>', 'LoRA: scaling numerator (scaling = alpha / r)', positive, 16)
     .option('--lora-targets <list>', 'LoRA: projections to adapt, comma-separated (q_proj,k_proj,v_proj,o_proj,up_proj,down_proj) or all-linear', 'all-linear')
     .option('--lora-dropout <p>', 'LoRA: dropout on the adapters\' input while training', nonNegative, 0)
@@ -87,9 +87,6 @@ export function registerFinetune(program: Command): void {
     .action(async (opts, command: Command) => {
       const task = opts.task as TaskName;
       const lora = opts.loraR !== undefined;
-      if (lora && task !== 'causal-lm') {
-        throw new Error(`--lora-r: LoRA is supported for --task causal-lm only (a new ${task} head would need PEFT's modules_to_save)`);
-      }
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       for (const file of ['config.json']) {
         if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);

@@ -32,6 +32,12 @@ export interface LoraConfig {
   layersToTransform?: number[];
   /** Seed of A's initialisation. */
   seed?: number;
+  /**
+   * Head modules trained whole and saved with the adapter (PEFT's modules_to_save): `score`, `qa_outputs`,
+   * `lm_head`. Names the model lacks are ignored, as PEFT does. Default: the head of a classification or QA model
+   * (what PEFT's task types SEQ_CLS, TOKEN_CLS and QUESTION_ANS add), none for a causal LM.
+   */
+  modulesToSave?: string[];
 }
 
 /** A head or base model with computeLoss: what LoraModel wraps (every Nemotron class but the base has one). */
@@ -41,6 +47,11 @@ type AdaptableModel = NemotronPreTrainedModel & { computeLoss?(inputs: HeadInput
 function baseOf(model: AdaptableModel): NemotronModel {
   return model instanceof NemotronModel ? model : (model as unknown as { model: NemotronModel }).model;
 }
+
+/** The head modules PEFT's task types train whole (modules_to_save) by default. */
+const DEFAULT_MODULES_TO_SAVE: Record<string, string[]> = {
+  NemotronForSequenceClassification: ['score'], NemotronForTokenClassification: ['score'], NemotronForQuestionAnswering: ['qa_outputs'],
+};
 
 /** PEFT's task_type for a Nemotron class. */
 const TASK_TYPES: Record<string, string> = {
@@ -63,6 +74,8 @@ export class LoraModel {
   private readonly adapters = new Map<string, LoraAdapter>();
   /** The base's variables that were trainable before (frozen while adapters are attached). */
   private readonly frozen: tf.Variable[];
+  /** modules_to_save: the head parameters that train, by PEFT name, with their values before (unload restores them). */
+  private readonly saved = new Map<string, { variable: tf.Variable; original: tf.Tensor }>();
 
   private constructor(readonly model: AdaptableModel, readonly loraConfig: Required<Omit<LoraConfig, 'seed' | 'layersToTransform'>> & LoraConfig) {
     this.config = model.config;
@@ -94,8 +107,9 @@ export class LoraModel {
       ? pattern.test(`${model.basePrefix}layers.${i}.${ATTENTION_PROJECTIONS.includes(name) ? 'self_attn' : 'mlp'}.${name}`)
       : (targets as string[]).includes(name)));
     if (layers.every((i) => modules(i).length === 0)) throw new Error(`LoRA targetModules ${JSON.stringify(targets)} match no projection of this model`);
+    const toSave = config.modulesToSave ?? DEFAULT_MODULES_TO_SAVE[model.constructor.name] ?? [];
     const lora = new LoraModel(model, {
-      loraDropout: 0, useRslora: false, ...config, targetModules: targets,
+      loraDropout: 0, useRslora: false, ...config, targetModules: targets, modulesToSave: toSave,
     });
     let seed = config.seed;
     for (const i of layers) {
@@ -109,7 +123,13 @@ export class LoraModel {
         lora.adapters.set(lora.modulePath(i, name), adapter);
       }
     }
-    for (const v of lora.frozen) v.trainable = false;
+    // modules_to_save: the head's own parameters (HF names `score.weight`, …) stay trainable and travel with the adapter.
+    for (const [name, variable] of model.namedParameters()) {
+      const module = name.slice(0, name.lastIndexOf('.'));
+      if (!toSave.includes(module)) continue;
+      lora.saved.set(`base_model.model.${name}`, { variable, original: tf.keep(variable.clone()) });
+    }
+    for (const v of lora.frozen) v.trainable = [...lora.saved.values()].some((s) => s.variable === v);
     return lora;
   }
 
@@ -122,7 +142,7 @@ export class LoraModel {
     // Variants that change the computation and are not implemented: refused rather than silently ignored.
     const unsupported: Array<[string, (v: unknown) => boolean]> = [
       ['use_dora', (v) => v === true], ['fan_in_fan_out', (v) => v === true], ['bias', (v) => v !== undefined && v !== 'none'],
-      ['lora_bias', (v) => v === true], ['modules_to_save', (v) => Array.isArray(v) && v.length > 0],
+      ['lora_bias', (v) => v === true], ['modules_to_save', (v) => v !== undefined && v !== null && !(Array.isArray(v) && v.every((m) => typeof m === 'string'))],
       ['rank_pattern', (v) => !!v && Object.keys(v as object).length > 0], ['alpha_pattern', (v) => !!v && Object.keys(v as object).length > 0],
       ['layer_replication', (v) => v !== undefined && v !== null], ['exclude_modules', (v) => v !== undefined && v !== null],
     ];
@@ -133,7 +153,7 @@ export class LoraModel {
     const layersToTransform = typeof raw.layers_to_transform === 'number' ? [raw.layers_to_transform] : raw.layers_to_transform as number[] | null;
     const lora = LoraModel.attach(model, {
       r: raw.r as number, loraAlpha: raw.lora_alpha as number, targetModules: targets, loraDropout: (raw.lora_dropout as number) ?? 0,
-      useRslora: raw.use_rslora === true, layersToTransform: layersToTransform ?? undefined,
+      useRslora: raw.use_rslora === true, layersToTransform: layersToTransform ?? undefined, modulesToSave: (raw.modules_to_save as string[] | null) ?? [],
     });
     const file = SafetensorsFile.open(path.join(dir, ADAPTER_WEIGHTS_NAME));
     try {
@@ -161,13 +181,17 @@ export class LoraModel {
     return `base_model.model.${this.model.basePrefix}layers.${layer}.${part}.${projection}`;
   }
 
-  /** The adapters' parameters under PEFT's checkpoint names (`….q_proj.lora_A.weight`, `….lora_B.weight`). */
+  /**
+   * The trained parameters under PEFT's checkpoint names: the adapters' (`….q_proj.lora_A.weight`, `….lora_B.weight`)
+   * and the modules to save (`base_model.model.score.weight`).
+   */
   namedParameters(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>();
     for (const [module, adapter] of this.adapters) {
       out.set(`${module}.lora_A.weight`, adapter.a);
       out.set(`${module}.lora_B.weight`, adapter.b);
     }
+    for (const [name, { variable }] of this.saved) out.set(name, variable);
     return out;
   }
 
@@ -196,7 +220,7 @@ export class LoraModel {
     const adapterConfig = {
       peft_type: 'LORA', task_type: TASK_TYPES[this.model.constructor.name] ?? null, r: c.r, lora_alpha: c.loraAlpha,
       target_modules: c.targetModules, lora_dropout: c.loraDropout, use_rslora: c.useRslora, bias: 'none', fan_in_fan_out: false,
-      layers_to_transform: c.layersToTransform ?? null, modules_to_save: null, init_lora_weights: true, inference_mode: true,
+      layers_to_transform: c.layersToTransform ?? null, modules_to_save: c.modulesToSave?.length ? c.modulesToSave : null, init_lora_weights: true, inference_mode: true,
       use_dora: false, rank_pattern: {}, alpha_pattern: {}, base_model_name_or_path: null,
     };
     fs.writeFileSync(path.join(dir, ADAPTER_CONFIG_NAME), JSON.stringify(adapterConfig, null, 2) + '\n');
@@ -205,7 +229,10 @@ export class LoraModel {
     writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_NAME), tensors, { format: 'pt' });
   }
 
-  /** W += scaling·B·A for every adapter, then detaches them (PEFT's merge_and_unload); returns the model. */
+  /**
+   * W += scaling·B·A for every adapter, then detaches them (PEFT's merge_and_unload: the modules to save keep their
+   * trained values); returns the model.
+   */
   mergeAndUnload(): AdaptableModel {
     const base = baseOf(this.model);
     for (const [module, adapter] of this.adapters) {
@@ -213,11 +240,18 @@ export class LoraModel {
       const weight = base.layers[Number(layer)].namedWeights().find(([n]) => n.endsWith(`${projection}.weight`))![1];
       tf.tidy(() => weight.assign(tf.add(weight, adapter.weightDelta())));
     }
+    for (const entry of this.saved.values()) entry.original.dispose();
+    this.saved.clear();
     return this.unload();
   }
 
-  /** Detaches and frees the adapters without merging (the model as it was before); returns the model. */
+  /** Detaches and frees the adapters without merging (the model as it was before, modules to save restored); returns the model. */
   unload(): AdaptableModel {
+    for (const { variable, original } of this.saved.values()) {
+      variable.assign(original);
+      original.dispose();
+    }
+    this.saved.clear();
     for (const layer of baseOf(this.model).layers) {
       layer.selfAttn.adapters.clear();
       layer.mlp.adapters.clear();

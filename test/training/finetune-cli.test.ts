@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronConfig, readJsonl, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { LoraModel, NemotronConfig, SafetensorsFile, readJsonl, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
 import { causalPerplexity } from '../../src/cli/evaluate';
 import { tmpDir } from '../helpers';
 
@@ -84,9 +84,16 @@ describe('finetune CLI', function () {
     reloaded.dispose();
     lora.unload();
     model.dispose();
-    const refused = spawnSync('node', [CLI, ...args.map((a) => (a === 'causal-lm' ? 'token-classification' : a)), '--max-steps', '1'], { encoding: 'utf8' });
-    expect(refused.status).to.not.equal(0);
-    expect(refused.stderr).to.match(/LoRA is supported for --task causal-lm only/);
+    // A new token-classification head trains whole beside the adapters (PEFT's modules_to_save) and is saved with them.
+    const tokOutput = tmpDir('ft-lora-tokcls');
+    const tok = spawnSync('node', [CLI, 'finetune', '--backend', 'cpu', '--task', 'token-classification', '--model', base,
+      '--train', path.join(DATASETS, 'token-classification.jsonl'), '--output', tokOutput, '--lr', '1e-2', '--batch-size', '4',
+      '--no-progress', '--lora-r', '4', '--max-steps', '2'], { encoding: 'utf8' });
+    expect(tok.status, tok.stderr).to.equal(0);
+    const tokFile = SafetensorsFile.open(path.join(tokOutput, 'adapter_model.safetensors'));
+    expect(tokFile.has('base_model.model.score.weight'), 'the head travels with the adapter').to.equal(true);
+    tokFile.close();
+    expect(JSON.parse(fs.readFileSync(path.join(tokOutput, 'adapter_config.json'), 'utf8')).modules_to_save).to.deep.equal(['score']);
   });
 
   it('instruction tuning from chat data: "messages" rows, --assistant-only-loss, LoRA; the adapter is saved', async () => {

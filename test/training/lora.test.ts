@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronForCausalLM, SafetensorsFile, Trainer, generate, readJsonl } from '../../src/index';
+import { LoraModel, NemotronForCausalLM, NemotronForSequenceClassification, SafetensorsFile, Trainer, generate, readJsonl } from '../../src/index';
 import { CONFIGS, FIXTURES, FixtureName, errorOf, expectClose, expected, expectRelClose, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // PEFT's LoRA on transformers' model (scripts/reference/peft_lora_fixtures.py): its saved adapter, the logits and loss
@@ -113,6 +113,39 @@ forEachBackend(testBackends(), () => {
     model.dispose();
   });
 
+  it('sequence classification: PEFT\'s adapter with the score head as a module to save (logits, loss, gradients); unload restores the head', async () => {
+    const model = await NemotronForSequenceClassification.fromPretrained(fixtureDir('tiny-gqa', 'seqcls-single'));
+    const original = model.score.namedWeights()[0][1].clone();
+    const dir = path.join(LORA_FIXTURES, 'tiny-gqa-seqcls');
+    const lora = await LoraModel.fromPretrained(model, path.join(dir, 'adapter'));
+    expect(lora.loraConfig.modulesToSave).to.deep.equal(['classifier', 'score']);
+    const ref = SafetensorsFile.open(path.join(dir, 'expected.safetensors'));
+    const tensor = (key: string) => { const t = ref.read(key); return tf.tensor(t.data, t.shape, 'float32'); };
+    const { loss, labels } = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
+    const exp = expected('tiny-gqa');
+    const batch = { inputIds: exp.json.input_ids as number[][], attentionMask: exp.json.attention_mask as number[][], labels };
+    const out = model.forward(batch);
+    expectClose(out.logits, tensor('logits'), 1e-4, 'logits');
+    expectRelClose(out.loss!.dataSync()[0], loss, 1e-5, 'loss');
+    tf.dispose([out.logits, out.loss!]);
+    const params = lora.namedParameters();
+    expect([...params.keys()]).to.include('base_model.model.score.weight');
+    const { value, grads } = tf.variableGrads(() => lora.computeLoss(batch), [...params.values()]);
+    for (const [name, v] of params) {
+      const [worst] = tf.tidy(() => {
+        const r = tensor(`grad.${name}`);
+        return [tf.max(tf.sub(tf.abs(tf.sub(grads[v.name], r)), tf.maximum(1e-4, tf.mul(1e-3, tf.abs(r))))).dataSync()[0]];
+      });
+      expect(worst, `gradient of ${name} exceeds the tolerance by ${worst}`).to.be.at.most(0);
+    }
+    tf.dispose([value, ...Object.values(grads)]);
+    ref.close();
+    lora.unload();
+    expectClose(model.score.namedWeights()[0][1], original, 0, 'the score head after unload');
+    original.dispose();
+    model.dispose();
+  });
+
   it('a new adapter changes nothing (B = 0); training moves the adapters only, with and without gradient checkpointing', async () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
     const batch = causalBatch('tiny-gqa');
@@ -172,7 +205,7 @@ describe('LoRA target modules as a regular expression', () => {
 });
 
 describe('LoRA bad input', () => {
-  it('names what it refuses: an unknown projection, unsupported PEFT options, a wrong tensor shape, a second attach', async () => {
+  it('names what it refuses: an unknown projection, unsupported PEFT options, a missing or wrong tensor, a second attach', async () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
     expect(errorOf(() => LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: ['gate_proj'] }))).to.match(/"gate_proj" is not a projection of a Nemotron layer/);
     expect(errorOf(() => LoraModel.attach(model, { r: 0, loraAlpha: 4, targetModules: ['q_proj'] }))).to.match(/rank r must be a positive integer, got 0/);
@@ -187,7 +220,7 @@ describe('LoRA bad input', () => {
     };
     const failure = async (dir: string) => LoraModel.fromPretrained(model, dir).then(() => 'loaded', (e: Error) => e.message);
     expect(await failure(copy((c) => { c.use_dora = true; }))).to.match(/use_dora = true is not supported/);
-    expect(await failure(copy((c) => { c.modules_to_save = ['lm_head']; }))).to.match(/modules_to_save = \["lm_head"\] is not supported/);
+    expect(await failure(copy((c) => { c.modules_to_save = ['lm_head']; }))).to.match(/adapter_model\.safetensors lacks base_model\.model\.lm_head\.weight/);
     expect(await failure(copy((c) => { c.peft_type = 'IA3'; }))).to.match(/peft_type "IA3", only LORA is supported/);
     expect(await failure(copy((c) => { c.r = 2; }))).to.match(/lora_A\.weight has shape \[4,(\d+)\], expected \[2,\1\]/);
     expect(await failure(copy((c) => { c.target_modules = ['q_proj']; }))).to.match(/has tensors no adapter of this config takes/);

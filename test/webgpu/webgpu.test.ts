@@ -583,6 +583,21 @@ describe('webgpu backend: parity with transformers', function () {
       expect(r.pass, JSON.stringify(r)).to.equal(true);
     });
 
+    it(`${config}: beam search equals transformers' (the fused decoding step over the beams, the cache reordered)`, async () => {
+      const reference = JSON.parse(fs.readFileSync(path.resolve(fixtureDir(config), '../../beam-search', `${config}.json`), 'utf8'));
+      const model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm'));
+      // One setting a model: a software driver compiles a shader for every new shape (about a minute for all four).
+      for (const { setting, sequences } of reference.cases.slice(0, 1)) {
+        const out = await generate(model, reference.prompt, {
+          attentionMask: reference.attention_mask, eosTokenId: reference.eos_token_id, padTokenId: 0, maxNewTokens: setting.max_new_tokens,
+          numBeams: setting.num_beams, numReturnSequences: setting.num_return_sequences, lengthPenalty: setting.length_penalty,
+          earlyStopping: setting.early_stopping, repetitionPenalty: setting.repetition_penalty, minNewTokens: setting.min_new_tokens,
+        });
+        expect(out.sequences, JSON.stringify(setting)).to.deep.equal(sequences);
+      }
+      model.dispose();
+    });
+
     it(`${config}: PEFT's LoRA adapter: logits, loss, adapter gradients, merged logits`, async () => {
       const r = await loraParity(fixtureDir(config), path.resolve(fixtureDir(config), '../../peft-lora', config));
       console.log(`    ${JSON.stringify(r)}`);

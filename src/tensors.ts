@@ -58,3 +58,11 @@ export function readNumbers(value: tf.Tensor | number[] | number[][], name: stri
 export function shapesEqual(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
+
+/** Positions as transformers derives them for left padding: cumsum(mask) - 1, and 1 where masked. */
+export function positionsFromMask(mask: number[][]): number[][] {
+  return mask.map((row) => {
+    let seen = 0;
+    return row.map((m) => (m ? seen++ : 1));
+  });
+}

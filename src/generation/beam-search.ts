@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike } from '../tensors';
+import { positionsFromMask } from '../tensors';
 import { processScores } from './processors';
 
 /** Beam search settings (transformers' generate with num_beams > 1, do_sample false). */
@@ -49,11 +50,6 @@ function topK(values: ArrayLike<number>, k: number): number[] {
   return order.slice(0, k);
 }
 
-/** Positions as transformers derives them for left padding: cumsum(mask) - 1, and 1 where masked. */
-function positionsOf(mask: number[]): number[] {
-  let seen = 0;
-  return mask.map((m) => (m ? seen++ : 1));
-}
 
 /**
  * transformers' beam search (GenerationMixin._beam_search, the vectorised one of transformers ≥ 4.50): each step keeps
@@ -90,7 +86,7 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
     for (let step = 0; step < maxNew; step++) {
       const curLength = promptLength + step;
       const flat = running.flatMap((beams, b) => beams.map((h) => [...rows[b], ...h.tokens]));
-      const positions = beamMask.map(positionsOf);
+      const positions = positionsFromMask(beamMask);
       const out = model.forward({
         inputIds: step === 0 ? flat : flat.map((s) => [s[s.length - 1]]),
         attentionMask: beamMask,

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { IntMatrixLike, readIntRows } from '../tensors';
+import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
 import { argmax, processScores, sample } from './processors';
 
@@ -112,13 +112,6 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   return { rows, mask, maxNew, minNew, eos, pad };
 }
 
-/** Positions as transformers derives them for left padding: cumsum(mask) - 1, and 1 where masked. */
-function positionsFromMask(mask: number[][]): number[][] {
-  return mask.map((row) => {
-    let seen = 0;
-    return row.map((m) => (m ? seen++ : 1));
-  });
-}
 
 /**
  * Generates token by token. Yields after each step with the chosen tokens; the KV cache lives for one

@@ -39,6 +39,8 @@ TRAIN_STEPS = 3
 def time_training(model, ids):
     """TRAIN_STEPS steps (loss, backward, AdamW over the trainable parameters); the last one counts, as run.ts times ours
     (the first allocates the optimizer state)."""
+    import torch  # imported in main() too: torch loads only once the arguments are read
+
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
     times = []
     for _ in range(TRAIN_STEPS):

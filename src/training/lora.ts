@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { LoraAdapter } from '../../layers/lora';
+import { blockOf } from '../../layers/vocab-matrix';
 import { HeadInputs } from '../../models/nemotron/heads';
 import { NemotronModel } from '../../models/nemotron/model';
 import { NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
@@ -107,7 +108,12 @@ export class LoraModel {
       ? pattern.test(`${model.basePrefix}layers.${i}.${ATTENTION_PROJECTIONS.includes(name) ? 'self_attn' : 'mlp'}.${name}`)
       : (targets as string[]).includes(name)));
     if (layers.every((i) => modules(i).length === 0)) throw new Error(`LoRA targetModules ${JSON.stringify(targets)} match no projection of this model`);
+    // modules_to_save: the head's own parameters (HF names `score.weight`, …) stay trainable and travel with the adapter.
     const toSave = config.modulesToSave ?? DEFAULT_MODULES_TO_SAVE[model.constructor.name] ?? [];
+    const toTrainWhole = [...model.namedParameters()].filter(([name]) => toSave.includes(name.slice(0, name.lastIndexOf('.'))));
+    for (const [name] of toTrainWhole) {
+      if (blockOf(name)) throw new Error(`LoRA modulesToSave: ${name.slice(0, name.lastIndexOf('.'))} is stored in row blocks on this backend (over its binding limit); saving it whole beside an adapter is not supported`);
+    }
     const lora = new LoraModel(model, {
       loraDropout: 0, useRslora: false, ...config, targetModules: targets, modulesToSave: toSave,
     });
@@ -123,12 +129,7 @@ export class LoraModel {
         lora.adapters.set(lora.modulePath(i, name), adapter);
       }
     }
-    // modules_to_save: the head's own parameters (HF names `score.weight`, …) stay trainable and travel with the adapter.
-    for (const [name, variable] of model.namedParameters()) {
-      const module = name.slice(0, name.lastIndexOf('.'));
-      if (!toSave.includes(module)) continue;
-      lora.saved.set(`base_model.model.${name}`, { variable, original: tf.keep(variable.clone()) });
-    }
+    for (const [name, variable] of toTrainWhole) lora.saved.set(`base_model.model.${name}`, { variable, original: tf.keep(variable.clone()) });
     for (const v of lora.frozen) v.trainable = [...lora.saved.values()].some((s) => s.variable === v);
     return lora;
   }

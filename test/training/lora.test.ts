@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronForCausalLM, NemotronForSequenceClassification, SafetensorsFile, Trainer, generate, readJsonl } from '../../src/index';
+import { LoraModel, NemotronForCausalLM, NemotronForSequenceClassification, SafetensorsFile, Trainer, generate, readJsonl, setMaxWeightBlockBytes } from '../../src/index';
 import { CONFIGS, FIXTURES, FixtureName, errorOf, expectClose, expected, expectRelClose, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // PEFT's LoRA on transformers' model (scripts/reference/peft_lora_fixtures.py): its saved adapter, the logits and loss
@@ -229,5 +229,16 @@ describe('LoRA bad input', () => {
     expect(errorOf(() => LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: ['q_proj'] }))).to.match(/has LoRA adapters already/);
     lora.unload();
     model.dispose();
+    // An output matrix stored in row blocks (WebGPU, over its binding limit) cannot be a module to save.
+    setMaxWeightBlockBytes(20 * 64 * 4);
+    try {
+      const blocked = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+      expect(errorOf(() => LoraModel.attach(blocked, { r: 2, loraAlpha: 4, targetModules: ['q_proj'], modulesToSave: ['lm_head'] })))
+        .to.match(/modulesToSave: lm_head is stored in row blocks/);
+      expect(blocked.model.layers.every((l) => l.adapterVariables().length === 0), 'a refused attach leaves no adapter').to.equal(true);
+      blocked.dispose();
+    } finally {
+      setMaxWeightBlockBytes(null);
+    }
   });
 });

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { linear, normalInit, trains, transposedProduct } from './weights';
+import { recordingGradients } from '../src/kernels/fused';
 
 /** Separates a parameter's HF name from its block index: `model.embed_tokens.weight#1`. */
 export const BLOCK_SEPARATOR = '#';
@@ -153,32 +154,45 @@ export class VocabMatrix {
     const trained = blocks.map(trains);
     const loss = tf.customGrad(((...args: unknown[]) => {
       const xs = args[0] as tf.Tensor2D;
-      (args[args.length - 1] as (ts: tf.Tensor[]) => void)([xs, ...blocks]);
       const ws = blocks;
+      // The last chunk's softmax is kept for the backward (one chunk's logits more, at most), which then recomputes
+      // the other chunks only: none where the logits fit in one chunk.
+      const keepLast = recordingGradients();
+      let lastProbs = null as tf.Tensor | null;
       let total: tf.Tensor = tf.scalar(0);
-      for (const chunk of chunks) {
+      chunks.forEach((chunk, i) => {
         const next = tf.tidy(() => {
           const logits = chunkLogits(xs, ws, chunk);
           // The target's logit of each row, gathered from the flattened chunk: row r's is at r·vocab + target.
           const at = targets.slice(chunk[0], chunk[1]).map((t, r) => r * vocab + t);
           const picked = tf.gather(logits.reshape([-1]), tf.tensor1d(at, 'int32'));
-          return tf.add(total, tf.sum(tf.sub(tf.logSumExp(logits, 1), picked)));
+          // logsumexp as tf.logSumExp computes it, its exponentials reused for the softmax.
+          const max = tf.max(logits, 1, true);
+          const exps = tf.exp(tf.sub(logits, max));
+          const sums = tf.sum(exps, 1, true);
+          if (keepLast && i === chunks.length - 1) lastProbs = tf.keep(tf.div(exps, sums));
+          const lse = tf.add(tf.log(sums), max).reshape([-1]);
+          return tf.add(total, tf.sum(tf.sub(lse, picked)));
         });
         total.dispose();
         total = next;
-      }
+      });
+      (args[args.length - 1] as (ts: tf.Tensor[]) => void)(lastProbs ? [xs, ...blocks, lastProbs] : [xs, ...blocks]);
+      lastProbs?.dispose(); // kept out of the chunk's tidy for save(), which keeps a clone
       const value = tf.div(total, count) as tf.Scalar;
       // d loss / d logits = (softmax − onehot(target)) / count, chunk by chunk; then dx = dlogits·W and
       // dW = dlogitsᵀ·x, block by block, the block gradients summed over chunks.
       const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, ...sw] = saved as tf.Tensor2D[];
+        const [sx, ...rest] = saved as tf.Tensor2D[];
+        const sw = rest.slice(0, blocks.length);
+        const keptProbs = rest.length > blocks.length ? rest[blocks.length] : null;
         const dws: Array<tf.Tensor | null> = trained.filter(Boolean).map(() => null);
         const dxs: tf.Tensor[] = [];
-        for (const chunk of chunks) {
+        for (const [i, chunk] of chunks.entries()) {
           const [dx, ...dw] = tf.tidy(() => {
-            const logits = chunkLogits(sx, sw, chunk);
+            const probs = keptProbs && i === chunks.length - 1 ? keptProbs : tf.softmax(chunkLogits(sx, sw, chunk));
             const onehot = tf.oneHot(tf.tensor1d(targets.slice(chunk[0], chunk[1]), 'int32'), vocab);
-            const dlogits = tf.mul(tf.sub(tf.softmax(logits), onehot), tf.div(dy, count)) as tf.Tensor2D;
+            const dlogits = tf.mul(tf.sub(probs, onehot), tf.div(dy, count)) as tf.Tensor2D;
             const xc = sx.slice([chunk[0], 0], [chunk[1] - chunk[0], cols]);
             const perBlock = sw.map((w, b) => (sw.length === 1 ? dlogits : dlogits.slice([0, blockStarts[b]], [-1, w.shape[0]])));
             // Summed pairwise: tf.addN binds every block at once, more than WebGPU's 8 buffers a shader.

@@ -48,6 +48,73 @@ function freeWeights(layer: { namedWeights(): Array<[string, tf.Variable]> }): v
 
 const describeNative = nativeAvailable() ? describe : describe.skip;
 
+/** a [m, k] · b [k, n] in doubles, from plain arrays: the reference for the products below. */
+function referenceProduct(a: number[][], b: number[][]): number[][] {
+  return a.map((row) => b[0].map((_, j) => row.reduce((sum, v, k) => sum + v * b[k][j], 0)));
+}
+
+function expectNear(actual: number[], wanted: number[], tol: number, what: string): void {
+  expect(actual.length, what).to.equal(wanted.length);
+  const diff = Math.max(...actual.map((v, i) => Math.abs(v - wanted[i])));
+  expect(diff, `${what}: max |diff| ${diff}`).to.be.at.most(tol);
+}
+
+function transposed(m: number[][]): number[][] {
+  return m[0].map((_, j) => m.map((row) => row[j]));
+}
+
+describeNative('tensorflow backend: tfjs-node kernels replaced for speed', function () {
+  before(async () => { await setBackend('tensorflow'); });
+
+  it('matMul of two matrices, every transposition (MatMul where the first is transposed or neither is), batched ones too', () => {
+    const m = 7, k = 33, n = 5;
+    const a = (tf.randomNormal([m, k], 0, 1, 'float32', 11).arraySync() as number[][]);
+    const b = (tf.randomNormal([k, n], 0, 1, 'float32', 12).arraySync() as number[][]);
+    const wanted = referenceProduct(a, b).flat();
+    const before = tf.memory().numTensors;
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]]) {
+      const product = tf.tidy(() => tf.matMul(tf.tensor2d(ta ? transposed(a) : a), tf.tensor2d(tb ? transposed(b) : b), ta, tb));
+      expect(product.shape).to.deep.equal([m, n]);
+      expectNear(Array.from(product.dataSync()), wanted, 1e-4, `transposeA ${ta}, transposeB ${tb}`);
+      product.dispose();
+    }
+    // Rank 3 keeps tfjs-node's BatchMatMulV2 (broadcast batch).
+    const batched = tf.tidy(() => tf.matMul(tf.stack([tf.tensor2d(a), tf.tensor2d(a)]), tf.tensor2d(b).expandDims(0)));
+    expectNear(Array.from(batched.dataSync()), [...wanted, ...wanted], 1e-4, 'batched');
+    batched.dispose();
+    // Gradients run through the same kernel (dy·W and dyᵀ·x of a linear).
+    const [x, w] = [tf.tensor2d(a), tf.tensor2d(transposed(b))];
+    const [dx, dw] = tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.matMul(p, q, false, true).sum())([x, w]);
+    const ones = Array.from({ length: m }, () => new Array<number>(n).fill(1));
+    expectNear(Array.from(dx.dataSync()), referenceProduct(ones, transposed(b)).flat(), 1e-4, 'dx');
+    expectNear(Array.from(dw.dataSync()), referenceProduct(transposed(ones), a).flat(), 1e-4, 'dw');
+    tf.dispose([x, w, dx, dw]);
+    expect(tf.memory().numTensors).to.equal(before);
+  });
+
+  it('reshape (target shapes made once): float32 and int32, an inferred axis; no tensor or handle left', () => {
+    const x = tf.range(0, 24, 1, 'float32');
+    const ids = tf.range(0, 24, 1, 'int32');
+    tf.dispose([x.reshape([2, 3, 4]), ids.reshape([4, -1])]); // the target shapes are made on first use
+    const before = tf.memory().numTensors;
+    const handles = nativeHandles();
+    for (let i = 0; i < 3; i++) {
+      const r = x.reshape([2, 3, 4]);
+      expect(r.shape).to.deep.equal([2, 3, 4]);
+      expect((r.arraySync() as number[][][])[1][2][3]).to.equal(23);
+      const q = ids.reshape([4, -1]);
+      expect(q.shape).to.deep.equal([4, 6]);
+      expect(q.dtype).to.equal('int32');
+      expect((q.arraySync() as number[][])[3][5]).to.equal(23);
+      tf.dispose([r, q]);
+    }
+    expect(tf.memory().numTensors).to.equal(before);
+    expect(nativeHandles()).to.equal(handles);
+    expect(() => x.reshape([5, 5])).to.throw(/24|25|shape/);
+    tf.dispose([x, ids]);
+  });
+});
+
 describeNative('tensorflow backend: fused kernels equal the plain ops', function () {
   this.timeout(60_000);
   before(async () => { await setBackend('tensorflow'); });

@@ -41,6 +41,44 @@ describe('layers', () => {
     expect(norm.namedWeights().map(([n]) => n)).to.deep.equal(['weight', 'bias']);
   });
 
+  it('Relu2 trains through its written-out derivative 2·relu(x)·dy, equal to autodiff of square(relu(x))', () => {
+    const x = tf.tensor2d([[-2, -0.5, 0, 0.5], [3, -1e-3, 1e-3, 7]]);
+    const dy = tf.tensor2d([[1, -2, 3, 0.5], [-1, 2, -0.25, 0.1]]);
+    const before = tf.memory().numTensors;
+    const written = tf.grad((t: tf.Tensor) => tf.mul(new Relu2().apply(t) as tf.Tensor, dy).sum())(x);
+    const autodiff = tf.grad((t: tf.Tensor) => tf.mul(tf.square(tf.relu(t)), dy).sum())(x);
+    expectAllClose(values(written), values(autodiff), 1e-7);
+    expectAllClose(values(written), [0, 0, 0, 0.5, -6, 0, -0.0005, 1.4], 1e-6);
+    tf.dispose([written, autodiff]);
+    expect(tf.memory().numTensors).to.equal(before);
+    tf.dispose([x, dy]);
+  });
+
+  it('NemotronLayerNorm1P trains through its written-out backward, equal to autodiff of the plain ops', () => {
+    const norm = new NemotronLayerNorm1P({ size: 24, eps: 1e-5 });
+    const [weight, bias] = norm.namedWeights().map(([, w]) => w);
+    weight.assign(tf.randomNormal([24], 0, 0.5, 'float32', 1));
+    bias.assign(tf.randomNormal([24], 0, 0.5, 'float32', 2));
+    const x = tf.randomNormal([2, 3, 24], 0.3, 2, 'float32', 3);
+    const dy = tf.randomNormal([2, 3, 24], 0, 1, 'float32', 4);
+    const before = tf.memory().numTensors;
+    const loss = (y: tf.Tensor) => tf.mul(y, dy).sum() as tf.Scalar;
+    const written = [tf.grad((t: tf.Tensor) => loss(norm.apply(t) as tf.Tensor))(x)];
+    const { value, grads } = tf.variableGrads(() => loss(norm.apply(x) as tf.Tensor), [weight, bias]);
+    const plain = ([t, w, b]: tf.Tensor[]) => {
+      const { mean, variance } = tf.moments(t, -1, true);
+      return loss(tf.add(tf.mul(tf.mul(tf.sub(t, mean), tf.rsqrt(tf.add(variance, 1e-5))), tf.add(w, 1)), b));
+    };
+    const wanted = tf.grads((t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => plain([t, w, b]))([x, weight, bias]);
+    expectAllClose(values(written[0]), values(wanted[0]), 1e-5);
+    expectAllClose(values(grads[weight.name]), values(wanted[1]), 1e-5);
+    expectAllClose(values(grads[bias.name]), values(wanted[2]), 1e-5);
+    tf.dispose([value, ...written, ...wanted, ...Object.values(grads)]);
+    expect(tf.memory().numTensors).to.equal(before);
+    tf.dispose([x, dy]);
+    norm.namedWeights().forEach(([, w]) => w.dispose());
+  });
+
   it('PartialRotaryEmbedding rotates the first rotaryDim channels and passes the rest through', () => {
     // headDim 6, rotaryDim 4 (two frequencies), base 100: inv_freq = [1, 100^(-1/2) = 0.1].
     const rope = new PartialRotaryEmbedding({ headDim: 6, rotaryDim: 4, base: 100 });

@@ -24,6 +24,8 @@ export interface BeamSearchInputs {
   eos: number[];
   pad: number;
   repetitionPenalty?: number;
+  noRepeatNgramSize?: number;
+  badWordsIds?: number[][];
 }
 
 export interface BeamSearchOutput {
@@ -106,7 +108,10 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
         const accumulated = new Float64Array(numBeams * vocab);
         running[b].forEach((h, k) => {
           const row = data.slice((b * numBeams + k) * vocab, (b * numBeams + k + 1) * vocab);
-          processScores(row, flat[b * numBeams + k], { repetitionPenalty: inputs.repetitionPenalty, suppressTokens: step < minNew ? eos : [] });
+          processScores(row, flat[b * numBeams + k], {
+            repetitionPenalty: inputs.repetitionPenalty, noRepeatNgramSize: inputs.noRepeatNgramSize, badWordsIds: inputs.badWordsIds,
+            suppressTokens: step < minNew ? eos : [],
+          });
           for (let v = 0; v < vocab; v++) accumulated[k * vocab + v] = row[v] + h.score;
         });
         const candidates = topK(accumulated, keep).map((i) => {

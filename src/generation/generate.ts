@@ -18,6 +18,14 @@ export interface GenerateOptions {
   topP?: number;
   minP?: number;
   repetitionPenalty?: number;
+  /** No n-gram of this size appears twice in a row, prompt included (transformers' no_repeat_ngram_size). */
+  noRepeatNgramSize?: number;
+  /** Token sequences never to complete; a one-token sequence is never chosen (transformers' bad_words_ids). */
+  badWordsIds?: number[][];
+  /** A row stops once its generated text ends with one of these (transformers' stop_strings); needs `tokenizer`. */
+  stopStrings?: string | string[];
+  /** Decodes tokens for stopStrings: a NemotronTokenizer, or anything with decode(ids) (and encode, see stopStringDecoder). */
+  tokenizer?: StopStringTokenizer;
   /** Seed of the sampler: the same seed gives the same tokens on the same backend. */
   seed?: number | string;
   /** One or several; default from generation_config.json, else config.json. null: never stop on EOS. */
@@ -38,7 +46,7 @@ export interface GenerateOptions {
   lengthPenalty?: number;
   /** Beam search: transformers' early_stopping (false: its heuristic; true; 'never'). Default false. */
   earlyStopping?: boolean | 'never';
-  /** Beam search: hypotheses returned per prompt, best first (≤ numBeams). Default 1. */
+  /** Sequences returned per prompt: beam search's best hypotheses (≤ numBeams), or independent samples. Default 1. */
   numReturnSequences?: number;
 }
 
@@ -67,6 +75,39 @@ interface Resolved {
   minNew: number;
   eos: number[];
   pad: number;
+  /** bad_words_ids without the one-token sequences that are an EOS id (transformers drops those). */
+  badWordsIds?: number[][];
+  stopStrings: string[];
+}
+
+/** generation_config.json's keys that generate() takes as defaults, with their option names. */
+const GENERATION_CONFIG_KEYS: Array<[string, keyof GenerateOptions]> = [
+  ['max_new_tokens', 'maxNewTokens'], ['max_length', 'maxLength'], ['min_new_tokens', 'minNewTokens'], ['do_sample', 'doSample'],
+  ['temperature', 'temperature'], ['top_k', 'topK'], ['top_p', 'topP'], ['min_p', 'minP'], ['repetition_penalty', 'repetitionPenalty'],
+  ['no_repeat_ngram_size', 'noRepeatNgramSize'], ['bad_words_ids', 'badWordsIds'], ['stop_strings', 'stopStrings'],
+  ['num_beams', 'numBeams'], ['length_penalty', 'lengthPenalty'], ['early_stopping', 'earlyStopping'],
+  ['num_return_sequences', 'numReturnSequences'],
+];
+
+/**
+ * The options as transformers' generate() resolves them: what the call gives, then the checkpoint's
+ * generation_config.json (a Llama-Nemotron instruct model's do_sample, temperature and top_p, say), then
+ * GenerationConfig's defaults — top-k 50 when sampling. A key set to null in the file counts as unset.
+ */
+export function resolveGenerateOptions(model: NemotronForCausalLM, options: GenerateOptions = {}): GenerateOptions {
+  const file = model.generationConfig ?? {};
+  const resolved: GenerateOptions = { ...options };
+  const target = resolved as Record<string, unknown>;
+  for (const [key, name] of GENERATION_CONFIG_KEYS) {
+    if (target[name] === undefined && file[key] !== undefined && file[key] !== null) target[name] = file[key];
+  }
+  // A call that sets maxNewTokens or maxLength decides the length alone.
+  if (options.maxNewTokens !== undefined || options.maxLength !== undefined) {
+    resolved.maxNewTokens = options.maxNewTokens;
+    resolved.maxLength = options.maxLength;
+  }
+  if (resolved.doSample && resolved.topK === undefined) resolved.topK = 50;
+  return resolved;
 }
 
 function check(condition: boolean, message: string): void {
@@ -102,6 +143,18 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   check(o.topK === undefined || (Number.isInteger(o.topK) && o.topK >= 0), `generate: topK must be a non-negative integer, got ${o.topK}`);
   check(o.minP === undefined || (o.minP >= 0 && o.minP <= 1), `generate: minP must be in [0, 1], got ${o.minP}`);
   check(o.repetitionPenalty === undefined || o.repetitionPenalty > 0, `generate: repetitionPenalty must be > 0, got ${o.repetitionPenalty}`);
+  check(o.noRepeatNgramSize === undefined || (Number.isInteger(o.noRepeatNgramSize) && o.noRepeatNgramSize >= 0),
+    `generate: noRepeatNgramSize must be a non-negative integer, got ${o.noRepeatNgramSize}`);
+  if (o.badWordsIds !== undefined) {
+    check(Array.isArray(o.badWordsIds) && o.badWordsIds.every((w) => Array.isArray(w) && w.length > 0),
+      `generate: badWordsIds must be a list of non-empty token-id lists, got ${JSON.stringify(o.badWordsIds)}`);
+    o.badWordsIds.forEach((w, i) => w.forEach((id, j) => check(Number.isInteger(id) && id >= 0 && id < config.vocabSize,
+      `generate: badWordsIds[${i}][${j}] = ${id} is outside [0, vocab_size ${config.vocabSize})`)));
+  }
+  const stopStrings = o.stopStrings === undefined ? [] : Array.isArray(o.stopStrings) ? o.stopStrings : [o.stopStrings];
+  check(stopStrings.every((t) => typeof t === 'string' && t.length > 0), `generate: stopStrings must be non-empty strings, got ${JSON.stringify(o.stopStrings)}`);
+  check(stopStrings.length === 0 || typeof o.tokenizer?.decode === 'function',
+    'generate: stopStrings needs the tokenizer that decodes the tokens (options.tokenizer), as transformers does');
   const fromFiles = (model.generationConfig?.eos_token_id as number | number[] | undefined) ?? config.eosTokenId;
   const eosSetting = o.eosTokenId !== undefined ? o.eosTokenId : fromFiles;
   const eos = eosSetting === null ? [] : Array.isArray(eosSetting) ? eosSetting : [eosSetting];
@@ -109,7 +162,53 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   for (const [name, id] of [...eos.map((e): [string, number] => ['eosTokenId', e]), ['padTokenId', pad] as [string, number]]) {
     check(Number.isInteger(id) && id >= 0 && id < config.vocabSize, `generate: ${name} ${id} is outside [0, vocab_size ${config.vocabSize})`);
   }
-  return { rows, mask, maxNew, minNew, eos, pad };
+  const badWordsIds = o.badWordsIds?.filter((w) => !(w.length === 1 && eos.includes(w[0])));
+  return { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings };
+}
+
+/** What stop strings need of a tokenizer. */
+export interface StopStringTokenizer {
+  decode(ids: number[]): string;
+  encode?(text: string, options?: { addSpecialTokens?: boolean }): number[];
+}
+
+/**
+ * Text of a row's tokens as transformers' StopStringCriteria reads them: decoded after a fixed prefix ("abcdef", as it
+ * does), so that a SentencePiece decoder's strip of the leading space does not drop the space of the first token.
+ */
+export function stopStringDecoder(tokenizer: StopStringTokenizer): (ids: number[]) => string {
+  const prefix = tokenizer.encode ? tokenizer.encode('abcdef', { addSpecialTokens: false }) : [];
+  const prefixText = tokenizer.decode(prefix);
+  return (ids) => {
+    const text = tokenizer.decode([...prefix, ...ids]);
+    return text.startsWith(prefixText) ? text.slice(prefixText.length) : tokenizer.decode(ids);
+  };
+}
+
+/**
+ * Whether the text of `generated` (a row, prompt included) ends in a stop string, one that the last token completes: the string ends inside
+ * the last token's text or runs into it (transformers' StopStringCriteria; "st" + "opped" completes "stop").
+ */
+export function endsWithStopString(generated: number[], stopStrings: readonly string[], decode: (ids: number[]) => string): boolean {
+  if (generated.length === 0 || stopStrings.length === 0) return false;
+  const longest = Math.max(...stopStrings.map((t) => t.length));
+  // Enough of the tail to hold the longest stop string before the last token (every token decodes to ≥ 0 characters,
+  // so widen until the text before the last token is long enough or the row starts).
+  let from = Math.max(0, generated.length - 1 - longest);
+  let before = decode(generated.slice(from, -1));
+  while (from > 0 && before.length < longest) {
+    from = Math.max(0, from - longest);
+    before = decode(generated.slice(from, -1));
+  }
+  const text = decode(generated.slice(from));
+  const lastStart = Math.min(before.length, text.length);
+  return stopStrings.some((t) => {
+    // An occurrence that ends after the text before the last token ended.
+    for (let at = text.indexOf(t, Math.max(0, lastStart - t.length + 1)); at >= 0; at = text.indexOf(t, at + 1)) {
+      if (at + t.length > lastStart) return true;
+    }
+    return false;
+  });
 }
 
 
@@ -117,16 +216,20 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
  * Generates token by token. Yields after each step with the chosen tokens; the KV cache lives for one
  * generation and is freed when it ends (also on an error or an early `return()` of the iterator).
  */
-export async function* generateStream(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
+export async function* generateStream(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
+  const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) throw new Error('generateStream: beam search does not stream (a beam\'s tokens can change until it ends); use generate()');
-  const { rows, mask, maxNew, minNew, eos, pad } = resolve(model, inputIds, options);
+  if ((options.numReturnSequences ?? 1) !== 1) throw new Error('generateStream: numReturnSequences is for generate(); repeat the prompt rows to stream several samples');
+  const { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings } = resolve(model, inputIds, options);
   const batch = rows.length;
   const random = seedrandom(String(options.seed ?? Date.now()));
   const useCache = options.useCache ?? true;
   const sequences = rows.map((r) => r.slice());
   const attention = mask.map((r) => r.slice());
   const finished = new Array(batch).fill(false);
-  const needsScores = options.outputScores || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0;
+  const needsScores = options.outputScores || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
+    (options.noRepeatNgramSize ?? 0) > 0 || (badWordsIds?.length ?? 0) > 0;
+  const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
   const cache = useCache ? new KVCache(model.config.numHiddenLayers) : null;
   try {
     for (let step = 0; step < maxNew; step++) {
@@ -150,7 +253,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
         tokens = [];
         for (let b = 0; b < batch; b++) {
           const scores = logits.slice(b * vocab, (b + 1) * vocab);
-          processScores(scores, sequences[b], { ...options, suppressTokens: step < minNew ? eos : [] });
+          processScores(scores, sequences[b], { ...options, badWordsIds, suppressTokens: step < minNew ? eos : [] });
           stepScores.push(scores);
           tokens.push(options.doSample ? sample(scores, random()) : argmax(scores));
         }
@@ -161,12 +264,20 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
         tokens = Array.from(await ids.data());
         ids.dispose();
       }
-      tokens = tokens.map((t, b) => (finished[b] ? pad : t));
+      // Rows that ended are padded where there is an EOS id; without one (a stop string ended them) transformers lets
+      // them run on until every row has ended.
+      tokens = tokens.map((t, b) => (finished[b] && eos.length ? pad : t));
       tokens.forEach((t, b) => {
         sequences[b].push(t);
         attention[b].push(1);
         if (eos.includes(t)) finished[b] = true;
       });
+      if (decodeForStops) {
+        tokens.forEach((_, b) => {
+          // The prompt counts too: a stop string may begin in it (transformers reads the whole row).
+          if (!finished[b] && endsWithStopString(sequences[b], stopStrings, decodeForStops)) finished[b] = true;
+        });
+      }
       options.onToken?.(tokens, step);
       yield { step, tokens, finished: finished.slice(), scores: options.outputScores ? stepScores : undefined };
       if (finished.every(Boolean)) break;
@@ -177,22 +288,33 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
 }
 
 /** transformers' generate(): greedy or sampled decoding with a KV cache; sequences include the prompt. */
-export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions = {}): Promise<GenerateOutput> {
+export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): Promise<GenerateOutput> {
+  const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
     if (options.doSample) throw new Error('generate: beam sampling (numBeams > 1 with doSample) is not supported; use numBeams: 1 to sample');
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
-    const { rows, mask, maxNew, minNew, eos, pad } = resolve(model, inputIds, options);
-    return beamSearch(model, { rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty }, {
+    if (options.stopStrings !== undefined) throw new Error('generate: stopStrings is not supported with beam search');
+    const { rows, mask, maxNew, minNew, eos, pad, badWordsIds } = resolve(model, inputIds, options);
+    return beamSearch(model, {
+      rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds,
+    }, {
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });
   }
   if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
     throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
   }
-  const sequences = readPrompt(inputIds).map((r) => r.slice());
+  // Several samples per prompt: each row repeated, as transformers expands input_ids (row i's samples together).
+  const copies = options.numReturnSequences ?? 1;
+  if (!(Number.isInteger(copies) && copies >= 1)) throw new Error(`generate: numReturnSequences must be a positive integer, got ${copies}`);
+  const repeat = <T>(m: T[][]): T[][] => m.flatMap((r) => Array.from({ length: copies }, () => r.slice()));
+  const prompt = repeat(readPrompt(inputIds));
+  const streamed: GenerateOptions = { ...options, numReturnSequences: 1 };
+  if (options.attentionMask !== undefined) streamed.attentionMask = repeat(readIntRows(options.attentionMask, 'attentionMask'));
+  const sequences = prompt.map((r) => r.slice());
   const scores: Float32Array[][] = [];
-  for await (const step of generateStream(model, inputIds, options)) {
+  for await (const step of generateStream(model, prompt, streamed)) {
     step.tokens.forEach((t, b) => sequences[b].push(t));
     if (step.scores) scores.push(step.scores);
   }

@@ -1,7 +1,7 @@
 /**
  * Logits processors on one row of scores (a Float32Array over the vocabulary), in the order transformers
- * applies them: repetition penalty, minimum length, then the sampling warpers temperature, top-k, top-p, min-p.
- * Filtered entries become -Infinity.
+ * applies them: repetition penalty, no-repeat n-grams, bad words, minimum length, then the sampling warpers
+ * temperature, top-k, top-p, min-p. Filtered entries become -Infinity.
  */
 
 export interface ProcessorOptions {
@@ -10,6 +10,10 @@ export interface ProcessorOptions {
   topP?: number;
   minP?: number;
   repetitionPenalty?: number;
+  /** transformers' no_repeat_ngram_size: no n-gram of this size occurs twice in a row (prompt and pads included). */
+  noRepeatNgramSize?: number;
+  /** transformers' bad_words_ids: token sequences that are never completed (single tokens are never chosen). */
+  badWordsIds?: number[][];
   /** EOS ids to forbid while fewer than minNewTokens were generated. */
   suppressTokens?: number[];
   doSample?: boolean;
@@ -63,11 +67,42 @@ export function applyMinP(scores: Float32Array, minP: number): void {
   for (let i = 0; i < p.length; i++) if (p[i] < minP * top) scores[i] = -Infinity;
 }
 
+/**
+ * Forbids every token that would complete an n-gram already in `sequence`: those that followed an earlier occurrence
+ * of its last n − 1 tokens (transformers' NoRepeatNGramLogitsProcessor).
+ */
+export function applyNoRepeatNgram(scores: Float32Array, sequence: readonly number[], n: number): void {
+  const length = sequence.length;
+  if (length + 1 < n) return;
+  const start = length - (n - 1); // where the current (n − 1)-token prefix begins
+  for (let i = 0; i + n <= length; i++) {
+    let same = true;
+    for (let j = 0; j < n - 1 && same; j++) same = sequence[i + j] === sequence[start + j];
+    if (same) scores[sequence[i + n - 1]] = -Infinity;
+  }
+}
+
+/**
+ * Forbids the last token of every bad sequence whose other tokens end `sequence` (all of them for one-token ones):
+ * transformers' NoBadWordsLogitsProcessor.
+ */
+export function applyBadWords(scores: Float32Array, sequence: readonly number[], badWordsIds: readonly number[][]): void {
+  for (const bad of badWordsIds) {
+    const prefix = bad.length - 1;
+    if (prefix > sequence.length) continue;
+    let matches = true;
+    for (let j = 0; j < prefix && matches; j++) matches = sequence[sequence.length - prefix + j] === bad[j];
+    if (matches) scores[bad[prefix]] = -Infinity;
+  }
+}
+
 /** Applies every configured processor in transformers' order, in place. */
 export function processScores(scores: Float32Array, sequence: number[], options: ProcessorOptions): void {
   if (options.repetitionPenalty !== undefined && options.repetitionPenalty !== 1) {
     applyRepetitionPenalty(scores, sequence, options.repetitionPenalty);
   }
+  if (options.noRepeatNgramSize) applyNoRepeatNgram(scores, sequence, options.noRepeatNgramSize);
+  if (options.badWordsIds?.length) applyBadWords(scores, sequence, options.badWordsIds);
   for (const id of options.suppressTokens ?? []) scores[id] = -Infinity;
   if (!options.doSample) return;
   if (options.temperature !== undefined && options.temperature !== 1) {

@@ -1,0 +1,131 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import {
+  NemotronForCausalLM, NemotronTokenizer, applyBadWords, applyNoRepeatNgram, endsWithStopString, generate, resolveGenerateOptions,
+} from '../../src/index';
+import { CONFIGS, FIXTURES, fixtureDir, forEachBackend, testBackends } from '../helpers';
+
+// transformers' no_repeat_ngram_size, bad_words_ids and stop_strings on the tiny fixture models
+// (scripts/reference/processor_fixtures.py): greedy and beam search over the left-padded prompt batch, bad words taken
+// from what unconstrained decoding chooses, stop strings through a SentencePiece-style tokenizer of the model's vocabulary.
+interface ProcessorCase {
+  setting: {
+    no_repeat_ngram_size?: number; repetition_penalty?: number; bad_words_ids?: number[][]; min_new_tokens?: number; eos_token_id?: number;
+    num_beams?: number; num_return_sequences?: number; length_penalty?: number;
+  };
+  sequences: number[][];
+}
+interface StopCase { stop_strings: string[]; eos_token_id: number | null; sequences: number[][] }
+interface Reference { prompt: number[][]; attention_mask: number[][]; cases: ProcessorCase[]; stop_cases: StopCase[] }
+
+const DIR = path.resolve(FIXTURES, '../generation-processors');
+const reference = (config: string): Reference => JSON.parse(fs.readFileSync(path.join(DIR, `${config}.json`), 'utf8')) as Reference;
+
+forEachBackend(testBackends(), () => {
+  for (const config of CONFIGS) {
+    it(`no_repeat_ngram_size, bad_words_ids (greedy and beams) and stop_strings equal transformers', leaving no tensor: ${config}`, async () => {
+      const ref = reference(config);
+      const model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm'));
+      const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, `${config}-tokenizer`));
+      const before = tf.memory().numTensors;
+      for (const { setting, sequences } of ref.cases) {
+        const out = await generate(model, ref.prompt, {
+          attentionMask: ref.attention_mask, padTokenId: 0, maxNewTokens: 12, eosTokenId: setting.eos_token_id ?? null,
+          noRepeatNgramSize: setting.no_repeat_ngram_size, badWordsIds: setting.bad_words_ids, repetitionPenalty: setting.repetition_penalty,
+          minNewTokens: setting.min_new_tokens, numBeams: setting.num_beams, numReturnSequences: setting.num_return_sequences,
+          lengthPenalty: setting.length_penalty,
+        });
+        expect(out.sequences, JSON.stringify(setting)).to.deep.equal(sequences);
+      }
+      for (const { stop_strings: stopStrings, eos_token_id: eos, sequences } of ref.stop_cases) {
+        const out = await generate(model, ref.prompt, {
+          attentionMask: ref.attention_mask, padTokenId: 0, maxNewTokens: 12, eosTokenId: eos, stopStrings, tokenizer,
+        });
+        expect(out.sequences, `stop strings ${JSON.stringify(stopStrings)}, eos ${eos}`).to.deep.equal(sequences);
+      }
+      expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+      model.dispose();
+    });
+  }
+});
+
+describe('logits processors and generation settings', () => {
+  before(() => tf.setBackend('cpu'));
+
+  it('no-repeat n-grams forbid what followed the current prefix before; nothing while the row is too short', () => {
+    const scores = () => new Float32Array(6);
+    const banned = (s: Float32Array) => [...s.keys()].filter((i) => s[i] === -Infinity);
+    let s = scores();
+    applyNoRepeatNgram(s, [1, 2, 3, 1, 2, 4, 1], 2); // after 1 came 2 (twice): 2 is out
+    expect(banned(s)).to.deep.equal([2]);
+    s = scores();
+    applyNoRepeatNgram(s, [1, 2, 3, 1, 2, 4, 1, 2], 3); // after (1, 2) came 3 and 4
+    expect(banned(s)).to.deep.equal([3, 4]);
+    s = scores();
+    applyNoRepeatNgram(s, [5, 1, 5], 1); // unigrams: every token seen
+    expect(banned(s)).to.deep.equal([1, 5]);
+    s = scores();
+    applyNoRepeatNgram(s, [1], 3); // shorter than n − 1
+    expect(banned(s)).to.deep.equal([]);
+  });
+
+  it('bad words: one-token ones always, longer ones only after their prefix', () => {
+    const s = new Float32Array(6);
+    applyBadWords(s, [0, 3, 4], [[5], [3, 4, 1], [4, 2], [1, 2]]);
+    expect([...s.keys()].filter((i) => s[i] === -Infinity)).to.deep.equal([1, 2, 5]);
+  });
+
+  it('stop strings: completed by the last token, across tokens or inside one (overhang), not earlier ones', () => {
+    const pieces = ['he', 'st', 'opped', ' x', 'stop', 'y'];
+    const decode = (ids: number[]) => ids.map((i) => pieces[i]).join('');
+    expect(endsWithStopString([0, 1, 2], ['stop'], decode)).to.equal(true); // "st" + "opped"
+    expect(endsWithStopString([0, 1], ['stop'], decode)).to.equal(false);
+    expect(endsWithStopString([3, 4], ['top'], decode)).to.equal(true); // inside the last token
+    expect(endsWithStopString([4, 3], ['top'], decode)).to.equal(false); // completed a step earlier
+    expect(endsWithStopString([4, 3, 5], ['x', 'zz'], decode)).to.equal(false);
+    expect(endsWithStopString([4, 3, 5], ['xy'], decode)).to.equal(true);
+  });
+
+  it('generation_config.json gives the defaults, the call wins, top-k 50 when sampling; its settings reach generate()', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    model.generationConfig = { do_sample: true, temperature: 0.6, top_p: 0.9, no_repeat_ngram_size: 3, max_new_tokens: 7, top_k: null };
+    expect(resolveGenerateOptions(model, {})).to.deep.include({ doSample: true, temperature: 0.6, topP: 0.9, topK: 50, noRepeatNgramSize: 3, maxNewTokens: 7 });
+    expect(resolveGenerateOptions(model, { doSample: false, maxLength: 12, temperature: 1 })).to.deep.include({
+      doSample: false, temperature: 1, maxLength: 12, maxNewTokens: undefined,
+    });
+    // The file's no_repeat_ngram_size takes effect without the call naming it.
+    const ref = reference('tiny-gqa');
+    const ngram = ref.cases.find((c) => c.setting.no_repeat_ngram_size === 2 && Object.keys(c.setting).length === 1)!;
+    model.generationConfig = { no_repeat_ngram_size: 2, max_new_tokens: 12, eos_token_id: null };
+    const out = await generate(model, ref.prompt, { attentionMask: ref.attention_mask, padTokenId: 0, eosTokenId: null });
+    expect(out.sequences).to.deep.equal(ngram.sequences);
+    model.dispose();
+  });
+
+  it('numReturnSequences samples each prompt that many times (rows of a prompt together), as the repeated prompt does', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const options = { maxNewTokens: 6, eosTokenId: null, doSample: true, temperature: 2, seed: 11 };
+    const prompt = [[2, 5, 7], [2, 9, 4]];
+    const several = await generate(model, prompt, { ...options, numReturnSequences: 3 });
+    const repeated = await generate(model, [prompt[0], prompt[0], prompt[0], prompt[1], prompt[1], prompt[1]], options);
+    expect(several.sequences).to.have.length(6);
+    expect(several.sequences).to.deep.equal(repeated.sequences);
+    expect(several.sequences.slice(0, 3).every((r) => r.slice(0, 3).join() === '2,5,7')).to.equal(true);
+    expect(new Set(several.sequences.slice(0, 3).map((r) => r.join())).size, 'three different samples').to.be.greaterThan(1);
+    model.dispose();
+  });
+
+  it('refuses bad settings by name', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const failure = (p: Promise<unknown>) => p.then(() => 'ran', (e: Error) => e.message);
+    expect(await failure(generate(model, [[2, 5]], { noRepeatNgramSize: 1.5 }))).to.match(/noRepeatNgramSize must be a non-negative integer, got 1.5/);
+    expect(await failure(generate(model, [[2, 5]], { badWordsIds: [[]] }))).to.match(/badWordsIds must be a list of non-empty token-id lists/);
+    expect(await failure(generate(model, [[2, 5]], { badWordsIds: [[3, 400]] }))).to.match(/badWordsIds\[0\]\[1\] = 400 is outside \[0, vocab_size 96\)/);
+    expect(await failure(generate(model, [[2, 5]], { stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);
+    expect(await failure(generate(model, [[2, 5]], { stopStrings: [''], tokenizer: { decode: () => '' } }))).to.match(/stopStrings must be non-empty strings/);
+    expect(await failure(generate(model, [[2, 5]], { numBeams: 2, stopStrings: ['x'], tokenizer: { decode: () => '' } }))).to.match(/not supported with beam search/);
+    model.dispose();
+  });
+});

@@ -74,6 +74,10 @@ export interface GenerateCliOptions {
   system?: string;
   /** Beam search with this many beams (the text is printed when the search ends). */
   numBeams?: number;
+  /** transformers' no_repeat_ngram_size. */
+  noRepeatNgramSize?: number;
+  /** Stop strings (transformers' stop_strings): generation ends once the text ends with one. */
+  stop?: string[];
 }
 
 type GenerationConfigJson = Record<string, unknown>;
@@ -102,6 +106,11 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     doSample,
     repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
   };
+  if (o.noRepeatNgramSize !== undefined) options.noRepeatNgramSize = o.noRepeatNgramSize;
+  if (o.stop?.length) {
+    if (beams > 1) throw new Error('--stop cannot be combined with --num-beams (stop strings are not supported with beam search)');
+    options.stopStrings = o.stop;
+  }
   if (beams > 1) {
     options.numBeams = beams;
     options.lengthPenalty = num(fromFile.length_penalty);
@@ -157,6 +166,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     reader.close();
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(dir);
+  if (options.stopStrings) options.tokenizer = tokenizer;
   if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
   const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
   const promptIds = o.chat
@@ -281,6 +291,10 @@ export function registerGenerate(program: Command): void {
       integerArg('an integer'))
     .option('--num-beams <n>', 'beam search with n beams (not sampled; the text is printed when the search ends; length_penalty and early_stopping from generation_config.json)',
       integerArg('an integer ≥ 1', (n) => n >= 1))
+    .option('--no-repeat-ngram-size <n>', 'no n-gram of this size appears twice (default: generation_config.json, else off)',
+      integerArg('an integer ≥ 1', (n) => n >= 1))
+    .option('--stop <text>', 'stop once the text ends with this (repeatable; transformers\' stop_strings)',
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value])
     .option('--no-stream', 'print the text once generation ends instead of token by token')
     .option('--no-special-tokens', 'do not add BOS (or other special tokens) to the prompt')
     .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')
@@ -291,7 +305,9 @@ export function registerGenerate(program: Command): void {
     .addHelpText('after', `
 Decoding follows transformers: greedy unless sampling is asked for (--sample, or any of --temperature,
 --top-k, --top-p, --min-p) or generation_config.json sets do_sample; --greedy always wins over the file.
-Generation stops at the EOS id(s) of generation_config.json (else config.json) or after --max-new-tokens.
+Generation stops at the EOS id(s) of generation_config.json (else config.json), at a --stop string (printed), or after
+--max-new-tokens. generation_config.json's other settings (no_repeat_ngram_size, bad_words_ids, stop_strings, …) apply
+as in transformers.
 
 stdout gets the prompt and the generated text (with --chat, the reply only); stderr gets the progress bar and a closing line
   prompt: N tokens, X tok/s · generated: M tokens, Y tok/s · backend B

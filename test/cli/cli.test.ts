@@ -176,6 +176,25 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(bad.stderr).to.match(/--num-beams cannot be combined with --temperature/);
     });
 
+    it('--no-repeat-ngram-size and --stop: the text of generate() with noRepeatNgramSize and stopStrings, cut at the stop string', async () => {
+      const base = { maxNewTokens: 12, doSample: false, noRepeatNgramSize: 2 };
+      const free = await expectedText(PROMPT, base);
+      const promptText = tokenizer.decode(tokenizer.encode(PROMPT), { skipSpecialTokens: true });
+      const continuation = free.slice(promptText.length).trimEnd();
+      // A stop string from the middle of what the model writes, so that it bites.
+      const stop = continuation.slice(Math.floor(continuation.length / 2), Math.floor(continuation.length / 2) + 2);
+      expect(stop.trim().length, `continuation ${JSON.stringify(continuation)}`).to.be.greaterThan(0);
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '2', '--stop', stop,
+        '--stop', 'never-written', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.equal(await expectedText(PROMPT, { ...base, stopStrings: [stop, 'never-written'], tokenizer }));
+      expect(r.stdout.length).to.be.lessThan(free.length);
+      expect(r.stdout.slice(promptText.length)).to.include(stop);
+      const beams = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '2', '--stop', stop, '--backend', 'cpu');
+      expect(beams.code).to.equal(1);
+      expect(beams.stderr).to.match(/--stop cannot be combined with --num-beams/);
+    });
+
     it('the same command twice gives the same output; --no-stream prints the same text', () => {
       const args = ['generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '8', '--backend', 'cpu'];
       const a = cli(...args);

@@ -23,8 +23,9 @@ import { BENCH_CONFIGS, benchConfig } from './configs';
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const PY_DIR = path.join(REPO_ROOT, 'benchmarks');
 const DECODE_PROMPT_TOKENS = 8;
-/** Training steps timed on both sides; the last one counts (torch_bench.py runs as many). */
-const TRAIN_STEPS = 3;
+/** Training steps run on both sides; the median of the last TIMED_STEPS counts (torch_bench.py does the same). */
+const TRAIN_STEPS = 5;
+const TIMED_STEPS = 3;
 
 interface Args {
   config: string;
@@ -302,8 +303,8 @@ async function runWorker(a: Args): Promise<void> {
         times.push(now() - start);
       }
       const tokens = inputs.train.length * inputs.train[0].length;
-      const last = times[times.length - 1];
-      result[key] = { tokens, seconds: last, warmup_seconds: times[0], tokens_per_s: tokens / last, loss };
+      const counted = times.slice(-TIMED_STEPS).sort((x, y) => x - y)[Math.floor(TIMED_STEPS / 2)];
+      result[key] = { tokens, seconds: counted, warmup_seconds: times[0], tokens_per_s: tokens / counted, loss };
     } catch (e) {
       result.errors[key] = message(e);
     } finally {
@@ -483,7 +484,7 @@ function markdown(report: Report): string {
   lines.push('- prefill GFLOP/s = (2 × body params × tokens + 2 × vocab × hidden) / time; attention scores not counted. "of GEMM": that over the numpy GEMM rate.');
   lines.push('- decode tok/s = (new tokens − 1) × batch / time from the first new token to the last (the prefill excluded). ' +
     '"of BW" = decode steps/s × float32 bytes of body + output projection / memory read bandwidth (above 100 % means caches helped).');
-  lines.push(`- train tok/s: the last of ${TRAIN_STEPS} steps (the first allocates the AdamW moments; on the tensorflow backend the second still runs ~1.5× slower while oneDNN warms up). LoRA: the same step over PEFT-style adapters ` +
+  lines.push(`- train tok/s: the median of the last ${TIMED_STEPS} of ${TRAIN_STEPS} steps (the first allocates the AdamW moments; on the tensorflow backend the second still runs ~1.5× slower while oneDNN warms up; single steps swing by ±30 % on a busy machine). LoRA: the same step over PEFT-style adapters ` +
     '(r 16, alpha 32, every projection; the base frozen; torch: peft). Peak RSS: Linux VmHWM of the process that ran the backend (each in its own process).');
   for (const r of report.results) {
     const errs = Object.entries(r.errors ?? {});

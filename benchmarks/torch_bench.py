@@ -33,12 +33,13 @@ def reset_hwm():
         pass
 
 
-TRAIN_STEPS = 3
+TRAIN_STEPS = 5
+TIMED_STEPS = 3
 
 
 def time_training(model, ids):
-    """TRAIN_STEPS steps (loss, backward, AdamW over the trainable parameters); the last one counts, as run.ts times ours
-    (the first allocates the optimizer state)."""
+    """TRAIN_STEPS steps (loss, backward, AdamW over the trainable parameters); the median of the last TIMED_STEPS counts,
+    as run.ts times ours (the first allocates the optimizer state)."""
     import torch  # imported in main() too: torch loads only once the arguments are read
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
@@ -50,7 +51,8 @@ def time_training(model, ids):
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    return {"tokens": ids.numel(), "seconds": times[-1], "warmup_seconds": times[0], "tokens_per_s": ids.numel() / times[-1], "loss": float(loss.detach())}
+    counted = sorted(times[-TIMED_STEPS:])[TIMED_STEPS // 2]
+    return {"tokens": ids.numel(), "seconds": counted, "warmup_seconds": times[0], "tokens_per_s": ids.numel() / counted, "loss": float(loss.detach())}
 
 
 def main():

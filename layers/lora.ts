@@ -20,11 +20,15 @@ export class LoraAdapter {
     this.b = tf.variable(tf.zeros([outFeatures, r]), true);
   }
 
-  /** scaling · (dropout(x)·Aᵀ)·Bᵀ for x [..., in]; dropout only while a gradient tape records (training). */
+  /**
+   * scaling · (dropout(x)·Aᵀ)·Bᵀ for x [..., in]; dropout only while a gradient tape records (training). The scaling
+   * multiplies the r-wide intermediate rather than the out-wide result (PEFT's order): the same product, out/r times
+   * fewer multiplications each way.
+   */
   delta(x: tf.Tensor): tf.Tensor {
     return tf.tidy(() => {
       const dropped = this.dropout > 0 && recordingGradients() ? tf.dropout(x, this.dropout) : x;
-      return tf.mul(linear(linear(dropped, this.a), this.b), this.scaling);
+      return linear(tf.mul(linear(dropped, this.a), this.scaling), this.b);
     });
   }
 

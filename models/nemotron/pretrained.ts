@@ -210,10 +210,14 @@ export abstract class NemotronPreTrainedModel {
     const architecture = (this.constructor as unknown as { architecture: string }).architecture;
     const config = this.config.with({ architectures: [architecture] });
     config.save(dir);
-    const generation: Record<string, unknown> = { _from_model_config: true, transformers_version: '4.48.0' };
-    if (config.bosTokenId !== null) generation.bos_token_id = config.bosTokenId;
-    if (config.eosTokenId !== null) generation.eos_token_id = config.eosTokenId;
-    if (config.padTokenId !== null) generation.pad_token_id = config.padTokenId;
+    // The generation settings loaded with the model go back out (an instruct model's sampling defaults survive
+    // fine-tuning and merging, as with transformers' save_pretrained); the config's token ids fill what they lack.
+    const generation: Record<string, unknown> = this.generationConfig
+      ? { ...this.generationConfig }
+      : { _from_model_config: true, transformers_version: '4.48.0' };
+    if (config.bosTokenId !== null) generation.bos_token_id ??= config.bosTokenId;
+    if (config.eosTokenId !== null) generation.eos_token_id ??= config.eosTokenId;
+    if (config.padTokenId !== null) generation.pad_token_id ??= config.padTokenId;
     fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
     const tensors = [];
     const blocked = groupBlocks(this.namedParameters());

@@ -54,6 +54,23 @@ describe('checkpoints: loading across classes, saving, bad input', () => {
     }
   });
 
+  it('savePretrained writes back the generation_config.json it loaded (sampling defaults survive), token ids filled in', async () => {
+    const src = copyFixture('tiny-gqa', 'causal-lm');
+    const file = path.join(src, 'generation_config.json');
+    const settings = { ...JSON.parse(fs.readFileSync(file, 'utf8')), do_sample: true, temperature: 0.6, top_p: 0.95 };
+    delete settings.pad_token_id;
+    fs.writeFileSync(file, JSON.stringify(settings));
+    const model = await NemotronForCausalLM.fromPretrained(src);
+    const out = tmpDir('saved-generation');
+    await model.savePretrained(out);
+    const saved = JSON.parse(fs.readFileSync(path.join(out, 'generation_config.json'), 'utf8'));
+    expect(saved).to.deep.include({ do_sample: true, temperature: 0.6, top_p: 0.95, eos_token_id: 3, pad_token_id: 0 });
+    const again = await NemotronForCausalLM.fromPretrained(out);
+    expect(again.generationConfig).to.deep.equal(saved);
+    model.dispose();
+    again.dispose();
+  });
+
   it('NemotronModel loads from a causal-LM checkpoint (lm_head ignored)', async () => {
     const model = await NemotronModel.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
     expect([...model.namedParameters().keys()][0]).to.equal('embed_tokens.weight');

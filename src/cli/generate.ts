@@ -98,12 +98,19 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     throw new Error(`--greedy cannot be combined with ${given.join(', ')} (those only apply when sampling)`);
   }
   const fromFile = gc ?? {};
-  const beams = o.numBeams ?? 1;
+  // The file's num_beams applies unless a flag chooses greedy decoding or sampling (transformers' num_beams).
+  const fileBeams = num(fromFile.num_beams) ?? 1;
+  const beams = o.numBeams ?? (o.greedy || o.sample || given.length ? 1 : fileBeams);
   if (beams > 1 && (o.sample || given.length)) throw new Error(`--num-beams cannot be combined with ${o.sample ? '--sample' : given.join(', ')} (beam search is not sampled)`);
+  if (o.numBeams === undefined && beams > 1 && fromFile.do_sample === true) {
+    throw new Error(`generation_config.json asks for beam sampling (num_beams ${beams} with do_sample), which is not supported: ` +
+      'pass --greedy, --sample or --num-beams');
+  }
   const doSample = o.greedy || beams > 1 ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
   const options: GenerateOptions = {
     maxNewTokens: o.maxNewTokens,
     doSample,
+    numBeams: beams,
     repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
   };
   if (o.noRepeatNgramSize !== undefined) options.noRepeatNgramSize = o.noRepeatNgramSize;
@@ -112,7 +119,6 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     options.stopStrings = o.stop;
   }
   if (beams > 1) {
-    options.numBeams = beams;
     options.lengthPenalty = num(fromFile.length_penalty);
     const early = fromFile.early_stopping;
     if (early === true || early === false || early === 'never') options.earlyStopping = early;
@@ -234,7 +240,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     let first = start;
     let last = start;
     let generated = 0;
-    if (options.numBeams) {
+    if ((options.numBeams ?? 1) > 1) {
       // Beam search: a beam's tokens can change until it ends, so the text comes at the end.
       const out = await generate(model, [promptIds], options);
       last = first = performance.now();
@@ -254,7 +260,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     else process.stdout.write(text + '\n');
 
     // The first new token comes out of the prompt pass; the generation rate counts the others over their time.
-    if (options.numBeams) {
+    if ((options.numBeams ?? 1) > 1) {
       process.stderr.write(`prompt: ${plural(promptIds.length, 'token')} · beam search (${options.numBeams} beams): ` +
         `${plural(generated, 'token')} in ${((last - start) / 1000).toFixed(2)} s · backend ${currentBackend() ?? backend}\n`);
     } else {

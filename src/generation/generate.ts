@@ -218,7 +218,10 @@ export function endsWithStopString(generated: number[], stopStrings: readonly st
  */
 export async function* generateStream(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
   const options = resolveGenerateOptions(model, callOptions);
-  if ((options.numBeams ?? 1) > 1) throw new Error('generateStream: beam search does not stream (a beam\'s tokens can change until it ends); use generate()');
+  if ((options.numBeams ?? 1) > 1) {
+    const fromFile = callOptions.numBeams === undefined ? ` (generation_config.json sets num_beams ${options.numBeams}; numBeams: 1 streams)` : '';
+    throw new Error(`generateStream: beam search does not stream (a beam's tokens can change until it ends); use generate()${fromFile}`);
+  }
   if ((options.numReturnSequences ?? 1) !== 1) throw new Error('generateStream: numReturnSequences is for generate(); repeat the prompt rows to stream several samples');
   const { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings } = resolve(model, inputIds, options);
   const batch = rows.length;

@@ -195,6 +195,25 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(beams.stderr).to.match(/--stop cannot be combined with --num-beams/);
     });
 
+    it('generation_config.json\'s num_beams makes it beam search; --greedy streams; beam sampling in the file is refused', async () => {
+      const beamDir = path.join(tmp, 'beams');
+      copyCheckpoint(model, beamDir);
+      const file = path.join(beamDir, 'generation_config.json');
+      const settings = JSON.parse(fs.readFileSync(file, 'utf8'));
+      fs.writeFileSync(file, JSON.stringify({ ...settings, num_beams: 3 }));
+      const r = cli('generate', '--model', beamDir, '--prompt', PROMPT, '-n', '6', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stderr).to.match(/beam search \(3 beams\)/);
+      expect(r.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, numBeams: 3 }));
+      const greedy = cli('generate', '--model', beamDir, '--prompt', PROMPT, '-n', '6', '--greedy', '--backend', 'cpu');
+      expect(greedy.code, greedy.stderr).to.equal(0);
+      expect(greedy.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, doSample: false, numBeams: 1 }));
+      fs.writeFileSync(file, JSON.stringify({ ...settings, num_beams: 3, do_sample: true }));
+      const sampled = cli('generate', '--model', beamDir, '--prompt', PROMPT, '-n', '6', '--backend', 'cpu');
+      expect(sampled.code).to.equal(1);
+      expect(sampled.stderr).to.match(/asks for beam sampling \(num_beams 3 with do_sample\), which is not supported/);
+    });
+
     it('the same command twice gives the same output; --no-stream prints the same text', () => {
       const args = ['generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '8', '--backend', 'cpu'];
       const a = cli(...args);

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  NemotronForCausalLM, NemotronTokenizer, applyBadWords, applyNoRepeatNgram, endsWithStopString, generate, resolveGenerateOptions,
+  NemotronForCausalLM, NemotronTokenizer, applyBadWords, applyNoRepeatNgram, endsWithStopString, generate, generateStream, resolveGenerateOptions,
 } from '../../src/index';
 import { CONFIGS, FIXTURES, fixtureDir, forEachBackend, testBackends } from '../helpers';
 
@@ -101,6 +101,17 @@ describe('logits processors and generation settings', () => {
     model.generationConfig = { no_repeat_ngram_size: 2, max_new_tokens: 12, eos_token_id: null };
     const out = await generate(model, ref.prompt, { attentionMask: ref.attention_mask, padTokenId: 0, eosTokenId: null });
     expect(out.sequences).to.deep.equal(ngram.sequences);
+    model.dispose();
+  });
+
+  it('a file that sets num_beams makes generate() search beams, and generateStream say why it cannot stream', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const prompt = [[2, 5, 7]];
+    const searched = await generate(model, prompt, { maxNewTokens: 4, eosTokenId: null, numBeams: 2 });
+    model.generationConfig = { num_beams: 2 };
+    expect((await generate(model, prompt, { maxNewTokens: 4, eosTokenId: null })).sequences).to.deep.equal(searched.sequences);
+    const failure = await generateStream(model, prompt, { maxNewTokens: 4 }).next().then(() => 'ran', (e: Error) => e.message);
+    expect(failure).to.match(/generation_config.json sets num_beams 2; numBeams: 1 streams/);
     model.dispose();
   });
 

@@ -17,6 +17,12 @@ export interface GenerateOptions {
   topK?: number;
   topP?: number;
   minP?: number;
+  /** Locally typical sampling: transformers' typical_p, in (0, 1]. */
+  typicalP?: number;
+  /** transformers' epsilon_cutoff, in [0, 1). */
+  epsilonCutoff?: number;
+  /** transformers' eta_cutoff, in [0, 1). */
+  etaCutoff?: number;
   repetitionPenalty?: number;
   /** No n-gram of this size appears twice in a row, prompt included (transformers' no_repeat_ngram_size). */
   noRepeatNgramSize?: number;
@@ -83,7 +89,8 @@ interface Resolved {
 /** generation_config.json's keys that generate() takes as defaults, with their option names. */
 const GENERATION_CONFIG_KEYS: Array<[string, keyof GenerateOptions]> = [
   ['max_new_tokens', 'maxNewTokens'], ['max_length', 'maxLength'], ['min_new_tokens', 'minNewTokens'], ['do_sample', 'doSample'],
-  ['temperature', 'temperature'], ['top_k', 'topK'], ['top_p', 'topP'], ['min_p', 'minP'], ['repetition_penalty', 'repetitionPenalty'],
+  ['temperature', 'temperature'], ['top_k', 'topK'], ['top_p', 'topP'], ['min_p', 'minP'], ['typical_p', 'typicalP'], ['epsilon_cutoff', 'epsilonCutoff'],
+  ['eta_cutoff', 'etaCutoff'], ['repetition_penalty', 'repetitionPenalty'],
   ['no_repeat_ngram_size', 'noRepeatNgramSize'], ['bad_words_ids', 'badWordsIds'], ['stop_strings', 'stopStrings'],
   ['num_beams', 'numBeams'], ['length_penalty', 'lengthPenalty'], ['early_stopping', 'earlyStopping'],
   ['num_return_sequences', 'numReturnSequences'],
@@ -142,6 +149,10 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   check(o.topP === undefined || (o.topP > 0 && o.topP <= 1), `generate: topP must be in (0, 1], got ${o.topP}`);
   check(o.topK === undefined || (Number.isInteger(o.topK) && o.topK >= 0), `generate: topK must be a non-negative integer, got ${o.topK}`);
   check(o.minP === undefined || (o.minP >= 0 && o.minP <= 1), `generate: minP must be in [0, 1], got ${o.minP}`);
+  check(o.typicalP === undefined || (o.typicalP > 0 && o.typicalP <= 1), `generate: typicalP must be in (0, 1], got ${o.typicalP}`);
+  for (const [name, v] of [['epsilonCutoff', o.epsilonCutoff], ['etaCutoff', o.etaCutoff]] as Array<[string, number | undefined]>) {
+    check(v === undefined || (v >= 0 && v < 1), `generate: ${name} must be in [0, 1), got ${v}`);
+  }
   check(o.repetitionPenalty === undefined || o.repetitionPenalty > 0, `generate: repetitionPenalty must be > 0, got ${o.repetitionPenalty}`);
   check(o.noRepeatNgramSize === undefined || (Number.isInteger(o.noRepeatNgramSize) && o.noRepeatNgramSize >= 0),
     `generate: noRepeatNgramSize must be a non-negative integer, got ${o.noRepeatNgramSize}`);

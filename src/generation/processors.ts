@@ -1,7 +1,7 @@
 /**
  * Logits processors on one row of scores (a Float32Array over the vocabulary), in the order transformers
  * applies them: repetition penalty, no-repeat n-grams, bad words, minimum length, then the sampling warpers
- * temperature, top-k, top-p, min-p. Filtered entries become -Infinity.
+ * temperature, top-k, top-p, min-p, typical-p, epsilon and eta cutoffs. Filtered entries become -Infinity.
  */
 
 export interface ProcessorOptions {
@@ -9,6 +9,12 @@ export interface ProcessorOptions {
   topK?: number;
   topP?: number;
   minP?: number;
+  /** Locally typical sampling (transformers' typical_p): the tokens closest to the expected surprise, up to this mass. */
+  typicalP?: number;
+  /** Truncation sampling (transformers' epsilon_cutoff): drop tokens below this probability. */
+  epsilonCutoff?: number;
+  /** transformers' eta_cutoff: drop tokens below min(eta, √eta·exp(−entropy)). */
+  etaCutoff?: number;
   repetitionPenalty?: number;
   /** transformers' no_repeat_ngram_size: no n-gram of this size occurs twice in a row (prompt and pads included). */
   noRepeatNgramSize?: number;
@@ -67,6 +73,44 @@ export function applyMinP(scores: Float32Array, minP: number): void {
   for (let i = 0; i < p.length; i++) if (p[i] < minP * top) scores[i] = -Infinity;
 }
 
+/** Drops tokens below `threshold`; the most likely (all of them on a tie) stay, as min_tokens_to_keep 1 keeps them. */
+function removeBelow(scores: Float32Array, p: Float64Array, threshold: number): void {
+  const top = scores[argmax(scores)];
+  for (let i = 0; i < p.length; i++) if (p[i] < threshold && scores[i] < top) scores[i] = -Infinity;
+}
+
+/** transformers' EpsilonLogitsWarper: tokens with probability below epsilon go. */
+export function applyEpsilonCutoff(scores: Float32Array, epsilon: number): void {
+  removeBelow(scores, softmax(scores), epsilon);
+}
+
+/** transformers' EtaLogitsWarper: tokens below min(eta, √eta · exp(−entropy)) go. */
+export function applyEtaCutoff(scores: Float32Array, eta: number): void {
+  const p = softmax(scores);
+  let entropy = 0;
+  for (const v of p) if (v > 0) entropy -= v * Math.log(v);
+  removeBelow(scores, p, Math.min(eta, Math.sqrt(eta) * Math.exp(-entropy)));
+}
+
+/**
+ * transformers' TypicalLogitsWarper (Meister et al. 2022): tokens ordered by how far their surprise −log p lies from the
+ * entropy; the closest are kept until their probability reaches `mass` (the one that crosses it included).
+ */
+export function applyTypicalP(scores: Float32Array, mass: number): void {
+  if (mass >= 1) return;
+  const p = softmax(scores);
+  let entropy = 0;
+  for (const v of p) if (v > 0) entropy -= v * Math.log(v);
+  const distance = Float64Array.from(p, (v) => Math.abs(-Math.log(v) - entropy));
+  const order = Array.from(p.keys()).sort((a, b) => distance[a] - distance[b]);
+  // Tokens before the one at which the cumulative probability reaches `mass`, then every token as close as it.
+  let cumulative = 0;
+  let last = 0;
+  while (last < order.length - 1 && (cumulative += p[order[last]]) < mass) last++;
+  const limit = distance[order[last]];
+  for (let i = 0; i < p.length; i++) if (distance[i] > limit && i !== order[0]) scores[i] = -Infinity;
+}
+
 /**
  * Forbids every token that would complete an n-gram already in `sequence`: those that followed an earlier occurrence
  * of its last n − 1 tokens (transformers' NoRepeatNGramLogitsProcessor).
@@ -111,6 +155,9 @@ export function processScores(scores: Float32Array, sequence: number[], options:
   if (options.topK !== undefined) applyTopK(scores, options.topK);
   if (options.topP !== undefined) applyTopP(scores, options.topP);
   if (options.minP !== undefined) applyMinP(scores, options.minP);
+  if (options.typicalP !== undefined) applyTypicalP(scores, options.typicalP);
+  if (options.epsilonCutoff !== undefined && options.epsilonCutoff > 0) applyEpsilonCutoff(scores, options.epsilonCutoff);
+  if (options.etaCutoff !== undefined && options.etaCutoff > 0) applyEtaCutoff(scores, options.etaCutoff);
 }
 
 /** Index of the largest score (the first on ties, as torch.argmax). */

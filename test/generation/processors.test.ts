@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  NemotronForCausalLM, NemotronTokenizer, applyBadWords, applyNoRepeatNgram, endsWithStopString, generate, generateStream, resolveGenerateOptions,
+  NemotronForCausalLM, NemotronTokenizer, applyBadWords, applyNoRepeatNgram, processScores, endsWithStopString, generate, generateStream, resolveGenerateOptions,
 } from '../../src/index';
 import { CONFIGS, FIXTURES, fixtureDir, forEachBackend, testBackends } from '../helpers';
 
@@ -53,6 +53,25 @@ forEachBackend(testBackends(), () => {
 
 describe('logits processors and generation settings', () => {
   before(() => tf.setBackend('cpu'));
+
+  it('the sampling warpers equal transformers\' on fixed logits: temperature, top-k/p, min-p, typical-p, epsilon, eta, combined', () => {
+    const ref = JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../warpers/warpers.json'), 'utf8')) as {
+      logits: number[][];
+      cases: Array<{ setting: Record<string, number>; rows: Array<{ removed: number[]; values: Array<number | null> }> }>;
+    };
+    for (const { setting, rows } of ref.cases) {
+      rows.forEach(({ removed, values }, r) => {
+        const scores = Float32Array.from(ref.logits[r]);
+        processScores(scores, [], {
+          doSample: true, temperature: setting.temperature, topK: setting.top_k ?? 0, topP: setting.top_p, minP: setting.min_p,
+          typicalP: setting.typical_p, epsilonCutoff: setting.epsilon_cutoff, etaCutoff: setting.eta_cutoff,
+        });
+        const what = `${JSON.stringify(setting)}, row ${r}`;
+        expect([...scores.keys()].filter((i) => scores[i] === -Infinity), what).to.deep.equal(removed);
+        values.forEach((v, i) => { if (v !== null) expect(scores[i], `${what}, token ${i}`).to.be.closeTo(v, 1e-5); });
+      });
+    }
+  });
 
   it('no-repeat n-grams forbid what followed the current prefix before; nothing while the row is too short', () => {
     const scores = () => new Float32Array(6);
@@ -132,6 +151,8 @@ describe('logits processors and generation settings', () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
     const failure = (p: Promise<unknown>) => p.then(() => 'ran', (e: Error) => e.message);
     expect(await failure(generate(model, [[2, 5]], { noRepeatNgramSize: 1.5 }))).to.match(/noRepeatNgramSize must be a non-negative integer, got 1.5/);
+    expect(await failure(generate(model, [[2, 5]], { doSample: true, typicalP: 0 }))).to.match(/typicalP must be in \(0, 1\], got 0/);
+    expect(await failure(generate(model, [[2, 5]], { doSample: true, etaCutoff: 1 }))).to.match(/etaCutoff must be in \[0, 1\), got 1/);
     expect(await failure(generate(model, [[2, 5]], { badWordsIds: [[]] }))).to.match(/badWordsIds must be a list of non-empty token-id lists/);
     expect(await failure(generate(model, [[2, 5]], { badWordsIds: [[3, 400]] }))).to.match(/badWordsIds\[0\]\[1\] = 400 is outside \[0, vocab_size 96\)/);
     expect(await failure(generate(model, [[2, 5]], { stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);

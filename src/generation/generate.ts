@@ -4,6 +4,7 @@ import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
+import { promptLookupDecode } from './prompt-lookup';
 import { argmax, processScores, sample } from './processors';
 
 export interface GenerateOptions {
@@ -54,6 +55,13 @@ export interface GenerateOptions {
   earlyStopping?: boolean | 'never';
   /** Sequences returned per prompt: beam search's best hypotheses (≤ numBeams), or independent samples. Default 1. */
   numReturnSequences?: number;
+  /**
+   * Prompt lookup decoding (transformers' prompt_lookup_num_tokens): up to this many tokens that followed an earlier
+   * occurrence of the row's last n-gram are checked in one forward pass. Greedy, one row; the output is unchanged.
+   */
+  promptLookupNumTokens?: number;
+  /** The longest n-gram prompt lookup matches (transformers' max_matching_ngram_size). Default 2. */
+  maxMatchingNgramSize?: number;
 }
 
 export interface GenerateOutput {
@@ -93,7 +101,8 @@ const GENERATION_CONFIG_KEYS: Array<[string, keyof GenerateOptions]> = [
   ['eta_cutoff', 'etaCutoff'], ['repetition_penalty', 'repetitionPenalty'],
   ['no_repeat_ngram_size', 'noRepeatNgramSize'], ['bad_words_ids', 'badWordsIds'], ['stop_strings', 'stopStrings'],
   ['num_beams', 'numBeams'], ['length_penalty', 'lengthPenalty'], ['early_stopping', 'earlyStopping'],
-  ['num_return_sequences', 'numReturnSequences'],
+  ['num_return_sequences', 'numReturnSequences'], ['prompt_lookup_num_tokens', 'promptLookupNumTokens'],
+  ['max_matching_ngram_size', 'maxMatchingNgramSize'],
 ];
 
 /**
@@ -316,6 +325,7 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });
   }
+  if (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0) return promptLookup(model, inputIds, options);
   if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
     throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
   }
@@ -333,4 +343,28 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
     if (step.scores) scores.push(step.scores);
   }
   return options.outputScores ? { sequences, scores } : { sequences };
+}
+
+/** generate() with promptLookupNumTokens: checks what only this path supports, then runs it. */
+async function promptLookup(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions): Promise<GenerateOutput> {
+  const n = options.promptLookupNumTokens!;
+  const maxNgram = options.maxMatchingNgramSize ?? 2;
+  check(Number.isInteger(n) && n > 0, `generate: promptLookupNumTokens must be a positive integer, got ${n}`);
+  check(Number.isInteger(maxNgram) && maxNgram > 0, `generate: maxMatchingNgramSize must be a positive integer, got ${maxNgram}`);
+  const unsupported: Array<[string, boolean]> = [
+    ['doSample', options.doSample === true], ['numBeams > 1', (options.numBeams ?? 1) > 1], ['outputScores', options.outputScores === true],
+    ['numReturnSequences > 1', (options.numReturnSequences ?? 1) > 1], ['useCache: false', options.useCache === false],
+  ];
+  const refused = unsupported.filter(([, on]) => on).map(([name]) => name);
+  check(refused.length === 0, `generate: prompt lookup decoding is greedy only; not with ${refused.join(', ')}`);
+  const { rows, mask, maxNew, minNew, eos, badWordsIds, stopStrings } = resolve(model, inputIds, options);
+  check(rows.length === 1, `generate: prompt lookup decoding takes one row (as transformers), got ${rows.length}`);
+  check(mask[0].every((m) => m === 1), 'generate: prompt lookup decoding takes an unpadded row (attentionMask all 1)');
+  const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
+  const sequence = await promptLookupDecode(model, rows[0], {
+    numTokens: n, maxNgram, maxNew, minNew, eos, onToken: options.onToken,
+    processors: { repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds },
+    stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined,
+  });
+  return { sequences: [sequence] };
 }

@@ -206,8 +206,9 @@ export function stopStringDecoder(tokenizer: StopStringTokenizer): (ids: number[
 }
 
 /**
- * Whether the text of `generated` (a row, prompt included) ends in a stop string, one that the last token completes: the string ends inside
- * the last token's text or runs into it (transformers' StopStringCriteria; "st" + "opped" completes "stop").
+ * Whether the text of `generated` (a row, prompt included) ends in a stop string that its last token completes: the
+ * string ends inside the last token's text or runs into it (transformers' StopStringCriteria; "st" + "opped" completes
+ * "stop").
  */
 export function endsWithStopString(generated: number[], stopStrings: readonly string[], decode: (ids: number[]) => string): boolean {
   if (generated.length === 0 || stopStrings.length === 0) return false;

@@ -18,6 +18,9 @@ SETTINGS = [
     dict(epsilon_cutoff=0.02), dict(eta_cutoff=0.01), dict(eta_cutoff=0.2),
     dict(temperature=0.8, top_k=20, top_p=0.9, typical_p=0.95),
     dict(temperature=1.3, top_k=0, min_p=0.05, epsilon_cutoff=0.005, eta_cutoff=0.003),
+    # Beam sampling keeps at least 2 tokens (min_tokens_to_keep = 1 + EOS ids, 2 without any).
+    dict(num_beams=2, top_k=1), dict(num_beams=2, top_p=0.2), dict(num_beams=2, min_p=0.95), dict(num_beams=2, typical_p=0.05),
+    dict(num_beams=2, epsilon_cutoff=0.5), dict(num_beams=2, eta_cutoff=0.5),
 ]
 
 torch.manual_seed(0)
@@ -29,6 +32,7 @@ model = NemotronForCausalLM(NemotronConfig(vocab_size=vocab, hidden_size=16, int
 cases = []
 for setting in SETTINGS:
     config = GenerationConfig(do_sample=True, **{"top_k": 0, **setting})
+    config._eos_token_tensor = None  # what generate() sets from eos_token_id; none here
     processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=1, encoder_input_ids=None,
                                              prefix_allowed_tokens_fn=None, logits_processor=None, device="cpu")
     out = processors(torch.zeros(logits.shape[0], 1, dtype=torch.long), logits.clone())
@@ -36,6 +40,7 @@ for setting in SETTINGS:
     for row in out:
         removed = torch.isinf(row).nonzero().flatten().tolist()
         rows.append({"removed": removed, "values": [None if torch.isinf(v) else float(v) for v in row]})
-    cases.append({"setting": setting, "processors": [type(p).__name__ for p in processors], "rows": rows})
+    keep = 2 if setting.get("num_beams", 1) > 1 else 1
+    cases.append({"setting": setting, "min_tokens_to_keep": keep, "processors": [type(p).__name__ for p in processors], "rows": rows})
     print(setting, [len(r["removed"]) for r in rows])
 json.dump({"logits": logits.tolist(), "cases": cases}, open(OUT, "w"), indent=1)

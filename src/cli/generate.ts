@@ -98,15 +98,10 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     throw new Error(`--greedy cannot be combined with ${given.join(', ')} (those only apply when sampling)`);
   }
   const fromFile = gc ?? {};
-  // The file's num_beams applies unless a flag chooses greedy decoding or sampling (transformers' num_beams).
-  const fileBeams = num(fromFile.num_beams) ?? 1;
-  const beams = o.numBeams ?? (o.greedy || o.sample || given.length ? 1 : fileBeams);
-  if (beams > 1 && (o.sample || given.length)) throw new Error(`--num-beams cannot be combined with ${o.sample ? '--sample' : given.join(', ')} (beam search is not sampled)`);
-  if (o.numBeams === undefined && beams > 1 && fromFile.do_sample === true) {
-    throw new Error(`generation_config.json asks for beam sampling (num_beams ${beams} with do_sample), which is not supported: ` +
-      'pass --greedy, --sample or --num-beams');
-  }
-  const doSample = o.greedy || beams > 1 ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
+  // The file's num_beams applies unless --greedy or --num-beams says otherwise (transformers' num_beams).
+  const beams = o.numBeams ?? (o.greedy ? 1 : num(fromFile.num_beams) ?? 1);
+  // With several beams, sampling makes it beam sampling (transformers' do_sample with num_beams).
+  const doSample = o.greedy ? false : o.sample || given.length > 0 ? true : fromFile.do_sample === true;
   const options: GenerateOptions = {
     maxNewTokens: o.maxNewTokens,
     doSample,
@@ -295,7 +290,7 @@ export function registerGenerate(program: Command): void {
       numberArg('a number > 0', (n) => n > 0))
     .option('-s, --seed <s>', 'seed of the sampler: the same seed gives the same text on the same backend (default: random)',
       integerArg('an integer'))
-    .option('--num-beams <n>', 'beam search with n beams (not sampled; the text is printed when the search ends; length_penalty and early_stopping from generation_config.json)',
+    .option('--num-beams <n>', 'beam search with n beams (sampled beams with --sample or a sampling option; the text is printed when the search ends; default: generation_config.json, else 1)',
       integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--no-repeat-ngram-size <n>', 'no n-gram of this size appears twice (default: generation_config.json, else off)',
       integerArg('an integer ≥ 1', (n) => n >= 1))

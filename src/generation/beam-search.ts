@@ -3,9 +3,9 @@ import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike } from '../tensors';
 import { positionsFromMask } from '../tensors';
-import { processScores } from './processors';
+import { ProcessorOptions, processScores } from './processors';
 
-/** Beam search settings (transformers' generate with num_beams > 1, do_sample false). */
+/** Beam search settings (transformers' generate with num_beams > 1). */
 export interface BeamSearchSettings {
   numBeams: number;
   /** Finished hypotheses are scored sum(log p) / generatedLength ** lengthPenalty. Default 1. */
@@ -26,6 +26,8 @@ export interface BeamSearchInputs {
   repetitionPenalty?: number;
   noRepeatNgramSize?: number;
   badWordsIds?: number[][];
+  /** Beam sampling (transformers' do_sample with num_beams): the warpers, and uniform numbers in [0, 1). */
+  sampling?: { warpers: ProcessorOptions; random: () => number };
 }
 
 export interface BeamSearchOutput {
@@ -50,6 +52,36 @@ function topK(values: ArrayLike<number>, k: number): number[] {
   const order = Array.from({ length: values.length }, (_, i) => i);
   order.sort((a, b) => values[b] - values[a] || a - b);
   return order.slice(0, k);
+}
+
+/**
+ * k indices drawn without replacement from softmax(values), in the order drawn (torch.multinomial). Where fewer than
+ * k have any probability left, the best of the rest complete the draw (torch would refuse the distribution).
+ */
+function sampleWithoutReplacement(values: Float64Array, k: number, random: () => number): number[] {
+  let max = -Infinity;
+  for (const v of values) if (v > max) max = v;
+  const weights = Float64Array.from(values, (v) => Math.exp(v - max));
+  const drawn: number[] = [];
+  while (drawn.length < k) {
+    let total = 0;
+    for (const w of weights) total += w;
+    if (!(total > 0)) break;
+    let u = random() * total;
+    let pick = -1;
+    for (let i = 0; i < weights.length; i++) {
+      if (weights[i] <= 0) continue;
+      pick = i;
+      if ((u -= weights[i]) < 0) break;
+    }
+    drawn.push(pick);
+    weights[pick] = 0;
+  }
+  if (drawn.length < k) {
+    const taken = new Set(drawn);
+    drawn.push(...topK(values, k + drawn.length).filter((i) => !taken.has(i)).slice(0, k - drawn.length));
+  }
+  return drawn;
 }
 
 
@@ -111,10 +143,13 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
           processScores(row, flat[b * numBeams + k], {
             repetitionPenalty: inputs.repetitionPenalty, noRepeatNgramSize: inputs.noRepeatNgramSize, badWordsIds: inputs.badWordsIds,
             suppressTokens: step < minNew ? eos : [],
+            // Beam sampling: the warpers too, keeping at least as many tokens a beam as the search keeps per beam.
+            ...(inputs.sampling ? { ...inputs.sampling.warpers, doSample: true, minTokensToKeep: Math.max(2, 1 + eos.length) } : {}),
           });
           for (let v = 0; v < vocab; v++) accumulated[k * vocab + v] = row[v] + h.score;
         });
-        const candidates = topK(accumulated, keep).map((i) => {
+        const picked = inputs.sampling ? sampleWithoutReplacement(accumulated, keep, inputs.sampling.random) : topK(accumulated, keep);
+        const candidates = picked.map((i) => {
           const token = i % vocab;
           const beam = Math.floor(i / vocab);
           return { beam, tokens: [...running[b][beam].tokens, token], score: accumulated[i], ends: eos.includes(token) || curLength + 1 >= maxLength };

@@ -47,7 +47,7 @@ export interface GenerateOptions {
   useCache?: boolean;
   /** Called with the new token of every row as soon as the step has chosen them. */
   onToken?: (tokens: number[], step: number) => void;
-  /** Beam search with this many beams (> 1; generate() only, not streamed, not sampled). */
+  /** Beam search with this many beams (> 1; generate() only, not streamed); with doSample, beam sampling. */
   numBeams?: number;
   /** Beam search: finished hypotheses scored sum(log p) / generated length ** lengthPenalty. Default 1. */
   lengthPenalty?: number;
@@ -315,13 +315,18 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
 export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): Promise<GenerateOutput> {
   const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
-    if (options.doSample) throw new Error('generate: beam sampling (numBeams > 1 with doSample) is not supported; use numBeams: 1 to sample');
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
     if (options.stopStrings !== undefined) throw new Error('generate: stopStrings is not supported with beam search');
     const { rows, mask, maxNew, minNew, eos, pad, badWordsIds } = resolve(model, inputIds, options);
+    const sampling = options.doSample ? {
+      warpers: { temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP, typicalP: options.typicalP,
+        epsilonCutoff: options.epsilonCutoff, etaCutoff: options.etaCutoff },
+      random: seedrandom(String(options.seed ?? Date.now())),
+    } : undefined;
     return beamSearch(model, {
       rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds,
+      sampling,
     }, {
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });

@@ -23,6 +23,8 @@ export interface ProcessorOptions {
   /** EOS ids to forbid while fewer than minNewTokens were generated. */
   suppressTokens?: number[];
   doSample?: boolean;
+  /** What the warpers always keep (transformers' min_tokens_to_keep: 1; beam sampling 1 + the number of EOS ids, ≥ 2). */
+  minTokensToKeep?: number;
 }
 
 /** CTRL's penalty: scores of tokens already present are divided by p (multiplied when negative). */
@@ -33,8 +35,10 @@ export function applyRepetitionPenalty(scores: Float32Array, seen: Iterable<numb
   }
 }
 
-export function applyTopK(scores: Float32Array, k: number): void {
-  if (k <= 0 || k >= scores.length) return;
+export function applyTopK(scores: Float32Array, topK: number, minTokensToKeep = 1): void {
+  if (topK <= 0) return;
+  const k = Math.max(topK, minTokensToKeep);
+  if (k >= scores.length) return;
   const kth = Float32Array.from(scores).sort().reverse()[k - 1];
   for (let i = 0; i < scores.length; i++) if (scores[i] < kth) scores[i] = -Infinity;
 }
@@ -49,8 +53,8 @@ function softmax(scores: Float32Array): Float64Array {
   return p;
 }
 
-/** Nucleus: keeps the smallest set of most likely tokens whose probability reaches topP (at least one). */
-export function applyTopP(scores: Float32Array, topP: number): void {
+/** Nucleus: keeps the smallest set of most likely tokens whose probability reaches topP (at least minTokensToKeep). */
+export function applyTopP(scores: Float32Array, topP: number, minTokensToKeep = 1): void {
   if (topP >= 1) return;
   const p = softmax(scores);
   const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]);
@@ -61,42 +65,48 @@ export function applyTopP(scores: Float32Array, topP: number): void {
     cumulative += p[i];
     if (cumulative >= topP) break;
   }
-  for (const i of order.slice(keep)) scores[i] = -Infinity;
+  for (const i of order.slice(Math.max(keep, minTokensToKeep))) scores[i] = -Infinity;
 }
 
-/** Drops tokens whose probability is below minP × the top probability. */
-export function applyMinP(scores: Float32Array, minP: number): void {
+/** The indices of the `n` highest scores (these always stay). */
+function topIndices(scores: Float32Array, n: number): Set<number> {
+  return new Set(Array.from(scores.keys()).sort((a, b) => scores[b] - scores[a]).slice(0, n));
+}
+
+/** Drops tokens whose probability is below minP × the top probability (the best minTokensToKeep stay). */
+export function applyMinP(scores: Float32Array, minP: number, minTokensToKeep = 1): void {
   if (minP <= 0) return;
   const p = softmax(scores);
   let top = 0;
   for (const v of p) if (v > top) top = v;
-  for (let i = 0; i < p.length; i++) if (p[i] < minP * top) scores[i] = -Infinity;
+  const kept = topIndices(scores, minTokensToKeep);
+  for (let i = 0; i < p.length; i++) if (p[i] < minP * top && !kept.has(i)) scores[i] = -Infinity;
 }
 
-/** Drops tokens below `threshold`; the most likely (all of them on a tie) stay, as min_tokens_to_keep 1 keeps them. */
-function removeBelow(scores: Float32Array, p: Float64Array, threshold: number): void {
-  const top = scores[argmax(scores)];
-  for (let i = 0; i < p.length; i++) if (p[i] < threshold && scores[i] < top) scores[i] = -Infinity;
+/** Drops tokens below `threshold`; the best minTokensToKeep (and any tied with the last of them) stay, as in transformers. */
+function removeBelow(scores: Float32Array, p: Float64Array, threshold: number, minTokensToKeep: number): void {
+  const kth = Float32Array.from(scores).sort().reverse()[Math.min(minTokensToKeep, scores.length) - 1];
+  for (let i = 0; i < p.length; i++) if (p[i] < threshold && scores[i] < kth) scores[i] = -Infinity;
 }
 
 /** transformers' EpsilonLogitsWarper: tokens with probability below epsilon go. */
-export function applyEpsilonCutoff(scores: Float32Array, epsilon: number): void {
-  removeBelow(scores, softmax(scores), epsilon);
+export function applyEpsilonCutoff(scores: Float32Array, epsilon: number, minTokensToKeep = 1): void {
+  removeBelow(scores, softmax(scores), epsilon, minTokensToKeep);
 }
 
 /** transformers' EtaLogitsWarper: tokens below min(eta, √eta · exp(−entropy)) go. */
-export function applyEtaCutoff(scores: Float32Array, eta: number): void {
+export function applyEtaCutoff(scores: Float32Array, eta: number, minTokensToKeep = 1): void {
   const p = softmax(scores);
   let entropy = 0;
   for (const v of p) if (v > 0) entropy -= v * Math.log(v);
-  removeBelow(scores, p, Math.min(eta, Math.sqrt(eta) * Math.exp(-entropy)));
+  removeBelow(scores, p, Math.min(eta, Math.sqrt(eta) * Math.exp(-entropy)), minTokensToKeep);
 }
 
 /**
  * transformers' TypicalLogitsWarper (Meister et al. 2022): tokens ordered by how far their surprise −log p lies from the
  * entropy; the closest are kept until their probability reaches `mass` (the one that crosses it included).
  */
-export function applyTypicalP(scores: Float32Array, mass: number): void {
+export function applyTypicalP(scores: Float32Array, mass: number, minTokensToKeep = 1): void {
   if (mass >= 1) return;
   const p = softmax(scores);
   let entropy = 0;
@@ -108,7 +118,8 @@ export function applyTypicalP(scores: Float32Array, mass: number): void {
   let last = 0;
   while (last < order.length - 1 && (cumulative += p[order[last]]) < mass) last++;
   const limit = distance[order[last]];
-  for (let i = 0; i < p.length; i++) if (distance[i] > limit && i !== order[0]) scores[i] = -Infinity;
+  const kept = new Set(order.slice(0, minTokensToKeep));
+  for (let i = 0; i < p.length; i++) if (distance[i] > limit && !kept.has(i)) scores[i] = -Infinity;
 }
 
 /**
@@ -152,12 +163,13 @@ export function processScores(scores: Float32Array, sequence: number[], options:
   if (options.temperature !== undefined && options.temperature !== 1) {
     for (let i = 0; i < scores.length; i++) scores[i] /= options.temperature;
   }
-  if (options.topK !== undefined) applyTopK(scores, options.topK);
-  if (options.topP !== undefined) applyTopP(scores, options.topP);
-  if (options.minP !== undefined) applyMinP(scores, options.minP);
-  if (options.typicalP !== undefined) applyTypicalP(scores, options.typicalP);
-  if (options.epsilonCutoff !== undefined && options.epsilonCutoff > 0) applyEpsilonCutoff(scores, options.epsilonCutoff);
-  if (options.etaCutoff !== undefined && options.etaCutoff > 0) applyEtaCutoff(scores, options.etaCutoff);
+  const keep = options.minTokensToKeep ?? 1;
+  if (options.topK !== undefined) applyTopK(scores, options.topK, keep);
+  if (options.topP !== undefined) applyTopP(scores, options.topP, keep);
+  if (options.minP !== undefined) applyMinP(scores, options.minP, keep);
+  if (options.typicalP !== undefined) applyTypicalP(scores, options.typicalP, keep);
+  if (options.epsilonCutoff !== undefined && options.epsilonCutoff > 0) applyEpsilonCutoff(scores, options.epsilonCutoff, keep);
+  if (options.etaCutoff !== undefined && options.etaCutoff > 0) applyEtaCutoff(scores, options.etaCutoff, keep);
 }
 
 /** Index of the largest score (the first on ties, as torch.argmax). */

@@ -166,14 +166,16 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(systemAlone.stderr).to.match(/--system needs --chat/);
     });
 
-    it('--num-beams: the text of beam search (generate() with numBeams), printed at the end; not with sampling flags', async () => {
+    it('--num-beams: the text of beam search (generate() with numBeams), printed at the end; with a sampling flag, beam sampling', async () => {
       const r = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '3', '-n', '6', '--backend', 'cpu');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, numBeams: 3 }));
       expect(r.stderr).to.match(/beam search \(3 beams\): \d+ tokens? in [\d.]+ s · backend cpu/);
-      const bad = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '3', '--temperature', '0.7', '--backend', 'cpu');
-      expect(bad.code).to.equal(1);
-      expect(bad.stderr).to.match(/--num-beams cannot be combined with --temperature/);
+      const sampled = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '3', '--temperature', '0.7', '--seed', '5', '-n', '6', '--backend', 'cpu');
+      expect(sampled.code, sampled.stderr).to.equal(0);
+      expect(sampled.stdout).to.equal(await expectedText(PROMPT, {
+        maxNewTokens: 6, numBeams: 3, doSample: true, temperature: 0.7, topK: 50, topP: 1, seed: 5,
+      }));
     });
 
     it('--no-repeat-ngram-size and --stop: the text of generate() with noRepeatNgramSize and stopStrings, cut at the stop string', async () => {
@@ -195,7 +197,7 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(beams.stderr).to.match(/--stop cannot be combined with --num-beams/);
     });
 
-    it('generation_config.json\'s num_beams makes it beam search; --greedy streams; beam sampling in the file is refused', async () => {
+    it('generation_config.json\'s num_beams makes it beam search; --greedy streams; with do_sample, beam sampling', async () => {
       const beamDir = path.join(tmp, 'beams');
       copyCheckpoint(model, beamDir);
       const file = path.join(beamDir, 'generation_config.json');
@@ -209,9 +211,9 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(greedy.code, greedy.stderr).to.equal(0);
       expect(greedy.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, doSample: false, numBeams: 1 }));
       fs.writeFileSync(file, JSON.stringify({ ...settings, num_beams: 3, do_sample: true }));
-      const sampled = cli('generate', '--model', beamDir, '--prompt', PROMPT, '-n', '6', '--backend', 'cpu');
-      expect(sampled.code).to.equal(1);
-      expect(sampled.stderr).to.match(/asks for beam sampling \(num_beams 3 with do_sample\), which is not supported/);
+      const sampled = cli('generate', '--model', beamDir, '--prompt', PROMPT, '-n', '6', '--seed', '4', '--backend', 'cpu');
+      expect(sampled.code, sampled.stderr).to.equal(0);
+      expect(sampled.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 6, numBeams: 3, doSample: true, temperature: 1, topK: 50, topP: 1, seed: 4 }));
     });
 
     it('the same command twice gives the same output; --no-stream prints the same text', () => {

@@ -54,17 +54,17 @@ forEachBackend(testBackends(), () => {
 describe('logits processors and generation settings', () => {
   before(() => tf.setBackend('cpu'));
 
-  it('the sampling warpers equal transformers\' on fixed logits: temperature, top-k/p, min-p, typical-p, epsilon, eta, combined', () => {
+  it('the sampling warpers equal transformers\' on fixed logits: temperature, top-k/p, min-p, typical-p, epsilon, eta, combined, and keeping 2 for beams', () => {
     const ref = JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../warpers/warpers.json'), 'utf8')) as {
       logits: number[][];
-      cases: Array<{ setting: Record<string, number>; rows: Array<{ removed: number[]; values: Array<number | null> }> }>;
+      cases: Array<{ setting: Record<string, number>; min_tokens_to_keep: number; rows: Array<{ removed: number[]; values: Array<number | null> }> }>;
     };
-    for (const { setting, rows } of ref.cases) {
+    for (const { setting, rows, min_tokens_to_keep: minTokensToKeep } of ref.cases) {
       rows.forEach(({ removed, values }, r) => {
         const scores = Float32Array.from(ref.logits[r]);
         processScores(scores, [], {
           doSample: true, temperature: setting.temperature, topK: setting.top_k ?? 0, topP: setting.top_p, minP: setting.min_p,
-          typicalP: setting.typical_p, epsilonCutoff: setting.epsilon_cutoff, etaCutoff: setting.eta_cutoff,
+          typicalP: setting.typical_p, epsilonCutoff: setting.epsilon_cutoff, etaCutoff: setting.eta_cutoff, minTokensToKeep,
         });
         const what = `${JSON.stringify(setting)}, row ${r}`;
         expect([...scores.keys()].filter((i) => scores[i] === -Infinity), what).to.deep.equal(removed);

@@ -167,7 +167,8 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     reader.close();
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(dir);
-  if (options.stopStrings) options.tokenizer = tokenizer;
+  // Also for stop strings that come from generation_config.json.
+  options.tokenizer = tokenizer;
   if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
   const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
   const promptIds = o.chat

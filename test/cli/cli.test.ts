@@ -192,6 +192,14 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(r.stdout).to.equal(await expectedText(PROMPT, { ...base, stopStrings: [stop, 'never-written'], tokenizer }));
       expect(r.stdout.length).to.be.lessThan(free.length);
       expect(r.stdout.slice(promptText.length)).to.include(stop);
+      // The same stop string from generation_config.json.
+      const stopDir = path.join(tmp, 'stop-strings');
+      copyCheckpoint(model, stopDir);
+      const file = path.join(stopDir, 'generation_config.json');
+      fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), stop_strings: [stop, 'never-written'] }));
+      const fromFile = cli('generate', '--model', stopDir, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '2', '--backend', 'cpu');
+      expect(fromFile.code, fromFile.stderr).to.equal(0);
+      expect(fromFile.stdout).to.equal(r.stdout);
       const beams = cli('generate', '--model', model, '--prompt', PROMPT, '--num-beams', '2', '--stop', stop, '--backend', 'cpu');
       expect(beams.code).to.equal(1);
       expect(beams.stderr).to.match(/--stop cannot be combined with --num-beams/);

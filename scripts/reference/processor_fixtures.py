@@ -3,7 +3,8 @@
 On each tiny fixture model (test/fixtures/hf-reference/<config>/causal-lm) and its left-padded prompt batch: greedy
 decoding and beam search with no_repeat_ngram_size, bad_words_ids (a single token and a two-token sequence, both
 taken from what unconstrained greedy decoding chooses, so that they bite) and the two combined with
-repetition_penalty and min_new_tokens. Pads are token 0, as in the prompts.
+repetition_penalty and min_new_tokens; stop_strings with greedy decoding and with beam search. Pads are token 0, as in
+the prompts.
 
     .venv-ref/bin/python scripts/reference/processor_fixtures.py
 """
@@ -85,7 +86,34 @@ for name in ("tiny-gqa", "tiny-mha-bias"):
                                max_new_tokens=12, stop_strings=stop, tokenizer=tokenizer)
         assert 1 not in sum(o[:, width:].tolist(), [])
         stop_cases.append({"stop_strings": stop, "eos_token_id": eos, "sequences": o.tolist()})
-    json.dump({"prompt": prompt, "attention_mask": mask, "cases": cases, "stop_cases": stop_cases},
+    # stop_strings with beam search: every candidate goes through the stopping criteria, and one that ends in a stop
+    # string finishes as on EOS. The strings come from the hypotheses of a search without them, so that they bite.
+    def beams(**setting):
+        with torch.no_grad():
+            o = model.generate(torch.tensor(prompt), attention_mask=torch.tensor(mask), do_sample=False, pad_token_id=0,
+                               max_new_tokens=12, **setting)
+        return o.tolist()
+
+    # Candidates: 2–3 characters from inside the hypotheses' texts, best hypothesis first; each setting takes the first
+    # (for the third, the first two) that change the result.
+    free_beams = beams(num_beams=3, num_return_sequences=3, eos_token_id=1)
+    texts = [tokenizer.decode(h[width:]).strip() for h in free_beams]
+    candidates = [t[i:i + n] for t in texts for i in range(2, len(t) - 3, 3) for n in (2, 3) if t[i:i + n].strip() == t[i:i + n]]
+    beam_stop_cases = []
+    for count, setting in [(1, dict(num_beams=3, num_return_sequences=3, eos_token_id=1)),
+                           (1, dict(num_beams=2, eos_token_id=None)),
+                           (2, dict(num_beams=3, num_return_sequences=2, eos_token_id=1, length_penalty=0.5))]:
+        unstopped, stop = beams(**setting), []
+        for c in candidates:
+            if c not in stop and beams(stop_strings=[c], tokenizer=tokenizer, **setting) != unstopped:
+                stop.append(c)
+                if len(stop) == count:
+                    break
+        assert len(stop) == count, f"{name}: no stop string changes {setting}"
+        beam_stop_cases.append({"stop_strings": stop, "setting": setting,
+                                "sequences": beams(stop_strings=stop, tokenizer=tokenizer, **setting)})
+    json.dump({"prompt": prompt, "attention_mask": mask, "cases": cases, "stop_cases": stop_cases, "beam_stop_cases": beam_stop_cases},
               open(os.path.join(ROOT, "generation-processors", f"{name}.json"), "w"), indent=1)
     print(name, "stops", [(c["stop_strings"], [r[width:] for r in c["sequences"]]) for c in stop_cases])
+    print(name, "beam stops", [(c["stop_strings"], [r[width:] for r in c["sequences"]]) for c in beam_stop_cases])
     print(name, "bad", bad, [c["sequences"][0][width:] for c in cases])

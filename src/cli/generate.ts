@@ -109,10 +109,7 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
   };
   if (o.noRepeatNgramSize !== undefined) options.noRepeatNgramSize = o.noRepeatNgramSize;
-  if (o.stop?.length) {
-    if (beams > 1) throw new Error('--stop cannot be combined with --num-beams (stop strings are not supported with beam search)');
-    options.stopStrings = o.stop;
-  }
+  if (o.stop?.length) options.stopStrings = o.stop;
   if (beams > 1) {
     options.lengthPenalty = num(fromFile.length_penalty);
     const early = fromFile.early_stopping;

@@ -26,6 +26,8 @@ export interface BeamSearchInputs {
   repetitionPenalty?: number;
   noRepeatNgramSize?: number;
   badWordsIds?: number[][];
+  /** Whether a row (prompt and tokens) ends in a stop string: such a candidate ends as on EOS (transformers' stop_strings). */
+  stops?: (sequence: number[]) => boolean;
   /** Beam sampling (transformers' do_sample with num_beams): the warpers, and uniform numbers in [0, 1). */
   sampling?: { warpers: ProcessorOptions; random: () => number };
 }
@@ -43,7 +45,7 @@ const RULED_OUT = -1e9;
 interface Hypothesis {
   tokens: number[];
   score: number;
-  /** Finished (in the finished list): it ended on EOS or at the maximum length. */
+  /** Finished (in the finished list): it ended on EOS, a stop string or at the maximum length. */
   done: boolean;
 }
 
@@ -88,7 +90,7 @@ function sampleWithoutReplacement(values: Float64Array, k: number, random: () =>
 /**
  * transformers' beam search (GenerationMixin._beam_search, the vectorised one of transformers ≥ 4.50): each step keeps
  * the best (1 + number of EOS ids, at least 2) × numBeams continuations of the running beams by accumulated log-prob;
- * the top numBeams of them that end (EOS, or the length limit) join the finished list, scored by length-normalised
+ * the top numBeams of them that end (EOS, a stop string, or the length limit) join the finished list, scored by length-normalised
  * log-prob; the best numBeams that do not end run on (the KV cache reordered to them). It stops when no running beam
  * can beat the worst finished one (the early-stopping heuristic), at the length limit, or as earlyStopping says.
  */
@@ -152,7 +154,10 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
         const candidates = picked.map((i) => {
           const token = i % vocab;
           const beam = Math.floor(i / vocab);
-          return { beam, tokens: [...running[b][beam].tokens, token], score: accumulated[i], ends: eos.includes(token) || curLength + 1 >= maxLength };
+          const tokens = [...running[b][beam].tokens, token];
+          // transformers runs every stopping criterion on each candidate: EOS, the length limit, stop strings.
+          const ends = eos.includes(token) || curLength + 1 >= maxLength || (inputs.stops?.([...rows[b], ...tokens]) ?? false);
+          return { beam, tokens, score: accumulated[i], ends };
         });
         anyContinues ||= candidates.some((c) => !c.ends);
         // The best numBeams that do not end run on.

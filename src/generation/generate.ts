@@ -317,8 +317,8 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   if ((options.numBeams ?? 1) > 1) {
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
-    if (options.stopStrings !== undefined) throw new Error('generate: stopStrings is not supported with beam search');
-    const { rows, mask, maxNew, minNew, eos, pad, badWordsIds } = resolve(model, inputIds, options);
+    const { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings } = resolve(model, inputIds, options);
+    const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
     const sampling = options.doSample ? {
       warpers: { temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP, typicalP: options.typicalP,
         epsilonCutoff: options.epsilonCutoff, etaCutoff: options.etaCutoff },
@@ -326,7 +326,7 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
     } : undefined;
     return beamSearch(model, {
       rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds,
-      sampling,
+      stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined, sampling,
     }, {
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });

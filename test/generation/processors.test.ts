@@ -9,7 +9,8 @@ import { CONFIGS, FIXTURES, fixtureDir, forEachBackend, testBackends } from '../
 
 // transformers' no_repeat_ngram_size, bad_words_ids and stop_strings on the tiny fixture models
 // (scripts/reference/processor_fixtures.py): greedy and beam search over the left-padded prompt batch, bad words taken
-// from what unconstrained decoding chooses, stop strings through a SentencePiece-style tokenizer of the model's vocabulary.
+// from what unconstrained decoding chooses, stop strings through a SentencePiece-style tokenizer of the model's vocabulary
+// (for beam search, strings from the hypotheses of a search without them).
 interface ProcessorCase {
   setting: {
     no_repeat_ngram_size?: number; repetition_penalty?: number; bad_words_ids?: number[][]; min_new_tokens?: number; eos_token_id?: number;
@@ -18,14 +19,19 @@ interface ProcessorCase {
   sequences: number[][];
 }
 interface StopCase { stop_strings: string[]; eos_token_id: number | null; sequences: number[][] }
-interface Reference { prompt: number[][]; attention_mask: number[][]; cases: ProcessorCase[]; stop_cases: StopCase[] }
+interface BeamStopCase {
+  stop_strings: string[];
+  setting: { num_beams: number; num_return_sequences?: number; eos_token_id: number | null; length_penalty?: number };
+  sequences: number[][];
+}
+interface Reference { prompt: number[][]; attention_mask: number[][]; cases: ProcessorCase[]; stop_cases: StopCase[]; beam_stop_cases: BeamStopCase[] }
 
 const DIR = path.resolve(FIXTURES, '../generation-processors');
 const reference = (config: string): Reference => JSON.parse(fs.readFileSync(path.join(DIR, `${config}.json`), 'utf8')) as Reference;
 
 forEachBackend(testBackends(), () => {
   for (const config of CONFIGS) {
-    it(`no_repeat_ngram_size, bad_words_ids (greedy and beams) and stop_strings equal transformers', leaving no tensor: ${config}`, async () => {
+    it(`no_repeat_ngram_size, bad_words_ids and stop_strings (greedy and beams) equal transformers', leaving no tensor: ${config}`, async () => {
       const ref = reference(config);
       const model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm'));
       const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, `${config}-tokenizer`));
@@ -44,6 +50,13 @@ forEachBackend(testBackends(), () => {
           attentionMask: ref.attention_mask, padTokenId: 0, maxNewTokens: 12, eosTokenId: eos, stopStrings, tokenizer,
         });
         expect(out.sequences, `stop strings ${JSON.stringify(stopStrings)}, eos ${eos}`).to.deep.equal(sequences);
+      }
+      for (const { stop_strings: stopStrings, setting, sequences } of ref.beam_stop_cases) {
+        const out = await generate(model, ref.prompt, {
+          attentionMask: ref.attention_mask, padTokenId: 0, maxNewTokens: 12, eosTokenId: setting.eos_token_id, stopStrings, tokenizer,
+          numBeams: setting.num_beams, numReturnSequences: setting.num_return_sequences, lengthPenalty: setting.length_penalty,
+        });
+        expect(out.sequences, `beam search, stop strings ${JSON.stringify(stopStrings)}, ${JSON.stringify(setting)}`).to.deep.equal(sequences);
       }
       expect(tf.memory().numTensors, 'tensors left').to.equal(before);
       model.dispose();
@@ -157,7 +170,7 @@ describe('logits processors and generation settings', () => {
     expect(await failure(generate(model, [[2, 5]], { badWordsIds: [[3, 400]] }))).to.match(/badWordsIds\[0\]\[1\] = 400 is outside \[0, vocab_size 96\)/);
     expect(await failure(generate(model, [[2, 5]], { stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);
     expect(await failure(generate(model, [[2, 5]], { stopStrings: [''], tokenizer: { decode: () => '' } }))).to.match(/stopStrings must be non-empty strings/);
-    expect(await failure(generate(model, [[2, 5]], { numBeams: 2, stopStrings: ['x'], tokenizer: { decode: () => '' } }))).to.match(/not supported with beam search/);
+    expect(await failure(generate(model, [[2, 5]], { numBeams: 2, stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);
     model.dispose();
   });
 });

@@ -1,13 +1,18 @@
 import * as tf from '@tensorflow/tfjs';
 import { ROTARY_KERNEL } from '../src/kernels/fused';
+import { RopeFrequencies, RopeScaling, ropeFrequencies } from './rope-frequencies';
 
 export interface RotaryArgs {
   headDim: number;
   /** Channels rotated: floor(headDim × partial_rotary_factor); the rest pass through. */
   rotaryDim: number;
   base: number;
-  /** Linear rope scaling: positions are divided by this factor. */
+  /** Linear rope scaling: positions are divided by this factor (the same as scaling { ropeType: 'linear', factor }). */
   scalingFactor?: number;
+  /** transformers' rope scaling (config.json's rope_parameters): linear, dynamic, yarn, llama3 or longrope. */
+  scaling?: RopeScaling | null;
+  /** max_position_embeddings, which dynamic, yarn and longrope read (default 4096, transformers' Nemotron default). */
+  maxPositionEmbeddings?: number;
   /** Table size built up front; it grows on demand for longer positions. */
   initialPositions?: number;
   name?: string;
@@ -17,11 +22,23 @@ export interface RotaryArgs {
  * Rotary position embedding on the first `rotaryDim` channels of each head (rotate-half convention, as in
  * transformers' Nemotron), the remaining channels passed through. Positions come from explicit position ids
  * so that left padding and cache offsets work. cos/sin tables are computed once and gathered per call.
+ *
+ * The frequencies follow transformers' rope types. Two of them change with the call's longest sequence, as there:
+ * longrope takes its long factors beyond the original length; dynamic NTK recomputes its frequencies whenever a call
+ * is longer than any before it (beyond max_position_embeddings) and keeps them until a call shorter than
+ * max_position_embeddings resets them — state of the layer, as of transformers' rotary module.
  */
 export class PartialRotaryEmbedding extends tf.layers.Layer {
   static className = 'PartialRotaryEmbedding';
   readonly args: RotaryArgs;
-  private readonly invFreq: Float32Array;
+  private readonly scaling: RopeScaling | null;
+  private readonly maxPositions: number;
+  /** The frequencies in use (transformers' inv_freq buffer) and those the model was built with. */
+  private frequencies: RopeFrequencies;
+  private readonly initialFrequencies: RopeFrequencies;
+  /** dynamic: the longest sequence the frequencies were computed for (transformers' max_seq_len_cached). */
+  private dynamicLength: number;
+  private tableFrequencies: RopeFrequencies | null = null;
   private cosTable: tf.Tensor2D | null = null;
   private sinTable: tf.Tensor2D | null = null;
   private permutationTensor: tf.Tensor2D | null = null;
@@ -33,44 +50,85 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
       throw new Error(`PartialRotaryEmbedding: rotaryDim must be even and in (0, headDim=${args.headDim}], got ${args.rotaryDim}`);
     }
     this.args = args;
-    // inv_freq = 1 / base^(2i/dim), rounded to float32 at each step as torch computes it.
-    const half = args.rotaryDim / 2;
-    this.invFreq = new Float32Array(half);
-    const factor = args.scalingFactor ?? 1;
-    for (let i = 0; i < half; i++) {
-      const exponent = Math.fround((2 * i) / args.rotaryDim);
-      this.invFreq[i] = Math.fround(Math.fround(1 / Math.fround(Math.pow(args.base, exponent))) / factor);
-    }
+    this.scaling = args.scaling ?? (args.scalingFactor !== undefined && args.scalingFactor !== 1 ? { ropeType: 'linear', factor: args.scalingFactor } : null);
+    this.maxPositions = args.maxPositionEmbeddings ?? 4096;
+    this.dynamicLength = this.maxPositions;
+    this.frequencies = this.initialFrequencies = ropeFrequencies(this.scaling, args.base, args.rotaryDim, this.maxPositions);
     this.ensureTable(args.initialPositions ?? 0);
     void this.permutation; // built with the tables, not on first use, so that a forward adds no lasting tensor
   }
 
-  /** Grows the cos/sin tables to cover positions [0, positions). */
-  ensureTable(positions: number): void {
-    if (positions <= this.tableSize) return;
-    const size = Math.max(64, 2 ** Math.ceil(Math.log2(positions)));
+  /** The inverse frequencies in use (transformers' rotary_emb.inv_freq) and the scale of cos and sin. */
+  get currentFrequencies(): RopeFrequencies {
+    return this.frequencies;
+  }
+
+  /**
+   * The frequencies for a call whose longest sequence is `seqLen` (transformers' dynamic_rope_update), and whether they
+   * are lasting (worth a table) or one call's (dynamic NTK while it grows: new frequencies at each longer call).
+   */
+  private frequenciesFor(seqLen: number): { frequencies: RopeFrequencies; lasting: boolean } {
+    const type = this.scaling?.ropeType;
+    if (type === 'dynamic') {
+      if (seqLen > this.dynamicLength) {
+        this.frequencies = ropeFrequencies(this.scaling, this.args.base, this.args.rotaryDim, this.maxPositions, seqLen);
+        this.dynamicLength = seqLen;
+      }
+      if (seqLen < this.maxPositions && this.dynamicLength > this.maxPositions) {
+        this.frequencies = this.initialFrequencies;
+        this.dynamicLength = this.maxPositions;
+      }
+      return { frequencies: this.frequencies, lasting: this.frequencies === this.initialFrequencies };
+    }
+    if (type === 'longrope') {
+      const long = seqLen > (this.scaling!.originalMaxPositionEmbeddings ?? this.maxPositions);
+      this.frequencies = long
+        ? ropeFrequencies(this.scaling, this.args.base, this.args.rotaryDim, this.maxPositions, seqLen)
+        : this.initialFrequencies;
+      return { frequencies: this.frequencies, lasting: true };
+    }
+    return { frequencies: this.frequencies, lasting: true };
+  }
+
+  /**
+   * cos and sin rows [positions.length, headDim] for these positions. Rows span the whole head: cos is 1 and sin 0 on
+   * the pass-through channels, and rotate_half's minus sign is folded into sin, so that a rotation is
+   * x·cos + (x·P)·sin with P a permutation matrix (see applyRotary).
+   */
+  private rows(positions: ArrayLike<number>, { invFreq, attentionScaling }: RopeFrequencies): [Float32Array, Float32Array] {
     const { headDim, rotaryDim } = this.args;
     const half = rotaryDim / 2;
-    // Rows span the whole head: cos is 1 and sin 0 on the pass-through channels, and rotate_half's minus sign is
-    // folded into sin, so that a rotation is x·cos + (x·P)·sin with P a permutation matrix (see applyRotary).
-    const cos = new Float32Array(size * headDim);
-    const sin = new Float32Array(size * headDim);
-    for (let p = 0; p < size; p++) {
-      const row = p * headDim;
+    const cos = new Float32Array(positions.length * headDim);
+    const sin = new Float32Array(positions.length * headDim);
+    const scale = Math.fround(attentionScaling);
+    for (let r = 0; r < positions.length; r++) {
+      const row = r * headDim;
       for (let i = 0; i < half; i++) {
-        // emb = cat(freqs, freqs): both halves use the same angle.
-        const angle = Math.fround(p * this.invFreq[i]);
-        cos[row + i] = cos[row + i + half] = Math.cos(angle);
-        sin[row + i] = -Math.sin(angle);
-        sin[row + i + half] = Math.sin(angle);
+        // emb = cat(freqs, freqs): both halves use the same angle; cos and sin times the attention scaling (yarn,
+        // longrope), in float32 as torch.
+        const angle = Math.fround(positions[r] * invFreq[i]);
+        const c = scale === 1 ? Math.cos(angle) : Math.fround(Math.fround(Math.cos(angle)) * scale);
+        const s = scale === 1 ? Math.sin(angle) : Math.fround(Math.fround(Math.sin(angle)) * scale);
+        cos[row + i] = cos[row + i + half] = c;
+        sin[row + i] = -s;
+        sin[row + i + half] = s;
       }
       for (let i = rotaryDim; i < headDim; i++) cos[row + i] = 1;
     }
+    return [cos, sin];
+  }
+
+  /** Grows the cos/sin tables to cover positions [0, positions) with the frequencies in use. */
+  ensureTable(positions: number): void {
+    if (positions <= this.tableSize && this.tableFrequencies === this.frequencies) return;
+    const size = Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(positions, this.tableSize, 1))));
+    const [cos, sin] = this.rows(Int32Array.from({ length: size }, (_, p) => p), this.frequencies);
     this.cosTable?.dispose();
     this.sinTable?.dispose();
-    this.cosTable = tf.keep(tf.tensor2d(cos, [size, headDim]));
-    this.sinTable = tf.keep(tf.tensor2d(sin, [size, headDim]));
+    this.cosTable = tf.keep(tf.tensor2d(cos, [size, this.args.headDim]));
+    this.sinTable = tf.keep(tf.tensor2d(sin, [size, this.args.headDim]));
     this.tableSize = size;
+    this.tableFrequencies = this.frequencies;
   }
 
   /**
@@ -92,12 +150,21 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
     return this.permutationTensor;
   }
 
-  /** cos and sin for these positions, shaped [batch, 1, seq, headDim] to broadcast over heads (see ensureTable). */
+  /**
+   * cos and sin for these positions, shaped [batch, 1, seq, headDim] to broadcast over heads (see rows). `maxPosition`:
+   * the largest of them, which picks the frequencies of the rope types that depend on the sequence length.
+   */
   tables(positionIds: tf.Tensor2D, maxPosition: number): [tf.Tensor4D, tf.Tensor4D] {
+    const { frequencies, lasting } = this.frequenciesFor(maxPosition + 1);
+    const [b, s] = positionIds.shape;
+    const shape: [number, number, number, number] = [b, 1, s, this.args.headDim];
+    if (!lasting) {
+      // One call's frequencies: the rows it needs, computed for it.
+      const [cos, sin] = this.rows(positionIds.dataSync(), frequencies);
+      return [tf.tensor4d(cos, shape), tf.tensor4d(sin, shape)];
+    }
     this.ensureTable(maxPosition + 1);
     return tf.tidy(() => {
-      const [b, s] = positionIds.shape;
-      const shape: [number, number, number, number] = [b, 1, s, this.args.headDim];
       const flat = positionIds.reshape([-1]);
       return [
         tf.gather(this.cosTable!, flat).reshape(shape) as tf.Tensor4D,
@@ -121,8 +188,11 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
   }
 
   getConfig(): tf.serialization.ConfigDict {
-    const { headDim, rotaryDim, base, scalingFactor } = this.args;
-    return { ...super.getConfig(), headDim, rotaryDim, base, scalingFactor: scalingFactor ?? 1 };
+    const { headDim, rotaryDim, base } = this.args;
+    return {
+      ...super.getConfig(), headDim, rotaryDim, base, maxPositionEmbeddings: this.maxPositions,
+      scaling: this.scaling as unknown as tf.serialization.ConfigDictValue,
+    };
   }
 
   /** Frees the cos/sin tables (the layer has no weights; tables are rebuilt if it is used again). */
@@ -132,6 +202,7 @@ export class PartialRotaryEmbedding extends tf.layers.Layer {
     this.permutationTensor?.dispose();
     this.cosTable = this.sinTable = this.permutationTensor = null;
     this.tableSize = 0;
+    this.tableFrequencies = null;
     return super.disposeWeights();
   }
 }

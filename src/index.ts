@@ -14,6 +14,7 @@ export * from './io/checkpoint';
 export { Relu2, relu2 } from '../layers/relu2';
 export { NemotronLayerNorm1P } from '../layers/layernorm1p';
 export { PartialRotaryEmbedding, applyRotary } from '../layers/rotary';
+export { ROPE_TYPES, RopeFrequencies, defaultFrequencies, ropeFrequencies } from '../layers/rope-frequencies';
 export { NemotronAttention, KVCache } from '../layers/attention';
 export { NemotronMLP } from '../layers/mlp';
 export { NemotronDecoderLayer } from '../layers/decoder-layer';

@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 // Circular on purpose: both sides use the other only at call time.
 import { preset } from './presets';
+import { ROPE_TYPES, RopeScaling, RopeType } from '../../layers/rope-frequencies';
 
 /** Activation names transformers' ACT2FN accepts for Nemotron; relu2 is the one the family uses. */
 export const SUPPORTED_ACTIVATIONS = ['relu2', 'relu', 'gelu', 'silu'] as const;
@@ -9,10 +10,19 @@ export type HiddenAct = (typeof SUPPORTED_ACTIVATIONS)[number];
 
 export type ProblemType = 'regression' | 'single_label_classification' | 'multi_label_classification';
 
-export interface RopeScaling {
-  ropeType: 'linear';
-  factor: number;
-}
+export type { RopeScaling, RopeType } from '../../layers/rope-frequencies';
+
+/** rope_parameters' fields, camelCased, by their names in config.json. */
+const ROPE_FIELDS: Array<[keyof RopeScaling, string]> = [
+  ['factor', 'factor'], ['originalMaxPositionEmbeddings', 'original_max_position_embeddings'], ['attentionFactor', 'attention_factor'],
+  ['betaFast', 'beta_fast'], ['betaSlow', 'beta_slow'], ['mscale', 'mscale'], ['mscaleAllDim', 'mscale_all_dim'], ['truncate', 'truncate'],
+  ['lowFreqFactor', 'low_freq_factor'], ['highFreqFactor', 'high_freq_factor'], ['shortFactor', 'short_factor'], ['longFactor', 'long_factor'],
+];
+/** The fields each rope type needs (transformers' _validate_*_rope_parameters; original_max_position_embeddings has a default). */
+const ROPE_REQUIRED: Record<RopeType, Array<keyof RopeScaling>> = {
+  linear: ['factor'], dynamic: ['factor'], yarn: ['factor'], llama3: ['factor', 'lowFreqFactor', 'highFreqFactor'],
+  longrope: ['shortFactor', 'longFactor'],
+};
 
 /** Every field of transformers' NemotronConfig (camelCased) plus what the heads read. */
 export interface NemotronConfigFields {
@@ -170,13 +180,48 @@ export class NemotronConfig implements NemotronConfigFields {
     }
     if (!(this.normEps > 0)) throw new Error(`${source}: norm_eps must be > 0, got ${this.normEps}`);
     if (!(this.ropeTheta > 0)) throw new Error(`${source}: rope_theta must be > 0, got ${this.ropeTheta}`);
-    if (this.ropeScaling && !(this.ropeScaling.factor > 0)) {
-      throw new Error(`${source}: rope_scaling.factor must be > 0, got ${this.ropeScaling.factor}`);
-    }
+    if (this.ropeScaling) this.validateRopeScaling(this.ropeScaling, source);
     const problems = [null, 'regression', 'single_label_classification', 'multi_label_classification'];
     if (!problems.includes(this.problemType)) {
       throw new Error(`${source}: problem_type ${JSON.stringify(this.problemType)} is not one of ${problems.join(', ')}`);
     }
+  }
+
+  private validateRopeScaling(scaling: RopeScaling, source: string): void {
+    const type = scaling.ropeType;
+    if (!(ROPE_TYPES as readonly string[]).includes(type)) {
+      throw new Error(`${source}: rope scaling of type ${JSON.stringify(type)} is not supported; expected one of default, ${ROPE_TYPES.join(', ')}`);
+    }
+    const name = (key: keyof RopeScaling) => `rope_parameters.${ROPE_FIELDS.find(([k]) => k === key)![1]}`;
+    for (const key of ROPE_REQUIRED[type]) {
+      if (scaling[key] === undefined || scaling[key] === null) throw new Error(`${source}: ${type} rope scaling needs ${name(key)}`);
+    }
+    for (const key of ['factor', 'originalMaxPositionEmbeddings', 'attentionFactor', 'betaFast', 'betaSlow', 'lowFreqFactor', 'highFreqFactor'] as const) {
+      const v = scaling[key];
+      if (v !== undefined && !(typeof v === 'number' && v > 0)) throw new Error(`${source}: ${name(key)} must be a number > 0, got ${JSON.stringify(v)}`);
+    }
+    if (type === 'dynamic' && this.rotaryDim <= 2) {
+      // Its base is stretched by a power dim / (dim − 2).
+      throw new Error(`${source}: dynamic rope scaling needs more than 2 rotary channels, got ${this.rotaryDim}`);
+    }
+    if (type === 'llama3' && !(scaling.highFreqFactor! > scaling.lowFreqFactor!)) {
+      throw new Error(`${source}: rope_parameters.high_freq_factor (${scaling.highFreqFactor}) must be larger than low_freq_factor (${scaling.lowFreqFactor})`);
+    }
+    for (const key of ['shortFactor', 'longFactor'] as const) {
+      const v = scaling[key];
+      if (v === undefined) continue;
+      if (!Array.isArray(v) || v.length !== this.rotaryDim / 2 || !v.every((x) => typeof x === 'number' && x > 0)) {
+        throw new Error(`${source}: ${name(key)} must be ${this.rotaryDim / 2} numbers > 0 (one per rotary frequency), got ${JSON.stringify(v)}`);
+      }
+    }
+  }
+
+  /**
+   * The longest sequence the model takes: max_position_embeddings, except with dynamic NTK scaling, whose purpose is
+   * to run beyond it (its frequencies stretch with the sequence), where transformers sets no limit.
+   */
+  get maxSequenceLength(): number {
+    return this.ropeScaling?.ropeType === 'dynamic' ? Infinity : this.maxPositionEmbeddings;
   }
 
   /** Reads a config.json as transformers 4 (rope_theta at the top) or 5 (rope_parameters) writes it. */
@@ -199,11 +244,16 @@ export class NemotronConfig implements NemotronConfigFields {
     if (rope?.partial_rotary_factor !== undefined) fields.partialRotaryFactor = Number(rope.partial_rotary_factor);
     const scaling = rope && rope.rope_type && rope.rope_type !== 'default' ? rope : legacyScaling;
     if (scaling) {
-      const type = scaling.rope_type ?? scaling.type;
-      if (type !== 'linear' && type !== 'default') {
-        throw new Error(`${source}: rope scaling of type ${JSON.stringify(type)} is not supported (only linear)`);
+      const type = (scaling.rope_type ?? scaling.type) as string;
+      if (type !== 'default') {
+        const read: Record<string, unknown> = { ropeType: type };
+        for (const [camel, snake] of ROPE_FIELDS) if (scaling[snake] !== undefined && scaling[snake] !== null) read[camel] = scaling[snake];
+        // transformers' standardize_rope_params: the pretraining length from the top level, else max_position_embeddings.
+        if (['yarn', 'llama3', 'longrope'].includes(type) && read.originalMaxPositionEmbeddings === undefined) {
+          read.originalMaxPositionEmbeddings = json.original_max_position_embeddings ?? json.max_position_embeddings;
+        }
+        fields.ropeScaling = read as unknown as RopeScaling;
       }
-      if (type === 'linear') fields.ropeScaling = { ropeType: 'linear', factor: Number(scaling.factor) };
     }
     if (json.id2label) {
       fields.id2label = Object.fromEntries(Object.entries(json.id2label as Record<string, string>)
@@ -253,13 +303,15 @@ export class NemotronConfig implements NemotronConfigFields {
       if (v !== null && v !== undefined) out[snake] = v;
     }
     out.rope_theta = this.ropeTheta;
+    const scaling: Record<string, unknown> = {};
+    for (const [camel, snake] of ROPE_FIELDS) if (this.ropeScaling?.[camel] !== undefined) scaling[snake] = this.ropeScaling[camel];
     out.rope_parameters = {
-      rope_type: this.ropeScaling ? 'linear' : 'default',
+      rope_type: this.ropeScaling?.ropeType ?? 'default',
       rope_theta: this.ropeTheta,
       partial_rotary_factor: this.partialRotaryFactor,
-      ...(this.ropeScaling ? { factor: this.ropeScaling.factor } : {}),
+      ...scaling,
     };
-    if (this.ropeScaling) out.rope_scaling = { rope_type: 'linear', type: 'linear', factor: this.ropeScaling.factor };
+    if (this.ropeScaling) out.rope_scaling = { rope_type: this.ropeScaling.ropeType, type: this.ropeScaling.ropeType, ...scaling };
     out.id2label = Object.fromEntries(Object.entries(this.id2label).map(([k, v]) => [String(k), v]));
     out.label2id = this.label2id;
     out.dtype = 'float32';

@@ -89,7 +89,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
     this.norm = new NemotronLayerNorm1P({ size: c.hiddenSize, eps: c.normEps });
     this.rotary = new PartialRotaryEmbedding({
       headDim: c.headDim, rotaryDim: c.rotaryDim, base: c.ropeTheta,
-      scalingFactor: c.ropeScaling?.factor, initialPositions: Math.min(c.maxPositionEmbeddings, 256),
+      scaling: c.ropeScaling, maxPositionEmbeddings: c.maxPositionEmbeddings, initialPositions: Math.min(c.maxPositionEmbeddings, 256),
     });
   }
 
@@ -149,7 +149,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
     if (cache && cache.batchSize !== null && cache.batchSize !== batch) {
       throw new Error(`pastKeyValues holds a batch of ${cache.batchSize}, the inputs a batch of ${batch}`);
     }
-    if (pastLength + seq > c.maxPositionEmbeddings) {
+    if (pastLength + seq > c.maxSequenceLength) {
       throw new Error(`Sequence of ${pastLength + seq} tokens (${pastLength} cached + ${seq} new) is longer than ` +
         `max_position_embeddings ${c.maxPositionEmbeddings}`);
     }
@@ -172,7 +172,7 @@ export class NemotronModel extends NemotronPreTrainedModel {
         throw new Error(`positionIds has shape [${pos.length}, ${pos[0].length}], expected [${batch}, ${seq}]`);
       }
       pos.forEach((row, r) => row.forEach((v, p) => {
-        if (v < 0 || v >= c.maxPositionEmbeddings) {
+        if (!Number.isInteger(v) || v < 0 || v >= c.maxSequenceLength) {
           throw new Error(`positionIds[${r}][${p}] = ${v} is outside [0, max_position_embeddings ${c.maxPositionEmbeddings})`);
         }
       }));

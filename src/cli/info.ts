@@ -7,7 +7,7 @@ import { baseParameterCount, parameterCount } from '../../models/nemotron/preset
 import * as path from 'path';
 import { Command } from 'commander';
 import { CheckpointReader } from '../io/checkpoint';
-import { NemotronConfig } from '../../models/nemotron/config';
+import { NemotronConfig, RopeScaling } from '../../models/nemotron/config';
 
 /**
  * Checks that `dir` is a folder holding every file of `required`; the error names the missing file(s) and the folder.
@@ -77,7 +77,7 @@ export interface ModelCard {
     partialRotaryFactor: number;
     rotaryDim: number;
     ropeTheta: number;
-    ropeScaling: { ropeType: string; factor: number } | null;
+    ropeScaling: RopeScaling | null;
     tieWordEmbeddings: boolean;
     attentionBias: boolean;
     mlpBias: boolean;
@@ -264,7 +264,8 @@ export function formatModelCard(card: ModelCard): string {
   row('vocab size', c.vocabSize);
   row('context length', `${c.contextLength} (max_position_embeddings)`);
   row('rotary', `${+(c.partialRotaryFactor * 100).toFixed(2)}% of head_dim (${c.rotaryDim} channels), theta ${c.ropeTheta}` +
-    (c.ropeScaling ? `, ${c.ropeScaling.ropeType} scaling × ${c.ropeScaling.factor}` : ''));
+    (c.ropeScaling ? `, ${c.ropeScaling.ropeType} scaling` + (c.ropeScaling.factor !== undefined ? ` × ${c.ropeScaling.factor}` : '') +
+      (c.ropeScaling.originalMaxPositionEmbeddings !== undefined ? ` from ${c.ropeScaling.originalMaxPositionEmbeddings} positions` : '') : ''));
   row('activation', c.hiddenAct);
   row('norm eps', c.normEps);
   row('tied embeddings', yesNo(c.tieWordEmbeddings));

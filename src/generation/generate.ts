@@ -148,7 +148,7 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   let maxNew = o.maxNewTokens ?? (o.maxLength !== undefined ? o.maxLength - promptLength : 20);
   check(Number.isInteger(maxNew) && maxNew > 0,
     `generate: maxNewTokens must be a positive integer, got ${o.maxNewTokens ?? `maxLength ${o.maxLength} - prompt ${promptLength}`}`);
-  check(promptLength + maxNew <= config.maxPositionEmbeddings,
+  check(promptLength + maxNew <= config.maxSequenceLength,
     `generate: the prompt (${promptLength} tokens) plus ${maxNew} new tokens is longer than max_position_embeddings ${config.maxPositionEmbeddings}`);
   const minNew = o.minNewTokens ?? 0;
   check(Number.isInteger(minNew) && minNew >= 0, `generate: minNewTokens must be a non-negative integer, got ${minNew}`);

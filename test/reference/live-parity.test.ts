@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import {
   NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
-  NemotronForTokenClassification, NemotronModel, KVCache, SafetensorsFile, generate, setBackend,
+  NemotronForTokenClassification, NemotronModel, KVCache, RopeScaling, SafetensorsFile, generate, setBackend,
 } from '../../src/index';
 import { expectClose, expectRelClose, testBackends, tmpDir } from '../helpers';
 
@@ -30,12 +30,22 @@ function randomConfig(random: () => number): NemotronConfig {
   const kvHeads: number = pick([heads, 1, ...[2, 3].filter((k) => k < heads && heads % k === 0)]);
   const headDim = pick([8, 12, 16]);
   const partial = pick([0.25, 0.5, 1].filter((f) => Math.floor(headDim * f) % 2 === 0 && Math.floor(headDim * f) > 0));
+  const half = Math.floor(headDim * partial) / 2;
+  const factors = () => Array.from({ length: half }, () => Number((1 + 3 * random()).toFixed(3)));
+  // Every rope type transformers' Nemotron reads; the length-dependent ones (dynamic, longrope) within the lengths
+  // where a single forward and the cached steps agree (below max_position_embeddings and the original length).
+  const scalings: Array<RopeScaling | null> = [
+    null, null, null, { ropeType: 'linear', factor: 2 }, ...(half > 1 ? [{ ropeType: 'dynamic', factor: 2 } as const] : []),
+    { ropeType: 'yarn', factor: 4, originalMaxPositionEmbeddings: 16, betaFast: 8, betaSlow: 1 },
+    { ropeType: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 256 },
+    { ropeType: 'longrope', shortFactor: factors(), longFactor: factors(), originalMaxPositionEmbeddings: 64, factor: 2 },
+  ];
   return new NemotronConfig({
     vocabSize: 64 + Math.floor(random() * 40), hiddenSize: pick([24, 32, 48]), intermediateSize: pick([32, 64, 96]),
     numHiddenLayers: 1 + Math.floor(random() * 3), numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim,
     partialRotaryFactor: partial, ropeTheta: pick([500, 10000]), attentionBias: random() < 0.5, mlpBias: random() < 0.5,
     tieWordEmbeddings: random() < 0.5, maxPositionEmbeddings: 64, padTokenId: 0, bosTokenId: 2, eosTokenId: 3,
-    ropeScaling: random() < 0.3 ? { ropeType: 'linear', factor: 2 } : null,
+    ropeScaling: pick(scalings),
   });
 }
 
@@ -84,6 +94,8 @@ describe('live parity with transformers (random configurations)', function () {
     it(`configuration ${n + 1} of ${CONFIG_COUNT}: base model, every head, every loss, the gradients, greedy decoding through the cache; saved checkpoints load in transformers`, async () => {
       const random = seedrandom(`${SEED}:${n}`);
       const config = randomConfig(random);
+      console.log(`      heads ${config.numAttentionHeads}/${config.numKeyValueHeads} × ${config.headDim}, rotary ${config.rotaryDim}, ` +
+        `rope ${config.ropeScaling?.ropeType ?? 'default'}, tied ${config.tieWordEmbeddings}`);
       const dir = tmpDir('live');
       const batch = 2;
       const seq = 6;

@@ -74,20 +74,75 @@ export function setLossChunkBytes(bytes: number | null): void {
  * training; checkpoints still hold one tensor under the HF name (fromPretrained splits it, savePretrained joins it).
  * The choice is made when the model is built, on the backend active then.
  */
-export class VocabMatrix {
-  readonly blocks: tf.Variable[];
-  /** First row of each block. */
-  readonly starts: number[];
+/** First rows of the blocks of a [rows, cols] matrix: as few as the backend binds, of equal height (the last shorter). */
+function blockStarts(rows: number, cols: number): number[] {
+  const limit = maxWeightBlockBytes();
+  const tallest = Math.floor(limit / (4 * cols));
+  if (tallest < 1) throw new Error(`A row of ${cols} float32 values (${4 * cols} bytes) is larger than the backend's largest buffer (${limit} bytes)`);
+  const height = Math.ceil(rows / Math.ceil(rows / Math.min(rows, tallest)));
+  return Array.from({ length: Math.ceil(rows / height) }, (_, i) => i * height);
+}
 
-  constructor(readonly rows: number, readonly cols: number, stddev: number) {
-    const limit = maxWeightBlockBytes();
-    const tallest = Math.floor(limit / (4 * cols));
-    if (tallest < 1) throw new Error(`A row of ${cols} float32 values (${4 * cols} bytes) is larger than the backend's largest buffer (${limit} bytes)`);
-    // As few blocks as fit, of equal height (the last one shorter where the rows do not divide).
-    const height = Math.ceil(rows / Math.ceil(rows / Math.min(rows, tallest)));
-    this.starts = Array.from({ length: Math.ceil(rows / height) }, (_, i) => i * height);
-    this.blocks = this.starts.map((start) => tf.tidy(() =>
-      tf.variable(normalInit(stddev).apply([Math.min(height, rows - start), cols], 'float32'), true)));
+export class VocabMatrix {
+  /** The blocks (one unless the backend cannot bind the whole matrix); replaced, not changed, by resize. */
+  blocks: tf.Variable[];
+  /** First row of each block. */
+  starts: number[];
+  rows: number;
+
+  constructor(rows: number, readonly cols: number, stddev: number) {
+    this.rows = rows;
+    this.starts = blockStarts(rows, cols);
+    this.blocks = this.starts.map((start, i) => tf.tidy(() =>
+      tf.variable(normalInit(stddev).apply([(this.starts[i + 1] ?? rows) - start, cols], 'float32'), true)));
+  }
+
+  /**
+   * To `rows` rows: the first min(old, new) rows kept, the rest from `added(count)` [count, cols] (called only when
+   * growing). The blocks become new variables (trainable as the old ones were); the old ones are freed, so an optimizer
+   * made before holds stale parameters.
+   */
+  resize(rows: number, added: (count: number) => tf.Tensor2D): void {
+    if (!(Number.isInteger(rows) && rows >= 1)) throw new Error(`VocabMatrix.resize: rows must be a positive integer, got ${rows}`);
+    if (rows === this.rows) return;
+    const extra = rows > this.rows ? added(rows - this.rows) : null;
+    if (extra && (extra.shape[0] !== rows - this.rows || extra.shape[1] !== this.cols)) {
+      extra.dispose();
+      throw new Error(`VocabMatrix.resize: the added rows must be [${rows - this.rows}, ${this.cols}]`);
+    }
+    const starts = blockStarts(rows, this.cols);
+    const trainable = this.blocks[0].trainable;
+    // Each new block: the pieces of old blocks and of the added rows that cover its range.
+    const blocks = starts.map((start, i) => tf.tidy(() => {
+      const end = starts[i + 1] ?? rows;
+      const pieces: tf.Tensor2D[] = [];
+      this.blocks.forEach((block, j) => {
+        const [from, to] = [Math.max(start, this.starts[j]), Math.min(end, this.starts[j] + block.shape[0])];
+        if (from < to) pieces.push(tf.slice(block as tf.Tensor2D, [from - this.starts[j], 0], [to - from, this.cols]));
+      });
+      if (extra && end > this.rows) pieces.push(tf.slice(extra, [Math.max(start, this.rows) - this.rows, 0], [end - Math.max(start, this.rows), this.cols]));
+      return tf.variable(pieces.length === 1 ? pieces[0] : tf.concat(pieces), trainable);
+    }));
+    extra?.dispose();
+    for (const block of this.blocks) block.dispose();
+    [this.blocks, this.starts, this.rows] = [blocks, starts, rows];
+  }
+
+  /**
+   * `count` rows drawn as transformers' mean_resizing draws added embeddings: from a normal distribution with the rows'
+   * mean and 1e-9 times their covariance, sampled as mean + √(1e-9 / rows) · G·(W − mean) with G standard normal
+   * [count, rows] (covariance exactly (W − mean)ᵀ(W − mean) / rows, and no factorisation of it). Where the covariance
+   * cannot be positive definite (no more rows than columns) transformers takes the mean itself; so does this.
+   */
+  meanRows(count: number, seed?: number): tf.Tensor2D {
+    return tf.tidy(() => {
+      const mean = tf.div(tf.addN(this.blocks.map((b) => tf.sum(b, 0))), this.rows);
+      const atMean = tf.tile(mean.reshape([1, this.cols]), [count, 1]) as tf.Tensor2D;
+      if (this.rows <= this.cols) return atMean;
+      const noise = tf.addN(this.blocks.map((block, i) =>
+        tf.matMul(tf.randomNormal([count, block.shape[0]], 0, 1, 'float32', seed === undefined ? undefined : seed + i), tf.sub(block, mean))));
+      return tf.add(atMean, tf.mul(noise, Math.sqrt(1e-9 / this.rows))) as tf.Tensor2D;
+    });
   }
 
   /** The whole matrix when it is one block, else null. */

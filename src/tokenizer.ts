@@ -442,7 +442,101 @@ export class NemotronTokenizer {
     } catch (e) {
       throw new Error(`Cannot build a tokenizer from ${source}: ${(e as Error).message}`);
     }
-    return new NemotronTokenizer(tok, config, sources);
+    // A normalized added token is matched in normalized text, and the Rust library gives it its normalized form as its
+    // token string (id_to_token, and so decode: "newword" after Prepend("▁") decodes as " newword"); tokenizers.js
+    // keeps the raw content. Give it the normalized form, as there.
+    const internals = tok as unknown as { normalizer: ((text: string) => string) | null; model: { vocab: string[] } };
+    for (const added of json.added_tokens as Json[]) {
+      if ((added.normalized ?? !added.special) && internals.normalizer) internals.model.vocab[added.id] = internals.normalizer(added.content);
+    }
+    const tokenizer = new NemotronTokenizer(tok, config, sources);
+    tokenizer.raw = { json, config, sources };
+    return tokenizer;
+  }
+
+  /** What the tokenizer was built from (tokenizer.json with its added tokens, tokenizer_config.json, the rest). */
+  private raw!: { json: Json; config: Json; sources: TokenizerSources };
+
+  /** Rebuilds this tokenizer in place from changed sources (transformers' tokenizers change in place too). */
+  private rebuild(json: Json, config: Json): void {
+    Object.assign(this, NemotronTokenizer.create(json, config, this.raw.sources));
+  }
+
+  /**
+   * transformers' add_tokens(): appends tokens to the vocabulary (ids from the current size on) and returns how many
+   * entries the added vocabulary gained (a token already in the model's vocabulary keeps its id, yet counts, as in
+   * the tokenizers library). Plain tokens are normalized (matched in normalized text); special ones are not, and are
+   * dropped by skipSpecialTokens. Resize the model's embeddings to `vocabSize` after adding (resizeTokenEmbeddings).
+   */
+  addTokens(tokens: string | string[], special = false): number {
+    const list = Array.isArray(tokens) ? tokens : [tokens];
+    const json: Json = { ...this.raw.json, added_tokens: [...(this.raw.json.added_tokens as Json[])] };
+    const entries = json.added_tokens as Json[];
+    let next = this.vocabSize;
+    let added = 0;
+    for (const content of list) {
+      if (typeof content !== 'string' || content.length === 0) throw new Error(`addTokens: tokens must be non-empty strings, got ${JSON.stringify(content)}`);
+      const existing = entries.find((e) => e.content === content);
+      if (existing) {
+        // Already added: special_tokens=True makes it special (as add_special_tokens does), nothing is counted.
+        if (special && !existing.special) entries[entries.indexOf(existing)] = { ...existing, special: true, normalized: false };
+        continue;
+      }
+      const id = this.tok.token_to_id(content) ?? next++;
+      entries.push({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: !special, special });
+      added++;
+    }
+    entries.sort((a, b) => a.id - b.id);
+    this.rebuild(json, this.raw.config);
+    return added;
+  }
+
+  /**
+   * transformers' add_special_tokens(): the named special tokens (bosToken, eosToken, unkToken, padToken) set, each
+   * added as a special token where it is new, and additionalSpecialTokens added to that list. Returns how many tokens
+   * the added vocabulary gained.
+   */
+  addSpecialTokens(tokens: { bosToken?: string; eosToken?: string; unkToken?: string; padToken?: string; additionalSpecialTokens?: string[] }): number {
+    const named: Array<[string, string | undefined]> = [
+      ['bos_token', tokens.bosToken], ['eos_token', tokens.eosToken], ['unk_token', tokens.unkToken], ['pad_token', tokens.padToken],
+    ];
+    const extra = tokens.additionalSpecialTokens ?? [];
+    const added = this.addTokens([...named.flatMap(([, t]) => (t === undefined ? [] : [t])), ...extra], true);
+    const config: Json = { ...this.raw.config };
+    for (const [key, token] of named) if (token !== undefined) config[key] = token;
+    if (extra.length) {
+      const previous = (config.additional_special_tokens ?? config.extra_special_tokens ?? this.additionalSpecialTokens) as unknown[];
+      const names = (Array.isArray(previous) ? previous : []).map((t) => tokenContent(t, 'additional_special_tokens entry'));
+      config.additional_special_tokens = [...names, ...extra.filter((t) => !names.includes(t))];
+      delete config.extra_special_tokens;
+    }
+    this.rebuild(this.raw.json, config);
+    return added;
+  }
+
+  /**
+   * Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json (and chat_template.jinja where the
+   * template came from one), as transformers' save_pretrained lays them out: what fromPretrained and transformers load.
+   */
+  savePretrained(dir: string): void {
+    fs.mkdirSync(dir, { recursive: true });
+    const { json, config, sources } = this.raw;
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json, null, 2) + '\n');
+    const decoder: Json = {};
+    for (const e of json.added_tokens as Json[]) {
+      decoder[String(e.id)] = { content: e.content, single_word: e.single_word ?? false, lstrip: e.lstrip ?? false, rstrip: e.rstrip ?? false,
+        normalized: e.normalized ?? !e.special, special: e.special ?? false };
+    }
+    const out: Json = { ...config, added_tokens_decoder: decoder };
+    if (this.additionalSpecialTokens.length) out.additional_special_tokens = this.additionalSpecialTokens;
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(out, null, 2) + '\n');
+    const map: Json = {};
+    for (const [key, token] of [['bos_token', this.bosToken], ['eos_token', this.eosToken], ['unk_token', this.unkToken], ['pad_token', this.padToken]] as const) {
+      if (token !== null) map[key] = token;
+    }
+    if (this.additionalSpecialTokens.length) map.additional_special_tokens = this.additionalSpecialTokens;
+    fs.writeFileSync(path.join(dir, 'special_tokens_map.json'), JSON.stringify(map, null, 2) + '\n');
+    if (sources.chatTemplate !== undefined) fs.writeFileSync(path.join(dir, 'chat_template.jinja'), sources.chatTemplate);
   }
 
   /** The id of a token string, or null if it is not in the vocabulary. */

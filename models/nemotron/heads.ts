@@ -42,6 +42,10 @@ abstract class NemotronWithHead<Out extends CommonOutput> extends NemotronPreTra
   /** The head's own parameters, HF-named. */
   protected abstract headParameters(): Array<[string, tf.Variable]>;
 
+  protected vocabularyMatrices(): VocabMatrix[] {
+    return [this.model.embedding];
+  }
+
   /** Head outputs (and loss) from the base output; runs inside tf.tidy. */
   protected abstract head(base: BaseModelOutput, inputs: HeadInputs, prepared: PreparedInputs): Omit<Out, keyof Omit<CommonOutput, 'loss'>>;
 
@@ -134,6 +138,10 @@ export class NemotronForCausalLM extends NemotronWithHead<CausalLMOutput> {
 
   protected headParameters(): Array<[string, tf.Variable]> {
     return this.lmHead ? this.lmHead.named('lm_head.weight') : [];
+  }
+
+  protected vocabularyMatrices(): VocabMatrix[] {
+    return this.lmHead ? [this.model.embedding, this.lmHead] : [this.model.embedding];
   }
 
   /** The output projection [vocab, hidden] (the embeddings when tied), as one tensor or row blocks. */

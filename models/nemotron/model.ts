@@ -104,6 +104,10 @@ export class NemotronModel extends NemotronPreTrainedModel {
     return new Map(this.baseParameters(this.basePrefix));
   }
 
+  protected vocabularyMatrices(): VocabMatrix[] {
+    return [this.embedding];
+  }
+
   /** The base weights under a prefix ('model.' inside the heads). */
   baseParameters(prefix: string): Array<[string, tf.Variable]> {
     return [
@@ -200,8 +204,8 @@ export class NemotronModel extends NemotronPreTrainedModel {
     return tf.tensor4d(data, [batch, 1, seq, keys]);
   }
 
-  /** float32 bytes of the base weights (sizes never change once built). */
-  private weightBytes?: number;
+  /** float32 bytes of the base weights, and the vocabulary size they were counted at (resizeTokenEmbeddings). */
+  private weightBytes?: { bytes: number; vocab: number };
 
   /** The compiled step's spec where this forward is a decoding step the backend compiles (see DECODE_STEP_KERNEL). */
   private compiledDecodeStep(prepared: PreparedInputs, inputs: NemotronModelInputs, cache: KVCache | undefined, hasMask: boolean,
@@ -210,13 +214,16 @@ export class NemotronModel extends NemotronPreTrainedModel {
     if (!fusedKernelApplies(DECODE_STEP_KERNEL)) return null;
     // The compiled step reads the weights alone: unmerged LoRA adapters go layer by layer (mergeAndUnload() folds them in).
     if (this.layers.some((layer) => layer.adapterVariables().length > 0)) return null;
-    this.weightBytes ??= 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0);
+    if (this.weightBytes?.vocab !== this.embedding.rows) {
+      this.weightBytes = { bytes: 4 * this.baseParameters('').reduce((n, [, v]) => n + v.size, 0), vocab: this.embedding.rows };
+    }
+    const weightBytes = this.weightBytes.bytes;
     // The native backend's graph copies its inputs each run (decodeStepFits); WebGPU reads the weights where they are.
     const fits = (bytes: number) => tf.getBackend() !== 'tensorflow' || decodeStepFits(bytes);
-    if (!fits(this.weightBytes)) return null;
+    if (!fits(weightBytes)) return null;
     // With the output projection where it fits too, else without it (the head then applies it).
     const vocab = outputWeight?.shape[0] ?? 0;
-    const withProjection = vocab > 0 && fits(this.weightBytes + 4 * vocab * this.config.hiddenSize);
+    const withProjection = vocab > 0 && fits(weightBytes + 4 * vocab * this.config.hiddenSize);
     const spec = decodeStepSpec(this.config, prepared.batch, hasMask, withProjection ? vocab : 0);
     // A backend may take only some steps (WebGPU: no biases, at most FEW_ROWS rows).
     return spec && fusedKernelApplies(DECODE_STEP_KERNEL, spec as unknown as Record<string, unknown>) ? spec : null;

@@ -8,7 +8,7 @@ import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
-import { BLOCK_SEPARATOR, groupBlocks, joinRows } from '../../layers/vocab-matrix';
+import { BLOCK_SEPARATOR, VocabMatrix, groupBlocks, joinRows } from '../../layers/vocab-matrix';
 import { estimateMemory } from './presets';
 
 export interface FromPretrainedOptions {
@@ -24,6 +24,18 @@ export interface FromPretrainedOptions {
 
 /** wasm's linear memory is 32-bit: 4 GB for everything, weights and activations. */
 const WASM_MEMORY_BYTES = 4 * 1024 ** 3;
+
+export interface ResizeTokenEmbeddingsOptions {
+  /** Round the new size up to a multiple of this (transformers' pad_to_multiple_of). */
+  padToMultipleOf?: number;
+  /**
+   * Added rows drawn around the old rows' mean, with 1e-9 times their covariance (default true, as transformers: new
+   * tokens then barely move the next-token distribution); false: normal(0, initializer_range).
+   */
+  meanResizing?: boolean;
+  /** Seed of the added rows' random values. */
+  seed?: number;
+}
 
 export interface SavePretrainedOptions {
   /** Split into shards of at most this many bytes, with model.safetensors.index.json, as transformers does. */
@@ -72,6 +84,36 @@ export abstract class NemotronPreTrainedModel {
   }
 
   protected disposeExtras(): void {}
+
+  /** The [vocab, hidden] matrices: the input embeddings, and an untied LM head. */
+  protected abstract vocabularyMatrices(): VocabMatrix[];
+
+  /**
+   * transformers' resize_token_embeddings(): the input embeddings (and an untied LM head) to `newNumTokens` rows — the
+   * first rows kept, added ones drawn as `meanResizing` says, extra ones dropped — and config.vocabSize with them.
+   * Without `newNumTokens`, `padToMultipleOf` pads the current size. Returns the new vocabulary size. The parameters
+   * become new variables: make optimizers and LoRA adapters after resizing.
+   */
+  resizeTokenEmbeddings(newNumTokens?: number | null, options: ResizeTokenEmbeddingsOptions = {}): number {
+    const matrices = this.vocabularyMatrices();
+    let rows = newNumTokens ?? matrices[0].rows;
+    if (!(Number.isInteger(rows) && rows >= 1)) throw new Error(`resizeTokenEmbeddings: newNumTokens must be a positive integer, got ${newNumTokens}`);
+    const multiple = options.padToMultipleOf;
+    if (multiple !== undefined) {
+      if (!(Number.isInteger(multiple) && multiple >= 1)) throw new Error(`resizeTokenEmbeddings: padToMultipleOf must be a positive integer, got ${multiple}`);
+      rows = Math.ceil(rows / multiple) * multiple;
+    }
+    const meanResizing = options.meanResizing ?? true;
+    matrices.forEach((matrix, i) => {
+      const seed = options.seed === undefined ? undefined : options.seed + 1000 * i;
+      matrix.resize(rows, (count) => (meanResizing
+        ? matrix.meanRows(count, seed)
+        : tf.randomNormal([count, matrix.cols], 0, this.config.initializerRange, 'float32', seed) as tf.Tensor2D));
+    });
+    // One config object serves a head and its base model; transformers updates config.vocab_size in place too.
+    (this.config as { vocabSize: number }).vocabSize = rows;
+    return rows;
+  }
 
   /** Where the gradient-checkpointing switch lives: the base model (a head's `model`). */
   protected abstract checkpointingSwitch(): { gradientCheckpointing: boolean };

@@ -81,6 +81,7 @@ export function registerFinetune(program: Command): void {
     .option('--lora-alpha <a>', 'LoRA: scaling numerator (scaling = alpha / r)', positive, 16)
     .option('--lora-targets <list>', 'LoRA: projections to adapt, comma-separated (q_proj,k_proj,v_proj,o_proj,up_proj,down_proj) or all-linear', 'all-linear')
     .option('--lora-dropout <p>', 'LoRA: dropout on the adapters\' input while training', nonNegative, 0)
+    .option('--add-special-tokens <list>', 'comma-separated special tokens to add to the tokenizer (e.g. chat markers); the embeddings grow to the tokenizer\'s size, as resize_token_embeddings does, and both are saved (not with --lora-r)')
     .option('--resume', 'continue the run saved in --output (weights, optimizer state, position in the data)')
     .option('--no-progress', 'no progress bar')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
@@ -92,6 +93,14 @@ export function registerFinetune(program: Command): void {
         if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);
       }
       const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      const newTokens = opts.addSpecialTokens === undefined ? [] : String(opts.addSpecialTokens).split(',').map((t: string) => t.trim()).filter(Boolean);
+      if (opts.addSpecialTokens !== undefined) {
+        if (!tokenizer) throw new Error(`--add-special-tokens needs the tokenizer: no tokenizer.json in ${opts.model}`);
+        if (newTokens.length === 0) throw new Error(`--add-special-tokens: expected comma-separated tokens, got ${JSON.stringify(opts.addSpecialTokens)}`);
+        // The adapter would stand for a base whose vocabulary it does not have (and the new rows would not train).
+        if (lora) throw new Error('--add-special-tokens cannot be combined with --lora-r: new tokens need the embeddings trained and saved whole');
+        tokenizer.addSpecialTokens({ additionalSpecialTokens: newTokens });
+      }
       const readOptions = { assistantOnlyLoss: opts.assistantOnlyLoss ?? false };
       const train = readJsonl(opts.train, task, tokenizer, opts.maxLength, readOptions);
       const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength, readOptions) : undefined;
@@ -104,6 +113,13 @@ export function registerFinetune(program: Command): void {
         base = await LOADERS[task](from, { config: resuming ? undefined : headConfig(task, train, opts.numLabels), onProgress: bar?.onProgress });
       } finally {
         bar?.stop();
+      }
+      // New tokens: the embeddings (and an untied LM head) grow to the tokenizer's size, as transformers'
+      // resize_token_embeddings(len(tokenizer)) (a resumed run's checkpoint has grown already).
+      if (newTokens.length && tokenizer!.vocabSize > base.config.vocabSize) {
+        const from = base.config.vocabSize;
+        base.resizeTokenEmbeddings(tokenizer!.vocabSize, { seed: opts.seed });
+        process.stderr.write(`added ${newTokens.length} special tokens: embeddings ${from} → ${base.config.vocabSize} rows\n`);
       }
       const model: TrainableModel = !lora ? base : resuming ? await LoraModel.fromPretrained(base, opts.output) : LoraModel.attach(base, {
         r: opts.loraR, loraAlpha: opts.loraAlpha, loraDropout: opts.loraDropout, seed: opts.seed,
@@ -124,7 +140,8 @@ export function registerFinetune(program: Command): void {
       const history = await trainer.fit();
       const first = history[0];
       const last = history[history.length - 1];
-      if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+      if (tokenizer && newTokens.length) tokenizer.savePretrained(opts.output);
+      else if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
       }
       const evalNote = trainer.evalHistory.length ? ` · eval loss ${trainer.evalHistory[trainer.evalHistory.length - 1].evalLoss.toFixed(4)}` : '';

@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { LoraModel, NemotronConfig, SafetensorsFile, readJsonl, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
+import { LoraModel, NemotronConfig, NemotronTokenizer, SafetensorsFile, readJsonl, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../src/index';
 import { causalPerplexity } from '../../src/cli/evaluate';
 import { tmpDir } from '../helpers';
 
@@ -22,6 +22,21 @@ describe('finetune CLI', function () {
     await model.savePretrained(base);
     model.dispose();
   });
+
+  /** A model over the fixture tokenizer's 327 ids, with its tokenizer.json and the given tokenizer_config.json. */
+  async function withTokenizer(name: string, tokenizerConfig: string): Promise<string> {
+    const dir = tmpDir(name);
+    const model = new NemotronForCausalLM(new NemotronConfig({
+      vocabSize: 327, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
+      maxPositionEmbeddings: 128, padTokenId: 0, bosTokenId: 2, eosTokenId: 3, initializerRange: 0.1,
+    }));
+    await model.savePretrained(dir);
+    model.dispose();
+    const fixtures = path.resolve(__dirname, '../../../test/fixtures');
+    fs.copyFileSync(path.join(fixtures, 'tokenizer/tokenizer.json'), path.join(dir, 'tokenizer.json'));
+    fs.copyFileSync(path.join(fixtures, tokenizerConfig), path.join(dir, 'tokenizer_config.json'));
+    return dir;
+  }
 
   const classes = {
     'causal-lm': NemotronForCausalLM, 'sequence-classification': NemotronForSequenceClassification,
@@ -97,17 +112,8 @@ describe('finetune CLI', function () {
   });
 
   it('instruction tuning from chat data: "messages" rows, --assistant-only-loss, LoRA; the adapter is saved', async () => {
-    // A model over the fixture tokenizer's 327 ids, with the Nemotron-style chat template of the chat fixtures.
-    const chatBase = tmpDir('ft-chat-base');
-    const model = new NemotronForCausalLM(new NemotronConfig({
-      vocabSize: 327, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2,
-      maxPositionEmbeddings: 128, padTokenId: 0, bosTokenId: 2, eosTokenId: 3, initializerRange: 0.1,
-    }));
-    await model.savePretrained(chatBase);
-    model.dispose();
-    const fixtures = path.resolve(__dirname, '../../../test/fixtures');
-    fs.copyFileSync(path.join(fixtures, 'tokenizer/tokenizer.json'), path.join(chatBase, 'tokenizer.json'));
-    fs.copyFileSync(path.join(fixtures, 'chat-template/tokenizer_config.json'), path.join(chatBase, 'tokenizer_config.json'));
+    // With the Nemotron-style chat template of the chat fixtures.
+    const chatBase = await withTokenizer('ft-chat-base', 'chat-template/tokenizer_config.json');
     const data = path.join(tmpDir('ft-chat-data'), 'chat.jsonl');
     fs.writeFileSync(data, [
       { messages: [{ role: 'user', content: 'Say hi.' }, { role: 'assistant', content: 'Hi there.' }] },
@@ -120,6 +126,29 @@ describe('finetune CLI', function () {
     expect(run.stdout).to.match(/trained 3 steps: loss ([\d.]+) → ([\d.]+)/);
     expect(fs.existsSync(path.join(output, 'adapter_model.safetensors'))).to.equal(true);
     expect(fs.existsSync(path.join(output, 'tokenizer_config.json')), 'the tokenizer (and its chat template) travels with the adapter').to.equal(true);
+  });
+
+  it('--add-special-tokens: the tokenizer gains them, the embeddings grow to its size, both are saved; not with LoRA', async () => {
+    const tokBase = await withTokenizer('ft-tokens-base', 'tokenizer/tokenizer_config.json');
+    const data = path.join(tmpDir('ft-tokens-data'), 'tool.jsonl');
+    fs.writeFileSync(data, ['Hello <|tool|> the world<|eot|>', 'the <|tool|> Hello<|eot|>'].map((text) => JSON.stringify({ text })).join('\n'));
+    const output = tmpDir('ft-tokens');
+    const args = ['finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', tokBase, '--train', data, '--output', output,
+      '--lr', '1e-2', '--batch-size', '2', '--max-steps', '2', '--no-progress', '--add-special-tokens', '<|tool|>, <|eot|>'];
+    const run = spawnSync('node', [CLI, ...args], { encoding: 'utf8' });
+    expect(run.status, run.stderr).to.equal(0);
+    expect(run.stderr).to.match(/added 2 special tokens: embeddings 327 → 329 rows/);
+    const tokenizer = await NemotronTokenizer.fromPretrained(output);
+    expect(tokenizer.vocabSize).to.equal(329);
+    expect(tokenizer.encode('<|tool|><|eot|>', { addSpecialTokens: false })).to.deep.equal([327, 328]);
+    expect(tokenizer.decode([2, 327, 52, 328], { skipSpecialTokens: true })).to.equal('Hello');
+    const trained = await NemotronForCausalLM.fromPretrained(output);
+    expect(trained.config.vocabSize).to.equal(329);
+    expect(trained.outputWeight.shape).to.deep.equal([329, 32]);
+    trained.dispose();
+    const withLora = spawnSync('node', [CLI, ...args, '--lora-r', '4', '--output', tmpDir('ft-tokens-lora')], { encoding: 'utf8' });
+    expect(withLora.status).to.equal(1);
+    expect(withLora.stderr).to.match(/--add-special-tokens cannot be combined with --lora-r/);
   });
 
   it('evaluate: token-weighted perplexity, the same at batch 1 and 8, and what the adapter changes', async () => {

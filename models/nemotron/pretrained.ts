@@ -105,7 +105,8 @@ export abstract class NemotronPreTrainedModel {
     }
     const meanResizing = options.meanResizing ?? true;
     matrices.forEach((matrix, i) => {
-      const seed = options.seed === undefined ? undefined : options.seed + 1000 * i;
+      // tfjs takes a seed of 0 for none: never hand it one.
+      const seed = options.seed === undefined ? undefined : 1 + options.seed + 1000 * i;
       matrix.resize(rows, (count) => (meanResizing
         ? matrix.meanRows(count, seed)
         : tf.randomNormal([count, matrix.cols], 0, this.config.initializerRange, 'float32', seed) as tf.Tensor2D));

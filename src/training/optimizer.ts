@@ -9,6 +9,19 @@ export interface AdamWOptions {
   weightDecay?: number;
   /** Parameters that get weight decay; default: all but biases and LayerNorm weights (as the HF Trainer). */
   decays?: (name: string) => boolean;
+  /** Step the small parameters together, as one flat tensor per weight decay (torch's foreach). Default true. */
+  foreach?: boolean;
+}
+
+/** Parameters up to this many values step together when `foreach` (LoRA's A and B of rank 16 are 16–150 k). */
+const FOREACH_MAX_SIZE = 1 << 18;
+
+interface Update {
+  name: string;
+  param: tf.Variable;
+  grad: tf.Tensor;
+  /** lr · weight decay for this parameter, 0 without. */
+  decay: number;
 }
 
 /** The HF Trainer's rule: no weight decay on biases and LayerNorm parameters. */
@@ -27,6 +40,7 @@ export class AdamW {
   readonly eps: number;
   readonly weightDecay: number;
   private readonly decays: (name: string) => boolean;
+  private readonly foreach: boolean;
   /** Steps taken (t in the bias correction). */
   step = 0;
   readonly expAvg = new Map<string, tf.Tensor>();
@@ -38,6 +52,7 @@ export class AdamW {
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0.01;
     this.decays = options.decays ?? defaultDecays;
+    this.foreach = options.foreach ?? true;
     for (const [name, value] of [['beta1', this.beta1], ['beta2', this.beta2]] as const) {
       if (!(value >= 0 && value < 1)) throw new Error(`AdamW: ${name} must be in [0, 1), got ${value}`);
     }
@@ -48,61 +63,71 @@ export class AdamW {
   apply(grads: Map<string, tf.Tensor>, lr: number): void {
     if (!(lr > 0)) throw new Error(`AdamW: learning rate must be > 0, got ${lr}`);
     this.step++;
-    const c1 = 1 - this.beta1 ** this.step;
-    const c2 = Math.sqrt(1 - this.beta2 ** this.step);
-    const fused = fusedKernelApplies(ADAMW_KERNEL);
     // A row block that no token reached (the embedding gathers only from blocks that hold the batch's ids) has no
     // gradient, yet it is part of one matrix whose gradient torch would hold, zero in those rows: it steps with zeros.
     const touched = new Set([...grads.keys()].map((name) => blockOf(name)?.[0]).filter((base) => base !== undefined));
+    const updates: Update[] = [];
+    const zeros: tf.Tensor[] = [];
     for (const [name, param] of this.params) {
       const base = blockOf(name)?.[0];
-      const zeros = !grads.has(name) && base !== undefined && touched.has(base) ? tf.zerosLike(param) : undefined;
-      const grad = grads.get(name) ?? zeros;
-      if (!grad) continue;
-      if (fused) {
-        this.applyFused(name, param, grad, lr);
-        zeros?.dispose();
-        continue;
-      }
-      const [m, v] = tf.tidy(() => {
-        const m0 = this.expAvg.get(name) ?? tf.zerosLike(param);
-        const v0 = this.expAvgSq.get(name) ?? tf.zerosLike(param);
-        return [
-          tf.add(tf.mul(m0, this.beta1), tf.mul(grad, 1 - this.beta1)),
-          tf.add(tf.mul(v0, this.beta2), tf.mul(tf.square(grad), 1 - this.beta2)),
-        ];
-      });
-      tf.tidy(() => {
-        const decayed = this.decays(name) && this.weightDecay > 0 ? tf.mul(param, 1 - lr * this.weightDecay) : param;
-        const denom = tf.add(tf.div(tf.sqrt(v), c2), this.eps);
-        param.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), lr / c1)));
-      });
-      this.expAvg.get(name)?.dispose();
-      this.expAvgSq.get(name)?.dispose();
-      this.expAvg.set(name, tf.keep(m));
-      this.expAvgSq.set(name, tf.keep(v));
-      zeros?.dispose();
+      let grad = grads.get(name);
+      if (!grad && base !== undefined && touched.has(base)) zeros.push(grad = tf.zerosLike(param));
+      if (grad) updates.push({ name, param, grad, decay: this.decays(name) && this.weightDecay > 0 ? lr * this.weightDecay : 0 });
     }
+    // Many small parameters (LoRA's A and B, norms, biases) step as one flat tensor per decay (torch's foreach): the
+    // same element-wise update in a few ops instead of a dozen each; large ones step alone (no copies of them).
+    const groups = new Map<number, Update[]>();
+    for (const u of updates) {
+      if (this.foreach && u.param.size <= FOREACH_MAX_SIZE) groups.set(u.decay, [...(groups.get(u.decay) ?? []), u]);
+      else this.update([u], lr);
+    }
+    for (const group of groups.values()) this.update(group, lr);
+    tf.dispose(zeros);
   }
 
-  /** The same update as one kernel where the backend has it (the native backend: one pass over memory). */
-  private applyFused(name: string, param: tf.Variable, grad: tf.Tensor, lr: number): void {
-    const zeros = this.expAvg.has(name) ? [] : [tf.zerosLike(param), tf.zerosLike(param)];
-    const [m0, v0] = zeros.length ? zeros : [this.expAvg.get(name)!, this.expAvgSq.get(name)!];
-    const decay = this.decays(name) && this.weightDecay > 0 ? lr * this.weightDecay : 0;
-    const attrs = { lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, decay, step: this.step };
-    const [p, m, v] = tf.engine().runKernel(ADAMW_KERNEL, { param, grad, expAvg: m0, expAvgSq: v0 }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
-    param.assign(p);
-    p.dispose();
-    tf.dispose([...zeros, this.expAvg.get(name) ?? [], this.expAvgSq.get(name) ?? []]);
-    this.expAvg.set(name, tf.keep(m));
-    this.expAvgSq.set(name, tf.keep(v));
+  /** Steps `group` (one parameter, or several of one decay as one flat tensor) and keeps their new moments. */
+  private update(group: Update[], lr: number): void {
+    const single = group.length === 1;
+    const [p, m, v] = tf.tidy(() => {
+      const flat = (ts: tf.Tensor[]) => (single ? ts[0] : tf.concat(ts.map((t) => t.reshape([-1]))));
+      const moment = (map: Map<string, tf.Tensor>) => flat(group.map((u) => map.get(u.name) ?? tf.zerosLike(u.param)));
+      return this.adamStep(flat(group.map((u) => u.param)), flat(group.map((u) => u.grad)), moment(this.expAvg), moment(this.expAvgSq), group[0].decay, lr);
+    });
+    const pieces = (t: tf.Tensor) => (single ? [t] : tf.split(t, group.map((u) => u.param.size)).map((piece, i) => {
+      const shaped = piece.reshape(group[i].param.shape);
+      piece.dispose();
+      return shaped;
+    }));
+    const [ps, ms, vs] = [pieces(p), pieces(m), pieces(v)];
+    if (!single) tf.dispose([p, m, v]);
+    group.forEach((u, i) => {
+      u.param.assign(ps[i]);
+      ps[i].dispose();
+      this.expAvg.get(u.name)?.dispose();
+      this.expAvgSq.get(u.name)?.dispose();
+      this.expAvg.set(u.name, tf.keep(ms[i]));
+      this.expAvgSq.set(u.name, tf.keep(vs[i]));
+    });
   }
 
   /**
-   * Named host copies of the moments, for saving. Moments of a matrix stored in row blocks (see VocabMatrix) are joined
-   * under its HF name, so that a state saved on one backend resumes on another.
+   * The update of p with gradient g and moments m, v: [p', m', v'], as one kernel where the backend has it (the native
+   * backend: one pass over memory), else the plain ops.
    */
+  private adamStep(p: tf.Tensor, g: tf.Tensor, m0: tf.Tensor, v0: tf.Tensor, decay: number, lr: number): tf.Tensor[] {
+    if (fusedKernelApplies(ADAMW_KERNEL)) {
+      const attrs = { lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, decay, step: this.step };
+      return tf.engine().runKernel(ADAMW_KERNEL, { param: p, grad: g, expAvg: m0, expAvgSq: v0 }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    }
+    const c1 = 1 - this.beta1 ** this.step;
+    const c2 = Math.sqrt(1 - this.beta2 ** this.step);
+    const m = tf.add(tf.mul(m0, this.beta1), tf.mul(g, 1 - this.beta1));
+    const v = tf.add(tf.mul(v0, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
+    const decayed = decay > 0 ? tf.mul(p, 1 - decay) : p;
+    const denom = tf.add(tf.div(tf.sqrt(v), c2), this.eps);
+    return [tf.sub(decayed, tf.mul(tf.div(m, denom), lr / c1)), m, v];
+  }
+
   async stateTensors(): Promise<Array<{ name: string; shape: number[]; data: Float32Array }>> {
     const out: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
     for (const [prefix, map] of [['exp_avg', this.expAvg], ['exp_avg_sq', this.expAvgSq]] as const) {

@@ -4,9 +4,9 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
   AdamW, NemotronConfig, NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification,
-  NemotronForTokenClassification, TaskName, Trainer, clipByGlobalNorm, learningRate, readJsonl,
+  NemotronForTokenClassification, TaskName, Trainer, clipByGlobalNorm, learningRate, readJsonl, setBackend, ADAMW_KERNEL,
 } from '../../src/index';
-import { tmpDir } from '../helpers';
+import { kernelsRun, testBackends, tmpDir } from '../helpers';
 
 const DATASETS = path.resolve(__dirname, '../../../examples/datasets');
 const tiny = (extra: Partial<ConstructorParameters<typeof NemotronConfig>[0]> = {}) => new NemotronConfig({
@@ -42,6 +42,41 @@ describe('training', () => {
       Array.from(p.dataSync()).forEach((val, i) => expect(val).to.be.closeTo(x[i], 1e-6));
       opt.dispose();
       p.dispose();
+    });
+
+    it('foreach: small parameters step as one flat tensor per decay, exactly as one by one; large ones alone (every backend)', async () => {
+      const shapes: Array<[string, number[]]> = [
+        ['model.layers.0.self_attn.q_proj.lora_A.weight', [4, 32]], ['model.layers.0.self_attn.q_proj.lora_B.weight', [48, 4]],
+        ['model.layers.0.mlp.up_proj.lora_A.weight', [4, 32]], ['model.layers.0.input_layernorm.weight', [32]],
+        ['model.layers.0.mlp.up_proj.bias', [48]], ['model.embed_tokens.weight', [600, 500]],
+      ];
+      for (const backend of testBackends()) {
+        await setBackend(backend);
+        const run = (foreach: boolean) => {
+          const params = new Map(shapes.map(([name, shape], i) => [name, tf.tidy(() => tf.variable(tf.randomNormal(shape, 0, 1, 'float32', i + 1)))]));
+          const opt = new AdamW(params, { weightDecay: 0.1, foreach });
+          let kernels = 0;
+          for (let step = 0; step < 3; step++) {
+            const grads = new Map(shapes.map(([name, shape], i) => [name, tf.randomNormal(shape, 0, 1, 'float32', 100 * step + i + 1)]));
+            kernels += kernelsRun(() => opt.apply(grads, 0.01 / (step + 1))).get(ADAMW_KERNEL) ?? 0;
+            tf.dispose([...grads.values()]);
+          }
+          const out = shapes.flatMap(([name]) => [params.get(name)!, opt.expAvg.get(name)!, opt.expAvgSq.get(name)!]).map((t) => t.clone());
+          opt.dispose();
+          tf.dispose([...params.values()]);
+          return { out, kernels };
+        };
+        const before = tf.memory().numTensors;
+        const [together, alone] = [run(true), run(false)];
+        together.out.forEach((t, i) => {
+          expect(tf.tidy(() => tf.max(tf.abs(tf.sub(t, alone.out[i]))).dataSync()[0]), `${backend}: tensor ${i}`).to.equal(0);
+        });
+        // With the fused kernel: 3 a step (decayed small ones, undecayed small ones, the large one) instead of 6.
+        if (alone.kernels > 0) expect([together.kernels, alone.kernels], backend).to.deep.equal([9, 18]);
+        tf.dispose([...together.out, ...alone.out]);
+        expect(tf.memory().numTensors, `${backend}: tensors left`).to.equal(before);
+      }
+      await setBackend('cpu');
     });
 
     it('no weight decay on biases and LayerNorm weights by default', () => {

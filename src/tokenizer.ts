@@ -554,6 +554,18 @@ export class NemotronTokenizer {
     return this.specialIds.has(id);
   }
 
+  /**
+   * encode(text) with transformers' special_tokens_mask: 1 for the ids the template adds around the text (BOS, …), 0 for
+   * the text's own, special tokens written in it included (as the tokenizers library marks them).
+   */
+  encodeWithSpecialTokensMask(text: string): { ids: number[]; specialTokensMask: number[] } {
+    const plain = this.encode(text, { addSpecialTokens: false });
+    return {
+      ids: [...this.prefixIds, ...plain, ...this.suffixIds],
+      specialTokensMask: [...this.prefixIds.map(() => 1), ...plain.map(() => 0), ...this.suffixIds.map(() => 1)],
+    };
+  }
+
   /** Token ids of `text`; with `addSpecialTokens` (default) BOS is prepended like transformers. */
   encode(text: string, opts: EncodeOptions = {}): number[] {
     if (typeof text !== 'string') throw new Error(`encode: expected a string, got ${typeof text}`);

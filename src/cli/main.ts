@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora` and `evaluate` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate` and `predict` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -13,6 +13,7 @@ import { registerInfo } from './info';
 import { registerFinetune } from './finetune';
 import { registerMergeLora } from './merge-lora';
 import { registerEvaluate } from './evaluate';
+import { registerPredict } from './predict';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -53,6 +54,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerFinetune(program);
   registerMergeLora(program);
   registerEvaluate(program);
+  registerPredict(program);
   return program;
 }
 

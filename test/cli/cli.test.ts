@@ -7,7 +7,8 @@ import { setBackend } from '../../src/backends';
 import { CheckpointReader } from '../../src/io/checkpoint';
 import { NemotronTokenizer } from '../../src/tokenizer';
 import { GenerateOptions, generate } from '../../src/generation/generate';
-import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronForCausalLM, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
+import { classifyText, classifyTokens } from '../../src/inference/classification';
 import { LoraModel } from '../../src/training/lora';
 import { fixtureDir } from '../helpers';
 
@@ -310,6 +311,46 @@ describe('CLI (nemotron-tfjs)', function () {
       const r = cli('generate', '--model', model, '--prompt', PROMPT, '-n', '60', '--backend', 'cpu');
       expect(r.code).to.equal(1);
       expect(r.stderr).to.include('max_position_embeddings 64');
+    });
+  });
+
+  describe('predict', () => {
+    const TOKENIZER = path.resolve(__dirname, '../../../test/fixtures/generation-processors/tiny-gqa-tokenizer');
+    const withTokenizer = (head: string) => {
+      const dir = path.join(tmp, `predict-${head}`);
+      copyCheckpoint(fixtureDir('tiny-gqa', head), dir);
+      for (const f of fs.readdirSync(TOKENIZER)) fs.copyFileSync(path.join(TOKENIZER, f), path.join(dir, f));
+      return dir;
+    };
+    const texts = ['the stopped stone', 'a tin of it'];
+
+    it('sequence classification: the labels classifyText gives, best first; --json; the head from config.json', async () => {
+      const dir = withTokenizer('seqcls-multi');
+      const r = cli('predict', '--model', dir, '--text', texts[0], '--text', texts[1], '--top-k', 'all', '--json', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      const classifier = await NemotronForSequenceClassification.fromPretrained(dir);
+      const expected = await classifyText(classifier, await NemotronTokenizer.fromPretrained(dir), texts, { topK: null });
+      classifier.dispose();
+      expect(r.stdout.trim().split('\n').map((l) => JSON.parse(l))).to.deep.equal(texts.map((text, i) => ({ text, result: expected[i] })));
+      const plain = cli('predict', '--model', dir, '--text', texts[0], '--backend', 'cpu');
+      expect(plain.stdout).to.equal(`${expected[0][0].label} ${expected[0][0].score.toFixed(4)}\t${texts[0]}\n`);
+    });
+
+    it('token classification: every token\'s label as classifyTokens gives it, --ignore-labels; a causal LM is sent to generate', async () => {
+      const dir = withTokenizer('tokcls');
+      const r = cli('predict', '--model', dir, '--text', texts[1], '--ignore-labels', 'LABEL_0,LABEL_2', '--json', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      const tagger = await NemotronForTokenClassification.fromPretrained(dir);
+      const expected = await classifyTokens(tagger, await NemotronTokenizer.fromPretrained(dir), texts[1], { ignoreLabels: ['LABEL_0', 'LABEL_2'] });
+      tagger.dispose();
+      expect(expected.length).to.be.greaterThan(0);
+      expect(JSON.parse(r.stdout)).to.deep.equal({ text: texts[1], result: expected });
+      const causal = cli('predict', '--model', model, '--text', 'x', '--backend', 'cpu');
+      expect(causal.code).to.equal(1);
+      expect(causal.stderr).to.match(/predict runs NemotronForSequenceClassification or NemotronForTokenClassification checkpoints; .* is NemotronForCausalLM \(use generate\)/);
+      const badK = cli('predict', '--model', dir, '--text', 'x', '--top-k', '0');
+      expect(badK.code).to.equal(1);
+      expect(badK.stderr).to.match(/--top-k.*It must be a positive integer or "all"/);
     });
   });
 

@@ -1,0 +1,48 @@
+"""transformers' text-classification and token-classification pipelines on the tiny fixture heads, for
+test/inference/pipelines.test.ts.
+
+Each tiny-gqa head (sequence classification: single-label, multi-label, regression; token classification) with the
+SentencePiece-style tokenizer over its vocabulary (test/fixtures/generation-processors/tiny-gqa-tokenizer), on a few
+texts: the default output (the best label), top_k=None (every label, sorted), a forced function_to_apply, and token
+classification with aggregation "none" (its entities without character offsets, which need the Rust tokenizer's
+offset mapping).
+
+    .venv-ref/bin/python scripts/reference/pipeline_fixtures.py
+"""
+import json
+import os
+
+import torch
+from transformers import AutoTokenizer, NemotronForSequenceClassification, NemotronForTokenClassification, pipeline
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures")
+TEXTS = ["the stopped stone", "a tin of it", "stop it and stop"]
+
+
+def main():
+    base = os.path.join(ROOT, "hf-reference", "tiny-gqa")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ROOT, "generation-processors", "tiny-gqa-tokenizer"))
+    out = {"texts": TEXTS, "text_classification": {}, "token_classification": {}}
+    for head in ("seqcls-single", "seqcls-multi", "seqcls-regression"):
+        model = NemotronForSequenceClassification.from_pretrained(os.path.join(base, head), dtype=torch.float32).eval()
+        classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+        out["text_classification"][head] = {
+            "default": [classify(t)[0] for t in TEXTS],
+            "top_k_none": [classify(t, top_k=None) for t in TEXTS],
+            "top_k_2_softmax": [classify(t, top_k=2, function_to_apply="softmax") for t in TEXTS],
+            "none": [classify(t, top_k=None, function_to_apply="none") for t in TEXTS],
+        }
+    model = NemotronForTokenClassification.from_pretrained(os.path.join(base, "tokcls"), dtype=torch.float32).eval()
+    tag = pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
+    strip = lambda entities: [{k: (float(v) if k == "score" else v) for k, v in e.items() if k not in ("start", "end")} for e in entities]
+    out["token_classification"] = {
+        "default": [strip(tag(t)) for t in TEXTS],
+        "ignore_label_0": [strip(tag(t, ignore_labels=["LABEL_0"])) for t in TEXTS],
+    }
+    os.makedirs(os.path.join(ROOT, "pipelines"), exist_ok=True)
+    json.dump(out, open(os.path.join(ROOT, "pipelines", "pipelines.json"), "w"), indent=1)
+    print(json.dumps(out)[:1500])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../backends';
+import { NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
+import { NemotronTokenizer } from '../tokenizer';
+import { LoraModel } from '../training/lora';
+import { ClassificationFunction, classifyText, classifyTokens } from '../inference/classification';
+import { checkModelDir } from './info';
+
+const HEADS = ['NemotronForSequenceClassification', 'NemotronForTokenClassification'];
+
+/** A positive integer, or 'all' (commander keeps a parser's null as no value, so 'all' stays a string until used). */
+function topKArg(value: string): number | 'all' {
+  if (value.trim() === 'all') return 'all';
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('It must be a positive integer or "all".');
+  return n;
+}
+
+/**
+ * `predict`: what a classification checkpoint says of texts, as transformers' text-classification and
+ * token-classification pipelines report it. The head comes from config.json's architectures.
+ */
+export function registerPredict(program: Command): void {
+  program
+    .command('predict')
+    .description('Labels of texts from a sequence- or token-classification checkpoint (transformers\' text-classification and token-classification pipelines)')
+    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder with tokenizer.json (config.json\'s architectures picks the head)')
+    .requiredOption('--text <text>', 'a text to label (repeatable)', (v: string, all: string[] = []) => [...all, v])
+    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
+    .option('--top-k <n>', 'sequence classification: labels per text, best first, or "all" (default: the best)', topKArg)
+    .addOption(new Option('--function <name>', 'sequence classification: how logits become scores (default as transformers: sigmoid for multi-label or one label, none for regression, else softmax)').choices(['sigmoid', 'softmax', 'none']))
+    .option('--ignore-labels <list>', 'token classification: labels not reported, comma-separated', 'O')
+    .option('--json', 'print one JSON line per text')
+    .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
+    .action(async (opts, command: Command) => {
+      checkModelDir(opts.model, ['config.json', 'tokenizer.json']);
+      const config = JSON.parse(fs.readFileSync(path.join(opts.model, 'config.json'), 'utf8')) as { architectures?: string[] };
+      const architecture = config.architectures?.[0] ?? '';
+      if (!HEADS.includes(architecture)) {
+        throw new Error(`predict runs ${HEADS.join(' or ')} checkpoints; ${opts.model} is ${architecture || 'of no architecture'}` +
+          (architecture === 'NemotronForCausalLM' ? ' (use generate)' : ''));
+      }
+      if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
+      await initBackend(opts.backend ?? command.optsWithGlobals().backend);
+      const tokenizer = await NemotronTokenizer.fromPretrained(opts.model);
+      const texts = opts.text as string[];
+      const write = (text: string, result: unknown, plain: string) =>
+        process.stdout.write(opts.json ? `${JSON.stringify({ text, result })}\n` : `${plain}\n`);
+      if (architecture === 'NemotronForSequenceClassification') {
+        const model = await NemotronForSequenceClassification.fromPretrained(opts.model);
+        try {
+          if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+          const results = await classifyText(model, tokenizer, texts, { topK: opts.topK === 'all' ? null : opts.topK, functionToApply: opts.function as ClassificationFunction | undefined });
+          results.forEach((labels, i) => write(texts[i], labels, `${labels.map((l) => `${l.label} ${l.score.toFixed(4)}`).join(' · ')}\t${texts[i]}`));
+        } finally {
+          model.dispose();
+        }
+        return;
+      }
+      const model = await NemotronForTokenClassification.fromPretrained(opts.model);
+      try {
+        if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+        const ignoreLabels = String(opts.ignoreLabels).split(',').map((l) => l.trim()).filter(Boolean);
+        for (const text of texts) {
+          const entities = await classifyTokens(model, tokenizer, text, { ignoreLabels });
+          write(text, entities, `${text}\n${entities.map((e) => `  ${e.index}\t${JSON.stringify(e.word)}\t${e.entity}\t${e.score.toFixed(4)}`).join('\n')}`);
+        }
+      } finally {
+        model.dispose();
+      }
+    });
+}

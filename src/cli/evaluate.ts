@@ -3,9 +3,10 @@ import * as path from 'path';
 import { Command, Option } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../backends';
-import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
 import { NemotronTokenizer } from '../tokenizer';
-import { collate, epochBatches, readJsonl } from '../training/data';
+import { TaskName, collate, epochBatches, readJsonl } from '../training/data';
+import { EvaluableModel, evaluateExamples } from '../training/metrics';
 import { LoraModel } from '../training/lora';
 import { integerArg } from './generate';
 import { checkModelDir } from './info';
@@ -40,12 +41,19 @@ export async function causalPerplexity(model: NemotronForCausalLM, file: string,
   return { loss: nll / tokens, perplexity: Math.exp(nll / tokens), tokens, examples: examples.length };
 }
 
+const HEAD_LOADERS: Record<Exclude<TaskName, 'causal-lm'>, (dir: string) => Promise<NemotronForSequenceClassification | NemotronForTokenClassification | NemotronForQuestionAnswering>> = {
+  'sequence-classification': (dir) => NemotronForSequenceClassification.fromPretrained(dir),
+  'token-classification': (dir) => NemotronForTokenClassification.fromPretrained(dir),
+  'question-answering': (dir) => NemotronForQuestionAnswering.fromPretrained(dir),
+};
+
 export function registerEvaluate(program: Command): void {
   program
     .command('evaluate')
-    .description('Perplexity of a causal LM checkpoint (optionally with a PEFT LoRA adapter) on a JSONL dataset (causal-lm formats)')
+    .description('Perplexity of a causal LM checkpoint on a JSONL dataset; with --task, the loss and accuracy (token accuracy, exact match) of a classification or QA checkpoint (optionally with a PEFT LoRA adapter)')
     .requiredOption('--model <dir>', 'Hugging Face checkpoint folder (tokenizer.json for text rows)')
-    .requiredOption('--data <file>', 'JSONL: {"text"}, {"input_ids"} or {"messages"} rows, as finetune --task causal-lm reads them')
+    .requiredOption('--data <file>', 'JSONL in the format finetune reads for the task (causal-lm: {"text"}, {"input_ids"} or {"messages"} rows)')
+    .addOption(new Option('--task <name>', 'what the checkpoint is').choices(['causal-lm', 'sequence-classification', 'token-classification', 'question-answering']).default('causal-lm'))
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
     .option('--batch-size <n>', 'examples per forward', integerArg('an integer ≥ 1', (n) => n >= 1), 8)
     .option('--max-length <n>', 'truncate examples to this many tokens', integerArg('an integer ≥ 2', (n) => n >= 2), 512)
@@ -56,6 +64,22 @@ export function registerEvaluate(program: Command): void {
       if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      const task = opts.task as TaskName;
+      if (task !== 'causal-lm') {
+        // The classification heads and QA: the loss and the task's metric (accuracy, token accuracy, exact match).
+        const head = await HEAD_LOADERS[task](opts.model);
+        try {
+          if (opts.adapter) (await LoraModel.fromPretrained(head, opts.adapter)).mergeAndUnload();
+          const examples = readJsonl(opts.data, task, tokenizer, opts.maxLength);
+          const m = await evaluateExamples(head as unknown as EvaluableModel, examples, task, { batchSize: opts.batchSize, padTokenId: head.config.padTokenId ?? tokenizer?.padTokenId ?? 0 });
+          const metric = m.accuracy !== undefined ? ` · accuracy ${m.accuracy.toFixed(4)}` : m.tokenAccuracy !== undefined ? ` · token accuracy ${m.tokenAccuracy.toFixed(4)}`
+            : m.exactMatch !== undefined ? ` · exact match ${m.exactMatch.toFixed(4)}` : '';
+          process.stdout.write(opts.json ? `${JSON.stringify({ task, ...m, backend })}\n` : `loss ${m.loss.toFixed(4)}${metric} over ${m.examples} examples (${task}, backend ${backend})\n`);
+        } finally {
+          head.dispose();
+        }
+        return;
+      }
       const model = await NemotronForCausalLM.fromPretrained(opts.model);
       try {
         if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();

@@ -144,7 +144,10 @@ export function registerFinetune(program: Command): void {
       else if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
       }
-      const evalNote = trainer.evalHistory.length ? ` · eval loss ${trainer.evalHistory[trainer.evalHistory.length - 1].evalLoss.toFixed(4)}` : '';
+      const lastEval = trainer.evalHistory[trainer.evalHistory.length - 1];
+      const evalMetric = lastEval?.evalAccuracy ?? lastEval?.evalTokenAccuracy ?? lastEval?.evalExactMatch;
+      const metricName = lastEval?.evalAccuracy !== undefined ? 'accuracy' : lastEval?.evalTokenAccuracy !== undefined ? 'token accuracy' : 'exact match';
+      const evalNote = lastEval ? ` · eval loss ${lastEval.evalLoss.toFixed(4)}${evalMetric !== undefined ? ` · eval ${metricName} ${evalMetric.toFixed(4)}` : ''}` : '';
       process.stdout.write(`trained ${trainer.state.step} steps: loss ${first?.loss.toFixed(4) ?? '-'} → ${last?.loss.toFixed(4) ?? '-'}${evalNote}; saved to ${opts.output}\n`);
       trainer.dispose();
       if (model instanceof LoraModel) model.unload();

@@ -3,3 +3,4 @@ export * from './optimizer';
 export * from './schedule';
 export * from './trainer';
 export * from './lora';
+export * from './metrics';

@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import type { HeadOutputs } from './metrics';
 import { LoraAdapter } from '../../layers/lora';
 import { blockOf } from '../../layers/vocab-matrix';
 import { HeadInputs } from '../../models/nemotron/heads';
@@ -198,6 +199,11 @@ export class LoraModel {
 
   numParameters(): number {
     return [...this.namedParameters().values()].reduce((n, v) => n + v.size, 0);
+  }
+
+  /** The wrapped model's forward (adapters included). */
+  forward(inputs: HeadInputs): HeadOutputs {
+    return (this.model as unknown as { forward(inputs: HeadInputs): HeadOutputs }).forward(inputs);
   }
 
   /** The wrapped model's loss (adapters included): what the Trainer minimises. */

@@ -7,6 +7,7 @@ import type { NemotronConfig } from '../../models/nemotron/config';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors';
 import { Example, TaskName, collate, countTokens, epochBatches } from './data';
 import { AdamW, clipByGlobalNorm } from './optimizer';
+import { EvaluableModel, HeadOutputs, evaluateExamples } from './metrics';
 import { ScheduleName, learningRate } from './schedule';
 
 /**
@@ -20,6 +21,8 @@ export interface TrainableModel {
   gradientCheckpointingEnable(): void;
   readonly isGradientCheckpointing: boolean;
   savePretrained(dir: string): Promise<void>;
+  /** The head's outputs, for the evaluation metrics of the classification tasks (evaluateExamples). */
+  forward?(inputs: HeadInputs): HeadOutputs;
 }
 
 export interface TrainerOptions {
@@ -85,7 +88,8 @@ export class Trainer {
   readonly options: Required<Pick<TrainerOptions, 'gradAccum' | 'schedule' | 'warmupSteps' | 'maxGradNorm' | 'seed' | 'shuffle' | 'padTokenId'>> & TrainerOptions;
   state: TrainState = { step: 0, epoch: 0, batchInEpoch: 0 };
   readonly history: StepLog[] = [];
-  readonly evalHistory: Array<{ step: number; evalLoss: number }> = [];
+  /** Each evaluation: the loss, and the task's metric where it has one (see evaluateExamples). */
+  readonly evalHistory: Array<{ step: number; evalLoss: number; evalAccuracy?: number; evalTokenAccuracy?: number; evalExactMatch?: number }> = [];
   private readonly params: Map<string, tf.Variable>;
 
   constructor(readonly model: TrainableModel, readonly train: Example[], options: TrainerOptions) {
@@ -188,6 +192,18 @@ export class Trainer {
     return total / count;
   }
 
+  /** The evaluation loss, and the task's metric (accuracy, token accuracy, exact match) where the model has a forward. */
+  async evaluateWithMetrics(examples: Example[] = this.options.evalExamples ?? []): Promise<{ evalLoss: number; evalAccuracy?: number; evalTokenAccuracy?: number; evalExactMatch?: number }> {
+    if (this.options.task === 'causal-lm' || !this.model.forward) return { evalLoss: await this.evaluate(examples) };
+    const m = await evaluateExamples(this.model as EvaluableModel, examples, this.options.task, { batchSize: this.options.batchSize, padTokenId: this.options.padTokenId });
+    return {
+      evalLoss: m.loss,
+      ...(m.accuracy !== undefined ? { evalAccuracy: m.accuracy } : {}),
+      ...(m.tokenAccuracy !== undefined ? { evalTokenAccuracy: m.tokenAccuracy } : {}),
+      ...(m.exactMatch !== undefined ? { evalExactMatch: m.exactMatch } : {}),
+    };
+  }
+
   /** Runs to totalSteps (from wherever a resumed state stands). */
   async fit(): Promise<StepLog[]> {
     const total = this.totalSteps;
@@ -204,9 +220,9 @@ export class Trainer {
         bar?.update(this.state.step, { loss: log.loss.toFixed(4), lr: log.lr.toExponential(2), tps: log.tokensPerSecond.toFixed(0) });
         const last = this.state.step === total;
         if (this.options.evalExamples?.length && ((this.options.evalEvery && this.state.step % this.options.evalEvery === 0) || last)) {
-          const evalLoss = await this.evaluate();
-          this.evalHistory.push({ step: this.state.step, evalLoss });
-          if (this.options.logFile) fs.appendFileSync(this.options.logFile, JSON.stringify({ step: this.state.step, evalLoss }) + '\n');
+          const entry = { step: this.state.step, ...await this.evaluateWithMetrics() };
+          this.evalHistory.push(entry);
+          if (this.options.logFile) fs.appendFileSync(this.options.logFile, JSON.stringify(entry) + '\n');
         }
         if (this.options.outputDir && ((this.options.saveEvery && this.state.step % this.options.saveEvery === 0) || last)) {
           await this.save(this.options.outputDir);

@@ -51,9 +51,20 @@ describe('finetune CLI', function () {
       expect(stdout).to.match(/trained 6 steps: loss [\d.]+ → [\d.]+ · eval loss [\d.]+/);
       const log = fs.readFileSync(path.join(output, 'train_log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
       expect(log.filter((l) => 'loss' in l)).to.have.length(6);
+      // The evaluation logs the task's metric beside the loss.
+      const metric = { 'causal-lm': null, 'sequence-classification': 'evalAccuracy', 'token-classification': 'evalTokenAccuracy', 'question-answering': 'evalExactMatch' }[task];
+      const evalLog = log.filter((l) => 'evalLoss' in l).pop();
+      expect(Object.keys(evalLog).filter((k) => k.startsWith('eval') && k !== 'evalLoss'), task).to.deep.equal(metric ? [metric] : []);
       const loaded = await (classes[task] as typeof NemotronForCausalLM).fromPretrained(output);
       expect(loaded.numParameters()).to.be.greaterThan(0);
       loaded.dispose();
+      if (metric) {
+        // evaluate --task reports the same loss and metric on the same data.
+        const evaluated = JSON.parse(execFileSync('node', [CLI, 'evaluate', '--backend', 'cpu', '--task', task, '--model', output,
+          '--data', path.join(DATASETS, `${task}.jsonl`), '--batch-size', '4', '--json'], { encoding: 'utf8' }));
+        expect(evaluated.loss).to.be.closeTo(evalLog.evalLoss, 1e-5);
+        expect(evaluated[{ evalAccuracy: 'accuracy', evalTokenAccuracy: 'tokenAccuracy', evalExactMatch: 'exactMatch' }[metric]!]).to.equal(evalLog[metric]);
+      }
     });
   }
 

@@ -174,6 +174,8 @@ export class NemotronTokenizer {
   /** Ids added around one sequence when `addSpecialTokens` is true. */
   private readonly prefixIds: number[];
   private readonly suffixIds: number[];
+  /** Whether tokenizer_config's add_bos_token / add_eos_token build the template (transformers' update_post_processor). */
+  private readonly flagTemplate: boolean;
 
   private constructor(tok: HFTokenizer, config: Json, sources: TokenizerSources) {
     this.tok = tok;
@@ -266,7 +268,8 @@ export class NemotronTokenizer {
     }
     const postAddsBos = bos.id !== null && prefix.length > 0 && prefix[0] === bos.id;
     const postAddsEos = eos.id !== null && suffix.length > 0 && suffix[suffix.length - 1] === eos.id;
-    if (typeof config.add_bos_token === 'boolean' || typeof config.add_eos_token === 'boolean') {
+    this.flagTemplate = typeof config.add_bos_token === 'boolean' || typeof config.add_eos_token === 'boolean';
+    if (this.flagTemplate) {
       // Llama/Nemotron style: tokenizer_config's flags replace the post-processor (transformers'
       // update_post_processor builds the template `bos? $A eos?`).
       this.addBosToken = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : postAddsBos;
@@ -564,6 +567,36 @@ export class NemotronTokenizer {
       ids: [...this.prefixIds, ...plain, ...this.suffixIds],
       specialTokensMask: [...this.prefixIds.map(() => 1), ...plain.map(() => 0), ...this.suffixIds.map(() => 1)],
     };
+  }
+
+  /**
+   * A pair of texts as transformers' tokenizer(text, text_pair) encodes it: the template's pair form (with
+   * add_bos_token / add_eos_token, `bos? A eos? bos? B eos?` as update_post_processor builds it; else the
+   * post-processor's pair template), the special tokens mask, and which text each id belongs to (null: a special).
+   */
+  encodePair(text: string, textPair: string): { ids: number[]; specialTokensMask: number[]; sequenceIds: Array<0 | 1 | null> } {
+    if (typeof text !== 'string' || typeof textPair !== 'string') throw new Error('encodePair: expected two strings');
+    const a = this.encode(text, { addSpecialTokens: false });
+    const b = this.encode(textPair, { addSpecialTokens: false });
+    const parts: Array<[number[], 0 | 1 | null]> = this.flagTemplate
+      ? [[this.prefixIds, null], [a, 0], [this.suffixIds, null], [this.prefixIds, null], [b, 1], [this.suffixIds, null]]
+      : this.pairTemplateParts(text, textPair, a, b);
+    const ids = parts.flatMap(([p]) => p);
+    const sequenceIds = parts.flatMap(([p, seq]) => p.map(() => seq));
+    return { ids, specialTokensMask: sequenceIds.map((seq) => (seq === null ? 1 : 0)), sequenceIds };
+  }
+
+  /** The post-processor's pair encoding cut into specials, A, specials, B, specials (A first, B after it). */
+  private pairTemplateParts(text: string, textPair: string, a: number[], b: number[]): Array<[number[], 0 | 1 | null]> {
+    const full = this.tok.encode(text, { text_pair: textPair, add_special_tokens: true }).ids;
+    const at = (part: number[], from: number) => {
+      for (let i = from; i + part.length <= full.length; i++) if (part.every((id, j) => full[i + j] === id)) return i;
+      return -1;
+    };
+    const startA = at(a, 0);
+    const startB = startA < 0 ? -1 : at(b, startA + a.length);
+    if (startB < 0) throw new Error('encodePair: the post_processor\'s pair template does not hold both texts in order');
+    return [[full.slice(0, startA), null], [a, 0], [full.slice(startA + a.length, startB), null], [b, 1], [full.slice(startB + b.length), null]];
   }
 
   /** Token ids of `text`; with `addSpecialTokens` (default) BOS is prepended like transformers. */

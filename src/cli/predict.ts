@@ -29,6 +29,7 @@ export function registerPredict(program: Command): void {
     .description('Labels of texts from a sequence- or token-classification checkpoint (transformers\' text-classification and token-classification pipelines)')
     .requiredOption('--model <dir>', 'Hugging Face checkpoint folder with tokenizer.json (config.json\'s architectures picks the head)')
     .requiredOption('--text <text>', 'a text to label (repeatable)', (v: string, all: string[] = []) => [...all, v])
+    .option('--text-pair <text>', 'sequence classification: the second text of each --text, in order (repeatable; entailment, paraphrase, …)', (v: string, all: string[] = []) => [...all, v])
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
     .option('--top-k <n>', 'sequence classification: labels per text, best first, or "all" (default: the best)', topKArg)
     .addOption(new Option('--function <name>', 'sequence classification: how logits become scores (default as transformers: sigmoid for multi-label or one label, none for regression, else softmax)').choices(['sigmoid', 'softmax', 'none']))
@@ -47,14 +48,21 @@ export function registerPredict(program: Command): void {
       await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       const tokenizer = await NemotronTokenizer.fromPretrained(opts.model);
       const texts = opts.text as string[];
+      const pairs = opts.textPair as string[] | undefined;
+      if (pairs && (pairs.length !== texts.length || architecture !== 'NemotronForSequenceClassification')) {
+        throw new Error(`--text-pair gives the second text of each --text to a sequence classifier: got ${pairs.length} for ${texts.length} texts` +
+          (architecture !== 'NemotronForSequenceClassification' ? ` and a ${architecture}` : ''));
+      }
       const write = (text: string, result: unknown, plain: string) =>
         process.stdout.write(opts.json ? `${JSON.stringify({ text, result })}\n` : `${plain}\n`);
       if (architecture === 'NemotronForSequenceClassification') {
         const model = await NemotronForSequenceClassification.fromPretrained(opts.model);
         try {
           if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
-          const results = await classifyText(model, tokenizer, texts, { topK: opts.topK === 'all' ? null : opts.topK, functionToApply: opts.function as ClassificationFunction | undefined });
-          results.forEach((labels, i) => write(texts[i], labels, `${labels.map((l) => `${l.label} ${l.score.toFixed(4)}`).join(' · ')}\t${texts[i]}`));
+          const inputs = pairs ? texts.map((text, i) => ({ text, textPair: pairs[i] })) : texts;
+          const results = await classifyText(model, tokenizer, inputs, { topK: opts.topK === 'all' ? null : opts.topK, functionToApply: opts.function as ClassificationFunction | undefined });
+          const shown = (i: number) => (pairs ? `${texts[i]} ‖ ${pairs[i]}` : texts[i]);
+          results.forEach((labels, i) => write(shown(i), labels, `${labels.map((l) => `${l.label} ${l.score.toFixed(4)}`).join(' · ')}\t${shown(i)}`));
         } finally {
           model.dispose();
         }

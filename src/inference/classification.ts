@@ -47,15 +47,19 @@ function scoresOf(logits: Float32Array, fn: ClassificationFunction): number[] {
   return values;
 }
 
-function encodeText(tokenizer: NemotronTokenizer, text: string, i: number): { ids: number[]; specialTokensMask: number[] } {
-  if (typeof text !== 'string') throw new Error(`texts[${i}] is not a string (got ${typeof text})`);
-  const encoded = tokenizer.encodeWithSpecialTokensMask(text);
+/** A text, or a pair of texts (entailment, paraphrase, …) as the pipeline takes {text, text_pair}. */
+export type ClassifierInput = string | { text: string; textPair: string };
+
+function encodeText(tokenizer: NemotronTokenizer, text: ClassifierInput, i: number): { ids: number[]; specialTokensMask: number[] } {
+  const isPair = typeof text === 'object' && text !== null && typeof text.text === 'string' && typeof text.textPair === 'string';
+  if (typeof text !== 'string' && !isPair) throw new Error(`texts[${i}] is neither a string nor {text, textPair} strings (got ${JSON.stringify(text)})`);
+  const encoded = typeof text === 'string' ? tokenizer.encodeWithSpecialTokensMask(text) : tokenizer.encodePair(text.text, text.textPair);
   if (encoded.ids.length === 0) throw new Error(`texts[${i}] ${JSON.stringify(text)} has no tokens to classify`);
   return encoded;
 }
 
-/** transformers' pipeline("text-classification"): the labels of each text with their scores. */
-export async function classifyText(model: NemotronForSequenceClassification, tokenizer: NemotronTokenizer, texts: string | string[],
+/** transformers' pipeline("text-classification"): the labels of each text (or pair of texts) with their scores. */
+export async function classifyText(model: NemotronForSequenceClassification, tokenizer: NemotronTokenizer, texts: ClassifierInput | ClassifierInput[],
   options: ClassifyTextOptions = {}): Promise<LabelScore[][]> {
   const fn = options.functionToApply ?? defaultClassificationFunction(model.config);
   if (!['sigmoid', 'softmax', 'none'].includes(fn)) throw new Error(`functionToApply must be sigmoid, softmax or none, got ${JSON.stringify(fn)}`);

@@ -9,6 +9,7 @@ export const TASKS: readonly TaskName[] = ['causal-lm', 'sequence-classification
 export interface TextEncoder {
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
   applyChatTemplate?(messages: Array<{ role: string; content: string }>, options?: { addGenerationPrompt?: boolean }): number[];
+  encodePair?(text: string, textPair: string): { ids: number[] };
 }
 
 export interface ReadOptions {
@@ -31,7 +32,8 @@ export interface Example {
  * JSONL formats (one object a line; ids may replace text when no tokenizer is given):
  * - causal-lm: {"text": "..."}, {"input_ids": [...]}, or {"messages": [{"role", "content"}, ...]} (rendered with the
  *   tokenizer's chat template; see ReadOptions.assistantOnlyLoss)
- * - sequence-classification: {"text" | "input_ids", "label": int | float (regression) | [0/1, ...] (multi-label)}
+ * - sequence-classification: {"text" | "input_ids", "label": int | float (regression) | [0/1, ...] (multi-label)}; a pair
+ *   of texts as {"text", "text_pair", "label"}
  * - token-classification: {"tokens": ["word", ...] | "input_ids": [...], "labels": [int, ...]} (one label per word / id)
  * - question-answering: {"input_ids": [...], "start_position": int, "end_position": int}, or
  *   {"question", "context", "answer": "span text"} with a tokenizer (the span is found in the tokenized context)
@@ -79,6 +81,13 @@ function parseExample(row: Record<string, unknown>, task: TaskName, where: strin
       return 'messages' in row ? chatExample(row, where, tokenizer, options) : { inputIds: ids(row, where, tokenizer) };
     case 'sequence-classification': {
       const label = field<number | number[]>(row, 'label', where, (v) => typeof v === 'number' || isNumberList(v), 'a number or a list of numbers');
+      if ('text_pair' in row) {
+        // Two texts (entailment, paraphrase, …) in the tokenizer's pair template, as tokenizer(text, text_pair).
+        const text = field<string>(row, 'text', where, (v) => typeof v === 'string' && v.length > 0, 'a non-empty string');
+        const pair = field<string>(row, 'text_pair', where, (v) => typeof v === 'string' && v.length > 0, 'a non-empty string');
+        if (!tokenizer?.encodePair) throw new Error(`${where}: "text_pair" needs a tokenizer (tokenizer.json in the model folder)`);
+        return { inputIds: tokenizer.encodePair(text, pair).ids, label };
+      }
       return { inputIds: ids(row, where, tokenizer), label };
     }
     case 'token-classification': {

@@ -334,6 +334,14 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(r.stdout.trim().split('\n').map((l) => JSON.parse(l))).to.deep.equal(texts.map((text, i) => ({ text, result: expected[i] })));
       const plain = cli('predict', '--model', dir, '--text', texts[0], '--backend', 'cpu');
       expect(plain.stdout).to.equal(`${expected[0][0].label} ${expected[0][0].score.toFixed(4)}\t${texts[0]}\n`);
+      // Pairs of texts: --text-pair gives each --text its second text.
+      const paired = cli('predict', '--model', dir, '--text', texts[0], '--text-pair', texts[1], '--json', '--backend', 'cpu');
+      const pairClassifier = await NemotronForSequenceClassification.fromPretrained(dir);
+      const pairExpected = await classifyText(pairClassifier, await NemotronTokenizer.fromPretrained(dir), { text: texts[0], textPair: texts[1] });
+      pairClassifier.dispose();
+      expect(JSON.parse(paired.stdout)).to.deep.equal({ text: `${texts[0]} ‖ ${texts[1]}`, result: pairExpected[0] });
+      const unpaired = cli('predict', '--model', dir, '--text', texts[0], '--text', texts[1], '--text-pair', 'x', '--backend', 'cpu');
+      expect(unpaired.stderr).to.match(/--text-pair gives the second text of each --text to a sequence classifier: got 1 for 2 texts/);
     });
 
     it('token classification: every token\'s label as classifyTokens gives it, --ignore-labels; a causal LM is sent to generate', async () => {

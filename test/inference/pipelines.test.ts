@@ -3,9 +3,9 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  LabelScore, NemotronForSequenceClassification, NemotronForTokenClassification, NemotronTokenizer, TokenEntity, classifyText, classifyTokens,
+  LabelScore, NemotronForSequenceClassification, NemotronForTokenClassification, NemotronTokenizer, TokenEntity, classifyText, classifyTokens, readJsonl,
 } from '../../src/index';
-import { FIXTURES, fixtureDir, forEachBackend, testBackends } from '../helpers';
+import { FIXTURES, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // transformers' text-classification and token-classification pipelines on the tiny-gqa heads
 // (scripts/reference/pipeline_fixtures.py): labels exactly, scores within the fixtures' 1e-4 (they follow the logits).
@@ -14,6 +14,8 @@ const reference = JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../pipeline
   texts: string[];
   text_classification: Record<Heads, Record<'default' | 'top_k_none' | 'top_k_2_softmax' | 'none', Array<LabelScore | LabelScore[]>>>;
   token_classification: Record<'default' | 'ignore_label_0', TokenEntity[][]>;
+  pair_classification: { pairs: Array<[string, string]>; default: LabelScore[]; top_k_none: LabelScore[][] };
+  pair_encoding: Record<string, Array<{ ids: number[]; special_tokens_mask: number[]; sequence_ids: Array<0 | 1 | null> }>>;
 };
 const TOKENIZER = path.resolve(FIXTURES, '../generation-processors/tiny-gqa-tokenizer');
 
@@ -39,6 +41,16 @@ forEachBackend(testBackends(), () => {
     }
   });
 
+  it('pairs of texts: classifyText({text, textPair}) equals the pipeline on {"text", "text_pair"}', async () => {
+    const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
+    const model = await NemotronForSequenceClassification.fromPretrained(fixtureDir('tiny-gqa', 'seqcls-single'));
+    const ref = reference.pair_classification;
+    const inputs = ref.pairs.map(([text, textPair]) => ({ text, textPair }));
+    (await classifyText(model, tokenizer, inputs)).forEach((r, i) => expectSame(r, [ref.default[i]], `pair ${i}`));
+    (await classifyText(model, tokenizer, inputs, { topK: null })).forEach((r, i) => expectSame(r, ref.top_k_none[i], `pair ${i}, every label`));
+    model.dispose();
+  });
+
   it('classifyTokens equals the token-classification pipeline (aggregation none): entities, scores, indices, words', async () => {
     const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
     const model = await NemotronForTokenClassification.fromPretrained(fixtureDir('tiny-gqa', 'tokcls'));
@@ -49,6 +61,36 @@ forEachBackend(testBackends(), () => {
     }
     expect(tf.memory().numTensors, 'tensors left').to.equal(before);
     model.dispose();
+  });
+});
+
+describe('tokenizer: pairs of texts', () => {
+  it('encodePair equals tokenizer(text, text_pair): ids, special tokens mask, sequence ids (BOS flags, the post-processor\'s template, none)', async () => {
+    const fixtures = path.resolve(FIXTURES, '..');
+    const json = JSON.parse(fs.readFileSync(path.join(fixtures, 'tokenizer/tokenizer.json'), 'utf8'));
+    const { add_bos_token: _bos, add_eos_token: _eos, ...withoutFlags } = JSON.parse(fs.readFileSync(path.join(fixtures, 'tokenizer/tokenizer_config.json'), 'utf8'));
+    const tokenizers: Array<[string, string, NemotronTokenizer]> = [
+      ['tokenizer', 'add_bos_token', await NemotronTokenizer.fromPretrained(path.join(fixtures, 'tokenizer'))],
+      ['tokenizer', 'the post-processor\'s pair template', await NemotronTokenizer.fromJSON(json, withoutFlags)],
+      ['generation-processors/tiny-gqa-tokenizer', 'no template', await NemotronTokenizer.fromPretrained(TOKENIZER)],
+    ];
+    for (const [name, how, tokenizer] of tokenizers) {
+      reference.pair_classification.pairs.forEach(([a, b], i) => {
+        const e = tokenizer.encodePair(a, b);
+        const ref = reference.pair_encoding[name][i];
+        expect([e.ids, e.specialTokensMask, e.sequenceIds], `${how}, pair ${i}`).to.deep.equal([ref.ids, ref.special_tokens_mask, ref.sequence_ids]);
+      });
+    }
+  });
+
+  it('readJsonl reads {"text", "text_pair", "label"} rows through encodePair', async () => {
+    const tokenizer = await NemotronTokenizer.fromPretrained(path.resolve(FIXTURES, '../tokenizer'));
+    const file = path.join(tmpDir('pairs-'), 'pairs.jsonl');
+    fs.writeFileSync(file, JSON.stringify({ text: 'the stone', text_pair: 'it stopped', label: 1 }) + '\n');
+    const [example] = readJsonl(file, 'sequence-classification', tokenizer);
+    expect(example).to.deep.equal({ inputIds: reference.pair_encoding.tokenizer[0].ids, label: 1 });
+    fs.writeFileSync(file, JSON.stringify({ text: 'the stone', text_pair: 'x', label: 1 }) + '\n');
+    expect(() => readJsonl(file, 'sequence-classification')).to.throw(/"text_pair" needs a tokenizer/);
   });
 });
 

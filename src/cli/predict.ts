@@ -3,13 +3,13 @@ import * as path from 'path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../backends';
-import { NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
+import { NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
 import { NemotronTokenizer } from '../tokenizer';
 import { LoraModel } from '../training/lora';
-import { ClassificationFunction, classifyText, classifyTokens } from '../inference/classification';
+import { ClassificationFunction, answerQuestion, classifyText, classifyTokens } from '../inference/classification';
 import { checkModelDir } from './info';
 
-const HEADS = ['NemotronForSequenceClassification', 'NemotronForTokenClassification'];
+const HEADS = ['NemotronForSequenceClassification', 'NemotronForTokenClassification', 'NemotronForQuestionAnswering'];
 
 /** A positive integer, or 'all' (commander keeps a parser's null as no value, so 'all' stays a string until used). */
 function topKArg(value: string): number | 'all' {
@@ -26,12 +26,19 @@ function topKArg(value: string): number | 'all' {
 export function registerPredict(program: Command): void {
   program
     .command('predict')
-    .description('Labels of texts from a sequence- or token-classification checkpoint (transformers\' text-classification and token-classification pipelines)')
+    .description('Labels of texts from a sequence- or token-classification checkpoint (transformers\' text-classification and token-classification pipelines), or answer spans from a question-answering one')
     .requiredOption('--model <dir>', 'Hugging Face checkpoint folder with tokenizer.json (config.json\'s architectures picks the head)')
-    .requiredOption('--text <text>', 'a text to label (repeatable)', (v: string, all: string[] = []) => [...all, v])
+    .option('--text <text>', 'a text to label (repeatable)', (v: string, all: string[] = []) => [...all, v])
+    .option('--question <text>', 'question answering: the question')
+    .option('--context <text>', 'question answering: the text that holds the answer')
+    .option('--max-answer-length <n>', 'question answering: the longest answer, in tokens', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('It must be a positive integer.');
+      return n;
+    }, 15)
     .option('--text-pair <text>', 'sequence classification: the second text of each --text, in order (repeatable; entailment, paraphrase, …)', (v: string, all: string[] = []) => [...all, v])
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
-    .option('--top-k <n>', 'sequence classification: labels per text, best first, or "all" (default: the best)', topKArg)
+    .option('--top-k <n>', 'labels per text (sequence classification) or answers (question answering), best first, or "all" labels (default: the best)', topKArg)
     .addOption(new Option('--function <name>', 'sequence classification: how logits become scores (default as transformers: sigmoid for multi-label or one label, none for regression, else softmax)').choices(['sigmoid', 'softmax', 'none']))
     .option('--ignore-labels <list>', 'token classification: labels not reported, comma-separated', 'O')
     .option('--json', 'print one JSON line per text')
@@ -47,6 +54,21 @@ export function registerPredict(program: Command): void {
       if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
       await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       const tokenizer = await NemotronTokenizer.fromPretrained(opts.model);
+      if (architecture === 'NemotronForQuestionAnswering') {
+        if (typeof opts.question !== 'string' || typeof opts.context !== 'string') throw new Error('a question-answering checkpoint needs --question and --context');
+        if (opts.topK === 'all') throw new Error('--top-k all is for labels; give question answering a number of answers');
+        const model = await NemotronForQuestionAnswering.fromPretrained(opts.model);
+        try {
+          if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+          const spans = await answerQuestion(model, tokenizer, opts.question, opts.context, { topK: opts.topK ?? 1, maxAnswerLength: opts.maxAnswerLength });
+          process.stdout.write(opts.json ? `${JSON.stringify({ question: opts.question, result: spans })}\n`
+            : spans.map((a) => `${a.score.toFixed(4)}\t${a.answer}`).join('\n') + '\n');
+        } finally {
+          model.dispose();
+        }
+        return;
+      }
+      if (!opts.text?.length) throw new Error(`a ${architecture} checkpoint needs --text`);
       const texts = opts.text as string[];
       const pairs = opts.textPair as string[] | undefined;
       if (pairs && (pairs.length !== texts.length || architecture !== 'NemotronForSequenceClassification')) {

@@ -3,7 +3,7 @@
  * compute it: one text at a time (no padding), the logits turned into scores, labels from config.id2label.
  */
 import * as tf from '@tensorflow/tfjs';
-import { NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
+import { NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { NemotronTokenizer } from '../tokenizer';
 
@@ -109,4 +109,62 @@ export async function classifyTokens(model: NemotronForTokenClassification, toke
     if (!ignore.includes(entity)) entities.push({ entity, score: scores[best], index, word: tokenizer.idToToken(id) ?? '' });
   });
   return entities;
+}
+
+/** A span of the context as answerQuestion reports it. */
+export interface AnswerSpan {
+  /** The context tokens of the span, decoded. */
+  answer: string;
+  /** P(start) · P(end), each a softmax over the context's tokens. */
+  score: number;
+  /** Token positions of the span in the encoded pair (inclusive). */
+  startToken: number;
+  endToken: number;
+}
+
+/**
+ * The best answer spans (at most `maxAnswerLength` tokens, end ≥ start, both in the context) of `startLogits` and
+ * `endLogits`, as transformers' question-answering pipeline (4.x) decodes them: the tokens outside the context masked,
+ * each softmax over the rest, a span scored by the product of its start's and end's probabilities, best first.
+ */
+export function bestSpans(startLogits: ArrayLike<number>, endLogits: ArrayLike<number>, inContext: boolean[],
+  options: { topK?: number; maxAnswerLength?: number } = {}): Array<{ start: number; end: number; score: number }> {
+  const topK = options.topK ?? 1;
+  const maxLength = options.maxAnswerLength ?? 15;
+  if (!(Number.isInteger(topK) && topK >= 1)) throw new Error(`topK must be a positive integer, got ${topK}`);
+  if (!(Number.isInteger(maxLength) && maxLength >= 1)) throw new Error(`maxAnswerLength must be a positive integer, got ${maxLength}`);
+  if (!inContext.some(Boolean)) throw new Error('bestSpans: no token is in the context');
+  const probabilities = (logits: ArrayLike<number>) => {
+    const kept = Array.from(logits, (v, i) => (inContext[i] ? v : -Infinity));
+    const max = Math.max(...kept);
+    const exps = kept.map((v) => Math.exp(v - max));
+    const total = exps.reduce((a, b) => a + b, 0);
+    return exps.map((e) => e / total);
+  };
+  const [start, end] = [probabilities(startLogits), probabilities(endLogits)];
+  const spans: Array<{ start: number; end: number; score: number }> = [];
+  for (let s = 0; s < start.length; s++) {
+    if (!inContext[s]) continue;
+    for (let e = s; e < Math.min(end.length, s + maxLength); e++) if (inContext[e]) spans.push({ start: s, end: e, score: start[s] * end[e] });
+  }
+  return spans.sort((a, b) => b.score - a.score || a.start - b.start || a.end - b.end).slice(0, topK);
+}
+
+/**
+ * Extractive question answering with a question-answering head: the question and the context in the tokenizer's pair
+ * template (as tokenizer(question, context)), the best spans of the context (bestSpans), decoded.
+ */
+export async function answerQuestion(model: NemotronForQuestionAnswering, tokenizer: NemotronTokenizer, question: string, context: string,
+  options: { topK?: number; maxAnswerLength?: number } = {}): Promise<AnswerSpan[]> {
+  const { ids, sequenceIds } = tokenizer.encodePair(question, context);
+  if (!sequenceIds.includes(1)) throw new Error('answerQuestion: the context has no tokens');
+  const [startTensor, endTensor] = tf.tidy(() => {
+    const out = model.forward({ inputIds: [ids] });
+    return [out.startLogits.reshape([-1]), out.endLogits.reshape([-1])];
+  });
+  const [startLogits, endLogits] = [await startTensor.data(), await endTensor.data()];
+  tf.dispose([startTensor, endTensor]);
+  return bestSpans(startLogits, endLogits, sequenceIds.map((s) => s === 1), options).map(({ start, end, score }) => ({
+    answer: tokenizer.decode(ids.slice(start, end + 1), { skipSpecialTokens: true }), score, startToken: start, endToken: end,
+  }));
 }

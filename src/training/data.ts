@@ -9,7 +9,7 @@ export const TASKS: readonly TaskName[] = ['causal-lm', 'sequence-classification
 export interface TextEncoder {
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
   applyChatTemplate?(messages: Array<{ role: string; content: string }>, options?: { addGenerationPrompt?: boolean }): number[];
-  encodePair?(text: string, textPair: string): { ids: number[] };
+  encodePair?(text: string, textPair: string): { ids: number[]; sequenceIds: Array<0 | 1 | null> };
 }
 
 export interface ReadOptions {
@@ -120,6 +120,19 @@ function parseExample(row: Record<string, unknown>, task: TaskName, where: strin
       const question = field<string>(row, 'question', where, (v) => typeof v === 'string', 'a string');
       const context = field<string>(row, 'context', where, (v) => typeof v === 'string', 'a string');
       const answer = field<string>(row, 'answer', where, (v) => typeof v === 'string' && v.length > 0, 'a non-empty string');
+      if (tokenizer.encodePair) {
+        // The pair template, as tokenizer(question, context) and answerQuestion encode it; the answer's tokens are
+        // looked for in the context's, as a word inside it or at its start.
+        const { ids: inputIds, sequenceIds } = tokenizer.encodePair(question, context);
+        const [from, to] = [sequenceIds.indexOf(1), sequenceIds.lastIndexOf(1)];
+        for (const variant of [` ${answer}`, answer]) {
+          const a = tokenizer.encode(variant, { addSpecialTokens: false });
+          for (let i = from; from >= 0 && i + a.length - 1 <= to; i++) {
+            if (a.every((id, j) => inputIds[i + j] === id)) return { inputIds, start: i, end: i + a.length - 1 };
+          }
+        }
+        throw new Error(`${where}: the answer "${answer}" is not found in the tokenized context`);
+      }
       const q = tokenizer.encode(question);
       const c = tokenizer.encode(` ${context}`, { addSpecialTokens: false });
       const a = tokenizer.encode(` ${answer}`, { addSpecialTokens: false });

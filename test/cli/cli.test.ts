@@ -7,8 +7,8 @@ import { setBackend } from '../../src/backends';
 import { CheckpointReader } from '../../src/io/checkpoint';
 import { NemotronTokenizer } from '../../src/tokenizer';
 import { GenerateOptions, generate } from '../../src/generation/generate';
-import { NemotronForCausalLM, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
-import { classifyText, classifyTokens } from '../../src/inference/classification';
+import { NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
+import { answerQuestion, classifyText, classifyTokens } from '../../src/inference/classification';
 import { LoraModel } from '../../src/training/lora';
 import { fixtureDir } from '../helpers';
 
@@ -344,7 +344,7 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(unpaired.stderr).to.match(/--text-pair gives the second text of each --text to a sequence classifier: got 1 for 2 texts/);
     });
 
-    it('token classification: every token\'s label as classifyTokens gives it, --ignore-labels; a causal LM is sent to generate', async () => {
+    it('token classification: every token\'s label as classifyTokens gives it, --ignore-labels; question answering; a causal LM is sent to generate', async () => {
       const dir = withTokenizer('tokcls');
       const r = cli('predict', '--model', dir, '--text', texts[1], '--ignore-labels', 'LABEL_0,LABEL_2', '--json', '--backend', 'cpu');
       expect(r.code, r.stderr).to.equal(0);
@@ -355,7 +355,16 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(JSON.parse(r.stdout)).to.deep.equal({ text: texts[1], result: expected });
       const causal = cli('predict', '--model', model, '--text', 'x', '--backend', 'cpu');
       expect(causal.code).to.equal(1);
-      expect(causal.stderr).to.match(/predict runs NemotronForSequenceClassification or NemotronForTokenClassification checkpoints; .* is NemotronForCausalLM \(use generate\)/);
+      expect(causal.stderr).to.match(/predict runs NemotronForSequenceClassification or NemotronForTokenClassification or NemotronForQuestionAnswering checkpoints; .* is NemotronForCausalLM \(use generate\)/);
+      // Question answering: --question and --context, the spans answerQuestion gives.
+      const qaDir = withTokenizer('qa');
+      const qa = cli('predict', '--model', qaDir, '--question', 'what stopped', '--context', texts[0], '--top-k', '2', '--json', '--backend', 'cpu');
+      expect(qa.code, qa.stderr).to.equal(0);
+      const reader = await NemotronForQuestionAnswering.fromPretrained(qaDir);
+      const spans = await answerQuestion(reader, await NemotronTokenizer.fromPretrained(qaDir), 'what stopped', texts[0], { topK: 2 });
+      reader.dispose();
+      expect(JSON.parse(qa.stdout)).to.deep.equal({ question: 'what stopped', result: spans });
+      expect(cli('predict', '--model', qaDir, '--question', 'q', '--backend', 'cpu').stderr).to.match(/needs --question and --context/);
       const badK = cli('predict', '--model', dir, '--text', 'x', '--top-k', '0');
       expect(badK.code).to.equal(1);
       expect(badK.stderr).to.match(/--top-k.*It must be a positive integer or "all"/);

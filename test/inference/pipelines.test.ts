@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  LabelScore, NemotronForSequenceClassification, NemotronForTokenClassification, NemotronTokenizer, TokenEntity, classifyText, classifyTokens, readJsonl,
+  LabelScore, NemotronForQuestionAnswering, NemotronForSequenceClassification, answerQuestion, bestSpans, NemotronForTokenClassification, NemotronTokenizer, TokenEntity, classifyText, classifyTokens, readJsonl,
 } from '../../src/index';
 import { FIXTURES, fixtureDir, forEachBackend, testBackends, tmpDir } from '../helpers';
 
@@ -91,6 +91,49 @@ describe('tokenizer: pairs of texts', () => {
     expect(example).to.deep.equal({ inputIds: reference.pair_encoding.tokenizer[0].ids, label: 1 });
     fs.writeFileSync(file, JSON.stringify({ text: 'the stone', text_pair: 'x', label: 1 }) + '\n');
     expect(() => readJsonl(file, 'sequence-classification')).to.throw(/"text_pair" needs a tokenizer/);
+  });
+});
+
+describe('question answering: spans', () => {
+  before(() => tf.setBackend('cpu'));
+
+  it('bestSpans: context tokens only, end ≥ start, at most maxAnswerLength, scored P(start)·P(end), ties by position', () => {
+    const start = [9, 9, 0, 2, 0, 0, 3, 0];
+    const end = [9, 0, 0, 0, 4, 0, 0, 1];
+    const inContext = [false, false, false, true, true, true, true, true];
+    // Over the context (positions 3–7) start ∝ e^[2,0,0,3,0], end ∝ e^[0,4,0,0,1]: (3,4) scores ∝ e^6, (4,4) and (6,7) e^4.
+    const zs = 2 * Math.exp(0) + Math.exp(2) + Math.exp(3) + Math.exp(0);
+    const ze = 3 * Math.exp(0) + Math.exp(4) + Math.exp(1);
+    const spans = bestSpans(start, end, inContext, { topK: 3 });
+    expect(spans.map((x) => [x.start, x.end])).to.deep.equal([[3, 4], [4, 4], [6, 7]]);
+    expect(spans[0].score).to.be.closeTo(Math.exp(6) / (zs * ze), 1e-12);
+    expect(bestSpans(start, end, inContext, { topK: 2, maxAnswerLength: 1 }).map((x) => [x.start, x.end])).to.deep.equal([[4, 4], [6, 6]]);
+    expect(() => bestSpans(start, end, inContext.map(() => false))).to.throw(/no token is in the context/);
+  });
+
+  it('answerQuestion: the question and the context as a pair, the best span of the context decoded', async () => {
+    const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
+    const model = await NemotronForQuestionAnswering.fromPretrained(fixtureDir('tiny-gqa', 'qa'));
+    const before = tf.memory().numTensors;
+    const [question, context] = ['what stopped', 'the stone stopped in a tin'];
+    const spans = await answerQuestion(model, tokenizer, question, context, { topK: 2 });
+    const { ids, sequenceIds } = tokenizer.encodePair(question, context);
+    const out = model.forward({ inputIds: [ids] });
+    const expected = bestSpans(await out.startLogits.data(), await out.endLogits.data(), sequenceIds.map((x) => x === 1), { topK: 2 });
+    tf.dispose([out.startLogits, out.endLogits]);
+    expect(spans.map((x) => [x.startToken, x.endToken, x.score])).to.deep.equal(expected.map((x) => [x.start, x.end, x.score]));
+    spans.forEach((x) => expect(x.answer).to.equal(tokenizer.decode(ids.slice(x.startToken, x.endToken + 1), { skipSpecialTokens: true })));
+    expect(sequenceIds[spans[0].startToken]).to.equal(1);
+    // Training rows {question, context, answer} are encoded the same way: the gold span decodes to the answer.
+    const file = path.join(tmpDir('qa-'), 'qa.jsonl');
+    const rows = [{ question, context, answer: 'stopped' }, { question, context, answer: 'the stone' }, { question, context: 'a tin', answer: 'tin' }];
+    fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n'));
+    readJsonl(file, 'question-answering', tokenizer).forEach((e, i) => {
+      expect(e.inputIds, `row ${i}`).to.deep.equal(tokenizer.encodePair(rows[i].question, rows[i].context).ids);
+      expect(tokenizer.decode(e.inputIds.slice(e.start!, e.end! + 1)).trim(), `row ${i}`).to.equal(rows[i].answer);
+    });
+    expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+    model.dispose();
   });
 });
 

@@ -78,6 +78,12 @@ export interface GenerateCliOptions {
   noRepeatNgramSize?: number;
   /** Stop strings (transformers' stop_strings): generation ends once the text ends with one. */
   stop?: string[];
+  /** Prompt lookup decoding: up to this many tokens proposed from the text so far, checked in one pass. */
+  promptLookup?: number;
+  /** Assisted generation: a smaller checkpoint of the same vocabulary drafts tokens that one pass checks. */
+  assistantModel?: string;
+  /** Tokens the assistant drafts per round. */
+  assistantTokens?: number;
 }
 
 type GenerationConfigJson = Record<string, unknown>;
@@ -203,6 +209,20 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
   process.stderr.write(`loaded ${formatBytes(totalBytes)} of weights in ${((performance.now() - loadStart) / 1000).toFixed(2)} s ` +
     `(backend ${backend})\n`);
+  let assistant: NemotronForCausalLM | undefined;
+  if (o.assistantModel !== undefined) {
+    try {
+      checkModelDir(o.assistantModel, ['config.json']);
+      assistant = await NemotronForCausalLM.fromPretrained(o.assistantModel);
+      options.assistantModel = assistant;
+      process.stderr.write(`assistant model ${o.assistantModel}: ${(assistant.numParameters() / 1e6).toFixed(1)} M parameters\n`);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
+  if (o.assistantTokens !== undefined) options.numAssistantTokens = o.assistantTokens;
+  if (o.promptLookup !== undefined) options.promptLookupNumTokens = o.promptLookup;
   if (o.adapter !== undefined) {
     try {
       // Merged, so that decoding runs at full speed (the fused decoding step reads the weights alone).
@@ -240,6 +260,17 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
       const tokens = out.sequences[0].slice(promptIds.length);
       generated = tokens.length;
       for (const id of tokens) emit(decoder.push(id));
+    } else if (options.assistantModel || options.promptLookupNumTokens) {
+      // Speculative decoding: tokens come in runs, each printed as it is accepted.
+      await generate(model, [promptIds], {
+        ...options,
+        onToken: (tokens) => {
+          last = performance.now();
+          if (generated === 0) first = last;
+          generated += tokens.length;
+          for (const id of tokens) emit(decoder.push(id));
+        },
+      });
     } else {
       for await (const step of generateStream(model, [promptIds], options)) {
         last = performance.now();
@@ -263,6 +294,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     }
   } finally {
     model.dispose();
+    assistant?.dispose();
   }
 }
 
@@ -300,6 +332,10 @@ export function registerGenerate(program: Command): void {
     .option('--chat', 'the prompt is a user message: render it with the tokenizer\'s chat template (assistant turn opened) and print only the reply')
     .option('--system <text>', 'with --chat: a system message before the prompt')
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the model')
+    .option('--prompt-lookup <n>', 'prompt lookup decoding: up to n tokens proposed from the text so far, checked in one pass (greedy; the same text, faster where it repeats)',
+      integerArg('an integer ≥ 1', (n) => n >= 1))
+    .option('--assistant-model <dir>', 'assisted generation: a smaller checkpoint of the same vocabulary drafts tokens, one pass of the model checks them (greedy; the same text)')
+    .option('--assistant-tokens <n>', 'with --assistant-model: tokens drafted per round (default 20)', integerArg('an integer ≥ 1', (n) => n >= 1))
     .addOption(backendOption())
     .addHelpText('after', `
 Decoding follows transformers: greedy unless sampling is asked for (--sample, or any of --temperature,

@@ -4,7 +4,7 @@ import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
-import { promptLookupDecode } from './prompt-lookup';
+import { CandidateSource, draftModelSource, promptLookupSource, speculativeDecode } from './speculative';
 import { argmax, processScores, sample } from './processors';
 
 export interface GenerateOptions {
@@ -62,6 +62,17 @@ export interface GenerateOptions {
   promptLookupNumTokens?: number;
   /** The longest n-gram prompt lookup matches (transformers' max_matching_ngram_size). Default 2. */
   maxMatchingNgramSize?: number;
+  /**
+   * Assisted generation (transformers' assistant_model): a smaller model of the same vocabulary drafts tokens that
+   * one forward pass of this model checks. Greedy, one row; the output is unchanged.
+   */
+  assistantModel?: NemotronForCausalLM;
+  /** Tokens the assistant drafts per round (transformers' num_assistant_tokens). Default 20. */
+  numAssistantTokens?: number;
+  /** 'constant' (default) or 'heuristic' (+2 after a fully accepted round, −1 otherwise), as transformers. */
+  numAssistantTokensSchedule?: 'constant' | 'heuristic';
+  /** The assistant stops drafting where its token's probability falls below this (transformers' default 0.4; 0: never). */
+  assistantConfidenceThreshold?: number;
 }
 
 export interface GenerateOutput {
@@ -331,7 +342,7 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });
   }
-  if (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0) return promptLookup(model, inputIds, options);
+  if (options.assistantModel || (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0)) return speculative(model, inputIds, options);
   if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
     throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
   }
@@ -351,25 +362,42 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   return options.outputScores ? { sequences, scores } : { sequences };
 }
 
-/** generate() with promptLookupNumTokens: checks what only this path supports, then runs it. */
-async function promptLookup(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions): Promise<GenerateOutput> {
-  const n = options.promptLookupNumTokens!;
-  const maxNgram = options.maxMatchingNgramSize ?? 2;
-  check(Number.isInteger(n) && n > 0, `generate: promptLookupNumTokens must be a positive integer, got ${n}`);
-  check(Number.isInteger(maxNgram) && maxNgram > 0, `generate: maxMatchingNgramSize must be a positive integer, got ${maxNgram}`);
+/** generate() with promptLookupNumTokens or an assistantModel: checks what only this path supports, then runs it. */
+async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions): Promise<GenerateOutput> {
+  const how = options.assistantModel ? 'assisted generation' : 'prompt lookup decoding';
+  check(!(options.assistantModel && options.promptLookupNumTokens), 'generate: give assistantModel or promptLookupNumTokens, not both');
   const unsupported: Array<[string, boolean]> = [
     ['doSample', options.doSample === true], ['numBeams > 1', (options.numBeams ?? 1) > 1], ['outputScores', options.outputScores === true],
     ['numReturnSequences > 1', (options.numReturnSequences ?? 1) > 1], ['useCache: false', options.useCache === false],
   ];
   const refused = unsupported.filter(([, on]) => on).map(([name]) => name);
-  check(refused.length === 0, `generate: prompt lookup decoding is greedy only; not with ${refused.join(', ')}`);
+  check(refused.length === 0, `generate: ${how} is greedy only; not with ${refused.join(', ')}`);
   const { rows, mask, maxNew, minNew, eos, badWordsIds, stopStrings } = resolve(model, inputIds, options);
-  check(rows.length === 1, `generate: prompt lookup decoding takes one row (as transformers), got ${rows.length}`);
-  check(mask[0].every((m) => m === 1), 'generate: prompt lookup decoding takes an unpadded row (attentionMask all 1)');
+  check(rows.length === 1, `generate: ${how} takes one row (as transformers), got ${rows.length}`);
+  check(mask[0].every((m) => m === 1), `generate: ${how} takes an unpadded row (attentionMask all 1)`);
+  const processors = { repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds };
+  let source: CandidateSource;
+  if (options.assistantModel) {
+    const assistant = options.assistantModel;
+    check(assistant.config.vocabSize === model.config.vocabSize,
+      `generate: the assistant model's vocabulary (${assistant.config.vocabSize}) must be the model's (${model.config.vocabSize})`);
+    const n = options.numAssistantTokens ?? 20;
+    const threshold = options.assistantConfidenceThreshold ?? 0.4;
+    check(Number.isInteger(n) && n > 0, `generate: numAssistantTokens must be a positive integer, got ${n}`);
+    check(threshold >= 0 && threshold < 1, `generate: assistantConfidenceThreshold must be in [0, 1), got ${threshold}`);
+    const schedule = options.numAssistantTokensSchedule ?? 'constant';
+    check(schedule === 'constant' || schedule === 'heuristic', `generate: numAssistantTokensSchedule must be 'constant' or 'heuristic', got ${JSON.stringify(schedule)}`);
+    source = draftModelSource(assistant, { numTokens: n, schedule, confidenceThreshold: threshold, processors });
+  } else {
+    const n = options.promptLookupNumTokens!;
+    const maxNgram = options.maxMatchingNgramSize ?? 2;
+    check(Number.isInteger(n) && n > 0, `generate: promptLookupNumTokens must be a positive integer, got ${n}`);
+    check(Number.isInteger(maxNgram) && maxNgram > 0, `generate: maxMatchingNgramSize must be a positive integer, got ${maxNgram}`);
+    source = promptLookupSource(n, maxNgram);
+  }
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
-  const sequence = await promptLookupDecode(model, rows[0], {
-    numTokens: n, maxNgram, maxNew, minNew, eos, onToken: options.onToken,
-    processors: { repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds },
+  const sequence = await speculativeDecode(model, rows[0], source, {
+    maxNew, minNew, eos, onToken: options.onToken, processors,
     stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined,
   });
   return { sequences: [sequence] };

@@ -4,7 +4,7 @@ import { GenerateOptions, GenerateOutput, GenerationStep, generate, generateStre
 
 export * from './generate';
 export * from './processors';
-export { lookupCandidates } from './prompt-lookup';
+export { CandidateSource, DraftModelOptions, draftModelSource, lookupCandidates, promptLookupSource, speculativeDecode } from './speculative';
 
 // generate() lives outside the model (cache and decoding loop are the caller's business, as in mlx-lm);
 // these methods give the transformers-style call `model.generate(ids, options)`.

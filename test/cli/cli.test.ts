@@ -208,6 +208,25 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(beams.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 12, numBeams: 2, stopStrings: [stop], tokenizer }));
     });
 
+    it('--assistant-model and --prompt-lookup print greedy decoding\'s text', async () => {
+      const expected = await expectedText(PROMPT, { maxNewTokens: 10, doSample: false });
+      const draft = path.join(tmp, 'draft');
+      copyCheckpoint(fixtureDir('tiny-gqa', 'causal-lm'), draft);
+      const assisted = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '10', '--assistant-model', draft, '--assistant-tokens', '3', '--backend', 'cpu');
+      expect(assisted.code, assisted.stderr).to.equal(0);
+      expect(assisted.stdout).to.equal(expected);
+      expect(assisted.stderr).to.match(/assistant model .*draft: [\d.]+ M parameters/);
+      const lookup = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '10', '--prompt-lookup', '3', '--backend', 'cpu');
+      expect(lookup.code, lookup.stderr).to.equal(0);
+      expect(lookup.stdout).to.equal(expected);
+      expect(lookup.stderr).to.match(/generated: 10 tokens/);
+      const other = path.join(tmp, 'other-vocab');
+      copyCheckpoint(fixtureDir('tiny-mha-bias', 'causal-lm'), other);
+      const refused = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '4', '--assistant-model', other, '--backend', 'cpu');
+      expect(refused.code).to.equal(1);
+      expect(refused.stderr).to.match(/the assistant model's vocabulary \(80\) must be the model's \(96\)/);
+    });
+
     it('generation_config.json\'s num_beams makes it beam search; --greedy streams; with do_sample, beam sampling', async () => {
       const beamDir = path.join(tmp, 'beams');
       copyCheckpoint(model, beamDir);

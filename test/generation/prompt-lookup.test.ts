@@ -60,6 +60,41 @@ forEachBackend(testBackends(), () => {
   }
 });
 
+forEachBackend(testBackends(), () => {
+  it('assisted generation (a draft model) gives greedy decoding\'s tokens: the same weights (all accepted, fewer passes), random ones, schedules, EOS, processors, stop strings; no tensor left', async () => {
+    const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const same = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
+    const random = new NemotronForCausalLM(model.config.with({ numHiddenLayers: 1, hiddenSize: 32, intermediateSize: 48, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 16 }));
+    const prompt = [[2, 11, 17, 23, 5, 11, 17, 29]];
+    const before = tf.memory().numTensors;
+    const forward = model.forward.bind(model);
+    let passes = 0;
+    model.forward = ((inputs: Parameters<typeof forward>[0]) => { passes++; return forward(inputs); }) as typeof model.forward;
+    const plain = (await generate(model, prompt, { maxNewTokens: 24, eosTokenId: null })).sequences;
+    passes = 0;
+    const assisted = await generate(model, prompt, { maxNewTokens: 24, eosTokenId: null, assistantModel: same, assistantConfidenceThreshold: 0 });
+    expect(assisted.sequences).to.deep.equal(plain);
+    expect(passes, 'passes of the main model with its own weights drafting 20 tokens a round').to.equal(2);
+    const eos = plain[0][prompt[0].length + 5];
+    for (const options of [
+      { maxNewTokens: 24, eosTokenId: null, assistantModel: random },
+      { maxNewTokens: 24, eosTokenId: null, assistantModel: same, numAssistantTokens: 3, numAssistantTokensSchedule: 'heuristic' as const },
+      { maxNewTokens: 24, eosTokenId: null, assistantModel: random, numAssistantTokens: 4, numAssistantTokensSchedule: 'heuristic' as const, assistantConfidenceThreshold: 0 },
+      { maxNewTokens: 24, eosTokenId: eos, minNewTokens: 8, assistantModel: same },
+      { maxNewTokens: 16, eosTokenId: null, repetitionPenalty: 1.3, noRepeatNgramSize: 2, assistantModel: same },
+      { maxNewTokens: 16, eosTokenId: null, stopStrings: [`<${plain[0][prompt[0].length + 6]}>`], tokenizer: { decode: (ids: number[]) => ids.map((i) => `<${i}>`).join('') }, assistantModel: random },
+    ]) {
+      const { assistantModel, ...rest } = options;
+      const expected = (await generate(model, prompt, rest)).sequences;
+      const what = JSON.stringify({ ...rest, tokenizer: undefined, assistant: assistantModel === same ? 'same' : 'random' });
+      expect((await generate(model, prompt, options)).sequences, what).to.deep.equal(expected);
+    }
+    model.forward = forward;
+    expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+    [model, same, random].forEach((m) => m.dispose());
+  });
+});
+
 describe('prompt lookup decoding: what it refuses', () => {
   it('several rows, padding, sampling, beams', async () => {
     const model = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-gqa', 'causal-lm'));
@@ -69,6 +104,13 @@ describe('prompt lookup decoding: what it refuses', () => {
     expect(await failure(generate(model, [[0, 5]], { ...o, attentionMask: [[0, 1]] }))).to.match(/unpadded row/);
     expect(await failure(generate(model, [[2, 5]], { ...o, doSample: true, outputScores: true }))).to.match(/greedy only; not with doSample, outputScores/);
     expect(await failure(generate(model, [[2, 5]], { promptLookupNumTokens: 0.5 }))).to.match(/promptLookupNumTokens must be a positive integer, got 0.5/);
+    // Assisted generation: the same vocabulary, sane settings, one row, not with prompt lookup too.
+    const other = await NemotronForCausalLM.fromPretrained(fixtureDir('tiny-mha-bias', 'causal-lm'));
+    expect(await failure(generate(model, [[2, 5]], { assistantModel: other }))).to.match(/the assistant model's vocabulary \(80\) must be the model's \(96\)/);
+    expect(await failure(generate(model, [[2, 5], [2, 6]], { assistantModel: model }))).to.match(/assisted generation takes one row/);
+    expect(await failure(generate(model, [[2, 5]], { assistantModel: model, numAssistantTokens: 0 }))).to.match(/numAssistantTokens must be a positive integer, got 0/);
+    expect(await failure(generate(model, [[2, 5]], { assistantModel: model, promptLookupNumTokens: 2 }))).to.match(/assistantModel or promptLookupNumTokens, not both/);
+    other.dispose();
     model.dispose();
   });
 });

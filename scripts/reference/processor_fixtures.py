@@ -3,7 +3,8 @@
 On each tiny fixture model (test/fixtures/hf-reference/<config>/causal-lm) and its left-padded prompt batch: greedy
 decoding and beam search with no_repeat_ngram_size, bad_words_ids (a single token and a two-token sequence, both
 taken from what unconstrained greedy decoding chooses, so that they bite) and the two combined with
-repetition_penalty and min_new_tokens; stop_strings with greedy decoding and with beam search. Pads are token 0, as in
+repetition_penalty and min_new_tokens; sequence_bias, suppress_tokens, begin_suppress_tokens, forced_eos_token_id,
+exponential_decay_length_penalty and min_length; stop_strings with greedy decoding and with beam search. Pads are token 0, as in
 the prompts.
 
     .venv-ref/bin/python scripts/reference/processor_fixtures.py
@@ -62,6 +63,16 @@ for name in ("tiny-gqa", "tiny-mha-bias"):
         dict(bad_words_ids=bad, no_repeat_ngram_size=2, min_new_tokens=4, eos_token_id=free[0][width + 1]),
         dict(num_beams=3, no_repeat_ngram_size=2, num_return_sequences=2),
         dict(num_beams=2, bad_words_ids=bad, length_penalty=0.5),
+        # sequence_bias, suppress_tokens, begin_suppress_tokens, forced_eos_token_id, exponential_decay_length_penalty,
+        # min_length: each on its own, then together with beams.
+        dict(sequence_bias=[[[free[0][width + 1]], -5.0], [[free[1][width], free[1][width + 1]], -8.0], [[free[0][width + 2]], 2.5]]),
+        dict(suppress_tokens=[free[0][width], free[1][width + 2]]),
+        dict(begin_suppress_tokens=[free[0][width], free[1][width]]),
+        dict(forced_eos_token_id=5),
+        dict(exponential_decay_length_penalty=[2, 3.0], eos_token_id=free[0][width + 6]),
+        dict(min_length=width + 6, eos_token_id=free[0][width + 1]),
+        dict(num_beams=3, sequence_bias=[[[free[0][width]], -4.0]], suppress_tokens=[free[1][width]], forced_eos_token_id=7,
+             exponential_decay_length_penalty=[3, 2.0], eos_token_id=free[0][width + 5]),
     ]
     cases = [{"setting": {}, "sequences": free}] + [{"setting": s, "sequences": run(**s)} for s in settings]
     for c in cases[1:]:

@@ -23,9 +23,8 @@ export interface BeamSearchInputs {
   minNew: number;
   eos: number[];
   pad: number;
-  repetitionPenalty?: number;
-  noRepeatNgramSize?: number;
-  badWordsIds?: number[][];
+  /** The logits processors' settings and context (resolve's); the step's min-length EOS ban is added here. */
+  processors: ProcessorOptions;
   /** Whether a row (prompt and tokens) ends in a stop string: such a candidate ends as on EOS (transformers' stop_strings). */
   stops?: (sequence: number[]) => boolean;
   /** Beam sampling (transformers' do_sample with num_beams): the warpers, and uniform numbers in [0, 1). */
@@ -143,8 +142,7 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
         running[b].forEach((h, k) => {
           const row = data.slice((b * numBeams + k) * vocab, (b * numBeams + k + 1) * vocab);
           processScores(row, flat[b * numBeams + k], {
-            repetitionPenalty: inputs.repetitionPenalty, noRepeatNgramSize: inputs.noRepeatNgramSize, badWordsIds: inputs.badWordsIds,
-            suppressTokens: step < minNew ? eos : [],
+            ...inputs.processors, minLengthEos: step < minNew ? eos : [],
             // Beam sampling: the warpers too, keeping at least as many tokens a beam as the search keeps per beam.
             ...(inputs.sampling ? { ...inputs.sampling.warpers, doSample: true, minTokensToKeep: Math.max(2, 1 + eos.length) } : {}),
           });

@@ -5,7 +5,7 @@ import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
 import { CandidateSource, draftModelSource, promptLookupSource, speculativeDecode } from './speculative';
-import { argmax, processScores, sample } from './processors';
+import { ProcessorOptions, argmax, processScores, sample } from './processors';
 
 export interface GenerateOptions {
   /** New tokens to generate (default 20 when maxLength is not given either). */
@@ -29,6 +29,18 @@ export interface GenerateOptions {
   noRepeatNgramSize?: number;
   /** Token sequences never to complete; a one-token sequence is never chosen (transformers' bad_words_ids). */
   badWordsIds?: number[][];
+  /** [token ids, bias] pairs: the bias is added to the last id's score where the others end the row (transformers' sequence_bias). */
+  sequenceBias?: Array<[number[], number]>;
+  /** Tokens never generated (transformers' suppress_tokens). */
+  suppressTokens?: number[];
+  /** Tokens not generated first (transformers' begin_suppress_tokens). */
+  beginSuppressTokens?: number[];
+  /** At the last position only this EOS id (or these) may come (transformers' forced_eos_token_id). */
+  forcedEosTokenId?: number | number[];
+  /** [start, factor]: after `start` new tokens, EOS scores grow by factor^n (transformers' exponential_decay_length_penalty). */
+  exponentialDecayLengthPenalty?: [number, number];
+  /** No EOS before the row (prompt included) is this long (transformers' min_length). */
+  minLength?: number;
   /** A row stops once its generated text ends with one of these (transformers' stop_strings); needs `tokenizer`. */
   stopStrings?: string | string[];
   /** Decodes tokens for stopStrings: a NemotronTokenizer, or anything with decode(ids) (and encode, see stopStringDecoder). */
@@ -103,6 +115,8 @@ interface Resolved {
   /** bad_words_ids without the one-token sequences that are an EOS id (transformers drops those). */
   badWordsIds?: number[][];
   stopStrings: string[];
+  /** The logits processors' settings and context (the step's min-length EOS ban and the warpers are added per step). */
+  processors: ProcessorOptions;
 }
 
 /** generation_config.json's keys that generate() takes as defaults, with their option names. */
@@ -113,7 +127,10 @@ const GENERATION_CONFIG_KEYS: Array<[string, keyof GenerateOptions]> = [
   ['no_repeat_ngram_size', 'noRepeatNgramSize'], ['bad_words_ids', 'badWordsIds'], ['stop_strings', 'stopStrings'],
   ['num_beams', 'numBeams'], ['length_penalty', 'lengthPenalty'], ['early_stopping', 'earlyStopping'],
   ['num_return_sequences', 'numReturnSequences'], ['prompt_lookup_num_tokens', 'promptLookupNumTokens'],
-  ['max_matching_ngram_size', 'maxMatchingNgramSize'],
+  ['max_matching_ngram_size', 'maxMatchingNgramSize'], ['num_assistant_tokens', 'numAssistantTokens'],
+  ['num_assistant_tokens_schedule', 'numAssistantTokensSchedule'], ['assistant_confidence_threshold', 'assistantConfidenceThreshold'],
+  ['sequence_bias', 'sequenceBias'], ['suppress_tokens', 'suppressTokens'], ['begin_suppress_tokens', 'beginSuppressTokens'],
+  ['forced_eos_token_id', 'forcedEosTokenId'], ['exponential_decay_length_penalty', 'exponentialDecayLengthPenalty'], ['min_length', 'minLength'],
 ];
 
 /**
@@ -161,8 +178,11 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
     `generate: maxNewTokens must be a positive integer, got ${o.maxNewTokens ?? `maxLength ${o.maxLength} - prompt ${promptLength}`}`);
   check(promptLength + maxNew <= config.maxSequenceLength,
     `generate: the prompt (${promptLength} tokens) plus ${maxNew} new tokens is longer than max_position_embeddings ${config.maxPositionEmbeddings}`);
-  const minNew = o.minNewTokens ?? 0;
-  check(Number.isInteger(minNew) && minNew >= 0, `generate: minNewTokens must be a non-negative integer, got ${minNew}`);
+  const minNewTokens = o.minNewTokens ?? 0;
+  check(Number.isInteger(minNewTokens) && minNewTokens >= 0, `generate: minNewTokens must be a non-negative integer, got ${minNewTokens}`);
+  check(o.minLength === undefined || (Number.isInteger(o.minLength) && o.minLength >= 0), `generate: minLength must be a non-negative integer, got ${o.minLength}`);
+  // min_length counts the prompt; both forbid EOS at the same place in transformers' list, so one bound serves.
+  const minNew = Math.max(minNewTokens, (o.minLength ?? 0) - promptLength);
   if (o.doSample) {
     check(o.temperature === undefined || o.temperature > 0, `generate: temperature must be > 0 when sampling, got ${o.temperature}`);
   }
@@ -194,7 +214,33 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
     check(Number.isInteger(id) && id >= 0 && id < config.vocabSize, `generate: ${name} ${id} is outside [0, vocab_size ${config.vocabSize})`);
   }
   const badWordsIds = o.badWordsIds?.filter((w) => !(w.length === 1 && eos.includes(w[0])));
-  return { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings };
+  const ids = (name: string, list: unknown) => check(list === undefined || (Array.isArray(list) && list.every((id) => Number.isInteger(id) && id >= 0 && id < config.vocabSize)),
+    `generate: ${name} must be token ids in [0, vocab_size ${config.vocabSize}), got ${JSON.stringify(list)}`);
+  ids('suppressTokens', o.suppressTokens);
+  ids('beginSuppressTokens', o.beginSuppressTokens);
+  if (o.forcedEosTokenId !== undefined) ids('forcedEosTokenId', Array.isArray(o.forcedEosTokenId) ? o.forcedEosTokenId : [o.forcedEosTokenId]);
+  if (o.sequenceBias !== undefined) {
+    check(Array.isArray(o.sequenceBias) && o.sequenceBias.every((e) => Array.isArray(e) && Array.isArray(e[0]) && e[0].length > 0 && typeof e[1] === 'number'),
+      `generate: sequenceBias must be [token ids, bias] pairs, got ${JSON.stringify(o.sequenceBias)}`);
+    o.sequenceBias.forEach(([seq]) => ids('sequenceBias ids', seq));
+  }
+  const decay = o.exponentialDecayLengthPenalty;
+  check(decay === undefined || (Array.isArray(decay) && decay.length === 2 && Number.isInteger(decay[0]) && decay[0] >= 0 && decay[1] > 0),
+    `generate: exponentialDecayLengthPenalty must be [start ≥ 0, factor > 0], got ${JSON.stringify(decay)}`);
+  const processors: ProcessorOptions = {
+    repetitionPenalty: o.repetitionPenalty, noRepeatNgramSize: o.noRepeatNgramSize, badWordsIds, sequenceBias: o.sequenceBias,
+    suppressTokens: o.suppressTokens, beginSuppressTokens: o.beginSuppressTokens, forcedEosTokenId: o.forcedEosTokenId,
+    exponentialDecayLengthPenalty: decay, promptLength, maxLength: promptLength + maxNew, eosTokenIds: eos,
+  };
+  return { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings, processors };
+}
+
+/** The sampling warpers of the options (applied after the processors, when sampling). */
+function warpers(o: GenerateOptions): ProcessorOptions {
+  return {
+    doSample: o.doSample, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP, typicalP: o.typicalP,
+    epsilonCutoff: o.epsilonCutoff, etaCutoff: o.etaCutoff,
+  };
 }
 
 /** What stop strings need of a tokenizer. */
@@ -255,7 +301,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
     throw new Error(`generateStream: beam search does not stream (a beam's tokens can change until it ends); use generate()${fromFile}`);
   }
   if ((options.numReturnSequences ?? 1) !== 1) throw new Error('generateStream: numReturnSequences is for generate(); repeat the prompt rows to stream several samples');
-  const { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings } = resolve(model, inputIds, options);
+  const { rows, mask, maxNew, minNew, eos, pad, stopStrings, processors } = resolve(model, inputIds, options);
   const batch = rows.length;
   const random = seedrandom(String(options.seed ?? Date.now()));
   const useCache = options.useCache ?? true;
@@ -263,7 +309,9 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
   const attention = mask.map((r) => r.slice());
   const finished = new Array(batch).fill(false);
   const needsScores = options.outputScores || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
-    (options.noRepeatNgramSize ?? 0) > 0 || (badWordsIds?.length ?? 0) > 0;
+    (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
+    (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
+    processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
   const cache = useCache ? new KVCache(model.config.numHiddenLayers) : null;
   try {
@@ -288,7 +336,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
         tokens = [];
         for (let b = 0; b < batch; b++) {
           const scores = logits.slice(b * vocab, (b + 1) * vocab);
-          processScores(scores, sequences[b], { ...options, badWordsIds, suppressTokens: step < minNew ? eos : [] });
+          processScores(scores, sequences[b], { ...warpers(options), ...processors, minLengthEos: step < minNew ? eos : [] });
           stepScores.push(scores);
           tokens.push(options.doSample ? sample(scores, random()) : argmax(scores));
         }
@@ -328,15 +376,14 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   if ((options.numBeams ?? 1) > 1) {
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
-    const { rows, mask, maxNew, minNew, eos, pad, badWordsIds, stopStrings } = resolve(model, inputIds, options);
+    const { rows, mask, maxNew, minNew, eos, pad, stopStrings, processors } = resolve(model, inputIds, options);
     const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
     const sampling = options.doSample ? {
-      warpers: { temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP, typicalP: options.typicalP,
-        epsilonCutoff: options.epsilonCutoff, etaCutoff: options.etaCutoff },
+      warpers: warpers(options),
       random: seedrandom(String(options.seed ?? Date.now())),
     } : undefined;
     return beamSearch(model, {
-      rows, mask, maxNew, minNew, eos, pad, repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds,
+      rows, mask, maxNew, minNew, eos, pad, processors,
       stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined, sampling,
     }, {
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
@@ -372,10 +419,9 @@ async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, 
   ];
   const refused = unsupported.filter(([, on]) => on).map(([name]) => name);
   check(refused.length === 0, `generate: ${how} is greedy only; not with ${refused.join(', ')}`);
-  const { rows, mask, maxNew, minNew, eos, badWordsIds, stopStrings } = resolve(model, inputIds, options);
+  const { rows, mask, maxNew, minNew, eos, stopStrings, processors } = resolve(model, inputIds, options);
   check(rows.length === 1, `generate: ${how} takes one row (as transformers), got ${rows.length}`);
   check(mask[0].every((m) => m === 1), `generate: ${how} takes an unpadded row (attentionMask all 1)`);
-  const processors = { repetitionPenalty: options.repetitionPenalty, noRepeatNgramSize: options.noRepeatNgramSize, badWordsIds };
   let source: CandidateSource;
   if (options.assistantModel) {
     const assistant = options.assistantModel;

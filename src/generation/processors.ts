@@ -20,8 +20,22 @@ export interface ProcessorOptions {
   noRepeatNgramSize?: number;
   /** transformers' bad_words_ids: token sequences that are never completed (single tokens are never chosen). */
   badWordsIds?: number[][];
-  /** EOS ids to forbid while fewer than minNewTokens were generated. */
+  /** EOS ids forbidden this step (min_new_tokens, min_length not yet reached). */
+  minLengthEos?: number[];
+  /** transformers' sequence_bias: [token ids, bias]; the bias goes to the last id where the others end the row. */
+  sequenceBias?: Array<[number[], number]>;
+  /** transformers' forced_eos_token_id: at the last position (row length maxLength − 1) only these ids remain. */
+  forcedEosTokenId?: number | number[];
+  /** transformers' exponential_decay_length_penalty [start, factor]: after start new tokens, EOS scores grow by factor^n. */
+  exponentialDecayLengthPenalty?: [number, number];
+  /** transformers' suppress_tokens: never chosen. */
   suppressTokens?: number[];
+  /** transformers' begin_suppress_tokens: not chosen as the first new token. */
+  beginSuppressTokens?: number[];
+  /** The step's context, which the length-dependent processors read: the prompt's length, the longest row, the EOS ids. */
+  promptLength?: number;
+  maxLength?: number;
+  eosTokenIds?: number[];
   doSample?: boolean;
   /** What the warpers always keep (transformers' min_tokens_to_keep: 1; beam sampling 1 + the number of EOS ids, ≥ 2). */
   minTokensToKeep?: number;
@@ -153,12 +167,26 @@ export function applyBadWords(scores: Float32Array, sequence: readonly number[],
 
 /** Applies every configured processor in transformers' order, in place. */
 export function processScores(scores: Float32Array, sequence: number[], options: ProcessorOptions): void {
+  if (options.sequenceBias?.length) applySequenceBias(scores, sequence, options.sequenceBias);
   if (options.repetitionPenalty !== undefined && options.repetitionPenalty !== 1) {
     applyRepetitionPenalty(scores, sequence, options.repetitionPenalty);
   }
   if (options.noRepeatNgramSize) applyNoRepeatNgram(scores, sequence, options.noRepeatNgramSize);
   if (options.badWordsIds?.length) applyBadWords(scores, sequence, options.badWordsIds);
+  for (const id of options.minLengthEos ?? []) scores[id] = -Infinity;
+  if (options.forcedEosTokenId !== undefined && options.maxLength !== undefined && sequence.length === options.maxLength - 1) {
+    const forced = Array.isArray(options.forcedEosTokenId) ? options.forcedEosTokenId : [options.forcedEosTokenId];
+    scores.fill(-Infinity);
+    for (const id of forced) scores[id] = 0;
+  }
+  if (options.exponentialDecayLengthPenalty && options.promptLength !== undefined) {
+    const [start, factor] = options.exponentialDecayLengthPenalty;
+    const n = sequence.length - (start + options.promptLength);
+    // EOS gains |score|·(factor^n − 1) once past the start (infinite scores stay), as ExponentialDecayLengthPenalty.
+    if (n > 0) for (const id of options.eosTokenIds ?? []) if (Number.isFinite(scores[id])) scores[id] += Math.fround(Math.abs(scores[id]) * (factor ** n - 1));
+  }
   for (const id of options.suppressTokens ?? []) scores[id] = -Infinity;
+  if (options.beginSuppressTokens && sequence.length === options.promptLength) for (const id of options.beginSuppressTokens) scores[id] = -Infinity;
   if (!options.doSample) return;
   if (options.temperature !== undefined && options.temperature !== 1) {
     for (let i = 0; i < scores.length; i++) scores[i] /= options.temperature;
@@ -170,6 +198,25 @@ export function processScores(scores: Float32Array, sequence: number[], options:
   if (options.typicalP !== undefined) applyTypicalP(scores, options.typicalP, keep);
   if (options.epsilonCutoff !== undefined && options.epsilonCutoff > 0) applyEpsilonCutoff(scores, options.epsilonCutoff, keep);
   if (options.etaCutoff !== undefined && options.etaCutoff > 0) applyEtaCutoff(scores, options.etaCutoff, keep);
+}
+
+/**
+ * transformers' SequenceBiasLogitsProcessor: a one-token sequence's bias always goes to its token; a longer one's goes to
+ * its last token where the row ends with the others (biases of matching sequences that share a last token add up; a
+ * sequence listed twice keeps its last bias).
+ */
+export function applySequenceBias(scores: Float32Array, sequence: readonly number[], biases: Array<[number[], number]>): void {
+  const bias = new Float32Array(scores.length);
+  // transformers keys the biases by their ids: a sequence given twice takes the last bias.
+  const byIds = new Map(biases.map(([ids, value]) => [ids.join(','), [ids, value] as [number[], number]]));
+  for (const [ids, value] of byIds.values()) {
+    const prefix = ids.length - 1;
+    if (prefix > sequence.length) continue;
+    let matches = true;
+    for (let j = 0; j < prefix && matches; j++) matches = sequence[sequence.length - prefix + j] === ids[j];
+    if (matches) bias[ids[prefix]] += value;
+  }
+  for (let i = 0; i < scores.length; i++) if (bias[i] !== 0) scores[i] += bias[i];
 }
 
 /** Index of the largest score (the first on ties, as torch.argmax). */

@@ -145,7 +145,7 @@ export async function speculativeDecode(model: NemotronForCausalLM, prompt: numb
       let matches = 0;
       for (let j = 0; j <= candidates.length && !finished; j++) {
         const scores = logits.slice(j * vocab, (j + 1) * vocab);
-        processScores(scores, sequence, { ...s.processors, suppressTokens: generated < s.minNew ? s.eos : [] });
+        processScores(scores, sequence, { ...s.processors, minLengthEos: generated < s.minNew ? s.eos : [] });
         const token = argmax(scores);
         sequence.push(token);
         s.onToken?.([token], generated);

@@ -15,6 +15,8 @@ interface ProcessorCase {
   setting: {
     no_repeat_ngram_size?: number; repetition_penalty?: number; bad_words_ids?: number[][]; min_new_tokens?: number; eos_token_id?: number;
     num_beams?: number; num_return_sequences?: number; length_penalty?: number;
+    sequence_bias?: Array<[number[], number]>; suppress_tokens?: number[]; begin_suppress_tokens?: number[]; forced_eos_token_id?: number;
+    exponential_decay_length_penalty?: [number, number]; min_length?: number;
   };
   sequences: number[][];
 }
@@ -31,7 +33,7 @@ const reference = (config: string): Reference => JSON.parse(fs.readFileSync(path
 
 forEachBackend(testBackends(), () => {
   for (const config of CONFIGS) {
-    it(`no_repeat_ngram_size, bad_words_ids and stop_strings (greedy and beams) equal transformers', leaving no tensor: ${config}`, async () => {
+    it(`no_repeat_ngram_size, bad_words_ids, sequence_bias, suppress and forced tokens, length penalties and stop_strings (greedy and beams) equal transformers', leaving no tensor: ${config}`, async () => {
       const ref = reference(config);
       const model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm'));
       const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, `${config}-tokenizer`));
@@ -41,7 +43,9 @@ forEachBackend(testBackends(), () => {
           attentionMask: ref.attention_mask, padTokenId: 0, maxNewTokens: 12, eosTokenId: setting.eos_token_id ?? null,
           noRepeatNgramSize: setting.no_repeat_ngram_size, badWordsIds: setting.bad_words_ids, repetitionPenalty: setting.repetition_penalty,
           minNewTokens: setting.min_new_tokens, numBeams: setting.num_beams, numReturnSequences: setting.num_return_sequences,
-          lengthPenalty: setting.length_penalty,
+          lengthPenalty: setting.length_penalty, sequenceBias: setting.sequence_bias, suppressTokens: setting.suppress_tokens,
+          beginSuppressTokens: setting.begin_suppress_tokens, forcedEosTokenId: setting.forced_eos_token_id,
+          exponentialDecayLengthPenalty: setting.exponential_decay_length_penalty, minLength: setting.min_length,
         });
         expect(out.sequences, JSON.stringify(setting)).to.deep.equal(sequences);
       }
@@ -171,6 +175,10 @@ describe('logits processors and generation settings', () => {
     expect(await failure(generate(model, [[2, 5]], { stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);
     expect(await failure(generate(model, [[2, 5]], { stopStrings: [''], tokenizer: { decode: () => '' } }))).to.match(/stopStrings must be non-empty strings/);
     expect(await failure(generate(model, [[2, 5]], { numBeams: 2, stopStrings: ['x'] }))).to.match(/stopStrings needs the tokenizer/);
+    expect(await failure(generate(model, [[2, 5]], { sequenceBias: [[[3], 'a' as never]] }))).to.match(/sequenceBias must be \[token ids, bias\] pairs/);
+    expect(await failure(generate(model, [[2, 5]], { suppressTokens: [1, 96] }))).to.match(/suppressTokens must be token ids in \[0, vocab_size 96\), got \[1,96\]/);
+    expect(await failure(generate(model, [[2, 5]], { exponentialDecayLengthPenalty: [1, 0] }))).to.match(/exponentialDecayLengthPenalty must be \[start ≥ 0, factor > 0\], got \[1,0\]/);
+    expect(await failure(generate(model, [[2, 5]], { minLength: -1 }))).to.match(/minLength must be a non-negative integer, got -1/);
     model.dispose();
   });
 });

@@ -5,7 +5,8 @@ Each tiny-gqa head (sequence classification: single-label, multi-label, regressi
 SentencePiece-style tokenizer over its vocabulary (test/fixtures/generation-processors/tiny-gqa-tokenizer), on a few
 texts: the default output (the best label), top_k=None (every label, sorted), a forced function_to_apply, pairs of
 texts ({"text", "text_pair"}, and the pair encoding of two tokenizers), and token classification with aggregation
-"none" (its entities without character offsets, which need the Rust tokenizer's offset mapping).
+"none" and "simple" (BIO labels grouped; entities without character offsets, which need the Rust tokenizer's offset
+mapping).
 
     .venv-ref/bin/python scripts/reference/pipeline_fixtures.py
 """
@@ -61,6 +62,20 @@ def main():
         "default": [strip(tag(t)) for t in TEXTS],
         "ignore_label_0": [strip(tag(t, ignore_labels=["LABEL_0"])) for t in TEXTS],
     }
+    # Aggregation "simple": the same head with BIO labels, adjacent tokens of one entity grouped; two label maps, one
+    # where the frequent class continues an entity (I-PER), one where it begins one (B-PER), so both rules bite.
+    groups = lambda found: [{k: (float(v) if k == "score" else v) for k, v in e.items() if k not in ("start", "end")} for e in found]
+    out["token_classification"]["bio"] = []
+    for labels in ({0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}, {0: "O", 1: "I-PER", 2: "B-PER", 3: "B-LOC", 4: "I-LOC"}):
+        model = NemotronForTokenClassification.from_pretrained(os.path.join(base, "tokcls"), dtype=torch.float32, id2label=labels,
+                                                               label2id={v: k for k, v in labels.items()}).eval()
+        tag = pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
+        out["token_classification"]["bio"].append({
+            "labels": labels,
+            "none": [strip(tag(t)) for t in TEXTS],
+            "simple": [groups(tag(t, aggregation_strategy="simple")) for t in TEXTS],
+            "simple_keep_o": [groups(tag(t, aggregation_strategy="simple", ignore_labels=[])) for t in TEXTS],
+        })
     os.makedirs(os.path.join(ROOT, "pipelines"), exist_ok=True)
     json.dump(out, open(os.path.join(ROOT, "pipelines", "pipelines.json"), "w"), indent=1)
     print(json.dumps(out)[:1500])

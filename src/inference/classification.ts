@@ -87,13 +87,47 @@ export interface TokenEntity {
   word: string;
 }
 
+/** Adjacent tokens of one entity, as the token-classification pipeline groups them (aggregation "simple"). */
+export interface EntityGroup {
+  /** The label without its B-/I- prefix. */
+  entityGroup: string;
+  /** The mean of the tokens' scores. */
+  score: number;
+  /** The tokens decoded together. */
+  word: string;
+}
+
+export interface ClassifyTokensOptions {
+  /** Labels not reported (default ["O"]); with "simple", entity groups of these labels. */
+  ignoreLabels?: string[];
+  /**
+   * "none" (default): every token's label. "simple": adjacent tokens grouped where their labels name the same entity
+   * and the later one does not begin one (B-X, I-X, I-X → X; B-X, B-X → X, X), as transformers' group_entities.
+   */
+  aggregationStrategy?: 'none' | 'simple';
+}
+
+/** The label's B/I part and entity (a label without B-/I- counts as a continuation, as transformers' get_tag). */
+function tagOf(label: string): [string, string] {
+  if (label.startsWith('B-')) return ['B', label.slice(2)];
+  if (label.startsWith('I-')) return ['I', label.slice(2)];
+  return ['I', label];
+}
+
 /**
- * transformers' pipeline("token-classification") with aggregation "none": every token of the text but those the
- * template added, its best label and softmax score, minus the labels in `ignoreLabels` (default ["O"]). Character
- * offsets (the pipeline's start and end) are not given: they need the Rust tokenizer's offset mapping.
+ * transformers' pipeline("token-classification"): every token of the text but those the template added, its best
+ * label and softmax score, minus the labels in `ignoreLabels` (default ["O"]); with aggregationStrategy "simple", the
+ * entity groups instead. Character offsets (the pipeline's start and end) are not given: they need the Rust
+ * tokenizer's offset mapping.
  */
 export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
-  options: { ignoreLabels?: string[] } = {}): Promise<TokenEntity[]> {
+  options?: ClassifyTokensOptions & { aggregationStrategy?: 'none' }): Promise<TokenEntity[]>;
+export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
+  options: ClassifyTokensOptions & { aggregationStrategy: 'simple' }): Promise<EntityGroup[]>;
+export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
+  options: ClassifyTokensOptions = {}): Promise<TokenEntity[] | EntityGroup[]> {
+  const strategy = options.aggregationStrategy ?? 'none';
+  if (strategy !== 'none' && strategy !== 'simple') throw new Error(`aggregationStrategy must be "none" or "simple", got ${JSON.stringify(strategy)}`);
   const ignore = options.ignoreLabels ?? ['O'];
   const { ids, specialTokensMask } = encodeText(tokenizer, text, 0);
   const logits = tf.tidy(() => model.forward({ inputIds: [ids] }).logits.squeeze([0]));
@@ -105,10 +139,22 @@ export async function classifyTokens(model: NemotronForTokenClassification, toke
     if (specialTokensMask[index]) return;
     const scores = scoresOf(data.subarray(index * labels, (index + 1) * labels), 'softmax');
     const best = scores.indexOf(Math.max(...scores));
-    const entity = label(model.config, best);
-    if (!ignore.includes(entity)) entities.push({ entity, score: scores[best], index, word: tokenizer.idToToken(id) ?? '' });
+    entities.push({ entity: label(model.config, best), score: Math.fround(scores[best]), index, word: tokenizer.idToToken(id) ?? '' });
   });
-  return entities;
+  if (strategy === 'none') return entities.filter((e) => !ignore.includes(e.entity));
+  // Runs of one entity: a token joins the run before it when it names the same entity and does not begin one.
+  const runs: TokenEntity[][] = [];
+  for (const e of entities) {
+    const [bi, tag] = tagOf(e.entity);
+    const last = runs[runs.length - 1];
+    if (last && tagOf(last[last.length - 1].entity)[1] === tag && bi !== 'B') last.push(e);
+    else runs.push([e]);
+  }
+  return runs.map((run) => ({
+    entityGroup: tagOf(run[0].entity)[1],
+    score: run.reduce((sum, e) => sum + e.score, 0) / run.length,
+    word: tokenizer.decode(run.map((e) => ids[e.index])),
+  })).filter((g) => !ignore.includes(g.entityGroup));
 }
 
 /** A span of the context as answerQuestion reports it. */

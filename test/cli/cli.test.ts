@@ -372,6 +372,11 @@ describe('CLI (nemotron-tfjs)', function () {
       tagger.dispose();
       expect(expected.length).to.be.greaterThan(0);
       expect(JSON.parse(r.stdout)).to.deep.equal({ text: texts[1], result: expected });
+      const grouped = cli('predict', '--model', dir, '--text', texts[1], '--aggregation', 'simple', '--ignore-labels', '', '--json', '--backend', 'cpu');
+      const tagger2 = await NemotronForTokenClassification.fromPretrained(dir);
+      const groups = await classifyTokens(tagger2, await NemotronTokenizer.fromPretrained(dir), texts[1], { ignoreLabels: [], aggregationStrategy: 'simple' });
+      tagger2.dispose();
+      expect(JSON.parse(grouped.stdout)).to.deep.equal({ text: texts[1], result: groups });
       const causal = cli('predict', '--model', model, '--text', 'x', '--backend', 'cpu');
       expect(causal.code).to.equal(1);
       expect(causal.stderr).to.match(/predict runs NemotronForSequenceClassification or NemotronForTokenClassification or NemotronForQuestionAnswering checkpoints; .* is NemotronForCausalLM \(use generate\)/);

@@ -13,7 +13,14 @@ type Heads = 'seqcls-single' | 'seqcls-multi' | 'seqcls-regression';
 const reference = JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../pipelines/pipelines.json'), 'utf8')) as {
   texts: string[];
   text_classification: Record<Heads, Record<'default' | 'top_k_none' | 'top_k_2_softmax' | 'none', Array<LabelScore | LabelScore[]>>>;
-  token_classification: Record<'default' | 'ignore_label_0', TokenEntity[][]>;
+  token_classification: Record<'default' | 'ignore_label_0', TokenEntity[][]> & {
+    bio: Array<{
+      labels: Record<string, string>;
+      none: TokenEntity[][];
+      simple: Array<Array<{ entity_group: string; score: number; word: string }>>;
+      simple_keep_o: Array<Array<{ entity_group: string; score: number; word: string }>>;
+    }>;
+  };
   pair_classification: { pairs: Array<[string, string]>; default: LabelScore[]; top_k_none: LabelScore[][] };
   pair_encoding: Record<string, Array<{ ids: number[]; special_tokens_mask: number[]; sequence_ids: Array<0 | 1 | null> }>>;
 };
@@ -61,6 +68,25 @@ forEachBackend(testBackends(), () => {
     }
     expect(tf.memory().numTensors, 'tensors left').to.equal(before);
     model.dispose();
+  });
+});
+
+forEachBackend(testBackends(), () => {
+  it('classifyTokens with BIO labels: aggregation "simple" groups entities as the pipeline does ("O" ignored or kept)', async () => {
+    const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
+    const groups = (g: Array<{ entity_group: string; score: number; word: string }>) => g.map(({ entity_group: entityGroup, ...rest }) => ({ entityGroup, ...rest }));
+    for (const [m, ref] of reference.token_classification.bio.entries()) {
+      const id2label = Object.fromEntries(Object.entries(ref.labels).map(([k, v]) => [Number(k), v]));
+      const label2id = Object.fromEntries(Object.entries(ref.labels).map(([k, v]) => [v, Number(k)]));
+      const model = await NemotronForTokenClassification.fromPretrained(fixtureDir('tiny-gqa', 'tokcls'), { config: { id2label, label2id } });
+      for (const [i, text] of reference.texts.entries()) {
+        expectSame(await classifyTokens(model, tokenizer, text), ref.none[i], `labels ${m}, text ${i}, none`);
+        expectSame(await classifyTokens(model, tokenizer, text, { aggregationStrategy: 'simple' }) as never, groups(ref.simple[i]) as never, `labels ${m}, text ${i}, simple`);
+        expectSame(await classifyTokens(model, tokenizer, text, { aggregationStrategy: 'simple', ignoreLabels: [] }) as never,
+          groups(ref.simple_keep_o[i]) as never, `labels ${m}, text ${i}, simple, O kept`);
+      }
+      model.dispose();
+    }
   });
 });
 

@@ -11,6 +11,7 @@ export {
 } from './kernels/fused';
 export * from './io/safetensors';
 export * from './io/checkpoint';
+export * from './io/gguf';
 export { Relu2, relu2 } from '../layers/relu2';
 export { NemotronLayerNorm1P } from '../layers/layernorm1p';
 export { PartialRotaryEmbedding, applyRotary } from '../layers/rotary';

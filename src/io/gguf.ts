@@ -1,0 +1,301 @@
+/**
+ * GGUF (llama.cpp's checkpoint format): the header, the metadata, and the tensors dequantized to float32, as
+ * transformers reads a GGUF file (from_pretrained(..., gguf_file=...)) — for Nemotron, as llama.cpp's
+ * convert_hf_to_gguf.py writes it: llama.cpp tensor names, LayerNorm1P weights stored with their +1, the
+ * configuration in `nemotron.*` keys and a SentencePiece vocabulary in `tokenizer.ggml.*`.
+ *
+ * Types read: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K … Q6_K (ggml's dequantize_row_*).
+ */
+import * as fs from 'fs';
+import { bf16BitsToFloat32, f16BitsToFloat32 } from './safetensors';
+
+const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
+
+/** ggml types: [name, values per block, bytes per block]. */
+const TYPES: Record<number, [string, number, number]> = {
+  0: ['F32', 1, 4], 1: ['F16', 1, 2], 2: ['Q4_0', 32, 18], 3: ['Q4_1', 32, 20], 6: ['Q5_0', 32, 22], 7: ['Q5_1', 32, 24],
+  8: ['Q8_0', 32, 34], 10: ['Q2_K', 256, 84], 11: ['Q3_K', 256, 110], 12: ['Q4_K', 256, 144], 13: ['Q5_K', 256, 176],
+  14: ['Q6_K', 256, 210], 30: ['BF16', 1, 2],
+};
+
+export type GGUFValue = number | bigint | boolean | string | GGUFValue[];
+
+export interface GGUFTensorInfo {
+  name: string;
+  /** numpy/torch order (GGUF stores the fastest dimension first; this is reversed). */
+  shape: number[];
+  /** ggml type name (Q4_K, F16, …). */
+  type: string;
+  /** Absolute offset of the data in the file, and its length. */
+  byteOffset: number;
+  byteLength: number;
+}
+
+/** A GGUF file opened for reading: metadata at once, tensors on demand. */
+export class GGUFFile {
+  readonly version: number;
+  readonly metadata = new Map<string, GGUFValue>();
+  readonly tensors = new Map<string, GGUFTensorInfo>();
+  private readonly fd: number;
+
+  private constructor(readonly path: string) {
+    this.fd = fs.openSync(path, 'r');
+    try {
+      const size = fs.fstatSync(this.fd).size;
+      // The header, metadata and tensor table come first; read a growing prefix until they parse.
+      let prefix = Math.min(size, 1 << 20);
+      for (;;) {
+        const buffer = Buffer.alloc(prefix);
+        fs.readSync(this.fd, buffer, 0, prefix, 0);
+        try {
+          this.version = this.parse(buffer, size);
+          break;
+        } catch (e) {
+          if (!(e instanceof RangeError) || prefix >= size) throw e instanceof RangeError ? new Error(`${path}: the GGUF header runs past the end of the file`) : e;
+          prefix = Math.min(size, prefix * 4);
+        }
+      }
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
+  }
+
+  static open(path: string): GGUFFile {
+    return new GGUFFile(path);
+  }
+
+  private parse(buffer: Buffer, fileSize: number): number {
+    let at = 0;
+    const u32 = () => { const v = buffer.readUInt32LE(at); at += 4; return v; };
+    const u64 = () => { const v = buffer.readBigUInt64LE(at); at += 8; return Number(v); };
+    const str = () => { const n = u64(); if (at + n > buffer.length) throw new RangeError('string'); const s = buffer.toString('utf8', at, at + n); at += n; return s; };
+    const value = (type: number): GGUFValue => {
+      switch (type) {
+        case 0: return buffer.readUInt8(at++);
+        case 1: return buffer.readInt8(at++);
+        case 2: { const v = buffer.readUInt16LE(at); at += 2; return v; }
+        case 3: { const v = buffer.readInt16LE(at); at += 2; return v; }
+        case 4: return u32();
+        case 5: { const v = buffer.readInt32LE(at); at += 4; return v; }
+        case 6: { const v = buffer.readFloatLE(at); at += 4; return v; }
+        case 7: return buffer.readUInt8(at++) !== 0;
+        case 8: return str();
+        case 9: {
+          const itemType = u32();
+          const count = u64();
+          return Array.from({ length: count }, () => value(itemType));
+        }
+        case 10: { const v = buffer.readBigUInt64LE(at); at += 8; return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v; }
+        case 11: { const v = buffer.readBigInt64LE(at); at += 8; return Number(v); }
+        case 12: { const v = buffer.readDoubleLE(at); at += 8; return v; }
+        default: throw new Error(`${this.path}: unknown GGUF metadata value type ${type}`);
+      }
+    };
+    if (buffer.length < 24 || buffer.readUInt32LE(0) !== GGUF_MAGIC) throw new Error(`${this.path} is not a GGUF file (no "GGUF" magic)`);
+    at = 4;
+    const version = u32();
+    if (version < 2 || version > 3) throw new Error(`${this.path}: GGUF version ${version} is not supported (2 and 3 are)`);
+    const tensorCount = u64();
+    const kvCount = u64();
+    for (let i = 0; i < kvCount; i++) {
+      const key = str();
+      this.metadata.set(key, value(u32()));
+    }
+    const infos: Array<{ name: string; dims: number[]; type: number; offset: number }> = [];
+    for (let i = 0; i < tensorCount; i++) {
+      const name = str();
+      const dims = Array.from({ length: u32() }, () => u64());
+      infos.push({ name, dims, type: u32(), offset: u64() });
+    }
+    const alignment = Number(this.metadata.get('general.alignment') ?? 32);
+    const dataStart = Math.ceil(at / alignment) * alignment;
+    for (const { name, dims, type, offset } of infos) {
+      const known = TYPES[type];
+      if (!known) throw new Error(`${this.path}: tensor ${name} has ggml type ${type}, which is not supported (${Object.values(TYPES).map(([n]) => n).join(', ')})`);
+      const [typeName, blockValues, blockBytes] = known;
+      const count = dims.reduce((a, b) => a * b, 1);
+      if (count % blockValues !== 0) throw new Error(`${this.path}: tensor ${name} (${typeName}) has ${count} values, not whole blocks of ${blockValues}`);
+      const byteLength = (count / blockValues) * blockBytes;
+      const byteOffset = dataStart + offset;
+      if (byteOffset + byteLength > fileSize) throw new Error(`${this.path}: tensor ${name} runs past the end of the file`);
+      this.tensors.set(name, { name, shape: dims.slice().reverse(), type: typeName, byteOffset, byteLength });
+    }
+    return version;
+  }
+
+  /** A metadata value, or undefined. */
+  get(key: string): GGUFValue | undefined {
+    return this.metadata.get(key);
+  }
+
+  /** A tensor's values as float32, in its (numpy-order) shape. */
+  read(name: string): { shape: number[]; data: Float32Array } {
+    const info = this.tensors.get(name);
+    if (!info) throw new Error(`${this.path} has no tensor ${name}`);
+    const bytes = Buffer.alloc(info.byteLength);
+    fs.readSync(this.fd, bytes, 0, info.byteLength, info.byteOffset);
+    return { shape: info.shape, data: dequantize(bytes, info.type, info.shape.reduce((a, b) => a * b, 1)) };
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+/** `count` values of ggml type `type` from their stored bytes (ggml's dequantize_row_*). */
+export function dequantize(bytes: Uint8Array, type: string, count: number): Float32Array {
+  const out = new Float32Array(count);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const half = (at: number) => f16BitsToFloat32(view.getUint16(at, true));
+  switch (type) {
+    case 'F32':
+      for (let i = 0; i < count; i++) out[i] = view.getFloat32(4 * i, true);
+      return out;
+    case 'F16':
+      for (let i = 0; i < count; i++) out[i] = half(2 * i);
+      return out;
+    case 'BF16':
+      for (let i = 0; i < count; i++) out[i] = bf16BitsToFloat32(view.getUint16(2 * i, true));
+      return out;
+  }
+  const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === type) ?? [];
+  if (!blockValues || !blockBytes) throw new Error(`dequantize: unknown ggml type ${type}`);
+  for (let b = 0; b < count / blockValues; b++) {
+    const p = b * blockBytes;
+    const y = out.subarray(b * blockValues, (b + 1) * blockValues);
+    const q = (i: number) => bytes[p + i];
+    switch (type) {
+      case 'Q8_0': {
+        const d = half(p);
+        for (let j = 0; j < 32; j++) y[j] = view.getInt8(p + 2 + j) * d;
+        break;
+      }
+      case 'Q4_0': case 'Q4_1': {
+        const d = half(p);
+        const m = type === 'Q4_1' ? half(p + 2) : 0;
+        const qs = type === 'Q4_1' ? 4 : 2;
+        const offset = type === 'Q4_1' ? 0 : 8;
+        for (let j = 0; j < 16; j++) {
+          y[j] = ((q(qs + j) & 0xf) - offset) * d + m;
+          y[j + 16] = ((q(qs + j) >> 4) - offset) * d + m;
+        }
+        break;
+      }
+      case 'Q5_0': case 'Q5_1': {
+        const d = half(p);
+        const m = type === 'Q5_1' ? half(p + 2) : 0;
+        const hAt = type === 'Q5_1' ? 4 : 2;
+        const qh = view.getUint32(p + hAt, true);
+        const offset = type === 'Q5_1' ? 0 : 16;
+        for (let j = 0; j < 16; j++) {
+          const low = ((qh >>> j) << 4) & 0x10;
+          const high = (qh >>> (j + 12)) & 0x10;
+          y[j] = (((q(hAt + 4 + j) & 0xf) | low) - offset) * d + m;
+          y[j + 16] = (((q(hAt + 4 + j) >> 4) | high) - offset) * d + m;
+        }
+        break;
+      }
+      case 'Q2_K': {
+        // scales[16], qs[64], d, dmin
+        const d = half(p + 80);
+        const dmin = half(p + 82);
+        let is = 0;
+        let out0 = 0;
+        for (let n = 0; n < 256; n += 128) {
+          const qs = 16 + n / 4;
+          for (let shift = 0; shift < 8; shift += 2) {
+            for (const half16 of [0, 16]) {
+              const sc = q(is++);
+              const dl = d * (sc & 0xf);
+              const ml = dmin * (sc >> 4);
+              for (let l = 0; l < 16; l++) y[out0++] = dl * ((q(qs + half16 + l) >> shift) & 3) - ml;
+            }
+          }
+        }
+        break;
+      }
+      case 'Q3_K': {
+        // hmask[32], qs[64], scales[12], d
+        const d = half(p + 108);
+        const raw = [0, 1, 2].map((i) => view.getUint32(p + 96 + 4 * i, true));
+        const [k1, k2] = [0x03030303, 0x0f0f0f0f];
+        const aux = [
+          (raw[0] & k2) | (((raw[2] >>> 0) & k1) << 4),
+          (raw[1] & k2) | (((raw[2] >>> 2) & k1) << 4),
+          ((raw[0] >>> 4) & k2) | (((raw[2] >>> 4) & k1) << 4),
+          ((raw[1] >>> 4) & k2) | (((raw[2] >>> 6) & k1) << 4),
+        ];
+        const scale = (i: number) => ((aux[i >> 2] >>> (8 * (i & 3))) & 0xff) << 24 >> 24; // int8
+        let is = 0;
+        let out0 = 0;
+        let bit = 1;
+        for (let n = 0; n < 256; n += 128) {
+          const qs = 32 + n / 4;
+          for (let shift = 0; shift < 8; shift += 2) {
+            for (const half16 of [0, 16]) {
+              const dl = d * (scale(is++) - 32);
+              for (let l = 0; l < 16; l++) {
+                const low = (q(qs + half16 + l) >> shift) & 3;
+                y[out0++] = dl * (low - ((q(half16 + l) & bit) ? 0 : 4));
+              }
+            }
+            bit <<= 1;
+          }
+        }
+        break;
+      }
+      case 'Q4_K': case 'Q5_K': {
+        // d, dmin, scales[12], (qh[32] for Q5_K), qs[128]
+        const d = half(p);
+        const dmin = half(p + 2);
+        const scaleMin = (j: number): [number, number] => (j < 4
+          ? [q(4 + j) & 63, q(4 + j + 4) & 63]
+          : [(q(4 + j + 4) & 0xf) | ((q(4 + j - 4) >> 6) << 4), (q(4 + j + 4) >> 4) | ((q(4 + j) >> 6) << 4)]);
+        const five = type === 'Q5_K';
+        const qs = five ? 48 : 16;
+        let out0 = 0;
+        let is = 0;
+        let u1 = 1;
+        let u2 = 2;
+        for (let j = 0; j < 256; j += 64) {
+          const [sc1, m1] = scaleMin(is);
+          const [sc2, m2] = scaleMin(is + 1);
+          const ql = qs + j / 2;
+          for (let l = 0; l < 32; l++) y[out0++] = d * sc1 * ((q(ql + l) & 0xf) + (five && q(16 + l) & u1 ? 16 : 0)) - dmin * m1;
+          for (let l = 0; l < 32; l++) y[out0++] = d * sc2 * ((q(ql + l) >> 4) + (five && q(16 + l) & u2 ? 16 : 0)) - dmin * m2;
+          is += 2;
+          u1 <<= 2;
+          u2 <<= 2;
+        }
+        break;
+      }
+      case 'Q6_K': {
+        // ql[128], qh[64], scales int8[16], d
+        const d = half(p + 208);
+        for (let n = 0; n < 2; n++) {
+          const qlAt = 64 * n;
+          const qhAt = 128 + 32 * n;
+          const scAt = 192 + 8 * n;
+          for (let l = 0; l < 32; l++) {
+            const is = l >> 4;
+            const qh = q(qhAt + l);
+            const q1 = ((q(qlAt + l) & 0xf) | ((qh & 3) << 4)) - 32;
+            const q2 = ((q(qlAt + l + 32) & 0xf) | (((qh >> 2) & 3) << 4)) - 32;
+            const q3 = ((q(qlAt + l) >> 4) | (((qh >> 4) & 3) << 4)) - 32;
+            const q4 = ((q(qlAt + l + 32) >> 4) | (((qh >> 6) & 3) << 4)) - 32;
+            const sc = (i: number) => view.getInt8(p + scAt + i);
+            y[128 * n + l] = d * sc(is) * q1;
+            y[128 * n + l + 32] = d * sc(is + 2) * q2;
+            y[128 * n + l + 64] = d * sc(is + 4) * q3;
+            y[128 * n + l + 96] = d * sc(is + 6) * q4;
+          }
+        }
+        break;
+      }
+      default:
+        throw new Error(`dequantize: ggml type ${type} is not supported`);
+    }
+  }
+  return out;
+}

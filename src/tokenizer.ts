@@ -25,6 +25,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+import { GGUFFile } from './io/gguf';
 
 /** Options of {@link NemotronTokenizer.encode}. */
 export interface EncodeOptions {
@@ -132,6 +133,28 @@ function tokenContent(value: unknown, what: string): string | null {
     return (value as Json).content as string;
   }
   throw new Error(`${what} must be a string or an object with a "content" string, got ${JSON.stringify(value)}`);
+}
+
+/**
+ * BPE merges recovered from a SentencePiece vocabulary, as transformers' generate_merges does: every split of a token
+ * into two tokens of the vocabulary, ranked by the token's score (best first), then by the pieces' lengths (longest
+ * first), ties in vocabulary order.
+ */
+function mergesFromScores(tokens: string[], scores: number[], vocab: Record<string, number>): Array<[string, string]> {
+  const merges: Array<[string, string, number]> = [];
+  tokens.forEach((token, i) => {
+    const chars = Array.from(token);
+    const local: Array<[string, string, number]> = [];
+    for (let k = 1; k < chars.length; k++) {
+      const [left, right] = [chars.slice(0, k).join(''), chars.slice(k).join('')];
+      if (left in vocab && right in vocab) local.push([left, right, scores[i]]);
+    }
+    local.sort((a, b) => vocab[a[0]] - vocab[b[0]] || vocab[a[1]] - vocab[b[1]]);
+    merges.push(...local);
+  });
+  const length = (x: string) => Array.from(x).length;
+  merges.sort((a, b) => b[2] - a[2] || length(b[0]) - length(a[0]) || length(b[1]) - length(a[1]));
+  return merges.map(([l, r]) => [l, r]);
 }
 
 function sameIds(a: number[], b: number[]): boolean {
@@ -372,6 +395,7 @@ export class NemotronTokenizer {
    * `<dir>/special_tokens_map.json` and `<dir>/config.json` (each optional).
    */
   static async fromPretrained(dir: string): Promise<NemotronTokenizer> {
+    if (dir.toLowerCase().endsWith('.gguf') && fs.existsSync(dir) && fs.statSync(dir).isFile()) return NemotronTokenizer.fromGGUF(dir);
     const tokenizerPath = path.join(dir, 'tokenizer.json');
     if (!fs.existsSync(tokenizerPath)) {
       throw new Error(
@@ -395,6 +419,51 @@ export class NemotronTokenizer {
       source: tokenizerPath,
       chatTemplate,
     });
+  }
+
+  /**
+   * The tokenizer a GGUF file describes (`tokenizer.ggml.*`), built as transformers builds it from one: for a
+   * SentencePiece vocabulary ("llama"), a byte-fallback BPE over the tokens with merges recovered from the vocabulary
+   * and its scores (transformers' generate_merges), Metaspace, and the control tokens as special tokens.
+   */
+  static async fromGGUF(file: string): Promise<NemotronTokenizer> {
+    const gguf = GGUFFile.open(file);
+    try {
+      const meta = (key: string) => gguf.get(`tokenizer.ggml.${key}`);
+      if (meta('model') !== 'llama') {
+        throw new Error(`${file}: tokenizer.ggml.model is ${JSON.stringify(meta('model'))}; only SentencePiece vocabularies ("llama", as Nemotron's) are read`);
+      }
+      const tokens = meta('tokens') as string[];
+      const scores = (meta('scores') as number[] | undefined) ?? tokens.map(() => 0);
+      const types = (meta('token_type') as number[] | undefined) ?? [];
+      const vocab: Record<string, number> = {};
+      tokens.forEach((t, i) => { vocab[t] = i; });
+      const merges = (meta('merges') as string[] | undefined)?.map((m) => m.split(' ')) ?? mergesFromScores(tokens, scores, vocab);
+      // CONTROL (3) tokens become special added tokens, USER_DEFINED (4) plain ones, as transformers adds them.
+      const added = tokens.flatMap((content, id) => (types[id] === 3 || types[id] === 4
+        ? [{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: types[id] === 3 }] : []));
+      const json = {
+        version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
+        pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false },
+        post_processor: null,
+        decoder: { type: 'Sequence', decoders: [
+          { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
+          { type: 'Strip', content: ' ', start: 1, stop: 0 },
+        ] },
+        model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true,
+          byte_fallback: true, ignore_merges: false, vocab, merges },
+      };
+      const token = (key: string) => (typeof meta(key) === 'number' ? tokens[meta(key) as number] : undefined);
+      const config = {
+        add_bos_token: meta('add_bos_token') ?? true, add_eos_token: meta('add_eos_token') ?? false,
+        bos_token: token('bos_token_id'), eos_token: token('eos_token_id'), unk_token: token('unknown_token_id'), pad_token: token('padding_token_id'),
+        clean_up_tokenization_spaces: false,
+        ...(typeof gguf.get('tokenizer.chat_template') === 'string' ? { chat_template: gguf.get('tokenizer.chat_template') } : {}),
+      };
+      return NemotronTokenizer.create(json, config, { source: file });
+    } finally {
+      gguf.close();
+    }
   }
 
   /** Builds a tokenizer from already parsed tokenizer.json / tokenizer_config.json contents. */

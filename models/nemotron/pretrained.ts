@@ -5,6 +5,7 @@ import * as vm from 'vm';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
+import { NemotronGGUF } from '../../src/io/gguf';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
@@ -20,6 +21,22 @@ export interface FromPretrainedOptions {
   quiet?: boolean;
   /** Skip the check that the float32 weights fit in this machine's memory (and in wasm's 4 GB). */
   skipMemoryCheck?: boolean;
+}
+
+/** What loading reads weights from: a checkpoint folder (CheckpointReader) or a GGUF file (NemotronGGUF). */
+interface WeightReader {
+  readonly dir: string;
+  readonly files: string[];
+  names(): string[];
+  info(name: string): { shape: number[]; file: string; byteOffset: number; byteLength: number };
+  read(name: string): { data: Float32Array | Int32Array };
+  totalBytes(): number;
+  close(): void;
+}
+
+/** Whether a path is a GGUF file (fromPretrained then reads it as llama.cpp wrote it). */
+export function isGGUF(file: string): boolean {
+  return file.toLowerCase().endsWith('.gguf') && fs.existsSync(file) && fs.statSync(file).isFile();
 }
 
 /** wasm's linear memory is 32-bit: 4 GB for everything, weights and activations. */
@@ -146,16 +163,24 @@ export abstract class NemotronPreTrainedModel {
     dir: string,
     options: FromPretrainedOptions = {},
   ): Promise<T> {
-    let config = NemotronConfig.fromPretrained(dir);
+    // A GGUF file (llama.cpp's format) instead of a folder: the config from its metadata, the weights dequantized.
+    const gguf = isGGUF(dir) ? NemotronGGUF.open(dir) : null;
+    let config: NemotronConfig;
+    try {
+      config = gguf ? NemotronConfig.fromJSON(gguf.configJson(), dir) : NemotronConfig.fromPretrained(dir);
+    } catch (e) {
+      gguf?.close();
+      throw e;
+    }
     if (options.config) config = config.with(options.config);
-    const reader = CheckpointReader.open(dir);
+    const reader: WeightReader = gguf ?? CheckpointReader.open(dir);
     let model: T | null = null;
     try {
       if (!options.skipMemoryCheck) checkMemory(config, this.architecture, dir);
       model = withDeferredInit(() => new this(config));
       model.loadWeights(reader, (config.architectures ?? []).includes(this.architecture), options);
-      const generationFile = path.join(dir, 'generation_config.json');
-      if (fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8'));
+      const generationFile = path.join(gguf ? path.dirname(dir) : dir, 'generation_config.json');
+      if (!gguf && fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8'));
       return model;
     } catch (e) {
       model?.dispose();
@@ -177,7 +202,7 @@ export abstract class NemotronPreTrainedModel {
     return null;
   }
 
-  private loadWeights(reader: CheckpointReader, sameArchitecture: boolean, options: FromPretrainedOptions): void {
+  private loadWeights(reader: WeightReader, sameArchitecture: boolean, options: FromPretrainedOptions): void {
     const blocked = groupBlocks(this.namedParameters());
     // One entry a checkpoint tensor: a blocked matrix under its HF name (its blocks are filled row range by row range).
     const params = new Map<string, tf.Variable | tf.Variable[]>([...this.namedParameters()].filter(([n]) => !n.includes(BLOCK_SEPARATOR)));

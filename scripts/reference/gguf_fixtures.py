@@ -42,6 +42,10 @@ def dequant_fixture(rng):
         raw = random_blocks(qtype, 2, 512, rng)
         writer.add_tensor(qtype.name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         expected[qtype.name] = quants.dequantize(raw, qtype).astype(np.float32).reshape(-1).tolist()
+    values = rng.normal(size=(3, 8)).astype(np.float32)
+    raw = quants.quantize(values, Q.BF16)
+    writer.add_tensor("BF16", raw, raw_shape=raw.shape, raw_dtype=Q.BF16)
+    expected["BF16"] = quants.dequantize(raw, Q.BF16).astype(np.float32).reshape(-1).tolist()
     for name, dtype in [("F16", np.float16), ("F32", np.float32)]:
         values = rng.normal(size=(3, 8)).astype(dtype)
         writer.add_tensor(name, values)
@@ -53,6 +57,102 @@ def dequant_fixture(rng):
     json.dump({"shape": [2, 512], "values": expected}, open(os.path.join(OUT, "dequant.json"), "w"))
 
 
+# llama.cpp's names for a Nemotron checkpoint's tensors (gguf-py's TensorNameMap for MODEL_ARCH.NEMOTRON).
+def gguf_name(hf):
+    rename = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}
+    if hf in rename:
+        return rename[hf]
+    parts = hf.split(".")  # model.layers.N.<module>.<proj>.<weight|bias>
+    layer, rest = parts[2], ".".join(parts[3:])
+    for hf_part, g in [("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_proj", "attn_q"),
+                       ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                       ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]:
+        if rest.startswith(hf_part + "."):
+            return f"blk.{layer}.{g}.{rest[len(hf_part) + 1:]}"
+    raise KeyError(hf)
+
+
+def model_fixture():
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer, NemotronForCausalLM
+
+    source = os.path.join(ROOT, "hf-reference", "tiny-gqa", "causal-lm")
+    config = json.load(open(os.path.join(source, "config.json")))
+    weights = load_file(os.path.join(source, "model.safetensors"))
+    tok = json.load(open(os.path.join(ROOT, "generation-processors", "tiny-gqa-tokenizer", "tokenizer.json")))
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    path = os.path.join(OUT, "tiny-gqa.gguf")
+    writer = gguf.GGUFWriter(path, "nemotron")
+    # What convert_hf_to_gguf.py writes for Nemotron (TextModel.set_gguf_parameters + NemotronModel's own keys).
+    writer.add_name("tiny-gqa")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_layer_norm_eps(config["norm_eps"])
+    writer.add_rope_dimension_count(int(config["partial_rotary_factor"] * config["hidden_size"]) // config["num_attention_heads"])
+    writer.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    # A SentencePiece vocabulary: the tokens in id order, scores that rank longer pieces first, specials as control.
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([t for t, _ in vocab])
+    # Scores in no simple relation to the ids, so that the recovered merge order matters.
+    writer.add_token_scores([0.0 if i < 4 else -float((i * 37) % 89) - len(t) / 10 for t, i in vocab])
+    writer.add_token_types([2 if t == "<unk>" else 3 if i < 4 else 1 for t, i in vocab])
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(3)
+    writer.add_unk_token_id(1)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    types = {}
+    matrices = 0
+    for name, value in sorted(weights.items()):
+        value = value.astype(np.float32)
+        if name.endswith("norm.weight"):
+            value = value + 1  # llama.cpp stores LayerNorm1P's weight with its +1
+        # 2-D weights in turn as Q8_0, Q4_0, Q5_1, F16 and F32; 1-D ones as F32.
+        qtype = [Q.Q8_0, Q.Q4_0, Q.Q5_1, Q.F16, Q.Q5_0, Q.F32, Q.Q4_1][matrices % 7] if value.ndim == 2 else Q.F32
+        matrices += value.ndim == 2
+        types[gguf_name(name)] = qtype.name
+        if qtype == Q.F32:
+            writer.add_tensor(gguf_name(name), value)
+        elif qtype == Q.F16:
+            writer.add_tensor(gguf_name(name), value.astype(np.float16))
+        else:
+            raw = quants.quantize(value, qtype)
+            writer.add_tensor(gguf_name(name), raw, raw_shape=raw.shape, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    expected = json.load(open(os.path.join(ROOT, "hf-reference", "tiny-gqa", "expected.json")))
+    ids = expected["input_ids"]
+    model = NemotronForCausalLM.from_pretrained(OUT, gguf_file="tiny-gqa.gguf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor(ids)).logits
+        generated = model.generate(torch.tensor(expected["gen_single_prompt"]), max_new_tokens=8, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)
+    tokenizer = AutoTokenizer.from_pretrained(OUT, gguf_file="tiny-gqa.gguf")
+    texts = ["the stopped stone", "a tin of it", "stop it and stop", "x y z", "stopping is on the stone in an ion",
+             "the rest of it is all at once", "no, it stopped: 'ed' ing!", " two  spaces and tabs\tend"]
+    json.dump({
+        "types": types, "config": {k: getattr(model.config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "intermediate_size", "max_position_embeddings", "norm_eps")},
+        "input_ids": ids, "logits": [[[float(f"{v:.7g}") for v in row] for row in seq] for seq in logits.tolist()],
+        "generated": generated.tolist(), "gen_prompt": expected["gen_single_prompt"],
+        "texts": texts, "encoded": [tokenizer.encode(t) for t in texts],
+        "decoded": [tokenizer.decode(tokenizer.encode(t), skip_special_tokens=True) for t in texts],
+    }, open(os.path.join(OUT, "tiny-gqa-gguf.json"), "w"))
+    print("types", types)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     dequant_fixture(np.random.default_rng(0))
+    model_fixture()

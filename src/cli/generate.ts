@@ -9,6 +9,8 @@ import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
 import { CheckpointReader } from '../io/checkpoint';
+import { NemotronGGUF } from '../io/gguf';
+import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generate, generateStream } from '../generation/generate';
 import { NemotronConfig } from '../../models/nemotron/config';
@@ -151,14 +153,22 @@ const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' 
 
 export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   // Cheap checks first: files, options, config, checkpoint headers; only then the backend and the weights.
-  const dir = checkModelDir(o.model, ['config.json', 'tokenizer.json']);
-  const options = resolveDecoding(o, readGenerationConfig(dir));
+  // A GGUF file (llama.cpp's format) holds config, weights and vocabulary in one.
+  const gguf = isGGUF(o.model);
+  const dir = gguf ? o.model : checkModelDir(o.model, ['config.json', 'tokenizer.json']);
+  const options = resolveDecoding(o, gguf ? null : readGenerationConfig(dir));
   for (const file of o.adapter !== undefined ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
     if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
   }
   if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
-  const config = NemotronConfig.fromPretrained(dir);
-  const reader = CheckpointReader.open(dir);
+  const reader = gguf ? NemotronGGUF.open(dir) : CheckpointReader.open(dir);
+  let config: NemotronConfig;
+  try {
+    config = reader instanceof NemotronGGUF ? NemotronConfig.fromJSON(reader.configJson(), dir) : NemotronConfig.fromPretrained(dir);
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
   let totalBytes: number;
   try {
     totalBytes = reader.totalBytes();
@@ -302,7 +312,7 @@ export function registerGenerate(program: Command): void {
   program
     .command('generate')
     .description('generate text from a prompt with a causal LM checkpoint, streaming tokens to stdout')
-    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors)')
+    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors), or a GGUF file (llama.cpp\'s format, dequantized on load)')
     .requiredOption('-p, --prompt <text>', 'the prompt (BOS is added as the tokenizer config says)')
     .option('-n, --max-new-tokens <n>', 'number of new tokens to generate at most (stops earlier at EOS)',
       integerArg('a positive integer', (n) => n > 0), 50)

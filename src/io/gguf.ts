@@ -299,3 +299,124 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
   }
   return out;
 }
+
+/** llama.cpp's tensor names for a Nemotron layer, by the HF module they hold. */
+const LAYER_NAMES: Array<[string, string]> = [
+  ['attn_norm', 'input_layernorm'], ['ffn_norm', 'post_attention_layernorm'], ['attn_q', 'self_attn.q_proj'], ['attn_k', 'self_attn.k_proj'],
+  ['attn_v', 'self_attn.v_proj'], ['attn_output', 'self_attn.o_proj'], ['ffn_up', 'mlp.up_proj'], ['ffn_down', 'mlp.down_proj'],
+];
+
+/** The HF name of a llama.cpp Nemotron tensor name, or null for one that is not a weight of the model. */
+export function hfNameOfGGUF(name: string): string | null {
+  const top: Record<string, string> = {
+    'token_embd.weight': 'model.embed_tokens.weight', 'output_norm.weight': 'model.norm.weight', 'output_norm.bias': 'model.norm.bias',
+    'output.weight': 'lm_head.weight',
+  };
+  if (top[name]) return top[name];
+  const m = /^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$/.exec(name);
+  const module = m && LAYER_NAMES.find(([g]) => g === m[2]);
+  return m && module ? `model.layers.${m[1]}.${module[1]}.${m[3]}` : null;
+}
+
+/**
+ * A Nemotron GGUF (as llama.cpp's convert_hf_to_gguf.py writes one) read as a checkpoint: config.json's fields from
+ * the `nemotron.*` and `tokenizer.ggml.*` metadata, and the weights under their HF names, dequantized, with the +1
+ * that llama.cpp adds to LayerNorm1P's weights taken off again (as transformers' NemotronTensorProcessor does).
+ */
+export class NemotronGGUF {
+  readonly dir: string;
+  readonly files: string[];
+  readonly file: GGUFFile;
+  private readonly byHfName = new Map<string, GGUFTensorInfo>();
+
+  private constructor(path: string) {
+    this.file = GGUFFile.open(path);
+    this.dir = path;
+    this.files = [path];
+    const architecture = this.file.get('general.architecture');
+    if (architecture !== 'nemotron') {
+      this.file.close();
+      throw new Error(`${path}: general.architecture is ${JSON.stringify(architecture)}, expected "nemotron" (a Nemotron or Minitron GGUF)`);
+    }
+    for (const info of this.file.tensors.values()) {
+      const hf = hfNameOfGGUF(info.name);
+      if (hf === null) {
+        this.file.close();
+        throw new Error(`${path}: tensor ${info.name} is not one of a Nemotron model's (llama.cpp names: token_embd, blk.N.attn_q, …)`);
+      }
+      this.byHfName.set(hf, info);
+    }
+  }
+
+  static open(path: string): NemotronGGUF {
+    return new NemotronGGUF(path);
+  }
+
+  /** config.json as transformers would write it for this model. */
+  configJson(): Record<string, unknown> {
+    const meta = (key: string) => this.file.get(`nemotron.${key}`);
+    const num = (key: string, fallback?: number): number => {
+      const v = meta(key);
+      const value = Array.isArray(v) ? v[0] : v;
+      if (typeof value === 'number') return value;
+      if (fallback !== undefined) return fallback;
+      throw new Error(`${this.dir}: the GGUF metadata has no nemotron.${key}`);
+    };
+    const tokens = this.file.get('tokenizer.ggml.tokens');
+    const hidden = num('embedding_length');
+    const heads = num('attention.head_count');
+    const headDim = num('attention.key_length', hidden / heads);
+    const rotary = meta('rope.dimension_count');
+    const scaling = meta('rope.scaling.type');
+    const id = (key: string) => (typeof this.file.get(`tokenizer.ggml.${key}`) === 'number' ? this.file.get(`tokenizer.ggml.${key}`) : undefined);
+    return {
+      model_type: 'nemotron', architectures: ['NemotronForCausalLM'],
+      vocab_size: num('vocab_size', Array.isArray(tokens) ? tokens.length : undefined),
+      hidden_size: hidden, intermediate_size: num('feed_forward_length'), num_hidden_layers: num('block_count'),
+      num_attention_heads: heads, num_key_value_heads: num('attention.head_count_kv', heads), head_dim: headDim,
+      max_position_embeddings: num('context_length'), hidden_act: 'relu2',
+      norm_eps: num('attention.layer_norm_epsilon', num('attention.layer_norm_rms_epsilon', 1e-5)),
+      rope_theta: num('rope.freq_base', 10000),
+      partial_rotary_factor: typeof rotary === 'number' ? rotary / headDim : 0.5,
+      ...(scaling === 'linear' ? { rope_scaling: { rope_type: 'linear', factor: num('rope.scaling.factor') } } : {}),
+      tie_word_embeddings: !this.byHfName.has('lm_head.weight'),
+      attention_bias: this.byHfName.has('model.layers.0.self_attn.q_proj.bias'),
+      mlp_bias: this.byHfName.has('model.layers.0.mlp.up_proj.bias'),
+      bos_token_id: id('bos_token_id'), eos_token_id: id('eos_token_id'), pad_token_id: id('padding_token_id'),
+    };
+  }
+
+  names(): string[] {
+    return [...this.byHfName.keys()].sort();
+  }
+
+  has(name: string): boolean {
+    return this.byHfName.has(name);
+  }
+
+  info(name: string): { name: string; shape: number[]; file: string; byteOffset: number; byteLength: number; dtype: 'F32' } {
+    const info = this.tensor(name);
+    return { name, shape: info.shape, file: this.dir, byteOffset: info.byteOffset, byteLength: info.byteLength, dtype: 'F32' };
+  }
+
+  read(name: string): { dtype: 'float32'; shape: number[]; data: Float32Array } {
+    const { shape, data } = this.file.read(this.tensor(name).name);
+    // LayerNorm1P's weight: llama.cpp stores w + 1.
+    if (/norm\.weight$/.test(name)) for (let i = 0; i < data.length; i++) data[i] = Math.fround(data[i] - 1);
+    return { dtype: 'float32', shape, data };
+  }
+
+  totalBytes(): number {
+    return [...this.byHfName.values()].reduce((n, t) => n + t.byteLength, 0);
+  }
+
+  close(): void {
+    this.file.close();
+  }
+
+  private tensor(name: string): GGUFTensorInfo {
+    const info = this.byHfName.get(name);
+    if (!info) throw new Error(`${this.dir} has no tensor for ${name}`);
+    return info;
+  }
+}

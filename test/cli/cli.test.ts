@@ -208,6 +208,17 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(beams.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 12, numBeams: 2, stopStrings: [stop], tokenizer }));
     });
 
+    it('a GGUF file as --model: its config, weights and vocabulary; the text of generate() on the loaded model', async () => {
+      const file = path.resolve(__dirname, '../../../test/fixtures/gguf/tiny-gqa.gguf');
+      const r = cli('generate', '--model', file, '--prompt', 'the stone', '--greedy', '-n', '6', '--backend', 'cpu');
+      expect(r.code, r.stderr).to.equal(0);
+      const ggufTokenizer = await NemotronTokenizer.fromPretrained(file);
+      const lmFromGGUF = await NemotronForCausalLM.fromPretrained(file);
+      const out = await generate(lmFromGGUF, [ggufTokenizer.encode('the stone')], { maxNewTokens: 6, doSample: false });
+      lmFromGGUF.dispose();
+      expect(r.stdout).to.equal(ggufTokenizer.decode(out.sequences[0], { skipSpecialTokens: true }) + '\n');
+    });
+
     it('--assistant-model and --prompt-lookup print greedy decoding\'s text', async () => {
       const expected = await expectedText(PROMPT, { maxNewTokens: 10, doSample: false });
       const draft = path.join(tmp, 'draft');

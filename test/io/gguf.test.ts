@@ -1,14 +1,15 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
-import { GGUFFile } from '../../src/index';
-import { FIXTURES } from '../helpers';
+import * as tf from '@tensorflow/tfjs';
+import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate } from '../../src/index';
+import { FIXTURES, forEachBackend, testBackends } from '../helpers';
 
 // GGUF reading against gguf-py (scripts/reference/gguf_fixtures.py): every ggml type's dequantization, on random blocks.
 const DIR = path.resolve(FIXTURES, '../gguf');
 
 describe('GGUF', () => {
-  it('dequantizes every type it reads as gguf-py does (random blocks: F32, F16, Q4_0/1, Q5_0/1, Q8_0, Q2_K … Q6_K)', () => {
+  it('dequantizes every type it reads as gguf-py does (random blocks: F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, Q2_K … Q6_K)', () => {
     const expected = JSON.parse(fs.readFileSync(path.join(DIR, 'dequant.json'), 'utf8')) as { values: Record<string, number[]> };
     const file = GGUFFile.open(path.join(DIR, 'dequant.gguf'));
     try {
@@ -23,5 +24,50 @@ describe('GGUF', () => {
     } finally {
       file.close();
     }
+  });
+});
+
+// A Nemotron GGUF as llama.cpp writes one (the tiny-gqa model, tensors in Q8_0, Q4_0/1, Q5_0/1, F16 and F32): what
+// transformers computes from it (from_pretrained(gguf_file=...)), and how its tokenizer encodes.
+const model = JSON.parse(fs.readFileSync(path.join(DIR, 'tiny-gqa-gguf.json'), 'utf8')) as {
+  types: Record<string, string>; config: Record<string, number>; input_ids: number[][]; logits: number[][][];
+  gen_prompt: number[][]; generated: number[][]; texts: string[]; encoded: number[][]; decoded: string[];
+};
+
+forEachBackend(testBackends(), () => {
+  it('a Nemotron GGUF loads as transformers loads it: config, logits of every position, greedy generation', async () => {
+    const lm = await NemotronForCausalLM.fromPretrained(path.join(DIR, 'tiny-gqa.gguf'));
+    const c = lm.config;
+    expect([c.vocabSize, c.hiddenSize, c.numHiddenLayers, c.numAttentionHeads, c.numKeyValueHeads, c.intermediateSize, c.maxPositionEmbeddings])
+      .to.deep.equal([model.config.vocab_size, model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads,
+        model.config.num_key_value_heads, model.config.intermediate_size, model.config.max_position_embeddings]);
+    expect(c.rotaryDim).to.equal(8);
+    expect([...new Set(Object.values(model.types))]).to.include.members(['Q8_0', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'F16', 'F32']);
+    const before = tf.memory().numTensors;
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(lm.forward({ inputIds: model.input_ids }).logits, tf.tensor3d(model.logits)))).dataSync()[0]);
+    expect(diff, 'max |logits diff|').to.be.lessThan(1e-4);
+    const out = await generate(lm, model.gen_prompt, { maxNewTokens: 8, eosTokenId: null, padTokenId: 0 });
+    expect(out.sequences).to.deep.equal(model.generated);
+    expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+    lm.dispose();
+  });
+});
+
+describe('GGUF tokenizer', () => {
+  it('the GGUF vocabulary encodes and decodes as transformers\' tokenizer from the same file (merges recovered from the scores)', async () => {
+    const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, 'tiny-gqa.gguf'));
+    model.texts.forEach((text, i) => {
+      expect(tokenizer.encode(text), text).to.deep.equal(model.encoded[i]);
+      expect(tokenizer.decode(model.encoded[i], { skipSpecialTokens: true }), text).to.equal(model.decoded[i]);
+    });
+    expect([tokenizer.bosTokenId, tokenizer.eosTokenId, tokenizer.padTokenId]).to.deep.equal([2, 3, 0]);
+  });
+
+  it('refuses what is not a Nemotron GGUF, by name', async () => {
+    const failure = (p: Promise<unknown>) => p.then(() => 'loaded', (e: Error) => e.message);
+    // dequant.gguf says nemotron but holds tensors of no Nemotron model.
+    expect(await failure(NemotronForCausalLM.fromPretrained(path.join(DIR, 'dequant.gguf')))).to.match(/tensor \S+ is not one of a Nemotron model's/);
+    const notGGUF = path.join(DIR, 'dequant.json');
+    expect(() => GGUFFile.open(notGGUF)).to.throw(/is not a GGUF file \(no "GGUF" magic\)/);
   });
 });

@@ -442,10 +442,22 @@ export class NemotronTokenizer {
       // CONTROL (3) tokens become special added tokens, USER_DEFINED (4) plain ones, as transformers adds them.
       const added = tokens.flatMap((content, id) => (types[id] === 3 || types[id] === 4
         ? [{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: types[id] === 3 }] : []));
+      const addBos = (meta('add_bos_token') ?? true) === true;
+      const addEos = meta('add_eos_token') === true;
+      const token = (key: string) => (typeof meta(key) === 'number' ? tokens[meta(key) as number] : undefined);
+      // The template BOS/EOS, as transformers' update_post_processor writes it (and saves it in tokenizer.json).
+      const special = (key: string, typeId: number) => (token(key) === undefined ? [] : [{ SpecialToken: { id: token(key), type_id: typeId } }]);
+      const sequence = (id: 'A' | 'B', typeId: number) => [
+        ...(addBos ? special('bos_token_id', typeId) : []), { Sequence: { id, type_id: typeId } }, ...(addEos ? special('eos_token_id', typeId) : []),
+      ];
+      const templateTokens = [...(addBos ? ['bos_token_id'] : []), ...(addEos ? ['eos_token_id'] : [])].filter((k) => token(k) !== undefined);
       const json = {
         version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
         pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false },
-        post_processor: null,
+        post_processor: {
+          type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)],
+          special_tokens: Object.fromEntries(templateTokens.map((k) => [token(k), { id: token(k), ids: [meta(k)], tokens: [token(k)] }])),
+        },
         decoder: { type: 'Sequence', decoders: [
           { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
           { type: 'Strip', content: ' ', start: 1, stop: 0 },
@@ -453,9 +465,8 @@ export class NemotronTokenizer {
         model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true,
           byte_fallback: true, ignore_merges: false, vocab, merges },
       };
-      const token = (key: string) => (typeof meta(key) === 'number' ? tokens[meta(key) as number] : undefined);
       const config = {
-        add_bos_token: meta('add_bos_token') ?? true, add_eos_token: meta('add_eos_token') ?? false,
+        add_bos_token: addBos, add_eos_token: addEos,
         bos_token: token('bos_token_id'), eos_token: token('eos_token_id'), unk_token: token('unknown_token_id'), pad_token: token('padding_token_id'),
         clean_up_tokenization_spaces: false,
         ...(typeof gguf.get('tokenizer.chat_template') === 'string' ? { chat_template: gguf.get('tokenizer.chat_template') } : {}),

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate` and `predict` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict` and `convert` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -14,6 +14,7 @@ import { registerFinetune } from './finetune';
 import { registerMergeLora } from './merge-lora';
 import { registerEvaluate } from './evaluate';
 import { registerPredict } from './predict';
+import { registerConvert } from './convert';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -55,6 +56,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerMergeLora(program);
   registerEvaluate(program);
   registerPredict(program);
+  registerConvert(program);
   return program;
 }
 

@@ -2,8 +2,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate } from '../../src/index';
-import { FIXTURES, forEachBackend, testBackends } from '../helpers';
+import { spawnSync } from 'child_process';
+import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, setBackend } from '../../src/index';
+import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
+
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
 // GGUF reading against gguf-py (scripts/reference/gguf_fixtures.py): every ggml type's dequantization, on random blocks.
 const DIR = path.resolve(FIXTURES, '../gguf');
@@ -61,6 +64,21 @@ describe('GGUF tokenizer', () => {
       expect(tokenizer.decode(model.encoded[i], { skipSpecialTokens: true }), text).to.equal(model.decoded[i]);
     });
     expect([tokenizer.bosTokenId, tokenizer.eosTokenId, tokenizer.padTokenId]).to.deep.equal([2, 3, 0]);
+  });
+
+  it('convert writes a Hugging Face folder with the same weights and vocabulary (what fromPretrained then reads)', async () => {
+    const out = tmpDir('gguf-convert-');
+    const run = spawnSync(process.execPath, [CLI, 'convert', '--gguf', path.join(DIR, 'tiny-gqa.gguf'), '--output', out, '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(run.status, run.stderr).to.equal(0);
+    expect(run.stdout).to.match(/converted .*tiny-gqa\.gguf \(0\.1 M parameters, vocabulary 96\)/);
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) expect(fs.existsSync(path.join(out, f)), f).to.equal(true);
+    await setBackend('cpu');
+    const lm = await NemotronForCausalLM.fromPretrained(out);
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(lm.forward({ inputIds: model.input_ids }).logits, tf.tensor3d(model.logits)))).dataSync()[0]);
+    expect(diff).to.be.lessThan(1e-4);
+    lm.dispose();
+    const tokenizer = await NemotronTokenizer.fromPretrained(out);
+    model.texts.forEach((text, i) => expect(tokenizer.encode(text), text).to.deep.equal(model.encoded[i]));
   });
 
   it('refuses what is not a Nemotron GGUF, by name', async () => {

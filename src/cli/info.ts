@@ -7,6 +7,8 @@ import { baseParameterCount, parameterCount } from '../../models/nemotron/preset
 import * as path from 'path';
 import { Command } from 'commander';
 import { CheckpointReader } from '../io/checkpoint';
+import { NemotronGGUF } from '../io/gguf';
+import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronConfig, RopeScaling } from '../../models/nemotron/config';
 
 /**
@@ -143,9 +145,17 @@ const HEAD_ARCHITECTURE: Record<string, string> = {
 
 /** Reads config.json and the safetensors headers of `dir` into a model card. */
 export function modelCard(dir: string): ModelCard {
-  const abs = checkModelDir(dir, ['config.json']);
-  const config = NemotronConfig.fromPretrained(abs);
-  const reader = CheckpointReader.open(abs);
+  // A GGUF file: its metadata is the config, its tensor table the checkpoint (types as stored, Q4_K, F32, …).
+  const gguf = isGGUF(dir);
+  const abs = gguf ? path.resolve(dir) : checkModelDir(dir, ['config.json']);
+  const reader = gguf ? NemotronGGUF.open(abs) : CheckpointReader.open(abs);
+  let config: NemotronConfig;
+  try {
+    config = reader instanceof NemotronGGUF ? NemotronConfig.fromJSON(reader.configJson(), abs) : NemotronConfig.fromPretrained(abs);
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
   try {
     const names = reader.names();
     let checkpointParams = 0;
@@ -216,7 +226,7 @@ export function modelCard(dir: string): ModelCard {
         configHead,
       },
       checkpoint: {
-        files: files.map((f) => path.relative(abs, f)),
+        files: files.map((f) => (gguf ? path.basename(f) : path.relative(abs, f))),
         sharded: reader.indexFile !== null,
         tensors: names.length,
         basePrefix,
@@ -231,8 +241,8 @@ export function modelCard(dir: string): ModelCard {
       },
       heads,
       baseOnly: heads.length === 0,
-      tokenizer: fs.existsSync(path.join(abs, 'tokenizer.json')),
-      generationConfig: fs.existsSync(path.join(abs, 'generation_config.json')),
+      tokenizer: reader instanceof NemotronGGUF ? reader.file.get('tokenizer.ggml.tokens') !== undefined : fs.existsSync(path.join(abs, 'tokenizer.json')),
+      generationConfig: !gguf && fs.existsSync(path.join(abs, 'generation_config.json')),
     };
   } finally {
     reader.close();
@@ -302,8 +312,12 @@ export function formatModelCard(card: ModelCard): string {
   }
 
   section('files');
-  row('tokenizer.json', card.tokenizer ? 'present' : 'absent (generate needs it)');
-  row('generation_config.json', card.generationConfig ? 'present' : 'absent');
+  if (card.checkpoint.files.length === 1 && card.checkpoint.files[0].toLowerCase().endsWith('.gguf')) {
+    row('vocabulary', card.tokenizer ? 'in the GGUF (tokenizer.ggml.*)' : 'absent (generate needs it)');
+  } else {
+    row('tokenizer.json', card.tokenizer ? 'present' : 'absent (generate needs it)');
+    row('generation_config.json', card.generationConfig ? 'present' : 'absent');
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -311,7 +325,7 @@ export function registerInfo(program: Command): void {
   program
     .command('info')
     .description('print a model card (config, parameter count, dtypes, memory, heads) without loading the weights')
-    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json + safetensors)')
+    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json + safetensors), or a GGUF file')
     .option('--json', 'print the card as JSON', false)
     .addHelpText('after', `
 Memory is given for float32, which every tfjs backend uses (there is no bfloat16 in tfjs).

@@ -31,6 +31,15 @@ export interface GGUFTensorInfo {
   byteLength: number;
 }
 
+/** The shortest decimal that reads back as the same float32 (a stored 1e-5 is 1e-5, not 9.99999974e-6). */
+function shortestFloat32(v: number): number {
+  for (let digits = 6; digits < 10; digits++) {
+    const shorter = parseFloat(v.toPrecision(digits));
+    if (Math.fround(shorter) === v) return shorter;
+  }
+  return v;
+}
+
 /** A GGUF file opened for reading: metadata at once, tensors on demand. */
 export class GGUFFile {
   readonly version: number;
@@ -78,7 +87,7 @@ export class GGUFFile {
         case 3: { const v = buffer.readInt16LE(at); at += 2; return v; }
         case 4: return u32();
         case 5: { const v = buffer.readInt32LE(at); at += 4; return v; }
-        case 6: { const v = buffer.readFloatLE(at); at += 4; return v; }
+        case 6: { const v = buffer.readFloatLE(at); at += 4; return shortestFloat32(v); }
         case 7: return buffer.readUInt8(at++) !== 0;
         case 8: return str();
         case 9: {
@@ -408,6 +417,14 @@ export class NemotronGGUF {
 
   totalBytes(): number {
     return [...this.byHfName.values()].reduce((n, t) => n + t.byteLength, 0);
+  }
+
+  /** A GGUF is one file: no index. */
+  readonly indexFile = null;
+
+  /** The ggml types of the tensors as stored (Q4_K, F32, …). */
+  dtypes(): Set<string> {
+    return new Set([...this.byHfName.values()].map((t) => t.type));
   }
 
   close(): void {

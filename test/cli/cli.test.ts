@@ -219,6 +219,16 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(r.stdout).to.equal(ggufTokenizer.decode(out.sequences[0], { skipSpecialTokens: true }) + '\n');
     });
 
+    it('info reads a GGUF file: its config, parameter count and stored types', () => {
+      const r = cli('info', '--model', path.resolve(__dirname, '../../../test/fixtures/gguf/tiny-gqa.gguf'), '--json');
+      expect(r.code, r.stderr).to.equal(0);
+      const card = JSON.parse(r.stdout);
+      expect(card.config).to.deep.include({ hiddenSize: 64, numHiddenLayers: 2, numKeyValueHeads: 2, vocabSize: 96, rotaryDim: 8, normEps: 1e-5 });
+      expect(card.parameters.checkpoint).to.equal(card.parameters.config);
+      expect(card.checkpoint.dtypes).to.deep.equal(['F16', 'F32', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0']);
+      expect(card.tokenizer).to.equal(true);
+    });
+
     it('--assistant-model and --prompt-lookup print greedy decoding\'s text', async () => {
       const expected = await expectedText(PROMPT, { maxNewTokens: 10, doSample: false });
       const draft = path.join(tmp, 'draft');

@@ -39,6 +39,23 @@ export function isGGUF(file: string): boolean {
   return file.toLowerCase().endsWith('.gguf') && fs.existsSync(file) && fs.statSync(file).isFile();
 }
 
+/**
+ * A checkpoint folder (config.json + safetensors; `required` files checked first) or a GGUF file, opened: its weights'
+ * reader and its config (the reader closed again where the config does not read).
+ */
+export function openCheckpoint(location: string, required: string[] = ['config.json']): { reader: CheckpointReader | NemotronGGUF; config: NemotronConfig } {
+  if (!isGGUF(location)) {
+    for (const file of required) if (!fs.existsSync(path.join(location, file))) throw new Error(`No ${file} in ${location}`);
+  }
+  const reader = isGGUF(location) ? NemotronGGUF.open(location) : CheckpointReader.open(location);
+  try {
+    return { reader, config: reader instanceof NemotronGGUF ? NemotronConfig.fromJSON(reader.configJson(), location) : NemotronConfig.fromPretrained(location) };
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
+}
+
 /** wasm's linear memory is 32-bit: 4 GB for everything, weights and activations. */
 const WASM_MEMORY_BYTES = 4 * 1024 ** 3;
 
@@ -164,16 +181,11 @@ export abstract class NemotronPreTrainedModel {
     options: FromPretrainedOptions = {},
   ): Promise<T> {
     // A GGUF file (llama.cpp's format) instead of a folder: the config from its metadata, the weights dequantized.
-    const gguf = isGGUF(dir) ? NemotronGGUF.open(dir) : null;
-    let config: NemotronConfig;
-    try {
-      config = gguf ? NemotronConfig.fromJSON(gguf.configJson(), dir) : NemotronConfig.fromPretrained(dir);
-    } catch (e) {
-      gguf?.close();
-      throw e;
-    }
+    const gguf = isGGUF(dir);
+    const opened = openCheckpoint(dir);
+    const reader: WeightReader = opened.reader;
+    let config = opened.config;
     if (options.config) config = config.with(options.config);
-    const reader: WeightReader = gguf ?? CheckpointReader.open(dir);
     let model: T | null = null;
     try {
       if (!options.skipMemoryCheck) checkMemory(config, this.architecture, dir);

@@ -8,12 +8,9 @@ import { performance } from 'perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
-import { CheckpointReader } from '../io/checkpoint';
-import { NemotronGGUF } from '../io/gguf';
-import { isGGUF } from '../../models/nemotron/pretrained';
+import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generate, generateStream } from '../generation/generate';
-import { NemotronConfig } from '../../models/nemotron/config';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
 import { checkModelDir, formatBytes } from './info';
@@ -161,14 +158,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
   }
   if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
-  const reader = gguf ? NemotronGGUF.open(dir) : CheckpointReader.open(dir);
-  let config: NemotronConfig;
-  try {
-    config = reader instanceof NemotronGGUF ? NemotronConfig.fromJSON(reader.configJson(), dir) : NemotronConfig.fromPretrained(dir);
-  } catch (e) {
-    reader.close();
-    throw e;
-  }
+  const { reader, config } = openCheckpoint(dir);
   let totalBytes: number;
   try {
     totalBytes = reader.totalBytes();

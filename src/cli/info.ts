@@ -6,9 +6,8 @@ import * as fs from 'fs';
 import { baseParameterCount, parameterCount } from '../../models/nemotron/presets';
 import * as path from 'path';
 import { Command } from 'commander';
-import { CheckpointReader } from '../io/checkpoint';
 import { NemotronGGUF } from '../io/gguf';
-import { isGGUF } from '../../models/nemotron/pretrained';
+import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronConfig, RopeScaling } from '../../models/nemotron/config';
 
 /**
@@ -148,14 +147,7 @@ export function modelCard(dir: string): ModelCard {
   // A GGUF file: its metadata is the config, its tensor table the checkpoint (types as stored, Q4_K, F32, …).
   const gguf = isGGUF(dir);
   const abs = gguf ? path.resolve(dir) : checkModelDir(dir, ['config.json']);
-  const reader = gguf ? NemotronGGUF.open(abs) : CheckpointReader.open(abs);
-  let config: NemotronConfig;
-  try {
-    config = reader instanceof NemotronGGUF ? NemotronConfig.fromJSON(reader.configJson(), abs) : NemotronConfig.fromPretrained(abs);
-  } catch (e) {
-    reader.close();
-    throw e;
-  }
+  const { reader, config } = openCheckpoint(abs);
   try {
     const names = reader.names();
     let checkpointParams = 0;

@@ -11,6 +11,7 @@ import {
 import { NemotronConfigFields } from '../../models/nemotron/config';
 import { FromPretrainedOptions, NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
+import { isGGUF } from '../../models/nemotron/pretrained';
 import { Example, TASKS, TaskName, readJsonl } from '../training/data';
 import { LoraModel } from '../training/lora';
 import { Trainer, TrainableModel } from '../training/trainer';
@@ -57,7 +58,7 @@ export function registerFinetune(program: Command): void {
     .command('finetune')
     .description('Fine-tune a checkpoint on a JSONL dataset (formats in the README) and save a checkpoint fromPretrained loads')
     .addOption(new Option('--task <task>', 'what to train').choices(TASKS as string[]).makeOptionMandatory())
-    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder to start from (config.json + safetensors; tokenizer.json for text)')
+    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder to start from (config.json + safetensors; tokenizer.json for text), or a GGUF file (dequantized)')
     .requiredOption('--train <file>', 'training data, JSONL')
     .option('--eval <file>', 'held-out data, JSONL: its loss is logged every --eval-every steps and at the end')
     .requiredOption('--output <dir>', 'where the fine-tuned checkpoint, optimizer state and log go')
@@ -89,10 +90,10 @@ export function registerFinetune(program: Command): void {
       const task = opts.task as TaskName;
       const lora = opts.loraR !== undefined;
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
-      for (const file of ['config.json']) {
-        if (!fs.existsSync(path.join(opts.model, file))) throw new Error(`No ${file} in the model folder ${opts.model}`);
-      }
-      const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      // A GGUF file trains as its dequantized weights; its vocabulary is the tokenizer.
+      const gguf = isGGUF(opts.model);
+      if (!gguf && !fs.existsSync(path.join(opts.model, 'config.json'))) throw new Error(`No config.json in the model folder ${opts.model}`);
+      const tokenizer = gguf || fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
       const newTokens = opts.addSpecialTokens === undefined ? [] : String(opts.addSpecialTokens).split(',').map((t: string) => t.trim()).filter(Boolean);
       if (opts.addSpecialTokens !== undefined) {
         if (!tokenizer) throw new Error(`--add-special-tokens needs the tokenizer: no tokenizer.json in ${opts.model}`);
@@ -140,7 +141,7 @@ export function registerFinetune(program: Command): void {
       const history = await trainer.fit();
       const first = history[0];
       const last = history[history.length - 1];
-      if (tokenizer && newTokens.length) tokenizer.savePretrained(opts.output);
+      if (tokenizer && (newTokens.length || gguf)) tokenizer.savePretrained(opts.output);
       else if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
         if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
       }

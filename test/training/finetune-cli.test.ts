@@ -162,6 +162,25 @@ describe('finetune CLI', function () {
     expect(withLora.stderr).to.match(/--add-special-tokens cannot be combined with --lora-r/);
   });
 
+  it('a GGUF file as --model: trains its dequantized weights on text rows, saves a checkpoint with its vocabulary', async () => {
+    const gguf = path.resolve(__dirname, '../../../test/fixtures/gguf/tiny-gqa.gguf');
+    const data = path.join(tmpDir('ft-gguf-data'), 'text.jsonl');
+    fs.writeFileSync(data, ['the stone stopped', 'a tin of it', 'stop it and stop'].map((text) => JSON.stringify({ text })).join('\n'));
+    for (const extra of [[], ['--lora-r', '4']]) {
+      const output = tmpDir('ft-gguf');
+      const run = spawnSync('node', [CLI, 'finetune', '--backend', 'cpu', '--task', 'causal-lm', '--model', gguf, '--train', data,
+        '--output', output, '--lr', '1e-2', '--batch-size', '3', '--max-steps', '2', '--no-progress', ...extra], { encoding: 'utf8' });
+      expect(run.status, run.stderr).to.equal(0);
+      expect(run.stdout).to.match(/trained 2 steps: loss ([\d.]+) → ([\d.]+)/);
+      const tokenizer = await NemotronTokenizer.fromPretrained(output);
+      expect(tokenizer.encode('the stone')).to.deep.equal((await NemotronTokenizer.fromPretrained(gguf)).encode('the stone'));
+      const trained = extra.length ? await LoraModel.fromPretrained(await NemotronForCausalLM.fromPretrained(gguf), output)
+        : await NemotronForCausalLM.fromPretrained(output);
+      expect(trained.numParameters()).to.be.greaterThan(0);
+      if (trained instanceof LoraModel) trained.model.dispose(); else trained.dispose();
+    }
+  });
+
   it('evaluate: token-weighted perplexity, the same at batch 1 and 8, and what the adapter changes', async () => {
     const data = path.join(DATASETS, 'causal-lm.jsonl');
     const run = (...extra: string[]) => {

@@ -10,6 +10,7 @@ import { EvaluableModel, evaluateExamples } from '../training/metrics';
 import { LoraModel } from '../training/lora';
 import { integerArg } from './generate';
 import { checkModelDir } from './info';
+import { isGGUF } from '../../models/nemotron/pretrained';
 
 export interface Perplexity {
   /** Mean negative log-likelihood per predicted token (natural log). */
@@ -51,7 +52,7 @@ export function registerEvaluate(program: Command): void {
   program
     .command('evaluate')
     .description('Perplexity of a causal LM checkpoint on a JSONL dataset; with --task, the loss and accuracy (token accuracy, exact match) of a classification or QA checkpoint (optionally with a PEFT LoRA adapter)')
-    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder (tokenizer.json for text rows)')
+    .requiredOption('--model <dir>', 'Hugging Face checkpoint folder (tokenizer.json for text rows), or a GGUF file (a quantized model\'s perplexity)')
     .requiredOption('--data <file>', 'JSONL in the format finetune reads for the task (causal-lm: {"text"}, {"input_ids"} or {"messages"} rows)')
     .addOption(new Option('--task <name>', 'what the checkpoint is').choices(['causal-lm', 'sequence-classification', 'token-classification', 'question-answering']).default('causal-lm'))
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
@@ -60,10 +61,11 @@ export function registerEvaluate(program: Command): void {
     .option('--json', 'print the result as JSON')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
-      checkModelDir(opts.model, ['config.json']);
+      const gguf = isGGUF(opts.model);
+      if (!gguf) checkModelDir(opts.model, ['config.json']);
       if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
-      const tokenizer = fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
+      const tokenizer = gguf || fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
       const task = opts.task as TaskName;
       if (task !== 'causal-lm') {
         // The classification heads and QA: the loss and the task's metric (accuracy, token accuracy, exact match).

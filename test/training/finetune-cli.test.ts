@@ -162,7 +162,7 @@ describe('finetune CLI', function () {
     expect(withLora.stderr).to.match(/--add-special-tokens cannot be combined with --lora-r/);
   });
 
-  it('a GGUF file as --model: trains its dequantized weights on text rows, saves a checkpoint with its vocabulary', async () => {
+  it('a GGUF file as --model: trains its dequantized weights on text rows, saves a checkpoint with its vocabulary; evaluate reads it', async () => {
     const gguf = path.resolve(__dirname, '../../../test/fixtures/gguf/tiny-gqa.gguf');
     const data = path.join(tmpDir('ft-gguf-data'), 'text.jsonl');
     fs.writeFileSync(data, ['the stone stopped', 'a tin of it', 'stop it and stop'].map((text) => JSON.stringify({ text })).join('\n'));
@@ -179,6 +179,13 @@ describe('finetune CLI', function () {
       expect(trained.numParameters()).to.be.greaterThan(0);
       if (trained instanceof LoraModel) trained.model.dispose(); else trained.dispose();
     }
+    // evaluate reads the GGUF too: the perplexity causalPerplexity gives on the loaded model.
+    const evaluated = JSON.parse(execFileSync('node', [CLI, 'evaluate', '--backend', 'cpu', '--model', gguf, '--data', data, '--json'], { encoding: 'utf8' }));
+    const lm = await NemotronForCausalLM.fromPretrained(gguf);
+    const expected = await causalPerplexity(lm, data, { tokenizer: await NemotronTokenizer.fromPretrained(gguf) });
+    lm.dispose();
+    expect(evaluated.loss).to.be.closeTo(expected.loss, 1e-6);
+    expect(evaluated.tokens).to.equal(expected.tokens);
   });
 
   it('evaluate: token-weighted perplexity, the same at batch 1 and 8, and what the adapter changes', async () => {

@@ -540,6 +540,11 @@ export class NemotronTokenizer {
   /** What the tokenizer was built from (tokenizer.json with its added tokens, tokenizer_config.json, the rest). */
   private raw!: { json: Json; config: Json; sources: TokenizerSources };
 
+  /** tokenizer.json as this tokenizer holds it (added tokens included): a copy. */
+  tokenizerJson(): Record<string, unknown> {
+    return JSON.parse(JSON.stringify(this.raw.json));
+  }
+
   /** Rebuilds this tokenizer in place from changed sources (transformers' tokenizers change in place too). */
   private rebuild(json: Json, config: Json): void {
     Object.assign(this, NemotronTokenizer.create(json, config, this.raw.sources));

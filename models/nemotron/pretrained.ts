@@ -5,7 +5,7 @@ import * as vm from 'vm';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
-import { NemotronGGUF } from '../../src/io/gguf';
+import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, writeNemotronGGUF } from '../../src/io/gguf';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
@@ -299,16 +299,30 @@ export abstract class NemotronPreTrainedModel {
     if (config.eosTokenId !== null) generation.eos_token_id ??= config.eosTokenId;
     if (config.padTokenId !== null) generation.pad_token_id ??= config.padTokenId;
     fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify(generation, null, 2) + '\n');
+    const tensors = (await this.hostTensors()).map((t) => ({ ...t, dtype: 'float32' as const }));
+    saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
+  }
+
+  /**
+   * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py would (llama.cpp and transformers'
+   * gguf_file= read it): matrices in `type` (F32, F16 or Q8_0), the tokenizer's vocabulary in SentencePiece form.
+   */
+  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string } = {}): Promise<void> {
+    writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, options.type ?? 'F32', options.name);
+  }
+
+  /** Every parameter as a host tensor under its HF name; a matrix stored in row blocks as one, as transformers has it. */
+  private async hostTensors(): Promise<Array<{ name: string; shape: number[]; data: Float32Array }>> {
     const tensors = [];
     const blocked = groupBlocks(this.namedParameters());
     for (const [name, v] of this.namedParameters()) {
-      if (!name.includes(BLOCK_SEPARATOR)) {
-        tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array, dtype: 'float32' as const });
-      }
+      if (!name.includes(BLOCK_SEPARATOR)) tensors.push({ name, shape: v.shape.slice(), data: await v.data() as Float32Array });
     }
-    // A matrix stored in row blocks is one tensor in the checkpoint, as transformers has it.
-    for (const [name, blocks] of blocked) tensors.push({ name, ...await joinRows(blocks), dtype: 'float32' as const });
-    saveCheckpoint(dir, tensors, { maxShardBytes: options.maxShardBytes, dtype: options.dtype });
+    for (const [name, blocks] of blocked) {
+      const { shape, data } = await joinRows(blocks);
+      tensors.push({ name, shape, data });
+    }
+    return tensors;
   }
 }
 

@@ -3,28 +3,42 @@ import { initBackend } from '../backends';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
+import { checkModelDir } from './info';
 
 /**
  * `convert`: a Nemotron GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer files), which
- * transformers, finetune and every other command read. The weights are the GGUF's, dequantized.
+ * transformers, finetune and every other command read, the weights dequantized; or a Hugging Face causal LM folder to
+ * a GGUF file (F32, F16 or Q8_0), as llama.cpp's convert_hf_to_gguf.py writes one.
  */
 export function registerConvert(program: Command): void {
   program
     .command('convert')
-    .description('Convert a Nemotron GGUF file (llama.cpp\'s format) into a Hugging Face checkpoint folder (weights dequantized)')
-    .requiredOption('--gguf <file>', 'the GGUF file')
-    .requiredOption('--output <dir>', 'where the checkpoint goes (config.json, generation_config.json, safetensors, tokenizer files)')
-    .addOption(new Option('--dtype <dtype>', 'dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
+    .description('Convert a Nemotron GGUF file (llama.cpp\'s format) into a Hugging Face checkpoint folder (weights dequantized), or a Hugging Face causal LM folder into a GGUF file')
+    .option('--gguf <file>', 'the GGUF file to convert into a folder')
+    .option('--model <dir>', 'the Hugging Face causal LM folder (config.json, safetensors, tokenizer.json) to convert into a GGUF file')
+    .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
+    .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
+    .addOption(new Option('--type <type>', 'from --model: the GGUF matrices\' type (vectors stay F32)').choices(['F32', 'F16', 'Q8_0']).default('F32'))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
-      if (!isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
+      if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
+      if (opts.gguf !== undefined && !isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
+      if (opts.model !== undefined) {
+        checkModelDir(opts.model, ['config.json', 'tokenizer.json']);
+        if (!String(opts.output).toLowerCase().endsWith('.gguf')) throw new Error(`--output ${opts.output}: a GGUF file's name ends in .gguf`);
+      }
       await initBackend(opts.backend ?? command.optsWithGlobals().backend);
-      const tokenizer = await NemotronTokenizer.fromPretrained(opts.gguf);
-      const model = await NemotronForCausalLM.fromPretrained(opts.gguf);
+      const source = opts.gguf ?? opts.model;
+      const tokenizer = await NemotronTokenizer.fromPretrained(source);
+      const model = await NemotronForCausalLM.fromPretrained(source);
       try {
-        await model.savePretrained(opts.output, { dtype: opts.dtype });
-        tokenizer.savePretrained(opts.output);
-        process.stdout.write(`converted ${opts.gguf} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
+        if (opts.gguf !== undefined) {
+          await model.savePretrained(opts.output, { dtype: opts.dtype });
+          tokenizer.savePretrained(opts.output);
+        } else {
+          await model.saveGGUF(opts.output, tokenizer, { type: opts.type });
+        }
+        process.stdout.write(`converted ${source} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
       } finally {
         model.dispose();
       }

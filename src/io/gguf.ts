@@ -7,7 +7,7 @@
  * Types read: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K … Q6_K (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
-import { bf16BitsToFloat32, f16BitsToFloat32 } from './safetensors';
+import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
 
 const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
 
@@ -138,12 +138,19 @@ export class GGUFFile {
     return this.metadata.get(key);
   }
 
-  /** A tensor's values as float32, in its (numpy-order) shape. */
-  read(name: string): { shape: number[]; data: Float32Array } {
+  /** A tensor's stored bytes. */
+  readBytes(name: string): Buffer {
     const info = this.tensors.get(name);
     if (!info) throw new Error(`${this.path} has no tensor ${name}`);
     const bytes = Buffer.alloc(info.byteLength);
     fs.readSync(this.fd, bytes, 0, info.byteLength, info.byteOffset);
+    return bytes;
+  }
+
+  /** A tensor's values as float32, in its (numpy-order) shape. */
+  read(name: string): { shape: number[]; data: Float32Array } {
+    const info = this.tensors.get(name)!;
+    const bytes = this.readBytes(name);
     return { shape: info.shape, data: dequantize(bytes, info.type, info.shape.reduce((a, b) => a * b, 1)) };
   }
 
@@ -436,4 +443,149 @@ export class NemotronGGUF {
     if (!info) throw new Error(`${this.dir} has no tensor for ${name}`);
     return info;
   }
+}
+
+/** What writeNemotronGGUF needs of a tokenizer: its tokenizer.json and the special tokens. */
+export interface GGUFVocabularySource {
+  tokenizerJson(): Record<string, unknown>;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  readonly unkTokenId: number | null;
+  readonly padTokenId: number | null;
+  readonly addBosToken: boolean;
+  readonly addEosToken: boolean;
+  readonly chatTemplates: ReadonlyMap<string, string>;
+}
+
+export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0';
+
+/**
+ * A SentencePiece vocabulary for GGUF from a BPE tokenizer.json: the tokens in id order, scores that rank each merged
+ * token by its merge (so that merges recovered from the scores, as transformers and llama.cpp do, keep their order),
+ * and llama.cpp's token types (control, unknown, byte, user-defined, normal).
+ */
+function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens: string[]; scores: number[]; types: number[] } {
+  const json = source.tokenizerJson() as { model: { type: string; vocab: Record<string, number>; merges?: Array<string | string[]> }; added_tokens?: Array<{ id: number; content: string; special: boolean }> };
+  if (json.model.type !== 'BPE') throw new Error(`writeNemotronGGUF: the tokenizer's model is ${json.model.type}; only BPE vocabularies (Nemotron's) are written`);
+  const added = new Map((json.added_tokens ?? []).map((t) => [t.id, t]));
+  const size = Math.max(...Object.values(json.model.vocab), ...added.keys()) + 1;
+  const tokens = new Array<string>(size).fill('');
+  for (const [t, id] of Object.entries(json.model.vocab)) tokens[id] = t;
+  for (const [id, t] of added) tokens[id] = t.content;
+  const merges = (json.model.merges ?? []).map((m) => (Array.isArray(m) ? m.join('') : m.replace(' ', '')));
+  const rank = new Map<string, number>();
+  merges.forEach((merged, r) => { if (!rank.has(merged)) rank.set(merged, r); });
+  const scores = tokens.map((t, id) => (rank.has(t) ? -rank.get(t)! : added.has(id) ? 0 : -(merges.length + id)));
+  const types = tokens.map((t, id) => {
+    if (id === source.unkTokenId) return 2;
+    if (added.get(id)?.special) return 3;
+    if (added.has(id)) return 4;
+    return /^<0x[0-9A-F]{2}>$/.test(t) ? 6 : 1;
+  });
+  return { tokens, scores, types };
+}
+
+/**
+ * Writes a Nemotron model as llama.cpp's convert_hf_to_gguf.py would: llama.cpp tensor names, LayerNorm1P weights
+ * stored with their +1, the `nemotron.*` configuration keys and the vocabulary as `tokenizer.ggml.*`. Matrices in
+ * `type` (F32, F16 or Q8_0, llama.cpp's rounding), vectors in F32. `weights`: the HF-named tensors (host values).
+ */
+export function writeNemotronGGUF(file: string, config: {
+  vocabSize: number; hiddenSize: number; intermediateSize: number; numHiddenLayers: number; numAttentionHeads: number;
+  numKeyValueHeads: number; headDim: number; maxPositionEmbeddings: number; normEps: number; ropeTheta: number; rotaryDim: number;
+  ropeScaling: { ropeType: string; factor?: number } | null;
+}, weights: Array<{ name: string; shape: number[]; data: Float32Array }>, vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron'): void {
+  if (config.ropeScaling && config.ropeScaling.ropeType !== 'linear') {
+    throw new Error(`writeNemotronGGUF: llama.cpp's Nemotron reads linear rope scaling only, not ${config.ropeScaling.ropeType}`);
+  }
+  const chunks: Buffer[] = [];
+  const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
+  const str = (s: string) => { const bytes = Buffer.from(s, 'utf8'); return Buffer.concat([u64(bytes.length), bytes]); };
+  type Value = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]];
+  const encode = ([kind, v]: Value): Buffer => {
+    switch (kind) {
+      case 'u32': return Buffer.concat([u32(4), u32(v)]);
+      case 'f32': return Buffer.concat([u32(6), f32(v)]);
+      case 'bool': return Buffer.concat([u32(7), Buffer.from([v ? 1 : 0])]);
+      case 'str': return Buffer.concat([u32(8), str(v)]);
+      case 'strs': return Buffer.concat([u32(9), u32(8), u64(v.length), ...v.map(str)]);
+      case 'f32s': return Buffer.concat([u32(9), u32(6), u64(v.length), ...v.map(f32)]);
+      case 'i32s': return Buffer.concat([u32(9), u32(5), u64(v.length), ...v.map((x) => { const b = Buffer.alloc(4); b.writeInt32LE(x); return b; })]);
+    }
+  };
+  const { tokens, scores, types } = sentencePieceVocabulary(vocabulary);
+  const kv: Array<[string, Value]> = [
+    ['general.architecture', ['str', 'nemotron']], ['general.name', ['str', name]],
+    ['general.file_type', ['u32', { F32: 0, F16: 1, Q8_0: 7 }[type]]],
+    ['nemotron.context_length', ['u32', config.maxPositionEmbeddings]], ['nemotron.embedding_length', ['u32', config.hiddenSize]],
+    ['nemotron.block_count', ['u32', config.numHiddenLayers]], ['nemotron.feed_forward_length', ['u32', config.intermediateSize]],
+    ['nemotron.attention.head_count', ['u32', config.numAttentionHeads]], ['nemotron.attention.head_count_kv', ['u32', config.numKeyValueHeads]],
+    ['nemotron.rope.freq_base', ['f32', config.ropeTheta]], ['nemotron.vocab_size', ['u32', config.vocabSize]],
+    ['nemotron.attention.layer_norm_epsilon', ['f32', config.normEps]], ['nemotron.rope.dimension_count', ['u32', config.rotaryDim]],
+    ...(config.headDim !== config.hiddenSize / config.numAttentionHeads
+      ? [['nemotron.attention.key_length', ['u32', config.headDim]], ['nemotron.attention.value_length', ['u32', config.headDim]]] as Array<[string, Value]> : []),
+    ['nemotron.rope.scaling.type', ['str', config.ropeScaling ? 'linear' : 'none']],
+    ...(config.ropeScaling ? [['nemotron.rope.scaling.factor', ['f32', config.ropeScaling.factor!]]] as Array<[string, Value]> : []),
+    ['tokenizer.ggml.model', ['str', 'llama']], ['tokenizer.ggml.tokens', ['strs', tokens]], ['tokenizer.ggml.scores', ['f32s', scores]],
+    ['tokenizer.ggml.token_type', ['i32s', types]],
+    ...([['bos_token_id', vocabulary.bosTokenId], ['eos_token_id', vocabulary.eosTokenId], ['unknown_token_id', vocabulary.unkTokenId],
+      ['padding_token_id', vocabulary.padTokenId]] as Array<[string, number | null]>)
+      .filter(([, id]) => id !== null).map(([key, id]): [string, Value] => [`tokenizer.ggml.${key}`, ['u32', id!]]),
+    ['tokenizer.ggml.add_bos_token', ['bool', vocabulary.addBosToken]], ['tokenizer.ggml.add_eos_token', ['bool', vocabulary.addEosToken]],
+    ...(vocabulary.chatTemplates.get('default') !== undefined ? [['tokenizer.chat_template', ['str', vocabulary.chatTemplates.get('default')!]]] as Array<[string, Value]> : []),
+  ];
+  // Tensors: llama.cpp names, data aligned to 32 bytes.
+  const ggufNames = new Map<string, string>([['model.embed_tokens.weight', 'token_embd.weight'], ['model.norm.weight', 'output_norm.weight'],
+    ['model.norm.bias', 'output_norm.bias'], ['lm_head.weight', 'output.weight']]);
+  const tensorName = (hf: string) => {
+    if (ggufNames.has(hf)) return ggufNames.get(hf)!;
+    const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf);
+    const module = m && LAYER_NAMES.find(([, h]) => h === m[2]);
+    if (!m || !module) throw new Error(`writeNemotronGGUF: ${hf} is not a weight of a Nemotron causal LM`);
+    return `blk.${m[1]}.${module[0]}.${m[3]}`;
+  };
+  const ALIGN = 32;
+  const infos: Buffer[] = [];
+  const datas: Buffer[] = [];
+  let offset = 0;
+  for (const w of weights) {
+    const values = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
+    const matrix = w.shape.length === 2;
+    const kind = matrix ? type : 'F32';
+    if (kind === 'Q8_0' && w.shape[w.shape.length - 1] % 32 !== 0) throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole Q8_0 blocks of 32`);
+    const data = kind === 'F32' ? Buffer.from(values.buffer, values.byteOffset, values.byteLength)
+      : kind === 'F16' ? Buffer.from(Uint16Array.from(values, (v) => float32ToF16Bits(v)).buffer) : quantizeQ8_0(values);
+    const dims = w.shape.slice().reverse();
+    infos.push(Buffer.concat([str(tensorName(w.name)), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8 }[kind]), u64(offset)]));
+    const padded = Math.ceil(data.length / ALIGN) * ALIGN;
+    datas.push(data, Buffer.alloc(padded - data.length));
+    offset += padded;
+  }
+  chunks.push(u32(GGUF_MAGIC), u32(3), u64(weights.length), u64(kv.length));
+  for (const [key, value] of kv) chunks.push(str(key), encode(value));
+  chunks.push(...infos);
+  const headerLength = chunks.reduce((n, c) => n + c.length, 0);
+  chunks.push(Buffer.alloc(Math.ceil(headerLength / ALIGN) * ALIGN - headerLength), ...datas);
+  fs.writeFileSync(file, Buffer.concat(chunks));
+}
+
+/** llama.cpp's quantize_row_q8_0_ref: per 32 values, d = max|x| / 127 (as f16) and round(x / d) as int8. */
+export function quantizeQ8_0(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 34);
+  for (let b = 0; b < blocks; b++) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(values[b * 32 + j]));
+    const d = Math.fround(amax / 127);
+    const id = d ? Math.fround(1 / d) : 0;
+    out.writeUInt16LE(float32ToF16Bits(d), b * 34);
+    // roundf: halves away from zero.
+    for (let j = 0; j < 32; j++) {
+      const x = Math.fround(values[b * 32 + j] * id);
+      out.writeInt8(Math.sign(x) * Math.floor(Math.abs(x) + 0.5), b * 34 + 2 + j);
+    }
+  }
+  return out;
 }

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'child_process';
-import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, setBackend } from '../../src/index';
+import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ8_0, setBackend } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -17,6 +17,9 @@ describe('GGUF', () => {
     const file = GGUFFile.open(path.join(DIR, 'dequant.gguf'));
     try {
       expect(file.get('general.architecture')).to.equal('nemotron');
+      // The writer's Q8_0 is gguf-py's byte for byte (zero blocks and rounding ties included).
+      const source = file.read('Q8_0_SOURCE').data;
+      expect(quantizeQ8_0(source).equals(file.readBytes('Q8_0_OF_SOURCE'))).to.equal(true);
       for (const [name, values] of Object.entries(expected.values)) {
         const { data } = file.read(name);
         expect(data.length, name).to.equal(values.length);
@@ -66,7 +69,7 @@ describe('GGUF tokenizer', () => {
     expect([tokenizer.bosTokenId, tokenizer.eosTokenId, tokenizer.padTokenId]).to.deep.equal([2, 3, 0]);
   });
 
-  it('convert writes a Hugging Face folder with the same weights and vocabulary (what fromPretrained then reads)', async () => {
+  it('convert writes a Hugging Face folder with the same weights and vocabulary (what fromPretrained then reads), and back to GGUF', async () => {
     const out = tmpDir('gguf-convert-');
     const run = spawnSync(process.execPath, [CLI, 'convert', '--gguf', path.join(DIR, 'tiny-gqa.gguf'), '--output', out, '--backend', 'cpu'], { encoding: 'utf8' });
     expect(run.status, run.stderr).to.equal(0);
@@ -79,6 +82,39 @@ describe('GGUF tokenizer', () => {
     lm.dispose();
     const tokenizer = await NemotronTokenizer.fromPretrained(out);
     model.texts.forEach((text, i) => expect(tokenizer.encode(text), text).to.deep.equal(model.encoded[i]));
+    // And back: the folder to a Q8_0 GGUF, which loads with logits within Q8_0's rounding.
+    const back = path.join(out, 'back.gguf');
+    const toGGUF = spawnSync(process.execPath, [CLI, 'convert', '--model', out, '--output', back, '--type', 'Q8_0', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(toGGUF.status, toGGUF.stderr).to.equal(0);
+    const reloaded = await NemotronForCausalLM.fromPretrained(back);
+    const backDiff = tf.tidy(() => tf.max(tf.abs(tf.sub(reloaded.forward({ inputIds: model.input_ids }).logits, tf.tensor3d(model.logits)))).dataSync()[0]);
+    expect(backDiff).to.be.lessThan(0.1);
+    reloaded.dispose();
+    const refused = spawnSync(process.execPath, [CLI, 'convert', '--model', out, '--gguf', back, '--output', out], { encoding: 'utf8' });
+    expect(refused.stderr).to.match(/give --gguf FILE \(GGUF → folder\) or --model DIR \(folder → GGUF\)/);
+  });
+
+  it('saveGGUF writes what it reads back: F32 the same logits and vocabulary, Q8_0 and F16 within their rounding', async () => {
+    await setBackend('cpu');
+    const source = path.join(DIR, 'tiny-gqa.gguf');
+    const lm = await NemotronForCausalLM.fromPretrained(source);
+    const tokenizer = await NemotronTokenizer.fromPretrained(source);
+    const dir = tmpDir('gguf-write-');
+    for (const [type, tolerance] of [['F32', 1e-4], ['F16', 1e-2], ['Q8_0', 0.1]] as const) {
+      const file = path.join(dir, `tiny-${type}.gguf`);
+      await lm.saveGGUF(file, tokenizer, { type });
+      const written = GGUFFile.open(file);
+      const types = new Set([...written.tensors.values()].filter((t) => t.shape.length === 2).map((t) => t.type));
+      written.close();
+      expect([...types], type).to.deep.equal([type]);
+      const back = await NemotronForCausalLM.fromPretrained(file);
+      const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(back.forward({ inputIds: model.input_ids }).logits, tf.tensor3d(model.logits)))).dataSync()[0]);
+      expect(diff, `${type}: max |logits diff|`).to.be.lessThan(tolerance);
+      back.dispose();
+      const reread = await NemotronTokenizer.fromPretrained(file);
+      model.texts.forEach((text, i) => expect(reread.encode(text), `${type}: ${text}`).to.deep.equal(model.encoded[i]));
+    }
+    lm.dispose();
   });
 
   it('refuses what is not a Nemotron GGUF, by name', async () => {

@@ -175,6 +175,7 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
       for (let i = 0; i < count; i++) out[i] = bf16BitsToFloat32(view.getUint16(2 * i, true));
       return out;
   }
+  const signed = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === type) ?? [];
   if (!blockValues || !blockBytes) throw new Error(`dequantize: unknown ggml type ${type}`);
   for (let b = 0; b < count / blockValues; b++) {
@@ -184,7 +185,7 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
     switch (type) {
       case 'Q8_0': {
         const d = half(p);
-        for (let j = 0; j < 32; j++) y[j] = view.getInt8(p + 2 + j) * d;
+        for (let j = 0; j < 32; j++) y[j] = signed[p + 2 + j] * d;
         break;
       }
       case 'Q4_0': case 'Q4_1': {
@@ -262,27 +263,29 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
         break;
       }
       case 'Q4_K': case 'Q5_K': {
-        // d, dmin, scales[12], (qh[32] for Q5_K), qs[128]
+        // d, dmin, scales[12], (qh[32] for Q5_K), qs[128]; plain loops over the bytes (this is the hot path of a load).
         const d = half(p);
         const dmin = half(p + 2);
-        const scaleMin = (j: number): [number, number] => (j < 4
-          ? [q(4 + j) & 63, q(4 + j + 4) & 63]
-          : [(q(4 + j + 4) & 0xf) | ((q(4 + j - 4) >> 6) << 4), (q(4 + j + 4) >> 4) | ((q(4 + j) >> 6) << 4)]);
+        const sc = p + 4;
         const five = type === 'Q5_K';
-        const qs = five ? 48 : 16;
+        const qh = p + 16;
+        let ql = p + (five ? 48 : 16);
         let out0 = 0;
-        let is = 0;
-        let u1 = 1;
-        let u2 = 2;
-        for (let j = 0; j < 256; j += 64) {
-          const [sc1, m1] = scaleMin(is);
-          const [sc2, m2] = scaleMin(is + 1);
-          const ql = qs + j / 2;
-          for (let l = 0; l < 32; l++) y[out0++] = d * sc1 * ((q(ql + l) & 0xf) + (five && q(16 + l) & u1 ? 16 : 0)) - dmin * m1;
-          for (let l = 0; l < 32; l++) y[out0++] = d * sc2 * ((q(ql + l) >> 4) + (five && q(16 + l) & u2 ? 16 : 0)) - dmin * m2;
-          is += 2;
-          u1 <<= 2;
-          u2 <<= 2;
+        for (let is = 0; is < 8; is += 2) {
+          let s1: number, m1: number, s2: number, m2: number;
+          if (is < 4) {
+            s1 = bytes[sc + is] & 63; m1 = bytes[sc + is + 4] & 63;
+            s2 = bytes[sc + is + 1] & 63; m2 = bytes[sc + is + 5] & 63;
+          } else {
+            s1 = (bytes[sc + is + 4] & 0xf) | ((bytes[sc + is - 4] >> 6) << 4); m1 = (bytes[sc + is + 4] >> 4) | ((bytes[sc + is] >> 6) << 4);
+            s2 = (bytes[sc + is + 5] & 0xf) | ((bytes[sc + is - 3] >> 6) << 4); m2 = (bytes[sc + is + 5] >> 4) | ((bytes[sc + is + 1] >> 6) << 4);
+          }
+          const [d1, o1, d2, o2] = [d * s1, dmin * m1, d * s2, dmin * m2];
+          const [u1, u2] = [1 << is, 2 << is];
+          for (let l = 0; l < 32; l++) y[out0 + l] = d1 * ((bytes[ql + l] & 0xf) + (five && bytes[qh + l] & u1 ? 16 : 0)) - o1;
+          for (let l = 0; l < 32; l++) y[out0 + 32 + l] = d2 * ((bytes[ql + l] >> 4) + (five && bytes[qh + l] & u2 ? 16 : 0)) - o2;
+          out0 += 64;
+          ql += 32;
         }
         break;
       }
@@ -290,21 +293,15 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
         // ql[128], qh[64], scales int8[16], d
         const d = half(p + 208);
         for (let n = 0; n < 2; n++) {
-          const qlAt = 64 * n;
-          const qhAt = 128 + 32 * n;
-          const scAt = 192 + 8 * n;
+          const [ql, qh, sc, o] = [p + 64 * n, p + 128 + 32 * n, p + 192 + 8 * n, 128 * n];
           for (let l = 0; l < 32; l++) {
             const is = l >> 4;
-            const qh = q(qhAt + l);
-            const q1 = ((q(qlAt + l) & 0xf) | ((qh & 3) << 4)) - 32;
-            const q2 = ((q(qlAt + l + 32) & 0xf) | (((qh >> 2) & 3) << 4)) - 32;
-            const q3 = ((q(qlAt + l) >> 4) | (((qh >> 4) & 3) << 4)) - 32;
-            const q4 = ((q(qlAt + l + 32) >> 4) | (((qh >> 6) & 3) << 4)) - 32;
-            const sc = (i: number) => view.getInt8(p + scAt + i);
-            y[128 * n + l] = d * sc(is) * q1;
-            y[128 * n + l + 32] = d * sc(is + 2) * q2;
-            y[128 * n + l + 64] = d * sc(is + 4) * q3;
-            y[128 * n + l + 96] = d * sc(is + 6) * q4;
+            const h = bytes[qh + l];
+            const [a, b] = [bytes[ql + l], bytes[ql + l + 32]];
+            y[o + l] = d * signed[sc + is] * (((a & 0xf) | ((h & 3) << 4)) - 32);
+            y[o + l + 32] = d * signed[sc + is + 2] * (((b & 0xf) | (((h >> 2) & 3) << 4)) - 32);
+            y[o + l + 64] = d * signed[sc + is + 4] * (((a >> 4) | (((h >> 4) & 3) << 4)) - 32);
+            y[o + l + 96] = d * signed[sc + is + 6] * (((b >> 4) | (((h >> 6) & 3) << 4)) - 32);
           }
         }
         break;

@@ -42,13 +42,15 @@ def dequant_fixture(rng):
         raw = random_blocks(qtype, 2, 512, rng)
         writer.add_tensor(qtype.name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         expected[qtype.name] = quants.dequantize(raw, qtype).astype(np.float32).reshape(-1).tolist()
-    # Q8_0 as gguf-py quantizes (llama.cpp's quantize_row_q8_0_ref), with ties and zero blocks, for the writer.
+    # Q8_0 and Q4_0 as gguf-py quantizes (llama.cpp's quantize_row_q*_ref), with ties and zero blocks, for the writer.
     source = (rng.normal(size=(4, 64)) * 3).astype(np.float32)
     source[0, :32] = 0
     source[1, :32] = np.arange(32, dtype=np.float32) - 12.7
     writer.add_tensor("Q8_0_SOURCE", source)
     raw = quants.quantize(source, Q.Q8_0)
     writer.add_tensor("Q8_0_OF_SOURCE", raw, raw_shape=raw.shape, raw_dtype=Q.Q8_0)
+    raw = quants.quantize(source, Q.Q4_0)
+    writer.add_tensor("Q4_0_OF_SOURCE", raw, raw_shape=raw.shape, raw_dtype=Q.Q4_0)
     values = rng.normal(size=(3, 8)).astype(np.float32)
     raw = quants.quantize(values, Q.BF16)
     writer.add_tensor("BF16", raw, raw_shape=raw.shape, raw_dtype=Q.BF16)

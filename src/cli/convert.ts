@@ -18,7 +18,7 @@ export function registerConvert(program: Command): void {
     .option('--model <dir>', 'the Hugging Face causal LM folder (config.json, safetensors, tokenizer.json) to convert into a GGUF file')
     .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
-    .addOption(new Option('--type <type>', 'from --model: the GGUF matrices\' type (vectors stay F32)').choices(['F32', 'F16', 'Q8_0']).default('F32'))
+    .addOption(new Option('--type <type>', 'from --model: the GGUF matrices\' type (vectors stay F32)').choices(['F32', 'F16', 'Q8_0', 'Q4_0']).default('F32'))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');

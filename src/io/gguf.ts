@@ -454,7 +454,7 @@ export interface GGUFVocabularySource {
   readonly chatTemplates: ReadonlyMap<string, string>;
 }
 
-export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0';
+export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0';
 
 /**
  * A SentencePiece vocabulary for GGUF from a BPE tokenizer.json: the tokens in id order, scores that rank each merged
@@ -485,7 +485,7 @@ function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens: string
 /**
  * Writes a Nemotron model as llama.cpp's convert_hf_to_gguf.py would: llama.cpp tensor names, LayerNorm1P weights
  * stored with their +1, the `nemotron.*` configuration keys and the vocabulary as `tokenizer.ggml.*`. Matrices in
- * `type` (F32, F16 or Q8_0, llama.cpp's rounding), vectors in F32. `weights`: the HF-named tensors (host values).
+ * `type` (F32, F16, Q8_0 or Q4_0, llama.cpp's rounding), vectors in F32. `weights`: the HF-named tensors (host values).
  */
 export function writeNemotronGGUF(file: string, config: {
   vocabSize: number; hiddenSize: number; intermediateSize: number; numHiddenLayers: number; numAttentionHeads: number;
@@ -515,7 +515,7 @@ export function writeNemotronGGUF(file: string, config: {
   const { tokens, scores, types } = sentencePieceVocabulary(vocabulary);
   const kv: Array<[string, Value]> = [
     ['general.architecture', ['str', 'nemotron']], ['general.name', ['str', name]],
-    ['general.file_type', ['u32', { F32: 0, F16: 1, Q8_0: 7 }[type]]],
+    ['general.file_type', ['u32', { F32: 0, F16: 1, Q8_0: 7, Q4_0: 2 }[type]]],
     ['nemotron.context_length', ['u32', config.maxPositionEmbeddings]], ['nemotron.embedding_length', ['u32', config.hiddenSize]],
     ['nemotron.block_count', ['u32', config.numHiddenLayers]], ['nemotron.feed_forward_length', ['u32', config.intermediateSize]],
     ['nemotron.attention.head_count', ['u32', config.numAttentionHeads]], ['nemotron.attention.head_count_kv', ['u32', config.numKeyValueHeads]],
@@ -551,11 +551,14 @@ export function writeNemotronGGUF(file: string, config: {
     const values = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     const matrix = w.shape.length === 2;
     const kind = matrix ? type : 'F32';
-    if (kind === 'Q8_0' && w.shape[w.shape.length - 1] % 32 !== 0) throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole Q8_0 blocks of 32`);
+    if ((kind === 'Q8_0' || kind === 'Q4_0') && w.shape[w.shape.length - 1] % 32 !== 0) {
+      throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole ${kind} blocks of 32`);
+    }
     const data = kind === 'F32' ? Buffer.from(values.buffer, values.byteOffset, values.byteLength)
-      : kind === 'F16' ? Buffer.from(Uint16Array.from(values, (v) => float32ToF16Bits(v)).buffer) : quantizeQ8_0(values);
+      : kind === 'F16' ? Buffer.from(Uint16Array.from(values, (v) => float32ToF16Bits(v)).buffer)
+        : kind === 'Q8_0' ? quantizeQ8_0(values) : quantizeQ4_0(values);
     const dims = w.shape.slice().reverse();
-    infos.push(Buffer.concat([str(tensorName(w.name)), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8 }[kind]), u64(offset)]));
+    infos.push(Buffer.concat([str(tensorName(w.name)), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8, Q4_0: 2 }[kind]), u64(offset)]));
     const padded = Math.ceil(data.length / ALIGN) * ALIGN;
     datas.push(data, Buffer.alloc(padded - data.length));
     offset += padded;
@@ -566,6 +569,25 @@ export function writeNemotronGGUF(file: string, config: {
   const headerLength = chunks.reduce((n, c) => n + c.length, 0);
   chunks.push(Buffer.alloc(Math.ceil(headerLength / ALIGN) * ALIGN - headerLength), ...datas);
   fs.writeFileSync(file, Buffer.concat(chunks));
+}
+
+/**
+ * llama.cpp's quantize_row_q4_0_ref (as gguf-py): per 32 values, d = (the value of largest magnitude) / −8 (as f16)
+ * and trunc(x / d + 8.5) in [0, 15], the first 16 values in the low nibbles, the next 16 in the high ones.
+ */
+export function quantizeQ4_0(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 18);
+  for (let b = 0; b < blocks; b++) {
+    let max = 0;
+    for (let j = 0; j < 32; j++) if (Math.abs(values[b * 32 + j]) > Math.abs(max)) max = values[b * 32 + j];
+    const d = Math.fround(max / -8);
+    const id = d ? Math.fround(1 / d) : 0;
+    out.writeUInt16LE(float32ToF16Bits(d), b * 18);
+    const q = (j: number) => Math.min(15, Math.trunc(Math.fround(Math.fround(values[b * 32 + j] * id) + 8.5)));
+    for (let j = 0; j < 16; j++) out[b * 18 + 2 + j] = q(j) | (q(j + 16) << 4);
+  }
+  return out;
 }
 
 /** llama.cpp's quantize_row_q8_0_ref: per 32 values, d = max|x| / 127 (as f16) and round(x / d) as int8. */

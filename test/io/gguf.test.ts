@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'child_process';
-import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ8_0, setBackend } from '../../src/index';
+import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -17,9 +17,10 @@ describe('GGUF', () => {
     const file = GGUFFile.open(path.join(DIR, 'dequant.gguf'));
     try {
       expect(file.get('general.architecture')).to.equal('nemotron');
-      // The writer's Q8_0 is gguf-py's byte for byte (zero blocks and rounding ties included).
+      // The writer's Q8_0 and Q4_0 are gguf-py's byte for byte (zero blocks and rounding ties included).
       const source = file.read('Q8_0_SOURCE').data;
-      expect(quantizeQ8_0(source).equals(file.readBytes('Q8_0_OF_SOURCE'))).to.equal(true);
+      expect(quantizeQ8_0(source).equals(file.readBytes('Q8_0_OF_SOURCE')), 'Q8_0').to.equal(true);
+      expect(quantizeQ4_0(source).equals(file.readBytes('Q4_0_OF_SOURCE')), 'Q4_0').to.equal(true);
       for (const [name, values] of Object.entries(expected.values)) {
         const { data } = file.read(name);
         expect(data.length, name).to.equal(values.length);
@@ -94,13 +95,13 @@ describe('GGUF tokenizer', () => {
     expect(refused.stderr).to.match(/give --gguf FILE \(GGUF → folder\) or --model DIR \(folder → GGUF\)/);
   });
 
-  it('saveGGUF writes what it reads back: F32 the same logits and vocabulary, Q8_0 and F16 within their rounding', async () => {
+  it('saveGGUF writes what it reads back: F32 the same logits and vocabulary, F16, Q8_0 and Q4_0 within their rounding', async () => {
     await setBackend('cpu');
     const source = path.join(DIR, 'tiny-gqa.gguf');
     const lm = await NemotronForCausalLM.fromPretrained(source);
     const tokenizer = await NemotronTokenizer.fromPretrained(source);
     const dir = tmpDir('gguf-write-');
-    for (const [type, tolerance] of [['F32', 1e-4], ['F16', 1e-2], ['Q8_0', 0.1]] as const) {
+    for (const [type, tolerance] of [['F32', 1e-4], ['F16', 1e-2], ['Q8_0', 0.1], ['Q4_0', 1]] as const) {
       const file = path.join(dir, `tiny-${type}.gguf`);
       await lm.saveGGUF(file, tokenizer, { type });
       const written = GGUFFile.open(file);

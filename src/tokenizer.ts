@@ -25,6 +25,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+import * as protobuf from 'protobufjs';
 import { GGUFFile } from './io/gguf';
 
 /** Options of {@link NemotronTokenizer.encode}. */
@@ -135,12 +136,24 @@ function tokenContent(value: unknown, what: string): string | null {
   throw new Error(`${what} must be a string or an object with a "content" string, got ${JSON.stringify(value)}`);
 }
 
+/** The parts of SentencePiece's sentencepiece_model.proto that a BPE vocabulary needs. */
+const SENTENCEPIECE_SCHEMA = `
+syntax = "proto2";
+package sentencepiece;
+message TrainerSpec { optional int32 model_type = 3; optional int32 unk_id = 40; optional int32 bos_id = 41; optional int32 eos_id = 42; optional int32 pad_id = 43; }
+message ModelProto {
+  message SentencePiece { optional string piece = 1; optional float score = 2; optional int32 type = 3 [default = 1]; }
+  repeated SentencePiece pieces = 1;
+  optional TrainerSpec trainer_spec = 2;
+}
+`;
+
 /**
  * BPE merges recovered from a SentencePiece vocabulary, as transformers' generate_merges does: every split of a token
  * into two tokens of the vocabulary, ranked by the token's score (best first), then by the pieces' lengths (longest
- * first), ties in vocabulary order.
+ * first) — or, without scores, by the token's id and the pieces' lengths (shortest first) — ties in vocabulary order.
  */
-function mergesFromScores(tokens: string[], scores: number[], vocab: Record<string, number>): Array<[string, string]> {
+function mergesFromVocabulary(tokens: string[], scores: number[], vocab: Record<string, number>, order: 'scores' | 'ids'): Array<[string, string]> {
   const merges: Array<[string, string, number]> = [];
   tokens.forEach((token, i) => {
     const chars = Array.from(token);
@@ -153,7 +166,9 @@ function mergesFromScores(tokens: string[], scores: number[], vocab: Record<stri
     merges.push(...local);
   });
   const length = (x: string) => Array.from(x).length;
-  merges.sort((a, b) => b[2] - a[2] || length(b[0]) - length(a[0]) || length(b[1]) - length(a[1]));
+  if (order === 'scores') merges.sort((a, b) => b[2] - a[2] || length(b[0]) - length(a[0]) || length(b[1]) - length(a[1]));
+  // Without scores transformers ranks by the merged token's id, ascending, then the pieces' lengths, shortest first.
+  else merges.sort((a, b) => vocab[a[0] + a[1]] - vocab[b[0] + b[1]] || length(a[0]) - length(b[0]) || length(a[1]) - length(b[1]));
   return merges.map(([l, r]) => [l, r]);
 }
 
@@ -397,6 +412,7 @@ export class NemotronTokenizer {
   static async fromPretrained(dir: string): Promise<NemotronTokenizer> {
     if (dir.toLowerCase().endsWith('.gguf') && fs.existsSync(dir) && fs.statSync(dir).isFile()) return NemotronTokenizer.fromGGUF(dir);
     const tokenizerPath = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(tokenizerPath) && fs.existsSync(path.join(dir, 'tokenizer.model'))) return NemotronTokenizer.fromSentencePieceModel(dir);
     if (!fs.existsSync(tokenizerPath)) {
       throw new Error(
         `No tokenizer.json in ${dir} (only the Hugging Face "fast" tokenizer format is supported; ` +
@@ -434,47 +450,100 @@ export class NemotronTokenizer {
         throw new Error(`${file}: tokenizer.ggml.model is ${JSON.stringify(meta('model'))}; only SentencePiece vocabularies ("llama", as Nemotron's) are read`);
       }
       const tokens = meta('tokens') as string[];
-      const scores = (meta('scores') as number[] | undefined) ?? tokens.map(() => 0);
-      const types = (meta('token_type') as number[] | undefined) ?? [];
-      const vocab: Record<string, number> = {};
-      tokens.forEach((t, i) => { vocab[t] = i; });
-      const merges = (meta('merges') as string[] | undefined)?.map((m) => m.split(' ')) ?? mergesFromScores(tokens, scores, vocab);
-      // CONTROL (3) tokens become special added tokens, USER_DEFINED (4) plain ones, as transformers adds them.
-      const added = tokens.flatMap((content, id) => (types[id] === 3 || types[id] === 4
-        ? [{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: types[id] === 3 }] : []));
-      const addBos = (meta('add_bos_token') ?? true) === true;
-      const addEos = meta('add_eos_token') === true;
-      const token = (key: string) => (typeof meta(key) === 'number' ? tokens[meta(key) as number] : undefined);
-      // The template BOS/EOS, as transformers' update_post_processor writes it (and saves it in tokenizer.json).
-      const special = (key: string, typeId: number) => (token(key) === undefined ? [] : [{ SpecialToken: { id: token(key), type_id: typeId } }]);
-      const sequence = (id: 'A' | 'B', typeId: number) => [
-        ...(addBos ? special('bos_token_id', typeId) : []), { Sequence: { id, type_id: typeId } }, ...(addEos ? special('eos_token_id', typeId) : []),
-      ];
-      const templateTokens = [...(addBos ? ['bos_token_id'] : []), ...(addEos ? ['eos_token_id'] : [])].filter((k) => token(k) !== undefined);
-      const json = {
-        version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
-        pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false },
-        post_processor: {
-          type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)],
-          special_tokens: Object.fromEntries(templateTokens.map((k) => [token(k), { id: token(k), ids: [meta(k)], tokens: [token(k)] }])),
-        },
-        decoder: { type: 'Sequence', decoders: [
-          { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
-          { type: 'Strip', content: ' ', start: 1, stop: 0 },
-        ] },
-        model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true,
-          byte_fallback: true, ignore_merges: false, vocab, merges },
-      };
-      const config = {
-        add_bos_token: addBos, add_eos_token: addEos,
-        bos_token: token('bos_token_id'), eos_token: token('eos_token_id'), unk_token: token('unknown_token_id'), pad_token: token('padding_token_id'),
-        clean_up_tokenization_spaces: false,
-        ...(typeof gguf.get('tokenizer.chat_template') === 'string' ? { chat_template: gguf.get('tokenizer.chat_template') } : {}),
-      };
-      return NemotronTokenizer.create(json, config, { source: file });
+      const id = (key: string) => (typeof meta(key) === 'number' ? meta(key) as number : undefined);
+      const template = gguf.get('tokenizer.chat_template');
+      return NemotronTokenizer.fromSentencePiece({
+        tokens, scores: (meta('scores') as number[] | undefined) ?? tokens.map(() => 0), types: (meta('token_type') as number[] | undefined) ?? [],
+        merges: (meta('merges') as string[] | undefined)?.map((m) => m.split(' ') as [string, string]), mergeOrder: 'scores',
+        bos: id('bos_token_id'), eos: id('eos_token_id'), unk: id('unknown_token_id'), pad: id('padding_token_id'),
+        addBos: (meta('add_bos_token') ?? true) === true, addEos: meta('add_eos_token') === true,
+        addPrefixSpace: meta('add_space_prefix') !== false, legacy: false,
+        config: typeof template === 'string' ? { chat_template: template } : {}, source: file,
+      });
     } finally {
       gguf.close();
     }
+  }
+
+  /**
+   * A SentencePiece vocabulary (a GGUF's, or a tokenizer.model's) as transformers' LlamaTokenizer builds it: a
+   * byte-fallback BPE over the pieces with merges recovered from the vocabulary (by score for a GGUF, by id for a
+   * tokenizer.model, as transformers' generate_merges is called in each case), Metaspace, the control pieces special,
+   * the user-defined ones added, and the BOS/EOS template.
+   */
+  private static fromSentencePiece(v: {
+    tokens: string[]; scores: number[]; types: number[]; merges?: Array<[string, string]>; mergeOrder: 'scores' | 'ids';
+    bos?: number; eos?: number; unk?: number; pad?: number; addBos: boolean; addEos: boolean; addPrefixSpace: boolean; legacy: boolean;
+    config: Json; source: string;
+  }): NemotronTokenizer {
+    const vocab: Record<string, number> = {};
+    v.tokens.forEach((t, i) => { vocab[t] = i; });
+    const merges = v.merges ?? mergesFromVocabulary(v.tokens, v.scores, vocab, v.mergeOrder);
+    // CONTROL (3) pieces become special added tokens, USER_DEFINED (4) plain ones, as transformers adds them.
+    const added = v.tokens.flatMap((content, id) => (v.types[id] === 3 || v.types[id] === 4
+      ? [{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: v.types[id] === 3 }] : []));
+    const token = (id: number | undefined) => (id === undefined || id < 0 ? undefined : v.tokens[id]);
+    // The template BOS/EOS, as transformers' update_post_processor writes it (and saves it in tokenizer.json).
+    const special = (id: number | undefined, typeId: number) => (token(id) === undefined ? [] : [{ SpecialToken: { id: token(id), type_id: typeId } }]);
+    const sequence = (name: 'A' | 'B', typeId: number) => [
+      ...(v.addBos ? special(v.bos, typeId) : []), { Sequence: { id: name, type_id: typeId } }, ...(v.addEos ? special(v.eos, typeId) : []),
+    ];
+    const templateIds = [...(v.addBos ? [v.bos] : []), ...(v.addEos ? [v.eos] : [])].filter((id) => token(id) !== undefined) as number[];
+    // transformers' _get_prepend_scheme: "first" (transformers 5's non-legacy default), "always" when legacy.
+    const prependScheme = !v.addPrefixSpace ? 'never' : v.legacy ? 'always' : 'first';
+    const json = {
+      version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
+      pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false },
+      post_processor: {
+        type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)],
+        special_tokens: Object.fromEntries(templateIds.map((id) => [token(id), { id: token(id), ids: [id], tokens: [token(id)] }])),
+      },
+      decoder: { type: 'Sequence', decoders: [
+        { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
+        ...(v.addPrefixSpace ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
+      ] },
+      model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true,
+        byte_fallback: true, ignore_merges: false, vocab, merges },
+    };
+    const config = {
+      add_bos_token: v.addBos, add_eos_token: v.addEos,
+      bos_token: token(v.bos), eos_token: token(v.eos), unk_token: token(v.unk), pad_token: token(v.pad),
+      clean_up_tokenization_spaces: false, ...v.config,
+    };
+    return NemotronTokenizer.create(json, config, { source: v.source });
+  }
+
+  /**
+   * A folder with SentencePiece's tokenizer.model and no tokenizer.json (older conversions of NeMo checkpoints), read
+   * as transformers 5 reads it (LlamaTokenizer from the model's pieces; BPE models only) with tokenizer_config.json's
+   * special tokens and flags.
+   */
+  private static fromSentencePieceModel(dir: string): NemotronTokenizer {
+    const file = path.join(dir, 'tokenizer.model');
+    const root = protobuf.parse(SENTENCEPIECE_SCHEMA).root;
+    const ModelProto = root.lookupType('sentencepiece.ModelProto');
+    let proto: { pieces: Array<{ piece: string; score: number; type: number }>; trainerSpec?: { modelType?: number; unkId?: number; bosId?: number; eosId?: number; padId?: number } };
+    try {
+      proto = ModelProto.toObject(ModelProto.decode(fs.readFileSync(file)), { defaults: true }) as typeof proto;
+    } catch (e) {
+      throw new Error(`${file} is not a SentencePiece model: ${(e as Error).message}`);
+    }
+    const spec = proto.trainerSpec ?? {};
+    if (spec.modelType !== 2) throw new Error(`${file}: a SentencePiece model of type ${spec.modelType === 1 ? 'unigram' : spec.modelType}; only BPE models (Nemotron's) are read`);
+    const config = fs.existsSync(path.join(dir, 'tokenizer_config.json')) ? readJson(path.join(dir, 'tokenizer_config.json')) : {};
+    const tokens = proto.pieces.map((p) => p.piece);
+    const idOf = (name: string, fallback?: number) => {
+      const content = tokenContent(config[name], `tokenizer_config.json ${name}`);
+      const id = content === null ? -1 : tokens.indexOf(content);
+      return id >= 0 ? id : fallback;
+    };
+    const { bos_token: _b, eos_token: _e, unk_token: _u, pad_token: _p, add_bos_token: _ab, add_eos_token: _ae, ...rest } = config;
+    return NemotronTokenizer.fromSentencePiece({
+      tokens, scores: proto.pieces.map((p) => p.score), types: proto.pieces.map((p) => p.type), mergeOrder: 'ids',
+      bos: idOf('bos_token', spec.bosId), eos: idOf('eos_token', spec.eosId), unk: idOf('unk_token', spec.unkId), pad: idOf('pad_token', spec.padId),
+      addBos: config.add_bos_token !== false, addEos: config.add_eos_token === true,
+      addPrefixSpace: config.add_prefix_space !== false, legacy: config.legacy === true, config: rest, source: file,
+    });
   }
 
   /** Builds a tokenizer from already parsed tokenizer.json / tokenizer_config.json contents. */

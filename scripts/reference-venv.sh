@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Python venv with transformers + CPU PyTorch that the reference
+# Creates (or reuses) the Python venv with transformers + CPU PyTorch (and the openai client, for the serve test) that the reference
 # comparisons and benchmarks/torch_bench.py use.
 #   bash scripts/reference-venv.sh [VENV_DIR]     (default: .venv-ref at the repository root)
 # Idempotent: returns at once when the venv already imports torch, transformers, safetensors and numpy.
@@ -36,7 +36,7 @@ if [ -n "$LOCAL_WHEEL" ]; then
 fi
 # Keep pip from replacing torch with a CUDA build while resolving the rest.
 "${PIP[@]}" "$TORCH_SPEC"
-"${PIP[@]}" transformers safetensors numpy "torch==$TORCH_VERSION"
+"${PIP[@]}" transformers safetensors numpy openai "torch==$TORCH_VERSION"
 
 if ! check; then
   echo "reference venv at $VENV is incomplete" >&2

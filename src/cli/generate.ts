@@ -12,6 +12,7 @@ import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generate, generateStream } from '../generation/generate';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
 import { checkModelDir, formatBytes } from './info';
 import { loadingBar } from './progress';
@@ -148,67 +149,94 @@ function readGenerationConfig(dir: string): GenerationConfigJson | null {
 const rate = (tokens: number, ms: number): string => (ms > 0 ? (tokens / (ms / 1000)).toFixed(1) : '–');
 const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 
-export async function runGenerate(o: GenerateCliOptions): Promise<void> {
-  // Cheap checks first: files, options, config, checkpoint headers; only then the backend and the weights.
-  // A GGUF file (llama.cpp's format) holds config, weights and vocabulary in one.
-  const gguf = isGGUF(o.model);
-  const dir = gguf ? o.model : checkModelDir(o.model, ['config.json', 'tokenizer.json']);
-  const options = resolveDecoding(o, gguf ? null : readGenerationConfig(dir));
+/** A causal LM, its tokenizer and the backend they run on, as the generate and serve commands load them. */
+export interface LoadedCausalLM {
+  model: NemotronForCausalLM;
+  tokenizer: NemotronTokenizer;
+  backend: string;
+}
+
+/**
+ * Loads a causal LM checkpoint (folder or GGUF file) and its tokenizer for generation; cheap checks first (files, the
+ * head, the adapter folder, then `check` with the tokenizer and config), only then the backend and the weights. A PEFT
+ * adapter is merged, so that decoding runs the fused step.
+ */
+export async function loadCausalLM(modelPath: string, o: { adapter?: string; backend?: string },
+  check: (tokenizer: NemotronTokenizer, config: NemotronConfig) => void = () => undefined): Promise<LoadedCausalLM> {
+  const dir = isGGUF(modelPath) ? modelPath : checkModelDir(modelPath, ['config.json', 'tokenizer.json']);
   for (const file of o.adapter !== undefined ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
     if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
   }
-  if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
   const { reader, config } = openCheckpoint(dir);
   let totalBytes: number;
   try {
     totalBytes = reader.totalBytes();
     if (!config.tieWordEmbeddings && !reader.has('lm_head.weight')) {
-      throw new Error(`the checkpoint in ${o.model} has no language-model head (lm_head.weight) and tie_word_embeddings ` +
-        `is false: generate needs a NemotronForCausalLM checkpoint (architectures: ${(config.architectures ?? []).join(', ') || 'none'})`);
+      throw new Error(`the checkpoint in ${modelPath} has no language-model head (lm_head.weight) and tie_word_embeddings ` +
+        `is false: generation needs a NemotronForCausalLM checkpoint (architectures: ${(config.architectures ?? []).join(', ') || 'none'})`);
     }
   } finally {
     reader.close();
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(dir);
-  // Also for stop strings that come from generation_config.json.
-  options.tokenizer = tokenizer;
-  if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
-  const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
-  const promptIds = o.chat
-    ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true })
-    : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
-  if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
-  const outside = promptIds.find((id) => id >= config.vocabSize);
-  if (outside !== undefined) {
-    throw new Error(`the prompt has token id ${outside}, outside the model's vocabulary (vocab_size ${config.vocabSize}): ` +
-      `tokenizer.json does not belong to this model`);
-  }
-  if (promptIds.length + o.maxNewTokens > config.maxPositionEmbeddings) {
-    throw new Error(`the prompt (${promptIds.length} tokens) plus --max-new-tokens ${o.maxNewTokens} exceeds the context length ` +
-      `(max_position_embeddings ${config.maxPositionEmbeddings})`);
-  }
-  const unknown = tokenizer.unkTokenId === null ? 0 : promptIds.filter((id) => id === tokenizer.unkTokenId).length;
-  if (unknown > 0) {
-    process.stderr.write(`warning: ${plural(unknown, 'piece')} of the prompt ${unknown === 1 ? 'is' : 'are'} not in the vocabulary ` +
-      `(encoded as ${tokenizer.unkToken})\n`);
-  }
+  check(tokenizer, config);
 
   // tfjs's development hints (such as "install tfjs-node" on the cpu backend) are noise here; NEMOTRON_DEBUG=1 keeps them.
   if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
   const backend = await initBackend(o.backend);
-
   const loadStart = performance.now();
   const bar = loadingBar(totalBytes);
   let model: NemotronForCausalLM;
   try {
-    model = await NemotronForCausalLM.fromPretrained(dir, {
-      onProgress: bar.onProgress,
-    });
+    model = await NemotronForCausalLM.fromPretrained(dir, { onProgress: bar.onProgress });
   } finally {
     bar.stop();
   }
   process.stderr.write(`loaded ${formatBytes(totalBytes)} of weights in ${((performance.now() - loadStart) / 1000).toFixed(2)} s ` +
     `(backend ${backend})\n`);
+  if (o.adapter !== undefined) {
+    try {
+      const lora = await LoraModel.fromPretrained(model, o.adapter);
+      const r = lora.loraConfig.r;
+      lora.mergeAndUnload();
+      process.stderr.write(`merged the LoRA adapter in ${o.adapter} (r ${r})\n`);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
+  return { model, tokenizer, backend };
+}
+
+export async function runGenerate(o: GenerateCliOptions): Promise<void> {
+  // A GGUF file (llama.cpp's format) holds config, weights and vocabulary in one.
+  const options = resolveDecoding(o, isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
+  if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');
+  if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
+  const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
+  let promptIds: number[] = [];
+  const { model, tokenizer, backend } = await loadCausalLM(o.model, o, (tokenizer, config) => {
+    promptIds = o.chat
+      ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true })
+      : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
+    if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
+    const outside = promptIds.find((id) => id >= config.vocabSize);
+    if (outside !== undefined) {
+      throw new Error(`the prompt has token id ${outside}, outside the model's vocabulary (vocab_size ${config.vocabSize}): ` +
+        `tokenizer.json does not belong to this model`);
+    }
+    if (promptIds.length + o.maxNewTokens > config.maxPositionEmbeddings) {
+      throw new Error(`the prompt (${promptIds.length} tokens) plus --max-new-tokens ${o.maxNewTokens} exceeds the context length ` +
+        `(max_position_embeddings ${config.maxPositionEmbeddings})`);
+    }
+    const unknown = tokenizer.unkTokenId === null ? 0 : promptIds.filter((id) => id === tokenizer.unkTokenId).length;
+    if (unknown > 0) {
+      process.stderr.write(`warning: ${plural(unknown, 'piece')} of the prompt ${unknown === 1 ? 'is' : 'are'} not in the vocabulary ` +
+        `(encoded as ${tokenizer.unkToken})\n`);
+    }
+  });
+  // Also for stop strings that come from generation_config.json.
+  options.tokenizer = tokenizer;
   let assistant: NemotronForCausalLM | undefined;
   if (o.assistantModel !== undefined) {
     try {
@@ -223,18 +251,6 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
   if (o.assistantTokens !== undefined) options.numAssistantTokens = o.assistantTokens;
   if (o.promptLookup !== undefined) options.promptLookupNumTokens = o.promptLookup;
-  if (o.adapter !== undefined) {
-    try {
-      // Merged, so that decoding runs at full speed (the fused decoding step reads the weights alone).
-      const lora = await LoraModel.fromPretrained(model, o.adapter);
-      const r = lora.loraConfig.r;
-      lora.mergeAndUnload();
-      process.stderr.write(`merged the LoRA adapter in ${o.adapter} (r ${r})\n`);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-  }
 
   try {
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });

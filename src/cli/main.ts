@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict` and `convert` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert` and `serve` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -15,6 +15,7 @@ import { registerMergeLora } from './merge-lora';
 import { registerEvaluate } from './evaluate';
 import { registerPredict } from './predict';
 import { registerConvert } from './convert';
+import { registerServe } from './serve';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -57,6 +58,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerEvaluate(program);
   registerPredict(program);
   registerConvert(program);
+  registerServe(program);
   return program;
 }
 

@@ -11,6 +11,7 @@ import { NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceC
 import { answerQuestion, classifyText, classifyTokens } from '../../src/inference/classification';
 import { LoraModel } from '../../src/training/lora';
 import { fixtureDir } from '../helpers';
+import { copyCheckpoint, writeTinyTokenizer } from '../tiny-tokenizer';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 const PACKAGE = path.resolve(__dirname, '../../../package.json');
@@ -27,57 +28,6 @@ function cli(...args: string[]): Run {
   delete env.NEMOTRON_DEBUG;
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env, timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/**
- * A tokenizer.json with exactly the 96 ids of the tiny-gqa model: SentencePiece-style BPE over characters
- * (▁ for spaces), a few merges and some multi-byte characters, with <pad> <unk> <s> </s> = 0..3 as in the config.
- */
-function writeTinyTokenizer(dir: string): void {
-  const specials = ['<pad>', '<unk>', '<s>', '</s>'];
-  const chars = ['▁', ...'abcdefghijklmnopqrstuvwxyz', ...'ABCDEFGHIJKLMNOPQRSTUVWXYZ', ...'0123456789', ...'.,!?\'-:;()"'];
-  const merges = [['▁', 't'], ['h', 'e'], ['▁t', 'he'], ['▁', 'a'], ['i', 'n'], ['e', 'r'], ['a', 'n'], ['o', 'n']];
-  const multiByte = ['é', 'ü', 'ñ', 'ß', '中', '文', '日', '本', '€', '😀'];
-  const tokens = [...specials, ...chars, ...merges.map((m) => m.join('')), ...multiByte];
-  expect(tokens).to.have.length(96);
-  const tokenizer = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: specials.map((content, id) => ({
-      id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
-    })),
-    normalizer: {
-      type: 'Sequence',
-      normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }],
-    },
-    pre_tokenizer: null,
-    post_processor: null,
-    decoder: {
-      type: 'Sequence',
-      decoders: [
-        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
-        { type: 'Fuse' },
-        { type: 'Strip', content: ' ', start: 1, stop: 0 },
-      ],
-    },
-    model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: true, byte_fallback: false, ignore_merges: false,
-      vocab: Object.fromEntries(tokens.map((t, i) => [t, i])),
-      merges: merges.map((m) => m.join(' ')),
-    },
-  };
-  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer, null, 1));
-  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({
-    add_bos_token: true, add_eos_token: false, bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', pad_token: '<pad>',
-    clean_up_tokenization_spaces: false,
-  }, null, 1));
-}
-
-function copyCheckpoint(from: string, to: string, skip: string[] = []): void {
-  fs.mkdirSync(to, { recursive: true });
-  for (const f of fs.readdirSync(from)) if (!skip.includes(f)) fs.copyFileSync(path.join(from, f), path.join(to, f));
 }
 
 const STATS = /prompt: (\d+) tokens?, [\d.]+ tok\/s · generated: (\d+) tokens?, ([\d.]+|–) tok\/s · backend cpu/;

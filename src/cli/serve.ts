@@ -1,0 +1,78 @@
+/**
+ * `nemotron-tfjs serve --model DIR`: an OpenAI-compatible HTTP server (chat completions through the chat template,
+ * completions, models), as `transformers serve` offers; any OpenAI client or UI can talk to it.
+ */
+import * as path from 'path';
+import { Command } from 'commander';
+import { backendOption, integerArg, loadCausalLM } from './generate';
+import { createOpenAIServer, serverAddress } from '../serving/openai';
+
+export interface ServeCliOptions {
+  model: string;
+  adapter?: string;
+  backend?: string;
+  host: string;
+  port: number;
+  servedModelName?: string;
+  maxTokens: number;
+  maxRows: number;
+  quiet?: boolean;
+}
+
+/** Loads the model, listens, and resolves once the server has closed (SIGINT or SIGTERM close it). */
+export async function runServe(o: ServeCliOptions): Promise<void> {
+  const { model, tokenizer, backend } = await loadCausalLM(o.model, o);
+  const modelId = o.servedModelName ?? path.basename(path.resolve(o.model));
+  const server = createOpenAIServer(model, tokenizer, {
+    modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows,
+    log: o.quiet ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(e.code === 'EADDRINUSE'
+        ? `--port ${o.port}: the address ${o.host}:${o.port} is in use (pick another port, or 0 for a free one)` : `cannot listen on ${o.host}:${o.port}: ${e.message}`)));
+      server.listen(o.port, o.host, () => resolve());
+    });
+    // The first line on stdout is the address (scripts and tests read it; with --port 0 it names the port picked).
+    process.stdout.write(`serving ${modelId} on ${serverAddress(server)} (backend ${backend}; POST /v1/chat/completions, /v1/completions; GET /v1/models)\n`);
+    await new Promise<void>((resolve) => {
+      const stop = () => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('serve a causal LM over HTTP with OpenAI\'s API (chat completions, completions, models), streaming or not')
+    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors), or a GGUF file')
+    .option('--host <host>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
+    .option('--port <n>', 'port to listen on (0: a free one, printed)', integerArg('an integer in [0, 65535]', (n) => n >= 0 && n <= 65535), 8000)
+    .option('--served-model-name <name>', 'the model name clients give (default: the folder\'s name)')
+    .option('--max-tokens <n>', 'max_tokens of a chat request that gives none (capped by the context length)', integerArg('a positive integer', (n) => n > 0), 4096)
+    .option('--max-rows <n>', 'most rows (prompts × n) one request decodes together', integerArg('a positive integer', (n) => n > 0), 16)
+    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
+    .option('-q, --quiet', 'no line per request on stderr')
+    .addOption(backendOption())
+    .addHelpText('after', `
+Requests run one at a time, in arrival order; the rows of one request (a list of prompts, n > 1) decode together.
+Settings a request leaves out come from generation_config.json (greedy unless it samples); temperature 0 is greedy, any
+other temperature, top_p, top_k or min_p samples. Besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
+A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): logprobs, logit_bias,
+presence/frequency penalties, suffix, tool_choice other than auto/none, response formats other than text.
+
+Example:
+  nemotron-tfjs serve --model ./Nemotron-Mini-4B-Instruct --port 8000
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 64}'`)
+    .action(async (_opts: unknown, cmd: Command) => {
+      await runServe(cmd.optsWithGlobals() as ServeCliOptions);
+    });
+}

@@ -1,0 +1,481 @@
+/**
+ * An OpenAI-compatible HTTP server for a causal LM, as `transformers serve` and vLLM offer one: `/v1/chat/completions`
+ * (through the tokenizer's chat template), `/v1/completions`, `/v1/models`, `/health`; streamed answers as server-sent
+ * events. Requests run one after another (a generation holds the whole model); the rows of one request (several
+ * prompts, `n` choices) decode together as one batch.
+ *
+ * OpenAI's semantics where they differ from transformers': a stop string ends the text before it (the string is not
+ * returned), `temperature: 0` means greedy. Settings a request leaves out come from generation_config.json, as
+ * transformers' generate() takes them.
+ */
+import * as http from 'http';
+import { AddressInfo } from 'net';
+import { randomBytes } from 'crypto';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { GenerateOptions, generateStream } from '../generation/generate';
+import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
+
+export interface OpenAIServerOptions {
+  /** The name clients give as `model` (and `/v1/models` lists). A request naming another model gets a 404. */
+  modelId: string;
+  /** max_tokens of a chat request that gives none (OpenAI: the rest of the context); capped by the context. Default 4096. */
+  defaultMaxTokens?: number;
+  /** Most rows (prompts × n) one request may decode together. Default 16. */
+  maxRows?: number;
+  /** Largest request body accepted, in bytes. Default 8 MiB. */
+  maxBodyBytes?: number;
+  /** Each finished request, in a line (method, path, status, tokens, seconds). */
+  log?: (line: string) => void;
+}
+
+/** An error the client caused or may see: OpenAI's error object with an HTTP status. */
+export class OpenAIError extends Error {
+  constructor(readonly status: number, message: string, readonly param: string | null = null,
+    readonly type = status === 404 ? 'not_found_error' : status >= 500 ? 'server_error' : 'invalid_request_error',
+    readonly code: string | null = null) {
+    super(message);
+  }
+
+  toJSON(): object {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+type Body = Record<string, unknown>;
+type FinishReason = 'stop' | 'length';
+
+/** What a request asks to generate, once read and checked. */
+interface Job {
+  kind: 'chat' | 'completion';
+  /** The prompts' token ids (one for chat). */
+  prompts: number[][];
+  /** Text put before each choice's text (completions' echo), by prompt. */
+  echo: string[] | null;
+  n: number;
+  maxTokens: number;
+  stops: string[];
+  options: GenerateOptions;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+/** One choice being generated: its decoder and how much of its text went out. */
+interface Choice {
+  decoder: StreamDecoder;
+  text: string;
+  sent: number;
+  tokens: number;
+  finish: FinishReason | null;
+}
+
+const isObject = (v: unknown): v is Body => v !== null && typeof v === 'object' && !Array.isArray(v);
+const describe = (v: unknown): string => (typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v) ?? String(v));
+
+/** Reads an optional number field; null counts as absent (OpenAI clients send nulls). */
+function numberField(body: Body, name: string, expected: string, accept: (n: number) => boolean, integer = false): number | undefined {
+  const v = body[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || (integer && !Number.isInteger(v)) || !accept(v)) {
+    throw new OpenAIError(400, `${name} must be ${expected}, got ${describe(v)}`, name);
+  }
+  return v;
+}
+
+function booleanField(body: Body, name: string): boolean | undefined {
+  const v = body[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw new OpenAIError(400, `${name} must be true or false, got ${describe(v)}`, name);
+  return v;
+}
+
+/** `stop`: a string or a list of non-empty strings. */
+function stopField(body: Body): string[] {
+  const v = body.stop;
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || !list.every((s) => typeof s === 'string' && s.length > 0)) {
+    throw new OpenAIError(400, `stop must be a non-empty string or a list of them, got ${describe(v)}`, 'stop');
+  }
+  return list as string[];
+}
+
+/** The decoding settings of a request (OpenAI's names, plus top_k, min_p and repetition_penalty as vLLM takes them). */
+function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOptions {
+  for (const name of ['presence_penalty', 'frequency_penalty']) {
+    if (numberField(body, name, 'a number', () => true)) {
+      throw new OpenAIError(400, `${name} is not supported (transformers has no such processor); use repetition_penalty (> 1 penalizes repeats)`, name);
+    }
+  }
+  for (const name of ['logprobs', 'top_logprobs', 'logit_bias', 'suffix', 'best_of', 'tool_choice', 'response_format']) {
+    const v = body[name];
+    const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1) ||
+      (name === 'tool_choice' && (v === 'auto' || v === 'none')) || (name === 'response_format' && isObject(v) && v.type === 'text');
+    if (!harmless) throw new OpenAIError(400, `${name} ${describe(v)} is not supported by this server`, name);
+  }
+  const temperature = numberField(body, 'temperature', 'a number ≥ 0 (0 is greedy)', (n) => n >= 0);
+  const topP = numberField(body, 'top_p', 'a number in (0, 1]', (n) => n > 0 && n <= 1);
+  const topK = numberField(body, 'top_k', 'an integer ≥ -1 (-1 or 0: every token)', (n) => n >= -1, true);
+  const minP = numberField(body, 'min_p', 'a number in [0, 1]', (n) => n >= 0 && n <= 1);
+  const repetitionPenalty = numberField(body, 'repetition_penalty', 'a number > 0 (1: none)', (n) => n > 0);
+  const seed = numberField(body, 'seed', 'an integer', Number.isSafeInteger, true);
+  const options: GenerateOptions = { numBeams: 1, numReturnSequences: 1, tokenizer };
+  // OpenAI samples unless temperature is 0; a request that names no sampling setting decodes as generation_config.json says.
+  const samplingGiven = topP !== undefined || topK !== undefined || minP !== undefined;
+  if (temperature === 0) options.doSample = false;
+  else if (temperature !== undefined || samplingGiven) options.doSample = true;
+  if (temperature !== undefined && temperature > 0) options.temperature = temperature;
+  if (topP !== undefined) options.topP = topP;
+  if (topK !== undefined) options.topK = Math.max(0, topK);
+  if (minP !== undefined) options.minP = minP;
+  if (repetitionPenalty !== undefined) options.repetitionPenalty = repetitionPenalty;
+  if (seed !== undefined) options.seed = seed;
+  return options;
+}
+
+/** A chat message's content as the template takes it: a string (OpenAI's text parts joined; null as ''). */
+function messageContent(content: unknown, i: number): string {
+  if (content === null || content === undefined) return '';
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) {
+    return content.map((part, j) => {
+      if (isObject(part) && part.type === 'text' && typeof part.text === 'string') return part.text;
+      const kind = isObject(part) ? describe(part.type) : describe(part);
+      throw new OpenAIError(400, `messages[${i}].content[${j}] is a ${kind} part; this model reads text parts only`, `messages[${i}].content`);
+    }).join('');
+  }
+  throw new OpenAIError(400, `messages[${i}].content must be a string, null or a list of text parts, got ${describe(content)}`, `messages[${i}].content`);
+}
+
+function chatMessages(body: Body): ChatMessage[] {
+  const messages = body.messages;
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new OpenAIError(400, `messages must be a non-empty list of {role, content}, got ${describe(messages)}`, 'messages');
+  }
+  return messages.map((m, i) => {
+    if (!isObject(m) || typeof m.role !== 'string') throw new OpenAIError(400, `messages[${i}] must be an object with a string role, got ${describe(m)}`, `messages[${i}]`);
+    return { ...m, role: m.role, content: messageContent(m.content, i) };
+  });
+}
+
+/** Completions' prompt: a string, a list of strings, a list of token ids, or a list of those. */
+function completionPrompts(body: Body, tokenizer: NemotronTokenizer, vocabSize: number): { ids: number[][]; texts: string[] } {
+  const p = body.prompt;
+  const isIds = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'number');
+  let list: Array<string | number[]>;
+  if (typeof p === 'string' || isIds(p)) list = [p];
+  else if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === 'string' || isIds(x))) list = p as Array<string | number[]>;
+  else throw new OpenAIError(400, `prompt must be a string, a list of strings, a list of token ids or a list of those, got ${describe(p)}`, 'prompt');
+  const ids = list.map((item, i) => {
+    if (typeof item === 'string') return tokenizer.encode(item);
+    const bad = item.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
+    if (bad >= 0) throw new OpenAIError(400, `prompt${list.length > 1 ? `[${i}]` : ''}[${bad}] = ${item[bad]} is not a token id in [0, ${vocabSize})`, 'prompt');
+    return item;
+  });
+  ids.forEach((row, i) => {
+    if (row.length === 0) throw new OpenAIError(400, `prompt${list.length > 1 ? `[${i}]` : ''} encodes to no tokens`, 'prompt');
+  });
+  return { ids, texts: list.map((item) => (typeof item === 'string' ? item : tokenizer.decode(item, { skipSpecialTokens: true }))) };
+}
+
+/** Index of the first stop string in `text`, searching from `from`, or -1. */
+function firstStop(text: string, stops: string[], from: number): number {
+  let best = -1;
+  for (const s of stops) {
+    const at = text.indexOf(s, Math.max(0, from));
+    if (at >= 0 && (best < 0 || at < best)) best = at;
+  }
+  return best;
+}
+
+/** Length of the longest tail of `text` that begins some stop string (held back: the next token may complete it). */
+function stopPrefixTail(text: string, stops: string[]): number {
+  let hold = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > hold; k--) {
+      if (text.endsWith(s.slice(0, k))) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+/**
+ * The request handler of an OpenAI-compatible server for `model` and `tokenizer` (see the module comment); mount it
+ * with `http.createServer(handler)`, or use {@link createOpenAIServer}.
+ */
+export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.RequestListener {
+  const created = Math.floor(Date.now() / 1000);
+  const maxRows = options.maxRows ?? 16;
+  const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
+  const context = model.config.maxSequenceLength;
+  let queue: Promise<void> = Promise.resolve();
+
+  /** Runs jobs one after another, in arrival order. */
+  const exclusive = <T>(job: () => Promise<T>): Promise<T> => {
+    const run = queue.then(job);
+    queue = run.then(() => undefined, () => undefined);
+    return run;
+  };
+
+  const modelCard = () => ({ id: options.modelId, object: 'model', created, owned_by: 'nemotron-tfjs' });
+
+  function checkModel(body: Body): void {
+    if (body.model !== undefined && body.model !== null && body.model !== options.modelId) {
+      throw new OpenAIError(404, `The model ${describe(body.model)} does not exist; this server serves ${JSON.stringify(options.modelId)}`, 'model', 'invalid_request_error', 'model_not_found');
+    }
+  }
+
+  /** Reads and checks a generation request, before it waits for the model. */
+  function readJob(kind: Job['kind'], body: Body): Job {
+    checkModel(body);
+    const decoding = decodingOptions(body, tokenizer);
+    const stream = booleanField(body, 'stream') ?? false;
+    const streamOptions = body.stream_options;
+    if (streamOptions !== undefined && streamOptions !== null && !isObject(streamOptions)) {
+      throw new OpenAIError(400, `stream_options must be an object, got ${describe(streamOptions)}`, 'stream_options');
+    }
+    const includeUsage = isObject(streamOptions) && streamOptions.include_usage === true;
+    const n = numberField(body, 'n', `an integer in [1, ${maxRows}]`, (v) => v >= 1 && v <= maxRows, true) ?? 1;
+    // generation_config.json's stop_strings join the request's, with OpenAI's semantics (the string is not returned).
+    const fileStops = model.generationConfig?.stop_strings;
+    const stops = [...stopField(body), ...(typeof fileStops === 'string' ? [fileStops] : Array.isArray(fileStops) ? fileStops.filter((s): s is string => typeof s === 'string' && s.length > 0) : [])];
+    decoding.stopStrings = [];
+    let prompts: number[][];
+    let echo: string[] | null = null;
+    const maxTokensName = kind === 'chat' && body.max_completion_tokens !== undefined && body.max_completion_tokens !== null ? 'max_completion_tokens' : 'max_tokens';
+    const requested = numberField(body, maxTokensName, 'a positive integer', (v) => v >= 1, true);
+    if (kind === 'chat') {
+      const messages = chatMessages(body);
+      const tools = body.tools;
+      if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw new OpenAIError(400, `tools must be a list, got ${describe(tools)}`, 'tools');
+      let ids: number[];
+      try {
+        ids = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, ...(Array.isArray(tools) ? { tools: tools as object[] } : {}) });
+      } catch (e) {
+        throw new OpenAIError(400, (e as Error).message, 'messages');
+      }
+      if (ids.length === 0) throw new OpenAIError(400, 'the chat template renders these messages to no tokens', 'messages');
+      prompts = [ids];
+    } else {
+      const read = completionPrompts(body, tokenizer, model.config.vocabSize);
+      prompts = read.ids;
+      if (booleanField(body, 'echo')) echo = read.texts;
+    }
+    if (prompts.length * n > maxRows) {
+      throw new OpenAIError(400, `${prompts.length} prompts × n ${n} = ${prompts.length * n} rows; this server decodes at most ${maxRows} a request`, 'n');
+    }
+    const longest = Math.max(...prompts.map((p) => p.length));
+    const room = context - longest;
+    // OpenAI's default: chat runs to the end of the context, completions write 16 tokens.
+    const maxTokens = requested ?? (kind === 'chat' ? Math.min(options.defaultMaxTokens ?? 4096, room) : 16);
+    if (room < 1 || longest + maxTokens > context) {
+      const where = kind === 'chat' ? 'in the messages' : 'in the prompt';
+      throw new OpenAIError(400, `This model's maximum context length is ${context} tokens. However, you requested ${longest + maxTokens} tokens ` +
+        `(${longest} ${where}, ${maxTokens} for the completion). Please reduce the length of the ${kind === 'chat' ? 'messages' : 'prompt'} or completion.`,
+        requested !== undefined ? maxTokensName : kind === 'chat' ? 'messages' : 'prompt', 'invalid_request_error', 'context_length_exceeded');
+    }
+    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage };
+  }
+
+  /**
+   * Decodes a job's rows together (prompts left-padded), feeding each choice's text to `onText` as it becomes final
+   * (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
+   */
+  async function run(job: Job, onText: (index: number, text: string) => void, aborted: () => boolean): Promise<Choice[]> {
+    const rows = job.prompts.flatMap((p) => Array.from({ length: job.n }, () => p));
+    const width = Math.max(...rows.map((r) => r.length));
+    const pad = model.config.padTokenId ?? 0;
+    const inputIds = rows.map((r) => [...new Array<number>(width - r.length).fill(pad), ...r]);
+    const attentionMask = rows.map((r) => [...new Array<number>(width - r.length).fill(0), ...r.map(() => 1)]);
+    const choices: Choice[] = rows.map((row) => {
+      // The prompt goes through the decoder first (its text discarded), so that the answer's first token decodes as it
+      // does after the prompt (a SentencePiece decoder strips the leading space of a text's start only).
+      const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+      for (const id of row) decoder.push(id);
+      return { decoder, text: '', sent: 0, tokens: 0, finish: null };
+    });
+    const longestStop = Math.max(0, ...job.stops.map((s) => s.length));
+    const send = (i: number, upTo: number) => {
+      const c = choices[i];
+      if (upTo > c.sent) onText(i, c.text.slice(c.sent, upTo));
+      c.sent = Math.max(c.sent, upTo);
+    };
+    const stream = generateStream(model, inputIds, { ...job.options, maxNewTokens: job.maxTokens, attentionMask });
+    try {
+      for await (const step of stream) {
+        step.tokens.forEach((token, i) => {
+          const c = choices[i];
+          if (c.finish) return;
+          c.tokens++;
+          const before = c.text.length;
+          if (step.finished[i]) {
+            // EOS: its text is not part of the answer.
+            c.text += c.decoder.flush();
+            c.finish = 'stop';
+          } else {
+            c.text += c.decoder.push(token);
+            if (c.tokens === job.maxTokens) {
+              c.text += c.decoder.flush();
+              c.finish = 'length';
+            }
+          }
+          const at = job.stops.length ? firstStop(c.text, job.stops, before - longestStop + 1) : -1;
+          if (at >= 0) {
+            c.text = c.text.slice(0, at);
+            c.finish = 'stop';
+          }
+          send(i, c.finish ? c.text.length : c.text.length - stopPrefixTail(c.text, job.stops));
+        });
+        if (choices.every((c) => c.finish) || aborted()) break;
+      }
+    } finally {
+      // Ends the generation (frees its KV cache) when a stop string or the client ended it early.
+      await stream.return();
+    }
+    return choices;
+  }
+
+  const usage = (job: Job, choices: Choice[]) => {
+    const promptTokens = job.prompts.reduce((s, p) => s + p.length, 0);
+    const completionTokens = choices.reduce((s, c) => s + c.tokens, 0);
+    return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  };
+
+  async function generation(job: Job, req: http.IncomingMessage, res: http.ServerResponse): Promise<number> {
+    const id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
+    const stamp = Math.floor(Date.now() / 1000);
+    const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion';
+    let closed = false;
+    res.on('close', () => {
+      closed = !res.writableFinished;
+    });
+    const echoOf = (i: number) => (job.echo ? job.echo[Math.floor(i / job.n)] : '');
+    if (!job.stream) {
+      const choices = await exclusive(() => run(job, () => undefined, () => closed));
+      const body = {
+        id, object, created: stamp, model: options.modelId,
+        choices: choices.map((c, index) => (job.kind === 'chat'
+          ? { index, message: { role: 'assistant', content: c.text }, logprobs: null, finish_reason: c.finish ?? 'length' }
+          : { index, text: echoOf(index) + c.text, logprobs: null, finish_reason: c.finish ?? 'length' })),
+        usage: usage(job, choices),
+      };
+      sendJson(res, 200, body);
+      return body.usage.completion_tokens;
+    }
+    res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+    const chunkObject = job.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
+    const event = (choices: object[], extra: object = {}) => {
+      if (!closed) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: stamp, model: options.modelId, choices, ...extra })}\n\n`);
+    };
+    const rowCount = job.prompts.length * job.n;
+    const piece = (index: number, text: string, finish: FinishReason | null) => (job.kind === 'chat'
+      ? { index, delta: text ? { content: text } : {}, logprobs: null, finish_reason: finish }
+      : { index, text, logprobs: null, finish_reason: finish });
+    const choices = await exclusive(async () => {
+      if (closed) return [];
+      for (let index = 0; index < rowCount; index++) {
+        if (job.kind === 'chat') event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+        else if (job.echo) event([piece(index, echoOf(index), null)]);
+      }
+      return run(job, (index, text) => event([piece(index, text, null)]), () => closed);
+    });
+    choices.forEach((c, index) => event([piece(index, '', c.finish ?? 'length')]));
+    if (job.includeUsage && choices.length) event([], { usage: usage(job, choices) });
+    if (!closed) res.end('data: [DONE]\n\n');
+    return choices.reduce((s, c) => s + c.tokens, 0);
+  }
+
+  async function route(req: http.IncomingMessage, res: http.ServerResponse): Promise<number> {
+    const url = (req.url ?? '/').split('?')[0].replace(/\/+$/, '') || '/';
+    const get = req.method === 'GET' || req.method === 'HEAD';
+    if (url === '/health' && get) {
+      sendJson(res, 200, { status: 'ok' });
+      return 0;
+    }
+    if (url === '/v1/models' && get) {
+      sendJson(res, 200, { object: 'list', data: [modelCard()] });
+      return 0;
+    }
+    if (url.startsWith('/v1/models/') && get) {
+      const name = decodeURIComponent(url.slice('/v1/models/'.length));
+      if (name !== options.modelId) throw new OpenAIError(404, `The model ${JSON.stringify(name)} does not exist; this server serves ${JSON.stringify(options.modelId)}`, 'model', 'invalid_request_error', 'model_not_found');
+      sendJson(res, 200, modelCard());
+      return 0;
+    }
+    const kind = url === '/v1/chat/completions' ? 'chat' : url === '/v1/completions' ? 'completion' : null;
+    if (kind === null) {
+      const known = ['/v1/chat/completions', '/v1/completions', '/v1/models', '/health'];
+      if (known.includes(url) || url.startsWith('/v1/models/')) throw new OpenAIError(405, `${req.method} is not allowed on ${url}`);
+      throw new OpenAIError(404, `No route ${req.method} ${url}; this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health`);
+    }
+    if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
+    const body = await readBody(req, maxBody);
+    return generation(readJob(kind, body), req, res);
+  }
+
+  return (req, res) => {
+    const start = Date.now();
+    route(req, res).then((tokens) => {
+      options.log?.(`${req.method} ${req.url} ${res.statusCode} · ${tokens} tokens · ${((Date.now() - start) / 1000).toFixed(2)} s`);
+    }, (e: unknown) => {
+      const error = e instanceof OpenAIError ? e : new OpenAIError(500, `internal error: ${(e as Error)?.message ?? String(e)}`);
+      if (res.headersSent) {
+        // A streamed answer that failed midway: say so in the stream, as OpenAI's API does.
+        if (!res.writableEnded) res.end(`data: ${JSON.stringify(error)}\n\n`);
+      } else {
+        sendJson(res, error.status, error);
+      }
+      options.log?.(`${req.method} ${req.url} ${error.status} · ${error.message}`);
+    });
+  };
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: object): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The request's JSON object, or a 400/413 that says what is wrong with it. */
+function readBody(req: http.IncomingMessage, limit: number): Promise<Body> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        reject(new OpenAIError(413, `the request body is larger than ${limit} bytes`));
+        req.destroy();
+      } else {
+        parts.push(chunk);
+      }
+    });
+    req.on('error', reject);
+    req.on('end', () => {
+      let value: unknown;
+      try {
+        value = JSON.parse(Buffer.concat(parts).toString('utf8'));
+      } catch (e) {
+        reject(new OpenAIError(400, `the request body is not valid JSON: ${(e as Error).message}`));
+        return;
+      }
+      if (!isObject(value)) reject(new OpenAIError(400, `the request body must be a JSON object, got ${describe(value)}`));
+      else resolve(value);
+    });
+  });
+}
+
+/** An http.Server with {@link openAIHandler}; `listen` it (port 0 picks a free port, see {@link serverAddress}). */
+export function createOpenAIServer(model: NemotronForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.Server {
+  return http.createServer(openAIHandler(model, tokenizer, options));
+}
+
+/** The URL a listening server answers on. */
+export function serverAddress(server: http.Server): string {
+  const address = server.address() as AddressInfo | null;
+  if (!address) throw new Error('the server is not listening');
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return `http://${host}:${address.port}`;
+}

@@ -1,0 +1,378 @@
+import * as fs from 'fs';
+import * as http from 'http';
+import * as path from 'path';
+import { spawn, spawnSync } from 'child_process';
+import * as tf from '@tensorflow/tfjs';
+import { expect } from 'chai';
+import { setBackend } from '../../src/backends';
+import { NemotronTokenizer } from '../../src/tokenizer';
+import { GenerateOptions, generate } from '../../src/generation/generate';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { createOpenAIServer, serverAddress } from '../../src/serving/openai';
+import { fixtureDir, tmpDir } from '../helpers';
+import { copyCheckpoint, writeTinyTokenizer } from '../tiny-tokenizer';
+
+const ROOT = path.resolve(__dirname, '../../..');
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+const PYTHON = process.env.NEMOTRON_REF_PYTHON ?? path.join(ROOT, '.venv-ref/bin/python');
+// Only characters of the tiny vocabulary (no newline).
+const CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}; {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+const MODEL_ID = 'tiny-nemotron';
+
+type Json = Record<string, any>;
+
+interface Reply {
+  status: number;
+  json: Json;
+}
+
+/** Server-sent events of a streamed answer: the JSON of each `data:` line, and whether it ended with [DONE]. */
+interface Events {
+  status: number;
+  chunks: Json[];
+  done: boolean;
+}
+
+describe('OpenAI-compatible server (serve)', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let lm: NemotronForCausalLM;
+  let tokenizer: NemotronTokenizer;
+  let server: http.Server;
+  let base: string;
+
+  async function post(route: string, body: unknown): Promise<Reply> {
+    const r = await fetch(base + route, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+    return { status: r.status, json: await r.json() as Json };
+  }
+
+  async function stream(route: string, body: Json): Promise<Events> {
+    const r = await fetch(base + route, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
+    expect(r.headers.get('content-type')).to.match(/^text\/event-stream/);
+    const text = await r.text();
+    const events = text.split('\n\n').filter((e) => e.length > 0);
+    for (const e of events) expect(e.startsWith('data: '), e).to.equal(true);
+    const data = events.map((e) => e.slice('data: '.length));
+    const done = data[data.length - 1] === '[DONE]';
+    return { status: r.status, chunks: (done ? data.slice(0, -1) : data).map((d) => JSON.parse(d) as Json), done };
+  }
+
+  /** The greedy (or given) continuation of `ids` as our generate() makes it: its tokens and their text after the prompt. */
+  async function continuation(ids: number[], options: GenerateOptions): Promise<{ tokens: number[]; text: string }> {
+    const out = await generate(lm, [ids], options);
+    const tokens = out.sequences[0].slice(ids.length);
+    const prompt = tokenizer.decode(ids, { skipSpecialTokens: true });
+    return { tokens, text: tokenizer.decode([...ids, ...tokens], { skipSpecialTokens: true }).slice(prompt.length) };
+  }
+
+  before(async () => {
+    dir = tmpDir('serve');
+    copyCheckpoint(fixtureDir('tiny-gqa', 'causal-lm'), path.join(dir, 'tiny'));
+    writeTinyTokenizer(path.join(dir, 'tiny'));
+    const configFile = path.join(dir, 'tiny', 'tokenizer_config.json');
+    fs.writeFileSync(configFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(configFile, 'utf8')), chat_template: CHAT_TEMPLATE }));
+    await setBackend('cpu');
+    tokenizer = await NemotronTokenizer.fromPretrained(path.join(dir, 'tiny'));
+    lm = await NemotronForCausalLM.fromPretrained(path.join(dir, 'tiny'));
+    server = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, maxRows: 8 });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = serverAddress(server);
+  });
+
+  after(async () => {
+    if (server) await new Promise((resolve) => server.close(resolve));
+    lm?.dispose();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('GET /v1/models lists the model, /v1/models/{id} names it, /health answers', async () => {
+    const models = await (await fetch(`${base}/v1/models`)).json() as Json;
+    expect(models.object).to.equal('list');
+    expect(models.data.map((m: Json) => m.id)).to.deep.equal([MODEL_ID]);
+    expect(models.data[0].object).to.equal('model');
+    const card = await fetch(`${base}/v1/models/${MODEL_ID}`);
+    expect(card.status).to.equal(200);
+    expect((await card.json() as Json).id).to.equal(MODEL_ID);
+    const missing = await fetch(`${base}/v1/models/gpt-4`);
+    expect(missing.status).to.equal(404);
+    expect((await missing.json() as Json).error.message).to.contain('"gpt-4" does not exist');
+    expect(await (await fetch(`${base}/health`)).json()).to.deep.equal({ status: 'ok' });
+  });
+
+  it('completions, temperature 0: the greedy continuation of generate(), with usage and finish_reason length', async () => {
+    const prompt = 'Hello the world';
+    const ids = tokenizer.encode(prompt);
+    const expected = await continuation(ids, { maxNewTokens: 8, doSample: false });
+    const { status, json } = await post('/v1/completions', { model: MODEL_ID, prompt, max_tokens: 8, temperature: 0 });
+    expect(status, JSON.stringify(json)).to.equal(200);
+    expect(json.object).to.equal('text_completion');
+    expect(json.id).to.match(/^cmpl-/);
+    expect(json.model).to.equal(MODEL_ID);
+    expect(json.choices).to.have.length(1);
+    expect(json.choices[0].text).to.equal(expected.text);
+    expect(json.choices[0].finish_reason).to.equal('length');
+    expect(json.usage).to.deep.equal({ prompt_tokens: ids.length, completion_tokens: 8, total_tokens: ids.length + 8 });
+    // echo: the prompt's text before the answer; a prompt of token ids is the same prompt.
+    const echoed = await post('/v1/completions', { prompt: ids, max_tokens: 8, temperature: 0, echo: true });
+    expect(echoed.json.choices[0].text).to.equal(prompt + expected.text);
+    // An answer whose first token begins a word keeps its space (decoded after the prompt, not alone).
+    const spaced = await continuation(tokenizer.encode('What is it'), { maxNewTokens: 3, doSample: false });
+    expect(spaced.text.startsWith(' ')).to.equal(true);
+    const reply = await post('/v1/completions', { prompt: 'What is it', max_tokens: 3, temperature: 0 });
+    expect(reply.json.choices[0].text).to.equal(spaced.text);
+  });
+
+  it('completions streamed: the same text in chunks, then [DONE]; include_usage adds a usage chunk', async () => {
+    const prompt = 'Once upon a time';
+    const { json } = await post('/v1/completions', { prompt, max_tokens: 12, temperature: 0 });
+    const events = await stream('/v1/completions', { prompt, max_tokens: 12, temperature: 0, stream_options: { include_usage: true } });
+    expect(events.status).to.equal(200);
+    expect(events.done).to.equal(true);
+    const usage = events.chunks.filter((c) => c.usage);
+    expect(usage).to.have.length(1);
+    expect(usage[0].choices).to.deep.equal([]);
+    expect(usage[0].usage).to.deep.equal(json.usage);
+    const pieces = events.chunks.filter((c) => !c.usage);
+    expect(pieces.length).to.be.greaterThan(2);
+    expect(pieces.every((c) => c.object === 'text_completion' && c.id === pieces[0].id)).to.equal(true);
+    expect(pieces.map((c) => c.choices[0].text).join('')).to.equal(json.choices[0].text);
+    expect(pieces.slice(0, -1).every((c) => c.choices[0].finish_reason === null)).to.equal(true);
+    expect(pieces[pieces.length - 1].choices[0].finish_reason).to.equal('length');
+  });
+
+  it('chat completions: the chat template rendered with the assistant turn opened, then greedy decoding; streamed the same', async () => {
+    const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'What is the answer?' }];
+    const ids = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+    const expected = await continuation(ids, { maxNewTokens: 10, doSample: false });
+    const { status, json } = await post('/v1/chat/completions', { model: MODEL_ID, messages, max_tokens: 10, temperature: 0 });
+    expect(status, JSON.stringify(json)).to.equal(200);
+    expect(json.object).to.equal('chat.completion');
+    expect(json.id).to.match(/^chatcmpl-/);
+    expect(json.choices[0].message).to.deep.equal({ role: 'assistant', content: expected.text });
+    expect(json.choices[0].finish_reason).to.equal('length');
+    expect(json.usage.prompt_tokens).to.equal(ids.length);
+    // OpenAI's content parts, and max_completion_tokens, read the same.
+    const parts = messages.map((m) => ({ role: m.role, content: [{ type: 'text', text: m.content }] }));
+    const again = await post('/v1/chat/completions', { messages: parts, max_completion_tokens: 10, temperature: 0 });
+    expect(again.json.choices[0].message.content).to.equal(expected.text);
+
+    const events = await stream('/v1/chat/completions', { messages, max_tokens: 10, temperature: 0 });
+    expect(events.done).to.equal(true);
+    expect(events.chunks.every((c) => c.object === 'chat.completion.chunk')).to.equal(true);
+    expect(events.chunks[0].choices[0].delta).to.deep.equal({ role: 'assistant', content: '' });
+    expect(events.chunks.map((c) => c.choices[0].delta.content ?? '').join('')).to.equal(expected.text);
+    expect(events.chunks[events.chunks.length - 1].choices[0]).to.include({ finish_reason: 'length' });
+  });
+
+  it('stop: the text ends before the first stop string (not returned), finish_reason stop, streamed without any of it', async () => {
+    const prompt = 'The cat sat';
+    const full = (await continuation(tokenizer.encode(prompt), { maxNewTokens: 24, doSample: false })).text;
+    expect(full.length).to.be.greaterThan(8);
+    const stop = full.slice(5, 7);
+    const expected = full.slice(0, full.indexOf(stop));
+    const { json } = await post('/v1/completions', { prompt, max_tokens: 24, temperature: 0, stop: [stop, 'never-in-the-text'] });
+    expect(json.choices[0].text).to.equal(expected);
+    expect(json.choices[0].finish_reason).to.equal('stop');
+    expect(json.usage.completion_tokens).to.be.lessThan(24);
+    const events = await stream('/v1/completions', { prompt, max_tokens: 24, temperature: 0, stop });
+    const texts = events.chunks.map((c) => c.choices[0].text as string);
+    expect(texts.join('')).to.equal(expected);
+    expect(events.chunks[events.chunks.length - 1].choices[0].finish_reason).to.equal('stop');
+    // Nothing of the stop string went out, not even its first character where it began a chunk.
+    expect(texts.join('').length).to.equal(expected.length);
+  });
+
+  it('EOS ends a choice with finish_reason stop, its text not returned', async () => {
+    const prompt = 'Hello';
+    const ids = tokenizer.encode(prompt);
+    const greedy = await continuation(ids, { maxNewTokens: 6, doSample: false });
+    // A generation_config.json that makes the fourth greedy token the EOS.
+    const eos = greedy.tokens[3];
+    const eosDir = path.join(dir, 'eos');
+    copyCheckpoint(path.join(dir, 'tiny'), eosDir);
+    fs.writeFileSync(path.join(eosDir, 'generation_config.json'), JSON.stringify({ eos_token_id: eos }));
+    const model = await NemotronForCausalLM.fromPretrained(eosDir);
+    const eosServer = createOpenAIServer(model, tokenizer, { modelId: 'eos' });
+    await new Promise<void>((resolve) => eosServer.listen(0, '127.0.0.1', resolve));
+    try {
+      const first = greedy.tokens.indexOf(eos);
+      const r = await fetch(`${serverAddress(eosServer)}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt, max_tokens: 6, temperature: 0 }) });
+      const json = await r.json() as Json;
+      const kept = greedy.tokens.slice(0, first);
+      expect(json.choices[0].text).to.equal(tokenizer.decode([...ids, ...kept], { skipSpecialTokens: true }).slice(prompt.length));
+      expect(json.choices[0].finish_reason).to.equal('stop');
+      expect(json.usage.completion_tokens).to.equal(first + 1);
+    } finally {
+      await new Promise((resolve) => eosServer.close(resolve));
+      model.dispose();
+    }
+  });
+
+  it('several prompts and n choices decode as one left-padded batch: each choice equals its prompt alone', async () => {
+    const prompts = ['Hello the world', 'Hi'];
+    const alone = await Promise.all(prompts.map((p) => continuation(tokenizer.encode(p), { maxNewTokens: 6, doSample: false })));
+    const { json } = await post('/v1/completions', { prompt: prompts, n: 2, max_tokens: 6, temperature: 0 });
+    expect(json.choices.map((c: Json) => c.index)).to.deep.equal([0, 1, 2, 3]);
+    expect(json.choices.map((c: Json) => c.text)).to.deep.equal([alone[0].text, alone[0].text, alone[1].text, alone[1].text]);
+    const promptTokens = prompts.reduce((s, p) => s + tokenizer.encode(p).length, 0);
+    expect(json.usage).to.deep.equal({ prompt_tokens: promptTokens, completion_tokens: 24, total_tokens: promptTokens + 24 });
+  });
+
+  it('sampling: the seed decides the text, as generate() samples it; n samples differ', async () => {
+    const prompt = 'Once';
+    const settings = { temperature: 1.3, top_p: 0.95, seed: 7 };
+    const expected = await continuation(tokenizer.encode(prompt), { maxNewTokens: 10, doSample: true, temperature: 1.3, topP: 0.95, seed: 7 });
+    const a = await post('/v1/completions', { prompt, max_tokens: 10, ...settings });
+    const b = await post('/v1/completions', { prompt, max_tokens: 10, ...settings });
+    expect(a.json.choices[0].text).to.equal(expected.text);
+    expect(b.json.choices[0].text).to.equal(expected.text);
+    const several = await post('/v1/completions', { prompt, max_tokens: 10, n: 4, ...settings });
+    expect(new Set(several.json.choices.map((c: Json) => c.text)).size).to.be.greaterThan(1);
+  });
+
+  it('bad requests get OpenAI error objects that name the field and what was expected', async () => {
+    const cases: Array<[unknown, number, RegExp, string | null]> = [
+      ['{not json', 400, /not valid JSON/, null],
+      [[1, 2], 400, /must be a JSON object/, null],
+      [{ prompt: 'Hi', temperature: -1 }, 400, /temperature must be a number ≥ 0 .*got -1/, 'temperature'],
+      [{ prompt: 'Hi', top_p: 1.5 }, 400, /top_p must be a number in \(0, 1\], got 1.5/, 'top_p'],
+      [{ prompt: 'Hi', max_tokens: 0 }, 400, /max_tokens must be a positive integer, got 0/, 'max_tokens'],
+      [{ prompt: 'Hi', max_tokens: 70 }, 400, /maximum context length is 64 tokens\. However, you requested 74 tokens \(4 in the prompt, 70 for the completion\)/, 'max_tokens'],
+      [{ prompt: 'Hi', n: 9 }, 400, /n must be an integer in \[1, 8\], got 9/, 'n'],
+      [{ prompt: ['a', 'b', 'c'], n: 3 }, 400, /3 prompts × n 3 = 9 rows/, 'n'],
+      [{ prompt: [5, 500] }, 400, /prompt\[1\] = 500 is not a token id in \[0, 96\)/, 'prompt'],
+      [{ prompt: 3 }, 400, /prompt must be a string/, 'prompt'],
+      [{ prompt: 'Hi', stop: [''] }, 400, /stop must be a non-empty string/, 'stop'],
+      [{ prompt: 'Hi', logprobs: 2 }, 400, /logprobs 2 is not supported/, 'logprobs'],
+      [{ prompt: 'Hi', presence_penalty: 0.5 }, 400, /presence_penalty is not supported.*repetition_penalty/, 'presence_penalty'],
+      [{ prompt: 'Hi', model: 'gpt-4o' }, 404, /"gpt-4o" does not exist; this server serves "tiny-nemotron"/, 'model'],
+    ];
+    for (const [body, status, message, param] of cases) {
+      const r = await post('/v1/completions', body);
+      expect(r.status, JSON.stringify(body)).to.equal(status);
+      expect(r.json.error.message, JSON.stringify(body) + ' → ' + r.json.error.message).to.match(message);
+      expect(r.json.error.param, JSON.stringify(body)).to.equal(param);
+    }
+    const image = await post('/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] });
+    expect(image.status).to.equal(400);
+    expect(image.json.error.message).to.equal('messages[0].content[0] is a "image_url" part; this model reads text parts only');
+    const noMessages = await post('/v1/chat/completions', { messages: [] });
+    expect(noMessages.json.error.message).to.match(/messages must be a non-empty list/);
+    const unknown = await fetch(`${base}/v1/embeddings`, { method: 'POST', body: '{}' });
+    expect(unknown.status).to.equal(404);
+    const wrongMethod = await fetch(`${base}/v1/completions`);
+    expect(wrongMethod.status).to.equal(405);
+  });
+
+  it('a chat request without a chat template is refused with the tokenizer\'s reason', async () => {
+    const plain = await NemotronTokenizer.fromPretrained(path.join(dir, 'tiny'));
+    const bare = await NemotronTokenizer.fromJSON(plain.tokenizerJson(), { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', add_bos_token: true });
+    const other = createOpenAIServer(lm, bare, { modelId: 'bare' });
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+    try {
+      const r = await fetch(`${serverAddress(other)}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }] }) });
+      expect(r.status).to.equal(400);
+      expect(((await r.json()) as Json).error.message).to.match(/no chat template/);
+    } finally {
+      await new Promise((resolve) => other.close(resolve));
+    }
+  });
+
+  it('requests at once are answered one after another, each right; a client that leaves mid-stream frees the generation', async () => {
+    const before = tf.memory().numTensors;
+    const prompts = ['Hello', 'The cat', 'Once upon'];
+    const expected = await Promise.all(prompts.map((p) => continuation(tokenizer.encode(p), { maxNewTokens: 8, doSample: false })));
+    const replies = await Promise.all(prompts.map((prompt) => post('/v1/completions', { prompt, max_tokens: 8, temperature: 0 })));
+    expect(replies.map((r) => r.json.choices[0].text)).to.deep.equal(expected.map((e) => e.text));
+    // A streamed request abandoned after its first chunk: the server stops generating and frees the KV cache.
+    const controller = new AbortController();
+    const r = await fetch(`${base}/v1/completions`, {
+      method: 'POST', signal: controller.signal, body: JSON.stringify({ prompt: 'Hello', max_tokens: 60, temperature: 0, stream: true }),
+    });
+    const reader = r.body!.getReader();
+    await reader.read();
+    controller.abort();
+    await reader.read().catch(() => undefined);
+    // The next request waits for the abandoned one to end, then runs.
+    const after = await post('/v1/completions', { prompt: 'Hello', max_tokens: 8, temperature: 0 });
+    expect(after.json.choices[0].text).to.equal(expected[0].text);
+    expect(tf.memory().numTensors).to.equal(before);
+  });
+
+  it('the CLI serves a checkpoint folder (--port 0 prints the address) and stops on SIGTERM', async () => {
+    const env = { ...process.env };
+    delete env.NEMOTRON_DEBUG;
+    const child = spawn(process.execPath, [CLI, 'serve', '--model', path.join(dir, 'tiny'), '--port', '0', '--backend', 'cpu', '--served-model-name', 'tiny-cli'], { env });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    try {
+      const address = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = out.match(/serving tiny-cli on (http:\/\/[\d.]+:\d+)/);
+          if (m) resolve(m[1]);
+        });
+        child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
+      });
+      const models = await (await fetch(`${address}/v1/models`)).json() as Json;
+      expect(models.data[0].id).to.equal('tiny-cli');
+      const ids = tokenizer.encode('Hello');
+      const expected = await continuation(ids, { maxNewTokens: 5, doSample: false });
+      const r = await fetch(`${address}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'Hello', max_tokens: 5, temperature: 0 }) });
+      expect(((await r.json()) as Json).choices[0].text).to.equal(expected.text);
+      const code = await new Promise<number | null>((resolve) => {
+        child.on('exit', resolve);
+        child.kill('SIGTERM');
+      });
+      expect(code, stderr).to.equal(0);
+      expect(stderr).to.match(/POST \/v1\/completions 200 · 5 tokens/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('the openai Python client reads the answers, streamed and not (skipped without it in the reference venv)', async function () {
+    if (!fs.existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import openai'], { encoding: 'utf8' }).status !== 0) {
+      console.log(`    (skipped: no openai package in ${PYTHON}; run scripts/reference-venv.sh)`);
+      this.skip();
+    }
+    const messages = [{ role: 'user', content: 'What is the answer?' }];
+    const expected = await continuation(tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }), { maxNewTokens: 8, doSample: false });
+    const script = `
+import json, sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused")
+model = client.models.list().data[0].id
+messages = json.loads(sys.argv[2])
+reply = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, stream=True,
+                                        stream_options={"include_usage": True})
+streamed, usage = "", None
+for chunk in chunks:
+    if chunk.usage: usage = chunk.usage.completion_tokens
+    for choice in chunk.choices: streamed += choice.delta.content or ""
+completion = client.completions.create(model=model, prompt="Hello", max_tokens=4, temperature=0)
+try:
+    client.completions.create(model="gpt-4o", prompt="Hello")
+    error = None
+except openai.NotFoundError as e:
+    error = e.status_code
+print(json.dumps({"model": model, "content": reply.choices[0].message.content, "finish": reply.choices[0].finish_reason,
+                  "streamed": streamed, "usage": usage, "completion": completion.choices[0].text, "error": error}))
+`;
+    const run = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const child = spawn(PYTHON, ['-c', script, base, JSON.stringify(messages)]);
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+      child.on('exit', (code) => resolve({ code, out, err }));
+    });
+    expect(run.code, run.err).to.equal(0);
+    const result = JSON.parse(run.out) as Json;
+    const hello = await continuation(tokenizer.encode('Hello'), { maxNewTokens: 4, doSample: false });
+    expect(result).to.deep.equal({
+      model: MODEL_ID, content: expected.text, finish: 'length', streamed: expected.text, usage: 8, completion: hello.text, error: 404,
+    });
+  });
+});

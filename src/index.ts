@@ -28,6 +28,7 @@ export * from '../models/nemotron/model';
 export * from '../models/nemotron/heads';
 export * from './generation/index';
 export * from './inference/classification';
+export * from './inference/logprobs';
 export * from './serving/openai';
 export * from './training/index';
 export * from './tokenizer';

@@ -55,6 +55,8 @@ export interface GenerateOptions {
   attentionMask?: IntMatrixLike;
   /** Return the processed logits of each step. */
   outputScores?: boolean;
+  /** Return the raw logits of each step, before any processor or warper (transformers' output_logits). */
+  outputLogits?: boolean;
   /** Reuse keys and values of earlier tokens (default). false recomputes the whole sequence each step. */
   useCache?: boolean;
   /** Called with the new token of every row as soon as the step has chosen them. */
@@ -92,6 +94,8 @@ export interface GenerateOutput {
   sequences: number[][];
   /** With outputScores: [step][row] → processed logits over the vocabulary. */
   scores?: Float32Array[][];
+  /** With outputLogits: [step][row] → the model's logits over the vocabulary, unprocessed. */
+  logits?: Float32Array[][];
   /** Beam search: each returned hypothesis' length-normalised log-probability. */
   sequencesScores?: number[];
 }
@@ -103,6 +107,8 @@ export interface GenerationStep {
   /** Rows still generating after this step. */
   finished: boolean[];
   scores?: Float32Array[];
+  /** With outputLogits: each row's unprocessed logits. */
+  logits?: Float32Array[];
 }
 
 interface Resolved {
@@ -308,7 +314,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
   const sequences = rows.map((r) => r.slice());
   const attention = mask.map((r) => r.slice());
   const finished = new Array(batch).fill(false);
-  const needsScores = options.outputScores || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
+  const needsScores = options.outputScores || options.outputLogits || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
     (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
     (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
     processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;
@@ -328,12 +334,14 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
       });
       let tokens: number[];
       let stepScores: Float32Array[] | undefined;
+      let stepLogits: Float32Array[] | undefined;
       if (needsScores) {
         const logits = await out.logits.data() as Float32Array;
         out.logits.dispose();
         const vocab = model.config.vocabSize;
         stepScores = [];
         tokens = [];
+        if (options.outputLogits) stepLogits = Array.from({ length: batch }, (_, b) => logits.slice(b * vocab, (b + 1) * vocab));
         for (let b = 0; b < batch; b++) {
           const scores = logits.slice(b * vocab, (b + 1) * vocab);
           processScores(scores, sequences[b], { ...warpers(options), ...processors, minLengthEos: step < minNew ? eos : [] });
@@ -362,7 +370,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
         });
       }
       options.onToken?.(tokens, step);
-      yield { step, tokens, finished: finished.slice(), scores: options.outputScores ? stepScores : undefined };
+      yield { step, tokens, finished: finished.slice(), scores: options.outputScores ? stepScores : undefined, logits: stepLogits };
       if (finished.every(Boolean)) break;
     }
   } finally {
@@ -375,6 +383,7 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
+    if (options.outputLogits) throw new Error('generate: outputLogits is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
     const { rows, mask, maxNew, minNew, eos, pad, stopStrings, processors } = resolve(model, inputIds, options);
     const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
@@ -402,11 +411,13 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   if (options.attentionMask !== undefined) streamed.attentionMask = repeat(readIntRows(options.attentionMask, 'attentionMask'));
   const sequences = prompt.map((r) => r.slice());
   const scores: Float32Array[][] = [];
+  const logits: Float32Array[][] = [];
   for await (const step of generateStream(model, prompt, streamed)) {
     step.tokens.forEach((t, b) => sequences[b].push(t));
     if (step.scores) scores.push(step.scores);
+    if (step.logits) logits.push(step.logits);
   }
-  return options.outputScores ? { sequences, scores } : { sequences };
+  return { sequences, ...(options.outputScores ? { scores } : {}), ...(options.outputLogits ? { logits } : {}) };
 }
 
 /** generate() with promptLookupNumTokens or an assistantModel: checks what only this path supports, then runs it. */
@@ -414,7 +425,7 @@ async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, 
   const how = options.assistantModel ? 'assisted generation' : 'prompt lookup decoding';
   check(!(options.assistantModel && options.promptLookupNumTokens), 'generate: give assistantModel or promptLookupNumTokens, not both');
   const unsupported: Array<[string, boolean]> = [
-    ['doSample', options.doSample === true], ['numBeams > 1', (options.numBeams ?? 1) > 1], ['outputScores', options.outputScores === true],
+    ['doSample', options.doSample === true], ['numBeams > 1', (options.numBeams ?? 1) > 1], ['outputScores', options.outputScores === true], ['outputLogits', options.outputLogits === true],
     ['numReturnSequences > 1', (options.numReturnSequences ?? 1) > 1], ['useCache: false', options.useCache === false],
   ];
   const refused = unsupported.filter(([, on]) => on).map(([name]) => name);

@@ -12,7 +12,8 @@ import * as http from 'http';
 import { AddressInfo } from 'net';
 import { randomBytes } from 'crypto';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { GenerateOptions, generateStream } from '../generation/generate';
+import { GenerateOptions, generateStream, stopStringDecoder } from '../generation/generate';
+import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
 import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
 
 export interface OpenAIServerOptions {
@@ -57,6 +58,21 @@ interface Job {
   options: GenerateOptions;
   stream: boolean;
   includeUsage: boolean;
+  /** Log-probabilities with this many most likely tokens a position (completions' logprobs, chat's top_logprobs), or none. */
+  logprobs: number | null;
+}
+
+/** A token's log-probability and where its text starts in the choice's text. */
+interface Scored extends TokenLogprob {
+  offset: number;
+}
+
+/** A prompt token for echo: the first has no log-probability. */
+interface PromptScored {
+  token: number;
+  logprob: number | null;
+  top: TokenLogprob['top'] | null;
+  offset: number;
 }
 
 /** One choice being generated: its decoder and how much of its text went out. */
@@ -66,6 +82,8 @@ interface Choice {
   sent: number;
   tokens: number;
   finish: FinishReason | null;
+  logprobs: Scored[];
+  logprobsSent: number;
 }
 
 const isObject = (v: unknown): v is Body => v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -106,7 +124,7 @@ function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOpti
       throw new OpenAIError(400, `${name} is not supported (transformers has no such processor); use repetition_penalty (> 1 penalizes repeats)`, name);
     }
   }
-  for (const name of ['logprobs', 'top_logprobs', 'logit_bias', 'suffix', 'best_of', 'tool_choice', 'response_format']) {
+  for (const name of ['logit_bias', 'suffix', 'best_of', 'tool_choice', 'response_format']) {
     const v = body[name];
     const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1) ||
       (name === 'tool_choice' && (v === 'auto' || v === 'none')) || (name === 'response_format' && isObject(v) && v.type === 'text');
@@ -245,7 +263,16 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     let prompts: number[][];
     let echo: string[] | null = null;
     const maxTokensName = kind === 'chat' && body.max_completion_tokens !== undefined && body.max_completion_tokens !== null ? 'max_completion_tokens' : 'max_tokens';
-    const requested = numberField(body, maxTokensName, 'a positive integer', (v) => v >= 1, true);
+    const requested = kind === 'chat' ? numberField(body, maxTokensName, 'a positive integer', (v) => v >= 1, true)
+      : numberField(body, maxTokensName, 'an integer ≥ 0 (0 with echo: the prompt alone)', (v) => v >= 0, true);
+    let logprobs: number | null = null;
+    if (kind === 'completion') {
+      logprobs = numberField(body, 'logprobs', 'an integer in [0, 20] (the most likely tokens listed a position)', (v) => v >= 0 && v <= 20, true) ?? null;
+    } else {
+      const top = numberField(body, 'top_logprobs', 'an integer in [0, 20]', (v) => v >= 0 && v <= 20, true);
+      if (booleanField(body, 'logprobs')) logprobs = top ?? 0;
+      else if (top !== undefined) throw new OpenAIError(400, 'top_logprobs needs logprobs: true', 'top_logprobs');
+    }
     if (kind === 'chat') {
       const messages = chatMessages(body);
       const tools = body.tools;
@@ -262,6 +289,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       const read = completionPrompts(body, tokenizer, model.config.vocabSize);
       prompts = read.ids;
       if (booleanField(body, 'echo')) echo = read.texts;
+      if (requested === 0 && !echo) throw new OpenAIError(400, 'max_tokens 0 generates nothing; it is for echo: true (the prompt and its logprobs)', 'max_tokens');
     }
     if (prompts.length * n > maxRows) {
       throw new OpenAIError(400, `${prompts.length} prompts × n ${n} = ${prompts.length * n} rows; this server decodes at most ${maxRows} a request`, 'n');
@@ -270,20 +298,20 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     const room = context - longest;
     // OpenAI's default: chat runs to the end of the context, completions write 16 tokens.
     const maxTokens = requested ?? (kind === 'chat' ? Math.min(options.defaultMaxTokens ?? 4096, room) : 16);
-    if (room < 1 || longest + maxTokens > context) {
+    if (longest + maxTokens > context || (kind === 'chat' && maxTokens < 1)) {
       const where = kind === 'chat' ? 'in the messages' : 'in the prompt';
       throw new OpenAIError(400, `This model's maximum context length is ${context} tokens. However, you requested ${longest + maxTokens} tokens ` +
         `(${longest} ${where}, ${maxTokens} for the completion). Please reduce the length of the ${kind === 'chat' ? 'messages' : 'prompt'} or completion.`,
         requested !== undefined ? maxTokensName : kind === 'chat' ? 'messages' : 'prompt', 'invalid_request_error', 'context_length_exceeded');
     }
-    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage };
+    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs };
   }
 
   /**
    * Decodes a job's rows together (prompts left-padded), feeding each choice's text to `onText` as it becomes final
    * (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
    */
-  async function run(job: Job, onText: (index: number, text: string) => void, aborted: () => boolean): Promise<Choice[]> {
+  async function run(job: Job, onText: (index: number, text: string, logprobs: Scored[]) => void, aborted: () => boolean): Promise<Choice[]> {
     const rows = job.prompts.flatMap((p) => Array.from({ length: job.n }, () => p));
     const width = Math.max(...rows.map((r) => r.length));
     const pad = model.config.padTokenId ?? 0;
@@ -294,15 +322,18 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       // does after the prompt (a SentencePiece decoder strips the leading space of a text's start only).
       const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
       for (const id of row) decoder.push(id);
-      return { decoder, text: '', sent: 0, tokens: 0, finish: null };
+      return { decoder, text: '', sent: 0, tokens: 0, finish: job.maxTokens === 0 ? 'length' : null, logprobs: [], logprobsSent: 0 };
     });
+    if (job.maxTokens === 0) return choices;
     const longestStop = Math.max(0, ...job.stops.map((s) => s.length));
     const send = (i: number, upTo: number) => {
       const c = choices[i];
-      if (upTo > c.sent) onText(i, c.text.slice(c.sent, upTo));
+      const scored = c.logprobs.slice(c.logprobsSent);
+      if (upTo > c.sent || scored.length) onText(i, c.text.slice(c.sent, Math.max(c.sent, upTo)), scored);
       c.sent = Math.max(c.sent, upTo);
+      c.logprobsSent = c.logprobs.length;
     };
-    const stream = generateStream(model, inputIds, { ...job.options, maxNewTokens: job.maxTokens, attentionMask });
+    const stream = generateStream(model, inputIds, { ...job.options, maxNewTokens: job.maxTokens, attentionMask, outputLogits: job.logprobs !== null });
     try {
       for await (const step of stream) {
         step.tokens.forEach((token, i) => {
@@ -315,6 +346,8 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
             c.text += c.decoder.flush();
             c.finish = 'stop';
           } else {
+            // The model's own distribution (before temperature and the other processors), as vLLM reports it.
+            if (step.logits) c.logprobs.push({ ...logprobOf(step.logits[i], token, job.logprobs ?? 0), offset: before });
             c.text += c.decoder.push(token);
             if (c.tokens === job.maxTokens) {
               c.text += c.decoder.flush();
@@ -343,7 +376,48 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
   };
 
-  async function generation(job: Job, req: http.IncomingMessage, res: http.ServerResponse): Promise<number> {
+  // A token's text as it decodes after other text (a SentencePiece piece keeps its leading space), as logprobs name tokens.
+  const afterText = stopStringDecoder(tokenizer);
+  const tokenTexts = new Map<number, string>();
+  const tokenText = (id: number): string => {
+    let text = tokenTexts.get(id);
+    if (text === undefined) tokenTexts.set(id, text = afterText([id]));
+    return text;
+  };
+
+  /** The prompt's tokens for echo with logprobs: the first has none (nothing comes before it); offsets in its text. */
+  async function promptScores(prompt: number[], topK: number): Promise<PromptScored[]> {
+    const scored = await sequenceLogprobs(model, prompt, { topK });
+    const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+    let offset = 0;
+    return prompt.map((token, i) => {
+      const entry = { token, logprob: i === 0 ? null : scored[i - 1].logprob, top: i === 0 ? null : scored[i - 1].top, offset };
+      offset += decoder.push(token).length;
+      return entry;
+    });
+  }
+
+  /** OpenAI's completions logprobs: tokens, their log-probabilities, the most likely tokens a position, text offsets. */
+  const completionLogprobs = (entries: PromptScored[], shift: number) => ({
+    tokens: entries.map((e) => tokenText(e.token)),
+    token_logprobs: entries.map((e) => e.logprob),
+    top_logprobs: entries.map((e) => {
+      if (e.top === null) return null;
+      // Tokens that decode to the same text keep the likelier one (the list is most likely first).
+      const top: Record<string, number> = {};
+      for (const t of e.top) if (!(tokenText(t.token) in top)) top[tokenText(t.token)] = t.logprob;
+      return top;
+    }),
+    text_offset: entries.map((e) => e.offset + shift),
+  });
+
+  /** OpenAI's chat logprobs: each token with its UTF-8 bytes and the most likely tokens at its position. */
+  const chatLogprobs = (entries: Scored[]) => {
+    const named = (token: number, logprob: number) => ({ token: tokenText(token), logprob, bytes: [...Buffer.from(tokenText(token), 'utf8')] });
+    return { content: entries.map((e) => ({ ...named(e.token, e.logprob), top_logprobs: e.top.map((t) => named(t.token, t.logprob)) })), refusal: null };
+  };
+
+  async function generation(job: Job, res: http.ServerResponse): Promise<number> {
     const id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
     const stamp = Math.floor(Date.now() / 1000);
     const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion';
@@ -352,13 +426,26 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       closed = !res.writableFinished;
     });
     const echoOf = (i: number) => (job.echo ? job.echo[Math.floor(i / job.n)] : '');
+    /** With echo and logprobs, the scored prompt of each choice (computed once a prompt). */
+    const scorePrompts = async (): Promise<Array<PromptScored[] | null>> => {
+      const scored = job.echo && job.logprobs !== null ? await Promise.all(job.prompts.map((p) => promptScores(p, job.logprobs!))) : null;
+      return Array.from({ length: job.prompts.length * job.n }, (_, i) => scored?.[Math.floor(i / job.n)] ?? null);
+    };
+    const logprobsOf = (index: number, entries: Scored[], prompt: PromptScored[] | null = null) => {
+      if (job.logprobs === null) return null;
+      if (job.kind === 'chat') return chatLogprobs(entries);
+      return completionLogprobs([...(prompt ?? []), ...entries.map((e) => ({ ...e, offset: e.offset + echoOf(index).length }))], 0);
+    };
     if (!job.stream) {
-      const choices = await exclusive(() => run(job, () => undefined, () => closed));
+      const [prompts, choices] = await exclusive(async () => {
+        const scored = await scorePrompts();
+        return [scored, await run(job, () => undefined, () => closed)] as const;
+      });
       const body = {
         id, object, created: stamp, model: options.modelId,
         choices: choices.map((c, index) => (job.kind === 'chat'
-          ? { index, message: { role: 'assistant', content: c.text }, logprobs: null, finish_reason: c.finish ?? 'length' }
-          : { index, text: echoOf(index) + c.text, logprobs: null, finish_reason: c.finish ?? 'length' })),
+          ? { index, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(index, c.logprobs), finish_reason: c.finish ?? 'length' }
+          : { index, text: echoOf(index) + c.text, logprobs: logprobsOf(index, c.logprobs, prompts[index]), finish_reason: c.finish ?? 'length' })),
         usage: usage(job, choices),
       };
       sendJson(res, 200, body);
@@ -370,16 +457,17 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       if (!closed) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: stamp, model: options.modelId, choices, ...extra })}\n\n`);
     };
     const rowCount = job.prompts.length * job.n;
-    const piece = (index: number, text: string, finish: FinishReason | null) => (job.kind === 'chat'
-      ? { index, delta: text ? { content: text } : {}, logprobs: null, finish_reason: finish }
-      : { index, text, logprobs: null, finish_reason: finish });
+    const piece = (index: number, text: string, finish: FinishReason | null, logprobs: object | null = null) => (job.kind === 'chat'
+      ? { index, delta: text ? { content: text } : {}, logprobs, finish_reason: finish }
+      : { index, text, logprobs, finish_reason: finish });
     const choices = await exclusive(async () => {
       if (closed) return [];
+      const prompts = await scorePrompts();
       for (let index = 0; index < rowCount; index++) {
         if (job.kind === 'chat') event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
-        else if (job.echo) event([piece(index, echoOf(index), null)]);
+        else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
       }
-      return run(job, (index, text) => event([piece(index, text, null)]), () => closed);
+      return run(job, (index, text, scored) => event([piece(index, text, null, logprobsOf(index, scored))]), () => closed);
     });
     choices.forEach((c, index) => event([piece(index, '', c.finish ?? 'length')]));
     if (job.includeUsage && choices.length) event([], { usage: usage(job, choices) });
@@ -412,7 +500,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     }
     if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
     const body = await readBody(req, maxBody);
-    return generation(readJob(kind, body), req, res);
+    return generation(readJob(kind, body), res);
   }
 
   return (req, res) => {

@@ -9,6 +9,8 @@ import { NemotronTokenizer } from '../../src/tokenizer';
 import { GenerateOptions, generate } from '../../src/generation/generate';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { createOpenAIServer, serverAddress } from '../../src/serving/openai';
+import { logprobOf, sequenceLogprobs } from '../../src/inference/logprobs';
+import { stopStringDecoder } from '../../src/generation/generate';
 import { fixtureDir, tmpDir } from '../helpers';
 import { copyCheckpoint, writeTinyTokenizer } from '../tiny-tokenizer';
 
@@ -40,6 +42,7 @@ describe('OpenAI-compatible server (serve)', function () {
   let tokenizer: NemotronTokenizer;
   let server: http.Server;
   let base: string;
+  const model = () => lm;
 
   async function post(route: string, body: unknown): Promise<Reply> {
     const r = await fetch(base + route, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
@@ -230,20 +233,93 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(new Set(several.json.choices.map((c: Json) => c.text)).size).to.be.greaterThan(1);
   });
 
+  it('completions logprobs with echo, as lm-evaluation-harness scores a continuation: the prompt\'s and the answer\'s tokens', async () => {
+    const context = 'The cat';
+    const target = ' sat on';
+    const ids = tokenizer.encode(context + target);
+    const contextLength = tokenizer.encode(context).length;
+    const tokenText = stopStringDecoder(tokenizer);
+    const { json } = await post('/v1/completions', { prompt: ids, max_tokens: 1, temperature: 0, logprobs: 3, echo: true });
+    const lp = json.choices[0].logprobs;
+    expect(lp.tokens).to.have.length(ids.length + 1);
+    expect(lp.tokens.slice(0, ids.length)).to.deep.equal(ids.map((id) => tokenText([id])));
+    expect(lp.token_logprobs[0]).to.equal(null);
+    expect(lp.top_logprobs[0]).to.equal(null);
+    // The prompt's log-probabilities are the model's (sequenceLogprobs is checked against transformers' logits).
+    const scored = await sequenceLogprobs(model(), ids, { topK: 3 });
+    scored.forEach((s, t) => {
+      expect(lp.token_logprobs[t + 1]).to.be.closeTo(s.logprob, 1e-6);
+      expect(Object.values(lp.top_logprobs[t + 1]).length).to.be.within(1, 3);
+      expect(Math.max(...Object.values(lp.top_logprobs[t + 1]) as number[])).to.be.closeTo(s.top[0].logprob, 1e-6);
+    });
+    // The generated token's: the first step's raw logits.
+    const first = await generate(model(), [ids], { maxNewTokens: 1, doSample: false, outputLogits: true });
+    const next = first.sequences[0][ids.length];
+    expect(lp.token_logprobs[ids.length]).to.be.closeTo(logprobOf(first.logits![0][0], next).logprob, 1e-6);
+    // Offsets into the text: increasing, the answer's after the echoed prompt.
+    const text = json.choices[0].text as string;
+    expect(lp.text_offset[0]).to.equal(0);
+    for (let i = 1; i < lp.text_offset.length; i++) expect(lp.text_offset[i]).to.be.at.least(lp.text_offset[i - 1]);
+    const promptText = tokenizer.decode(ids, { skipSpecialTokens: true });
+    expect(text.startsWith(promptText)).to.equal(true);
+    expect(lp.text_offset[ids.length]).to.equal(promptText.length);
+    // What lm-evaluation-harness computes from it: the continuation's log-likelihood, and whether it is greedy.
+    const continuation = lp.token_logprobs.slice(contextLength, -1) as number[];
+    const expectedSum = scored.slice(contextLength - 1).reduce((sum, s) => sum + s.logprob, 0);
+    expect(continuation.reduce((a, b) => a + b, 0)).to.be.closeTo(expectedSum, 1e-5);
+    const greedy = scored.slice(contextLength - 1).every((s) => s.top[0].token === s.token);
+    const harnessGreedy = continuation.every((v, i) => v === Math.max(...Object.values(lp.top_logprobs[contextLength + i]) as number[]));
+    expect(harnessGreedy).to.equal(greedy);
+    // max_tokens 0: the prompt alone, scored.
+    const only = await post('/v1/completions', { prompt: ids, max_tokens: 0, logprobs: 0, echo: true });
+    expect(only.json.choices[0].logprobs.token_logprobs.slice(1)).to.deep.equal(lp.token_logprobs.slice(1, ids.length));
+    expect(only.json.choices[0].logprobs.top_logprobs.slice(1).every((t: Json) => Object.keys(t).length === 0)).to.equal(true);
+    expect(only.json.usage.completion_tokens).to.equal(0);
+    // Streamed: the same log-probabilities, spread over the chunks.
+    const events = await stream('/v1/completions', { prompt: ids, max_tokens: 4, temperature: 0, logprobs: 3, echo: true });
+    const whole = await post('/v1/completions', { prompt: ids, max_tokens: 4, temperature: 0, logprobs: 3, echo: true });
+    const joined = events.chunks.flatMap((c) => c.choices[0].logprobs?.token_logprobs ?? []);
+    expect(joined).to.deep.equal(whole.json.choices[0].logprobs.token_logprobs);
+    expect(events.chunks.flatMap((c) => c.choices[0].logprobs?.text_offset ?? [])).to.deep.equal(whole.json.choices[0].logprobs.text_offset);
+  });
+
+  it('chat logprobs: each answer token with its log-probability, bytes and top_logprobs', async () => {
+    const messages = [{ role: 'user', content: 'What is the answer?' }];
+    const ids = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+    const out = await generate(model(), [ids], { maxNewTokens: 5, doSample: false, outputLogits: true });
+    const tokenText = stopStringDecoder(tokenizer);
+    const { json } = await post('/v1/chat/completions', { messages, max_tokens: 5, temperature: 0, logprobs: true, top_logprobs: 2 });
+    const content = json.choices[0].logprobs.content as Json[];
+    expect(content).to.have.length(5);
+    content.forEach((entry, s) => {
+      const token = out.sequences[0][ids.length + s];
+      const expectedEntry = logprobOf(out.logits![s][0], token, 2);
+      expect(entry.token).to.equal(tokenText([token]));
+      expect(entry.bytes).to.deep.equal([...Buffer.from(tokenText([token]), 'utf8')]);
+      expect(entry.logprob).to.be.closeTo(expectedEntry.logprob, 1e-6);
+      expect(entry.top_logprobs.map((t: Json) => t.token)).to.deep.equal(expectedEntry.top.map((t) => tokenText([t.token])));
+    });
+    const plain = await post('/v1/chat/completions', { messages, max_tokens: 5, temperature: 0 });
+    expect(plain.json.choices[0].logprobs).to.equal(null);
+    expect(plain.json.choices[0].message.content).to.equal(json.choices[0].message.content);
+  });
+
   it('bad requests get OpenAI error objects that name the field and what was expected', async () => {
     const cases: Array<[unknown, number, RegExp, string | null]> = [
       ['{not json', 400, /not valid JSON/, null],
       [[1, 2], 400, /must be a JSON object/, null],
       [{ prompt: 'Hi', temperature: -1 }, 400, /temperature must be a number ≥ 0 .*got -1/, 'temperature'],
       [{ prompt: 'Hi', top_p: 1.5 }, 400, /top_p must be a number in \(0, 1\], got 1.5/, 'top_p'],
-      [{ prompt: 'Hi', max_tokens: 0 }, 400, /max_tokens must be a positive integer, got 0/, 'max_tokens'],
+      [{ prompt: 'Hi', max_tokens: -1 }, 400, /max_tokens must be an integer ≥ 0 .*got -1/, 'max_tokens'],
       [{ prompt: 'Hi', max_tokens: 70 }, 400, /maximum context length is 64 tokens\. However, you requested 74 tokens \(4 in the prompt, 70 for the completion\)/, 'max_tokens'],
       [{ prompt: 'Hi', n: 9 }, 400, /n must be an integer in \[1, 8\], got 9/, 'n'],
       [{ prompt: ['a', 'b', 'c'], n: 3 }, 400, /3 prompts × n 3 = 9 rows/, 'n'],
       [{ prompt: [5, 500] }, 400, /prompt\[1\] = 500 is not a token id in \[0, 96\)/, 'prompt'],
       [{ prompt: 3 }, 400, /prompt must be a string/, 'prompt'],
       [{ prompt: 'Hi', stop: [''] }, 400, /stop must be a non-empty string/, 'stop'],
-      [{ prompt: 'Hi', logprobs: 2 }, 400, /logprobs 2 is not supported/, 'logprobs'],
+      [{ prompt: 'Hi', logit_bias: { 5: 10 } }, 400, /logit_bias \{"5":10\} is not supported/, 'logit_bias'],
+      [{ prompt: 'Hi', logprobs: 21 }, 400, /logprobs must be an integer in \[0, 20\].*got 21/, 'logprobs'],
+      [{ prompt: 'Hi', max_tokens: 0 }, 400, /max_tokens 0 generates nothing; it is for echo: true/, 'max_tokens'],
       [{ prompt: 'Hi', presence_penalty: 0.5 }, 400, /presence_penalty is not supported.*repetition_penalty/, 'presence_penalty'],
       [{ prompt: 'Hi', model: 'gpt-4o' }, 404, /"gpt-4o" does not exist; this server serves "tiny-nemotron"/, 'model'],
     ];
@@ -256,6 +332,8 @@ describe('OpenAI-compatible server (serve)', function () {
     const image = await post('/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] });
     expect(image.status).to.equal(400);
     expect(image.json.error.message).to.equal('messages[0].content[0] is a "image_url" part; this model reads text parts only');
+    const topWithout = await post('/v1/chat/completions', { messages: [{ role: 'user', content: 'Hi' }], top_logprobs: 2 });
+    expect(topWithout.json.error.message).to.equal('top_logprobs needs logprobs: true');
     const noMessages = await post('/v1/chat/completions', { messages: [] });
     expect(noMessages.json.error.message).to.match(/messages must be a non-empty list/);
     const unknown = await fetch(`${base}/v1/embeddings`, { method: 'POST', body: '{}' });
@@ -352,13 +430,17 @@ for chunk in chunks:
     if chunk.usage: usage = chunk.usage.completion_tokens
     for choice in chunk.choices: streamed += choice.delta.content or ""
 completion = client.completions.create(model=model, prompt="Hello", max_tokens=4, temperature=0)
+scored = client.completions.create(model=model, prompt="Hello", max_tokens=1, temperature=0, logprobs=2, echo=True).choices[0].logprobs
+chat_scored = client.chat.completions.create(model=model, messages=messages, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2).choices[0].logprobs.content
 try:
     client.completions.create(model="gpt-4o", prompt="Hello")
     error = None
 except openai.NotFoundError as e:
     error = e.status_code
 print(json.dumps({"model": model, "content": reply.choices[0].message.content, "finish": reply.choices[0].finish_reason,
-                  "streamed": streamed, "usage": usage, "completion": completion.choices[0].text, "error": error}))
+                  "streamed": streamed, "usage": usage, "completion": completion.choices[0].text, "error": error,
+                  "scored": [scored.token_logprobs[0], len(scored.tokens), len(scored.top_logprobs[1])],
+                  "chat_scored": [len(chat_scored), len(chat_scored[0].top_logprobs), chat_scored[0].logprob <= 0]}))
 `;
     const run = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
       const child = spawn(PYTHON, ['-c', script, base, JSON.stringify(messages)]);
@@ -373,6 +455,7 @@ print(json.dumps({"model": model, "content": reply.choices[0].message.content, "
     const hello = await continuation(tokenizer.encode('Hello'), { maxNewTokens: 4, doSample: false });
     expect(result).to.deep.equal({
       model: MODEL_ID, content: expected.text, finish: 'length', streamed: expected.text, usage: 8, completion: hello.text, error: 404,
+      scored: [null, tokenizer.encode('Hello').length + 1, 2], chat_scored: [3, 2, true],
     });
   });
 });

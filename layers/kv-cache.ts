@@ -46,6 +46,48 @@ export class KVCache {
     this.values[layer] = tf.keep(values);
   }
 
+  /**
+   * Keeps the batch rows `rows` (in that order) and drops the first `dropPositions` positions of every layer: a
+   * scheduler's rows that ended leave the batch, and padding no remaining row attends to goes.
+   */
+  selectRows(rows: number[], dropPositions = 0): void {
+    const length = this.length;
+    if (dropPositions < 0 || dropPositions > length) throw new Error(`KVCache: cannot drop ${dropPositions} of ${length} positions`);
+    const batch = this.batchSize ?? 0;
+    rows.forEach((r) => {
+      if (!Number.isInteger(r) || r < 0 || r >= batch) throw new Error(`KVCache: row ${r} out of range [0, ${batch})`);
+    });
+    for (let layer = 0; layer < this.numLayers; layer++) {
+      const [keys, values] = [this.keys[layer]!, this.values[layer]!];
+      this.replace(layer, ...tf.tidy(() => {
+        const index = tf.tensor1d(rows, 'int32');
+        const pick = (t: tf.Tensor4D) => tf.gather(t, index).slice([0, 0, dropPositions, 0], [-1, -1, -1, -1]) as tf.Tensor4D;
+        return [pick(keys), pick(values)] as [tf.Tensor4D, tf.Tensor4D];
+      }));
+    }
+  }
+
+  /**
+   * Adds the batch rows of `other` after this cache's rows; the shorter side is left-padded with zeros to the longer
+   * length (positions its attention mask must mark as padding). `other` is left as it was.
+   */
+  appendRows(other: KVCache): void {
+    if (other.numLayers !== this.numLayers) throw new Error(`KVCache: cannot join a cache of ${other.numLayers} layers to one of ${this.numLayers}`);
+    const length = Math.max(this.length, other.length);
+    for (let layer = 0; layer < this.numLayers; layer++) {
+      const ours = [this.keys[layer], this.values[layer]];
+      const theirs = [other.keys[layer]!, other.values[layer]!];
+      if (!ours[0]) {
+        this.replace(layer, theirs[0].clone(), theirs[1].clone());
+        continue;
+      }
+      this.replace(layer, ...tf.tidy(() => {
+        const padded = (t: tf.Tensor4D) => (t.shape[2] === length ? t : tf.pad(t, [[0, 0], [0, 0], [length - t.shape[2], 0], [0, 0]]));
+        return [0, 1].map((i) => tf.concat([padded(ours[i]!), padded(theirs[i])], 0)) as [tf.Tensor4D, tf.Tensor4D];
+      }));
+    }
+  }
+
   dispose(): void {
     for (let i = 0; i < this.numLayers; i++) {
       this.keys[i]?.dispose();

@@ -296,6 +296,50 @@ export function endsWithStopString(generated: number[], stopStrings: readonly st
 }
 
 
+/** Whether a step's token needs the logits on the host: sampling or a logits processor (else it is the device's argmax). */
+function choosesOnHost(options: GenerateOptions, minNew: number, processors: ProcessorOptions): boolean {
+  return options.doSample === true || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
+    (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
+    (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
+    processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;
+}
+
+/** One row's decoding rules, as generateStream applies them to each of its rows. */
+export interface RowDecoding {
+  /** New tokens at most. */
+  maxNewTokens: number;
+  /** The row ends after one of these. */
+  eosTokenIds: number[];
+  /** Whether next() needs the logits (sampling or a processor); otherwise the token is their argmax. */
+  needsLogits: boolean;
+  /** The token that follows `sequence` (the prompt and what the row generated, no padding): `logits` of that position are processed in place. */
+  next(logits: Float32Array, sequence: number[], step: number): number;
+}
+
+/**
+ * The decoding of one prompt row as generate() would run it alone (the options resolved with generation_config.json,
+ * the processors, the sampler with its own seed), for a scheduler that decodes the rows of different requests in one
+ * batch (the server's continuous batching). Greedy or sampled; no beams, no speculation, no stop strings.
+ */
+export function rowDecoding(model: NemotronForCausalLM, prompt: number[], callOptions: GenerateOptions = {}): RowDecoding {
+  const options = resolveGenerateOptions(model, callOptions);
+  check((options.numBeams ?? 1) === 1 && (options.numReturnSequences ?? 1) === 1, 'rowDecoding: one sequence a row, without beam search');
+  check(!options.assistantModel && !options.promptLookupNumTokens, 'rowDecoding: no assisted or prompt lookup decoding');
+  const { maxNew, minNew, eos, stopStrings, processors } = resolve(model, [prompt], options);
+  check(stopStrings.length === 0, 'rowDecoding: stop strings are for the scheduler to check');
+  const random = seedrandom(String(options.seed ?? Date.now()));
+  const warping = warpers(options);
+  return {
+    maxNewTokens: maxNew,
+    eosTokenIds: eos,
+    needsLogits: choosesOnHost(options, minNew, processors),
+    next: (logits, sequence, step) => {
+      processScores(logits, sequence, { ...warping, ...processors, minLengthEos: step < minNew ? eos : [] });
+      return options.doSample ? sample(logits, random()) : argmax(logits);
+    },
+  };
+}
+
 /**
  * Generates token by token. Yields after each step with the chosen tokens; the KV cache lives for one
  * generation and is freed when it ends (also on an error or an early `return()` of the iterator).
@@ -314,10 +358,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
   const sequences = rows.map((r) => r.slice());
   const attention = mask.map((r) => r.slice());
   const finished = new Array(batch).fill(false);
-  const needsScores = options.outputScores || options.outputLogits || options.doSample || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
-    (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
-    (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
-    processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;
+  const needsScores = options.outputScores || options.outputLogits || choosesOnHost(options, minNew, processors);
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
   const cache = useCache ? new KVCache(model.config.numHiddenLayers) : null;
   try {

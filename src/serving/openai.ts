@@ -12,7 +12,8 @@ import * as http from 'http';
 import { AddressInfo } from 'net';
 import { randomBytes } from 'crypto';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { GenerateOptions, generateStream, stopStringDecoder } from '../generation/generate';
+import { GenerateOptions, rowDecoding, stopStringDecoder } from '../generation/generate';
+import { ContinuousBatcher } from './batcher';
 import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
 import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
 
@@ -21,10 +22,12 @@ export interface OpenAIServerOptions {
   modelId: string;
   /** max_tokens of a chat request that gives none (OpenAI: the rest of the context); capped by the context. Default 4096. */
   defaultMaxTokens?: number;
-  /** Most rows (prompts × n) one request may decode together. Default 16. */
+  /** Most rows decoded together (across requests; also the most prompts × n one request may ask for). Default 16. */
   maxRows?: number;
   /** Largest request body accepted, in bytes. Default 8 MiB. */
   maxBodyBytes?: number;
+  /** The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on `model`). */
+  batcher?: ContinuousBatcher;
   /** Each finished request, in a line (method, path, status, tokens, seconds). */
   log?: (line: string) => void;
 }
@@ -195,6 +198,17 @@ function completionPrompts(body: Body, tokenizer: NemotronTokenizer, vocabSize: 
   return { ids, texts: list.map((item) => (typeof item === 'string' ? item : tokenizer.decode(item, { skipSpecialTokens: true }))) };
 }
 
+/**
+ * The sampler's seed of a job's row: the request's seed for a prompt's first choice (so that n = 1 samples as
+ * generate() with that seed), derived ones for the other choices (so that they differ); random without a seed.
+ */
+function rowSeed(job: Job, row: number): string | number {
+  const seed = job.options.seed;
+  if (seed === undefined) return randomBytes(8).toString('hex');
+  const choice = row % job.n;
+  return choice === 0 ? seed : `${seed}:${choice}`;
+}
+
 /** Index of the first stop string in `text`, searching from `from`, or -1. */
 function firstStop(text: string, stops: string[], from: number): number {
   let best = -1;
@@ -228,14 +242,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
-  let queue: Promise<void> = Promise.resolve();
-
-  /** Runs jobs one after another, in arrival order. */
-  const exclusive = <T>(job: () => Promise<T>): Promise<T> => {
-    const run = queue.then(job);
-    queue = run.then(() => undefined, () => undefined);
-    return run;
-  };
+  const batcher = options.batcher ?? new ContinuousBatcher(model, maxRows);
 
   const modelCard = () => ({ id: options.modelId, object: 'model', created, owned_by: 'nemotron-tfjs' });
 
@@ -304,6 +311,14 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
         `(${longest} ${where}, ${maxTokens} for the completion). Please reduce the length of the ${kind === 'chat' ? 'messages' : 'prompt'} or completion.`,
         requested !== undefined ? maxTokensName : kind === 'chat' ? 'messages' : 'prompt', 'invalid_request_error', 'context_length_exceeded');
     }
+    if (maxTokens > 0) {
+      // What generate() would refuse (a setting of generation_config.json the request leaves in place, say) is the request's error.
+      try {
+        rowDecoding(model, prompts[0], { ...decoding, maxNewTokens: maxTokens });
+      } catch (e) {
+        throw new OpenAIError(400, (e as Error).message);
+      }
+    }
     return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs };
   }
 
@@ -311,12 +326,12 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
    * Decodes a job's rows together (prompts left-padded), feeding each choice's text to `onText` as it becomes final
    * (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
    */
+  /**
+   * Decodes a job's rows on the batcher (beside other requests' rows), feeding each choice's text to `onText` as it
+   * becomes final (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
+   */
   async function run(job: Job, onText: (index: number, text: string, logprobs: Scored[]) => void, aborted: () => boolean): Promise<Choice[]> {
     const rows = job.prompts.flatMap((p) => Array.from({ length: job.n }, () => p));
-    const width = Math.max(...rows.map((r) => r.length));
-    const pad = model.config.padTokenId ?? 0;
-    const inputIds = rows.map((r) => [...new Array<number>(width - r.length).fill(pad), ...r]);
-    const attentionMask = rows.map((r) => [...new Array<number>(width - r.length).fill(0), ...r.map(() => 1)]);
     const choices: Choice[] = rows.map((row) => {
       // The prompt goes through the decoder first (its text discarded), so that the answer's first token decodes as it
       // does after the prompt (a SentencePiece decoder strips the leading space of a text's start only).
@@ -333,40 +348,39 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       c.sent = Math.max(c.sent, upTo);
       c.logprobsSent = c.logprobs.length;
     };
-    const stream = generateStream(model, inputIds, { ...job.options, maxNewTokens: job.maxTokens, attentionMask, outputLogits: job.logprobs !== null });
-    try {
-      for await (const step of stream) {
-        step.tokens.forEach((token, i) => {
-          const c = choices[i];
-          if (c.finish) return;
-          c.tokens++;
-          const before = c.text.length;
-          if (step.finished[i]) {
-            // EOS: its text is not part of the answer.
-            c.text += c.decoder.flush();
-            c.finish = 'stop';
-          } else {
-            // The model's own distribution (before temperature and the other processors), as vLLM reports it.
-            if (step.logits) c.logprobs.push({ ...logprobOf(step.logits[i], token, job.logprobs ?? 0), offset: before });
-            c.text += c.decoder.push(token);
-            if (c.tokens === job.maxTokens) {
-              c.text += c.decoder.flush();
-              c.finish = 'length';
-            }
-          }
-          const at = job.stops.length ? firstStop(c.text, job.stops, before - longestStop + 1) : -1;
-          if (at >= 0) {
-            c.text = c.text.slice(0, at);
-            c.finish = 'stop';
-          }
-          send(i, c.finish ? c.text.length : c.text.length - stopPrefixTail(c.text, job.stops));
-        });
-        if (choices.every((c) => c.finish) || aborted()) break;
+    /** Row i's new token: its text, log-probability and whether it ends the choice; false once it has ended. */
+    const accept = (i: number, eos: number[], token: number, logits: Float32Array | null): boolean => {
+      const c = choices[i];
+      c.tokens++;
+      const before = c.text.length;
+      if (eos.includes(token)) {
+        // EOS: its text is not part of the answer.
+        c.text += c.decoder.flush();
+        c.finish = 'stop';
+      } else {
+        // The model's own distribution (before temperature and the other processors), as vLLM reports it.
+        if (logits) c.logprobs.push({ ...logprobOf(logits, token, job.logprobs ?? 0), offset: before });
+        c.text += c.decoder.push(token);
+        if (c.tokens === job.maxTokens) {
+          c.text += c.decoder.flush();
+          c.finish = 'length';
+        }
       }
-    } finally {
-      // Ends the generation (frees its KV cache) when a stop string or the client ended it early.
-      await stream.return();
-    }
+      const at = job.stops.length ? firstStop(c.text, job.stops, before - longestStop + 1) : -1;
+      if (at >= 0) {
+        c.text = c.text.slice(0, at);
+        c.finish = 'stop';
+      }
+      send(i, c.finish ? c.text.length : c.text.length - stopPrefixTail(c.text, job.stops));
+      return c.finish === null && !aborted();
+    };
+    await Promise.all(rows.map((prompt, i) => {
+      const decoding = rowDecoding(model, prompt, { ...job.options, seed: rowSeed(job, i), maxNewTokens: job.maxTokens });
+      return batcher.generate({
+        prompt, decoding, wantLogits: job.logprobs !== null, cancelled: aborted,
+        onToken: (token, logits) => accept(i, decoding.eosTokenIds, token, logits),
+      });
+    }));
     return choices;
   }
 
@@ -437,10 +451,8 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       return completionLogprobs([...(prompt ?? []), ...entries.map((e) => ({ ...e, offset: e.offset + echoOf(index).length }))], 0);
     };
     if (!job.stream) {
-      const [prompts, choices] = await exclusive(async () => {
-        const scored = await scorePrompts();
-        return [scored, await run(job, () => undefined, () => closed)] as const;
-      });
+      const prompts = await scorePrompts();
+      const choices = await run(job, () => undefined, () => closed);
       const body = {
         id, object, created: stamp, model: options.modelId,
         choices: choices.map((c, index) => (job.kind === 'chat'
@@ -460,15 +472,12 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     const piece = (index: number, text: string, finish: FinishReason | null, logprobs: object | null = null) => (job.kind === 'chat'
       ? { index, delta: text ? { content: text } : {}, logprobs, finish_reason: finish }
       : { index, text, logprobs, finish_reason: finish });
-    const choices = await exclusive(async () => {
-      if (closed) return [];
-      const prompts = await scorePrompts();
-      for (let index = 0; index < rowCount; index++) {
-        if (job.kind === 'chat') event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
-        else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
-      }
-      return run(job, (index, text, scored) => event([piece(index, text, null, logprobsOf(index, scored))]), () => closed);
-    });
+    const prompts = await scorePrompts();
+    for (let index = 0; index < rowCount; index++) {
+      if (job.kind === 'chat') event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+      else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
+    }
+    const choices = closed ? [] : await run(job, (index, text, scored) => event([piece(index, text, null, logprobsOf(index, scored))]), () => closed);
     choices.forEach((c, index) => event([piece(index, '', c.finish ?? 'length')]));
     if (job.includeUsage && choices.length) event([], { usage: usage(job, choices) });
     if (!closed) res.end('data: [DONE]\n\n');

@@ -9,6 +9,7 @@ import { NemotronTokenizer } from '../../src/tokenizer';
 import { GenerateOptions, generate } from '../../src/generation/generate';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { createOpenAIServer, serverAddress } from '../../src/serving/openai';
+import { ContinuousBatcher } from '../../src/serving/batcher';
 import { logprobOf, sequenceLogprobs } from '../../src/inference/logprobs';
 import { stopStringDecoder } from '../../src/generation/generate';
 import { fixtureDir, tmpDir } from '../helpers';
@@ -42,6 +43,7 @@ describe('OpenAI-compatible server (serve)', function () {
   let tokenizer: NemotronTokenizer;
   let server: http.Server;
   let base: string;
+  let batcher: ContinuousBatcher;
   const model = () => lm;
 
   async function post(route: string, body: unknown): Promise<Reply> {
@@ -77,7 +79,8 @@ describe('OpenAI-compatible server (serve)', function () {
     await setBackend('cpu');
     tokenizer = await NemotronTokenizer.fromPretrained(path.join(dir, 'tiny'));
     lm = await NemotronForCausalLM.fromPretrained(path.join(dir, 'tiny'));
-    server = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, maxRows: 8 });
+    batcher = new ContinuousBatcher(lm, 8);
+    server = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, maxRows: 8, batcher });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     base = serverAddress(server);
   });
@@ -356,12 +359,16 @@ describe('OpenAI-compatible server (serve)', function () {
     }
   });
 
-  it('requests at once are answered one after another, each right; a client that leaves mid-stream frees the generation', async () => {
+  it('requests at once decode together (continuous batching), each as alone; a client that leaves mid-stream frees its row', async () => {
     const before = tf.memory().numTensors;
     const prompts = ['Hello', 'The cat', 'Once upon'];
-    const expected = await Promise.all(prompts.map((p) => continuation(tokenizer.encode(p), { maxNewTokens: 8, doSample: false })));
-    const replies = await Promise.all(prompts.map((prompt) => post('/v1/completions', { prompt, max_tokens: 8, temperature: 0 })));
+    const expected = await Promise.all(prompts.map((p) => continuation(tokenizer.encode(p), { maxNewTokens: 30, doSample: false })));
+    const peak = batcher.stats.peakRows;
+    batcher.stats.peakRows = 0;
+    const replies = await Promise.all(prompts.map((prompt) => post('/v1/completions', { prompt, max_tokens: 30, temperature: 0 })));
     expect(replies.map((r) => r.json.choices[0].text)).to.deep.equal(expected.map((e) => e.text));
+    expect(batcher.stats.peakRows).to.be.within(2, 3);
+    batcher.stats.peakRows = Math.max(peak, batcher.stats.peakRows);
     // A streamed request abandoned after its first chunk: the server stops generating and frees the KV cache.
     const controller = new AbortController();
     const r = await fetch(`${base}/v1/completions`, {
@@ -371,9 +378,9 @@ describe('OpenAI-compatible server (serve)', function () {
     await reader.read();
     controller.abort();
     await reader.read().catch(() => undefined);
-    // The next request waits for the abandoned one to end, then runs.
-    const after = await post('/v1/completions', { prompt: 'Hello', max_tokens: 8, temperature: 0 });
+    const after = await post('/v1/completions', { prompt: 'Hello', max_tokens: 30, temperature: 0 });
     expect(after.json.choices[0].text).to.equal(expected[0].text);
+    expect(batcher.load).to.deep.equal({ active: 0, waiting: 0 });
     expect(tf.memory().numTensors).to.equal(before);
   });
 

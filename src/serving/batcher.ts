@@ -1,0 +1,192 @@
+/**
+ * Continuous batching (as vLLM and transformers' serve do it): rows of different requests decode together, one token
+ * each per forward pass; a new row joins between two steps (its prompt run alone, its keys and values then joined to
+ * the batch's cache, left-padded) and a row that ends leaves at once. On a CPU a step over 8 rows costs little more
+ * than a step over one (the weights are read once), so concurrent requests share the model's time instead of queueing.
+ *
+ * Each row decodes as generate() would decode its prompt alone (rowDecoding: its processors, its own sampler).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { KVCache } from '../../layers/kv-cache';
+import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { RowDecoding, argmax } from '../generation/index';
+
+/** One prompt to continue. */
+export interface BatchRow {
+  prompt: number[];
+  decoding: RowDecoding;
+  /** Called with each new token (and the position's raw logits with wantLogits); false ends the row. */
+  onToken(token: number, logits: Float32Array | null): boolean;
+  /** Pass the raw logits of every step to onToken (log-probabilities). */
+  wantLogits?: boolean;
+  /** Checked before the row's prompt runs: a request that went away is not started. */
+  cancelled?(): boolean;
+}
+
+interface Active {
+  row: BatchRow;
+  /** Prompt and generated tokens. */
+  sequence: number[];
+  generated: number;
+  done: () => void;
+  fail: (e: unknown) => void;
+}
+
+export interface BatcherStats {
+  /** Forward passes over the batch (decode steps), and the rows they carried. */
+  steps: number;
+  rowSteps: number;
+  /** Most rows decoded together. */
+  peakRows: number;
+}
+
+export class ContinuousBatcher {
+  private pending: Array<{ row: BatchRow; done: () => void; fail: (e: unknown) => void }> = [];
+  private active: Active[] = [];
+  private cache: KVCache | null = null;
+  /** Attention mask of each active row over the cache's positions (0: left padding). */
+  private masks: number[][] = [];
+  private running = false;
+  readonly stats: BatcherStats = { steps: 0, rowSteps: 0, peakRows: 0 };
+
+  constructor(private readonly model: NemotronForCausalLM, readonly maxRows = 16) {
+    if (!Number.isInteger(maxRows) || maxRows < 1) throw new Error(`ContinuousBatcher: maxRows must be a positive integer, got ${maxRows}`);
+  }
+
+  /** Rows decoding now and rows waiting for room. */
+  get load(): { active: number; waiting: number } {
+    return { active: this.active.length, waiting: this.pending.length };
+  }
+
+  /** Continues `row.prompt`; resolves when the row ends (an EOS, its maximum, or onToken returning false). */
+  generate(row: BatchRow): Promise<void> {
+    const limit = this.model.config.maxSequenceLength;
+    if (row.prompt.length === 0) return Promise.reject(new Error('ContinuousBatcher: the prompt is empty'));
+    if (row.prompt.length + row.decoding.maxNewTokens > limit) {
+      return Promise.reject(new Error(`ContinuousBatcher: the prompt (${row.prompt.length} tokens) plus ${row.decoding.maxNewTokens} new tokens is longer than the context (${limit})`));
+    }
+    return new Promise<void>((done, fail) => {
+      this.pending.push({ row, done, fail });
+      if (!this.running) {
+        this.running = true;
+        // The loop runs beside the caller; every await in it lets the server take new requests.
+        void this.loop();
+      }
+    });
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.pending.length || this.active.length) {
+        try {
+          await this.admit();
+          if (this.active.length) await this.step();
+        } catch (e) {
+          // A failed pass fails the rows it carried; the batch starts over.
+          for (const a of this.active) a.fail(e);
+          this.active = [];
+          this.masks = [];
+          this.cache?.dispose();
+          this.cache = null;
+        }
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Runs the prompts of waiting rows (while there is room) and joins them to the batch after their first token. */
+  private async admit(): Promise<void> {
+    while (this.pending.length && this.active.length < this.maxRows) {
+      const { row, done, fail } = this.pending.shift()!;
+      if (row.cancelled?.()) {
+        done();
+        continue;
+      }
+      const rowCache = new KVCache(this.model.config.numHiddenLayers);
+      try {
+        const out = this.model.forward({ inputIds: [row.prompt], pastKeyValues: rowCache, useCache: true, logitsToKeep: 1 });
+        const logits = await out.logits.data() as Float32Array;
+        out.logits.dispose();
+        const active: Active = { row, sequence: row.prompt.slice(), generated: 0, done, fail };
+        if (this.accept(active, logits)) {
+          if (!this.cache) this.cache = new KVCache(this.model.config.numHiddenLayers);
+          const width = Math.max(this.cache.length, rowCache.length);
+          this.cache.appendRows(rowCache);
+          this.masks = [...this.masks, row.prompt.map(() => 1)].map((m) => [...new Array<number>(width - m.length).fill(0), ...m]);
+          this.active.push(active);
+          this.stats.peakRows = Math.max(this.stats.peakRows, this.active.length);
+        }
+      } catch (e) {
+        fail(e);
+      } finally {
+        rowCache.dispose();
+      }
+    }
+  }
+
+  /** One token for every active row, in one forward pass over the batch. */
+  private async step(): Promise<void> {
+    const batch = this.active.length;
+    this.masks.forEach((m) => m.push(1));
+    const out = this.model.forward({
+      inputIds: this.active.map((a) => [a.sequence[a.sequence.length - 1]]),
+      attentionMask: this.masks,
+      positionIds: this.active.map((a) => [a.sequence.length - 1]),
+      pastKeyValues: this.cache!,
+      useCache: true,
+      logitsToKeep: 1,
+    });
+    const vocab = this.model.config.vocabSize;
+    const onHost = this.active.flatMap((a, b) => (a.row.wantLogits || a.row.decoding.needsLogits ? [b] : []));
+    const [ids, rows] = tf.tidy(() => {
+      const logits = out.logits.reshape([batch, vocab]);
+      return [tf.argMax(logits, -1), onHost.length ? tf.gather(logits, tf.tensor1d(onHost, 'int32')) : null] as const;
+    });
+    out.logits.dispose();
+    const [best, hostLogits] = await Promise.all([ids.data(), rows?.data() as Promise<Float32Array> | undefined]);
+    tf.dispose([ids, ...(rows ? [rows] : [])]);
+    this.stats.steps++;
+    this.stats.rowSteps += batch;
+    const keep: number[] = [];
+    this.active.forEach((a, b) => {
+      const at = onHost.indexOf(b);
+      const going = at >= 0 ? this.accept(a, hostLogits!.subarray(at * vocab, (at + 1) * vocab)) : this.accept(a, null, best[b]);
+      if (going) keep.push(b);
+    });
+    if (keep.length < batch) {
+      this.active = keep.map((b) => this.active[b]);
+      this.masks = keep.map((b) => this.masks[b]);
+      if (keep.length === 0) {
+        this.cache!.dispose();
+        this.cache = null;
+        this.masks = [];
+      } else {
+        // Positions that every remaining row has as padding go too.
+        const unused = Math.min(...this.masks.map((m) => m.indexOf(1)));
+        this.cache!.selectRows(keep, unused);
+        this.masks = this.masks.map((m) => m.slice(unused));
+      }
+    }
+  }
+
+  /** The row's next token from its logits (or the device's argmax); false once the row has ended. */
+  private accept(a: Active, logits: Float32Array | null, argmaxToken?: number): boolean {
+    const { decoding } = a.row;
+    let token: number;
+    try {
+      const raw = logits && a.row.wantLogits ? logits.slice() : null;
+      token = decoding.needsLogits ? decoding.next(logits!.slice(), a.sequence, a.generated) : argmaxToken ?? argmax(logits!);
+      a.sequence.push(token);
+      a.generated++;
+      const going = a.row.onToken(token, raw);
+      if (going && !decoding.eosTokenIds.includes(token) && a.generated < decoding.maxNewTokens) return true;
+    } catch (e) {
+      a.fail(e);
+      return false;
+    }
+    a.done();
+    return false;
+  }
+}

@@ -1,0 +1,110 @@
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { NemotronForCausalLM, GenerateOptions, generate, rowDecoding } from '../../src/index';
+import { BatchRow, ContinuousBatcher } from '../../src/serving/batcher';
+import { CONFIGS, fixtureDir, forEachBackend, testBackends } from '../helpers';
+
+/** The new tokens (and raw logits) of one prompt decoded alone. */
+async function alone(model: NemotronForCausalLM, prompt: number[], options: GenerateOptions): Promise<{ tokens: number[]; logits: Float32Array[] }> {
+  const out = await generate(model, [prompt], { ...options, outputLogits: true });
+  return { tokens: out.sequences[0].slice(prompt.length), logits: out.logits!.map((step) => step[0]) };
+}
+
+forEachBackend(testBackends(), () => {
+  for (const config of CONFIGS) {
+    describe(`continuous batching: ${config}`, () => {
+      let model: NemotronForCausalLM;
+      before(async () => { model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm')); });
+      after(() => model.dispose());
+
+      /** A row that records its tokens and logits; `then` runs after its n-th token. */
+      function recorder(prompt: number[], options: GenerateOptions, then?: { after: number; run: () => void }) {
+        const tokens: number[] = [];
+        const logits: Float32Array[] = [];
+        const row: BatchRow = {
+          prompt, decoding: rowDecoding(model, prompt, options), wantLogits: true,
+          onToken: (token, l) => {
+            tokens.push(token);
+            logits.push(l!);
+            if (then && tokens.length === then.after) then.run();
+            return true;
+          },
+        };
+        return { row, tokens, logits };
+      }
+
+      it('rows that join a running batch (shorter and longer than it) decode as each prompt alone: greedy, sampled, penalized', async () => {
+        const before = tf.memory().numTensors;
+        const batcher = new ContinuousBatcher(model, 8);
+        const first = [2, 17, 33, 41, 5];
+        const later: Array<[number[], GenerateOptions]> = [
+          [[2, 9], { maxNewTokens: 7, doSample: false, eosTokenId: null }],
+          [[2, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70], { maxNewTokens: 6, doSample: false, eosTokenId: null }],
+          [[2, 30, 31], { maxNewTokens: 8, doSample: true, temperature: 0.8, seed: 11, eosTokenId: null }],
+          [[2, 30, 31, 7], { maxNewTokens: 8, doSample: false, repetitionPenalty: 1.5, noRepeatNgramSize: 2, eosTokenId: null }],
+        ];
+        const firstOptions: GenerateOptions = { maxNewTokens: 12, doSample: false, eosTokenId: null };
+        const joined: Array<ReturnType<typeof recorder>> = [];
+        const pending: Promise<void>[] = [];
+        // The later rows arrive while the first is decoding (after its 3rd token), one of them longer than its cache.
+        const head = recorder(first, firstOptions, {
+          after: 3,
+          run: () => later.forEach(([prompt, options]) => {
+            const r = recorder(prompt, options);
+            joined.push(r);
+            pending.push(batcher.generate(r.row));
+          }),
+        });
+        await batcher.generate(head.row);
+        await Promise.all(pending);
+        const rows: Array<[number[], GenerateOptions, ReturnType<typeof recorder>]> = [[first, firstOptions, head], ...later.map(([p, o], i): [number[], GenerateOptions, ReturnType<typeof recorder>] => [p, o, joined[i]])];
+        for (const [prompt, options, got] of rows) {
+          const reference = await alone(model, prompt, options);
+          expect(got.tokens, JSON.stringify(prompt)).to.deep.equal(reference.tokens);
+          got.logits.forEach((l, s) => {
+            let worst = 0;
+            l.forEach((v, i) => { worst = Math.max(worst, Math.abs(v - reference.logits[s][i])); });
+            expect(worst, `logits of step ${s}`).to.be.at.most(1e-4);
+          });
+        }
+        expect(batcher.stats.peakRows).to.equal(5);
+        // Fewer passes than tokens: the rows shared them.
+        expect(batcher.stats.steps).to.be.lessThan(batcher.stats.rowSteps);
+        expect(tf.memory().numTensors).to.equal(before);
+      });
+
+      it('at most maxRows rows decode at once (the others wait); EOS, onToken false and cancellation end rows', async () => {
+        const before = tf.memory().numTensors;
+        const batcher = new ContinuousBatcher(model, 2);
+        const prompts = [[2, 5, 6], [2, 7], [2, 8, 9, 10], [2, 11, 12]];
+        const options: GenerateOptions = { maxNewTokens: 6, doSample: false, eosTokenId: null };
+        const rows = prompts.map((p) => recorder(p, options));
+        await Promise.all(rows.map((r) => batcher.generate(r.row)));
+        for (let i = 0; i < prompts.length; i++) expect(rows[i].tokens).to.deep.equal((await alone(model, prompts[i], options)).tokens);
+        expect(batcher.stats.peakRows).to.equal(2);
+        // An EOS id that the greedy answer reaches at its 3rd token ends the row there.
+        const greedy = (await alone(model, prompts[0], options)).tokens;
+        const eos = recorder(prompts[0], { ...options, eosTokenId: greedy[2] });
+        await batcher.generate(eos.row);
+        expect(eos.tokens).to.deep.equal(greedy.slice(0, greedy.indexOf(greedy[2]) + 1));
+        // onToken false after 2 tokens; a cancelled row never runs.
+        let seen = 0;
+        const stopped = batcher.generate({ prompt: prompts[1], decoding: rowDecoding(model, prompts[1], options), onToken: () => ++seen < 2 });
+        let called = false;
+        const cancelled = batcher.generate({ prompt: prompts[2], decoding: rowDecoding(model, prompts[2], options), onToken: () => { called = true; return true; }, cancelled: () => true });
+        await Promise.all([stopped, cancelled]);
+        expect(seen).to.equal(2);
+        expect(called).to.equal(false);
+        expect(tf.memory().numTensors).to.equal(before);
+      });
+
+      it('a prompt longer than the context is refused with both lengths', async () => {
+        const batcher = new ContinuousBatcher(model, 2);
+        const prompt = new Array(model.config.maxPositionEmbeddings).fill(5);
+        const decoding = { ...rowDecoding(model, [2], { maxNewTokens: 4 }), maxNewTokens: 4 };
+        const message = await batcher.generate({ prompt, decoding, onToken: () => true }).then(() => '', (e: Error) => e.message);
+        expect(message).to.equal(`ContinuousBatcher: the prompt (${prompt.length} tokens) plus 4 new tokens is longer than the context (${model.config.maxPositionEmbeddings})`);
+      });
+    });
+  }
+});

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Python venv with transformers + CPU PyTorch (and the openai client, for the serve test) that the reference
+# Creates (or reuses) the Python venv with transformers + CPU PyTorch (and, for the serve tests, the openai client and lm-evaluation-harness) that the reference
 # comparisons and benchmarks/torch_bench.py use.
 #   bash scripts/reference-venv.sh [VENV_DIR]     (default: .venv-ref at the repository root)
 # Idempotent: returns at once when the venv already imports torch, transformers, safetensors and numpy.
@@ -37,6 +37,10 @@ fi
 # Keep pip from replacing torch with a CUDA build while resolving the rest.
 "${PIP[@]}" "$TORCH_SPEC"
 "${PIP[@]}" transformers safetensors numpy openai "torch==$TORCH_VERSION"
+
+# lm-evaluation-harness (its API client, and its transformers backend on the same torch) for the serve suite's
+# end-to-end check; optional: without it that check is skipped.
+"${PIP[@]}" "lm_eval[api]" "torch==$TORCH_VERSION" || echo "lm_eval could not be installed: the lm-evaluation-harness check will be skipped" >&2
 
 if ! check; then
   echo "reference venv at $VENV is incomplete" >&2

@@ -1,4 +1,7 @@
 /** Named model shapes for the benchmarks (run.ts --config NAME). */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import { NemotronConfigFields } from '../src/index';
 
 export interface BenchConfig {
@@ -46,4 +49,27 @@ export function benchConfig(name: string): BenchConfig {
   const c = BENCH_CONFIGS[name];
   if (!c) throw new Error(`Unknown benchmark config ${JSON.stringify(name)}; expected one of ${Object.keys(BENCH_CONFIGS).join(', ')}`);
   return c;
+}
+
+export interface Machine {
+  arch: string;
+  cpu: string;
+  cores: number;
+  ram_bytes: number;
+  os: string;
+}
+
+/** The machine a benchmark ran on, for its report. */
+export function machineInfo(): Machine {
+  let cpu = os.cpus()[0]?.model ?? 'unknown';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) cpu = m[1].trim();
+  } catch {
+    // keep os.cpus()
+  }
+  let arch: string = os.arch();
+  const uname = spawnSync('uname', ['-m'], { encoding: 'utf8' });
+  if (uname.status === 0) arch = uname.stdout.trim();
+  return { arch, cpu, cores: os.cpus().length, ram_bytes: os.totalmem(), os: `${os.type()} ${os.release()}` };
 }

@@ -18,7 +18,7 @@ import seedrandom from 'seedrandom';
 import {
   AdamW, LoraModel, availableBackends, BackendName, DECODE_STEP_KERNEL, generate, NemotronConfig, NemotronForCausalLM, setBackend, tf, useFusedKernels,
 } from '../src/index';
-import { BENCH_CONFIGS, benchConfig } from './configs';
+import { BENCH_CONFIGS, Machine, benchConfig, machineInfo } from './configs';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const PY_DIR = path.join(REPO_ROOT, 'benchmarks');
@@ -338,27 +338,6 @@ interface Limits {
   bandwidth_gbs: number;
 }
 
-interface Machine {
-  arch: string;
-  cpu: string;
-  cores: number;
-  ram_bytes: number;
-  os: string;
-}
-
-function machineInfo(): Machine {
-  let cpu = os.cpus()[0]?.model ?? 'unknown';
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) cpu = m[1].trim();
-  } catch {
-    // keep os.cpus()
-  }
-  let arch: string = os.arch();
-  const uname = spawnSync('uname', ['-m'], { encoding: 'utf8' });
-  if (uname.status === 0) arch = uname.stdout.trim();
-  return { arch, cpu, cores: os.cpus().length, ram_bytes: os.totalmem(), os: `${os.type()} ${os.release()}` };
-}
 
 function venvPython(a: Args): string | null {
   const py = path.resolve(a.venv, 'bin', 'python');

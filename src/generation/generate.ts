@@ -260,7 +260,12 @@ export interface StopStringTokenizer {
  * does), so that a SentencePiece decoder's strip of the leading space does not drop the space of the first token.
  */
 export function stopStringDecoder(tokenizer: StopStringTokenizer): (ids: number[]) => string {
-  const prefix = tokenizer.encode ? tokenizer.encode('abcdef', { addSpecialTokens: false }) : [];
+  let prefix: number[] = [];
+  try {
+    prefix = tokenizer.encode ? tokenizer.encode('abcdef', { addSpecialTokens: false }) : [];
+  } catch {
+    // A vocabulary that cannot write those letters: tokens decode alone.
+  }
   const prefixText = tokenizer.decode(prefix);
   return (ids) => {
     const text = tokenizer.decode([...prefix, ...ids]);

@@ -17,7 +17,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, spawn, spawnSync } from 'child_process';
 import { NemotronConfig, NemotronForCausalLM, NemotronTokenizer, setBackend } from '../src/index';
 import { ContinuousBatcher } from '../src/serving/batcher';
 import { createOpenAIServer, serverAddress } from '../src/serving/openai';
@@ -120,7 +120,11 @@ async function main(): Promise<void> {
       `${serverAddress(server)}/v1/completions`, config.name, () => batcher.stats.peakRows, () => { batcher.stats.peakRows = 0; });
     await new Promise((resolve) => server.close(resolve));
   }
+  let torchVersions = '';
   if (argv.includes('--torch')) {
+    const venv = process.env.NEMOTRON_REF_VENV ?? path.resolve(__dirname, '../../.venv-ref');
+    torchVersions = spawnSync(path.join(venv, 'bin/python'), ['-c', 'import torch, transformers; print(f"transformers {transformers.__version__}, torch {torch.__version__}")'],
+      { encoding: 'utf8' }).stdout?.trim() ?? '';
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-serve-bench-'));
     try {
       await model.savePretrained(dir);
@@ -175,6 +179,7 @@ async function main(): Promise<void> {
       '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |', ...table, '',
       `Greedy texts of the ${prompts.length}-client round: ${agreement.join('; ')}.`, '',
       ...failures.map((f) => `Failed: ${f}`), ...(failures.length ? [''] : []),
+      ...(torchVersions ? [`Reference: ${torchVersions} (CPU, float32).`, ''] : []),
     ].join('\n'));
     console.log(`wrote ${base}.md and .json`);
   }

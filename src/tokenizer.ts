@@ -10,8 +10,9 @@
  * What this module adds on top, to behave like `transformers`:
  *  - special tokens (bos/eos/unk/pad) resolved from tokenizer_config.json (plain strings or
  *    AddedToken objects `{content: ...}`), special_tokens_map.json, config.json ids;
- *  - `add_bos_token` / `add_eos_token` from tokenizer_config.json (Llama/Nemotron style) override
- *    the post-processor, as `update_post_processor()` does in transformers;
+ *  - the special tokens around a text from tokenizer.json's post-processor alone: transformers 5 drops
+ *    tokenizer_config.json's `add_bos_token` / `add_eos_token` when a tokenizer.json is there (they build
+ *    the template only for a SentencePiece tokenizer.model, see fromSentencePieceModel);
  *  - `clean_up_tokenization_spaces` defaults to false (the transformers default) instead of
  *    tokenizers.js's true;
  *  - batch encoding with left/right padding, attention masks and truncation;
@@ -30,7 +31,7 @@ import { GGUFFile } from './io/gguf';
 
 /** Options of {@link NemotronTokenizer.encode}. */
 export interface EncodeOptions {
-  /** Add the special tokens of the post-processor / `add_bos_token` (BOS for Nemotron). Default true. */
+  /** Add the special tokens of the post-processor (BOS for Nemotron). Default true. */
   addSpecialTokens?: boolean;
 }
 
@@ -185,9 +186,9 @@ export class NemotronTokenizer {
   readonly eosTokenId: number | null;
   readonly padTokenId: number | null;
   readonly unkTokenId: number | null;
-  /** Whether `encode` prepends BOS: tokenizer_config's `add_bos_token`, else what the post-processor does. */
+  /** Whether `encode` prepends BOS: what tokenizer.json's post-processor does (transformers 5 ignores tokenizer_config's add_bos_token there). */
   readonly addBosToken: boolean;
-  /** Whether `encode` appends EOS: tokenizer_config's `add_eos_token`, else what the post-processor does. */
+  /** Whether `encode` appends EOS: what tokenizer.json's post-processor does. */
   readonly addEosToken: boolean;
   /**
    * Number of token ids, added tokens included (`len(tokenizer)` in transformers); every id in
@@ -212,8 +213,6 @@ export class NemotronTokenizer {
   /** Ids added around one sequence when `addSpecialTokens` is true. */
   private readonly prefixIds: number[];
   private readonly suffixIds: number[];
-  /** Whether tokenizer_config's add_bos_token / add_eos_token build the template (transformers' update_post_processor). */
-  private readonly flagTemplate: boolean;
 
   private constructor(tok: HFTokenizer, config: Json, sources: TokenizerSources) {
     this.tok = tok;
@@ -306,26 +305,12 @@ export class NemotronTokenizer {
     }
     const postAddsBos = bos.id !== null && prefix.length > 0 && prefix[0] === bos.id;
     const postAddsEos = eos.id !== null && suffix.length > 0 && suffix[suffix.length - 1] === eos.id;
-    this.flagTemplate = typeof config.add_bos_token === 'boolean' || typeof config.add_eos_token === 'boolean';
-    if (this.flagTemplate) {
-      // Llama/Nemotron style: tokenizer_config's flags replace the post-processor (transformers'
-      // update_post_processor builds the template `bos? $A eos?`).
-      this.addBosToken = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : postAddsBos;
-      this.addEosToken = typeof config.add_eos_token === 'boolean' ? config.add_eos_token : postAddsEos;
-      if (this.addBosToken && bos.id === null) {
-        throw new Error(`add_bos_token is true in tokenizer_config.json but there is no bos_token`);
-      }
-      if (this.addEosToken && eos.id === null) {
-        throw new Error(`add_eos_token is true in tokenizer_config.json but there is no eos_token`);
-      }
-      this.prefixIds = this.addBosToken ? [bos.id!] : [];
-      this.suffixIds = this.addEosToken ? [eos.id!] : [];
-    } else {
-      this.addBosToken = postAddsBos;
-      this.addEosToken = postAddsEos;
-      this.prefixIds = prefix;
-      this.suffixIds = suffix;
-    }
+    // transformers 5 pops tokenizer_config's add_bos_token / add_eos_token when it loads a tokenizer.json: the
+    // post-processor decides (none: nothing is added), whatever the flags say.
+    this.addBosToken = postAddsBos;
+    this.addEosToken = postAddsEos;
+    this.prefixIds = prefix;
+    this.suffixIds = suffix;
 
     this.paddingSide = config.padding_side === 'left' ? 'left' : 'right';
     this.truncationSide = config.truncation_side === 'left' ? 'left' : 'right';
@@ -724,17 +709,14 @@ export class NemotronTokenizer {
   }
 
   /**
-   * A pair of texts as transformers' tokenizer(text, text_pair) encodes it: the template's pair form (with
-   * add_bos_token / add_eos_token, `bos? A eos? bos? B eos?` as update_post_processor builds it; else the
-   * post-processor's pair template), the special tokens mask, and which text each id belongs to (null: a special).
+   * A pair of texts as transformers' tokenizer(text, text_pair) encodes it: the post-processor's pair template, the
+   * special tokens mask, and which text each id belongs to (null: a special).
    */
   encodePair(text: string, textPair: string): { ids: number[]; specialTokensMask: number[]; sequenceIds: Array<0 | 1 | null> } {
     if (typeof text !== 'string' || typeof textPair !== 'string') throw new Error('encodePair: expected two strings');
     const a = this.encode(text, { addSpecialTokens: false });
     const b = this.encode(textPair, { addSpecialTokens: false });
-    const parts: Array<[number[], 0 | 1 | null]> = this.flagTemplate
-      ? [[this.prefixIds, null], [a, 0], [this.suffixIds, null], [this.prefixIds, null], [b, 1], [this.suffixIds, null]]
-      : this.pairTemplateParts(text, textPair, a, b);
+    const parts = this.pairTemplateParts(text, textPair, a, b);
     const ids = parts.flatMap(([p]) => p);
     const sequenceIds = parts.flatMap(([p, seq]) => p.map(() => seq));
     return { ids, specialTokensMask: sequenceIds.map((seq) => (seq === null ? 1 : 0)), sequenceIds };

@@ -26,7 +26,13 @@ export function writeTinyTokenizer(dir: string): void {
       normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }],
     },
     pre_tokenizer: null,
-    post_processor: null,
+    // <s> before a text (and before each of a pair), as a Nemotron tokenizer.json's TemplateProcessing writes it.
+    post_processor: {
+      type: 'TemplateProcessing',
+      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      special_tokens: { '<s>': { id: '<s>', ids: [2], tokens: ['<s>'] } },
+    },
     decoder: {
       type: 'Sequence',
       decoders: [

@@ -199,11 +199,12 @@ describe('NemotronTokenizer', () => {
       expect(t2.encode('Hello')).to.deep.equal(t2.encode('Hello', { addSpecialTokens: false }));
     });
 
-    it('honours add_bos_token: false and add_eos_token: true from tokenizer_config.json', async () => {
+    it('reads add_bos_token: false and add_eos_token: true in tokenizer_config.json as transformers 5 does: not at all (the post-processor decides)', async () => {
       const cfg = { ...buildTokenizerConfig(), add_bos_token: false, add_eos_token: true };
       const t = await NemotronTokenizer.fromJSON(buildTokenizerJson(), cfg);
-      expect(t.addBosToken).to.equal(false);
-      expect(t.encode('Hello world')).to.deep.equal([id('▁Hello'), id('▁world'), 3]);
+      expect(t.addBosToken).to.equal(true);
+      expect(t.addEosToken).to.equal(false);
+      expect(t.encode('Hello world')).to.deep.equal([2, id('▁Hello'), id('▁world')]);
     });
 
     it('falls back to special_tokens_map.json and config.json', async () => {

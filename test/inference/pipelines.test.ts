@@ -91,12 +91,12 @@ forEachBackend(testBackends(), () => {
 });
 
 describe('tokenizer: pairs of texts', () => {
-  it('encodePair equals tokenizer(text, text_pair): ids, special tokens mask, sequence ids (BOS flags, the post-processor\'s template, none)', async () => {
+  it('encodePair equals tokenizer(text, text_pair): ids, special tokens mask, sequence ids (the post-processor\'s template with and without tokenizer_config\'s flags, none)', async () => {
     const fixtures = path.resolve(FIXTURES, '..');
     const json = JSON.parse(fs.readFileSync(path.join(fixtures, 'tokenizer/tokenizer.json'), 'utf8'));
     const { add_bos_token: _bos, add_eos_token: _eos, ...withoutFlags } = JSON.parse(fs.readFileSync(path.join(fixtures, 'tokenizer/tokenizer_config.json'), 'utf8'));
     const tokenizers: Array<[string, string, NemotronTokenizer]> = [
-      ['tokenizer', 'add_bos_token', await NemotronTokenizer.fromPretrained(path.join(fixtures, 'tokenizer'))],
+      ['tokenizer', 'with add_bos_token in tokenizer_config.json (ignored, as transformers 5)', await NemotronTokenizer.fromPretrained(path.join(fixtures, 'tokenizer'))],
       ['tokenizer', 'the post-processor\'s pair template', await NemotronTokenizer.fromJSON(json, withoutFlags)],
       ['generation-processors/tiny-gqa-tokenizer', 'no template', await NemotronTokenizer.fromPretrained(TOKENIZER)],
     ];

@@ -133,7 +133,7 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
 }
 
 /** generation_config.json of a checkpoint folder, or null when there is none. */
-function readGenerationConfig(dir: string): GenerationConfigJson | null {
+export function readGenerationConfig(dir: string): GenerationConfigJson | null {
   const file = path.join(dir, 'generation_config.json');
   if (!fs.existsSync(file)) return null;
   let json: unknown;
@@ -314,14 +314,9 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
 }
 
-export function registerGenerate(program: Command): void {
-  program
-    .command('generate')
-    .description('generate text from a prompt with a causal LM checkpoint, streaming tokens to stdout')
-    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors), or a GGUF file (llama.cpp\'s format, dequantized on load)')
-    .requiredOption('-p, --prompt <text>', 'the prompt (BOS is added as the tokenizer config says)')
-    .option('-n, --max-new-tokens <n>', 'number of new tokens to generate at most (stops earlier at EOS)',
-      integerArg('a positive integer', (n) => n > 0), 50)
+/** The sampling options generate and chat share (see resolveDecoding). */
+export function addSamplingOptions(command: Command): Command {
+  return command
     .option('--greedy', 'greedy decoding (argmax), even when generation_config.json sets do_sample')
     .option('--sample', 'sample from the distribution (temperature 1, top-k 50, top-p 1 unless set here or in generation_config.json)')
     .option('-t, --temperature <t>', 'sampling temperature > 0 (implies sampling; default: generation_config.json, else 1)',
@@ -335,7 +330,17 @@ export function registerGenerate(program: Command): void {
     .option('--repetition-penalty <r>', 'CTRL repetition penalty > 0, 1 = none (also with --greedy; default: generation_config.json, else 1)',
       numberArg('a number > 0', (n) => n > 0))
     .option('-s, --seed <s>', 'seed of the sampler: the same seed gives the same text on the same backend (default: random)',
-      integerArg('an integer'))
+      integerArg('an integer'));
+}
+
+export function registerGenerate(program: Command): void {
+  addSamplingOptions(program
+    .command('generate')
+    .description('generate text from a prompt with a causal LM checkpoint, streaming tokens to stdout')
+    .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors), or a GGUF file (llama.cpp\'s format, dequantized on load)')
+    .requiredOption('-p, --prompt <text>', 'the prompt (BOS is added as the tokenizer config says)')
+    .option('-n, --max-new-tokens <n>', 'number of new tokens to generate at most (stops earlier at EOS)',
+      integerArg('a positive integer', (n) => n > 0), 50))
     .option('--num-beams <n>', 'beam search with n beams (sampled beams with --sample or a sampling option; the text is printed when the search ends; default: generation_config.json, else 1)',
       integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--no-repeat-ngram-size <n>', 'no n-gram of this size appears twice (default: generation_config.json, else off)',

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert` and `serve` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert`, `serve` and `chat` subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -16,6 +16,7 @@ import { registerEvaluate } from './evaluate';
 import { registerPredict } from './predict';
 import { registerConvert } from './convert';
 import { registerServe } from './serve';
+import { registerChat } from './chat';
 
 /** The version in the package.json above this file (dist/src/cli/main.js or src/cli/main.ts). */
 function packageVersion(): string {
@@ -59,6 +60,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerPredict(program);
   registerConvert(program);
   registerServe(program);
+  registerChat(program);
   return program;
 }
 

@@ -28,6 +28,8 @@ export interface OpenAIServerOptions {
   maxBodyBytes?: number;
   /** The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on `model`). */
   batcher?: ContinuousBatcher;
+  /** Requests to /v1/… must carry `Authorization: Bearer <apiKey>` (as vLLM's --api-key); /health stays open. */
+  apiKey?: string;
   /** Each finished request, in a line (method, path, status, tokens, seconds). */
   log?: (line: string) => void;
 }
@@ -490,6 +492,10 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     if (url === '/health' && get) {
       sendJson(res, 200, { status: 'ok' });
       return 0;
+    }
+    if (options.apiKey !== undefined && req.headers.authorization !== `Bearer ${options.apiKey}`) {
+      const given = req.headers.authorization === undefined ? 'no Authorization header' : 'an Authorization header that is not "Bearer <the server\'s key>"';
+      throw new OpenAIError(401, `Incorrect API key: the request has ${given}`, null, 'invalid_request_error', 'invalid_api_key');
     }
     if (url === '/v1/models' && get) {
       sendJson(res, 200, { object: 'list', data: [modelCard()] });

@@ -417,6 +417,56 @@ describe('OpenAI-compatible server (serve)', function () {
     }
   });
 
+  it('--api-key: /v1/ requests need "Authorization: Bearer <key>" (401 otherwise), /health does not', async () => {
+    const guarded = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, apiKey: 'sk-local' });
+    await new Promise<void>((resolve) => guarded.listen(0, '127.0.0.1', resolve));
+    const url = serverAddress(guarded);
+    try {
+      const none = await fetch(`${url}/v1/models`);
+      expect(none.status).to.equal(401);
+      expect(((await none.json()) as Json).error).to.deep.equal({
+        message: 'Incorrect API key: the request has no Authorization header', type: 'invalid_request_error', param: null, code: 'invalid_api_key',
+      });
+      const wrong = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { Authorization: 'Bearer sk-other' }, body: '{"prompt": "Hi"}' });
+      expect(wrong.status).to.equal(401);
+      const right = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { Authorization: 'Bearer sk-local' }, body: '{"prompt": "Hi", "max_tokens": 2}' });
+      expect(right.status).to.equal(200);
+      expect((await fetch(`${url}/health`)).status).to.equal(200);
+    } finally {
+      await new Promise((resolve) => guarded.close(resolve));
+    }
+  });
+
+  it('the CLI chat: each line a user message, the conversation through the chat template, /clear forgets it', async () => {
+    const env = { ...process.env };
+    delete env.NEMOTRON_DEBUG;
+    delete env.NEMOTRON_BACKEND;
+    // The tiny model's context is 64 tokens of single characters: short turns.
+    const lines = ['Hi', 'Ok', '/clear', 'Yo'];
+    const r = spawnSync(process.execPath, [CLI, 'chat', '--model', path.join(dir, 'tiny'), '--greedy', '-n', '4', '--system', 'Be', '--backend', 'cpu'],
+      { input: lines.join('\n') + '\n', encoding: 'utf8', env, timeout: 60_000 });
+    expect(r.status, r.stderr).to.equal(0);
+    // What each turn should print: the greedy reply to the conversation so far, decoded after it.
+    let history = [{ role: 'system', content: 'Be' }];
+    const expected: string[] = [];
+    for (const line of lines) {
+      if (line === '/clear') {
+        history = [{ role: 'system', content: 'Be' }];
+        expected.push('(conversation cleared)');
+        continue;
+      }
+      const messages = [...history, { role: 'user', content: line }];
+      const ids = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+      const reply = (await continuation(ids, { maxNewTokens: 4, doSample: false })).text;
+      expected.push(reply);
+      history = [...messages, { role: 'assistant', content: reply }];
+    }
+    expect(r.stdout).to.equal(expected.map((l) => `${l}\n`).join(''));
+    const bare = spawnSync(process.execPath, [CLI, 'chat', '--model', path.join(ROOT, 'test/fixtures/hf-reference/tiny-gqa/causal-lm'), '--backend', 'cpu'], { input: '', encoding: 'utf8', env });
+    expect(bare.status).to.equal(1);
+    expect(bare.stderr).to.match(/tokenizer\.json is missing/);
+  });
+
   it('the openai Python client reads the answers, streamed and not (skipped without it in the reference venv)', async function () {
     if (!fs.existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import openai'], { encoding: 'utf8' }).status !== 0) {
       console.log(`    (skipped: no openai package in ${PYTHON}; run scripts/reference-venv.sh)`);

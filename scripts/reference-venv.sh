@@ -40,7 +40,7 @@ fi
 
 # lm-evaluation-harness (its API client, and its transformers backend on the same torch) for the serve suite's
 # end-to-end check; optional: without it that check is skipped.
-"${PIP[@]}" "lm_eval[api]" "torch==$TORCH_VERSION" || echo "lm_eval could not be installed: the lm-evaluation-harness check will be skipped" >&2
+"${PIP[@]}" "lm_eval[api]" accelerate "torch==$TORCH_VERSION" || echo "lm_eval could not be installed: the lm-evaluation-harness check will be skipped" >&2
 
 if ! check; then
   echo "reference venv at $VENV is incomplete" >&2

@@ -71,9 +71,9 @@ describe('lm-evaluation-harness through the server equals it on transformers', f
   let server: http.Server;
 
   before(async function () {
-    const probe = fs.existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import lm_eval, tenacity, torch, transformers'], { encoding: 'utf8' }) : null;
+    const probe = fs.existsSync(PYTHON) ? spawnSync(PYTHON, ['-c', 'import lm_eval, tenacity, accelerate, torch, transformers'], { encoding: 'utf8' }) : null;
     if (!probe || probe.status !== 0) {
-      console.log(`    (skipped: no lm_eval[api] with torch in ${PYTHON}; run scripts/reference-venv.sh)`);
+      console.log(`    (skipped: no lm_eval[api] with accelerate and torch in ${PYTHON}; run scripts/reference-venv.sh)`);
       this.skip();
     }
     dir = tmpDir('lm-eval');
@@ -97,8 +97,10 @@ describe('lm-evaluation-harness through the server equals it on transformers', f
     const env = { ...process.env, HF_DATASETS_OFFLINE: '1', HF_HUB_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false' };
     const common = ['-m', 'lm_eval', '--tasks', 'tiny_mc,tiny_gen', '--include_path', path.join(dir, 'tasks'), '--log_samples'];
     const model = path.join(dir, 'tiny');
+    // add_bos_token: local-completions sends a text's tokens alone by default; its hf model, as the tokenizer writes
+    // them (BOS first, by the template), which a Nemotron model expects.
     const ours = await runPython([...common, '--model', 'local-completions', '--output_path', path.join(dir, 'out-serve'), '--model_args',
-      `model=tiny,base_url=${serverAddress(server)}/v1/completions,tokenizer_backend=huggingface,tokenizer=${model},num_concurrent=4,max_length=64`], env);
+      `model=tiny,base_url=${serverAddress(server)}/v1/completions,tokenizer_backend=huggingface,tokenizer=${model},num_concurrent=4,max_length=64,add_bos_token=True`], env);
     expect(ours.code, ours.output.slice(-3000)).to.equal(0);
     const theirs = await runPython([...common, '--model', 'hf', '--device', 'cpu', '--output_path', path.join(dir, 'out-hf'),
       '--model_args', `pretrained=${model},dtype=float32,max_length=64`], env);

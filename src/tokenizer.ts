@@ -28,6 +28,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import * as protobuf from 'protobufjs';
 import { GGUFFile } from './io/gguf';
+import { alignOffsets, offsetPipeline } from './offsets';
 
 /** Options of {@link NemotronTokenizer.encode}. */
 export interface EncodeOptions {
@@ -704,6 +705,42 @@ export class NemotronTokenizer {
     const plain = this.encode(text, { addSpecialTokens: false });
     return {
       ids: [...this.prefixIds, ...plain, ...this.suffixIds],
+      specialTokensMask: [...this.prefixIds.map(() => 1), ...plain.map(() => 0), ...this.suffixIds.map(() => 1)],
+    };
+  }
+
+  /** transformers' convert_tokens_to_string: token strings through tokenizer.json's decoder (joined by spaces without one). */
+  tokensToString(tokens: string[]): string {
+    const decoder = (this.tok as unknown as { decoder?: ((tokens: string[]) => string) | null }).decoder;
+    return decoder ? decoder(tokens) : tokens.join(' ');
+  }
+
+  /** The model's continuing-subword prefix (WordPiece's "##"), or '' (SentencePiece BPE has none). */
+  get continuingSubwordPrefix(): string {
+    const prefix = (this.raw.json.model as Json | undefined)?.continuing_subword_prefix;
+    return typeof prefix === 'string' ? prefix : '';
+  }
+
+  /**
+   * transformers' tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True): the ids, each token's
+   * [start, end) in `text` ([0, 0] for the template's tokens) and the special tokens mask. Offsets are UTF-16 indices
+   * (text.slice(start, end)); they are recovered by replaying the tokenizer's normalization (see src/offsets.ts: the
+   * SentencePiece-style pipelines of Nemotron checkpoints; other pipelines are refused by name).
+   */
+  encodeWithOffsets(text: string): { ids: number[]; offsets: Array<[number, number]>; specialTokensMask: number[] } {
+    const plain = this.encode(text, { addSpecialTokens: false });
+    const pipeline = offsetPipeline(this.raw.json);
+    // Added tokens matched in the raw text split it into separately normalized segments; normalized ones do not.
+    const added = new Map((this.raw.json.added_tokens as Json[]).filter((t) => t.normalized === false).map((t) => [t.id as number, t.content as string]));
+    const pieces = plain.map((id) => {
+      const unknown = id === this.unkTokenId;
+      return { piece: (!unknown && added.get(id)) || (this.tok.id_to_token(id) ?? ''), added: !unknown && added.has(id), unknown };
+    });
+    const offsets = alignOffsets(text, pieces, pipeline);
+    const none = (ids: number[]) => ids.map((): [number, number] => [0, 0]);
+    return {
+      ids: [...this.prefixIds, ...plain, ...this.suffixIds],
+      offsets: [...none(this.prefixIds), ...offsets, ...none(this.suffixIds)],
       specialTokensMask: [...this.prefixIds.map(() => 1), ...plain.map(() => 0), ...this.suffixIds.map(() => 1)],
     };
   }

@@ -41,7 +41,7 @@ export function registerPredict(program: Command): void {
     .option('--top-k <n>', 'labels per text (sequence classification) or answers (question answering), best first, or "all" labels (default: the best)', topKArg)
     .addOption(new Option('--function <name>', 'sequence classification: how logits become scores (default as transformers: sigmoid for multi-label or one label, none for regression, else softmax)').choices(['sigmoid', 'softmax', 'none']))
     .option('--ignore-labels <list>', 'token classification: labels not reported, comma-separated', 'O')
-    .addOption(new Option('--aggregation <strategy>', 'token classification: "none" (every token) or "simple" (adjacent tokens of one B-/I- entity grouped)').choices(['none', 'simple']).default('none'))
+    .addOption(new Option('--aggregation <strategy>', 'token classification: "none" (every token), "simple" (adjacent tokens of one B-/I- entity grouped), or "first" / "average" / "max" (a word\'s tokens take one label first)').choices(['none', 'simple', 'first', 'average', 'max']).default('none'))
     .option('--json', 'print one JSON line per text')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
@@ -96,13 +96,13 @@ export function registerPredict(program: Command): void {
         if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
         const ignoreLabels = String(opts.ignoreLabels).split(',').map((l) => l.trim()).filter(Boolean);
         for (const text of texts) {
-          if (opts.aggregation === 'simple') {
-            const groups = await classifyTokens(model, tokenizer, text, { ignoreLabels, aggregationStrategy: 'simple' });
-            write(text, groups, `${text}\n${groups.map((g) => `  ${g.entityGroup}\t${g.score.toFixed(4)}\t${JSON.stringify(g.word)}`).join('\n')}`);
+          if (opts.aggregation !== 'none') {
+            const groups = await classifyTokens(model, tokenizer, text, { ignoreLabels, aggregationStrategy: opts.aggregation as 'simple' });
+            write(text, groups, `${text}\n${groups.map((g) => `  ${g.entityGroup}\t${g.score.toFixed(4)}\t${g.start}-${g.end}\t${JSON.stringify(text.slice(g.start, g.end))}`).join('\n')}`);
             continue;
           }
           const entities = await classifyTokens(model, tokenizer, text, { ignoreLabels });
-          write(text, entities, `${text}\n${entities.map((e) => `  ${e.index}\t${JSON.stringify(e.word)}\t${e.entity}\t${e.score.toFixed(4)}`).join('\n')}`);
+          write(text, entities, `${text}\n${entities.map((e) => `  ${e.index}\t${JSON.stringify(e.word)}\t${e.entity}\t${e.score.toFixed(4)}\t${e.start}-${e.end}`).join('\n')}`);
         }
       } finally {
         model.dispose();

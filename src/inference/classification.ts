@@ -85,26 +85,37 @@ export interface TokenEntity {
   index: number;
   /** The token string (tokenizer.idToToken). */
   word: string;
+  /** The token's [start, end) in the text (UTF-16 indices: text.slice(start, end)). */
+  start: number;
+  end: number;
 }
 
-/** Adjacent tokens of one entity, as the token-classification pipeline groups them (aggregation "simple"). */
+/** Adjacent tokens (or words) of one entity, as the token-classification pipeline groups them. */
 export interface EntityGroup {
   /** The label without its B-/I- prefix. */
   entityGroup: string;
-  /** The mean of the tokens' scores. */
+  /** The mean of the tokens' (or words') scores. */
   score: number;
-  /** The tokens decoded together. */
+  /** The tokens decoded together (transformers' convert_tokens_to_string of their strings). */
   word: string;
+  start: number;
+  end: number;
 }
 
+export type AggregationStrategy = 'none' | 'simple' | 'first' | 'average' | 'max';
+
 export interface ClassifyTokensOptions {
-  /** Labels not reported (default ["O"]); with "simple", entity groups of these labels. */
+  /** Labels not reported (default ["O"]); with aggregation, entity groups of these labels. */
   ignoreLabels?: string[];
   /**
    * "none" (default): every token's label. "simple": adjacent tokens grouped where their labels name the same entity
    * and the later one does not begin one (B-X, I-X, I-X → X; B-X, B-X → X, X), as transformers' group_entities.
+   * "first", "average", "max": the tokens of a word first take one label (the first token's, the mean scores' best, the
+   * most confident token's), then words are grouped as "simple" groups tokens. A token continues a word where the
+   * character before it is not a space (transformers' heuristic for vocabularies without a continuing-subword prefix),
+   * or where its piece has the vocabulary's continuing-subword prefix.
    */
-  aggregationStrategy?: 'none' | 'simple';
+  aggregationStrategy?: AggregationStrategy;
 }
 
 /** The label's B/I part and entity (a label without B-/I- counts as a continuation, as transformers' get_tag). */
@@ -114,36 +125,19 @@ function tagOf(label: string): [string, string] {
   return ['I', label];
 }
 
-/**
- * transformers' pipeline("token-classification"): every token of the text but those the template added, its best
- * label and softmax score, minus the labels in `ignoreLabels` (default ["O"]); with aggregationStrategy "simple", the
- * entity groups instead. Character offsets (the pipeline's start and end) are not given: they need the Rust
- * tokenizer's offset mapping.
- */
-export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
-  options?: ClassifyTokensOptions & { aggregationStrategy?: 'none' }): Promise<TokenEntity[]>;
-export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
-  options: ClassifyTokensOptions & { aggregationStrategy: 'simple' }): Promise<EntityGroup[]>;
-export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
-  options: ClassifyTokensOptions = {}): Promise<TokenEntity[] | EntityGroup[]> {
-  const strategy = options.aggregationStrategy ?? 'none';
-  if (strategy !== 'none' && strategy !== 'simple') throw new Error(`aggregationStrategy must be "none" or "simple", got ${JSON.stringify(strategy)}`);
-  const ignore = options.ignoreLabels ?? ['O'];
-  const { ids, specialTokensMask } = encodeText(tokenizer, text, 0);
-  const logits = tf.tidy(() => model.forward({ inputIds: [ids] }).logits.squeeze([0]));
-  const data = await logits.data() as Float32Array;
-  const labels = logits.shape[1]!;
-  logits.dispose();
-  const entities: TokenEntity[] = [];
-  ids.forEach((id, index) => {
-    if (specialTokensMask[index]) return;
-    const scores = scoresOf(data.subarray(index * labels, (index + 1) * labels), 'softmax');
-    const best = scores.indexOf(Math.max(...scores));
-    entities.push({ entity: label(model.config, best), score: Math.fround(scores[best]), index, word: tokenizer.idToToken(id) ?? '' });
-  });
-  if (strategy === 'none') return entities.filter((e) => !ignore.includes(e.entity));
-  // Runs of one entity: a token joins the run before it when it names the same entity and does not begin one.
-  const runs: TokenEntity[][] = [];
+/** A token (or word) before grouping: its label scores and where it stands. */
+interface Scored {
+  word: string;
+  scores: number[];
+  start: number;
+  end: number;
+  index: number;
+  isSubword: boolean;
+}
+
+/** transformers' group_entities: runs of one entity, a B- label starting a new run. */
+function groupEntities(entities: Array<{ entity: string; score: number; word: string; start: number; end: number }>, tokenizer: NemotronTokenizer): EntityGroup[] {
+  const runs: Array<typeof entities> = [];
   for (const e of entities) {
     const [bi, tag] = tagOf(e.entity);
     const last = runs[runs.length - 1];
@@ -152,9 +146,79 @@ export async function classifyTokens(model: NemotronForTokenClassification, toke
   }
   return runs.map((run) => ({
     entityGroup: tagOf(run[0].entity)[1],
-    score: run.reduce((sum, e) => sum + e.score, 0) / run.length,
-    word: tokenizer.decode(run.map((e) => ids[e.index])),
-  })).filter((g) => !ignore.includes(g.entityGroup));
+    score: Math.fround(run.reduce((sum, e) => sum + e.score, 0) / run.length),
+    word: tokenizer.tokensToString(run.map((e) => e.word)),
+    start: run[0].start,
+    end: run[run.length - 1].end,
+  }));
+}
+
+/** transformers' aggregate_word: the word's tokens joined, one label for them all. */
+function aggregateWord(tokens: Scored[], strategy: 'first' | 'average' | 'max', config: NemotronConfig, tokenizer: NemotronTokenizer) {
+  let scores: number[];
+  if (strategy === 'first') scores = tokens[0].scores;
+  else if (strategy === 'max') scores = tokens.reduce((best, t) => (Math.max(...t.scores) > Math.max(...best.scores) ? t : best)).scores;
+  else scores = tokens[0].scores.map((_, k) => Math.fround(tokens.reduce((sum, t) => sum + t.scores[k], 0) / tokens.length));
+  const best = scores.indexOf(Math.max(...scores));
+  return {
+    entity: label(config, best), score: scores[best], word: tokenizer.tokensToString(tokens.map((t) => t.word)),
+    start: tokens[0].start, end: tokens[tokens.length - 1].end,
+  };
+}
+
+/**
+ * transformers' pipeline("token-classification"): every token of the text but those the template added, its best
+ * label and softmax score and its characters in the text (tokenizer.encodeWithOffsets), minus the labels in
+ * `ignoreLabels` (default ["O"]); with an aggregation strategy, entity groups instead (see ClassifyTokensOptions).
+ */
+export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
+  options?: ClassifyTokensOptions & { aggregationStrategy?: 'none' }): Promise<TokenEntity[]>;
+export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
+  options: ClassifyTokensOptions & { aggregationStrategy: Exclude<AggregationStrategy, 'none'> }): Promise<EntityGroup[]>;
+export async function classifyTokens(model: NemotronForTokenClassification, tokenizer: NemotronTokenizer, text: string,
+  options: ClassifyTokensOptions = {}): Promise<TokenEntity[] | EntityGroup[]> {
+  const strategy = options.aggregationStrategy ?? 'none';
+  if (!['none', 'simple', 'first', 'average', 'max'].includes(strategy)) {
+    throw new Error(`aggregationStrategy must be "none", "simple", "first", "average" or "max", got ${JSON.stringify(strategy)}`);
+  }
+  const ignore = options.ignoreLabels ?? ['O'];
+  if (typeof text !== 'string') throw new Error(`classifyTokens: expected a string, got ${JSON.stringify(text)}`);
+  const { ids, offsets, specialTokensMask } = tokenizer.encodeWithOffsets(text);
+  if (ids.length === 0) throw new Error(`classifyTokens: ${JSON.stringify(text)} has no tokens to classify`);
+  const logits = tf.tidy(() => model.forward({ inputIds: [ids] }).logits.squeeze([0]));
+  const data = await logits.data() as Float32Array;
+  const labels = logits.shape[1]!;
+  logits.dispose();
+  const prefix = tokenizer.continuingSubwordPrefix;
+  const tokens: Scored[] = [];
+  ids.forEach((id, index) => {
+    if (specialTokensMask[index]) return;
+    const [start, end] = offsets[index];
+    let word = tokenizer.idToToken(id) ?? '';
+    const wordRef = text.slice(start, end);
+    // A BPE with a continuing-subword prefix marks word pieces; otherwise transformers looks at the character before.
+    let isSubword = prefix ? word.length !== wordRef.length : start > 0 && !text.slice(start - 1, start + 1).includes(' ');
+    if (id === tokenizer.unkTokenId) {
+      word = wordRef;
+      isSubword = false;
+    }
+    tokens.push({ word, scores: scoresOf(data.subarray(index * labels, (index + 1) * labels), 'softmax'), start, end, index, isSubword });
+  });
+  if (strategy === 'none' || strategy === 'simple') {
+    const entities = tokens.map((t) => {
+      const best = t.scores.indexOf(Math.max(...t.scores));
+      return { entity: label(model.config, best), score: Math.fround(t.scores[best]), index: t.index, word: t.word, start: t.start, end: t.end };
+    });
+    if (strategy === 'none') return entities.filter((e) => !ignore.includes(e.entity));
+    return groupEntities(entities, tokenizer).filter((g) => !ignore.includes(g.entityGroup));
+  }
+  const words: Scored[][] = [];
+  for (const t of tokens) {
+    if (words.length && t.isSubword) words[words.length - 1].push(t);
+    else words.push([t]);
+  }
+  const wordEntities = words.map((w) => aggregateWord(w, strategy, model.config, tokenizer));
+  return groupEntities(wordEntities, tokenizer).filter((g) => !ignore.includes(g.entityGroup));
 }
 
 /** A span of the context as answerQuestion reports it. */

@@ -348,6 +348,12 @@ describe('CLI (nemotron-tfjs)', function () {
       const groups = await classifyTokens(tagger2, await NemotronTokenizer.fromPretrained(dir), texts[1], { ignoreLabels: [], aggregationStrategy: 'simple' });
       tagger2.dispose();
       expect(JSON.parse(grouped.stdout)).to.deep.equal({ text: texts[1], result: groups });
+      // Word aggregation, with each group's characters in the text.
+      const words = cli('predict', '--model', dir, '--text', texts[1], '--aggregation', 'average', '--ignore-labels', '', '--backend', 'cpu');
+      const tagger3 = await NemotronForTokenClassification.fromPretrained(dir);
+      const averaged = await classifyTokens(tagger3, await NemotronTokenizer.fromPretrained(dir), texts[1], { ignoreLabels: [], aggregationStrategy: 'average' });
+      tagger3.dispose();
+      expect(words.stdout).to.equal(`${texts[1]}\n${averaged.map((g) => `  ${g.entityGroup}\t${g.score.toFixed(4)}\t${g.start}-${g.end}\t${JSON.stringify(texts[1].slice(g.start, g.end))}`).join('\n')}\n`);
       const causal = cli('predict', '--model', model, '--text', 'x', '--backend', 'cpu');
       expect(causal.code).to.equal(1);
       expect(causal.stderr).to.match(/predict runs NemotronForSequenceClassification or NemotronForTokenClassification or NemotronForQuestionAnswering checkpoints; .* is NemotronForCausalLM \(use generate\)/);

@@ -1,8 +1,9 @@
 /**
  * Continuous batching (as vLLM and transformers' serve do it): rows of different requests decode together, one token
- * each per forward pass; a new row joins between two steps (its prompt run alone, its keys and values then joined to
- * the batch's cache, left-padded) and a row that ends leaves at once. On a CPU a step over 8 rows costs little more
- * than a step over one (the weights are read once), so concurrent requests share the model's time instead of queueing.
+ * each per forward pass; new rows join between two steps (the prompts that arrived meanwhile run in one left-padded
+ * pass, their keys and values then joined to the batch's cache, left-padded) and a row that ends leaves at once. On a
+ * CPU a step over 8 rows costs little more than a step over one (the weights are read once), so concurrent requests
+ * share the model's time instead of queueing.
  *
  * Each row decodes as generate() would decode its prompt alone (rowDecoding: its processors, its own sampler).
  */
@@ -10,6 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { RowDecoding, argmax } from '../generation/index';
+import { positionsFromMask } from '../tensors';
 
 /** One prompt to continue. */
 export interface BatchRow {
@@ -69,8 +71,9 @@ export class ContinuousBatcher {
       this.pending.push({ row, done, fail });
       if (!this.running) {
         this.running = true;
-        // The loop runs beside the caller; every await in it lets the server take new requests.
-        void this.loop();
+        // The loop runs beside the caller (every await in it lets the server take new requests); it starts after the
+        // current task, so that rows submitted together run their prompts in one pass.
+        setImmediate(() => void this.loop());
       }
     });
   }
@@ -96,33 +99,54 @@ export class ContinuousBatcher {
     }
   }
 
-  /** Runs the prompts of waiting rows (while there is room) and joins them to the batch after their first token. */
+  /**
+   * Runs the prompts of waiting rows (as many as there is room for) in one left-padded pass and joins them to the batch
+   * after their first token.
+   */
   private async admit(): Promise<void> {
-    while (this.pending.length && this.active.length < this.maxRows) {
-      const { row, done, fail } = this.pending.shift()!;
-      if (row.cancelled?.()) {
-        done();
-        continue;
-      }
-      const rowCache = new KVCache(this.model.config.numHiddenLayers);
-      try {
-        const out = this.model.forward({ inputIds: [row.prompt], pastKeyValues: rowCache, useCache: true, logitsToKeep: 1 });
-        const logits = await out.logits.data() as Float32Array;
-        out.logits.dispose();
+    const joining: Array<{ row: BatchRow; done: () => void; fail: (e: unknown) => void }> = [];
+    while (this.pending.length && this.active.length + joining.length < this.maxRows) {
+      const next = this.pending.shift()!;
+      if (next.row.cancelled?.()) next.done();
+      else joining.push(next);
+    }
+    if (joining.length === 0) return;
+    const width = Math.max(...joining.map((j) => j.row.prompt.length));
+    const masks = joining.map((j) => [...new Array<number>(width - j.row.prompt.length).fill(0), ...j.row.prompt.map(() => 1)]);
+    const inputIds = joining.map((j, r) => masks[r].map((m, i) => (m ? j.row.prompt[i - (width - j.row.prompt.length)] : 0)));
+    const rowCache = new KVCache(this.model.config.numHiddenLayers);
+    try {
+      const out = this.model.forward({
+        inputIds, attentionMask: masks, positionIds: positionsFromMask(masks), pastKeyValues: rowCache, useCache: true, logitsToKeep: 1,
+      });
+      const logits = await out.logits.data() as Float32Array;
+      out.logits.dispose();
+      const vocab = this.model.config.vocabSize;
+      const keep: number[] = [];
+      const joined: Active[] = [];
+      joining.forEach(({ row, done, fail }, r) => {
         const active: Active = { row, sequence: row.prompt.slice(), generated: 0, done, fail };
-        if (this.accept(active, logits)) {
-          if (!this.cache) this.cache = new KVCache(this.model.config.numHiddenLayers);
-          const width = Math.max(this.cache.length, rowCache.length);
-          this.cache.appendRows(rowCache);
-          this.masks = [...this.masks, row.prompt.map(() => 1)].map((m) => [...new Array<number>(width - m.length).fill(0), ...m]);
-          this.active.push(active);
-          this.stats.peakRows = Math.max(this.stats.peakRows, this.active.length);
+        if (this.accept(active, logits.subarray(r * vocab, (r + 1) * vocab))) {
+          keep.push(r);
+          joined.push(active);
         }
-      } catch (e) {
-        fail(e);
-      } finally {
-        rowCache.dispose();
+      });
+      if (keep.length) {
+        // Only the rows that go on join; padding none of them needs goes.
+        const kept = keep.map((r) => masks[r]);
+        const unused = Math.min(...kept.map((m) => m.indexOf(1)));
+        if (keep.length < joining.length || unused > 0) rowCache.selectRows(keep, unused);
+        if (!this.cache) this.cache = new KVCache(this.model.config.numHiddenLayers);
+        const length = Math.max(this.cache.length, width - unused);
+        this.cache.appendRows(rowCache);
+        this.masks = [...this.masks, ...kept.map((m) => m.slice(unused))].map((m) => [...new Array<number>(length - m.length).fill(0), ...m]);
+        this.active.push(...joined);
+        this.stats.peakRows = Math.max(this.stats.peakRows, this.active.length);
       }
+    } catch (e) {
+      for (const j of joining) j.fail(e);
+    } finally {
+      rowCache.dispose();
     }
   }
 

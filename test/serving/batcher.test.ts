@@ -98,6 +98,34 @@ forEachBackend(testBackends(), () => {
         expect(tf.memory().numTensors).to.equal(before);
       });
 
+      it('rows arriving together run their prompts in one left-padded pass; one that ends at its first token leaves it', async () => {
+        const before = tf.memory().numTensors;
+        const batcher = new ContinuousBatcher(model, 8);
+        const forward = model.forward.bind(model);
+        let passes = 0;
+        model.forward = ((inputs: Parameters<typeof forward>[0]) => { passes++; return forward(inputs); }) as typeof model.forward;
+        try {
+          // The longest prompt ends at its first token, so the padding the others needed for it goes too.
+          const rows: Array<[number[], GenerateOptions]> = [
+            [[2, 40, 41, 42, 43, 44, 45, 46, 47], { maxNewTokens: 1, doSample: false, eosTokenId: null }],
+            [[2, 9], { maxNewTokens: 5, doSample: false, eosTokenId: null }],
+            [[2, 30, 31, 32], { maxNewTokens: 5, doSample: true, temperature: 0.7, seed: 3, eosTokenId: null }],
+          ];
+          const recorded = rows.map(([prompt, options]) => recorder(prompt, options));
+          await Promise.all(recorded.map((r) => batcher.generate(r.row)));
+          const batcherPasses = passes;
+          for (const [i, [prompt, options]] of rows.entries()) {
+            expect(recorded[i].tokens, `row ${i}`).to.deep.equal((await alone(model, prompt, options)).tokens);
+          }
+          // One pass for the three prompts, then 4 decoding steps for the two rows that go on.
+          expect(batcher.stats.steps).to.equal(4);
+          expect(batcherPasses).to.equal(5);
+        } finally {
+          model.forward = forward;
+        }
+        expect(tf.memory().numTensors).to.equal(before);
+      });
+
       it('a prompt longer than the context is refused with both lengths', async () => {
         const batcher = new ContinuousBatcher(model, 2);
         const prompt = new Array(model.config.maxPositionEmbeddings).fill(5);

@@ -164,7 +164,10 @@ async function main(): Promise<void> {
   const date = new Date().toISOString().slice(0, 10);
   const out = arg('--out', '');
   if (out) {
-    const base = path.join(out, `serve-${config.name}-${date}`);
+    // A later run of the same day gets the next -runN name rather than replacing an earlier one.
+    const stem = path.join(out, `serve-${config.name}-${date}`);
+    let base = stem;
+    for (let run = 1; fs.existsSync(`${base}.md`) || fs.existsSync(`${stem}-run${run}.md`); run++) base = `${stem}-run${run + 1}`;
     const table = rows.map((r) => `| ${r.clients} | ${r.server} | ${r.tokens} | ${r.seconds.toFixed(2)} | ` +
       `${r.tokensPerSecond.toFixed(1)} | ${r.meanLatency.toFixed(2)} | ${r.maxLatency.toFixed(2)} | ${r.peakRows || '–'} |`);
     fs.writeFileSync(`${base}.json`, JSON.stringify({ config: config.name, backend, promptLength, newTokens, machine, date, rows, agreement, failures }, null, 1));

@@ -35,7 +35,7 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
       server.listen(o.port, o.host, () => resolve());
     });
     // The first line on stdout is the address (scripts and tests read it; with --port 0 it names the port picked).
-    process.stdout.write(`serving ${modelId} on ${serverAddress(server)} (backend ${backend}; POST /v1/chat/completions, /v1/completions; GET /v1/models)\n`);
+    process.stdout.write(`serving ${modelId} on ${serverAddress(server)} (backend ${backend}; POST /v1/chat/completions, /v1/completions, /v1/responses; GET /v1/models)\n`);
     await new Promise<void>((resolve) => {
       const stop = () => {
         server.close(() => resolve());
@@ -52,7 +52,7 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
 export function registerServe(program: Command): void {
   program
     .command('serve')
-    .description('serve a causal LM over HTTP with OpenAI\'s API (chat completions, completions, models), streaming or not')
+    .description('serve a causal LM over HTTP with OpenAI\'s API (chat completions, completions, responses, models), streaming or not')
     .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json, safetensors), or a GGUF file')
     .option('--host <host>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: a free one, printed)', integerArg('an integer in [0, 65535]', (n) => n >= 0 && n <= 65535), 8000)
@@ -64,7 +64,8 @@ export function registerServe(program: Command): void {
     .option('-q, --quiet', 'no line per request on stderr')
     .addOption(backendOption())
     .addHelpText('after', `
-Requests run one at a time, in arrival order; the rows of one request (a list of prompts, n > 1) decode together.
+The rows of all requests (concurrent clients, a list of prompts, n > 1) decode together (continuous batching, at most
+--max-rows at once; the others wait).
 Settings a request leaves out come from generation_config.json (greedy unless it samples); temperature 0 is greedy, any
 other temperature, top_p, top_k or min_p samples. Besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
 A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): logprobs, logit_bias,

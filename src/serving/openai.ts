@@ -1,8 +1,8 @@
 /**
  * An OpenAI-compatible HTTP server for a causal LM, as `transformers serve` and vLLM offer one: `/v1/chat/completions`
- * (through the tokenizer's chat template), `/v1/completions`, `/v1/models`, `/health`; streamed answers as server-sent
- * events. Requests run one after another (a generation holds the whole model); the rows of one request (several
- * prompts, `n` choices) decode together as one batch.
+ * (through the tokenizer's chat template), `/v1/completions`, `/v1/responses` (the Responses API, as the chat request
+ * it amounts to), `/v1/models`, `/health`; streamed answers as server-sent events. The rows of all requests (several
+ * prompts, `n` choices, concurrent clients) decode together on a ContinuousBatcher.
  *
  * OpenAI's semantics where they differ from transformers': a stop string ends the text before it (the string is not
  * returned), `temperature: 0` means greedy. Settings a request leaves out come from generation_config.json, as
@@ -161,7 +161,8 @@ function messageContent(content: unknown, i: number): string {
   if (typeof content === 'string') return content;
   if (Array.isArray(content)) {
     return content.map((part, j) => {
-      if (isObject(part) && part.type === 'text' && typeof part.text === 'string') return part.text;
+      // Chat's text parts, and the Responses API's input_text / output_text ones.
+      if (isObject(part) && ['text', 'input_text', 'output_text'].includes(part.type as string) && typeof part.text === 'string') return part.text;
       const kind = isObject(part) ? describe(part.type) : describe(part);
       throw new OpenAIError(400, `messages[${i}].content[${j}] is a ${kind} part; this model reads text parts only`, `messages[${i}].content`);
     }).join('');
@@ -178,6 +179,33 @@ function chatMessages(body: Body): ChatMessage[] {
     if (!isObject(m) || typeof m.role !== 'string') throw new OpenAIError(400, `messages[${i}] must be an object with a string role, got ${describe(m)}`, `messages[${i}]`);
     return { ...m, role: m.role, content: messageContent(m.content, i) };
   });
+}
+
+/**
+ * A Responses API request (`input`, `instructions`, `max_output_tokens`) as the chat request it amounts to: the
+ * instructions as a system message, a string input as a user message, message items as messages. Items that are not
+ * messages (function calls and their outputs, images) and server-side state (previous_response_id) are refused.
+ */
+function responsesAsChat(body: Body): Body {
+  for (const name of ['previous_response_id', 'conversation']) {
+    if (body[name] !== undefined && body[name] !== null) throw new OpenAIError(400, `${name} is not supported: this server keeps no responses; send the whole conversation as input`, name);
+  }
+  const format = isObject(body.text) ? body.text.format : undefined;
+  if (format !== undefined && !(isObject(format) && format.type === 'text')) throw new OpenAIError(400, `text.format ${describe(format)} is not supported by this server`, 'text.format');
+  const input = body.input;
+  let messages: unknown[];
+  if (typeof input === 'string') messages = [{ role: 'user', content: input }];
+  else if (Array.isArray(input) && input.length > 0) {
+    messages = input.map((item, i) => {
+      if (isObject(item) && (item.type === undefined || item.type === 'message') && typeof item.role === 'string') return { role: item.role, content: item.content };
+      throw new OpenAIError(400, `input[${i}] is a ${isObject(item) ? describe(item.type) : describe(item)} item; this server reads messages ({role, content}) only`, `input[${i}]`);
+    });
+  } else {
+    throw new OpenAIError(400, `input must be a string or a non-empty list of messages, got ${describe(input)}`, 'input');
+  }
+  if (typeof body.instructions === 'string') messages.unshift({ role: 'system', content: body.instructions });
+  const { input: _i, instructions: _s, max_output_tokens: maxOutput, text: _t, store: _st, metadata: _m, reasoning: _r, truncation: _tr, user: _u, n: _n, ...rest } = body;
+  return { ...rest, messages, ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}) };
 }
 
 /** Completions' prompt: a string, a list of strings, a list of token ids, or a list of those. */
@@ -324,10 +352,6 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs };
   }
 
-  /**
-   * Decodes a job's rows together (prompts left-padded), feeding each choice's text to `onText` as it becomes final
-   * (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
-   */
   /**
    * Decodes a job's rows on the batcher (beside other requests' rows), feeding each choice's text to `onText` as it
    * becomes final (a tail that may begin a stop string is held back; the stop string and what follows are never sent).
@@ -486,6 +510,57 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     return choices.reduce((s, c) => s + c.tokens, 0);
   }
 
+  /** The Responses API's answer to a (chat) job: one message item of output text; streamed as its typed events. */
+  async function respond(job: Job, request: Body, res: http.ServerResponse): Promise<number> {
+    const id = `resp_${randomBytes(12).toString('hex')}`;
+    const itemId = `msg_${randomBytes(12).toString('hex')}`;
+    const createdAt = Math.floor(Date.now() / 1000);
+    let closed = false;
+    res.on('close', () => {
+      closed = !res.writableFinished;
+    });
+    const part = (text: string) => ({ type: 'output_text', text, annotations: [], logprobs: [] });
+    const message = (text: string | null, status: string) => ({ type: 'message', id: itemId, status, role: 'assistant', content: text === null ? [] : [part(text)] });
+    const response = (status: string, output: object[], usage: object | null, incomplete = false) => ({
+      id, object: 'response', created_at: createdAt, status, error: null, incomplete_details: incomplete ? { reason: 'max_output_tokens' } : null,
+      instructions: typeof request.instructions === 'string' ? request.instructions : null, max_output_tokens: request.max_output_tokens ?? null,
+      model: options.modelId, output, parallel_tool_calls: false, temperature: request.temperature ?? null, top_p: request.top_p ?? null,
+      tool_choice: 'auto', tools: [], text: { format: { type: 'text' } }, usage,
+    });
+    /** The finished response: "incomplete" where the output reached its token limit, as OpenAI reports it. */
+    const finished = (c: Choice) => {
+      const u = usage(job, [c]);
+      const incomplete = c.finish === 'length';
+      return response(incomplete ? 'incomplete' : 'completed', [message(c.text, incomplete ? 'incomplete' : 'completed')], {
+        input_tokens: u.prompt_tokens, input_tokens_details: { cached_tokens: 0 }, output_tokens: u.completion_tokens,
+        output_tokens_details: { reasoning_tokens: 0 }, total_tokens: u.total_tokens,
+      }, incomplete);
+    };
+    if (!job.stream) {
+      const [choice] = await run(job, () => undefined, () => closed);
+      sendJson(res, 200, finished(choice));
+      return choice.tokens;
+    }
+    res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+    let sequence = 0;
+    const emit = (type: string, payload: object) => {
+      if (!closed) res.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence++, ...payload })}\n\n`);
+    };
+    const where = { item_id: itemId, output_index: 0, content_index: 0 };
+    emit('response.created', { response: response('in_progress', [], null) });
+    emit('response.in_progress', { response: response('in_progress', [], null) });
+    emit('response.output_item.added', { output_index: 0, item: message(null, 'in_progress') });
+    emit('response.content_part.added', { ...where, part: part('') });
+    const [choice] = await run(job, (_, delta) => { if (delta) emit('response.output_text.delta', { ...where, delta, logprobs: [] }); }, () => closed);
+    const done = finished(choice);
+    emit('response.output_text.done', { ...where, text: choice.text, logprobs: [] });
+    emit('response.content_part.done', { ...where, part: part(choice.text) });
+    emit('response.output_item.done', { output_index: 0, item: done.output[0] });
+    emit(done.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: done });
+    if (!closed) res.end();
+    return choice.tokens;
+  }
+
   async function route(req: http.IncomingMessage, res: http.ServerResponse): Promise<number> {
     const url = (req.url ?? '/').split('?')[0].replace(/\/+$/, '') || '/';
     const get = req.method === 'GET' || req.method === 'HEAD';
@@ -507,11 +582,17 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       sendJson(res, 200, modelCard());
       return 0;
     }
+    if (url === '/v1/responses') {
+      if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
+      const body = await readBody(req, maxBody);
+      checkModel(body);
+      return respond(readJob('chat', responsesAsChat(body)), body, res);
+    }
     const kind = url === '/v1/chat/completions' ? 'chat' : url === '/v1/completions' ? 'completion' : null;
     if (kind === null) {
-      const known = ['/v1/chat/completions', '/v1/completions', '/v1/models', '/health'];
+      const known = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/models', '/health'];
       if (known.includes(url) || url.startsWith('/v1/models/')) throw new OpenAIError(405, `${req.method} is not allowed on ${url}`);
-      throw new OpenAIError(404, `No route ${req.method} ${url}; this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health`);
+      throw new OpenAIError(404, `No route ${req.method} ${url}; this server has POST /v1/chat/completions, POST /v1/completions, POST /v1/responses, GET /v1/models, GET /health`);
     }
     if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
     const body = await readBody(req, maxBody);

@@ -417,6 +417,50 @@ describe('OpenAI-compatible server (serve)', function () {
     }
   });
 
+  it('the Responses API: input and instructions as the chat request they amount to; the answer as a message item, streamed as typed events', async () => {
+    const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'What is the answer?' }];
+    const chat = await post('/v1/chat/completions', { messages, max_tokens: 6, temperature: 0 });
+    const text = chat.json.choices[0].message.content as string;
+    const { status, json } = await post('/v1/responses', {
+      model: MODEL_ID, instructions: 'Be brief.', input: [{ role: 'user', content: [{ type: 'input_text', text: 'What is the answer?' }] }], max_output_tokens: 6, temperature: 0,
+    });
+    expect(status, JSON.stringify(json)).to.equal(200);
+    expect(json.object).to.equal('response');
+    expect(json.id).to.match(/^resp_/);
+    expect(json.output).to.have.length(1);
+    expect(json.output[0]).to.include({ type: 'message', role: 'assistant', status: 'incomplete' });
+    expect(json.output[0].content[0]).to.include({ type: 'output_text', text });
+    // Six tokens were all it could write: incomplete, as OpenAI reports an output cut at max_output_tokens.
+    expect(json.status).to.equal('incomplete');
+    expect(json.incomplete_details).to.deep.equal({ reason: 'max_output_tokens' });
+    expect(json.usage).to.include({ input_tokens: chat.json.usage.prompt_tokens, output_tokens: 6, total_tokens: chat.json.usage.prompt_tokens + 6 });
+    // A string input is one user message.
+    const single = await post('/v1/responses', { input: 'Hi', max_output_tokens: 4, temperature: 0 });
+    const singleChat = await post('/v1/chat/completions', { messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, temperature: 0 });
+    expect(single.json.output[0].content[0].text).to.equal(singleChat.json.choices[0].message.content);
+    // Streamed: the event sequence, the deltas making up the text, numbered in order.
+    const r = await fetch(`${base}/v1/responses`, { method: 'POST', body: JSON.stringify({ instructions: 'Be brief.', input: 'What is the answer?', max_output_tokens: 6, temperature: 0, stream: true }) });
+    const events = (await r.text()).split('\n\n').filter(Boolean).map((e) => {
+      const [eventLine, dataLine] = e.split('\n');
+      const data = JSON.parse(dataLine.slice('data: '.length)) as Json;
+      expect(eventLine).to.equal(`event: ${data.type}`);
+      return data;
+    });
+    const types = events.map((e) => e.type);
+    expect(types.filter((t) => t !== 'response.output_text.delta')).to.deep.equal([
+      'response.created', 'response.in_progress', 'response.output_item.added', 'response.content_part.added',
+      'response.output_text.done', 'response.content_part.done', 'response.output_item.done', 'response.incomplete',
+    ]);
+    expect(events.map((e) => e.sequence_number)).to.deep.equal(events.map((_, i) => i));
+    expect(events.filter((e) => e.type === 'response.output_text.delta').map((e) => e.delta).join('')).to.equal(text);
+    expect(events[events.length - 1].response.output[0].content[0].text).to.equal(text);
+    // Refused: server-side state, items that are not messages.
+    const stateful = await post('/v1/responses', { input: 'Hi', previous_response_id: 'resp_1' });
+    expect([stateful.status, stateful.json.error.param]).to.deep.equal([400, 'previous_response_id']);
+    const call = await post('/v1/responses', { input: [{ type: 'function_call_output', call_id: 'c', output: '1' }] });
+    expect(call.json.error.message).to.equal('input[0] is a "function_call_output" item; this server reads messages ({role, content}) only');
+  });
+
   it('--api-key: /v1/ requests need "Authorization: Bearer <key>" (401 otherwise), /health does not', async () => {
     const guarded = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, apiKey: 'sk-local' });
     await new Promise<void>((resolve) => guarded.listen(0, '127.0.0.1', resolve));
@@ -487,6 +531,9 @@ for chunk in chunks:
     if chunk.usage: usage = chunk.usage.completion_tokens
     for choice in chunk.choices: streamed += choice.delta.content or ""
 completion = client.completions.create(model=model, prompt="Hello", max_tokens=4, temperature=0)
+response = client.responses.create(model=model, input=messages, max_output_tokens=8, temperature=0)
+response_streamed = "".join(e.delta for e in client.responses.create(model=model, input=messages, max_output_tokens=8, temperature=0, stream=True)
+                            if e.type == "response.output_text.delta")
 scored = client.completions.create(model=model, prompt="Hello", max_tokens=1, temperature=0, logprobs=2, echo=True).choices[0].logprobs
 chat_scored = client.chat.completions.create(model=model, messages=messages, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2).choices[0].logprobs.content
 try:
@@ -497,6 +544,7 @@ except openai.NotFoundError as e:
 print(json.dumps({"model": model, "content": reply.choices[0].message.content, "finish": reply.choices[0].finish_reason,
                   "streamed": streamed, "usage": usage, "completion": completion.choices[0].text, "error": error,
                   "scored": [scored.token_logprobs[0], len(scored.tokens), len(scored.top_logprobs[1])],
+                  "response": [response.output_text, response.status, response.usage.output_tokens, response_streamed],
                   "chat_scored": [len(chat_scored), len(chat_scored[0].top_logprobs), chat_scored[0].logprob <= 0]}))
 `;
     const run = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
@@ -513,6 +561,7 @@ print(json.dumps({"model": model, "content": reply.choices[0].message.content, "
     expect(result).to.deep.equal({
       model: MODEL_ID, content: expected.text, finish: 'length', streamed: expected.text, usage: 8, completion: hello.text, error: 404,
       scored: [null, tokenizer.encode('Hello').length + 1, 2], chat_scored: [3, 2, true],
+      response: [expected.text, 'incomplete', 8, expected.text],
     });
   });
 });

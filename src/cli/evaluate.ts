@@ -6,7 +6,7 @@ import { initBackend } from '../backends';
 import { NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
 import { NemotronTokenizer } from '../tokenizer';
 import { TaskName, collate, epochBatches, readJsonl } from '../training/data';
-import { EvaluableModel, evaluateExamples } from '../training/metrics';
+import { EvaluableModel, evaluateExamples, slidingWindowPerplexity } from '../training/metrics';
 import { LoraModel } from '../training/lora';
 import { integerArg } from './generate';
 import { checkModelDir } from './info';
@@ -42,6 +42,32 @@ export async function causalPerplexity(model: NemotronForCausalLM, file: string,
   return { loss: nll / tokens, perplexity: Math.exp(nll / tokens), tokens, examples: examples.length };
 }
 
+/**
+ * The token ids of a causal-LM JSONL file as one text, for the sliding window: {"text"} rows joined by blank lines
+ * (as the perplexity guide joins wikitext) and encoded once, or {"input_ids"} rows concatenated.
+ */
+export function datasetIds(file: string, tokenizer: NemotronTokenizer | undefined): number[] {
+  const rows = fs.readFileSync(file, 'utf8').split('\n').map((line, i) => [line, i + 1] as const).filter(([line]) => line.trim() !== '');
+  const parsed = rows.map(([line, n]) => {
+    try {
+      return [JSON.parse(line) as Record<string, unknown>, n] as const;
+    } catch (e) {
+      throw new Error(`${file}:${n}: not valid JSON: ${(e as Error).message}`);
+    }
+  });
+  if (parsed.length === 0) throw new Error(`${file} has no rows`);
+  if (parsed.every(([row]) => typeof row.text === 'string')) {
+    if (!tokenizer) throw new Error(`${file}: "text" rows need tokenizer.json in the model folder`);
+    return tokenizer.encode(parsed.map(([row]) => row.text as string).join('\n\n'));
+  }
+  return parsed.flatMap(([row, n]) => {
+    if (!Array.isArray(row.input_ids) || !row.input_ids.every((id) => Number.isInteger(id))) {
+      throw new Error(`${file}:${n}: --stride reads one text: every row {"text": ...}, or every row {"input_ids": [...]} (got ${Object.keys(row).join(', ') || 'nothing'})`);
+    }
+    return row.input_ids as number[];
+  });
+}
+
 const HEAD_LOADERS: Record<Exclude<TaskName, 'causal-lm'>, (dir: string) => Promise<NemotronForSequenceClassification | NemotronForTokenClassification | NemotronForQuestionAnswering>> = {
   'sequence-classification': (dir) => NemotronForSequenceClassification.fromPretrained(dir),
   'token-classification': (dir) => NemotronForTokenClassification.fromPretrained(dir),
@@ -58,6 +84,8 @@ export function registerEvaluate(program: Command): void {
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
     .option('--batch-size <n>', 'examples per forward', integerArg('an integer ≥ 1', (n) => n >= 1), 8)
     .option('--max-length <n>', 'truncate examples to this many tokens', integerArg('an integer ≥ 2', (n) => n >= 2), 512)
+    .option('--stride <n>', 'causal-lm: the dataset as one text, scored in windows of --max-length tokens every n tokens (transformers\' sliding-window perplexity)',
+      integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--json', 'print the result as JSON')
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
@@ -67,6 +95,7 @@ export function registerEvaluate(program: Command): void {
       const backend = await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       const tokenizer = gguf || fs.existsSync(path.join(opts.model, 'tokenizer.json')) ? await NemotronTokenizer.fromPretrained(opts.model) : undefined;
       const task = opts.task as TaskName;
+      if (opts.stride !== undefined && task !== 'causal-lm') throw new Error(`--stride scores a causal LM's text; it does not apply to --task ${task}`);
       if (task !== 'causal-lm') {
         // The classification heads and QA: the loss and the task's metric (accuracy, token accuracy, exact match).
         const head = await HEAD_LOADERS[task](opts.model);
@@ -85,6 +114,13 @@ export function registerEvaluate(program: Command): void {
       const model = await NemotronForCausalLM.fromPretrained(opts.model);
       try {
         if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+        if (opts.stride !== undefined) {
+          const windowed = await slidingWindowPerplexity(model, datasetIds(opts.data, tokenizer), { maxLength: opts.maxLength, stride: opts.stride });
+          process.stdout.write(opts.json ? `${JSON.stringify({ ...windowed, maxLength: opts.maxLength, stride: opts.stride, backend })}\n`
+            : `loss ${windowed.loss.toFixed(4)} · perplexity ${windowed.perplexity.toFixed(3)} over ${windowed.tokens} predicted tokens ` +
+              `(${windowed.windows} windows of ${opts.maxLength} tokens, stride ${opts.stride}, backend ${backend})\n`);
+          return;
+        }
         const result = await causalPerplexity(model, opts.data, { tokenizer, batchSize: opts.batchSize, maxLength: opts.maxLength });
         process.stdout.write(opts.json ? `${JSON.stringify({ ...result, backend })}\n`
           : `loss ${result.loss.toFixed(4)} · perplexity ${result.perplexity.toFixed(3)} over ${result.tokens} predicted tokens ` +

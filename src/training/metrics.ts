@@ -102,3 +102,55 @@ export async function evaluateExamples(model: EvaluableModel, examples: Example[
   }
   return metrics;
 }
+
+/** What the sliding-window perplexity needs of a causal LM. */
+export interface CausalLossModel {
+  computeLoss(inputs: HeadInputs): tf.Scalar;
+  readonly config: { maxSequenceLength: number };
+}
+
+export interface SlidingWindowPerplexity {
+  /** Σ NLL / predicted tokens (natural log). */
+  loss: number;
+  perplexity: number;
+  /** Tokens predicted: all but the first, less each window's first token where stride = maxLength. */
+  tokens: number;
+  windows: number;
+}
+
+/**
+ * Perplexity of a text longer than the model's context, as transformers' "Perplexity of fixed-length models" guide
+ * computes it: windows of `maxLength` tokens every `stride` tokens, each predicting only the tokens no earlier window
+ * did (its other labels -100), so that every prediction has up to maxLength - stride tokens of context. The total is
+ * each window's mean loss times the labels it counts after the shift (the guide's own count is one short for every
+ * window after the first), over the tokens predicted.
+ */
+export async function slidingWindowPerplexity(model: CausalLossModel, ids: number[], options: { maxLength: number; stride: number }): Promise<SlidingWindowPerplexity> {
+  const { maxLength, stride } = options;
+  if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`slidingWindowPerplexity: maxLength must be an integer ≥ 2, got ${maxLength}`);
+  if (maxLength > model.config.maxSequenceLength) throw new Error(`slidingWindowPerplexity: maxLength ${maxLength} is longer than the model's context (${model.config.maxSequenceLength})`);
+  if (!Number.isInteger(stride) || stride < 1 || stride > maxLength) throw new Error(`slidingWindowPerplexity: stride must be an integer in [1, maxLength ${maxLength}], got ${stride}`);
+  if (ids.length < 2) throw new Error(`slidingWindowPerplexity: ${ids.length} token(s): at least two are needed to predict one`);
+  let nll = 0;
+  let tokens = 0;
+  let windows = 0;
+  let previousEnd = 0;
+  for (let begin = 0; begin < ids.length; begin += stride) {
+    const end = Math.min(begin + maxLength, ids.length);
+    const window = ids.slice(begin, end);
+    // Labels only on the tokens past the previous window's end.
+    const fresh = end - previousEnd;
+    const labels = window.map((id, i) => (i < window.length - fresh ? -100 : id));
+    const counted = labels.slice(1).filter((l) => l !== -100).length;
+    if (counted > 0) {
+      const loss = model.computeLoss({ inputIds: [window], labels: [labels] });
+      nll += (await loss.data())[0] * counted;
+      loss.dispose();
+      tokens += counted;
+    }
+    windows++;
+    previousEnd = end;
+    if (end === ids.length) break;
+  }
+  return { loss: nll / tokens, perplexity: Math.exp(nll / tokens), tokens, windows };
+}

@@ -510,6 +510,32 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     return choices.reduce((s, c) => s + c.tokens, 0);
   }
 
+  /** vLLM's /tokenize: a prompt's (or a conversation's, through the chat template) token ids and their count. */
+  function tokenizeBody(body: Body): object {
+    let tokens: number[];
+    if (body.messages !== undefined) {
+      try {
+        tokens = tokenizer.applyChatTemplate(chatMessages(body), { addGenerationPrompt: booleanField(body, 'add_generation_prompt') ?? true });
+      } catch (e) {
+        throw e instanceof OpenAIError ? e : new OpenAIError(400, (e as Error).message, 'messages');
+      }
+    } else if (typeof body.prompt === 'string') {
+      tokens = tokenizer.encode(body.prompt, { addSpecialTokens: booleanField(body, 'add_special_tokens') ?? true });
+    } else {
+      throw new OpenAIError(400, `/tokenize needs a prompt (a string) or messages, got ${describe(body.prompt ?? body.messages)}`, 'prompt');
+    }
+    return { tokens, count: tokens.length, max_model_len: context };
+  }
+
+  /** vLLM's /detokenize: the text of token ids. */
+  function detokenizeBody(body: Body): object {
+    const tokens = body.tokens;
+    if (!Array.isArray(tokens) || !tokens.every((t) => Number.isInteger(t) && (t as number) >= 0 && (t as number) < tokenizer.vocabSize)) {
+      throw new OpenAIError(400, `tokens must be a list of token ids in [0, ${tokenizer.vocabSize}), got ${describe(tokens)}`, 'tokens');
+    }
+    return { prompt: tokenizer.decode(tokens as number[]) };
+  }
+
   /** The Responses API's answer to a (chat) job: one message item of output text; streamed as its typed events. */
   async function respond(job: Job, request: Body, res: http.ServerResponse): Promise<number> {
     const id = `resp_${randomBytes(12).toString('hex')}`;
@@ -582,6 +608,13 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       sendJson(res, 200, modelCard());
       return 0;
     }
+    if (url === '/tokenize' || url === '/detokenize') {
+      if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
+      const body = await readBody(req, maxBody);
+      checkModel(body);
+      sendJson(res, 200, url === '/tokenize' ? tokenizeBody(body) : detokenizeBody(body));
+      return 0;
+    }
     if (url === '/v1/responses') {
       if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
       const body = await readBody(req, maxBody);
@@ -590,9 +623,9 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     }
     const kind = url === '/v1/chat/completions' ? 'chat' : url === '/v1/completions' ? 'completion' : null;
     if (kind === null) {
-      const known = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/models', '/health'];
+      const known = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/models', '/health', '/tokenize', '/detokenize'];
       if (known.includes(url) || url.startsWith('/v1/models/')) throw new OpenAIError(405, `${req.method} is not allowed on ${url}`);
-      throw new OpenAIError(404, `No route ${req.method} ${url}; this server has POST /v1/chat/completions, POST /v1/completions, POST /v1/responses, GET /v1/models, GET /health`);
+      throw new OpenAIError(404, `No route ${req.method} ${url}; this server has POST /v1/chat/completions, POST /v1/completions, POST /v1/responses, POST /tokenize, POST /detokenize, GET /v1/models, GET /health`);
     }
     if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
     const body = await readBody(req, maxBody);

@@ -461,6 +461,21 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(call.json.error.message).to.equal('input[0] is a "function_call_output" item; this server reads messages ({role, content}) only');
   });
 
+  it('/tokenize and /detokenize (vLLM\'s): a prompt\'s or a conversation\'s ids and count, the text of ids', async () => {
+    const tokenized = await post('/tokenize', { model: MODEL_ID, prompt: 'Hello the world' });
+    expect(tokenized.json).to.deep.equal({ tokens: tokenizer.encode('Hello the world'), count: tokenizer.encode('Hello the world').length, max_model_len: 64 });
+    const bare = await post('/tokenize', { prompt: 'Hello', add_special_tokens: false });
+    expect(bare.json.tokens).to.deep.equal(tokenizer.encode('Hello', { addSpecialTokens: false }));
+    const messages = [{ role: 'user', content: 'Hi' }];
+    const chat = await post('/tokenize', { messages });
+    expect(chat.json.tokens).to.deep.equal(tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }));
+    const back = await post('/detokenize', { tokens: tokenized.json.tokens });
+    expect(back.json).to.deep.equal({ prompt: tokenizer.decode(tokenized.json.tokens) });
+    const bad = await post('/detokenize', { tokens: [1, 500] });
+    expect([bad.status, bad.json.error.message]).to.deep.equal([400, 'tokens must be a list of token ids in [0, 96), got [1,500]']);
+    expect((await post('/tokenize', {})).json.error.param).to.equal('prompt');
+  });
+
   it('--api-key: /v1/ requests need "Authorization: Bearer <key>" (401 otherwise), /health does not', async () => {
     const guarded = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, apiKey: 'sk-local' });
     await new Promise<void>((resolve) => guarded.listen(0, '127.0.0.1', resolve));

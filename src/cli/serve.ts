@@ -16,6 +16,7 @@ export interface ServeCliOptions {
   servedModelName?: string;
   maxTokens: number;
   maxRows: number;
+  prefillChunk: number;
   quiet?: boolean;
   apiKey?: string;
 }
@@ -25,7 +26,7 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
   const { model, tokenizer, backend } = await loadCausalLM(o.model, o);
   const modelId = o.servedModelName ?? path.basename(path.resolve(o.model));
   const server = createOpenAIServer(model, tokenizer, {
-    modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,
+    modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, prefillChunkTokens: o.prefillChunk, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,
     log: o.quiet ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   });
   try {
@@ -59,6 +60,7 @@ export function registerServe(program: Command): void {
     .option('--served-model-name <name>', 'the model name clients give (default: the folder\'s name)')
     .option('--max-tokens <n>', 'max_tokens of a chat request that gives none (capped by the context length)', integerArg('a positive integer', (n) => n > 0), 4096)
     .option('--max-rows <n>', 'most rows (prompts × n) one request decodes together', integerArg('a positive integer', (n) => n > 0), 16)
+    .option('--prefill-chunk <tokens>', 'most prompt tokens one pass runs; longer prompts run in chunks, the other rows decoding between them', integerArg('a positive integer', (n) => n > 0), 512)
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/ requests (default: $NEMOTRON_API_KEY, else none)')
     .option('-q, --quiet', 'no line per request on stderr')

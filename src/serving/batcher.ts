@@ -42,8 +42,32 @@ export interface BatcherStats {
   peakRows: number;
 }
 
+type Waiting = { row: BatchRow; done: () => void; fail: (e: unknown) => void };
+
+/** Prompts being run into their own cache, a chunk of positions a loop turn, before they join the batch. */
+interface Prefill {
+  joining: Waiting[];
+  /** Left-padded prompts and their masks. */
+  inputIds: number[][];
+  masks: number[][];
+  cache: KVCache;
+  /** Positions already run. */
+  done: number;
+}
+
+export interface BatcherOptions {
+  /** Most rows decoded together. Default 16. */
+  maxRows?: number;
+  /**
+   * Most prompt tokens (rows × positions) one prefill pass runs; longer prompts run in chunks, a decoding step of the
+   * batch between two, so that a long prompt does not hold the other rows' tokens for its whole pass. Default 512.
+   */
+  prefillChunkTokens?: number;
+}
+
 export class ContinuousBatcher {
-  private pending: Array<{ row: BatchRow; done: () => void; fail: (e: unknown) => void }> = [];
+  private pending: Waiting[] = [];
+  private prefill: Prefill | null = null;
   private active: Active[] = [];
   private cache: KVCache | null = null;
   /** Attention mask of each active row over the cache's positions (0: left padding). */
@@ -51,13 +75,23 @@ export class ContinuousBatcher {
   private running = false;
   readonly stats: BatcherStats = { steps: 0, rowSteps: 0, peakRows: 0 };
 
-  constructor(private readonly model: NemotronForCausalLM, readonly maxRows = 16) {
-    if (!Number.isInteger(maxRows) || maxRows < 1) throw new Error(`ContinuousBatcher: maxRows must be a positive integer, got ${maxRows}`);
+  readonly maxRows: number;
+  readonly prefillChunkTokens: number;
+
+  /** `options`: BatcherOptions, or the most rows decoded together. */
+  constructor(private readonly model: NemotronForCausalLM, options: BatcherOptions | number = {}) {
+    const o = typeof options === 'number' ? { maxRows: options } : options;
+    this.maxRows = o.maxRows ?? 16;
+    this.prefillChunkTokens = o.prefillChunkTokens ?? 512;
+    if (!Number.isInteger(this.maxRows) || this.maxRows < 1) throw new Error(`ContinuousBatcher: maxRows must be a positive integer, got ${this.maxRows}`);
+    if (!Number.isInteger(this.prefillChunkTokens) || this.prefillChunkTokens < 1) {
+      throw new Error(`ContinuousBatcher: prefillChunkTokens must be a positive integer, got ${this.prefillChunkTokens}`);
+    }
   }
 
   /** Rows decoding now and rows waiting for room. */
   get load(): { active: number; waiting: number } {
-    return { active: this.active.length, waiting: this.pending.length };
+    return { active: this.active.length, waiting: this.pending.length + (this.prefill?.joining.length ?? 0) };
   }
 
   /** Continues `row.prompt`; resolves when the row ends (an EOS, its maximum, or onToken returning false). */
@@ -80,12 +114,19 @@ export class ContinuousBatcher {
 
   private async loop(): Promise<void> {
     try {
-      while (this.pending.length || this.active.length) {
+      while (this.pending.length || this.active.length || this.prefill) {
         try {
           await this.admit();
+        } catch (e) {
+          // A failed prompt pass fails the rows it carried.
+          for (const j of this.prefill?.joining ?? []) j.fail(e);
+          this.prefill?.cache.dispose();
+          this.prefill = null;
+        }
+        try {
           if (this.active.length) await this.step();
         } catch (e) {
-          // A failed pass fails the rows it carried; the batch starts over.
+          // A failed step fails the rows it carried; the batch starts over.
           for (const a of this.active) a.fail(e);
           this.active = [];
           this.masks = [];
@@ -100,31 +141,45 @@ export class ContinuousBatcher {
   }
 
   /**
-   * Runs the prompts of waiting rows (as many as there is room for) in one left-padded pass and joins them to the batch
-   * after their first token.
+   * Runs the prompts of waiting rows (as many as there is room for) as one left-padded batch, a chunk of positions a
+   * call (at most prefillChunkTokens tokens), and joins them to the batch after their first token.
    */
   private async admit(): Promise<void> {
-    const joining: Array<{ row: BatchRow; done: () => void; fail: (e: unknown) => void }> = [];
-    while (this.pending.length && this.active.length + joining.length < this.maxRows) {
-      const next = this.pending.shift()!;
-      if (next.row.cancelled?.()) next.done();
-      else joining.push(next);
+    if (!this.prefill) {
+      const joining: Waiting[] = [];
+      while (this.pending.length && this.active.length + joining.length < this.maxRows) {
+        const next = this.pending.shift()!;
+        if (next.row.cancelled?.()) next.done();
+        else joining.push(next);
+      }
+      if (joining.length === 0) return;
+      const width = Math.max(...joining.map((j) => j.row.prompt.length));
+      const masks = joining.map((j) => [...new Array<number>(width - j.row.prompt.length).fill(0), ...j.row.prompt.map(() => 1)]);
+      const inputIds = joining.map((j, r) => masks[r].map((m, i) => (m ? j.row.prompt[i - (width - j.row.prompt.length)] : 0)));
+      this.prefill = { joining, inputIds, masks, cache: new KVCache(this.model.config.numHiddenLayers), done: 0 };
     }
-    if (joining.length === 0) return;
-    const width = Math.max(...joining.map((j) => j.row.prompt.length));
-    const masks = joining.map((j) => [...new Array<number>(width - j.row.prompt.length).fill(0), ...j.row.prompt.map(() => 1)]);
-    const inputIds = joining.map((j, r) => masks[r].map((m, i) => (m ? j.row.prompt[i - (width - j.row.prompt.length)] : 0)));
-    const rowCache = new KVCache(this.model.config.numHiddenLayers);
+    const p = this.prefill;
+    const width = p.masks[0].length;
+    const end = Math.min(width, p.done + Math.max(1, Math.floor(this.prefillChunkTokens / p.joining.length)));
+    const out = this.model.forward({
+      inputIds: p.inputIds.map((ids) => ids.slice(p.done, end)),
+      attentionMask: p.masks.map((m) => m.slice(0, end)),
+      positionIds: positionsFromMask(p.masks).map((positions) => positions.slice(p.done, end)),
+      pastKeyValues: p.cache, useCache: true, logitsToKeep: 1,
+    });
+    if (end < width) {
+      out.logits.dispose();
+      p.done = end;
+      return;
+    }
+    this.prefill = null;
     try {
-      const out = this.model.forward({
-        inputIds, attentionMask: masks, positionIds: positionsFromMask(masks), pastKeyValues: rowCache, useCache: true, logitsToKeep: 1,
-      });
       const logits = await out.logits.data() as Float32Array;
       out.logits.dispose();
       const vocab = this.model.config.vocabSize;
       const keep: number[] = [];
       const joined: Active[] = [];
-      joining.forEach(({ row, done, fail }, r) => {
+      p.joining.forEach(({ row, done, fail }, r) => {
         const active: Active = { row, sequence: row.prompt.slice(), generated: 0, done, fail };
         if (this.accept(active, logits.subarray(r * vocab, (r + 1) * vocab))) {
           keep.push(r);
@@ -133,20 +188,20 @@ export class ContinuousBatcher {
       });
       if (keep.length) {
         // Only the rows that go on join; padding none of them needs goes.
-        const kept = keep.map((r) => masks[r]);
+        const kept = keep.map((r) => p.masks[r]);
         const unused = Math.min(...kept.map((m) => m.indexOf(1)));
-        if (keep.length < joining.length || unused > 0) rowCache.selectRows(keep, unused);
+        if (keep.length < p.joining.length || unused > 0) p.cache.selectRows(keep, unused);
         if (!this.cache) this.cache = new KVCache(this.model.config.numHiddenLayers);
         const length = Math.max(this.cache.length, width - unused);
-        this.cache.appendRows(rowCache);
+        this.cache.appendRows(p.cache);
         this.masks = [...this.masks, ...kept.map((m) => m.slice(unused))].map((m) => [...new Array<number>(length - m.length).fill(0), ...m]);
         this.active.push(...joined);
         this.stats.peakRows = Math.max(this.stats.peakRows, this.active.length);
       }
     } catch (e) {
-      for (const j of joining) j.fail(e);
+      for (const j of p.joining) j.fail(e);
     } finally {
-      rowCache.dispose();
+      p.cache.dispose();
     }
   }
 

@@ -26,6 +26,8 @@ export interface OpenAIServerOptions {
   maxRows?: number;
   /** Largest request body accepted, in bytes. Default 8 MiB. */
   maxBodyBytes?: number;
+  /** Most prompt tokens one prefill pass runs (longer prompts run in chunks between decoding steps). Default 512. */
+  prefillChunkTokens?: number;
   /** The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on `model`). */
   batcher?: ContinuousBatcher;
   /** Requests to /v1/… must carry `Authorization: Bearer <apiKey>` (as vLLM's --api-key); /health stays open. */
@@ -272,7 +274,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
-  const batcher = options.batcher ?? new ContinuousBatcher(model, maxRows);
+  const batcher = options.batcher ?? new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens });
 
   const modelCard = () => ({ id: options.modelId, object: 'model', created, owned_by: 'nemotron-tfjs' });
 

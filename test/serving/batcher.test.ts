@@ -33,6 +33,34 @@ forEachBackend(testBackends(), () => {
         return { row, tokens, logits };
       }
 
+      /** Decodes `first`; after its `after`-th token the `later` rows join. Returns the recorders, first's first. */
+      async function joinWhileDecoding(batcher: ContinuousBatcher, first: [number[], GenerateOptions], after: number, later: Array<[number[], GenerateOptions]>) {
+        const joined: Array<ReturnType<typeof recorder>> = [];
+        const pending: Promise<void>[] = [];
+        const head = recorder(first[0], first[1], {
+          after,
+          run: () => later.forEach(([prompt, options]) => {
+            const r = recorder(prompt, options);
+            joined.push(r);
+            pending.push(batcher.generate(r.row));
+          }),
+        });
+        await batcher.generate(head.row);
+        await Promise.all(pending);
+        return [head, ...joined];
+      }
+
+      /** A row's tokens equal its prompt decoded alone, its logits within 1e-4. */
+      async function expectAsAlone(prompt: number[], options: GenerateOptions, got: ReturnType<typeof recorder>, what: string) {
+        const reference = await alone(model, prompt, options);
+        expect(got.tokens, what).to.deep.equal(reference.tokens);
+        got.logits.forEach((l, s) => {
+          let worst = 0;
+          l.forEach((v, i) => { worst = Math.max(worst, Math.abs(v - reference.logits[s][i])); });
+          expect(worst, `${what}: logits of step ${s}`).to.be.at.most(1e-4);
+        });
+      }
+
       it('rows that join a running batch (shorter and longer than it) decode as each prompt alone: greedy, sampled, penalized', async () => {
         const before = tf.memory().numTensors;
         const batcher = new ContinuousBatcher(model, 8);
@@ -44,28 +72,10 @@ forEachBackend(testBackends(), () => {
           [[2, 30, 31, 7], { maxNewTokens: 8, doSample: false, repetitionPenalty: 1.5, noRepeatNgramSize: 2, eosTokenId: null }],
         ];
         const firstOptions: GenerateOptions = { maxNewTokens: 12, doSample: false, eosTokenId: null };
-        const joined: Array<ReturnType<typeof recorder>> = [];
-        const pending: Promise<void>[] = [];
         // The later rows arrive while the first is decoding (after its 3rd token), one of them longer than its cache.
-        const head = recorder(first, firstOptions, {
-          after: 3,
-          run: () => later.forEach(([prompt, options]) => {
-            const r = recorder(prompt, options);
-            joined.push(r);
-            pending.push(batcher.generate(r.row));
-          }),
-        });
-        await batcher.generate(head.row);
-        await Promise.all(pending);
-        const rows: Array<[number[], GenerateOptions, ReturnType<typeof recorder>]> = [[first, firstOptions, head], ...later.map(([p, o], i): [number[], GenerateOptions, ReturnType<typeof recorder>] => [p, o, joined[i]])];
-        for (const [prompt, options, got] of rows) {
-          const reference = await alone(model, prompt, options);
-          expect(got.tokens, JSON.stringify(prompt)).to.deep.equal(reference.tokens);
-          got.logits.forEach((l, s) => {
-            let worst = 0;
-            l.forEach((v, i) => { worst = Math.max(worst, Math.abs(v - reference.logits[s][i])); });
-            expect(worst, `logits of step ${s}`).to.be.at.most(1e-4);
-          });
+        const recorded = await joinWhileDecoding(batcher, [first, firstOptions], 3, later);
+        for (const [i, [prompt, options]] of [[first, firstOptions] as [number[], GenerateOptions], ...later].entries()) {
+          await expectAsAlone(prompt, options, recorded[i], JSON.stringify(prompt));
         }
         expect(batcher.stats.peakRows).to.equal(5);
         // Fewer passes than tokens: the rows shared them.
@@ -123,6 +133,37 @@ forEachBackend(testBackends(), () => {
         } finally {
           model.forward = forward;
         }
+        expect(tf.memory().numTensors).to.equal(before);
+      });
+
+      it('long prompts run in chunks (prefillChunkTokens), a decoding step of the batch between two; each row still as alone', async () => {
+        const before = tf.memory().numTensors;
+        const batcher = new ContinuousBatcher(model, { maxRows: 8, prefillChunkTokens: 8 });
+        const forward = model.forward.bind(model);
+        const passes: number[] = [];
+        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
+          passes.push((inputs.inputIds as number[][]).length * (inputs.inputIds as number[][])[0].length);
+          return forward(inputs);
+        }) as typeof model.forward;
+        const first: [number[], GenerateOptions] = [[2, 5, 6], { maxNewTokens: 12, doSample: false, eosTokenId: null }];
+        // Two prompts of 21 and 13 tokens arrive while the first row decodes: 2 rows × 4 positions a chunk, 6 chunks.
+        const rows: Array<[number[], GenerateOptions]> = [
+          [[2, ...Array.from({ length: 20 }, (_, i) => 10 + i)], { maxNewTokens: 6, doSample: false, eosTokenId: null }],
+          [[2, ...Array.from({ length: 12 }, (_, i) => 40 + i)], { maxNewTokens: 6, doSample: true, temperature: 0.9, seed: 5, eosTokenId: null }],
+        ];
+        let recorded: Array<ReturnType<typeof recorder>>;
+        try {
+          recorded = await joinWhileDecoding(batcher, first, 2, rows);
+        } finally {
+          model.forward = forward;
+        }
+        // No pass over more than 8 prompt tokens; the joining prompts took ceil(21 / 4) = 6 of them.
+        expect(Math.max(...passes)).to.be.at.most(8);
+        expect(passes.filter((tokens) => tokens === 8)).to.have.length(5);
+        // The decoding row took a step between every two chunks (it has 12 tokens to write, more than the chunks).
+        const chunkAt = passes.flatMap((tokens, i) => (tokens === 8 ? [i] : []));
+        expect(chunkAt.every((at, k) => k === 0 || passes.slice(chunkAt[k - 1] + 1, at).includes(1)), JSON.stringify(passes)).to.equal(true);
+        for (const [i, [prompt, options]] of [first, ...rows].entries()) await expectAsAlone(prompt, options, recorded[i], `row ${i}`);
         expect(tf.memory().numTensors).to.equal(before);
       });
 

@@ -672,6 +672,8 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Body> {
       }
     });
     req.on('error', reject);
+    // A client that goes away before its body ends: nothing is left waiting on it.
+    req.on('close', () => { if (!req.complete) reject(new OpenAIError(400, 'the request ended before its body did')); });
     req.on('end', () => {
       let value: unknown;
       try {

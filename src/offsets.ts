@@ -195,3 +195,20 @@ function walkSegment(segment: Normalized, pieces: OffsetPiece[], pipeline: Pipel
     at = to;
   }
 }
+
+/**
+ * The word of each token of a text (the Rust encoding's word ids: the pre-tokenizer's pieces), for the pipelines that
+ * align spans to words: Metaspace splitting at its replacement character (a piece that begins with ▁ begins a word), or
+ * no splitting at all (one word). Other pre-tokenizers are refused by name.
+ */
+export function wordIds(json: Json, pieces: string[]): number[] {
+  const pre = json.pre_tokenizer as Json | null | undefined;
+  const list: Json[] = pre === null || pre === undefined ? [] : pre.type === 'Sequence' ? pre.pretokenizers : [pre];
+  if (list.length === 0 || (list.length === 1 && list[0].type === 'Metaspace' && list[0].split === false)) return pieces.map(() => 0);
+  if (list.length === 1 && list[0].type === 'Metaspace') {
+    const replacement = (list[0].replacement as string | undefined) ?? '\u2581';
+    let word = -1;
+    return pieces.map((piece, i) => (i === 0 || piece.startsWith(replacement) ? ++word : word));
+  }
+  throw new Error(`words: the pre-tokenizer ${list.map((p) => p.type).join(' + ')} is not replayed; align spans to tokens instead (alignToWords: false)`);
+}

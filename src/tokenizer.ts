@@ -28,7 +28,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import * as protobuf from 'protobufjs';
 import { GGUFFile } from './io/gguf';
-import { alignOffsets, offsetPipeline } from './offsets';
+import { alignOffsets, offsetPipeline, wordIds } from './offsets';
 
 /** Options of {@link NemotronTokenizer.encode}. */
 export interface EncodeOptions {
@@ -719,6 +719,11 @@ export class NemotronTokenizer {
   get continuingSubwordPrefix(): string {
     const prefix = (this.raw.json.model as Json | undefined)?.continuing_subword_prefix;
     return typeof prefix === 'string' ? prefix : '';
+  }
+
+  /** The word (the pre-tokenizer's piece) each of a text's tokens belongs to, as the Rust encoding's word ids (see offsets.ts). */
+  wordIds(ids: number[]): number[] {
+    return wordIds(this.raw.json, ids.map((id) => this.tok.id_to_token(id) ?? ''));
   }
 
   /**

@@ -223,11 +223,14 @@ export async function classifyTokens(model: NemotronForTokenClassification, toke
 
 /** A span of the context as answerQuestion reports it. */
 export interface AnswerSpan {
-  /** The context tokens of the span, decoded. */
+  /** The context's text of the span: context.slice(start, end). */
   answer: string;
-  /** P(start) · P(end), each a softmax over the context's tokens. */
+  /** P(start) · P(end), each a softmax over the context's tokens (summed over spans that give the same answer). */
   score: number;
-  /** Token positions of the span in the encoded pair (inclusive). */
+  /** The span's characters in the context (UTF-16 indices). */
+  start: number;
+  end: number;
+  /** Token positions of the span in the encoded pair (inclusive; the best of the spans that give this answer). */
   startToken: number;
   endToken: number;
 }
@@ -261,11 +264,16 @@ export function bestSpans(startLogits: ArrayLike<number>, endLogits: ArrayLike<n
 }
 
 /**
- * Extractive question answering with a question-answering head: the question and the context in the tokenizer's pair
- * template (as tokenizer(question, context)), the best spans of the context (bestSpans), decoded.
+ * transformers 4's pipeline("question-answering") (transformers 5 dropped it): the question and the context as a pair
+ * (as tokenizer(question, context)), the best spans of the context (bestSpans, over topK × 2 + 10 candidates when
+ * aligning to words), each widened to whole words (alignToWords, default true: the Rust encoding's words) or kept to
+ * its tokens, as characters of the context; spans that give the same answer (case aside) have their scores summed.
+ * The context is one window (the pipeline's doc_stride overflow is not run: keep contexts within the model's length).
  */
 export async function answerQuestion(model: NemotronForQuestionAnswering, tokenizer: NemotronTokenizer, question: string, context: string,
-  options: { topK?: number; maxAnswerLength?: number } = {}): Promise<AnswerSpan[]> {
+  options: { topK?: number; maxAnswerLength?: number; alignToWords?: boolean } = {}): Promise<AnswerSpan[]> {
+  const topK = options.topK ?? 1;
+  const alignToWords = options.alignToWords ?? true;
   const { ids, sequenceIds } = tokenizer.encodePair(question, context);
   if (!sequenceIds.includes(1)) throw new Error('answerQuestion: the context has no tokens');
   const [startTensor, endTensor] = tf.tidy(() => {
@@ -274,7 +282,31 @@ export async function answerQuestion(model: NemotronForQuestionAnswering, tokeni
   });
   const [startLogits, endLogits] = [await startTensor.data(), await endTensor.data()];
   tf.dispose([startTensor, endTensor]);
-  return bestSpans(startLogits, endLogits, sequenceIds.map((s) => s === 1), options).map(({ start, end, score }) => ({
-    answer: tokenizer.decode(ids.slice(start, end + 1), { skipSpecialTokens: true }), score, startToken: start, endToken: end,
-  }));
+  // The k-th context token of the pair is the k-th token of the context encoded alone.
+  const alone = tokenizer.encodeWithOffsets(context);
+  const plain = alone.ids.flatMap((_, i) => (alone.specialTokensMask[i] ? [] : [i]));
+  const contextIndex = new Map(sequenceIds.flatMap((s, i) => (s === 1 ? [i] : [])).map((pairIndex, k) => [pairIndex, plain[k]]));
+  const words = alignToWords ? tokenizer.wordIds(alone.ids.filter((_, i) => !alone.specialTokensMask[i])) : [];
+  const wordOf = (i: number) => words[plain.indexOf(i)];
+  const charSpan = (s: number, e: number): [number, number] => {
+    const [first, last] = [contextIndex.get(s)!, contextIndex.get(e)!];
+    if (!alignToWords) return [alone.offsets[first][0], alone.offsets[last][1]];
+    // The words' characters: from the first token of the start's word to the last token of the end's word.
+    const inWord = (w: number) => plain.filter((i) => wordOf(i) === w);
+    const startWord = inWord(wordOf(first));
+    const endWord = inWord(wordOf(last));
+    return [alone.offsets[startWord[0]][0], alone.offsets[endWord[endWord.length - 1]][1]];
+  };
+  const candidates = bestSpans(startLogits, endLogits, sequenceIds.map((s) => s === 1), {
+    topK: alignToWords ? topK * 2 + 10 : topK, maxAnswerLength: options.maxAnswerLength,
+  });
+  const answers: AnswerSpan[] = [];
+  for (const { start, end, score } of candidates) {
+    const [from, to] = charSpan(start, end);
+    const answer = context.slice(from, to);
+    const same = answers.find((a) => a.answer.toLowerCase() === answer.toLowerCase());
+    if (same) same.score += score;
+    else answers.push({ answer, score, start: from, end: to, startToken: start, endToken: end });
+  }
+  return answers.sort((a, b) => b.score - a.score).slice(0, topK);
 }

@@ -139,6 +139,29 @@ describe('question answering: spans', () => {
     expect(() => bestSpans(start, end, inContext.map(() => false))).to.throw(/no token is in the context/);
   });
 
+  it('answerQuestion equals transformers 4\'s question-answering pipeline: answers, character spans, scores (words and tokens, top-k, max length)', async () => {
+    const qa = JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../pipelines/qa.json'), 'utf8')) as {
+      cases: Array<{ question: string; context: string } & Record<string, Array<{ answer: string; start: number; end: number; score: number }>>>;
+    };
+    const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
+    const model = await NemotronForQuestionAnswering.fromPretrained(fixtureDir('tiny-gqa', 'qa'));
+    const settings: Record<string, { topK?: number; alignToWords?: boolean; maxAnswerLength?: number }> = {
+      top1: {}, top3: { topK: 3 }, top3_tokens: { topK: 3, alignToWords: false }, top2_max2: { topK: 2, maxAnswerLength: 2 },
+    };
+    let compared = 0;
+    for (const c of qa.cases) {
+      for (const [name, options] of Object.entries(settings)) {
+        const got = await answerQuestion(model, tokenizer, c.question, c.context, options);
+        const what = `${JSON.stringify(c.question)} / ${JSON.stringify(c.context)}, ${name}`;
+        expect(got.map((a) => [a.answer, a.start, a.end]), what).to.deep.equal(c[name].map((a) => [a.answer, a.start, a.end]));
+        got.forEach((a, i) => expect(a.score, `${what}: score ${i}`).to.be.closeTo(c[name][i].score, 1e-4));
+        compared += got.length;
+      }
+    }
+    expect(compared).to.be.greaterThan(30);
+    model.dispose();
+  });
+
   it('answerQuestion: the question and the context as a pair, the best span of the context decoded', async () => {
     const tokenizer = await NemotronTokenizer.fromPretrained(TOKENIZER);
     const model = await NemotronForQuestionAnswering.fromPretrained(fixtureDir('tiny-gqa', 'qa'));
@@ -149,8 +172,11 @@ describe('question answering: spans', () => {
     const out = model.forward({ inputIds: [ids] });
     const expected = bestSpans(await out.startLogits.data(), await out.endLogits.data(), sequenceIds.map((x) => x === 1), { topK: 2 });
     tf.dispose([out.startLogits, out.endLogits]);
-    expect(spans.map((x) => [x.startToken, x.endToken, x.score])).to.deep.equal(expected.map((x) => [x.start, x.end, x.score]));
-    spans.forEach((x) => expect(x.answer).to.equal(tokenizer.decode(ids.slice(x.startToken, x.endToken + 1), { skipSpecialTokens: true })));
+    // Token-aligned spans are bestSpans' own; each answer is the context's text of its tokens.
+    const tokenSpans = await answerQuestion(model, tokenizer, question, context, { topK: 2, alignToWords: false });
+    expect(tokenSpans.map((x) => [x.startToken, x.endToken, x.score])).to.deep.equal(expected.map((x) => [x.start, x.end, x.score]));
+    tokenSpans.forEach((x) => expect(x.answer.trim()).to.equal(tokenizer.decode(ids.slice(x.startToken, x.endToken + 1), { skipSpecialTokens: true }).trim()));
+    spans.forEach((x) => expect(x.answer).to.equal(context.slice(x.start, x.end)));
     expect(sequenceIds[spans[0].startToken]).to.equal(1);
     // Training rows {question, context, answer} are encoded the same way: the gold span decodes to the answer.
     const file = path.join(tmpDir('qa-'), 'qa.jsonl');

@@ -765,7 +765,7 @@ export class NemotronTokenizer {
   }
 
   /** The post-processor's pair encoding cut into specials, A, specials, B, specials (A first, B after it). */
-  private pairTemplateParts(text: string, textPair: string, a: number[], b: number[]): Array<[number[], 0 | 1 | null]> {
+  pairTemplateParts(text: string, textPair: string, a: number[], b: number[]): Array<[number[], 0 | 1 | null]> {
     const full = this.tok.encode(text, { text_pair: textPair, add_special_tokens: true }).ids;
     const at = (part: number[], from: number) => {
       for (let i = from; i + part.length <= full.length; i++) if (part.every((id, j) => full[i + j] === id)) return i;

@@ -8,6 +8,7 @@ import { NemotronTokenizer } from '../tokenizer';
 import { LoraModel } from '../training/lora';
 import { ClassificationFunction, answerQuestion, classifyText, classifyTokens } from '../inference/classification';
 import { checkModelDir } from './info';
+import { integerArg } from './generate';
 
 const HEADS = ['NemotronForSequenceClassification', 'NemotronForTokenClassification', 'NemotronForQuestionAnswering'];
 
@@ -36,6 +37,8 @@ export function registerPredict(program: Command): void {
       if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('It must be a positive integer.');
       return n;
     }, 15)
+    .option('--max-seq-len <n>', 'question answering: tokens of a window; a longer context runs in several (default min(model_max_length, 384))', integerArg('an integer ≥ 2', (n) => n >= 2))
+    .option('--doc-stride <n>', 'question answering: context tokens two consecutive windows share (default min(max-seq-len / 2, 128))', integerArg('an integer ≥ 0', (n) => n >= 0))
     .option('--text-pair <text>', 'sequence classification: the second text of each --text, in order (repeatable; entailment, paraphrase, …)', (v: string, all: string[] = []) => [...all, v])
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
     .option('--top-k <n>', 'labels per text (sequence classification) or answers (question answering), best first, or "all" labels (default: the best)', topKArg)
@@ -61,7 +64,7 @@ export function registerPredict(program: Command): void {
         const model = await NemotronForQuestionAnswering.fromPretrained(opts.model);
         try {
           if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
-          const spans = await answerQuestion(model, tokenizer, opts.question, opts.context, { topK: opts.topK ?? 1, maxAnswerLength: opts.maxAnswerLength });
+          const spans = await answerQuestion(model, tokenizer, opts.question, opts.context, { topK: opts.topK ?? 1, maxAnswerLength: opts.maxAnswerLength, maxSeqLen: opts.maxSeqLen, docStride: opts.docStride });
           process.stdout.write(opts.json ? `${JSON.stringify({ question: opts.question, result: spans })}\n`
             : spans.map((a) => `${a.score.toFixed(4)}\t${a.answer}`).join('\n') + '\n');
         } finally {

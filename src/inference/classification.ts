@@ -230,7 +230,7 @@ export interface AnswerSpan {
   /** The span's characters in the context (UTF-16 indices). */
   start: number;
   end: number;
-  /** Token positions of the span in the encoded pair (inclusive; the best of the spans that give this answer). */
+  /** Token positions of the span in its window's encoded pair (inclusive; the best of the spans that give this answer). */
   startToken: number;
   endToken: number;
 }
@@ -263,50 +263,78 @@ export function bestSpans(startLogits: ArrayLike<number>, endLogits: ArrayLike<n
   return spans.sort((a, b) => b.score - a.score || a.start - b.start || a.end - b.end).slice(0, topK);
 }
 
+export interface AnswerQuestionOptions {
+  /** Answers returned. Default 1. */
+  topK?: number;
+  /** The longest answer, in tokens. Default 15. */
+  maxAnswerLength?: number;
+  /** Widen each span to whole words (the Rust encoding's words). Default true. */
+  alignToWords?: boolean;
+  /** Tokens of a window (question, context and specials); longer contexts run in several. Default min(model_max_length, 384). */
+  maxSeqLen?: number;
+  /** Context tokens two consecutive windows share. Default min(maxSeqLen / 2, 128). */
+  docStride?: number;
+}
+
 /**
  * transformers 4's pipeline("question-answering") (transformers 5 dropped it): the question and the context as a pair
- * (as tokenizer(question, context)), the best spans of the context (bestSpans, over topK × 2 + 10 candidates when
- * aligning to words), each widened to whole words (alignToWords, default true: the Rust encoding's words) or kept to
- * its tokens, as characters of the context; spans that give the same answer (case aside) have their scores summed.
- * The context is one window (the pipeline's doc_stride overflow is not run: keep contexts within the model's length).
+ * (as tokenizer(question, context)), a context too long for maxSeqLen cut into overlapping windows (docStride tokens
+ * shared, as the tokenizer's overflow cuts them), the best spans of each window (bestSpans, over topK × 2 + 10
+ * candidates when aligning to words), each widened to whole words of the window (alignToWords) or kept to its tokens,
+ * as characters of the context; spans that give the same answer (case aside) have their scores summed.
  */
 export async function answerQuestion(model: NemotronForQuestionAnswering, tokenizer: NemotronTokenizer, question: string, context: string,
-  options: { topK?: number; maxAnswerLength?: number; alignToWords?: boolean } = {}): Promise<AnswerSpan[]> {
+  options: AnswerQuestionOptions = {}): Promise<AnswerSpan[]> {
   const topK = options.topK ?? 1;
   const alignToWords = options.alignToWords ?? true;
-  const { ids, sequenceIds } = tokenizer.encodePair(question, context);
-  if (!sequenceIds.includes(1)) throw new Error('answerQuestion: the context has no tokens');
-  const [startTensor, endTensor] = tf.tidy(() => {
-    const out = model.forward({ inputIds: [ids] });
-    return [out.startLogits.reshape([-1]), out.endLogits.reshape([-1])];
-  });
-  const [startLogits, endLogits] = [await startTensor.data(), await endTensor.data()];
-  tf.dispose([startTensor, endTensor]);
-  // The k-th context token of the pair is the k-th token of the context encoded alone.
+  const maxSeqLen = options.maxSeqLen ?? Math.min(tokenizer.modelMaxLength ?? 384, 384);
+  const docStride = options.docStride ?? Math.min(Math.floor(maxSeqLen / 2), 128);
+  if (!Number.isInteger(maxSeqLen) || maxSeqLen < 2) throw new Error(`answerQuestion: maxSeqLen must be an integer ≥ 2, got ${maxSeqLen}`);
+  if (!Number.isInteger(docStride) || docStride < 0 || docStride > maxSeqLen) throw new Error(`answerQuestion: docStride must be an integer in [0, maxSeqLen ${maxSeqLen}], got ${docStride}`);
+  const questionIds = tokenizer.encode(question, { addSpecialTokens: false });
   const alone = tokenizer.encodeWithOffsets(context);
   const plain = alone.ids.flatMap((_, i) => (alone.specialTokensMask[i] ? [] : [i]));
-  const contextIndex = new Map(sequenceIds.flatMap((s, i) => (s === 1 ? [i] : [])).map((pairIndex, k) => [pairIndex, plain[k]]));
-  const words = alignToWords ? tokenizer.wordIds(alone.ids.filter((_, i) => !alone.specialTokensMask[i])) : [];
-  const wordOf = (i: number) => words[plain.indexOf(i)];
-  const charSpan = (s: number, e: number): [number, number] => {
-    const [first, last] = [contextIndex.get(s)!, contextIndex.get(e)!];
-    if (!alignToWords) return [alone.offsets[first][0], alone.offsets[last][1]];
-    // The words' characters: from the first token of the start's word to the last token of the end's word.
-    const inWord = (w: number) => plain.filter((i) => wordOf(i) === w);
-    const startWord = inWord(wordOf(first));
-    const endWord = inWord(wordOf(last));
-    return [alone.offsets[startWord[0]][0], alone.offsets[endWord[endWord.length - 1]][1]];
-  };
-  const candidates = bestSpans(startLogits, endLogits, sequenceIds.map((s) => s === 1), {
-    topK: alignToWords ? topK * 2 + 10 : topK, maxAnswerLength: options.maxAnswerLength,
-  });
+  if (plain.length === 0) throw new Error('answerQuestion: the context has no tokens');
+  const contextIds = plain.map((i) => alone.ids[i]);
+  // The template around the pair: specials before the question, between the two, after the context.
+  const [before, , between, , after] = tokenizer.pairTemplateParts(question, context, questionIds, contextIds).map(([ids]) => ids);
+  const room = maxSeqLen - questionIds.length - before.length - between.length - after.length;
+  if (room < 1) throw new Error(`answerQuestion: the question (${questionIds.length} tokens) leaves no room for the context in a window of maxSeqLen ${maxSeqLen} tokens`);
+  if (contextIds.length > room && docStride >= room) {
+    throw new Error(`answerQuestion: docStride ${docStride} must be smaller than the ${room} context tokens a window of maxSeqLen ${maxSeqLen} holds`);
+  }
+  const words = alignToWords ? tokenizer.wordIds(contextIds) : [];
   const answers: AnswerSpan[] = [];
-  for (const { start, end, score } of candidates) {
-    const [from, to] = charSpan(start, end);
-    const answer = context.slice(from, to);
-    const same = answers.find((a) => a.answer.toLowerCase() === answer.toLowerCase());
-    if (same) same.score += score;
-    else answers.push({ answer, score, start: from, end: to, startToken: start, endToken: end });
+  // Windows of the context as the tokenizer's overflow cuts them: `room` tokens every room - docStride.
+  for (let first = 0; ; first += room - docStride) {
+    const last = Math.min(contextIds.length, first + room);
+    const window = contextIds.slice(first, last);
+    const ids = [...before, ...questionIds, ...between, ...window, ...after];
+    const inContext = ids.map((_, i) => i >= before.length + questionIds.length + between.length && i < ids.length - after.length);
+    const offset = before.length + questionIds.length + between.length - first; // pair position → context token index
+    const [startTensor, endTensor] = tf.tidy(() => {
+      const out = model.forward({ inputIds: [ids] });
+      return [out.startLogits.reshape([-1]), out.endLogits.reshape([-1])];
+    });
+    const [startLogits, endLogits] = [await startTensor.data(), await endTensor.data()];
+    tf.dispose([startTensor, endTensor]);
+    const charSpan = (s: number, e: number): [number, number] => {
+      let [from, to] = [s - offset, e - offset];
+      if (alignToWords) {
+        // The words' characters within this window (a word the window cuts keeps only its tokens here).
+        while (from > first && words[from - 1] === words[from]) from--;
+        while (to < last - 1 && words[to + 1] === words[to]) to++;
+      }
+      return [alone.offsets[plain[from]][0], alone.offsets[plain[to]][1]];
+    };
+    for (const { start, end, score } of bestSpans(startLogits, endLogits, inContext, { topK: alignToWords ? topK * 2 + 10 : topK, maxAnswerLength: options.maxAnswerLength })) {
+      const [from, to] = charSpan(start, end);
+      const answer = context.slice(from, to);
+      const same = answers.find((a) => a.answer.toLowerCase() === answer.toLowerCase());
+      if (same) same.score += score;
+      else answers.push({ answer, score, start: from, end: to, startToken: start, endToken: end });
+    }
+    if (last === contextIds.length) break;
   }
   return answers.sort((a, b) => b.score - a.score).slice(0, topK);
 }

@@ -159,6 +159,17 @@ describe('question answering: spans', () => {
       }
     }
     expect(compared).to.be.greaterThan(30);
+    // A context over several windows (8 to 33 here): answers from all of them, merged, as the pipeline gives them.
+    const windowed = (JSON.parse(fs.readFileSync(path.resolve(FIXTURES, '../pipelines/qa.json'), 'utf8')) as {
+      windows: Array<{ question: string; context: string; max_seq_len: number; doc_stride: number; top_k: number; windows: number[][]; answers: Array<{ answer: string; start: number; end: number; score: number }> }>;
+    }).windows;
+    for (const w of windowed) {
+      expect(w.windows.length).to.be.greaterThan(5);
+      const got = await answerQuestion(model, tokenizer, w.question, w.context, { topK: w.top_k, maxSeqLen: w.max_seq_len, docStride: w.doc_stride });
+      const what = `${w.question}, max_seq_len ${w.max_seq_len}, doc_stride ${w.doc_stride}`;
+      expect(got.map((a) => [a.answer, a.start, a.end]), what).to.deep.equal(w.answers.map((a) => [a.answer, a.start, a.end]));
+      got.forEach((a, i) => expect(a.score, `${what}: score ${i}`).to.be.closeTo(w.answers[i].score, 1e-4));
+    }
     model.dispose();
   });
 

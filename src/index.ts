@@ -30,6 +30,7 @@ export * from './generation/index';
 export * from './inference/classification';
 export * from './inference/logprobs';
 export * from './serving/openai';
+export * from './serving/batcher';
 export * from './training/index';
 export * from './tokenizer';
 export * from '../models/nemotron/presets';

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronForCausalLM, GenerateOptions, generate, rowDecoding } from '../../src/index';
-import { BatchRow, ContinuousBatcher } from '../../src/serving/batcher';
+// From the entry point, as a user imports them.
+import { BatchRow, ContinuousBatcher, NemotronForCausalLM, GenerateOptions, generate, rowDecoding } from '../../src/index';
 import { CONFIGS, fixtureDir, forEachBackend, testBackends } from '../helpers';
 
 /** The new tokens (and raw logits) of one prompt decoded alone. */

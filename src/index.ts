@@ -34,3 +34,4 @@ export * from './serving/batcher';
 export * from './training/index';
 export * from './tokenizer';
 export * from '../models/nemotron/presets';
+export * from './response-parsing/index';

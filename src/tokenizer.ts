@@ -29,6 +29,7 @@ import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import * as protobuf from 'protobufjs';
 import { GGUFFile } from './io/gguf';
 import { alignOffsets, offsetPipeline, wordIds } from './offsets';
+import { type Json as ParsedJson, type ResponseTemplateSpec, type ToolSpec, ResponseParser, parseResponse } from './response-parsing/index';
 
 /** Options of {@link NemotronTokenizer.encode}. */
 export interface EncodeOptions {
@@ -207,6 +208,11 @@ export class NemotronTokenizer {
 
   /** The chat templates by name (tokenizer_config.json's chat_template, or chat_template.jinja as "default"). */
   readonly chatTemplates: ReadonlyMap<string, string>;
+  /**
+   * tokenizer_config.json's `response_template` (transformers 5): how to read a reply into content, reasoning and
+   * tool calls (`parseResponse`). null when the checkpoint has none.
+   */
+  readonly responseTemplate: ResponseTemplateSpec | null;
 
   private readonly tok: HFTokenizer;
   private readonly specialIds: Set<number>;
@@ -337,6 +343,34 @@ export class NemotronTokenizer {
     }
     if (sources.chatTemplate !== undefined) templates.set('default', sources.chatTemplate);
     this.chatTemplates = templates;
+    const responseTemplate = config.response_template;
+    if (responseTemplate !== undefined && responseTemplate !== null && (typeof responseTemplate !== 'object' || Array.isArray(responseTemplate))) {
+      throw new Error(`tokenizer_config.json response_template: expected an object, got ${JSON.stringify(responseTemplate)}`);
+    }
+    this.responseTemplate = (responseTemplate ?? null) as ResponseTemplateSpec | null;
+  }
+
+  private responseTemplateOf(template: ResponseTemplateSpec | undefined): ResponseTemplateSpec {
+    const chosen = template ?? this.responseTemplate;
+    if (!chosen) throw new Error('This tokenizer has no response_template (tokenizer_config.json has none): pass options.template');
+    return chosen;
+  }
+
+  /**
+   * transformers' parse_response: a reply (text, or token ids decoded with their special tokens) read as an assistant
+   * message — {role, content, reasoning_content, tool_calls, …} as the response_template says. `prefix` is the prompt
+   * (text or ids) the reply continued: the template may have opened a region there (a prefilled <think>).
+   */
+  parseResponse(response: string | number[], options: { prefix: string | number[]; tools?: ToolSpec[]; template?: ResponseTemplateSpec }): Record<string, ParsedJson> {
+    const text = typeof response === 'string' ? response : this.decode(response);
+    const prefix = typeof options.prefix === 'string' ? options.prefix : this.decode(options.prefix);
+    return parseResponse(text, this.responseTemplateOf(options.template), { prefix, tools: options.tools });
+  }
+
+  /** transformers' get_response_parser: a streaming ResponseParser (feed text as it is decoded, then finalize). */
+  responseParser(options: { prefix: string | number[]; tools?: ToolSpec[]; template?: ResponseTemplateSpec }): ResponseParser {
+    const prefix = typeof options.prefix === 'string' ? options.prefix : this.decode(options.prefix);
+    return new ResponseParser(this.responseTemplateOf(options.template), { prefix, tools: options.tools });
   }
 
   /**

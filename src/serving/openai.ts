@@ -13,6 +13,7 @@ import { AddressInfo } from 'net';
 import { randomBytes } from 'crypto';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { GenerateOptions, rowDecoding, stopStringDecoder } from '../generation/generate';
+import { type Json, type ResponseEvent, type ResponseTemplate, type ResponseTemplateSpec, type ToolSpec, ResponseParser, loadResponseTemplate, parseResponse } from '../response-parsing/index';
 import { ContinuousBatcher } from './batcher';
 import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
 import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
@@ -34,6 +35,11 @@ export interface OpenAIServerOptions {
   apiKey?: string;
   /** Each finished request, in a line (method, path, status, tokens, seconds). */
   log?: (line: string) => void;
+  /**
+   * How to read a chat reply into content, reasoning and tool calls (transformers 5's response_template); default:
+   * the tokenizer's (tokenizer_config.json's `response_template`); null: none, the reply is all content.
+   */
+  responseTemplate?: ResponseTemplateSpec | null;
 }
 
 /** An error the client caused or may see: OpenAI's error object with an HTTP status. */
@@ -50,7 +56,7 @@ export class OpenAIError extends Error {
 }
 
 type Body = Record<string, unknown>;
-type FinishReason = 'stop' | 'length';
+type FinishReason = 'stop' | 'length' | 'tool_calls';
 
 /** What a request asks to generate, once read and checked. */
 interface Job {
@@ -67,6 +73,15 @@ interface Job {
   includeUsage: boolean;
   /** Log-probabilities with this many most likely tokens a position (completions' logprobs, chat's top_logprobs), or none. */
   logprobs: number | null;
+  /** A chat reply read with a response_template: its prompt (as text, special tokens kept) and the request's tools. */
+  parse: { template: ResponseTemplate; prefix: string; tools?: ToolSpec[] } | null;
+}
+
+/** A chat reply read with a response_template: its message fields, OpenAI-shaped. */
+interface ParsedReply {
+  content: string;
+  reasoning: string | null;
+  toolCalls: Array<{ name: string; arguments: string }>;
 }
 
 /** A token's log-probability and where its text starts in the choice's text. */
@@ -179,7 +194,27 @@ function chatMessages(body: Body): ChatMessage[] {
   }
   return messages.map((m, i) => {
     if (!isObject(m) || typeof m.role !== 'string') throw new OpenAIError(400, `messages[${i}] must be an object with a string role, got ${describe(m)}`, `messages[${i}]`);
-    return { ...m, role: m.role, content: messageContent(m.content, i) };
+    if (m.tool_calls === undefined || m.tool_calls === null || (Array.isArray(m.tool_calls) && m.tool_calls.length === 0)) {
+      return { ...m, role: m.role, content: messageContent(m.content, i) };
+    }
+    // An assistant's tool calls: their arguments (JSON text in OpenAI's API) as objects, which chat templates iterate;
+    // the content beside them is left out (empty, or the calls' raw markup), as transformers serve renders them.
+    if (!Array.isArray(m.tool_calls)) throw new OpenAIError(400, `messages[${i}].tool_calls must be a list, got ${describe(m.tool_calls)}`, `messages[${i}].tool_calls`);
+    const toolCalls = m.tool_calls.map((call, k) => {
+      const at = `messages[${i}].tool_calls[${k}]`;
+      const fn = isObject(call) ? (isObject(call.function) ? call.function : call) : null;
+      if (!isObject(call) || !fn || typeof fn.name !== 'string') throw new OpenAIError(400, `${at} must be {id, type: "function", function: {name, arguments}}, got ${describe(call)}`, at);
+      let args = fn.arguments ?? {};
+      if (typeof args === 'string') {
+        try {
+          args = JSON.parse(args);
+        } catch (e) {
+          throw new OpenAIError(400, `${at}.function.arguments must be JSON text, got ${describe(fn.arguments)} (${(e as Error).message})`, `${at}.function.arguments`);
+        }
+      }
+      return isObject(call.function) ? { ...call, function: { ...fn, arguments: args } } : { ...call, arguments: args };
+    });
+    return { ...m, role: m.role, content: '', tool_calls: toolCalls };
   });
 }
 
@@ -198,16 +233,53 @@ function responsesAsChat(body: Body): Body {
   let messages: unknown[];
   if (typeof input === 'string') messages = [{ role: 'user', content: input }];
   else if (Array.isArray(input) && input.length > 0) {
-    messages = input.map((item, i) => {
-      if (isObject(item) && (item.type === undefined || item.type === 'message') && typeof item.role === 'string') return { role: item.role, content: item.content };
-      throw new OpenAIError(400, `input[${i}] is a ${isObject(item) ? describe(item.type) : describe(item)} item; this server reads messages ({role, content}) only`, `input[${i}]`);
-    });
+    messages = responseItemsAsMessages(input);
   } else {
     throw new OpenAIError(400, `input must be a string or a non-empty list of messages, got ${describe(input)}`, 'input');
   }
   if (typeof body.instructions === 'string') messages.unshift({ role: 'system', content: body.instructions });
-  const { input: _i, instructions: _s, max_output_tokens: maxOutput, text: _t, store: _st, metadata: _m, reasoning: _r, truncation: _tr, user: _u, n: _n, ...rest } = body;
-  return { ...rest, messages, ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}) };
+  const { input: _i, instructions: _s, max_output_tokens: maxOutput, text: _t, store: _st, metadata: _m, reasoning: _r, truncation: _tr, user: _u, n: _n,
+    parallel_tool_calls: _p, tools, ...rest } = body;
+  // The Responses API's tools are flat ({type, name, parameters}); chat templates take them nested under `function`.
+  const nested = Array.isArray(tools) ? tools.map((t) => (isObject(t) && !('function' in t) ? { type: 'function', function: Object.fromEntries(Object.entries(t).filter(([k]) => k !== 'type')) } : t)) : tools;
+  return { ...rest, messages, ...(nested !== undefined ? { tools: nested } : {}), ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}) };
+}
+
+/**
+ * The Responses API's input items as chat messages (as transformers serve reads them): messages; a function_call
+ * joins the assistant message before it as a tool call; a function_call_output becomes a tool message; a reasoning
+ * item becomes the next assistant message's reasoning_content.
+ */
+function responseItemsAsMessages(items: unknown[]): Body[] {
+  const messages: Body[] = [];
+  let reasoning: string | null = null;
+  items.forEach((item, i) => {
+    const at = `input[${i}]`;
+    if (!isObject(item)) throw new OpenAIError(400, `${at} must be an item object, got ${describe(item)}`, at);
+    const field = (name: string): string => {
+      if (typeof item[name] !== 'string') throw new OpenAIError(400, `${at}.${name} must be a string, got ${describe(item[name])}`, `${at}.${name}`);
+      return item[name] as string;
+    };
+    if (item.type === 'reasoning') {
+      const parts = Array.isArray(item.content) ? item.content : [];
+      reasoning = parts.map((p) => (isObject(p) && typeof p.text === 'string' ? p.text : '')).join('');
+    } else if ((item.type === undefined || item.type === 'message') && typeof item.role === 'string') {
+      const message: Body = { role: item.role, content: item.content ?? '' };
+      if (reasoning !== null && item.role === 'assistant') { message.reasoning_content = reasoning; reasoning = null; }
+      messages.push(message);
+    } else if (item.type === 'function_call') {
+      const call = { id: field('call_id'), type: 'function', function: { name: field('name'), arguments: field('arguments') } };
+      const last = messages[messages.length - 1];
+      if (last && last.role === 'assistant') last.tool_calls = [...(Array.isArray(last.tool_calls) ? last.tool_calls : []), call];
+      else messages.push({ role: 'assistant', content: '', tool_calls: [call] });
+    } else if (item.type === 'function_call_output') {
+      const output = typeof item.output === 'string' ? item.output : JSON.stringify(item.output);
+      messages.push({ role: 'tool', tool_call_id: field('call_id'), content: output });
+    } else {
+      throw new OpenAIError(400, `${at} is a ${describe(item.type)} item; this server reads messages, reasoning, function_call and function_call_output items`, at);
+    }
+  });
+  return messages;
 }
 
 /** Completions' prompt: a string, a list of strings, a list of token ids, or a list of those. */
@@ -265,6 +337,48 @@ function stopPrefixTail(text: string, stops: string[]): number {
   return hold;
 }
 
+const REASONING_FIELDS = ['reasoning_content', 'thinking', 'reasoning'];
+
+/** A parsed tool call ({type, function: {name, arguments}}) as OpenAI sends it: arguments as a JSON string. */
+function toolCallsOf(value: Json | undefined): ParsedReply['toolCalls'] {
+  if (value === undefined || value === null) return [];
+  return (Array.isArray(value) ? value : [value]).flatMap((call) => {
+    if (Array.isArray(call)) return toolCallsOf(call);
+    const fn = isObject(call) && isObject(call.function) ? call.function : call;
+    if (!isObject(fn) || typeof fn.name !== 'string') throw new Error(`a parsed tool call has no function name: ${JSON.stringify(call)}`);
+    const args = fn.arguments ?? {};
+    return [{ name: fn.name, arguments: typeof args === 'string' ? args : JSON.stringify(args) }];
+  });
+}
+
+/** The message a response_template read, as a chat reply: content, reasoning, tool calls (transformers serve's fields). */
+function replyOf(message: Record<string, Json>): ParsedReply {
+  const content = message.content ?? '';
+  const reasoningField = REASONING_FIELDS.find((f) => message[f] !== undefined && message[f] !== null);
+  const reasoning = reasoningField === undefined ? null : message[reasoningField];
+  return {
+    content: typeof content === 'string' ? content : JSON.stringify(content),
+    reasoning: reasoning === null ? null : typeof reasoning === 'string' ? reasoning : JSON.stringify(reasoning),
+    toolCalls: toolCallsOf(message.tool_calls),
+  };
+}
+
+/** What a parser's events stream to the client: content and reasoning text as it comes, a tool call once it closes. */
+type ReplyPiece = { content: string } | { reasoning: string } | { toolCall: ParsedReply['toolCalls'][number] };
+
+function replyPieces(events: ResponseEvent[]): ReplyPiece[] {
+  const pieces: ReplyPiece[] = [];
+  for (const e of events) {
+    if (e.type === 'region_chunk' && !e.dirty && e.text) {
+      if (REASONING_FIELDS.includes(e.field)) pieces.push({ reasoning: e.text });
+      else if (e.field === 'content') pieces.push({ content: e.text });
+    } else if (e.type === 'region_close' && e.field === 'tool_calls') {
+      for (const toolCall of toolCallsOf(e.value)) pieces.push({ toolCall });
+    }
+  }
+  return pieces;
+}
+
 /**
  * The request handler of an OpenAI-compatible server for `model` and `tokenizer` (see the module comment); mount it
  * with `http.createServer(handler)`, or use {@link createOpenAIServer}.
@@ -275,6 +389,9 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
   const batcher = options.batcher ?? new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens });
+  // Checked now, so that a template this server cannot read fails at start, not at the first request.
+  const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
+  const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;
 
   const modelCard = () => ({ id: options.modelId, object: 'model', created, owned_by: 'nemotron-tfjs' });
 
@@ -301,6 +418,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     decoding.stopStrings = [];
     let prompts: number[][];
     let echo: string[] | null = null;
+    let parse: Job['parse'] = null;
     const maxTokensName = kind === 'chat' && body.max_completion_tokens !== undefined && body.max_completion_tokens !== null ? 'max_completion_tokens' : 'max_tokens';
     const requested = kind === 'chat' ? numberField(body, maxTokensName, 'a positive integer', (v) => v >= 1, true)
       : numberField(body, maxTokensName, 'an integer ≥ 0 (0 with echo: the prompt alone)', (v) => v >= 0, true);
@@ -324,6 +442,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       }
       if (ids.length === 0) throw new OpenAIError(400, 'the chat template renders these messages to no tokens', 'messages');
       prompts = [ids];
+      if (responseTemplate) parse = { template: responseTemplate, prefix: tokenizer.decode(ids), tools: Array.isArray(tools) ? tools as ToolSpec[] : undefined };
     } else {
       const read = completionPrompts(body, tokenizer, model.config.vocabSize);
       prompts = read.ids;
@@ -351,7 +470,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
         throw new OpenAIError(400, (e as Error).message);
       }
     }
-    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs };
+    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs, parse };
   }
 
   /**
@@ -363,7 +482,8 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     const choices: Choice[] = rows.map((row) => {
       // The prompt goes through the decoder first (its text discarded), so that the answer's first token decodes as it
       // does after the prompt (a SentencePiece decoder strips the leading space of a text's start only).
-      const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+      // A reply read with a response_template keeps its special tokens (they may be its delimiters), as transformers reads it.
+      const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: !job.parse });
       for (const id of row) decoder.push(id);
       return { decoder, text: '', sent: 0, tokens: 0, finish: job.maxTokens === 0 ? 'length' : null, logprobs: [], logprobsSent: 0 };
     });
@@ -382,8 +502,8 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       c.tokens++;
       const before = c.text.length;
       if (eos.includes(token)) {
-        // EOS: its text is not part of the answer.
-        c.text += c.decoder.flush();
+        // EOS: its text is not part of the answer (a response_template reads it, as transformers' parser sees it).
+        c.text += job.parse ? c.decoder.push(token) + c.decoder.flush() : c.decoder.flush();
         c.finish = 'stop';
       } else {
         // The model's own distribution (before temperature and the other processors), as vLLM reports it.
@@ -478,14 +598,34 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       if (job.kind === 'chat') return chatLogprobs(entries);
       return completionLogprobs([...(prompt ?? []), ...entries.map((e) => ({ ...e, offset: e.offset + echoOf(index).length }))], 0);
     };
+    const toolCallDelta = (k: number, call: ParsedReply['toolCalls'][number]) => ({ index: k, id: `${id}_tool_call_${k}`, type: 'function', function: call });
+    /** A chat choice's message: its text, or what the response_template reads in it. */
+    const chatMessage = (c: Choice): { message: object; toolCalls: boolean } => {
+      if (!job.parse) return { message: { role: 'assistant', content: c.text }, toolCalls: false };
+      let reply: ParsedReply;
+      try {
+        reply = replyOf(parseResponse(c.text, job.parse.template, job.parse));
+      } catch (e) {
+        // What the model wrote does not read as the template says (a malformed tool call): the text is the content.
+        options.log?.(`response_template: ${(e as Error).message}; the reply goes out as plain content`);
+        reply = { content: c.text, reasoning: null, toolCalls: [] };
+      }
+      const message = {
+        role: 'assistant', content: reply.content, ...(reply.reasoning !== null ? { reasoning_content: reply.reasoning } : {}),
+        ...(reply.toolCalls.length ? { tool_calls: reply.toolCalls.map((call, k) => { const { index: _i, ...rest } = toolCallDelta(k, call); return rest; }) } : {}),
+      };
+      return { message, toolCalls: reply.toolCalls.length > 0 };
+    };
     if (!job.stream) {
       const prompts = await scorePrompts();
       const choices = await run(job, () => undefined, () => closed);
       const body = {
         id, object, created: stamp, model: options.modelId,
-        choices: choices.map((c, index) => (job.kind === 'chat'
-          ? { index, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(index, c.logprobs), finish_reason: c.finish ?? 'length' }
-          : { index, text: echoOf(index) + c.text, logprobs: logprobsOf(index, c.logprobs, prompts[index]), finish_reason: c.finish ?? 'length' })),
+        choices: choices.map((c, index) => {
+          if (job.kind !== 'chat') return { index, text: echoOf(index) + c.text, logprobs: logprobsOf(index, c.logprobs, prompts[index]), finish_reason: c.finish ?? 'length' };
+          const { message, toolCalls } = chatMessage(c);
+          return { index, message, logprobs: logprobsOf(index, c.logprobs), finish_reason: toolCalls ? 'tool_calls' : c.finish ?? 'length' };
+        }),
         usage: usage(job, choices),
       };
       sendJson(res, 200, body);
@@ -501,12 +641,43 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       ? { index, delta: text ? { content: text } : {}, logprobs, finish_reason: finish }
       : { index, text, logprobs, finish_reason: finish });
     const prompts = await scorePrompts();
+    // With a response_template, each choice's text goes through its parser: content and reasoning stream as they
+    // come, a tool call once its region closes (transformers serve's chunks).
+    const parsers = job.parse ? Array.from({ length: rowCount }, () => new ResponseParser(job.parse!.template, job.parse!)) : null;
+    const toolCallsSent = new Array<number>(rowCount).fill(0);
+    const sendPieces = (index: number, pieces: ReplyPiece[], logprobs: object | null) => {
+      if (pieces.length === 0 && logprobs) event([{ index, delta: {}, logprobs, finish_reason: null }]);
+      pieces.forEach((p, k) => {
+        const delta = 'content' in p ? { content: p.content } : 'reasoning' in p ? { reasoning_content: p.reasoning }
+          : { tool_calls: [toolCallDelta(toolCallsSent[index], p.toolCall)] };
+        if ('toolCall' in p) toolCallsSent[index]++;
+        event([{ index, delta, logprobs: k === 0 ? logprobs : null, finish_reason: null }]);
+      });
+    };
     for (let index = 0; index < rowCount; index++) {
-      if (job.kind === 'chat') event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
-      else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
+      if (job.kind === 'chat') {
+        event([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+        if (parsers) sendPieces(index, replyPieces(parsers[index].initialEvents), null);
+      } else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
     }
-    const choices = closed ? [] : await run(job, (index, text, scored) => event([piece(index, text, null, logprobsOf(index, scored))]), () => closed);
-    choices.forEach((c, index) => event([piece(index, '', c.finish ?? 'length')]));
+    const onText = (index: number, text: string, scored: Scored[]) => {
+      if (!parsers) event([piece(index, text, null, logprobsOf(index, scored))]);
+      else sendPieces(index, replyPieces(parsers[index].feed(text)), scored.length ? logprobsOf(index, scored) : null);
+    };
+    const choices = closed ? [] : await run(job, onText, () => closed);
+    choices.forEach((c, index) => {
+      if (parsers) {
+        let events: ResponseEvent[] = [];
+        try {
+          events = parsers[index].finalize().events;
+        } catch (e) {
+          // The reply stopped inside a region (a tool call cut by max_tokens, say): its tail is dropped, as transformers does.
+          options.log?.(`response_template: ${(e as Error).message}; the reply's unfinished tail is dropped`);
+        }
+        sendPieces(index, replyPieces(events), null);
+      }
+      event([piece(index, '', toolCallsSent[index] > 0 ? 'tool_calls' : c.finish ?? 'length')]);
+    });
     if (job.includeUsage && choices.length) event([], { usage: usage(job, choices) });
     if (!closed) res.end('data: [DONE]\n\n');
     return choices.reduce((s, c) => s + c.tokens, 0);
@@ -538,10 +709,15 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     return { prompt: tokenizer.decode(tokens as number[]) };
   }
 
-  /** The Responses API's answer to a (chat) job: one message item of output text; streamed as its typed events. */
+  /**
+   * The Responses API's answer to a (chat) job: a message item of output text — and, where a response_template reads
+   * them, a reasoning item before it and function_call items after it (transformers serve's items); streamed as
+   * typed events.
+   */
   async function respond(job: Job, request: Body, res: http.ServerResponse): Promise<number> {
     const id = `resp_${randomBytes(12).toString('hex')}`;
-    const itemId = `msg_${randomBytes(12).toString('hex')}`;
+    let itemId = `msg_${randomBytes(12).toString('hex')}`;
+    const reasoningId = `rs_${randomBytes(12).toString('hex')}`;
     const createdAt = Math.floor(Date.now() / 1000);
     let closed = false;
     res.on('close', () => {
@@ -549,24 +725,42 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     });
     const part = (text: string) => ({ type: 'output_text', text, annotations: [], logprobs: [] });
     const message = (text: string | null, status: string) => ({ type: 'message', id: itemId, status, role: 'assistant', content: text === null ? [] : [part(text)] });
+    const reasoningItem = (text: string | null, status: string) => ({
+      type: 'reasoning', id: reasoningId, summary: [], content: text === null ? [] : [{ type: 'reasoning_text', text }], status,
+    });
+    const functionCall = (k: number, call: ParsedReply['toolCalls'][number]) => {
+      const callId = `${id}_tool_call_${k}`;
+      return { type: 'function_call', id: callId, call_id: callId, name: call.name, arguments: call.arguments, status: 'completed' };
+    };
     const response = (status: string, output: object[], usage: object | null, incomplete = false) => ({
       id, object: 'response', created_at: createdAt, status, error: null, incomplete_details: incomplete ? { reason: 'max_output_tokens' } : null,
       instructions: typeof request.instructions === 'string' ? request.instructions : null, max_output_tokens: request.max_output_tokens ?? null,
-      model: options.modelId, output, parallel_tool_calls: false, temperature: request.temperature ?? null, top_p: request.top_p ?? null,
-      tool_choice: 'auto', tools: [], text: { format: { type: 'text' } }, usage,
+      model: options.modelId, output, parallel_tool_calls: request.parallel_tool_calls ?? false, temperature: request.temperature ?? null,
+      top_p: request.top_p ?? null, tool_choice: 'auto', tools: Array.isArray(request.tools) ? request.tools : [], text: { format: { type: 'text' } }, usage,
     });
     /** The finished response: "incomplete" where the output reached its token limit, as OpenAI reports it. */
-    const finished = (c: Choice) => {
+    const finished = (c: Choice, output: object[]) => {
       const u = usage(job, [c]);
       const incomplete = c.finish === 'length';
-      return response(incomplete ? 'incomplete' : 'completed', [message(c.text, incomplete ? 'incomplete' : 'completed')], {
+      return response(incomplete ? 'incomplete' : 'completed', output, {
         input_tokens: u.prompt_tokens, input_tokens_details: { cached_tokens: 0 }, output_tokens: u.completion_tokens,
         output_tokens_details: { reasoning_tokens: 0 }, total_tokens: u.total_tokens,
       }, incomplete);
     };
+    const status = (c: Choice) => (c.finish === 'length' ? 'incomplete' : 'completed');
     if (!job.stream) {
       const [choice] = await run(job, () => undefined, () => closed);
-      sendJson(res, 200, finished(choice));
+      let reply: ParsedReply = { content: choice.text, reasoning: null, toolCalls: [] };
+      if (job.parse) {
+        try {
+          reply = replyOf(parseResponse(choice.text, job.parse.template, job.parse));
+        } catch (e) {
+          options.log?.(`response_template: ${(e as Error).message}; the reply goes out as plain content`);
+        }
+      }
+      const output = [...(reply.reasoning ? [reasoningItem(reply.reasoning, 'completed')] : []), message(reply.content, status(choice)),
+        ...reply.toolCalls.map((call, k) => functionCall(k, call))];
+      sendJson(res, 200, finished(choice, output));
       return choice.tokens;
     }
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
@@ -574,16 +768,86 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     const emit = (type: string, payload: object) => {
       if (!closed) res.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence++, ...payload })}\n\n`);
     };
-    const where = { item_id: itemId, output_index: 0, content_index: 0 };
     emit('response.created', { response: response('in_progress', [], null) });
     emit('response.in_progress', { response: response('in_progress', [], null) });
-    emit('response.output_item.added', { output_index: 0, item: message(null, 'in_progress') });
-    emit('response.content_part.added', { ...where, part: part('') });
-    const [choice] = await run(job, (_, delta) => { if (delta) emit('response.output_text.delta', { ...where, delta, logprobs: [] }); }, () => closed);
-    const done = finished(choice);
-    emit('response.output_text.done', { ...where, text: choice.text, logprobs: [] });
-    emit('response.content_part.done', { ...where, part: part(choice.text) });
-    emit('response.output_item.done', { output_index: 0, item: done.output[0] });
+    // The items in the order they open: reasoning, then the message, then each function call once it is read.
+    const output: object[] = [];
+    let outputIndex = -1;
+    let reasoning: string | null = null;
+    let text: string | null = null;
+    const where = () => ({ item_id: itemId, output_index: outputIndex, content_index: 0 });
+    const finishReasoning = () => {
+      if (reasoning === null) return;
+      const item = reasoningItem(reasoning, 'completed');
+      emit('response.reasoning_text.done', { item_id: reasoningId, output_index: outputIndex, content_index: 0, text: reasoning });
+      emit('response.output_item.done', { output_index: outputIndex, item });
+      output.push(item);
+      reasoning = null;
+    };
+    const startMessage = () => {
+      finishReasoning();
+      // Content after a tool call is a message item of its own.
+      if (output.some((item) => (item as { type: string }).type === 'message')) itemId = `msg_${randomBytes(12).toString('hex')}`;
+      outputIndex++;
+      text = '';
+      emit('response.output_item.added', { output_index: outputIndex, item: message(null, 'in_progress') });
+      emit('response.content_part.added', { ...where(), part: part('') });
+    };
+    const finishMessage = (c: Choice | null) => {
+      if (text === null) return;
+      const item = message(text, c ? status(c) : 'completed');
+      emit('response.output_text.done', { ...where(), text, logprobs: [] });
+      emit('response.content_part.done', { ...where(), part: part(text) });
+      emit('response.output_item.done', { output_index: outputIndex, item });
+      output.push(item);
+      text = null;
+    };
+    let calls = 0;
+    const take = (pieces: ReplyPiece[]) => {
+      for (const p of pieces) {
+        if ('reasoning' in p) {
+          if (reasoning === null) {
+            outputIndex++;
+            reasoning = '';
+            emit('response.output_item.added', { output_index: outputIndex, item: reasoningItem(null, 'in_progress') });
+          }
+          reasoning += p.reasoning;
+          emit('response.reasoning_text.delta', { item_id: reasoningId, output_index: outputIndex, content_index: 0, delta: p.reasoning });
+        } else if ('content' in p) {
+          if (text === null) startMessage();
+          text += p.content;
+          emit('response.output_text.delta', { ...where(), delta: p.content, logprobs: [] });
+        } else {
+          finishReasoning();
+          finishMessage(null);
+          outputIndex++;
+          const item = functionCall(calls++, p.toolCall);
+          emit('response.output_item.added', { output_index: outputIndex, item });
+          emit('response.function_call_arguments.done', { item_id: item.id, output_index: outputIndex, arguments: item.arguments, name: item.name });
+          emit('response.output_item.done', { output_index: outputIndex, item });
+          output.push(item);
+        }
+      }
+    };
+    const parser = job.parse ? new ResponseParser(job.parse.template, job.parse) : null;
+    if (parser) take(replyPieces(parser.initialEvents));
+    else startMessage();
+    const [choice] = await run(job, (_, delta) => {
+      if (!parser) take(delta ? [{ content: delta }] : []);
+      else take(replyPieces(parser.feed(delta)));
+    }, () => closed);
+    if (parser) {
+      try {
+        take(replyPieces(parser.finalize().events));
+      } catch (e) {
+        options.log?.(`response_template: ${(e as Error).message}; the reply's unfinished tail is dropped`);
+      }
+    }
+    finishReasoning();
+    // Every response has a message item (empty when the reply was all tool calls), as transformers serve answers.
+    if (text === null && !output.some((item) => (item as { type: string }).type === 'message')) startMessage();
+    finishMessage(choice);
+    const done = finished(choice, output);
     emit(done.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: done });
     if (!closed) res.end();
     return choice.tokens;

@@ -454,11 +454,13 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(events.map((e) => e.sequence_number)).to.deep.equal(events.map((_, i) => i));
     expect(events.filter((e) => e.type === 'response.output_text.delta').map((e) => e.delta).join('')).to.equal(text);
     expect(events[events.length - 1].response.output[0].content[0].text).to.equal(text);
-    // Refused: server-side state, items that are not messages.
+    // Refused: server-side state, items this server does not read (tool calls and their outputs it does: test/serving/tool-calls.test.ts).
     const stateful = await post('/v1/responses', { input: 'Hi', previous_response_id: 'resp_1' });
     expect([stateful.status, stateful.json.error.param]).to.deep.equal([400, 'previous_response_id']);
-    const call = await post('/v1/responses', { input: [{ type: 'function_call_output', call_id: 'c', output: '1' }] });
-    expect(call.json.error.message).to.equal('input[0] is a "function_call_output" item; this server reads messages ({role, content}) only');
+    const search = await post('/v1/responses', { input: [{ type: 'web_search_call', id: 'ws' }] });
+    expect(search.json.error.message).to.equal('input[0] is a "web_search_call" item; this server reads messages, reasoning, function_call and function_call_output items');
+    const call = await post('/v1/responses', { input: [{ type: 'function_call', name: 'f', arguments: '{}' }] });
+    expect([call.status, call.json.error.param]).to.deep.equal([400, 'input[0].call_id']);
   });
 
   it('/tokenize and /detokenize (vLLM\'s): a prompt\'s or a conversation\'s ids and count, the text of ids', async () => {

@@ -144,7 +144,21 @@ CASES = {
         ("<start>", "intro <call name=\"plot\"><x>1</x><x>[2, 3]</x><label>not json</label></call><call name=\"a.b-c\"></call> outro<end>", None),
     ],
 }
-TEMPLATES = {**{k: fallback[k] for k in ("qwen2", "qwen3_5", "gemma4")}, "nemotron": NEMOTRON, "pythonic": PYTHONIC, "typed": TYPED, "xml_dup": XML_DUP}
+with open(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "response-templates", "nemotron-toolcall.json")) as f:
+    EXAMPLE = json.load(f)
+CASES["example_nemotron_toolcall"] = [
+    ("<extra_id_0>System\n<tool>[...]</tool>\n<extra_id_1>User\nWeather in Oslo?\n<extra_id_1>Assistant\n",
+     "<toolcall> {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": \"3\"}} </toolcall>\n<extra_id_1>", WEATHER_TOOLS),
+    ("<extra_id_1>Assistant\n", "It is sunny in Oslo.\n<extra_id_1>", None),
+    ("<extra_id_1>Assistant\n", "Checking both.<toolcall>{\"name\": \"search\", \"arguments\": {\"query\": \"Oslo\"}}</toolcall>"
+     "<toolcall>{\"name\": \"get_weather\", \"arguments\": {}}</toolcall></s>", None),
+]
+# An implicit region closed by a zero-width pattern: the parser must not close the empty region again and again.
+EOS_CLOSE = {"start_anchor": "A:", "fields": {"content": {"close_pattern": r"\n?$"}}}
+CASES["eos_close"] = [("A:", "first line\nsecond\n", None), ("", "", None)]
+LOOKAHEAD_CLOSE = {"start_anchor": "A:", "fields": {"content": {"close_pattern": r"(?=x)"}}}
+CASES["lookahead_close"] = [("A:", "abxcd", None), ("A:", "xx", None)]
+TEMPLATES = {"eos_close": EOS_CLOSE, "lookahead_close": LOOKAHEAD_CLOSE, **{k: fallback[k] for k in ("qwen2", "qwen3_5", "gemma4")}, "nemotron": NEMOTRON, "example_nemotron_toolcall": EXAMPLE, "pythonic": PYTHONIC, "typed": TYPED, "xml_dup": XML_DUP}
 
 
 def stream_events(spec, prefix, text, tools, size):

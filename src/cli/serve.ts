@@ -2,10 +2,12 @@
  * `nemotron-tfjs serve --model DIR`: an OpenAI-compatible HTTP server (chat completions through the chat template,
  * completions, models), as `transformers serve` offers; any OpenAI client or UI can talk to it.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
 import { backendOption, integerArg, loadCausalLM } from './generate';
 import { createOpenAIServer, serverAddress } from '../serving/openai';
+import type { ResponseTemplateSpec } from '../response-parsing/index';
 
 export interface ServeCliOptions {
   model: string;
@@ -19,15 +21,34 @@ export interface ServeCliOptions {
   prefillChunk: number;
   quiet?: boolean;
   apiKey?: string;
+  responseTemplate?: string;
+}
+
+/** --response-template: a JSON file, or "none" (the reply is all content even if the tokenizer has a template). */
+function readResponseTemplate(value: string | undefined): ResponseTemplateSpec | null | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'none') return null;
+  let text: string;
+  try {
+    text = fs.readFileSync(value, 'utf8');
+  } catch (e) {
+    throw new Error(`--response-template ${value}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); expected a JSON file or "none"`);
+  }
+  try {
+    return JSON.parse(text) as ResponseTemplateSpec;
+  } catch (e) {
+    throw new Error(`--response-template ${value}: not JSON (${(e as Error).message})`);
+  }
 }
 
 /** Loads the model, listens, and resolves once the server has closed (SIGINT or SIGTERM close it). */
 export async function runServe(o: ServeCliOptions): Promise<void> {
+  const responseTemplate = readResponseTemplate(o.responseTemplate);
   const { model, tokenizer, backend } = await loadCausalLM(o.model, o);
   const modelId = o.servedModelName ?? path.basename(path.resolve(o.model));
   const server = createOpenAIServer(model, tokenizer, {
     modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, prefillChunkTokens: o.prefillChunk, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,
-    log: o.quiet ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+    log: o.quiet ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`), responseTemplate,
   });
   try {
     await new Promise<void>((resolve, reject) => {
@@ -62,6 +83,7 @@ export function registerServe(program: Command): void {
     .option('--max-rows <n>', 'most rows (prompts × n) one request decodes together', integerArg('a positive integer', (n) => n > 0), 16)
     .option('--prefill-chunk <tokens>', 'most prompt tokens one pass runs; longer prompts run in chunks, the other rows decoding between them', integerArg('a positive integer', (n) => n > 0), 512)
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
+    .option('--response-template <file>', 'a response_template (JSON) that reads replies into content, reasoning_content and tool_calls; "none": no parsing (default: tokenizer_config.json\'s response_template)')
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/ requests (default: $NEMOTRON_API_KEY, else none)')
     .option('-q, --quiet', 'no line per request on stderr')
     .addOption(backendOption())
@@ -70,8 +92,11 @@ The rows of all requests (concurrent clients, a list of prompts, n > 1) decode t
 --max-rows at once; the others wait).
 Settings a request leaves out come from generation_config.json (greedy unless it samples); temperature 0 is greedy, any
 other temperature, top_p, top_k or min_p samples. Besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
-A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): logprobs, logit_bias,
+A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): logit_bias,
 presence/frequency penalties, suffix, tool_choice other than auto/none, response formats other than text.
+Tool calls and reasoning: where tokenizer_config.json has a response_template (transformers 5's), or --response-template
+gives one, replies are read into content, reasoning_content and tool_calls (finish_reason "tool_calls"), streamed and not;
+examples/response-templates/nemotron-toolcall.json reads <toolcall>{"name", "arguments"}</toolcall> replies.
 
 Example:
   nemotron-tfjs serve --model ./Nemotron-Mini-4B-Instruct --port 8000

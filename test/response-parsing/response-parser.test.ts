@@ -59,6 +59,12 @@ describe('chat response parsing: response_template as transformers 5 reads it (s
     });
   }
 
+  it('examples/response-templates/nemotron-toolcall.json is the template the fixtures checked against transformers', () => {
+    const example = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../examples/response-templates/nemotron-toolcall.json'), 'utf8')) as ResponseTemplateSpec;
+    expect(example).to.deep.equal(fixture.templates.example_nemotron_toolcall);
+    expect(fixture.cases.filter((c) => c.template === 'example_nemotron_toolcall' && c.message?.tool_calls)).to.have.length(2);
+  });
+
   it('malformed templates are refused, naming what is wrong', () => {
     expect(fixture.bad_templates).to.have.length(12);
     for (const bad of fixture.bad_templates) {

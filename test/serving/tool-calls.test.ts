@@ -13,6 +13,7 @@ import { fixtureDir, tmpDir } from '../helpers';
 import { copyCheckpoint, writeTinyTokenizer } from '../tiny-tokenizer';
 
 const ROOT = path.resolve(__dirname, '../../..');
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 const PYTHON = process.env.NEMOTRON_REF_PYTHON ?? path.join(ROOT, '.venv-ref/bin/python');
 // Renders tool calls and tool results too (only characters of the tiny vocabulary).
 const CHAT_TEMPLATE = '{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}' +
@@ -208,6 +209,50 @@ describe('tool calls and reasoning in the OpenAI server: a response_template rea
     expect(followUp.status, JSON.stringify(followUp.json)).to.equal(200);
     const rendered = '<s>user: hi; assistant: f(P); tool: s-c; assistant:';
     expect(followUp.json.usage.input_tokens).to.equal(tokenizer.encode(rendered, { addSpecialTokens: false }).length);
+  });
+
+  it('serve --response-template: a JSON file, or none (the reply as plain text); a template it cannot read stops it at start', async () => {
+    const serve = async (template: string): Promise<{ address?: string; code?: number | null; stderr: string; kill: () => Promise<number | null> }> => {
+      const child = spawn(process.execPath, [CLI, 'serve', '--model', path.join(dir, 'tiny'), '--port', '0', '--backend', 'cpu', '--response-template', template]);
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const kill = () => new Promise<number | null>((resolve) => {
+        if (child.exitCode !== null) resolve(child.exitCode);
+        child.on('exit', resolve);
+        child.kill('SIGTERM');
+      });
+      return new Promise((resolve) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = out.match(/on (http:\/\/[\d.]+:\d+)/);
+          if (m) resolve({ address: m[1], stderr, kill });
+        });
+        child.on('exit', (code) => resolve({ code, stderr, kill }));
+      });
+    };
+    const ask = async (address: string) => ((await (await fetch(`${address}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages: QUESTION, max_tokens: 24, temperature: 0 }) })).json()) as Json).choices[0];
+    const plain = await serve('none');
+    try {
+      expect(plain.address, plain.stderr).to.be.a('string');
+      expect(await ask(plain.address!)).to.deep.include({ message: { role: 'assistant', content: '0rsgf)4Hf)4Hxpg5ersgffJ4' }, finish_reason: 'length' });
+    } finally {
+      expect(await plain.kill()).to.equal(0);
+    }
+    const file = path.join(dir, 'template.json');
+    fs.writeFileSync(file, JSON.stringify({ start_anchor: 'assistant:', fields: { reasoning_content: { open: '0r', close: 'gf' }, content: {} } }));
+    const reading = await serve(file);
+    try {
+      expect(await ask(reading.address!)).to.deep.include({ message: { role: 'assistant', content: ')4Hf)4Hxpg5ersgffJ4', reasoning_content: 's' } });
+    } finally {
+      await reading.kill();
+    }
+    fs.writeFileSync(file, JSON.stringify({ start_anchor: 'assistant:', fields: { content: { close_pattern: '(?>x)' } } }));
+    const refused = await serve(file);
+    expect(refused.code).to.not.equal(0);
+    expect(refused.stderr).to.match(/Field 'content': invalid close_pattern regex: .*atomic groups are not supported/);
+    const missing = await serve(path.join(dir, 'nothing.json'));
+    expect(missing.stderr).to.match(/--response-template .*nothing\.json: cannot read it \(ENOENT\)/);
   });
 
   it('transformers parses the same reply into the same message; the openai Python client reads the tool calls (skipped without the reference venv)', async function () {

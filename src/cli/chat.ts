@@ -11,7 +11,7 @@ import { ChatMessage } from '../tokenizer';
 import { checkModelDir } from './info';
 import { GenerateCliOptions, addSamplingOptions, backendOption, integerArg, loadCausalLM, readGenerationConfig, resolveDecoding } from './generate';
 
-export type ChatCliOptions = Pick<GenerateCliOptions, 'model' | 'maxNewTokens' | 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty' |
+export type ChatCliOptions = Pick<GenerateCliOptions, 'model' | 'maxNewTokens' | 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty' | 'presencePenalty' | 'frequencyPenalty' |
   'seed' | 'greedy' | 'sample' | 'backend' | 'adapter' | 'system'>;
 
 export async function runChat(o: ChatCliOptions, input: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin,

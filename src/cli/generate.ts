@@ -59,6 +59,8 @@ export interface GenerateCliOptions {
   topP?: number;
   minP?: number;
   repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
   seed?: number;
   greedy?: boolean;
   sample?: boolean;
@@ -115,6 +117,8 @@ export function resolveDecoding(o: GenerateCliOptions, gc: GenerationConfigJson 
     repetitionPenalty: o.repetitionPenalty ?? num(fromFile.repetition_penalty),
   };
   if (o.noRepeatNgramSize !== undefined) options.noRepeatNgramSize = o.noRepeatNgramSize;
+  if (o.presencePenalty) options.presencePenalty = o.presencePenalty;
+  if (o.frequencyPenalty) options.frequencyPenalty = o.frequencyPenalty;
   if (o.stop?.length) options.stopStrings = o.stop;
   if (beams > 1) {
     options.lengthPenalty = num(fromFile.length_penalty);
@@ -329,6 +333,10 @@ export function addSamplingOptions(command: Command): Command {
       numberArg('a number in [0, 1]', (n) => n >= 0 && n <= 1))
     .option('--repetition-penalty <r>', 'CTRL repetition penalty > 0, 1 = none (also with --greedy; default: generation_config.json, else 1)',
       numberArg('a number > 0', (n) => n > 0))
+    .option('--presence-penalty <p>', 'OpenAI\'s presence penalty: minus p for each token already generated (also with --greedy; default 0)',
+      numberArg('a number in [-2, 2]', (n) => n >= -2 && n <= 2))
+    .option('--frequency-penalty <f>', 'OpenAI\'s frequency penalty: minus f × how often a token was generated (also with --greedy; default 0)',
+      numberArg('a number in [-2, 2]', (n) => n >= -2 && n <= 2))
     .option('-s, --seed <s>', 'seed of the sampler: the same seed gives the same text on the same backend (default: random)',
       integerArg('an integer'));
 }

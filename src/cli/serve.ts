@@ -91,9 +91,10 @@ export function registerServe(program: Command): void {
 The rows of all requests (concurrent clients, a list of prompts, n > 1) decode together (continuous batching, at most
 --max-rows at once; the others wait).
 Settings a request leaves out come from generation_config.json (greedy unless it samples); temperature 0 is greedy, any
-other temperature, top_p, top_k or min_p samples. Besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
-A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): logit_bias,
-presence/frequency penalties, suffix, tool_choice other than auto/none, response formats other than text.
+other temperature, top_p, top_k or min_p samples. logit_bias, presence_penalty and frequency_penalty as OpenAI's API
+applies them; besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
+A stop string ends the text before it, as OpenAI's API does. Not supported (refused by name): suffix, tool_choice other
+than auto/none (no constrained decoding), response formats other than text.
 Tool calls and reasoning: where tokenizer_config.json has a response_template (transformers 5's), or --response-template
 gives one, replies are read into content, reasoning_content and tool_calls (finish_reason "tool_calls"), streamed and not;
 examples/response-templates/nemotron-toolcall.json reads <toolcall>{"name", "arguments"}</toolcall> replies.

@@ -25,6 +25,10 @@ export interface GenerateOptions {
   /** transformers' eta_cutoff, in [0, 1). */
   etaCutoff?: number;
   repetitionPenalty?: number;
+  /** OpenAI's presence_penalty (vLLM's; not in transformers): minus this for each token already generated. */
+  presencePenalty?: number;
+  /** OpenAI's frequency_penalty (vLLM's; not in transformers): minus this times the count of each token already generated. */
+  frequencyPenalty?: number;
   /** No n-gram of this size appears twice in a row, prompt included (transformers' no_repeat_ngram_size). */
   noRepeatNgramSize?: number;
   /** Token sequences never to complete; a one-token sequence is never chosen (transformers' bad_words_ids). */
@@ -200,6 +204,9 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
     check(v === undefined || (v >= 0 && v < 1), `generate: ${name} must be in [0, 1), got ${v}`);
   }
   check(o.repetitionPenalty === undefined || o.repetitionPenalty > 0, `generate: repetitionPenalty must be > 0, got ${o.repetitionPenalty}`);
+  for (const [name, v] of [['presencePenalty', o.presencePenalty], ['frequencyPenalty', o.frequencyPenalty]] as Array<[string, number | undefined]>) {
+    check(v === undefined || (typeof v === 'number' && Number.isFinite(v)), `generate: ${name} must be a finite number, got ${v}`);
+  }
   check(o.noRepeatNgramSize === undefined || (Number.isInteger(o.noRepeatNgramSize) && o.noRepeatNgramSize >= 0),
     `generate: noRepeatNgramSize must be a non-negative integer, got ${o.noRepeatNgramSize}`);
   if (o.badWordsIds !== undefined) {
@@ -234,7 +241,8 @@ function resolve(model: NemotronForCausalLM, inputIds: IntMatrixLike, o: Generat
   check(decay === undefined || (Array.isArray(decay) && decay.length === 2 && Number.isInteger(decay[0]) && decay[0] >= 0 && decay[1] > 0),
     `generate: exponentialDecayLengthPenalty must be [start ≥ 0, factor > 0], got ${JSON.stringify(decay)}`);
   const processors: ProcessorOptions = {
-    repetitionPenalty: o.repetitionPenalty, noRepeatNgramSize: o.noRepeatNgramSize, badWordsIds, sequenceBias: o.sequenceBias,
+    repetitionPenalty: o.repetitionPenalty, presencePenalty: o.presencePenalty, frequencyPenalty: o.frequencyPenalty,
+    noRepeatNgramSize: o.noRepeatNgramSize, badWordsIds, sequenceBias: o.sequenceBias,
     suppressTokens: o.suppressTokens, beginSuppressTokens: o.beginSuppressTokens, forcedEosTokenId: o.forcedEosTokenId,
     exponentialDecayLengthPenalty: decay, promptLength, maxLength: promptLength + maxNew, eosTokenIds: eos,
   };
@@ -303,7 +311,7 @@ export function endsWithStopString(generated: number[], stopStrings: readonly st
 
 /** Whether a step's token needs the logits on the host: sampling or a logits processor (else it is the device's argmax). */
 function choosesOnHost(options: GenerateOptions, minNew: number, processors: ProcessorOptions): boolean {
-  return options.doSample === true || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 ||
+  return options.doSample === true || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 || Boolean(options.presencePenalty) || Boolean(options.frequencyPenalty) ||
     (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
     (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
     processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;

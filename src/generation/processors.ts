@@ -16,6 +16,10 @@ export interface ProcessorOptions {
   /** transformers' eta_cutoff: drop tokens below min(eta, √eta·exp(−entropy)). */
   etaCutoff?: number;
   repetitionPenalty?: number;
+  /** OpenAI's (and vLLM's) presence_penalty: subtracted once from the score of each token the generated text holds. */
+  presencePenalty?: number;
+  /** OpenAI's (and vLLM's) frequency_penalty: subtracted from a token's score as many times as the generated text holds it. */
+  frequencyPenalty?: number;
   /** transformers' no_repeat_ngram_size: no n-gram of this size occurs twice in a row (prompt and pads included). */
   noRepeatNgramSize?: number;
   /** transformers' bad_words_ids: token sequences that are never completed (single tokens are never chosen). */
@@ -165,6 +169,16 @@ export function applyBadWords(scores: Float32Array, sequence: readonly number[],
   }
 }
 
+/**
+ * OpenAI's presence and frequency penalties (vLLM's, which transformers lacks): score[j] −= frequency · count[j] +
+ * presence · (count[j] > 0), counting the tokens generated so far (the prompt not counted), before the warpers.
+ */
+export function applyPresenceFrequencyPenalty(scores: Float32Array, generated: readonly number[], presence: number, frequency: number): void {
+  const counts = new Map<number, number>();
+  for (const id of generated) counts.set(id, (counts.get(id) ?? 0) + 1);
+  for (const [id, count] of counts) scores[id] -= frequency * count + presence;
+}
+
 /** Applies every configured processor in transformers' order, in place. */
 export function processScores(scores: Float32Array, sequence: number[], options: ProcessorOptions): void {
   if (options.sequenceBias?.length) applySequenceBias(scores, sequence, options.sequenceBias);
@@ -187,6 +201,10 @@ export function processScores(scores: Float32Array, sequence: number[], options:
   }
   for (const id of options.suppressTokens ?? []) scores[id] = -Infinity;
   if (options.beginSuppressTokens && sequence.length === options.promptLength) for (const id of options.beginSuppressTokens) scores[id] = -Infinity;
+  // After transformers' processors (as a custom processor runs there), before the warpers (as vLLM applies them).
+  if (options.presencePenalty || options.frequencyPenalty) {
+    applyPresenceFrequencyPenalty(scores, sequence.slice(options.promptLength ?? 0), options.presencePenalty ?? 0, options.frequencyPenalty ?? 0);
+  }
   if (!options.doSample) return;
   if (options.temperature !== undefined && options.temperature !== 1) {
     for (let i = 0; i < scores.length; i++) scores[i] /= options.temperature;

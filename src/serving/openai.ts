@@ -141,12 +141,7 @@ function stopField(body: Body): string[] {
 
 /** The decoding settings of a request (OpenAI's names, plus top_k, min_p and repetition_penalty as vLLM takes them). */
 function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOptions {
-  for (const name of ['presence_penalty', 'frequency_penalty']) {
-    if (numberField(body, name, 'a number', () => true)) {
-      throw new OpenAIError(400, `${name} is not supported (transformers has no such processor); use repetition_penalty (> 1 penalizes repeats)`, name);
-    }
-  }
-  for (const name of ['logit_bias', 'suffix', 'best_of', 'tool_choice', 'response_format']) {
+  for (const name of ['suffix', 'best_of', 'tool_choice', 'response_format']) {
     const v = body[name];
     const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1) ||
       (name === 'tool_choice' && (v === 'auto' || v === 'none')) || (name === 'response_format' && isObject(v) && v.type === 'text');
@@ -158,7 +153,23 @@ function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOpti
   const minP = numberField(body, 'min_p', 'a number in [0, 1]', (n) => n >= 0 && n <= 1);
   const repetitionPenalty = numberField(body, 'repetition_penalty', 'a number > 0 (1: none)', (n) => n > 0);
   const seed = numberField(body, 'seed', 'an integer', Number.isSafeInteger, true);
+  const presencePenalty = numberField(body, 'presence_penalty', 'a number in [-2, 2]', (n) => n >= -2 && n <= 2);
+  const frequencyPenalty = numberField(body, 'frequency_penalty', 'a number in [-2, 2]', (n) => n >= -2 && n <= 2);
   const options: GenerateOptions = { numBeams: 1, numReturnSequences: 1, tokenizer };
+  if (presencePenalty) options.presencePenalty = presencePenalty;
+  if (frequencyPenalty) options.frequencyPenalty = frequencyPenalty;
+  const logitBias = body.logit_bias;
+  if (logitBias !== undefined && logitBias !== null) {
+    // {token id: bias in [-100, 100]}, added to the token's logit before sampling: transformers' sequence_bias of one-token sequences.
+    if (!isObject(logitBias)) throw new OpenAIError(400, `logit_bias must be an object of {token id: bias}, got ${describe(logitBias)}`, 'logit_bias');
+    const bias = Object.entries(logitBias).map(([key, value]): [number[], number] => {
+      const id = Number(key);
+      if (!/^\d+$/.test(key) || id >= tokenizer.vocabSize) throw new OpenAIError(400, `logit_bias key ${JSON.stringify(key)} is not a token id in [0, ${tokenizer.vocabSize})`, 'logit_bias');
+      if (typeof value !== 'number' || !(value >= -100 && value <= 100)) throw new OpenAIError(400, `logit_bias[${key}] must be a number in [-100, 100], got ${describe(value)}`, 'logit_bias');
+      return [[id], value];
+    }).filter(([, value]) => value !== 0);
+    if (bias.length) options.sequenceBias = bias;
+  }
   // OpenAI samples unless temperature is 0; a request that names no sampling setting decodes as generation_config.json says.
   const samplingGiven = topP !== undefined || topK !== undefined || minP !== undefined;
   if (temperature === 0) options.doSample = false;

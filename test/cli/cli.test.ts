@@ -247,11 +247,21 @@ describe('CLI (nemotron-tfjs)', function () {
       }));
     });
 
+    it('--presence-penalty and --frequency-penalty decode as generate() with presencePenalty / frequencyPenalty', async () => {
+      const r = cli('generate', '--model', model, '--prompt', 'The cat', '--greedy', '-n', '12', '--backend', 'cpu', '--presence-penalty', '1.5', '--frequency-penalty', '0.5');
+      expect(r.code, r.stderr).to.equal(0);
+      const penalized = await expectedText('The cat', { maxNewTokens: 12, doSample: false, presencePenalty: 1.5, frequencyPenalty: 0.5 });
+      expect(penalized).to.not.equal(await expectedText('The cat', { maxNewTokens: 12, doSample: false }));
+      expect(r.stdout).to.equal(penalized);
+      const bad = cli('generate', '--model', model, '--prompt', 'x', '--presence-penalty', '3');
+      expect(bad.stderr).to.match(/--presence-penalty.*a number in \[-2, 2\]/);
+    });
+
     it('--help documents every option with its default', () => {
       const r = cli('generate', '--help');
       expect(r.code).to.equal(0);
       for (const option of ['--model', '--prompt', '--max-new-tokens', '--temperature', '--top-k', '--top-p', '--min-p',
-        '--repetition-penalty', '--seed', '--greedy', '--sample', '--no-stream', '--backend', '--help']) {
+        '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--seed', '--greedy', '--sample', '--no-stream', '--backend', '--help']) {
         expect(r.stdout, option).to.include(option);
       }
       expect(r.stdout).to.include('(default: 50)');

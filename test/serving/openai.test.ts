@@ -224,6 +224,25 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(json.usage).to.deep.equal({ prompt_tokens: promptTokens, completion_tokens: 24, total_tokens: promptTokens + 24 });
   });
 
+  it('logit_bias, presence_penalty and frequency_penalty: each choice as generate() makes it with sequenceBias and the penalties', async () => {
+    const ids = tokenizer.encode('Hello');
+    const plain = await continuation(ids, { maxNewTokens: 12, doSample: false });
+    for (const request of [
+      { logit_bias: { [plain.tokens[0]]: -100, 7: 5 } },
+      { presence_penalty: 1.2 },
+      { frequency_penalty: 0.8, presence_penalty: -0.5, logit_bias: { 9: 2.5 } },
+    ]) {
+      const bias = Object.entries(request.logit_bias ?? {}).map(([id, b]): [number[], number] => [[Number(id)], b]);
+      const expected = await continuation(ids, {
+        maxNewTokens: 12, doSample: false, presencePenalty: request.presence_penalty, frequencyPenalty: request.frequency_penalty,
+        ...(bias.length ? { sequenceBias: bias } : {}),
+      });
+      expect(expected.tokens, JSON.stringify(request)).to.not.deep.equal(plain.tokens);
+      const { json } = await post('/v1/completions', { prompt: 'Hello', max_tokens: 12, temperature: 0, ...request });
+      expect(json.choices[0].text, JSON.stringify(request)).to.equal(expected.text);
+    }
+  });
+
   it('sampling: the seed decides the text, as generate() samples it; n samples differ', async () => {
     const prompt = 'Once';
     const settings = { temperature: 1.3, top_p: 0.95, seed: 7 };
@@ -320,10 +339,13 @@ describe('OpenAI-compatible server (serve)', function () {
       [{ prompt: [5, 500] }, 400, /prompt\[1\] = 500 is not a token id in \[0, 96\)/, 'prompt'],
       [{ prompt: 3 }, 400, /prompt must be a string/, 'prompt'],
       [{ prompt: 'Hi', stop: [''] }, 400, /stop must be a non-empty string/, 'stop'],
-      [{ prompt: 'Hi', logit_bias: { 5: 10 } }, 400, /logit_bias \{"5":10\} is not supported/, 'logit_bias'],
+      [{ prompt: 'Hi', logit_bias: { 96: 10 } }, 400, /logit_bias key "96" is not a token id in \[0, 96\)/, 'logit_bias'],
+      [{ prompt: 'Hi', logit_bias: { 5: 101 } }, 400, /logit_bias\[5\] must be a number in \[-100, 100\], got 101/, 'logit_bias'],
+      [{ prompt: 'Hi', logit_bias: [5] }, 400, /logit_bias must be an object of \{token id: bias\}/, 'logit_bias'],
       [{ prompt: 'Hi', logprobs: 21 }, 400, /logprobs must be an integer in \[0, 20\].*got 21/, 'logprobs'],
       [{ prompt: 'Hi', max_tokens: 0 }, 400, /max_tokens 0 generates nothing; it is for echo: true/, 'max_tokens'],
-      [{ prompt: 'Hi', presence_penalty: 0.5 }, 400, /presence_penalty is not supported.*repetition_penalty/, 'presence_penalty'],
+      [{ prompt: 'Hi', presence_penalty: 2.5 }, 400, /presence_penalty must be a number in \[-2, 2\], got 2.5/, 'presence_penalty'],
+      [{ prompt: 'Hi', frequency_penalty: 'high' }, 400, /frequency_penalty must be a number in \[-2, 2\], got "high"/, 'frequency_penalty'],
       [{ prompt: 'Hi', model: 'gpt-4o' }, 404, /"gpt-4o" does not exist; this server serves "tiny-nemotron"/, 'model'],
     ];
     for (const [body, status, message, param] of cases) {

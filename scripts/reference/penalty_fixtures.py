@@ -12,9 +12,9 @@ import json
 import os
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, NemotronForCausalLM
+from transformers import LogitsProcessor, LogitsProcessorList
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures")
+from fixture_models import FIXTURES as ROOT, tiny_causal_lm
 
 
 class PresenceFrequencyPenalty(LogitsProcessor):
@@ -29,10 +29,7 @@ class PresenceFrequencyPenalty(LogitsProcessor):
 
 out = {}
 for name in ("tiny-gqa", "tiny-mha-bias"):
-    source = os.path.join(ROOT, "hf-reference", name)
-    expected = json.load(open(os.path.join(source, "expected.json")))
-    model = NemotronForCausalLM.from_pretrained(os.path.join(source, "causal-lm"), torch_dtype=torch.float32, attn_implementation="eager")
-    model.eval()
+    model, expected = tiny_causal_lm(name)
     prompt, mask = expected["gen_batch_prompt"], expected["gen_batch_mask"]
     width = len(prompt[0])
     cases = []

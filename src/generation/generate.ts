@@ -6,6 +6,7 @@ import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
 import { CandidateSource, draftModelSource, promptLookupSource, speculativeDecode } from './speculative';
 import { ProcessorOptions, argmax, processScores, sample } from './processors';
+import type { CompiledGrammar, TokenConstraint } from './grammar';
 
 export interface GenerateOptions {
   /** New tokens to generate (default 20 when maxLength is not given either). */
@@ -91,6 +92,11 @@ export interface GenerateOptions {
   numAssistantTokensSchedule?: 'constant' | 'heuristic';
   /** The assistant stops drafting where its token's probability falls below this (transformers' default 0.4; 0: never). */
   assistantConfidenceThreshold?: number;
+  /**
+   * Structured output: each row's text follows this grammar (JSON, a JSON schema, EBNF, a choice; see GrammarCompiler),
+   * as transformers runs xgrammar's LogitsProcessor; the mask applies after the processors, before the warpers.
+   */
+  grammar?: CompiledGrammar;
 }
 
 export interface GenerateOutput {
@@ -312,6 +318,7 @@ export function endsWithStopString(generated: number[], stopStrings: readonly st
 /** Whether a step's token needs the logits on the host: sampling or a logits processor (else it is the device's argmax). */
 function choosesOnHost(options: GenerateOptions, minNew: number, processors: ProcessorOptions): boolean {
   return options.doSample === true || (options.repetitionPenalty ?? 1) !== 1 || minNew > 0 || Boolean(options.presencePenalty) || Boolean(options.frequencyPenalty) ||
+    options.grammar !== undefined ||
     (options.noRepeatNgramSize ?? 0) > 0 || (processors.badWordsIds?.length ?? 0) > 0 || (processors.sequenceBias?.length ?? 0) > 0 ||
     (processors.suppressTokens?.length ?? 0) > 0 || (processors.beginSuppressTokens?.length ?? 0) > 0 ||
     processors.forcedEosTokenId !== undefined || processors.exponentialDecayLengthPenalty !== undefined;
@@ -332,9 +339,10 @@ export interface RowDecoding {
 /**
  * The decoding of one prompt row as generate() would run it alone (the options resolved with generation_config.json,
  * the processors, the sampler with its own seed), for a scheduler that decodes the rows of different requests in one
- * batch (the server's continuous batching). Greedy or sampled; no beams, no speculation, no stop strings.
+ * batch (the server's continuous batching). Greedy or sampled; no beams, no speculation, no stop strings. A grammar
+ * comes as the row's own `constraint` (options.grammar's, made by the caller; the caller disposes it).
  */
-export function rowDecoding(model: NemotronForCausalLM, prompt: number[], callOptions: GenerateOptions = {}): RowDecoding {
+export function rowDecoding(model: NemotronForCausalLM, prompt: number[], callOptions: GenerateOptions = {}, constraint?: TokenConstraint): RowDecoding {
   const options = resolveGenerateOptions(model, callOptions);
   check((options.numBeams ?? 1) === 1 && (options.numReturnSequences ?? 1) === 1, 'rowDecoding: one sequence a row, without beam search');
   check(!options.assistantModel && !options.promptLookupNumTokens, 'rowDecoding: no assisted or prompt lookup decoding');
@@ -345,10 +353,12 @@ export function rowDecoding(model: NemotronForCausalLM, prompt: number[], callOp
   return {
     maxNewTokens: maxNew,
     eosTokenIds: eos,
-    needsLogits: choosesOnHost(options, minNew, processors),
+    needsLogits: constraint !== undefined || choosesOnHost(options, minNew, processors),
     next: (logits, sequence, step) => {
-      processScores(logits, sequence, { ...warping, ...processors, minLengthEos: step < minNew ? eos : [] });
-      return options.doSample ? sample(logits, random()) : argmax(logits);
+      processScores(logits, sequence, { ...warping, ...processors, minLengthEos: step < minNew ? eos : [], tokenMask: constraint });
+      const token = options.doSample ? sample(logits, random()) : argmax(logits);
+      constraint?.accept(token);
+      return token;
     },
   };
 }
@@ -373,6 +383,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
   const finished = new Array(batch).fill(false);
   const needsScores = options.outputScores || options.outputLogits || choosesOnHost(options, minNew, processors);
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
+  const constraints = options.grammar ? await Promise.all(rows.map(() => options.grammar!.constraint())) : null;
   const cache = useCache ? new KVCache(model.config.numHiddenLayers) : null;
   try {
     for (let step = 0; step < maxNew; step++) {
@@ -398,7 +409,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
         if (options.outputLogits) stepLogits = Array.from({ length: batch }, (_, b) => logits.slice(b * vocab, (b + 1) * vocab));
         for (let b = 0; b < batch; b++) {
           const scores = logits.slice(b * vocab, (b + 1) * vocab);
-          processScores(scores, sequences[b], { ...warpers(options), ...processors, minLengthEos: step < minNew ? eos : [] });
+          processScores(scores, sequences[b], { ...warpers(options), ...processors, minLengthEos: step < minNew ? eos : [], tokenMask: constraints?.[b] });
           stepScores.push(scores);
           tokens.push(options.doSample ? sample(scores, random()) : argmax(scores));
         }
@@ -412,6 +423,8 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
       // Rows that ended are padded where there is an EOS id; without one (a stop string ended them) transformers lets
       // them run on until every row has ended.
       tokens = tokens.map((t, b) => (finished[b] && eos.length ? pad : t));
+      // A row's grammar follows the tokens it takes while it runs (not the padding after its end).
+      if (constraints) tokens.forEach((t, b) => { if (!finished[b]) constraints[b].accept(t); });
       tokens.forEach((t, b) => {
         sequences[b].push(t);
         attention[b].push(1);
@@ -429,6 +442,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
     }
   } finally {
     cache?.dispose();
+    constraints?.forEach((c) => c.dispose());
   }
 }
 
@@ -436,6 +450,7 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
 export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): Promise<GenerateOutput> {
   const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
+    if (options.grammar) throw new Error('generate: a grammar decodes greedily or sampled, not with beam search (numBeams > 1)');
     if (options.outputScores) throw new Error('generate: outputScores is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.outputLogits) throw new Error('generate: outputLogits is not supported with beam search (sequencesScores holds each hypothesis\' score)');
     if (options.useCache === false) throw new Error('generate: beam search always uses the KV cache');
@@ -481,6 +496,7 @@ async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, 
   const unsupported: Array<[string, boolean]> = [
     ['doSample', options.doSample === true], ['numBeams > 1', (options.numBeams ?? 1) > 1], ['outputScores', options.outputScores === true], ['outputLogits', options.outputLogits === true],
     ['numReturnSequences > 1', (options.numReturnSequences ?? 1) > 1], ['useCache: false', options.useCache === false],
+    ['grammar', options.grammar !== undefined],
   ];
   const refused = unsupported.filter(([, on]) => on).map(([name]) => name);
   check(refused.length === 0, `generate: ${how} is greedy only; not with ${refused.join(', ')}`);

@@ -21,3 +21,4 @@ NemotronForCausalLM.prototype.generate = function (this: NemotronForCausalLM, in
 NemotronForCausalLM.prototype.generateStream = function (this: NemotronForCausalLM, inputIds: IntMatrixLike, options?: GenerateOptions) {
   return generateStream(this, inputIds, options);
 };
+export * from './grammar';

@@ -43,6 +43,8 @@ export interface ProcessorOptions {
   doSample?: boolean;
   /** What the warpers always keep (transformers' min_tokens_to_keep: 1; beam sampling 1 + the number of EOS ids, ≥ 2). */
   minTokensToKeep?: number;
+  /** A row's grammar: masks the tokens it does not allow, after the processors, before the warpers. */
+  tokenMask?: { mask(scores: Float32Array): void };
 }
 
 /** CTRL's penalty: scores of tokens already present are divided by p (multiplied when negative). */
@@ -205,6 +207,7 @@ export function processScores(scores: Float32Array, sequence: number[], options:
   if (options.presencePenalty || options.frequencyPenalty) {
     applyPresenceFrequencyPenalty(scores, sequence.slice(options.promptLength ?? 0), options.presencePenalty ?? 0, options.frequencyPenalty ?? 0);
   }
+  options.tokenMask?.mask(scores);
   if (!options.doSample) return;
   if (options.temperature !== undefined && options.temperature !== 1) {
     for (let i = 0; i < scores.length; i++) scores[i] /= options.temperature;

@@ -13,6 +13,7 @@ import { AddressInfo } from 'net';
 import { randomBytes } from 'crypto';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { GenerateOptions, rowDecoding, stopStringDecoder } from '../generation/generate';
+import { type CompiledGrammar, type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { type Json, type ResponseEvent, type ResponseTemplate, type ResponseTemplateSpec, type ToolSpec, ResponseParser, loadResponseTemplate, parseResponse } from '../response-parsing/index';
 import { ContinuousBatcher } from './batcher';
 import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
@@ -75,6 +76,8 @@ interface Job {
   logprobs: number | null;
   /** A chat reply read with a response_template: its prompt (as text, special tokens kept) and the request's tools. */
   parse: { template: ResponseTemplate; prefix: string; tools?: ToolSpec[] } | null;
+  /** The grammar the text follows (structured outputs), compiled before the answer starts. */
+  grammar: { spec: GrammarSpec; param: string; compiled?: CompiledGrammar } | null;
 }
 
 /** A chat reply read with a response_template: its message fields, OpenAI-shaped. */
@@ -141,10 +144,10 @@ function stopField(body: Body): string[] {
 
 /** The decoding settings of a request (OpenAI's names, plus top_k, min_p and repetition_penalty as vLLM takes them). */
 function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOptions {
-  for (const name of ['suffix', 'best_of', 'tool_choice', 'response_format']) {
+  for (const name of ['suffix', 'best_of', 'tool_choice']) {
     const v = body[name];
     const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1) ||
-      (name === 'tool_choice' && (v === 'auto' || v === 'none')) || (name === 'response_format' && isObject(v) && v.type === 'text');
+      (name === 'tool_choice' && (v === 'auto' || v === 'none'));
     if (!harmless) throw new OpenAIError(400, `${name} ${describe(v)} is not supported by this server`, name);
   }
   const temperature = numberField(body, 'temperature', 'a number ≥ 0 (0 is greedy)', (n) => n >= 0);
@@ -181,6 +184,55 @@ function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOpti
   if (repetitionPenalty !== undefined) options.repetitionPenalty = repetitionPenalty;
   if (seed !== undefined) options.seed = seed;
   return options;
+}
+
+/**
+ * The grammar a request's text must follow, if any: OpenAI's response_format (json_object: any JSON, as vLLM serves it;
+ * json_schema), or vLLM's structured_outputs / guided_json, guided_choice, guided_grammar.
+ */
+function grammarOf(body: Body): { spec: GrammarSpec; param: string } | null {
+  const found: Array<{ spec: GrammarSpec; param: string }> = [];
+  const format = body.response_format;
+  if (format !== undefined && format !== null) {
+    if (!isObject(format) || typeof format.type !== 'string') throw new OpenAIError(400, `response_format must be {"type": "text" | "json_object" | "json_schema", ...}, got ${describe(format)}`, 'response_format');
+    if (format.type === 'json_object') found.push({ spec: { type: 'json' }, param: 'response_format' });
+    else if (format.type === 'json_schema') {
+      const js = format.json_schema;
+      if (!isObject(js) || !isObject(js.schema)) throw new OpenAIError(400, `response_format.json_schema must be {"name", "schema": {...}, "strict"}, got ${describe(js)}`, 'response_format.json_schema');
+      found.push({ spec: { type: 'json_schema', schema: js.schema }, param: 'response_format.json_schema' });
+    } else if (format.type !== 'text') {
+      throw new OpenAIError(400, `response_format type ${describe(format.type)} is not supported; expected text, json_object or json_schema`, 'response_format');
+    }
+  }
+  const vllm = isObject(body.structured_outputs) ? body.structured_outputs : {};
+  const field = (name: string, legacy: string): [unknown, string] => (vllm[name] !== undefined && vllm[name] !== null ? [vllm[name], `structured_outputs.${name}`] : [body[legacy], legacy]);
+  const [json, jsonParam] = field('json', 'guided_json');
+  if (json !== undefined && json !== null) {
+    let schema: unknown = json;
+    if (typeof json === 'string') {
+      try { schema = JSON.parse(json); } catch { throw new OpenAIError(400, `${jsonParam} must be a JSON schema (an object or its JSON text), got ${describe(json)}`, jsonParam); }
+    }
+    if (!isObject(schema)) throw new OpenAIError(400, `${jsonParam} must be a JSON schema object, got ${describe(json)}`, jsonParam);
+    found.push({ spec: { type: 'json_schema', schema }, param: jsonParam });
+  }
+  const [choice, choiceParam] = field('choice', 'guided_choice');
+  if (choice !== undefined && choice !== null) {
+    if (!Array.isArray(choice) || choice.length === 0 || !choice.every((c) => typeof c === 'string' && c.length > 0)) {
+      throw new OpenAIError(400, `${choiceParam} must be a non-empty list of non-empty strings, got ${describe(choice)}`, choiceParam);
+    }
+    found.push({ spec: { type: 'choice', choices: choice as string[] }, param: choiceParam });
+  }
+  const [grammar, grammarParam] = field('grammar', 'guided_grammar');
+  if (grammar !== undefined && grammar !== null) {
+    if (typeof grammar !== 'string') throw new OpenAIError(400, `${grammarParam} must be an EBNF grammar (a string), got ${describe(grammar)}`, grammarParam);
+    found.push({ spec: { type: 'grammar', grammar }, param: grammarParam });
+  }
+  for (const name of ['regex', 'guided_regex']) {
+    const v = name === 'regex' ? vllm.regex : body.guided_regex;
+    if (v !== undefined && v !== null) throw new OpenAIError(400, `${name === 'regex' ? 'structured_outputs.regex' : name} is not supported (the WebAssembly xgrammar has no regex compiler); write it as an EBNF grammar`, name === 'regex' ? 'structured_outputs.regex' : name);
+  }
+  if (found.length > 1) throw new OpenAIError(400, `give one structured output, got ${found.map((f) => f.param).join(' and ')}`, found[1].param);
+  return found[0] ?? null;
 }
 
 /** A chat message's content as the template takes it: a string (OpenAI's text parts joined; null as ''). */
@@ -238,8 +290,14 @@ function responsesAsChat(body: Body): Body {
   for (const name of ['previous_response_id', 'conversation']) {
     if (body[name] !== undefined && body[name] !== null) throw new OpenAIError(400, `${name} is not supported: this server keeps no responses; send the whole conversation as input`, name);
   }
+  // text.format: the Responses API's structured output ({type: "json_schema", name, schema, strict} flat), as response_format.
   const format = isObject(body.text) ? body.text.format : undefined;
-  if (format !== undefined && !(isObject(format) && format.type === 'text')) throw new OpenAIError(400, `text.format ${describe(format)} is not supported by this server`, 'text.format');
+  let responseFormat: unknown;
+  if (format !== undefined && format !== null) {
+    if (!isObject(format)) throw new OpenAIError(400, `text.format must be {"type": "text" | "json_object" | "json_schema", ...}, got ${describe(format)}`, 'text.format');
+    const { type, ...rest } = format;
+    responseFormat = type === 'json_schema' ? { type, json_schema: rest } : format;
+  }
   const input = body.input;
   let messages: unknown[];
   if (typeof input === 'string') messages = [{ role: 'user', content: input }];
@@ -253,7 +311,10 @@ function responsesAsChat(body: Body): Body {
     parallel_tool_calls: _p, tools, ...rest } = body;
   // The Responses API's tools are flat ({type, name, parameters}); chat templates take them nested under `function`.
   const nested = Array.isArray(tools) ? tools.map((t) => (isObject(t) && !('function' in t) ? { type: 'function', function: Object.fromEntries(Object.entries(t).filter(([k]) => k !== 'type')) } : t)) : tools;
-  return { ...rest, messages, ...(nested !== undefined ? { tools: nested } : {}), ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}) };
+  return {
+    ...rest, messages, ...(nested !== undefined ? { tools: nested } : {}), ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}),
+    ...(responseFormat !== undefined ? { response_format: responseFormat } : {}),
+  };
 }
 
 /**
@@ -403,6 +464,33 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   // Checked now, so that a template this server cannot read fails at start, not at the first request.
   const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
   const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;
+  // Structured outputs: one compiler (it reads the vocabulary once), grammars cached by their spec.
+  let grammarCompiler: Promise<GrammarCompiler> | null = null;
+  const grammars = new Map<string, Promise<CompiledGrammar>>();
+  /** Compiles the job's grammar before anything is sent: a grammar that does not compile is the request's 400. */
+  async function prepareGrammar(job: Job): Promise<void> {
+    if (!job.grammar) return;
+    const eos = rowDecoding(model, job.prompts[0], { ...job.options, maxNewTokens: 1 }).eosTokenIds;
+    grammarCompiler ??= GrammarCompiler.create(tokenizer, { vocabSize: model.config.vocabSize, stopTokenIds: eos.length ? eos : undefined });
+    const key = JSON.stringify([job.grammar.spec, eos]);
+    let compiled = grammars.get(key);
+    if (!compiled) {
+      compiled = grammarCompiler.then((c) => c.compile(job.grammar!.spec));
+      grammars.set(key, compiled);
+      // A bad grammar is not kept; the cache holds the last 64 good ones.
+      compiled.catch(() => grammars.delete(key));
+      if (grammars.size > 64) {
+        const [oldest, grammar] = grammars.entries().next().value as [string, Promise<CompiledGrammar>];
+        grammars.delete(oldest);
+        void grammar.then((g) => g.dispose(), () => undefined);
+      }
+    }
+    try {
+      job.grammar.compiled = await compiled;
+    } catch (e) {
+      throw new OpenAIError(400, (e as Error).message, job.grammar.param);
+    }
+  }
 
   const modelCard = () => ({ id: options.modelId, object: 'model', created, owned_by: 'nemotron-tfjs' });
 
@@ -481,7 +569,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
         throw new OpenAIError(400, (e as Error).message);
       }
     }
-    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs, parse };
+    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs, parse, grammar: grammarOf(body) };
   }
 
   /**
@@ -533,12 +621,17 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       send(i, c.finish ? c.text.length : c.text.length - stopPrefixTail(c.text, job.stops));
       return c.finish === null && !aborted();
     };
-    await Promise.all(rows.map((prompt, i) => {
-      const decoding = rowDecoding(model, prompt, { ...job.options, seed: rowSeed(job, i), maxNewTokens: job.maxTokens });
-      return batcher.generate({
-        prompt, decoding, wantLogits: job.logprobs !== null, cancelled: aborted,
-        onToken: (token, logits) => accept(i, decoding.eosTokenIds, token, logits),
-      });
+    await Promise.all(rows.map(async (prompt, i) => {
+      const constraint = job.grammar?.compiled ? await job.grammar.compiled.constraint() : undefined;
+      try {
+        const decoding = rowDecoding(model, prompt, { ...job.options, seed: rowSeed(job, i), maxNewTokens: job.maxTokens }, constraint);
+        await batcher.generate({
+          prompt, decoding, wantLogits: job.logprobs !== null, cancelled: aborted,
+          onToken: (token, logits) => accept(i, decoding.eosTokenIds, token, logits),
+        });
+      } finally {
+        constraint?.dispose();
+      }
     }));
     return choices;
   }
@@ -591,6 +684,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   };
 
   async function generation(job: Job, res: http.ServerResponse): Promise<number> {
+    await prepareGrammar(job);
     const id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
     const stamp = Math.floor(Date.now() / 1000);
     const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion';
@@ -726,6 +820,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
    * typed events.
    */
   async function respond(job: Job, request: Body, res: http.ServerResponse): Promise<number> {
+    await prepareGrammar(job);
     const id = `resp_${randomBytes(12).toString('hex')}`;
     let itemId = `msg_${randomBytes(12).toString('hex')}`;
     const reasoningId = `rs_${randomBytes(12).toString('hex')}`;
@@ -747,7 +842,8 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       id, object: 'response', created_at: createdAt, status, error: null, incomplete_details: incomplete ? { reason: 'max_output_tokens' } : null,
       instructions: typeof request.instructions === 'string' ? request.instructions : null, max_output_tokens: request.max_output_tokens ?? null,
       model: options.modelId, output, parallel_tool_calls: request.parallel_tool_calls ?? false, temperature: request.temperature ?? null,
-      top_p: request.top_p ?? null, tool_choice: 'auto', tools: Array.isArray(request.tools) ? request.tools : [], text: { format: { type: 'text' } }, usage,
+      top_p: request.top_p ?? null, tool_choice: 'auto', tools: Array.isArray(request.tools) ? request.tools : [],
+      text: { format: isObject(request.text) && isObject(request.text.format) ? request.text.format : { type: 'text' } }, usage,
     });
     /** The finished response: "incomplete" where the output reached its token limit, as OpenAI reports it. */
     const finished = (c: Choice, output: object[]) => {

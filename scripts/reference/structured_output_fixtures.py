@@ -6,7 +6,7 @@ of the tiny fixture models' 96 ids that spells JSON (ByteFallback in its decoder
 then records, on each tiny model and its left-padded prompt batch, greedy decoding under: the builtin JSON grammar, two
 JSON schemas and an EBNF grammar — and what xgrammar detects of the tokenizer (vocab type, prefix space).
 
-    .venv-ref/bin/pip install xgrammar   # (scripts/reference-venv.sh installs it)
+    .venv-ref/bin/pip install xgrammar   # not in scripts/reference-venv.sh: only this script needs it (it pulls triton)
     .venv-ref/bin/python scripts/reference/structured_output_fixtures.py
 """
 import json

@@ -78,6 +78,8 @@ interface Job {
   parse: { template: ResponseTemplate; prefix: string; tools?: ToolSpec[] } | null;
   /** The grammar the text follows (structured outputs), compiled before the answer starts. */
   grammar: { spec: GrammarSpec; param: string; compiled?: CompiledGrammar } | null;
+  /** tool_choice "required" or a named function: the reply is read as tool calls (see forcedToolCalls). */
+  forcedTools: { mode: 'required' } | { mode: 'named'; name: string } | null;
 }
 
 /** A chat reply read with a response_template: its message fields, OpenAI-shaped. */
@@ -144,10 +146,9 @@ function stopField(body: Body): string[] {
 
 /** The decoding settings of a request (OpenAI's names, plus top_k, min_p and repetition_penalty as vLLM takes them). */
 function decodingOptions(body: Body, tokenizer: NemotronTokenizer): GenerateOptions {
-  for (const name of ['suffix', 'best_of', 'tool_choice']) {
+  for (const name of ['suffix', 'best_of']) {
     const v = body[name];
-    const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1) ||
-      (name === 'tool_choice' && (v === 'auto' || v === 'none'));
+    const harmless = v === undefined || v === null || v === false || (name === 'best_of' && v === 1);
     if (!harmless) throw new OpenAIError(400, `${name} ${describe(v)} is not supported by this server`, name);
   }
   const temperature = numberField(body, 'temperature', 'a number ≥ 0 (0 is greedy)', (n) => n >= 0);
@@ -233,6 +234,37 @@ function grammarOf(body: Body): { spec: GrammarSpec; param: string } | null {
   }
   if (found.length > 1) throw new OpenAIError(400, `give one structured output, got ${found.map((f) => f.param).join(' and ')}`, found[1].param);
   return found[0] ?? null;
+}
+
+/**
+ * tool_choice as vLLM honours it with any model: "required" or a named function makes the reply JSON — an array of
+ * {name, parameters} of the tools for "required", the named function's parameters otherwise — under a JSON-schema
+ * grammar, and the answer is those tool calls. "auto" and "none" leave the reply to the model (and the response_template).
+ */
+function forcedToolCalls(body: Body): { forced: Job['forcedTools']; grammar: { spec: GrammarSpec; param: string } | null } {
+  const choice = body.tool_choice;
+  if (choice === undefined || choice === null || choice === 'auto' || choice === 'none') return { forced: null, grammar: null };
+  const tools = Array.isArray(body.tools) ? body.tools : [];
+  const functions = tools.map((t, i) => {
+    const fn = isObject(t) && isObject(t.function) ? t.function : null;
+    if (!fn || typeof fn.name !== 'string') throw new OpenAIError(400, `tools[${i}] must be {"type": "function", "function": {"name", "parameters"}}, got ${describe(t)}`, `tools[${i}]`);
+    const parameters = fn.parameters === undefined || fn.parameters === null ? { type: 'object', properties: {} } : fn.parameters;
+    if (!isObject(parameters)) throw new OpenAIError(400, `tools[${i}].function.parameters must be a JSON schema object, got ${describe(fn.parameters)}`, `tools[${i}].function.parameters`);
+    return { name: fn.name, parameters };
+  });
+  if (choice === 'required') {
+    if (functions.length === 0) throw new OpenAIError(400, 'tool_choice "required" needs tools', 'tool_choice');
+    const schema = {
+      type: 'array', minItems: 1,
+      items: { anyOf: functions.map((f) => ({ type: 'object', properties: { name: { type: 'string', enum: [f.name] }, parameters: f.parameters }, required: ['name', 'parameters'] })) },
+    };
+    return { forced: { mode: 'required' }, grammar: { spec: { type: 'json_schema', schema }, param: 'tool_choice' } };
+  }
+  const named = isObject(choice) && choice.type === 'function' && isObject(choice.function) && typeof choice.function.name === 'string' ? choice.function.name : null;
+  if (named === null) throw new OpenAIError(400, `tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name"}}, got ${describe(choice)}`, 'tool_choice');
+  const fn = functions.find((f) => f.name === named);
+  if (!fn) throw new OpenAIError(400, `tool_choice names the function ${JSON.stringify(named)}, which is not among the tools (${functions.map((f) => f.name).join(', ') || 'none'})`, 'tool_choice');
+  return { forced: { mode: 'named', name: named }, grammar: { spec: { type: 'json_schema', schema: fn.parameters }, param: 'tool_choice' } };
 }
 
 /** A chat message's content as the template takes it: a string (OpenAI's text parts joined; null as ''). */
@@ -435,6 +467,14 @@ function replyOf(message: Record<string, Json>): ParsedReply {
   };
 }
 
+/** A forced tool call's reply (grammar-made JSON) as tool calls; null where there is none or the JSON was cut short. */
+function forcedReplyOf(job: Job, c: Choice): ParsedReply['toolCalls'] | null {
+  if (!job.forcedTools || c.finish === 'length') return null;
+  const value = JSON.parse(c.text) as unknown;
+  if (job.forcedTools.mode === 'named') return [{ name: job.forcedTools.name, arguments: JSON.stringify(value) }];
+  return (value as Array<{ name: string; parameters: unknown }>).map((call) => ({ name: call.name, arguments: JSON.stringify(call.parameters) }));
+}
+
 /** What a parser's events stream to the client: content and reasoning text as it comes, a tool call once it closes. */
 type ReplyPiece = { content: string } | { reasoning: string } | { toolCall: ParsedReply['toolCalls'][number] };
 
@@ -569,7 +609,16 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
         throw new OpenAIError(400, (e as Error).message);
       }
     }
-    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs, parse, grammar: grammarOf(body) };
+    let grammar = grammarOf(body);
+    let forcedTools: Job['forcedTools'] = null;
+    if (kind === 'chat') {
+      const forced = forcedToolCalls(body);
+      if (forced.grammar && grammar) throw new OpenAIError(400, `tool_choice ${describe(body.tool_choice)} and ${grammar.param} both constrain the reply; give one`, 'tool_choice');
+      if (forced.grammar) [grammar, forcedTools, parse] = [forced.grammar, forced.forced, null];
+    } else if (body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none' && body.tool_choice !== 'auto') {
+      throw new OpenAIError(400, 'tool_choice is for chat completions', 'tool_choice');
+    }
+    return { kind, prompts, echo, n, maxTokens, stops, options: decoding, stream, includeUsage, logprobs, parse, grammar, forcedTools };
   }
 
   /**
@@ -704,8 +753,11 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       return completionLogprobs([...(prompt ?? []), ...entries.map((e) => ({ ...e, offset: e.offset + echoOf(index).length }))], 0);
     };
     const toolCallDelta = (k: number, call: ParsedReply['toolCalls'][number]) => ({ index: k, id: `${id}_tool_call_${k}`, type: 'function', function: call });
+    const forcedReply = (c: Choice) => forcedReplyOf(job, c);
     /** A chat choice's message: its text, or what the response_template reads in it. */
     const chatMessage = (c: Choice): { message: object; toolCalls: boolean } => {
+      const forced = forcedReply(c);
+      if (forced) return { message: { role: 'assistant', content: null, tool_calls: forced.map((call, k) => { const { index: _i, ...rest } = toolCallDelta(k, call); return rest; }) }, toolCalls: true };
       if (!job.parse) return { message: { role: 'assistant', content: c.text }, toolCalls: false };
       let reply: ParsedReply;
       try {
@@ -766,11 +818,16 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       } else if (job.echo) event([piece(index, echoOf(index), null, prompts[index] && completionLogprobs(prompts[index]!, 0))]);
     }
     const onText = (index: number, text: string, scored: Scored[]) => {
+      // A forced tool call streams once its JSON is whole (at the end).
+      if (job.forcedTools) { if (scored.length) event([{ index, delta: {}, logprobs: logprobsOf(index, scored), finish_reason: null }]); return; }
       if (!parsers) event([piece(index, text, null, logprobsOf(index, scored))]);
       else sendPieces(index, replyPieces(parsers[index].feed(text)), scored.length ? logprobsOf(index, scored) : null);
     };
     const choices = closed ? [] : await run(job, onText, () => closed);
     choices.forEach((c, index) => {
+      const forced = forcedReply(c);
+      if (forced) sendPieces(index, forced.map((toolCall) => ({ toolCall })), null);
+      else if (job.forcedTools && c.text) sendPieces(index, [{ content: c.text }], null);
       if (parsers) {
         let events: ResponseEvent[] = [];
         try {
@@ -858,7 +915,9 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     if (!job.stream) {
       const [choice] = await run(job, () => undefined, () => closed);
       let reply: ParsedReply = { content: choice.text, reasoning: null, toolCalls: [] };
-      if (job.parse) {
+      const forced = forcedReplyOf(job, choice);
+      if (forced) reply = { content: '', reasoning: null, toolCalls: forced };
+      else if (job.parse) {
         try {
           reply = replyOf(parseResponse(choice.text, job.parse.template, job.parse));
         } catch (e) {
@@ -938,11 +997,16 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     };
     const parser = job.parse ? new ResponseParser(job.parse.template, job.parse) : null;
     if (parser) take(replyPieces(parser.initialEvents));
-    else startMessage();
+    else if (!job.forcedTools) startMessage();
     const [choice] = await run(job, (_, delta) => {
+      if (job.forcedTools) return; // a forced tool call goes out whole, at the end
       if (!parser) take(delta ? [{ content: delta }] : []);
       else take(replyPieces(parser.feed(delta)));
     }, () => closed);
+    if (job.forcedTools) {
+      const forced = forcedReplyOf(job, choice);
+      take(forced ? forced.map((toolCall) => ({ toolCall })) : choice.text ? [{ content: choice.text }] : []);
+    }
     if (parser) {
       try {
         take(replyPieces(parser.finalize().events));

@@ -112,6 +112,65 @@ describe('structured outputs in the OpenAI server: response_format, vLLM\'s stru
     expect(sampled.json.choices.some((c: Json) => c.finish_reason === 'stop')).to.equal(true);
   });
 
+  it('tool_choice "required" or a named function: the reply is JSON under the tools\' schemas, answered as tool calls (streamed, and in the Responses API)', async () => {
+    const tools = [
+      { type: 'function', function: { name: 'flag', parameters: { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'], additionalProperties: false } } },
+      { type: 'function', function: { name: 'noop' } },
+    ];
+    const messages = [{ role: 'user', content: 'ok' }];
+    const prompt = tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+    const namedText = await constrained(prompt, { type: 'json_schema', schema: tools[0].function.parameters! }, { maxNewTokens: 40 });
+    const named = await post('/v1/chat/completions', { messages, tools, tool_choice: { type: 'function', function: { name: 'flag' } }, max_tokens: 40, temperature: 0 });
+    expect(named.status, JSON.stringify(named.json)).to.equal(200);
+    expect(named.json.choices[0].finish_reason).to.equal('tool_calls');
+    expect(named.json.choices[0].message).to.deep.equal({
+      role: 'assistant', content: null,
+      tool_calls: [{ id: `${named.json.id}_tool_call_0`, type: 'function', function: { name: 'flag', arguments: JSON.stringify(JSON.parse(namedText)) } }],
+    });
+    const requiredSchema = {
+      type: 'array', minItems: 1, items: { anyOf: [
+        { type: 'object', properties: { name: { type: 'string', enum: ['flag'] }, parameters: tools[0].function.parameters }, required: ['name', 'parameters'] },
+        { type: 'object', properties: { name: { type: 'string', enum: ['noop'] }, parameters: { type: 'object', properties: {} } }, required: ['name', 'parameters'] },
+      ] },
+    };
+    const requiredText = await constrained(prompt, { type: 'json_schema', schema: requiredSchema }, { maxNewTokens: 48 });
+    const required = await post('/v1/chat/completions', { messages, tools, tool_choice: 'required', max_tokens: 48, temperature: 0 });
+    const choice = required.json.choices[0];
+    if (choice.finish_reason === 'length') {
+      // The random model ran out of tokens inside the array: the text so far, as content.
+      expect(choice.message.content).to.equal(requiredText);
+    } else {
+      const calls = JSON.parse(requiredText) as Array<{ name: string; parameters: unknown }>;
+      expect(choice.message.tool_calls.map((c: Json) => [c.function.name, c.function.arguments])).to.deep.equal(calls.map((c) => [c.name, JSON.stringify(c.parameters)]));
+    }
+    // Sampled rows that close the array come back as tool calls, each a tool with arguments of its schema.
+    const sampled = await post('/v1/chat/completions', { messages, tools, tool_choice: 'required', max_tokens: 60, temperature: 1, seed: 11, n: 4 });
+    expect(sampled.status, JSON.stringify(sampled.json)).to.equal(200);
+    const closed = sampled.json.choices.filter((c: Json) => c.finish_reason === 'tool_calls');
+    expect(closed.length, JSON.stringify(sampled.json.choices.map((c: Json) => c.message.content))).to.be.greaterThan(0);
+    for (const c of closed) {
+      for (const call of c.message.tool_calls) {
+        const args = JSON.parse(call.function.arguments) as Json;
+        expect(call.function.name === 'noop' || (call.function.name === 'flag' && typeof args.ok === 'boolean'), JSON.stringify(call)).to.equal(true);
+      }
+    }
+    const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ messages, tools, tool_choice: { type: 'function', function: { name: 'flag' } }, max_tokens: 40, temperature: 0, stream: true }) });
+    const chunks = (await r.text()).split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)) as Json);
+    const streamed = chunks.flatMap((c) => c.choices[0]?.delta?.tool_calls ?? []);
+    expect(streamed.map((c: Json) => [c.function.name, c.function.arguments])).to.deep.equal([['flag', JSON.stringify(JSON.parse(namedText))]]);
+    expect(chunks[chunks.length - 1].choices[0].finish_reason).to.equal('tool_calls');
+    const response = await post('/v1/responses', { input: 'ok', tools: [{ type: 'function', name: 'flag', parameters: tools[0].function.parameters }], tool_choice: { type: 'function', function: { name: 'flag' } }, max_output_tokens: 40, temperature: 0 });
+    expect(response.status, JSON.stringify(response.json)).to.equal(200);
+    expect(response.json.output.find((item: Json) => item.type === 'function_call')).to.include({ name: 'flag', arguments: JSON.stringify(JSON.parse(namedText)) });
+    // Refused: a function that is not among the tools, required without tools, a forced call beside response_format.
+    const missing = await post('/v1/chat/completions', { messages, tools, tool_choice: { type: 'function', function: { name: 'nope' } } });
+    expect([missing.status, missing.json.error.message]).to.deep.equal([400, 'tool_choice names the function "nope", which is not among the tools (flag, noop)']);
+    const none = await post('/v1/chat/completions', { messages, tool_choice: 'required' });
+    expect(none.json.error.message).to.equal('tool_choice "required" needs tools');
+    const both = await post('/v1/chat/completions', { messages, tools, tool_choice: 'required', response_format: { type: 'json_object' } });
+    expect(both.json.error.param).to.equal('tool_choice');
+  });
+
   it('bad structured outputs are 400s naming the field: a schema xgrammar refuses, two at once, regex, a bad choice list', async () => {
     const cases: Array<[Json, RegExp, string]> = [
       [{ response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'strin' } } } }, /Unsupported type "strin"/, 'response_format.json_schema'],

@@ -11,6 +11,7 @@ import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../back
 import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generate, generateStream } from '../generation/generate';
+import { type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
@@ -82,6 +83,11 @@ export interface GenerateCliOptions {
   stop?: string[];
   /** Prompt lookup decoding: up to this many tokens proposed from the text so far, checked in one pass. */
   promptLookup?: number;
+  /** Structured output: any JSON, a JSON schema file (or its text), an EBNF grammar file, or one of several strings. */
+  json?: boolean;
+  jsonSchema?: string;
+  grammar?: string;
+  choice?: string[];
   /** Assisted generation: a smaller checkpoint of the same vocabulary drafts tokens that one pass checks. */
   assistantModel?: string;
   /** Tokens the assistant drafts per round. */
@@ -212,6 +218,30 @@ export async function loadCausalLM(modelPath: string, o: { adapter?: string; bac
   return { model, tokenizer, backend };
 }
 
+/** The grammar of --json / --json-schema / --grammar / --choice (at most one), or null. */
+function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
+  const given = [o.json ? '--json' : null, o.jsonSchema !== undefined ? '--json-schema' : null, o.grammar !== undefined ? '--grammar' : null,
+    o.choice?.length ? '--choice' : null].filter((f): f is string => f !== null);
+  if (given.length > 1) throw new Error(`${given.join(' and ')}: give one structured output`);
+  const fileOrText = (flag: string, value: string): string => {
+    if (fs.existsSync(value)) return fs.readFileSync(value, 'utf8');
+    if (flag === '--json-schema' && value.trim().startsWith('{')) return value;
+    throw new Error(`${flag} ${value}: no such file${flag === '--json-schema' ? ' (nor a JSON object)' : ''}`);
+  };
+  if (o.json) return { type: 'json' };
+  if (o.jsonSchema !== undefined) {
+    const text = fileOrText('--json-schema', o.jsonSchema);
+    try {
+      return { type: 'json_schema', schema: JSON.parse(text) as object };
+    } catch (e) {
+      throw new Error(`--json-schema ${o.jsonSchema}: not JSON (${(e as Error).message})`);
+    }
+  }
+  if (o.grammar !== undefined) return { type: 'grammar', grammar: fileOrText('--grammar', o.grammar) };
+  if (o.choice?.length) return { type: 'choice', choices: o.choice };
+  return null;
+}
+
 export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   // A GGUF file (llama.cpp's format) holds config, weights and vocabulary in one.
   const options = resolveDecoding(o, isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
@@ -255,6 +285,19 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
   if (o.assistantTokens !== undefined) options.numAssistantTokens = o.assistantTokens;
   if (o.promptLookup !== undefined) options.promptLookupNumTokens = o.promptLookup;
+  const grammarSpec = structuredOutput(o);
+  if (grammarSpec) {
+    try {
+      // The grammar ends with the EOS ids generation stops at (generation_config.json's, else config.json's).
+      const eos = (model.generationConfig?.eos_token_id as number | number[] | null | undefined) ?? model.config.eosTokenId;
+      const stopTokenIds = eos === null || eos === undefined ? undefined : Array.isArray(eos) ? eos : [eos];
+      const compiler = await GrammarCompiler.create(tokenizer, { vocabSize: model.config.vocabSize, stopTokenIds });
+      options.grammar = await compiler.compile(grammarSpec);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
 
   try {
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
@@ -365,6 +408,11 @@ export function registerGenerate(program: Command): void {
       integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--assistant-model <dir>', 'assisted generation: a smaller checkpoint of the same vocabulary drafts tokens, one pass of the model checks them (greedy; the same text)')
     .option('--assistant-tokens <n>', 'with --assistant-model: tokens drafted per round (default 20)', integerArg('an integer ≥ 1', (n) => n >= 1))
+    .option('--json', 'structured output: the text is JSON (xgrammar\'s JSON grammar)')
+    .option('--json-schema <file>', 'structured output: the text is JSON of this JSON schema (a file, or the schema itself)')
+    .option('--grammar <file>', 'structured output: the text follows this EBNF grammar (xgrammar\'s syntax, rule root)')
+    .option('--choice <text>', 'structured output: the text is one of these strings (repeatable)',
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value])
     .addOption(backendOption())
     .addHelpText('after', `
 Decoding follows transformers: greedy unless sampling is asked for (--sample, or any of --temperature,

@@ -38,11 +38,11 @@ describe('structured outputs in the OpenAI server: response_format, vLLM\'s stru
   }
 
   /** What generate() writes after `ids` under `grammar` (greedy), as text. */
-  async function constrained(ids: number[], grammar: GrammarSpec, options: GenerateOptions = {}): Promise<string> {
+  async function constrained(ids: number[], grammar: GrammarSpec, options: GenerateOptions = {}, whole = false): Promise<string> {
     const compiled = await compiler.compile(grammar);
     const out = await generate(lm, [ids], { maxNewTokens: 24, doSample: false, eosTokenId: 3, grammar: compiled, ...options });
     compiled.dispose();
-    return tokenizer.decode(out.sequences[0].slice(ids.length), { skipSpecialTokens: true });
+    return tokenizer.decode(out.sequences[0].slice(whole ? 0 : ids.length), { skipSpecialTokens: true });
   }
 
   before(async () => {
@@ -169,6 +169,28 @@ describe('structured outputs in the OpenAI server: response_format, vLLM\'s stru
     expect(none.json.error.message).to.equal('tool_choice "required" needs tools');
     const both = await post('/v1/chat/completions', { messages, tools, tool_choice: 'required', response_format: { type: 'json_object' } });
     expect(both.json.error.param).to.equal('tool_choice');
+  });
+
+  it('generate --json-schema / --choice / --json / --grammar write what generate() writes under the grammar; two at once is an error', async () => {
+    const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+    const schemaFile = path.join(dir, 'flags.json');
+    fs.writeFileSync(schemaFile, JSON.stringify(FLAGS));
+    const ids = tokenizer.encode('the name');
+    const run = (...args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--model', path.join(dir, 'tiny'), '--prompt', 'the name', '-n', '24', '--greedy', '--backend', 'cpu', '--no-stream', ...args], { encoding: 'utf8' });
+    for (const [args, grammar] of [
+      [['--json-schema', schemaFile], { type: 'json_schema', schema: FLAGS }],
+      [['--choice', 'yes', '--choice', 'no'], { type: 'choice', choices: ['yes', 'no'] }],
+      [['--json'], { type: 'json' }],
+    ] as Array<[string[], GrammarSpec]>) {
+      const r = run(...args);
+      expect(r.status, r.stderr).to.equal(0);
+      // The CLI prints the prompt and the text as one decode (and a newline), as its other tests read it.
+      expect(r.stdout, args.join(' ')).to.equal(`${await constrained(ids, grammar, {}, true)}\n`);
+    }
+    const both = run('--json', '--choice', 'a');
+    expect(both.stderr).to.match(/--json and --choice: give one structured output/);
+    const bad = run('--grammar', path.join(dir, 'missing.ebnf'));
+    expect(bad.stderr).to.match(/--grammar .*missing\.ebnf: no such file/);
   });
 
   it('bad structured outputs are 400s naming the field: a schema xgrammar refuses, two at once, regex, a bad choice list', async () => {

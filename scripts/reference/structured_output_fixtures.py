@@ -43,6 +43,11 @@ GRAMMARS = {
                                                  "required": ["name", "age"], "additionalProperties": False}},
     "flags": {"kind": "json_schema", "schema": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3}},
     "choice": {"kind": "ebnf", "grammar": 'root ::= "yes" | "no" | "maybe"'},
+    # Regexes (vLLM's structured_outputs.regex): xgrammar's compile_regex here; regexToEbnf + the EBNF compiler in TypeScript.
+    "phone": {"kind": "regex", "regex": r"\d{3}-\d{4}"},
+    "words": {"kind": "regex", "regex": r"(yes|no|maybe)\.?( [a-z]+){1,3}"},
+    "quoted": {"kind": "regex", "regex": r'"[^"]{2,5}"(,\s*\w+)*'},
+    "mixed": {"kind": "regex", "regex": r"[a-f0-9]{2,}\.(ab|c.)?x*"},
 }
 
 hf_tokenizer = tokenizer()
@@ -61,6 +66,8 @@ for name in ("tiny-gqa", "tiny-mha-bias"):
             compiled = compiler.compile_builtin_json_grammar()
         elif spec["kind"] == "json_schema":
             compiled = compiler.compile_json_schema(json.dumps(spec["schema"]), any_whitespace=True)
+        elif spec["kind"] == "regex":
+            compiled = compiler.compile_regex(spec["regex"])
         else:
             compiled = compiler.compile_grammar(spec["grammar"])
         with torch.no_grad():

@@ -87,6 +87,7 @@ export interface GenerateCliOptions {
   json?: boolean;
   jsonSchema?: string;
   grammar?: string;
+  regex?: string;
   choice?: string[];
   /** Assisted generation: a smaller checkpoint of the same vocabulary drafts tokens that one pass checks. */
   assistantModel?: string;
@@ -221,7 +222,7 @@ export async function loadCausalLM(modelPath: string, o: { adapter?: string; bac
 /** The grammar of --json / --json-schema / --grammar / --choice (at most one), or null. */
 function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
   const given = [o.json ? '--json' : null, o.jsonSchema !== undefined ? '--json-schema' : null, o.grammar !== undefined ? '--grammar' : null,
-    o.choice?.length ? '--choice' : null].filter((f): f is string => f !== null);
+    o.regex !== undefined ? '--regex' : null, o.choice?.length ? '--choice' : null].filter((f): f is string => f !== null);
   if (given.length > 1) throw new Error(`${given.join(' and ')}: give one structured output`);
   const fileOrText = (flag: string, value: string): string => {
     if (fs.existsSync(value)) return fs.readFileSync(value, 'utf8');
@@ -238,6 +239,7 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
     }
   }
   if (o.grammar !== undefined) return { type: 'grammar', grammar: fileOrText('--grammar', o.grammar) };
+  if (o.regex !== undefined) return { type: 'regex', regex: o.regex };
   if (o.choice?.length) return { type: 'choice', choices: o.choice };
   return null;
 }
@@ -411,6 +413,7 @@ export function registerGenerate(program: Command): void {
     .option('--json', 'structured output: the text is JSON (xgrammar\'s JSON grammar)')
     .option('--json-schema <file>', 'structured output: the text is JSON of this JSON schema (a file, or the schema itself)')
     .option('--grammar <file>', 'structured output: the text follows this EBNF grammar (xgrammar\'s syntax, rule root)')
+    .option('--regex <re>', 'structured output: the text matches this regex whole (Python syntax; no lookarounds or backreferences)')
     .option('--choice <text>', 'structured output: the text is one of these strings (repeatable)',
       (value: string, previous: string[] | undefined) => [...(previous ?? []), value])
     .addOption(backendOption())

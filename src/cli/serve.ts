@@ -94,8 +94,8 @@ Settings a request leaves out come from generation_config.json (greedy unless it
 other temperature, top_p, top_k or min_p samples. logit_bias, presence_penalty and frequency_penalty as OpenAI's API
 applies them; besides OpenAI's fields: top_k, min_p, repetition_penalty (vLLM's names).
 A stop string ends the text before it, as OpenAI's API does. Structured outputs: response_format json_object /
-json_schema, vLLM's structured_outputs (json, choice, grammar) and guided_*; tool_choice "required" or a named function
-(the reply decodes under the tools' JSON schemas). Not supported (refused by name): suffix, regex constraints.
+json_schema, vLLM's structured_outputs (json, regex, choice, grammar) and guided_*; tool_choice "required" or a named
+function (the reply decodes under the tools' JSON schemas). Not supported (refused by name): suffix.
 Tool calls and reasoning: where tokenizer_config.json has a response_template (transformers 5's), or --response-template
 gives one, replies are read into content, reasoning_content and tool_calls (finish_reason "tool_calls"), streamed and not;
 examples/response-templates/nemotron-toolcall.json reads <toolcall>{"name", "arguments"}</toolcall> replies.

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type * as XGrammar from '@mlc-ai/web-xgrammar';
 import type { NemotronTokenizer } from '../tokenizer';
+import { pythonRegexToEbnf } from '../response-parsing/pattern';
 
 export type GrammarSpec =
   /** Any JSON value (xgrammar's builtin JSON grammar; OpenAI's response_format json_object as vLLM serves it). */
@@ -18,7 +19,9 @@ export type GrammarSpec =
   /** An EBNF grammar in xgrammar's (GBNF-like) syntax, rule `root` unless rootRule says otherwise. */
   | { type: 'grammar'; grammar: string; rootRule?: string }
   /** Exactly one of these strings (vLLM's guided_choice). */
-  | { type: 'choice'; choices: string[] };
+  | { type: 'choice'; choices: string[] }
+  /** Text the (Python-syntax) regex matches whole (vLLM's guided_regex), through its EBNF (pythonRegexToEbnf). */
+  | { type: 'regex'; regex: string };
 
 /** A row's restriction: masks the scores of the tokens it does not allow next, and follows the tokens chosen. */
 export interface TokenConstraint {
@@ -138,8 +141,11 @@ export class GrammarCompiler {
           }
           return new CompiledGrammar(await this.compiler.compileGrammar(`root ::= ${spec.choices.map((c) => JSON.stringify(c)).join(' | ')}`), this.vocabSize);
         }
+        case 'regex':
+          if (typeof spec.regex !== 'string') throw new Error(`regex must be a string, got ${JSON.stringify(spec.regex)}`);
+          return new CompiledGrammar(await this.compiler.compileGrammar(`root ::= ${pythonRegexToEbnf(spec.regex)}`), this.vocabSize);
         default:
-          throw new Error(`unknown grammar type ${JSON.stringify((spec as { type?: unknown }).type)}; expected json, json_schema, grammar or choice`);
+          throw new Error(`unknown grammar type ${JSON.stringify((spec as { type?: unknown }).type)}; expected json, json_schema, grammar, choice or regex`);
       }
     }
   }

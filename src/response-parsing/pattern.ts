@@ -277,3 +277,66 @@ export function compilePythonPattern(source: string): CompiledPattern {
 export function escapePython(literal: string): string {
   return literal.replace(/[\\^$.|?*+()[\]{}#&~\s-]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : c === '\r' ? '\\r' : `\\${c}`));
 }
+
+const WHITESPACE_CLASS = '\\f\\n\\r\\t\\v\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff';
+const EBNF_CLASSES: Record<string, string> = {
+  '\\d': '[0-9]', '\\D': '[^0-9]', '\\w': '[a-zA-Z0-9_]', '\\W': '[^a-zA-Z0-9_]', '\\s': `[${WHITESPACE_CLASS}]`, '\\S': `[^${WHITESPACE_CLASS}]`,
+  '.': '[\\u0000-\\U0010FFFF]',
+};
+const CLASS_INNER: Record<string, string> = { '\\d': '0-9', '\\w': 'a-zA-Z0-9_', '\\s': WHITESPACE_CLASS };
+
+/** The character a literal atom's JavaScript source stands for. */
+function literalChar(src: string): string {
+  if (!src.startsWith('\\')) return src;
+  // eslint-disable-next-line @typescript-eslint/no-implied-eval
+  return /^\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrtfv0])$/.test(src) ? JSON.parse(`"${src.replace('\\x', '\\u00').replace('\\v', '\\u000b').replace('\\0', '\\u0000')}"`) as string : src.slice(1);
+}
+
+function ebnf(node: Node, where: { first: boolean; last: boolean }): string {
+  switch (node.kind) {
+    case 'alt': return node.options.map((o) => ebnf(o, where)).join(' | ');
+    case 'seq': {
+      const parts = node.items.map((n, i) => ebnfAtom(n, { first: where.first && i === 0, last: where.last && i === node.items.length - 1 })).filter((p) => p !== '');
+      return parts.length ? parts.join(' ') : '""';
+    }
+    case 'group': return `( ${ebnf(node.body, where)} )`;
+    case 'repeat': {
+      const q = node.max === Infinity ? (node.min === 0 ? '*' : node.min === 1 ? '+' : `{${node.min},}`)
+        : node.min === 0 && node.max === 1 ? '?' : node.min === node.max ? `{${node.min}}` : `{${node.min},${node.max}}`;
+      return `${ebnfAtom(node.body, { first: false, last: false })}${q}`;
+    }
+    case 'char': {
+      if (node.src in EBNF_CLASSES) return EBNF_CLASSES[node.src];
+      if (node.src.startsWith('[')) {
+        return node.src.replace(/\\[dws]/g, (e) => CLASS_INNER[e]).replace(/\\[DWS]/g, (e) => { throw new Error(`regex class ${node.src}: ${e} inside a class is not supported`); });
+      }
+      return JSON.stringify(literalChar(node.src));
+    }
+    case 'assert':
+      // The whole text must match (vLLM's regex is a full match): anchors at its ends say nothing more.
+      if ((node.src === '^' && where.first) || ((node.src === '$' || node.src === '(?=\\n?$)') && where.last)) return '';
+      throw new Error(`the assertion ${node.src === '(?=\\n?$)' ? '$' : node.src} is supported only at the ends of the pattern`);
+    case 'look': throw new Error('lookaround assertions are not supported in a regex constraint');
+    case 'backref': throw new Error('backreferences are not supported in a regex constraint');
+  }
+}
+
+function ebnfAtom(node: Node, where: { first: boolean; last: boolean }): string {
+  const text = ebnf(node, where);
+  return node.kind === 'alt' || (node.kind === 'seq' && node.items.length > 1) ? `( ${text} )` : text;
+}
+
+/**
+ * A Python regex as the body of an EBNF rule in xgrammar's syntax (its web build has no regex compiler): the same
+ * language, matched whole — as xgrammar's own regex converter writes it (`.` any character, `\d` `\w` `\s` as classes).
+ */
+export function pythonRegexToEbnf(source: string): string {
+  const reader = new PythonRegexReader(source);
+  const tree = reader.read();
+  if (reader.flags.size > 0) throw new Error(`regex ${JSON.stringify(source)}: inline flags (${[...reader.flags].join('')}) are not supported`);
+  try {
+    return ebnf(tree, { first: true, last: true });
+  } catch (e) {
+    throw new Error(`regex ${JSON.stringify(source)}: ${(e as Error).message}`);
+  }
+}

@@ -228,9 +228,10 @@ function grammarOf(body: Body): { spec: GrammarSpec; param: string } | null {
     if (typeof grammar !== 'string') throw new OpenAIError(400, `${grammarParam} must be an EBNF grammar (a string), got ${describe(grammar)}`, grammarParam);
     found.push({ spec: { type: 'grammar', grammar }, param: grammarParam });
   }
-  for (const name of ['regex', 'guided_regex']) {
-    const v = name === 'regex' ? vllm.regex : body.guided_regex;
-    if (v !== undefined && v !== null) throw new OpenAIError(400, `${name === 'regex' ? 'structured_outputs.regex' : name} is not supported (the WebAssembly xgrammar has no regex compiler); write it as an EBNF grammar`, name === 'regex' ? 'structured_outputs.regex' : name);
+  const [regex, regexParam] = field('regex', 'guided_regex');
+  if (regex !== undefined && regex !== null) {
+    if (typeof regex !== 'string') throw new OpenAIError(400, `${regexParam} must be a regular expression (a string), got ${describe(regex)}`, regexParam);
+    found.push({ spec: { type: 'regex', regex }, param: regexParam });
   }
   if (found.length > 1) throw new OpenAIError(400, `give one structured output, got ${found.map((f) => f.param).join(' and ')}`, found[1].param);
   return found[0] ?? null;

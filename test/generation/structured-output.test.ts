@@ -10,7 +10,7 @@ import { CONFIGS, FIXTURES, fixtureDir, forEachBackend, testBackends } from '../
 const DIR = path.resolve(FIXTURES, '../structured-output');
 interface Reference {
   tokenizer_info: { vocab_type: string; add_prefix_space: boolean };
-  grammars: Record<string, { kind: string; schema?: object; grammar?: string }>;
+  grammars: Record<string, { kind: string; schema?: object; grammar?: string; regex?: string }>;
   models: Record<string, { prompt: number[][]; attention_mask: number[][]; cases: Record<string, { sequences: number[][]; texts: string[] }> }>;
 }
 const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'utf8')) as Reference;
@@ -19,6 +19,7 @@ function spec(key: string): GrammarSpec {
   const g = reference.grammars[key];
   if (g.kind === 'builtin_json') return { type: 'json' };
   if (g.kind === 'json_schema') return { type: 'json_schema', schema: g.schema! };
+  if (g.kind === 'regex') return { type: 'regex', regex: g.regex! };
   return { type: 'grammar', grammar: g.grammar! };
 }
 
@@ -39,7 +40,7 @@ describe('structured outputs: grammar-constrained decoding (xgrammar)', function
 
   forEachBackend(testBackends(), () => {
     for (const config of CONFIGS) {
-      it(`greedy decoding under the JSON grammar, two JSON schemas and an EBNF grammar equals transformers + xgrammar, leaving no tensor: ${config}`, async () => {
+      it(`greedy decoding under the JSON grammar, two JSON schemas, an EBNF grammar and four regexes equals transformers + xgrammar, leaving no tensor: ${config}`, async () => {
         const ref = reference.models[config];
         const model = await NemotronForCausalLM.fromPretrained(fixtureDir(config, 'causal-lm'));
         const before = tf.memory().numTensors;
@@ -82,6 +83,9 @@ describe('structured outputs: grammar-constrained decoding (xgrammar)', function
     error = '';
     await compiler.compile({ type: 'grammar', grammar: 'root ::= "a" |' }).catch((e: Error) => { error = e.message; });
     expect(error).to.match(/^grammar \{"type":"grammar".*: EBNF parser error at line 1, column 15/);
+    error = '';
+    await compiler.compile({ type: 'regex', regex: 'a(?=b)' }).catch((e: Error) => { error = e.message; });
+    expect(error).to.match(/regex "a\(\?=b\)": lookaround assertions are not supported/);
     error = '';
     await compiler.compile({ type: 'choice', choices: [] }).catch((e: Error) => { error = e.message; });
     expect(error).to.match(/choices must be a non-empty list/);

@@ -88,6 +88,22 @@ export class KVCache {
     }
   }
 
+  /**
+   * A new one-row cache of batch row `row`'s positions [start, end) (end: the cache's length): what a prefix cache
+   * keeps of a finished row, or hands a new one that begins with the same tokens.
+   */
+  slice(row: number, start: number, end = this.length): KVCache {
+    const batch = this.batchSize ?? 0;
+    if (!Number.isInteger(row) || row < 0 || row >= batch) throw new Error(`KVCache: row ${row} out of range [0, ${batch})`);
+    if (!(start >= 0 && start <= end && end <= this.length)) throw new Error(`KVCache: positions [${start}, ${end}) are not within [0, ${this.length})`);
+    const out = new KVCache(this.numLayers);
+    for (let layer = 0; layer < this.numLayers; layer++) {
+      const part = (t: tf.Tensor4D) => t.slice([row, 0, start, 0], [1, -1, end - start, -1]) as tf.Tensor4D;
+      out.replace(layer, part(this.keys[layer]!), part(this.values[layer]!));
+    }
+    return out;
+  }
+
   dispose(): void {
     for (let i = 0; i < this.numLayers; i++) {
       this.keys[i]?.dispose();

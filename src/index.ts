@@ -35,3 +35,4 @@ export * from './training/index';
 export * from './tokenizer';
 export * from '../models/nemotron/presets';
 export * from './response-parsing/index';
+export * from './serving/prefix-cache';

@@ -19,6 +19,7 @@ export interface ServeCliOptions {
   maxTokens: number;
   maxRows: number;
   prefillChunk: number;
+  prefixCacheTokens: number;
   quiet?: boolean;
   apiKey?: string;
   responseTemplate?: string;
@@ -47,7 +48,7 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
   const { model, tokenizer, backend } = await loadCausalLM(o.model, o);
   const modelId = o.servedModelName ?? path.basename(path.resolve(o.model));
   const server = createOpenAIServer(model, tokenizer, {
-    modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, prefillChunkTokens: o.prefillChunk, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,
+    modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, prefillChunkTokens: o.prefillChunk, prefixCacheTokens: o.prefixCacheTokens, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,
     log: o.quiet ? undefined : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`), responseTemplate,
   });
   try {
@@ -82,6 +83,8 @@ export function registerServe(program: Command): void {
     .option('--max-tokens <n>', 'max_tokens of a chat request that gives none (capped by the context length)', integerArg('a positive integer', (n) => n > 0), 4096)
     .option('--max-rows <n>', 'most rows (prompts × n) one request decodes together', integerArg('a positive integer', (n) => n > 0), 16)
     .option('--prefill-chunk <tokens>', 'most prompt tokens one pass runs; longer prompts run in chunks, the other rows decoding between them', integerArg('a positive integer', (n) => n > 0), 512)
+    .option('--prefix-cache-tokens <n>', 'automatic prefix caching: keep the keys and values of finished requests, up to n tokens, so that a prompt beginning with them (a chat\'s next turn) runs only the rest; 0: off',
+      integerArg('an integer ≥ 0', (n) => n >= 0), 8192)
     .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
     .option('--response-template <file>', 'a response_template (JSON) that reads replies into content, reasoning_content and tool_calls; "none": no parsing (default: tokenizer_config.json\'s response_template)')
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/ requests (default: $NEMOTRON_API_KEY, else none)')

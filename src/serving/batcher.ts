@@ -12,6 +12,7 @@ import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { RowDecoding, argmax } from '../generation/index';
 import { positionsFromMask } from '../tensors';
+import { PrefixCache } from './prefix-cache';
 
 /** One prompt to continue. */
 export interface BatchRow {
@@ -32,6 +33,8 @@ interface Active {
   generated: number;
   done: () => void;
   fail: (e: unknown) => void;
+  /** The row ended in an error (its keys and values are not kept). */
+  failed?: boolean;
 }
 
 export interface BatcherStats {
@@ -63,6 +66,11 @@ export interface BatcherOptions {
    * batch between two, so that a long prompt does not hold the other rows' tokens for its whole pass. Default 512.
    */
   prefillChunkTokens?: number;
+  /**
+   * Automatic prefix caching: keep the keys and values of finished rows, up to this many tokens, so that a prompt
+   * beginning with the same tokens (a chat's next turn) runs only the rest. Default 0 (off).
+   */
+  prefixCacheTokens?: number;
 }
 
 export class ContinuousBatcher {
@@ -77,12 +85,15 @@ export class ContinuousBatcher {
 
   readonly maxRows: number;
   readonly prefillChunkTokens: number;
+  /** The kept prefixes (null when prefix caching is off). */
+  readonly prefixCache: PrefixCache | null;
 
   /** `options`: BatcherOptions, or the most rows decoded together. */
   constructor(private readonly model: NemotronForCausalLM, options: BatcherOptions | number = {}) {
     const o = typeof options === 'number' ? { maxRows: options } : options;
     this.maxRows = o.maxRows ?? 16;
     this.prefillChunkTokens = o.prefillChunkTokens ?? 512;
+    this.prefixCache = o.prefixCacheTokens ? new PrefixCache(o.prefixCacheTokens) : null;
     if (!Number.isInteger(this.maxRows) || this.maxRows < 1) throw new Error(`ContinuousBatcher: maxRows must be a positive integer, got ${this.maxRows}`);
     if (!Number.isInteger(this.prefillChunkTokens) || this.prefillChunkTokens < 1) {
       throw new Error(`ContinuousBatcher: prefillChunkTokens must be a positive integer, got ${this.prefillChunkTokens}`);
@@ -149,14 +160,28 @@ export class ContinuousBatcher {
       const joining: Waiting[] = [];
       while (this.pending.length && this.active.length + joining.length < this.maxRows) {
         const next = this.pending.shift()!;
-        if (next.row.cancelled?.()) next.done();
-        else joining.push(next);
+        if (next.row.cancelled?.()) {
+          next.done();
+          continue;
+        }
+        // A prompt that begins with kept tokens runs alone, from where they end.
+        const kept = joining.length === 0 ? this.prefixCache?.lookup(next.row.prompt) : null;
+        if (kept) {
+          const prompt = next.row.prompt;
+          this.prefill = { joining: [next], inputIds: [prompt], masks: [prompt.map(() => 1)], cache: kept.cache, done: kept.length };
+          break;
+        }
+        joining.push(next);
+        // The next row is looked up on its own turn (it may begin with kept tokens).
+        if (this.prefixCache && this.pending.length && this.prefixCache.wouldHit(this.pending[0].row.prompt)) break;
       }
-      if (joining.length === 0) return;
-      const width = Math.max(...joining.map((j) => j.row.prompt.length));
-      const masks = joining.map((j) => [...new Array<number>(width - j.row.prompt.length).fill(0), ...j.row.prompt.map(() => 1)]);
-      const inputIds = joining.map((j, r) => masks[r].map((m, i) => (m ? j.row.prompt[i - (width - j.row.prompt.length)] : 0)));
-      this.prefill = { joining, inputIds, masks, cache: new KVCache(this.model.config.numHiddenLayers), done: 0 };
+      if (!this.prefill) {
+        if (joining.length === 0) return;
+        const width = Math.max(...joining.map((j) => j.row.prompt.length));
+        const masks = joining.map((j) => [...new Array<number>(width - j.row.prompt.length).fill(0), ...j.row.prompt.map(() => 1)]);
+        const inputIds = joining.map((j, r) => masks[r].map((m, i) => (m ? j.row.prompt[i - (width - j.row.prompt.length)] : 0)));
+        this.prefill = { joining, inputIds, masks, cache: new KVCache(this.model.config.numHiddenLayers), done: 0 };
+      }
     }
     const p = this.prefill;
     const width = p.masks[0].length;
@@ -235,6 +260,15 @@ export class ContinuousBatcher {
       if (going) keep.push(b);
     });
     if (keep.length < batch) {
+      if (this.prefixCache) {
+        // A finished row's keys and values are kept by its tokens (all but the last, which never ran).
+        this.active.forEach((a, b) => {
+          if (keep.includes(b) || a.failed) return;
+          const start = this.masks[b].indexOf(1);
+          const tokens = a.sequence.slice(0, -1);
+          if (start >= 0 && this.cache!.length - start === tokens.length) this.prefixCache!.store(tokens, this.cache!.slice(b, start));
+        });
+      }
       this.active = keep.map((b) => this.active[b]);
       this.masks = keep.map((b) => this.masks[b]);
       if (keep.length === 0) {
@@ -262,6 +296,7 @@ export class ContinuousBatcher {
       const going = a.row.onToken(token, raw);
       if (going && !decoding.eosTokenIds.includes(token) && a.generated < decoding.maxNewTokens) return true;
     } catch (e) {
+      a.failed = true;
       a.fail(e);
       return false;
     }

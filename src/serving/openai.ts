@@ -30,6 +30,8 @@ export interface OpenAIServerOptions {
   maxBodyBytes?: number;
   /** Most prompt tokens one prefill pass runs (longer prompts run in chunks between decoding steps). Default 512. */
   prefillChunkTokens?: number;
+  /** Automatic prefix caching: finished rows' keys and values kept, up to this many tokens (BatcherOptions). Default 0: off. */
+  prefixCacheTokens?: number;
   /** The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on `model`). */
   batcher?: ContinuousBatcher;
   /** Requests to /v1/… must carry `Authorization: Bearer <apiKey>` (as vLLM's --api-key); /health stays open. */
@@ -501,7 +503,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
-  const batcher = options.batcher ?? new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens });
+  const batcher = options.batcher ?? new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens, prefixCacheTokens: options.prefixCacheTokens });
   // Checked now, so that a template this server cannot read fails at start, not at the first request.
   const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
   const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;

@@ -167,6 +167,45 @@ forEachBackend(testBackends(), () => {
         expect(tf.memory().numTensors).to.equal(before);
       });
 
+      it('prefix caching: a prompt that continues a finished row runs only its new tokens, and decodes as alone', async () => {
+        const before = tf.memory().numTensors;
+        const batcher = new ContinuousBatcher(model, { maxRows: 4, prefixCacheTokens: 256 });
+        const forward = model.forward.bind(model);
+        const passes: number[] = [];
+        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
+          passes.push((inputs.inputIds as number[][])[0].length);
+          return forward(inputs);
+        }) as typeof model.forward;
+        try {
+          // A first turn: a 20-token prompt, 8 new tokens; then the next turn: all of that and 5 more tokens.
+          const firstPrompt = [2, ...Array.from({ length: 19 }, (_, i) => 10 + i)];
+          const greedy: GenerateOptions = { maxNewTokens: 8, doSample: false, eosTokenId: null };
+          const first = recorder(firstPrompt, greedy);
+          await batcher.generate(first.row);
+          expect(batcher.prefixCache!.stats.storedTokens).to.equal(20 + 8 - 1);
+          const nextPrompt = [...firstPrompt, ...first.tokens, 60, 61, 62, 63, 64];
+          const sampled: GenerateOptions = { maxNewTokens: 6, doSample: true, temperature: 0.8, seed: 9, eosTokenId: null };
+          passes.length = 0;
+          const next = recorder(nextPrompt, sampled);
+          await batcher.generate(next.row);
+          // Its prompt pass ran the 6 tokens after the kept 27 (the first turn's tokens but its last, never run).
+          expect(passes[0]).to.equal(nextPrompt.length - 27);
+          expect(batcher.prefixCache!.stats).to.deep.include({ hits: 1, reusedTokens: 27 });
+          await expectAsAlone(nextPrompt, sampled, next, 'the next turn');
+          // A prompt that shares too little (under 16 tokens) runs whole.
+          passes.length = 0;
+          const other = recorder([2, 10, 11, 12, 50], greedy);
+          await batcher.generate(other.row);
+          expect(passes[0]).to.equal(5);
+          // Kept: the second turn, which replaced the first (it extends it); not the third (12 tokens, under 16).
+          expect(batcher.prefixCache!.stats.storedTokens).to.equal(nextPrompt.length + 6 - 1);
+        } finally {
+          model.forward = forward;
+        }
+        batcher.prefixCache!.dispose();
+        expect(tf.memory().numTensors).to.equal(before);
+      });
+
       it('a prompt longer than the context is refused with both lengths', async () => {
         const batcher = new ContinuousBatcher(model, 2);
         const prompt = new Array(model.config.maxPositionEmbeddings).fill(5);

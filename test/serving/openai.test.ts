@@ -406,6 +406,28 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(tf.memory().numTensors).to.equal(before);
   });
 
+  it('prefix caching (prefixCacheTokens): a chat\'s next turn reuses the kept keys and values of the first, and answers as generate() does', async () => {
+    const withCache = new ContinuousBatcher(lm, { maxRows: 2, prefixCacheTokens: 1024 });
+    const cached = createOpenAIServer(lm, tokenizer, { modelId: MODEL_ID, maxRows: 2, batcher: withCache });
+    await new Promise<void>((resolve) => cached.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `${serverAddress(cached)}/v1/chat/completions`;
+      const ask = async (messages: Json[]) => ((await (await fetch(url, { method: 'POST', body: JSON.stringify({ messages, max_tokens: 3, temperature: 0 }) })).json()) as Json).choices[0].message.content as string;
+      const first = [{ role: 'user', content: 'Hi there' }];
+      const reply = await ask(first);
+      const second = [...first, { role: 'assistant', content: reply }, { role: 'user', content: 'k' }];
+      const expected = await continuation(tokenizer.applyChatTemplate(second, { addGenerationPrompt: true }), { maxNewTokens: 3, doSample: false });
+      expect(await ask(second)).to.equal(expected.text);
+      // The second prompt began with the first turn's tokens (the prompt, and the reply as far as it re-encodes the same).
+      const firstLength = tokenizer.applyChatTemplate(first, { addGenerationPrompt: true }).length;
+      expect(withCache.prefixCache!.stats.hits).to.equal(1);
+      expect(withCache.prefixCache!.stats.reusedTokens).to.be.at.least(firstLength);
+    } finally {
+      await new Promise((resolve) => cached.close(resolve));
+      withCache.prefixCache!.dispose();
+    }
+  });
+
   it('the CLI serves a checkpoint folder (--port 0 prints the address) and stops on SIGTERM', async () => {
     const env = { ...process.env };
     delete env.NEMOTRON_DEBUG;

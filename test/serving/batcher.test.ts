@@ -50,6 +50,17 @@ forEachBackend(testBackends(), () => {
         return [head, ...joined];
       }
 
+      /** Records the tokens (rows × positions) of each forward pass of the model until restore(). */
+      function countPasses(): { passes: number[]; restore: () => void } {
+        const forward = model.forward.bind(model);
+        const passes: number[] = [];
+        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
+          passes.push((inputs.inputIds as number[][]).length * (inputs.inputIds as number[][])[0].length);
+          return forward(inputs);
+        }) as typeof model.forward;
+        return { passes, restore: () => { model.forward = forward; } };
+      }
+
       /** A row's tokens equal its prompt decoded alone, its logits within 1e-4. */
       async function expectAsAlone(prompt: number[], options: GenerateOptions, got: ReturnType<typeof recorder>, what: string) {
         const reference = await alone(model, prompt, options);
@@ -139,12 +150,7 @@ forEachBackend(testBackends(), () => {
       it('long prompts run in chunks (prefillChunkTokens), a decoding step of the batch between two; each row still as alone', async () => {
         const before = tf.memory().numTensors;
         const batcher = new ContinuousBatcher(model, { maxRows: 8, prefillChunkTokens: 8 });
-        const forward = model.forward.bind(model);
-        const passes: number[] = [];
-        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
-          passes.push((inputs.inputIds as number[][]).length * (inputs.inputIds as number[][])[0].length);
-          return forward(inputs);
-        }) as typeof model.forward;
+        const { passes, restore } = countPasses();
         const first: [number[], GenerateOptions] = [[2, 5, 6], { maxNewTokens: 12, doSample: false, eosTokenId: null }];
         // Two prompts of 21 and 13 tokens arrive while the first row decodes: 2 rows × 4 positions a chunk, 6 chunks.
         const rows: Array<[number[], GenerateOptions]> = [
@@ -155,7 +161,7 @@ forEachBackend(testBackends(), () => {
         try {
           recorded = await joinWhileDecoding(batcher, first, 2, rows);
         } finally {
-          model.forward = forward;
+          restore();
         }
         // No pass over more than 8 prompt tokens; the joining prompts took ceil(21 / 4) = 6 of them.
         expect(Math.max(...passes)).to.be.at.most(8);
@@ -170,12 +176,7 @@ forEachBackend(testBackends(), () => {
       it('prefix caching: a prompt that continues a finished row runs only its new tokens, and decodes as alone', async () => {
         const before = tf.memory().numTensors;
         const batcher = new ContinuousBatcher(model, { maxRows: 4, prefixCacheTokens: 256 });
-        const forward = model.forward.bind(model);
-        const passes: number[] = [];
-        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
-          passes.push((inputs.inputIds as number[][])[0].length);
-          return forward(inputs);
-        }) as typeof model.forward;
+        const { passes, restore } = countPasses();
         try {
           // A first turn: a 20-token prompt, 8 new tokens; then the next turn: all of that and 5 more tokens.
           const firstPrompt = [2, ...Array.from({ length: 19 }, (_, i) => 10 + i)];
@@ -189,7 +190,7 @@ forEachBackend(testBackends(), () => {
           const next = recorder(nextPrompt, sampled);
           await batcher.generate(next.row);
           // Its prompt pass ran the 6 tokens after the kept 27 (the first turn's tokens but its last, never run).
-          expect(passes[0]).to.equal(nextPrompt.length - 27);
+          expect(passes[0]).to.equal(nextPrompt.length - 27); // one row: its positions
           expect(batcher.prefixCache!.stats).to.deep.include({ hits: 1, reusedTokens: 27 });
           await expectAsAlone(nextPrompt, sampled, next, 'the next turn');
           // A prompt that shares too little (under 16 tokens) runs whole.
@@ -200,7 +201,7 @@ forEachBackend(testBackends(), () => {
           // Kept: the second turn, which replaced the first (it extends it); not the third (12 tokens, under 16).
           expect(batcher.prefixCache!.stats.storedTokens).to.equal(nextPrompt.length + 6 - 1);
         } finally {
-          model.forward = forward;
+          restore();
         }
         batcher.prefixCache!.dispose();
         expect(tf.memory().numTensors).to.equal(before);

@@ -2,12 +2,16 @@
  * `nemotron-tfjs chat --model DIR`: a conversation in the terminal, as `transformers chat` holds one: each line read is
  * a user message, the whole conversation goes through the chat template and the reply streams back and joins the
  * history. `/clear` forgets the conversation, `/exit` (or the end of the input) ends it. Lines may come from a pipe.
+ * Turns run on a one-row ContinuousBatcher with prefix caching, so that a turn runs only what the last one did not.
+ * Where the tokenizer has a response_template, the reply is read with it: reasoning and tool calls are shown apart.
  */
 import * as readline from 'readline';
 import { Command } from 'commander';
 import { isGGUF } from '../../models/nemotron/pretrained';
-import { generateStream } from '../generation/generate';
+import { endsWithStopString, rowDecoding, stopStringDecoder } from '../generation/generate';
 import { ChatMessage } from '../tokenizer';
+import { ContinuousBatcher } from '../serving/batcher';
+import type { Json, ResponseEvent } from '../response-parsing/index';
 import { checkModelDir } from './info';
 import { GenerateCliOptions, addSamplingOptions, backendOption, integerArg, loadCausalLM, readGenerationConfig, resolveDecoding } from './generate';
 
@@ -26,6 +30,12 @@ export async function runChat(o: ChatCliOptions, input: NodeJS.ReadableStream & 
     }
   });
   options.tokenizer = tokenizer;
+  // Stop strings (generation_config.json's) are checked here, as the batcher leaves them to its caller.
+  const stops = [options.stopStrings ?? [], model.generationConfig?.stop_strings ?? []].flat().filter((t): t is string => typeof t === 'string' && t.length > 0);
+  options.stopStrings = [];
+  const decodeForStops = stopStringDecoder(tokenizer);
+  const batcher = new ContinuousBatcher(model, { maxRows: 1, prefixCacheTokens: model.config.maxPositionEmbeddings });
+  const template = tokenizer.responseTemplate;
   const opening: ChatMessage[] = o.system !== undefined ? [{ role: 'system', content: o.system }] : [];
   let history = opening.slice();
   const interactive = input.isTTY === true;
@@ -47,26 +57,79 @@ export async function runChat(o: ChatCliOptions, input: NodeJS.ReadableStream & 
         if (room < 1) {
           output.write(`(the conversation is ${ids.length} tokens, the context ${model.config.maxPositionEmbeddings}: /clear to start again)\n`);
         } else {
-          // The prompt primes the decoder, so that the reply's first token decodes as it does after it.
-          const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+          // The prompt primes the decoder, so that the reply's first token decodes as it does after it. A reply read
+          // with a response_template keeps its special tokens (they may be its delimiters).
+          const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: !template });
           for (const id of ids) decoder.push(id);
+          const parser = template ? tokenizer.responseParser({ prefix: ids }) : null;
+          const show = replyPrinter(output);
+          if (parser) show(parser.initialEvents);
           let reply = '';
-          for await (const step of generateStream(model, [ids], { ...options, maxNewTokens: Math.min(o.maxNewTokens, room) })) {
-            const piece = decoder.push(step.tokens[0]);
-            reply += piece;
-            output.write(piece);
-          }
+          const sequence = ids.slice();
+          const decoding = rowDecoding(model, ids, { ...options, maxNewTokens: Math.min(o.maxNewTokens, room) });
+          await batcher.generate({
+            prompt: ids, decoding,
+            onToken: (token) => {
+              sequence.push(token);
+              const piece = decoder.push(token);
+              reply += piece;
+              if (parser) show(parser.feed(piece));
+              else output.write(piece);
+              return !(stops.length && endsWithStopString(sequence, stops, decodeForStops));
+            },
+          });
           const tail = decoder.flush();
-          output.write(`${tail}\n`);
-          history = [...messages, { role: 'assistant', content: reply + tail }];
+          reply += tail;
+          let message: ChatMessage = { role: 'assistant', content: reply };
+          if (parser) {
+            show(parser.feed(tail));
+            try {
+              const { message: parsed, events } = parser.finalize();
+              show(events);
+              message = assistantMessage(parsed);
+            } catch (e) {
+              output.write(`\n(the reply does not read as the response_template says: ${(e as Error).message})`);
+            }
+            output.write('\n');
+          } else output.write(`${tail}\n`);
+          history = [...messages, message];
         }
       }
       ask();
     }
   } finally {
     lines.close();
+    batcher.prefixCache?.dispose();
     model.dispose();
   }
+}
+
+/** Prints a parsed reply as it comes: content as is, reasoning after "[thinking] ", each tool call on a line of its own. */
+function replyPrinter(output: NodeJS.WritableStream): (events: ResponseEvent[]) => void {
+  let region: string | null = null;
+  return (events) => {
+    for (const e of events) {
+      if (e.type === 'region_chunk' && !e.dirty) {
+        const thinking = ['reasoning_content', 'thinking', 'reasoning'].includes(e.field);
+        if (thinking && region !== 'thinking') output.write('[thinking] ');
+        if (!thinking && region === 'thinking') output.write('\n');
+        region = thinking ? 'thinking' : 'content';
+        output.write(e.text);
+      } else if (e.type === 'region_close' && e.field === 'tool_calls') {
+        for (const call of Array.isArray(e.value) ? e.value : [e.value]) {
+          const fn = (call as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
+          output.write(`${region ? '\n' : ''}[tool call] ${String(fn?.name)}(${JSON.stringify(fn?.arguments ?? {})})\n`);
+          region = null;
+        }
+      }
+    }
+  };
+}
+
+/** The parsed reply as the history's assistant message (content, reasoning_content, tool_calls, as chat templates read them). */
+function assistantMessage(parsed: Record<string, Json>): ChatMessage {
+  const content = typeof parsed.content === 'string' ? parsed.content : parsed.content === undefined ? '' : JSON.stringify(parsed.content);
+  return { ...parsed, role: 'assistant', content } as ChatMessage;
 }
 
 export function registerChat(program: Command): void {

@@ -255,6 +255,13 @@ describe('tool calls and reasoning in the OpenAI server: a response_template rea
     expect(missing.stderr).to.match(/--response-template .*nothing\.json: cannot read it \(ENOENT\)/);
   });
 
+  it('the CLI chat shows a reply read with the response_template: reasoning after [thinking], each tool call on a line', () => {
+    const r = spawnSync(process.execPath, [CLI, 'chat', '--model', path.join(dir, 'tiny'), '--greedy', '-n', '24', '--backend', 'cpu'], { input: 'weather?\n', encoding: 'utf8' });
+    expect(r.status, r.stderr).to.equal(0);
+    // The greedy reply "0rsgf)4Hf)4Hxpg5ersgffJ4": thinking "s", a call, content "f", a call, content.
+    expect(r.stdout).to.equal('[thinking] s\n[tool call] 4({})\nf\n[tool call] 4({})\nxpg5ersgffJ4\n');
+  });
+
   it('transformers parses the same reply into the same message; the openai Python client reads the tool calls (skipped without the reference venv)', async function () {
     if (!fs.existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import openai, transformers.utils.chat_parsing'], { encoding: 'utf8' }).status !== 0) {
       console.log(`    (skipped: no openai / transformers 5 in ${PYTHON}; run scripts/reference-venv.sh)`);

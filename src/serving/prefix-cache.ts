@@ -29,7 +29,11 @@ export class PrefixCache {
 
   /** Keeps `cache` (one row: the keys and values of `tokens`, in order); the prefix cache owns it from now on. */
   store(tokens: number[], cache: KVCache): void {
-    if (cache.length !== tokens.length || cache.batchSize !== 1) throw new Error(`PrefixCache: ${tokens.length} tokens but a cache of ${cache.length} positions × ${cache.batchSize} rows`);
+    if (cache.length !== tokens.length || cache.batchSize !== 1) {
+      const shape = `${cache.length} positions × ${cache.batchSize} rows`;
+      cache.dispose();
+      throw new Error(`PrefixCache: ${tokens.length} tokens but a cache of ${shape}`);
+    }
     if (tokens.length < this.minTokens || tokens.length > this.capacityTokens) {
       cache.dispose();
       return;

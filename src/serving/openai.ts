@@ -43,6 +43,8 @@ export interface OpenAIServerOptions {
    * the tokenizer's (tokenizer_config.json's `response_template`); null: none, the reply is all content.
    */
   responseTemplate?: ResponseTemplateSpec | null;
+  /** Responses kept for previous_response_id and GET /v1/responses/{id} (store: true, OpenAI's default); the oldest go first. Default 1000. */
+  maxStoredResponses?: number;
 }
 
 /** An error the client caused or may see: OpenAI's error object with an HTTP status. */
@@ -317,13 +319,14 @@ function chatMessages(body: Body): ChatMessage[] {
 }
 
 /**
- * A Responses API request (`input`, `instructions`, `max_output_tokens`) as the chat request it amounts to: the
- * instructions as a system message, a string input as a user message, message items as messages. Items that are not
- * messages (function calls and their outputs, images) and server-side state (previous_response_id) are refused.
+ * A Responses API request (`input`, `instructions`, `max_output_tokens`, `text.format`) as the chat request it amounts
+ * to: the instructions as a system message, then the previous response's conversation (previous_response_id), then a
+ * string input as a user message or the input items as messages (responseItemsAsMessages). Also the conversation to
+ * store with the reply (without the instructions, which do not carry over).
  */
-function responsesAsChat(body: Body): Body {
-  for (const name of ['previous_response_id', 'conversation']) {
-    if (body[name] !== undefined && body[name] !== null) throw new OpenAIError(400, `${name} is not supported: this server keeps no responses; send the whole conversation as input`, name);
+function responsesAsChat(body: Body, previous: Body[] = []): { chat: Body; conversation: Body[] } {
+  if (body.conversation !== undefined && body.conversation !== null) {
+    throw new OpenAIError(400, 'conversation is not supported: this server keeps responses (previous_response_id), not conversations', 'conversation');
   }
   // text.format: the Responses API's structured output ({type: "json_schema", name, schema, strict} flat), as response_format.
   const format = isObject(body.text) ? body.text.format : undefined;
@@ -341,15 +344,18 @@ function responsesAsChat(body: Body): Body {
   } else {
     throw new OpenAIError(400, `input must be a string or a non-empty list of messages, got ${describe(input)}`, 'input');
   }
-  if (typeof body.instructions === 'string') messages.unshift({ role: 'system', content: body.instructions });
+  // The previous response's conversation comes first; instructions are the request's own (they do not carry over).
+  const conversation = [...previous, ...(messages as Body[])];
+  messages = typeof body.instructions === 'string' ? [{ role: 'system', content: body.instructions }, ...conversation] : conversation.slice();
   const { input: _i, instructions: _s, max_output_tokens: maxOutput, text: _t, store: _st, metadata: _m, reasoning: _r, truncation: _tr, user: _u, n: _n,
-    parallel_tool_calls: _p, tools, ...rest } = body;
+    parallel_tool_calls: _p, previous_response_id: _prev, tools, ...rest } = body;
   // The Responses API's tools are flat ({type, name, parameters}); chat templates take them nested under `function`.
   const nested = Array.isArray(tools) ? tools.map((t) => (isObject(t) && !('function' in t) ? { type: 'function', function: Object.fromEntries(Object.entries(t).filter(([k]) => k !== 'type')) } : t)) : tools;
-  return {
+  const chat = {
     ...rest, messages, ...(nested !== undefined ? { tools: nested } : {}), ...(maxOutput !== undefined && maxOutput !== null ? { max_tokens: maxOutput } : {}),
     ...(responseFormat !== undefined ? { response_format: responseFormat } : {}),
   };
+  return { chat, conversation };
 }
 
 /**
@@ -507,6 +513,17 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
   // Checked now, so that a template this server cannot read fails at start, not at the first request.
   const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
   const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;
+  // The Responses API's stored responses (and the conversation each ends), oldest first.
+  const stored = new Map<string, { response: object; conversation: Body[] }>();
+  const maxStored = options.maxStoredResponses ?? 1000;
+  /** The conversation a previous response ended (its input and its output), or a 404. */
+  const previousConversation = (body: Body): Body[] => {
+    const id = body.previous_response_id;
+    if (id === undefined || id === null) return [];
+    const entry = typeof id === 'string' ? stored.get(id) : undefined;
+    if (!entry) throw new OpenAIError(404, `Previous response with id ${describe(id)} not found.`, 'previous_response_id', 'invalid_request_error', 'previous_response_not_found');
+    return entry.conversation;
+  };
   // Structured outputs: one compiler (it reads the vocabulary once), grammars cached by their spec.
   let grammarCompiler: Promise<GrammarCompiler> | null = null;
   const grammars = new Map<string, Promise<CompiledGrammar>>();
@@ -879,7 +896,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
    * them, a reasoning item before it and function_call items after it (transformers serve's items); streamed as
    * typed events.
    */
-  async function respond(job: Job, request: Body, res: http.ServerResponse): Promise<number> {
+  async function respond(job: Job, request: Body, res: http.ServerResponse, conversation: Body[]): Promise<number> {
     await prepareGrammar(job);
     const id = `resp_${randomBytes(12).toString('hex')}`;
     let itemId = `msg_${randomBytes(12).toString('hex')}`;
@@ -903,6 +920,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       instructions: typeof request.instructions === 'string' ? request.instructions : null, max_output_tokens: request.max_output_tokens ?? null,
       model: options.modelId, output, parallel_tool_calls: request.parallel_tool_calls ?? false, temperature: request.temperature ?? null,
       top_p: request.top_p ?? null, tool_choice: 'auto', tools: Array.isArray(request.tools) ? request.tools : [],
+      store: request.store !== false, previous_response_id: typeof request.previous_response_id === 'string' ? request.previous_response_id : null,
       text: { format: isObject(request.text) && isObject(request.text.format) ? request.text.format : { type: 'text' } }, usage,
     });
     /** The finished response: "incomplete" where the output reached its token limit, as OpenAI reports it. */
@@ -915,6 +933,17 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       }, incomplete);
     };
     const status = (c: Choice) => (c.finish === 'length' ? 'incomplete' : 'completed');
+    /** Keeps the finished response (unless store is false) and its conversation: the input, then the reply as one assistant message. */
+    const keep = (response: { output: object[] }) => {
+      if (request.store === false) return;
+      const items = response.output as Body[];
+      const text = items.filter((item) => item.type === 'message').map((item) => ((item.content as Body[])[0]?.text as string) ?? '').join('');
+      const reasoningText = items.filter((item) => item.type === 'reasoning').map((item) => ((item.content as Body[])[0]?.text as string) ?? '').join('');
+      const calls = items.filter((item) => item.type === 'function_call').map((item) => ({ id: item.call_id, type: 'function', function: { name: item.name, arguments: item.arguments } }));
+      const reply: Body = { role: 'assistant', content: text, ...(reasoningText ? { reasoning_content: reasoningText } : {}), ...(calls.length ? { tool_calls: calls } : {}) };
+      stored.set(id, { response, conversation: [...conversation, reply] });
+      while (stored.size > maxStored) stored.delete(stored.keys().next().value as string);
+    };
     if (!job.stream) {
       const [choice] = await run(job, () => undefined, () => closed);
       let reply: ParsedReply = { content: choice.text, reasoning: null, toolCalls: [] };
@@ -929,7 +958,9 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       }
       const output = [...(reply.reasoning ? [reasoningItem(reply.reasoning, 'completed')] : []), message(reply.content, status(choice)),
         ...reply.toolCalls.map((call, k) => functionCall(k, call))];
-      sendJson(res, 200, finished(choice, output));
+      const response = finished(choice, output);
+      keep(response);
+      sendJson(res, 200, response);
       return choice.tokens;
     }
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
@@ -1022,6 +1053,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
     if (text === null && !output.some((item) => (item as { type: string }).type === 'message')) startMessage();
     finishMessage(choice);
     const done = finished(choice, output);
+    keep(done);
     emit(done.status === 'incomplete' ? 'response.incomplete' : 'response.completed', { response: done });
     if (!closed) res.end();
     return choice.tokens;
@@ -1059,7 +1091,19 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       if (req.method !== 'POST') throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use POST`);
       const body = await readBody(req, maxBody);
       checkModel(body);
-      return respond(readJob('chat', responsesAsChat(body)), body, res);
+      const { chat, conversation } = responsesAsChat(body, previousConversation(body));
+      return respond(readJob('chat', chat), body, res, conversation);
+    }
+    if (url.startsWith('/v1/responses/')) {
+      const responseId = decodeURIComponent(url.slice('/v1/responses/'.length));
+      const entry = stored.get(responseId);
+      if (req.method !== 'DELETE' && !get) throw new OpenAIError(405, `${req.method} is not allowed on ${url}; use GET or DELETE`);
+      if (!entry) throw new OpenAIError(404, `Response with id ${JSON.stringify(responseId)} not found.`, 'response_id');
+      if (req.method === 'DELETE') {
+        stored.delete(responseId);
+        sendJson(res, 200, { id: responseId, object: 'response', deleted: true });
+      } else sendJson(res, 200, entry.response);
+      return 0;
     }
     const kind = url === '/v1/chat/completions' ? 'chat' : url === '/v1/completions' ? 'completion' : null;
     if (kind === null) {

@@ -500,11 +500,33 @@ describe('OpenAI-compatible server (serve)', function () {
     expect(events[events.length - 1].response.output[0].content[0].text).to.equal(text);
     // Refused: server-side state, items this server does not read (tool calls and their outputs it does: test/serving/tool-calls.test.ts).
     const stateful = await post('/v1/responses', { input: 'Hi', previous_response_id: 'resp_1' });
-    expect([stateful.status, stateful.json.error.param]).to.deep.equal([400, 'previous_response_id']);
+    expect([stateful.status, stateful.json.error.param, stateful.json.error.message]).to.deep.equal([404, 'previous_response_id', 'Previous response with id "resp_1" not found.']);
     const search = await post('/v1/responses', { input: [{ type: 'web_search_call', id: 'ws' }] });
     expect(search.json.error.message).to.equal('input[0] is a "web_search_call" item; this server reads messages, reasoning, function_call and function_call_output items');
     const call = await post('/v1/responses', { input: [{ type: 'function_call', name: 'f', arguments: '{}' }] });
     expect([call.status, call.json.error.param]).to.deep.equal([400, 'input[0].call_id']);
+  });
+
+  it('stored responses: previous_response_id continues a conversation as the chat of its messages; GET and DELETE /v1/responses/{id}; store: false keeps nothing', async () => {
+    // The first turn's instructions do not carry over to the next (OpenAI's rule): its chat has no system message.
+    const first = await post('/v1/responses', { instructions: 'B', input: 'Hi', max_output_tokens: 3, temperature: 0 });
+    expect(first.json.store).to.equal(true);
+    const firstText = first.json.output[0].content[0].text as string;
+    const next = await post('/v1/responses', { previous_response_id: first.json.id, input: 'k', max_output_tokens: 3, temperature: 0 });
+    expect(next.status, JSON.stringify(next.json)).to.equal(200);
+    expect(next.json.previous_response_id).to.equal(first.json.id);
+    const messages = [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: firstText }, { role: 'user', content: 'k' }];
+    const chat = await post('/v1/chat/completions', { messages, max_tokens: 3, temperature: 0 });
+    expect(next.json.output[0].content[0].text).to.equal(chat.json.choices[0].message.content);
+    expect(next.json.usage.input_tokens).to.equal(chat.json.usage.prompt_tokens);
+    const got = await fetch(`${base}/v1/responses/${first.json.id}`);
+    expect(await got.json()).to.deep.equal(first.json);
+    const deleted = await fetch(`${base}/v1/responses/${first.json.id}`, { method: 'DELETE' });
+    expect(await deleted.json()).to.deep.equal({ id: first.json.id, object: 'response', deleted: true });
+    expect((await fetch(`${base}/v1/responses/${first.json.id}`)).status).to.equal(404);
+    const unstored = await post('/v1/responses', { input: 'Hi', max_output_tokens: 1, store: false });
+    expect(unstored.json.store).to.equal(false);
+    expect((await fetch(`${base}/v1/responses/${unstored.json.id}`)).status).to.equal(404);
   });
 
   it('/tokenize and /detokenize (vLLM\'s): a prompt\'s or a conversation\'s ids and count, the text of ids', async () => {

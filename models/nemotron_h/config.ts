@@ -1,0 +1,159 @@
+/**
+ * NemotronHConfig: transformers' NemotronHConfig (model_type "nemotron_h": Nemotron-H, Nemotron Nano 2) as camelCase
+ * fields. Reads config.json in transformers 5's layout (`layers_block_type`) and the checkpoints' own
+ * (`hybrid_override_pattern` of M, *, -, E and the `mamba_*` names).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+/** A layer's mixer: a Mamba-2 block, attention (no position embedding), a relu² MLP, or a mixture of experts. */
+export type NemotronHLayerType = 'mamba' | 'attention' | 'mlp' | 'moe';
+
+const PATTERN: Record<string, NemotronHLayerType> = { M: 'mamba', '*': 'attention', '-': 'mlp', E: 'moe' };
+const TYPE_NAMES: Record<string, NemotronHLayerType> = {
+  linear_attention: 'mamba', mamba: 'mamba', full_attention: 'attention', attention: 'attention', mlp: 'mlp', moe: 'moe',
+};
+
+export interface NemotronHConfigFields {
+  vocabSize: number;
+  hiddenSize: number;
+  layerTypes: NemotronHLayerType[];
+  mambaNumHeads: number;
+  mambaHeadDim: number;
+  nGroups: number;
+  ssmStateSize: number;
+  convKernel: number;
+  chunkSize: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  layerNormEpsilon: number;
+  useConvBias: boolean;
+  /** Bias of the Mamba in/out projections. */
+  useBias: boolean;
+  mlpBias: boolean;
+  /** The least Δt of a prompt pass (transformers clamps the chunked scan's Δt there; the one-token step does not). */
+  timeStepMin: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  bosTokenId: number | null;
+  eosTokenId: number | number[] | null;
+  padTokenId: number | null;
+}
+
+type Json = Record<string, unknown>;
+
+export class NemotronHConfig implements NemotronHConfigFields {
+  vocabSize = 131072;
+  hiddenSize = 4096;
+  layerTypes: NemotronHLayerType[] = ['mamba', 'moe', 'attention', 'mlp'];
+  mambaNumHeads = 128;
+  mambaHeadDim = 64;
+  nGroups = 8;
+  ssmStateSize = 128;
+  convKernel = 4;
+  chunkSize = 128;
+  numAttentionHeads = 32;
+  numKeyValueHeads = 8;
+  headDim = 128;
+  intermediateSize = 21504;
+  layerNormEpsilon = 1e-5;
+  useConvBias = true;
+  useBias = false;
+  mlpBias = false;
+  timeStepMin = 0.001;
+  maxPositionEmbeddings = 4096;
+  tieWordEmbeddings = false;
+  bosTokenId: number | null = 1;
+  eosTokenId: number | number[] | null = 2;
+  padTokenId: number | null = 0;
+
+  constructor(fields: Partial<NemotronHConfigFields> = {}) {
+    Object.assign(this, fields);
+    this.validate();
+  }
+
+  get numHiddenLayers(): number {
+    return this.layerTypes.length;
+  }
+
+  /** Mamba heads × head_dim: the width of a Mamba block's inner stream. */
+  get mambaIntermediateSize(): number {
+    return this.mambaNumHeads * this.mambaHeadDim;
+  }
+
+  /** Channels of the causal convolution: the inner stream and B and C of every group. */
+  get convDim(): number {
+    return this.mambaIntermediateSize + 2 * this.nGroups * this.ssmStateSize;
+  }
+
+  private validate(): void {
+    const positive = ['vocabSize', 'hiddenSize', 'mambaNumHeads', 'mambaHeadDim', 'nGroups', 'ssmStateSize', 'convKernel', 'chunkSize',
+      'numAttentionHeads', 'numKeyValueHeads', 'headDim', 'intermediateSize', 'maxPositionEmbeddings'] as const;
+    for (const key of positive) {
+      if (!Number.isInteger(this[key]) || this[key] <= 0) throw new Error(`NemotronHConfig: ${key} must be a positive integer, got ${this[key]}`);
+    }
+    if (this.mambaNumHeads % this.nGroups !== 0) throw new Error(`NemotronHConfig: mamba_num_heads ${this.mambaNumHeads} must be a multiple of n_groups ${this.nGroups}`);
+    if (this.numAttentionHeads % this.numKeyValueHeads !== 0) {
+      throw new Error(`NemotronHConfig: num_attention_heads ${this.numAttentionHeads} must be a multiple of num_key_value_heads ${this.numKeyValueHeads}`);
+    }
+    if (this.layerTypes.length === 0) throw new Error('NemotronHConfig: no layers (layers_block_type / hybrid_override_pattern is empty)');
+    const moe = this.layerTypes.indexOf('moe');
+    if (moe >= 0) {
+      throw new Error(`NemotronHConfig: layer ${moe} is a mixture of experts ("E"), which this library does not run yet (Nemotron-H and Nemotron Nano 2 have none; Nemotron 3 Nano has them)`);
+    }
+  }
+
+  /** From config.json's object (transformers 5's names or the checkpoints' own). */
+  static fromJSON(json: Json): NemotronHConfig {
+    if (json.model_type !== undefined && json.model_type !== 'nemotron_h') {
+      throw new Error(`NemotronHConfig: config.json has model_type ${JSON.stringify(json.model_type)}, expected "nemotron_h"`);
+    }
+    const pick = <T>(...keys: string[]): T | undefined => {
+      for (const key of keys) if (json[key] !== undefined && json[key] !== null) return json[key] as T;
+      return undefined;
+    };
+    let layerTypes: NemotronHLayerType[] | undefined;
+    const listed = pick<string[]>('layers_block_type', 'layer_types');
+    const pattern = pick<string>('hybrid_override_pattern');
+    if (listed) {
+      layerTypes = listed.map((t, i) => {
+        const type = TYPE_NAMES[t];
+        if (!type) throw new Error(`NemotronHConfig: layers_block_type[${i}] is ${JSON.stringify(t)}; expected one of ${Object.keys(TYPE_NAMES).join(', ')}`);
+        return type;
+      });
+    } else if (pattern !== undefined) {
+      layerTypes = [...pattern].map((c, i) => {
+        const type = PATTERN[c];
+        if (!type) throw new Error(`NemotronHConfig: hybrid_override_pattern has ${JSON.stringify(c)} at ${i}; expected M (Mamba), * (attention), - (MLP) or E (experts)`);
+        return type;
+      });
+    }
+    const fields: Partial<NemotronHConfigFields> = {
+      vocabSize: pick('vocab_size'), hiddenSize: pick('hidden_size'), layerTypes,
+      mambaNumHeads: pick('mamba_num_heads'), mambaHeadDim: pick('mamba_head_dim'), nGroups: pick('n_groups', 'mamba_n_groups'),
+      ssmStateSize: pick('ssm_state_size', 'mamba_d_state'), convKernel: pick('conv_kernel', 'mamba_d_conv'),
+      chunkSize: pick('chunk_size', 'mamba_chunk_size'), numAttentionHeads: pick('num_attention_heads'),
+      numKeyValueHeads: pick('num_key_value_heads', 'num_attention_heads'), headDim: pick('head_dim', 'attention_head_dim'),
+      intermediateSize: pick('intermediate_size'), layerNormEpsilon: pick('layer_norm_epsilon'), useConvBias: pick('use_conv_bias', 'mamba_conv_bias'),
+      useBias: pick('use_bias'), mlpBias: pick('mlp_bias'), timeStepMin: pick('time_step_min', 'mamba_dt_min'),
+      maxPositionEmbeddings: pick('max_position_embeddings'), tieWordEmbeddings: pick('tie_word_embeddings'),
+      bosTokenId: pick('bos_token_id'), eosTokenId: pick('eos_token_id'), padTokenId: pick('pad_token_id'),
+    };
+    const act = pick<string>('mlp_hidden_act');
+    if (act !== undefined && act !== 'relu2') throw new Error(`NemotronHConfig: mlp_hidden_act ${JSON.stringify(act)} is not supported (Nemotron-H uses relu2)`);
+    const mambaAct = pick<string>('mamba_hidden_act');
+    if (mambaAct !== undefined && mambaAct !== 'silu') throw new Error(`NemotronHConfig: mamba_hidden_act ${JSON.stringify(mambaAct)} is not supported (Nemotron-H uses silu)`);
+    if (fields.headDim === undefined && fields.hiddenSize !== undefined && fields.numAttentionHeads !== undefined) {
+      fields.headDim = fields.hiddenSize / fields.numAttentionHeads;
+    }
+    return new NemotronHConfig(Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)) as Partial<NemotronHConfigFields>);
+  }
+
+  static fromPretrained(dir: string): NemotronHConfig {
+    const file = path.join(dir, 'config.json');
+    if (!fs.existsSync(file)) throw new Error(`${dir}: config.json is missing`);
+    return NemotronHConfig.fromJSON(JSON.parse(fs.readFileSync(file, 'utf8')) as Json);
+  }
+}

@@ -1,0 +1,362 @@
+/**
+ * NemotronH (Nemotron-H, Nemotron Nano 2): a stack of pre-norm residual blocks whose mixer is a Mamba-2 block, an
+ * attention block (no position embedding) or a relu² MLP, as transformers' modeling_nemotron_h computes it.
+ *
+ * A prompt pass runs the Mamba-2 scan step by step (the recurrence h_t = exp(Δt·A)·h_{t-1} + Δt·x_t·B_tᵀ,
+ * y_t = h_t·C_t + D·x_t, which transformers' chunked scan computes in blocks) and leaves each layer's state; a decoding
+ * step updates it (the convolution's window, the SSM state, the attention keys and values) as transformers' cache does.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { CheckpointReader } from '../../src/io/checkpoint';
+import { crossEntropy } from '../../src/losses';
+import { NemotronHConfig } from './config';
+
+/** What a pass leaves for the next: per layer, the Mamba convolution window and SSM state, or attention's keys and values. */
+export interface NemotronHState {
+  layers: Array<{ conv: tf.Tensor3D; ssm: tf.Tensor4D } | { keys: tf.Tensor4D; values: tf.Tensor4D } | null>;
+  /** Each row's attention mask over every position so far. */
+  mask: number[][];
+}
+
+const softplus = (x: tf.Tensor) => tf.softplus(x);
+
+function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  const variance = tf.mean(tf.square(x), -1, true);
+  return tf.mul(weight, tf.mul(x, tf.rsqrt(tf.add(variance, eps))));
+}
+
+export class NemotronHForCausalLM {
+  readonly weights = new Map<string, tf.Variable>();
+
+  constructor(readonly config: NemotronHConfig, weights?: Map<string, tf.Tensor>) {
+    for (const [name, shape] of this.expectedShapes()) {
+      const given = weights?.get(name);
+      if (given && given.shape.join() !== shape.join()) throw new Error(`NemotronH: ${name} has shape [${given.shape}], expected [${shape}]`);
+      const value = given ?? tf.randomNormal(shape, 0, 0.02);
+      this.weights.set(name, tf.variable(value, true));
+      if (!given) value.dispose();
+    }
+  }
+
+  /** transformers' parameter names and shapes (conv1d.weight as [channels, kernel], the checkpoint's [channels, 1, kernel] squeezed). */
+  private expectedShapes(): Array<[string, number[]]> {
+    const c = this.config;
+    const out: Array<[string, number[]]> = [['model.embeddings.weight', [c.vocabSize, c.hiddenSize]]];
+    c.layerTypes.forEach((type, i) => {
+      const p = `model.layers.${i}`;
+      out.push([`${p}.norm.weight`, [c.hiddenSize]]);
+      if (type === 'mamba') {
+        const inner = c.mambaIntermediateSize;
+        out.push([`${p}.mixer.in_proj.weight`, [inner + c.convDim + c.mambaNumHeads, c.hiddenSize]],
+          [`${p}.mixer.conv1d.weight`, [c.convDim, c.convKernel]], [`${p}.mixer.dt_bias`, [c.mambaNumHeads]], [`${p}.mixer.A_log`, [c.mambaNumHeads]],
+          [`${p}.mixer.D`, [c.mambaNumHeads]], [`${p}.mixer.norm.weight`, [inner]], [`${p}.mixer.out_proj.weight`, [c.hiddenSize, inner]]);
+        if (c.useConvBias) out.push([`${p}.mixer.conv1d.bias`, [c.convDim]]);
+        if (c.useBias) out.push([`${p}.mixer.in_proj.bias`, [inner + c.convDim + c.mambaNumHeads]], [`${p}.mixer.out_proj.bias`, [c.hiddenSize]]);
+      } else if (type === 'attention') {
+        out.push([`${p}.mixer.q_proj.weight`, [c.numAttentionHeads * c.headDim, c.hiddenSize]], [`${p}.mixer.k_proj.weight`, [c.numKeyValueHeads * c.headDim, c.hiddenSize]],
+          [`${p}.mixer.v_proj.weight`, [c.numKeyValueHeads * c.headDim, c.hiddenSize]], [`${p}.mixer.o_proj.weight`, [c.hiddenSize, c.numAttentionHeads * c.headDim]]);
+      } else {
+        out.push([`${p}.mixer.up_proj.weight`, [c.intermediateSize, c.hiddenSize]], [`${p}.mixer.down_proj.weight`, [c.hiddenSize, c.intermediateSize]]);
+        if (c.mlpBias) out.push([`${p}.mixer.up_proj.bias`, [c.intermediateSize]], [`${p}.mixer.down_proj.bias`, [c.hiddenSize]]);
+      }
+    });
+    out.push(['model.norm_f.weight', [c.hiddenSize]]);
+    if (!c.tieWordEmbeddings) out.push(['lm_head.weight', [c.vocabSize, c.hiddenSize]]);
+    return out;
+  }
+
+  /** A checkpoint folder (config.json, safetensors; transformers 5's "model." names or the checkpoints' "backbone."). */
+  static async fromPretrained(dir: string): Promise<NemotronHForCausalLM> {
+    const config = NemotronHConfig.fromPretrained(dir);
+    const reader = CheckpointReader.open(dir);
+    const weights = new Map<string, tf.Tensor>();
+    try {
+      for (const stored of reader.names()) {
+        const name = stored.replace(/^backbone\./, 'model.');
+        const { data } = reader.read(stored);
+        let shape = reader.info(stored).shape;
+        if (name.endsWith('.conv1d.weight')) shape = [shape[0], shape[shape.length - 1]];
+        weights.set(name, tf.tensor(data as Float32Array, shape, 'float32'));
+      }
+    } finally {
+      reader.close();
+    }
+    try {
+      const model = new NemotronHForCausalLM(config, weights);
+      const missing = [...model.weights.keys()].filter((n) => !weights.has(n));
+      if (missing.length) {
+        model.dispose();
+        throw new Error(`NemotronH checkpoint in ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+      }
+      return model;
+    } finally {
+      weights.forEach((t) => t.dispose());
+    }
+  }
+
+  private w(name: string): tf.Variable {
+    const v = this.weights.get(name);
+    if (!v) throw new Error(`NemotronH: no weight ${name}`);
+    return v;
+  }
+
+  private linear(x: tf.Tensor, name: string): tf.Tensor {
+    const y = tf.matMul(x.reshape([-1, x.shape[x.rank - 1]]), this.w(`${name}.weight`), false, true);
+    const bias = this.weights.get(`${name}.bias`);
+    return (bias ? tf.add(y, bias) : y).reshape([...x.shape.slice(0, -1), -1]);
+  }
+
+  /**
+   * Logits of every position (and, with labels, the causal LM loss: labels shifted inside, -100 ignored), a prompt
+   * pass from nothing; `state` (when given an empty object) receives what a decoding step needs.
+   */
+  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][] }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+    const { inputIds } = inputs;
+    const batch = inputIds.length;
+    const length = inputIds[0]?.length ?? 0;
+    if (batch === 0 || length === 0 || inputIds.some((r) => r.length !== length)) throw new Error('NemotronH.forward: inputIds must be a non-empty rectangle of token ids');
+    const bad = inputIds.flat().find((id) => !Number.isInteger(id) || id < 0 || id >= this.config.vocabSize);
+    if (bad !== undefined) throw new Error(`NemotronH.forward: token id ${bad} is outside [0, vocab_size ${this.config.vocabSize})`);
+    const mask = inputs.attentionMask ?? inputIds.map((r) => r.map(() => 1));
+    const layers: NemotronHState['layers'] = [];
+    const logits = tf.tidy(() => {
+      let hidden = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
+      const keep = tf.tensor2d(mask, undefined, 'float32').expandDims(-1);
+      this.config.layerTypes.forEach((type, i) => {
+        const p = `model.layers.${i}`;
+        const x = rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon);
+        let out: tf.Tensor;
+        if (type === 'mamba') {
+          const r = this.mambaPrompt(x, keep, p);
+          out = r.out;
+          layers.push(state ? { conv: tf.keep(r.conv), ssm: tf.keep(r.ssm) } : null);
+        } else if (type === 'attention') {
+          const r = this.attention(x, mask, p, null);
+          out = r.out;
+          layers.push(state ? { keys: tf.keep(r.keys), values: tf.keep(r.values) } : null);
+        } else {
+          out = this.mlp(x, p);
+          layers.push(null);
+        }
+        hidden = tf.add(hidden, out);
+      });
+      const normed = rmsNorm(hidden, this.w('model.norm_f.weight'), this.config.layerNormEpsilon);
+      return this.lmHead(normed) as tf.Tensor3D;
+    });
+    if (state) {
+      state.layers = layers;
+      state.mask = mask.map((r) => r.slice());
+    }
+    if (!inputs.labels) return { logits };
+    const labels = inputs.labels;
+    const loss = tf.tidy(() => {
+      // Position t predicts label t + 1, as transformers shifts them.
+      const shifted = logits.slice([0, 0, 0], [batch, length - 1, -1]).reshape([-1, this.config.vocabSize]) as tf.Tensor2D;
+      return crossEntropy(shifted, labels.flatMap((r) => r.slice(1)));
+    });
+    return { logits, loss };
+  }
+
+  /** One token a row after a pass that filled `state` (which it updates): the next logits, [batch, 1, vocab]. */
+  step(tokens: number[], state: NemotronHState): tf.Tensor3D {
+    state.mask.forEach((m) => m.push(1));
+    const next: NemotronHState['layers'] = [];
+    const logits = tf.tidy(() => {
+      let hidden = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(tokens.map((t) => [t]), undefined, 'int32'));
+      this.config.layerTypes.forEach((type, i) => {
+        const p = `model.layers.${i}`;
+        const x = rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon);
+        const layer = state.layers[i];
+        let out: tf.Tensor;
+        if (type === 'mamba') {
+          const r = this.mambaStep(x, p, layer as { conv: tf.Tensor3D; ssm: tf.Tensor4D });
+          out = r.out;
+          next.push({ conv: tf.keep(r.conv), ssm: tf.keep(r.ssm) });
+        } else if (type === 'attention') {
+          const r = this.attention(x, state.mask, p, layer as { keys: tf.Tensor4D; values: tf.Tensor4D });
+          out = r.out;
+          next.push({ keys: tf.keep(r.keys), values: tf.keep(r.values) });
+        } else {
+          out = this.mlp(x, p);
+          next.push(null);
+        }
+        hidden = tf.add(hidden, out);
+      });
+      return this.lmHead(rmsNorm(hidden, this.w('model.norm_f.weight'), this.config.layerNormEpsilon)) as tf.Tensor3D;
+    });
+    disposeState(state);
+    state.layers = next;
+    return logits;
+  }
+
+  private lmHead(x: tf.Tensor): tf.Tensor {
+    const head = this.config.tieWordEmbeddings ? this.w('model.embeddings.weight') : this.w('lm_head.weight');
+    const [batch, time] = x.shape as [number, number, number];
+    return tf.matMul(x.reshape([-1, this.config.hiddenSize]), head, false, true).reshape([batch, time, this.config.vocabSize]);
+  }
+
+  private mlp(x: tf.Tensor, p: string): tf.Tensor {
+    const up = this.linear(x, `${p}.mixer.up_proj`);
+    return this.linear(tf.square(tf.relu(up)), `${p}.mixer.down_proj`);
+  }
+
+  /** Splits in_proj's output into the gate, the convolution's input and Δt. */
+  private project(x: tf.Tensor, p: string): { gate: tf.Tensor; xBC: tf.Tensor; dt: tf.Tensor } {
+    const c = this.config;
+    const proj = this.linear(x, `${p}.mixer.in_proj`);
+    const [gate, xBC, dt] = tf.split(proj, [c.mambaIntermediateSize, c.convDim, c.mambaNumHeads], -1);
+    return { gate, xBC, dt };
+  }
+
+  /** The scan's output, gated by silu(gate), normalized by groups, projected out. */
+  private mambaOut(y: tf.Tensor, gate: tf.Tensor, p: string): tf.Tensor {
+    const c = this.config;
+    const gated = tf.mul(y, tf.sigmoid(gate).mul(gate));
+    const groups = gated.reshape([...gated.shape.slice(0, -1), c.nGroups, c.mambaIntermediateSize / c.nGroups]);
+    const normed = tf.mul(groups, tf.rsqrt(tf.add(tf.mean(tf.square(groups), -1, true), c.layerNormEpsilon))).reshape(gated.shape);
+    return this.linear(tf.mul(normed, this.w(`${p}.mixer.norm.weight`)), `${p}.mixer.out_proj`);
+  }
+
+  /** x, B and C of the convolution's output: [batch, time, heads, head_dim] and [batch, time, heads, state] (groups repeated). */
+  private splitXBC(xBC: tf.Tensor): { xs: tf.Tensor; B: tf.Tensor; C: tf.Tensor } {
+    const c = this.config;
+    const [batch, time] = xBC.shape;
+    const [xs, B, C] = tf.split(xBC, [c.mambaIntermediateSize, c.nGroups * c.ssmStateSize, c.nGroups * c.ssmStateSize], -1);
+    // Each head reads its group's B and C (a gather: its gradient sums the heads of a group back).
+    const group = tf.tensor1d(Array.from({ length: c.mambaNumHeads }, (_, h) => Math.floor(h / (c.mambaNumHeads / c.nGroups))), 'int32');
+    const heads = (t: tf.Tensor) => tf.gather(t.reshape([batch, time, c.nGroups, c.ssmStateSize]), group, 2);
+    return { xs: xs.reshape([batch, time, c.mambaNumHeads, c.mambaHeadDim]), B: heads(B), C: heads(C) };
+  }
+
+  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor, p: string): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
+    const c = this.config;
+    const [batch, time] = x.shape;
+    const { gate, xBC: rawXBC, dt: rawDt } = this.project(tf.mul(x, keep), p);
+    // Causal depthwise convolution: output t sees inputs t-K+1 … t (zeros before the start).
+    const k = c.convKernel;
+    const padded = tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
+    const weight = this.w(`${p}.mixer.conv1d.weight`);
+    let conv: tf.Tensor = tf.zeros(rawXBC.shape);
+    for (let j = 0; j < k; j++) conv = tf.add(conv, tf.mul(padded.slice([0, j, 0], [batch, time, c.convDim]), weight.slice([0, j], [c.convDim, 1]).reshape([c.convDim])));
+    const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
+    if (bias) conv = tf.add(conv, bias);
+    const xBC = tf.mul(tf.mul(conv, tf.sigmoid(conv)), keep);
+    const { xs, B, C } = this.splitXBC(xBC);
+    const dt = tf.maximum(softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))), c.timeStepMin);
+    const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
+    const D = this.w(`${p}.mixer.D`);
+    let h: tf.Tensor = tf.zeros([batch, c.mambaNumHeads, c.mambaHeadDim, c.ssmStateSize]);
+    const ys: tf.Tensor[] = [];
+    for (let t = 0; t < time; t++) {
+      const dtT = dt.slice([0, t, 0], [batch, 1, c.mambaNumHeads]).reshape([batch, c.mambaNumHeads]);
+      const xT = xs.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]);
+      const bT = B.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, 1, c.ssmStateSize]);
+      const cT = C.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, c.ssmStateSize, 1]);
+      const decay = tf.exp(tf.mul(dtT, A)).reshape([batch, c.mambaNumHeads, 1, 1]);
+      h = tf.add(tf.mul(h, decay), tf.mul(tf.mul(xT, dtT.expandDims(-1)).expandDims(-1), bT));
+      ys.push(tf.add(tf.matMul(h, cT).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]), tf.mul(xT, D.reshape([1, -1, 1]))));
+    }
+    const y = tf.stack(ys, 1).reshape([batch, time, c.mambaIntermediateSize]);
+    // The window a decoding step continues: the last K-1 inputs of the convolution (zeros before the prompt).
+    const window = padded.slice([0, time, 0], [batch, k - 1, c.convDim]) as tf.Tensor3D;
+    return { out: this.mambaOut(y, gate, p), conv: window, ssm: h as tf.Tensor4D };
+  }
+
+  private mambaStep(x: tf.Tensor, p: string, state: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
+    const c = this.config;
+    const batch = x.shape[0];
+    const { gate, xBC: rawXBC, dt: rawDt } = this.project(x, p);
+    const window = tf.concat([state.conv, rawXBC], 1);
+    const weight = this.w(`${p}.mixer.conv1d.weight`);
+    let conv = tf.sum(tf.mul(window, tf.transpose(weight).expandDims(0)), 1, true);
+    const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
+    if (bias) conv = tf.add(conv, bias);
+    const xBC = tf.mul(conv, tf.sigmoid(conv));
+    const { xs, B, C } = this.splitXBC(xBC);
+    // The one-token step takes Δt without transformers' clamp, as its selective_state_update does.
+    const dt = softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))).reshape([batch, c.mambaNumHeads]);
+    const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
+    const xT = xs.reshape([batch, c.mambaNumHeads, c.mambaHeadDim]);
+    const decay = tf.exp(tf.mul(dt, A)).reshape([batch, c.mambaNumHeads, 1, 1]);
+    const h = tf.add(tf.mul(state.ssm, decay), tf.mul(tf.mul(xT, dt.expandDims(-1)).expandDims(-1), B.reshape([batch, c.mambaNumHeads, 1, c.ssmStateSize])));
+    const y = tf.add(tf.matMul(h, C.reshape([batch, c.mambaNumHeads, c.ssmStateSize, 1])).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]),
+      tf.mul(xT, this.w(`${p}.mixer.D`).reshape([1, -1, 1])));
+    return { out: this.mambaOut(y.reshape([batch, 1, c.mambaIntermediateSize]), gate, p), conv: window.slice([0, 1, 0], [-1, -1, -1]) as tf.Tensor3D, ssm: h as tf.Tensor4D };
+  }
+
+  /** Attention without position embedding over the cache and the new positions (causal, padding masked). */
+  private attention(x: tf.Tensor, mask: number[][], p: string, past: { keys: tf.Tensor4D; values: tf.Tensor4D } | null): { out: tf.Tensor; keys: tf.Tensor4D; values: tf.Tensor4D } {
+    const c = this.config;
+    const [batch, time] = x.shape;
+    const heads = (t: tf.Tensor, n: number) => t.reshape([batch, time, n, c.headDim]).transpose([0, 2, 1, 3]);
+    const q = heads(this.linear(x, `${p}.mixer.q_proj`), c.numAttentionHeads);
+    let keys = heads(this.linear(x, `${p}.mixer.k_proj`), c.numKeyValueHeads) as tf.Tensor4D;
+    let values = heads(this.linear(x, `${p}.mixer.v_proj`), c.numKeyValueHeads) as tf.Tensor4D;
+    if (past) {
+      keys = tf.concat([past.keys, keys], 2);
+      values = tf.concat([past.values, values], 2);
+    }
+    const total = keys.shape[2];
+    const repeat = c.numAttentionHeads / c.numKeyValueHeads;
+    const kvHead = tf.tensor1d(Array.from({ length: c.numAttentionHeads }, (_, h) => Math.floor(h / repeat)), 'int32');
+    const expand = (t: tf.Tensor4D) => (repeat === 1 ? t : tf.gather(t, kvHead, 1));
+    const scores = tf.mul(tf.matMul(q, expand(keys), false, true), 1 / Math.sqrt(c.headDim));
+    // Query i (at position total - time + i) sees keys up to it that are not padding; a finite floor keeps padded rows finite.
+    const additive = mask.map((row) => Array.from({ length: time }, (_, i) => row.map((m, j) => (m === 1 && j <= total - time + i ? 0 : -1e9))));
+    const weights = tf.softmax(tf.add(scores, tf.tensor3d(additive).expandDims(1)), -1);
+    const out = tf.matMul(weights, expand(values)).transpose([0, 2, 1, 3]).reshape([batch, time, c.numAttentionHeads * c.headDim]);
+    return { out: this.linear(out, `${p}.mixer.o_proj`), keys, values };
+  }
+
+  /**
+   * Greedy decoding (the prompt pass, then one step a token over the kept state), as transformers' generate() with
+   * its cache; stops at an EOS id. Returns the prompt and the new tokens of each row.
+   */
+  generate(inputIds: number[][], options: { maxNewTokens: number; attentionMask?: number[][]; eosTokenId?: number | number[] | null }): number[][] {
+    const eos = options.eosTokenId === undefined ? this.config.eosTokenId : options.eosTokenId;
+    const stops = eos === null ? [] : Array.isArray(eos) ? eos : [eos];
+    if (inputIds[0].length + options.maxNewTokens > this.config.maxPositionEmbeddings) {
+      throw new Error(`NemotronH.generate: the prompt (${inputIds[0].length} tokens) plus ${options.maxNewTokens} new tokens is longer than max_position_embeddings ${this.config.maxPositionEmbeddings}`);
+    }
+    const state: Partial<NemotronHState> = {};
+    const sequences = inputIds.map((r) => r.slice());
+    const done = inputIds.map(() => false);
+    let logits = this.forward({ inputIds, attentionMask: options.attentionMask }, state).logits;
+    try {
+      for (let step = 0; step < options.maxNewTokens; step++) {
+        const last = tf.tidy(() => tf.argMax(logits.slice([0, logits.shape[1] - 1, 0], [-1, 1, -1]).reshape([inputIds.length, -1]), -1));
+        const tokens = Array.from(last.dataSync()).map((t, b) => (done[b] ? (this.config.padTokenId ?? 0) : t));
+        last.dispose();
+        tokens.forEach((t, b) => { sequences[b].push(t); if (stops.includes(t)) done[b] = true; });
+        if (done.every(Boolean) || step === options.maxNewTokens - 1) break;
+        logits.dispose();
+        logits = this.step(tokens, state as NemotronHState);
+      }
+    } finally {
+      logits.dispose();
+      disposeState(state);
+    }
+    return sequences;
+  }
+
+  numParameters(): number {
+    let n = 0;
+    this.weights.forEach((v) => { n += v.size; });
+    return n;
+  }
+
+  dispose(): void {
+    this.weights.forEach((v) => v.dispose());
+    this.weights.clear();
+  }
+}
+
+/** Frees the tensors a pass left (the state object stays usable for the next one). */
+export function disposeState(state: Partial<NemotronHState>): void {
+  for (const layer of state.layers ?? []) {
+    if (!layer) continue;
+    tf.dispose(Object.values(layer));
+  }
+  state.layers = [];
+}
+

@@ -1,0 +1,52 @@
+"""A tiny NemotronH (the hybrid Mamba-2 / attention / MLP architecture of Nemotron-H and Nemotron Nano 2) and what
+transformers computes with it, for test/models/nemotron-h.test.ts.
+
+Layers "M*M-": Mamba-2, attention, Mamba-2, MLP (relu²); 4 Mamba heads of 8 in 2 groups, state 8, chunk 4 (so a
+10-token prompt runs in 3 chunks). Records logits of a left-padded batch, the loss with labels, greedy generation with
+transformers' cache (its recurrent Mamba step and the attention KV cache), and the gradients of a few weights.
+
+    .venv-ref/bin/python scripts/reference/nemotron_h_fixtures.py
+"""
+import json
+import os
+
+import torch
+from transformers import NemotronHConfig, NemotronHForCausalLM
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures", "nemotron-h")
+
+config = NemotronHConfig(
+    vocab_size=96, hidden_size=32, hybrid_override_pattern="M*M-", num_hidden_layers=4, mamba_num_heads=4, mamba_head_dim=8,
+    n_groups=2, ssm_state_size=8, conv_kernel=4, chunk_size=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    intermediate_size=64, max_position_embeddings=64, eos_token_id=2, pad_token_id=0, bos_token_id=1,
+)
+torch.manual_seed(0)
+model = NemotronHForCausalLM(config).eval()
+with torch.no_grad():
+    # Default init leaves D, dt_bias at one and norms at one: move every weight off its init so that each one counts.
+    for name, p in model.named_parameters():
+        p.add_(torch.randn_like(p) * (0.3 if p.dim() == 1 else 0.15))
+model.save_pretrained(os.path.join(OUT, "model"))
+
+prompt = [[5, 17, 33, 8, 41, 62, 9, 27, 70, 12], [0, 0, 0, 44, 3, 19, 55, 61, 7, 30]]
+mask = [[1] * 10, [0, 0, 0] + [1] * 7]
+with torch.no_grad():
+    logits = model(torch.tensor(prompt), attention_mask=torch.tensor(mask)).logits
+    loss = model(torch.tensor(prompt[:1]), labels=torch.tensor(prompt[:1])).loss.item()
+    generated = model.generate(torch.tensor(prompt[:1]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    alone = model(torch.tensor([prompt[1][3:]])).logits
+
+model.zero_grad()
+model(torch.tensor(prompt[:1]), labels=torch.tensor(prompt[:1])).loss.backward()
+grads = {n: p.grad.flatten()[:16].tolist() for n, p in model.named_parameters()
+         if n in ("model.layers.0.mixer.A_log", "model.layers.0.mixer.D", "model.layers.0.mixer.dt_bias", "model.layers.0.mixer.conv1d.weight",
+                  "model.layers.0.mixer.in_proj.weight", "model.layers.0.mixer.norm.weight", "model.layers.1.mixer.q_proj.weight",
+                  "model.layers.3.mixer.up_proj.weight", "model.embeddings.weight")}
+
+with open(os.path.join(OUT, "expected.json"), "w") as f:
+    json.dump({
+        "prompt": prompt, "attention_mask": mask, "logits": logits.tolist(), "loss": loss, "greedy": generated[0].tolist(),
+        "row1_alone_logits": alone[0].tolist(), "gradients": grads,
+    }, f)
+print("loss", loss, "greedy", generated[0].tolist()[10:])
+print("row 1 padded vs alone:", (logits[1, 3:] - alone[0]).abs().max().item())

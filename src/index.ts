@@ -37,4 +37,4 @@ export * from '../models/nemotron/presets';
 export * from './response-parsing/index';
 export * from './serving/prefix-cache';
 export { NemotronHConfig, type NemotronHConfigFields, type NemotronHLayerType } from '../models/nemotron_h/config';
-export { NemotronHForCausalLM, type NemotronHState } from '../models/nemotron_h/model';
+export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState } from '../models/nemotron_h/model';

@@ -8,7 +8,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader } from '../../src/io/checkpoint';
+import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
+import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
 import { NemotronHConfig } from './config';
 
 /** What a pass leaves for the next: per layer, the Mamba convolution window and SSM state, or attention's keys and values. */
@@ -309,10 +311,11 @@ export class NemotronHForCausalLM {
   }
 
   /**
-   * Greedy decoding (the prompt pass, then one step a token over the kept state), as transformers' generate() with
-   * its cache; stops at an EOS id. Returns the prompt and the new tokens of each row.
+   * Decoding (the prompt pass, then one step a token over the kept state), as transformers' generate() with its
+   * cache: greedy, or sampled with transformers' warpers (temperature, top-k, top-p, min-p) and a seed; repetition
+   * penalty either way; stops at an EOS id. Returns the prompt and the new tokens of each row.
    */
-  generate(inputIds: number[][], options: { maxNewTokens: number; attentionMask?: number[][]; eosTokenId?: number | number[] | null }): number[][] {
+  generate(inputIds: number[][], options: NemotronHGenerateOptions): number[][] {
     const eos = options.eosTokenId === undefined ? this.config.eosTokenId : options.eosTokenId;
     const stops = eos === null ? [] : Array.isArray(eos) ? eos : [eos];
     if (inputIds[0].length + options.maxNewTokens > this.config.maxPositionEmbeddings) {
@@ -320,14 +323,31 @@ export class NemotronHForCausalLM {
     }
     const state: Partial<NemotronHState> = {};
     const sequences = inputIds.map((r) => r.slice());
+    const random = seedrandom(String(options.seed ?? Date.now()));
+    const processors: ProcessorOptions = {
+      doSample: options.doSample ?? false, temperature: options.temperature, topK: options.topK ?? (options.doSample ? 50 : undefined), topP: options.topP,
+      minP: options.minP, repetitionPenalty: options.repetitionPenalty, promptLength: inputIds[0].length,
+    };
+    const onHost = processors.doSample || (options.repetitionPenalty ?? 1) !== 1;
     const done = inputIds.map(() => false);
     let logits = this.forward({ inputIds, attentionMask: options.attentionMask }, state).logits;
     try {
       for (let step = 0; step < options.maxNewTokens; step++) {
-        const last = tf.tidy(() => tf.argMax(logits.slice([0, logits.shape[1] - 1, 0], [-1, 1, -1]).reshape([inputIds.length, -1]), -1));
-        const tokens = Array.from(last.dataSync()).map((t, b) => (done[b] ? (this.config.padTokenId ?? 0) : t));
+        const last = tf.tidy(() => {
+          const scores = logits.slice([0, logits.shape[1] - 1, 0], [-1, 1, -1]).reshape([inputIds.length, -1]);
+          return onHost ? scores : tf.argMax(scores, -1);
+        });
+        const host = last.dataSync();
         last.dispose();
+        const vocab = this.config.vocabSize;
+        const chosen = onHost ? sequences.map((row, b) => {
+          const scores = Float32Array.from(host.subarray(b * vocab, (b + 1) * vocab));
+          processScores(scores, row, processors);
+          return processors.doSample ? sample(scores, random()) : argmax(scores);
+        }) : Array.from(host);
+        const tokens = chosen.map((t, b) => (done[b] ? (this.config.padTokenId ?? 0) : t));
         tokens.forEach((t, b) => { sequences[b].push(t); if (stops.includes(t)) done[b] = true; });
+        options.onToken?.(tokens);
         if (done.every(Boolean) || step === options.maxNewTokens - 1) break;
         logits.dispose();
         logits = this.step(tokens, state as NemotronHState);
@@ -349,6 +369,23 @@ export class NemotronHForCausalLM {
     this.weights.forEach((v) => v.dispose());
     this.weights.clear();
   }
+}
+
+export interface NemotronHGenerateOptions {
+  maxNewTokens: number;
+  attentionMask?: number[][];
+  /** Default: config.json's eos_token_id; null: none. */
+  eosTokenId?: number | number[] | null;
+  doSample?: boolean;
+  temperature?: number;
+  /** Default 50 when sampling, as transformers. */
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  seed?: number | string;
+  /** Each step's tokens (one a row), as they are chosen. */
+  onToken?: (tokens: number[]) => void;
 }
 
 /** Frees the tensors a pass left (the state object stays usable for the next one). */

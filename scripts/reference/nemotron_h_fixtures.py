@@ -35,6 +35,7 @@ with torch.no_grad():
     loss = model(torch.tensor(prompt[:1]), labels=torch.tensor(prompt[:1])).loss.item()
     generated = model.generate(torch.tensor(prompt[:1]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
     alone = model(torch.tensor([prompt[1][3:]])).logits
+    penalized = model.generate(torch.tensor(prompt[:1]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0, repetition_penalty=1.3)
 
 model.zero_grad()
 model(torch.tensor(prompt[:1]), labels=torch.tensor(prompt[:1])).loss.backward()
@@ -45,7 +46,7 @@ grads = {n: p.grad.flatten()[:16].tolist() for n, p in model.named_parameters()
 
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump({
-        "prompt": prompt, "attention_mask": mask, "logits": logits.tolist(), "loss": loss, "greedy": generated[0].tolist(),
+        "prompt": prompt, "attention_mask": mask, "logits": logits.tolist(), "loss": loss, "greedy": generated[0].tolist(), "greedy_repetition_penalty_1_3": penalized[0].tolist(),
         "row1_alone_logits": alone[0].tolist(), "gradients": grads,
     }, f)
 print("loss", loss, "greedy", generated[0].tolist()[10:])

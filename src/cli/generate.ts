@@ -13,6 +13,7 @@ import { NemotronTokenizer } from '../tokenizer';
 import { GenerateOptions, generate, generateStream } from '../generation/generate';
 import { type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
 import { checkModelDir, formatBytes } from './info';
@@ -244,7 +245,55 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
   return null;
 }
 
+/** config.json's model_type of a checkpoint folder (null for a GGUF file or an unreadable config). */
+function modelType(location: string): string | null {
+  if (isGGUF(location)) return null;
+  try {
+    return (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2): greedy or sampled, streamed; the other options refused by name. */
+async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
+  const refused = [['--num-beams', (o.numBeams ?? 1) > 1], ['--stop', (o.stop?.length ?? 0) > 0], ['--prompt-lookup', o.promptLookup !== undefined],
+    ['--assistant-model', o.assistantModel !== undefined], ['--no-repeat-ngram-size', o.noRepeatNgramSize !== undefined], ['--adapter', o.adapter !== undefined],
+    ['--presence-penalty', o.presencePenalty !== undefined], ['--frequency-penalty', o.frequencyPenalty !== undefined],
+    ['structured output', structuredOutput(o) !== null]].filter(([, on]) => on).map(([flag]) => flag);
+  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (greedy or sampled decoding only)`);
+  const options = resolveDecoding(o, readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
+  const tokenizer = await NemotronTokenizer.fromPretrained(o.model);
+  const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
+  const promptIds = o.chat ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }) : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
+  if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
+  if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
+  const backend = await initBackend(o.backend);
+  const model = await NemotronHForCausalLM.fromPretrained(o.model);
+  try {
+    const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
+    let text = '';
+    const emit = (piece: string) => { if (o.stream) process.stdout.write(piece); else text += piece; };
+    if (!o.chat) for (const id of promptIds) emit(decoder.push(id));
+    const start = performance.now();
+    let generated = 0;
+    model.generate([promptIds], {
+      maxNewTokens: o.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP,
+      minP: options.minP, repetitionPenalty: options.repetitionPenalty, seed: options.seed,
+      eosTokenId: (readGenerationConfig(o.model)?.eos_token_id as number | number[] | undefined) ?? model.config.eosTokenId,
+      onToken: ([token]) => { generated++; emit(decoder.push(token)); },
+    });
+    emit(decoder.flush());
+    if (!o.stream) process.stdout.write(text);
+    process.stdout.write('\n');
+    process.stderr.write(`prompt: ${plural(promptIds.length, 'token')} · generated: ${plural(generated, 'token')} in ${((performance.now() - start) / 1000).toFixed(2)} s · backend ${backend} (NemotronH)\n`);
+  } finally {
+    model.dispose();
+  }
+}
+
 export async function runGenerate(o: GenerateCliOptions): Promise<void> {
+  if (modelType(o.model) === 'nemotron_h') return runGenerateNemotronH(o);
   // A GGUF file (llama.cpp's format) holds config, weights and vocabulary in one.
   const options = resolveDecoding(o, isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
   if (o.prompt.length === 0 && !o.addSpecialTokens) throw new Error('--prompt is empty (and --no-special-tokens adds no BOS)');

@@ -3,13 +3,15 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { NemotronHConfig, NemotronHForCausalLM } from '../../src/index';
-import { FIXTURES, forEachBackend, testBackends } from '../helpers';
+import { spawnSync } from 'child_process';
+import { CheckpointReader, NemotronTokenizer, writeSafetensors } from '../../src/index';
+import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // A tiny NemotronH ("M*M-": Mamba-2, attention, Mamba-2, MLP) and what transformers computes with it
 // (scripts/reference/nemotron_h_fixtures.py).
 const DIR = path.resolve(FIXTURES, '../nemotron-h');
 interface Reference {
-  prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[];
+  prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[]; greedy_repetition_penalty_1_3: number[];
   row1_alone_logits: number[][]; gradients: Record<string, number[]>;
 }
 const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'utf8')) as Reference;
@@ -29,6 +31,40 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     expect([legacy.nGroups, legacy.ssmStateSize, legacy.convKernel]).to.deep.equal([2, 8, 4]);
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'ME' })).to.throw(/layer 1 is a mixture of experts \("E"\)/);
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'MX' })).to.throw(/hybrid_override_pattern has "X" at 1/);
+  });
+
+  it('loads a checkpoint with the original names (backbone.*, conv1d.weight [channels, 1, kernel], hybrid_override_pattern)', async () => {
+    const legacy = tmpDir('nemotron-h-legacy');
+    const reader = CheckpointReader.open(path.join(DIR, 'model'));
+    const tensors = reader.names().map((name) => ({ name: name.replace(/^model\./, 'backbone.'), dtype: 'F32' as const, shape: reader.info(name).shape, data: reader.read(name).data as Float32Array }));
+    reader.close();
+    writeSafetensors(path.join(legacy, 'model.safetensors'), tensors);
+    const { layers_block_type: _types, ...config } = JSON.parse(fs.readFileSync(path.join(DIR, 'model', 'config.json'), 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(path.join(legacy, 'config.json'), JSON.stringify({ ...config, hybrid_override_pattern: 'M*M-' }));
+    const model = await NemotronHForCausalLM.fromPretrained(legacy);
+    expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(reference.greedy);
+    model.dispose();
+    fs.rmSync(legacy, { recursive: true, force: true });
+  });
+
+  it('the CLI generate runs a NemotronH folder (greedy, streamed), and refuses what it does not run for it by name', async () => {
+    const dir = tmpDir('nemotron-h-cli');
+    for (const from of [path.join(DIR, 'model'), path.resolve(FIXTURES, '../structured-output/tokenizer')]) {
+      for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(dir, f));
+    }
+    const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+    const r = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'the name', '-n', '8', '--greedy', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).to.equal(0);
+    const tokenizer = await NemotronTokenizer.fromPretrained(dir);
+    const model = await NemotronHForCausalLM.fromPretrained(dir);
+    const ids = tokenizer.encode('the name');
+    const expected = model.generate([ids], { maxNewTokens: 8 })[0];
+    model.dispose();
+    expect(r.stdout).to.equal(`${tokenizer.decode(expected, { skipSpecialTokens: true })}\n`);
+    expect(r.stderr).to.match(/generated: \d+ tokens? .* \(NemotronH\)/);
+    const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--num-beams', '2'], { encoding: 'utf8' });
+    expect(refused.stderr).to.match(/--num-beams: not supported for NemotronH checkpoints yet/);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   forEachBackend(testBackends(), () => {
@@ -70,6 +106,11 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       const padded = model.generate([reference.prompt[1]], { maxNewTokens: 6, attentionMask: [reference.attention_mask[1]], eosTokenId: null });
       const alone = model.generate([reference.prompt[1].slice(3)], { maxNewTokens: 6, eosTokenId: null });
       expect(padded[0].slice(10)).to.deep.equal(alone[0].slice(7));
+      // transformers' repetition penalty; seeded sampling repeats itself and differs from another seed.
+      expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null, repetitionPenalty: 1.3 })[0]).to.deep.equal(reference.greedy_repetition_penalty_1_3);
+      const sampled = (seed: number) => model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null, doSample: true, temperature: 1.2, seed })[0];
+      expect(sampled(3)).to.deep.equal(sampled(3));
+      expect(sampled(3)).to.not.deep.equal(sampled(4));
       expect(tf.memory().numTensors).to.equal(before);
       model.dispose();
     });

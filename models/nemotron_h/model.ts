@@ -247,18 +247,8 @@ export class NemotronHForCausalLM {
     const dt = tf.maximum(softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))), c.timeStepMin);
     const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
     const D = this.w(`${p}.mixer.D`);
-    let h: tf.Tensor = tf.zeros([batch, c.mambaNumHeads, c.mambaHeadDim, c.ssmStateSize]);
-    const ys: tf.Tensor[] = [];
-    for (let t = 0; t < time; t++) {
-      const dtT = dt.slice([0, t, 0], [batch, 1, c.mambaNumHeads]).reshape([batch, c.mambaNumHeads]);
-      const xT = xs.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]);
-      const bT = B.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, 1, c.ssmStateSize]);
-      const cT = C.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, c.ssmStateSize, 1]);
-      const decay = tf.exp(tf.mul(dtT, A)).reshape([batch, c.mambaNumHeads, 1, 1]);
-      h = tf.add(tf.mul(h, decay), tf.mul(tf.mul(xT, dtT.expandDims(-1)).expandDims(-1), bT));
-      ys.push(tf.add(tf.matMul(h, cT).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]), tf.mul(xT, D.reshape([1, -1, 1]))));
-    }
-    const y = tf.stack(ys, 1).reshape([batch, time, c.mambaIntermediateSize]);
+    const { y: scanned, state: h } = ssdScan(xs, dt, A, B, C, c.chunkSize);
+    const y = tf.add(scanned, tf.mul(xs, D.reshape([1, 1, -1, 1]))).reshape([batch, time, c.mambaIntermediateSize]);
     // The window a decoding step continues: the last K-1 inputs of the convolution (zeros before the prompt).
     const window = padded.slice([0, time, 0], [batch, k - 1, c.convDim]) as tf.Tensor3D;
     return { out: this.mambaOut(y, gate, p), conv: window, ssm: h as tf.Tensor4D };
@@ -386,6 +376,53 @@ export interface NemotronHGenerateOptions {
   seed?: number | string;
   /** Each step's tokens (one a row), as they are chosen. */
   onToken?: (tokens: number[]) => void;
+}
+
+/**
+ * The Mamba-2 scan of a whole prompt in chunks (the state-space duality form transformers' torch path computes): within
+ * a chunk, y = (C·Bᵀ ∘ L)·(Δt·x) with L[l, s] = exp(Σ_{s<j≤l} Δt_j·A) the decay from s to l; across chunks, each
+ * chunk's final state carries into the next. x [batch, time, heads, head_dim], Δt [batch, time, heads], A [heads],
+ * B and C [batch, time, heads, state]. Returns y (without the D·x skip) and the state after the last token,
+ * [batch, heads, head_dim, state].
+ */
+export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor, C: tf.Tensor, chunkSize: number): { y: tf.Tensor; state: tf.Tensor } {
+  const [batch, time, heads, headDim] = x.shape as [number, number, number, number];
+  const stateSize = B.shape[3] as number;
+  const q = Math.min(chunkSize, time);
+  const chunks = Math.ceil(time / q);
+  const pad = chunks * q - time;
+  // Padding at the end (Δt 0: no decay, no input) leaves every real position's result as it is.
+  const padTime = (t: tf.Tensor) => (pad ? tf.pad(t, [[0, 0], [0, pad], ...t.shape.slice(2).map((): [number, number] => [0, 0])]) : t);
+  // [batch, chunks, q, heads, …] → [batch·chunks·heads, q, …]
+  const byChunk = (t: tf.Tensor, width: number) => padTime(t).reshape([batch, chunks, q, heads, width]).transpose([0, 1, 3, 2, 4]).reshape([batch * chunks * heads, q, width]);
+  const xs = byChunk(tf.mul(x, dt.expandDims(-1)), headDim);
+  const Bs = byChunk(B, stateSize);
+  const Cs = byChunk(C, stateSize);
+  const a = padTime(tf.mul(dt, A)).reshape([batch, chunks, q, heads]).transpose([0, 1, 3, 2]).reshape([batch * chunks * heads, q]);
+  const cumsum = tf.cumsum(a, 1);
+  // L[l, s] = exp(cumsum_l - cumsum_s) for s ≤ l, 0 above the diagonal (masked before exp: no inf, no NaN gradient).
+  const lower = tf.tensor2d(Array.from({ length: q }, (_, l) => Array.from({ length: q }, (_, s) => (s <= l ? 1 : 0))), undefined, 'bool');
+  const diff = tf.sub(cumsum.expandDims(2), cumsum.expandDims(1));
+  const L = tf.exp(tf.where(lower.expandDims(0).tile([batch * chunks * heads, 1, 1]), diff, tf.fill(diff.shape, -1e30)));
+  const yDiag = tf.matMul(tf.mul(tf.matMul(Cs, Bs, false, true), L), xs);
+  // Each chunk's own final state (from zero), then the states carried across chunks.
+  const last = cumsum.slice([0, q - 1], [-1, 1]);
+  const decayToEnd = tf.exp(tf.sub(last, cumsum)).expandDims(-1);
+  const chunkStates = tf.matMul(tf.mul(Bs, decayToEnd), xs, true, false).reshape([batch, chunks, heads, stateSize, headDim]);
+  const chunkDecay = tf.exp(last).reshape([batch, chunks, heads, 1, 1]);
+  let running: tf.Tensor = tf.zeros([batch, 1, heads, stateSize, headDim]);
+  const entering: tf.Tensor[] = [];
+  for (let k = 0; k < chunks; k++) {
+    entering.push(running);
+    running = tf.add(tf.mul(running, chunkDecay.slice([0, k], [-1, 1])), chunkStates.slice([0, k], [-1, 1]));
+  }
+  const previous = tf.concat(entering, 1).reshape([batch * chunks * heads, stateSize, headDim]);
+  const yOff = tf.mul(tf.matMul(Cs, previous), tf.exp(cumsum).expandDims(-1));
+  const y = tf.add(yDiag, yOff).reshape([batch, chunks, heads, q, headDim]).transpose([0, 1, 3, 2, 4]).reshape([batch, chunks * q, heads, headDim]);
+  return {
+    y: pad ? y.slice([0, 0, 0, 0], [batch, time, heads, headDim]) : y,
+    state: running.reshape([batch, heads, stateSize, headDim]).transpose([0, 1, 3, 2]),
+  };
 }
 
 /** Frees the tensors a pass left (the state object stays usable for the next one). */

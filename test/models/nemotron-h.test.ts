@@ -3,6 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { NemotronHConfig, NemotronHForCausalLM } from '../../src/index';
+import { ssdScan } from '../../models/nemotron_h/model';
 import { spawnSync } from 'child_process';
 import { CheckpointReader, NemotronTokenizer, writeSafetensors } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
@@ -31,6 +32,43 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     expect([legacy.nGroups, legacy.ssmStateSize, legacy.convKernel]).to.deep.equal([2, 8, 4]);
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'ME' })).to.throw(/layer 1 is a mixture of experts \("E"\)/);
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'MX' })).to.throw(/hybrid_override_pattern has "X" at 1/);
+  });
+
+  it('the chunked scan equals the step-by-step recurrence (lengths that do not fill the last chunk, one chunk, many)', async () => {
+    const random = (shape: number[], scale = 1, offset = 0) => tf.add(tf.mul(tf.randomUniform(shape, -1, 1, 'float32', 7 + shape.length), scale), offset);
+    for (const [time, chunk] of [[13, 5], [3, 8], [16, 4]]) {
+      const [batch, heads, headDim, state] = [2, 3, 4, 5];
+      const x = random([batch, time, heads, headDim]);
+      const dt = random([batch, time, heads], 0.4, 0.5);
+      const A = random([heads], 0.5, -1);
+      const B = random([batch, time, heads, state]);
+      const C = random([batch, time, heads, state]);
+      const { y, state: final } = ssdScan(x, dt, A, B, C, chunk);
+      // h_t = exp(Δt·A)·h_{t-1} + Δt·x_t·B_tᵀ, y_t = h_t·C_t, in plain numbers.
+      const [xs, dts, As, Bs, Cs] = await Promise.all([x, dt, A, B, C].map((t) => t.array())) as [number[][][][], number[][][], number[], number[][][][], number[][][][]];
+      const ys = await y.array() as number[][][][];
+      const finals = await final.array() as number[][][][];
+      let worst = 0;
+      for (let b = 0; b < batch; b++) {
+        for (let h = 0; h < heads; h++) {
+          const hs = Array.from({ length: headDim }, () => new Array<number>(state).fill(0));
+          for (let t = 0; t < time; t++) {
+            const decay = Math.exp(dts[b][t][h] * As[h]);
+            for (let p = 0; p < headDim; p++) {
+              let out = 0;
+              for (let n = 0; n < state; n++) {
+                hs[p][n] = hs[p][n] * decay + dts[b][t][h] * xs[b][t][h][p] * Bs[b][t][h][n];
+                out += hs[p][n] * Cs[b][t][h][n];
+              }
+              worst = Math.max(worst, Math.abs(out - ys[b][t][h][p]));
+            }
+          }
+          for (let p = 0; p < headDim; p++) for (let n = 0; n < state; n++) worst = Math.max(worst, Math.abs(hs[p][n] - finals[b][h][p][n]));
+        }
+      }
+      expect(worst, `time ${time}, chunk ${chunk}`).to.be.at.most(1e-5);
+      tf.dispose([x, dt, A, B, C, y, final]);
+    }
   });
 
   it('loads a checkpoint with the original names (backbone.*, conv1d.weight [channels, 1, kernel], hybrid_override_pattern)', async () => {

@@ -40,6 +40,18 @@ export interface NemotronHConfigFields {
   bosTokenId: number | null;
   eosTokenId: number | number[] | null;
   padTokenId: number | null;
+  /** Mixture-of-experts layers (Nemotron 3 Nano's "E"): relu² experts, a sigmoid router choosing among groups, a shared expert. */
+  nRoutedExperts: number;
+  numExpertsPerTok: number;
+  moeIntermediateSize: number;
+  moeSharedExpertIntermediateSize: number;
+  /** Router groups, and how many of them a token's experts may come from. */
+  nGroup: number;
+  topkGroup: number;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+  /** Experts work in a smaller space (fc1/fc2_latent_proj) when set. */
+  moeLatentSize: number | null;
 }
 
 type Json = Record<string, unknown>;
@@ -68,6 +80,15 @@ export class NemotronHConfig implements NemotronHConfigFields {
   bosTokenId: number | null = 1;
   eosTokenId: number | number[] | null = 2;
   padTokenId: number | null = 0;
+  nRoutedExperts = 8;
+  numExpertsPerTok = 2;
+  moeIntermediateSize = 7688;
+  moeSharedExpertIntermediateSize = 7688;
+  nGroup = 1;
+  topkGroup = 1;
+  normTopkProb = true;
+  routedScalingFactor = 1;
+  moeLatentSize: number | null = null;
 
   constructor(fields: Partial<NemotronHConfigFields> = {}) {
     Object.assign(this, fields);
@@ -99,9 +120,12 @@ export class NemotronHConfig implements NemotronHConfigFields {
       throw new Error(`NemotronHConfig: num_attention_heads ${this.numAttentionHeads} must be a multiple of num_key_value_heads ${this.numKeyValueHeads}`);
     }
     if (this.layerTypes.length === 0) throw new Error('NemotronHConfig: no layers (layers_block_type / hybrid_override_pattern is empty)');
-    const moe = this.layerTypes.indexOf('moe');
-    if (moe >= 0) {
-      throw new Error(`NemotronHConfig: layer ${moe} is a mixture of experts ("E"), which this library does not run yet (Nemotron-H and Nemotron Nano 2 have none; Nemotron 3 Nano has them)`);
+    if (this.layerTypes.includes('moe')) {
+      if (this.nRoutedExperts % this.nGroup !== 0) throw new Error(`NemotronHConfig: n_routed_experts ${this.nRoutedExperts} must be a multiple of n_group ${this.nGroup}`);
+      if (this.topkGroup > this.nGroup) throw new Error(`NemotronHConfig: topk_group ${this.topkGroup} is more than n_group ${this.nGroup}`);
+      if (this.numExpertsPerTok > (this.nRoutedExperts / this.nGroup) * this.topkGroup) {
+        throw new Error(`NemotronHConfig: num_experts_per_tok ${this.numExpertsPerTok} is more than the experts of ${this.topkGroup} group(s)`);
+      }
     }
   }
 
@@ -140,6 +164,9 @@ export class NemotronHConfig implements NemotronHConfigFields {
       useBias: pick('use_bias'), mlpBias: pick('mlp_bias'), timeStepMin: pick('time_step_min', 'mamba_dt_min'),
       maxPositionEmbeddings: pick('max_position_embeddings'), tieWordEmbeddings: pick('tie_word_embeddings'),
       bosTokenId: pick('bos_token_id'), eosTokenId: pick('eos_token_id'), padTokenId: pick('pad_token_id'),
+      nRoutedExperts: pick('n_routed_experts', 'num_local_experts'), numExpertsPerTok: pick('num_experts_per_tok'), moeIntermediateSize: pick('moe_intermediate_size'),
+      moeSharedExpertIntermediateSize: pick('moe_shared_expert_intermediate_size'), nGroup: pick('n_group'), topkGroup: pick('topk_group'),
+      normTopkProb: pick('norm_topk_prob'), routedScalingFactor: pick('routed_scaling_factor'), moeLatentSize: pick('moe_latent_size'),
     };
     const act = pick<string>('mlp_hidden_act');
     if (act !== undefined && act !== 'relu2') throw new Error(`NemotronHConfig: mlp_hidden_act ${JSON.stringify(act)} is not supported (Nemotron-H uses relu2)`);

@@ -35,7 +35,8 @@ export class NemotronHForCausalLM {
       const given = weights?.get(name);
       if (given && given.shape.join() !== shape.join()) throw new Error(`NemotronH: ${name} has shape [${given.shape}], expected [${shape}]`);
       const value = given ?? tf.randomNormal(shape, 0, 0.02);
-      this.weights.set(name, tf.variable(value, true));
+      // The router's correction bias is a buffer (set in training by the load balancing, not by the loss).
+      this.weights.set(name, tf.variable(value, !name.endsWith('e_score_correction_bias')));
       if (!given) value.dispose();
     }
   }
@@ -57,6 +58,17 @@ export class NemotronHForCausalLM {
       } else if (type === 'attention') {
         out.push([`${p}.mixer.q_proj.weight`, [c.numAttentionHeads * c.headDim, c.hiddenSize]], [`${p}.mixer.k_proj.weight`, [c.numKeyValueHeads * c.headDim, c.hiddenSize]],
           [`${p}.mixer.v_proj.weight`, [c.numKeyValueHeads * c.headDim, c.hiddenSize]], [`${p}.mixer.o_proj.weight`, [c.hiddenSize, c.numAttentionHeads * c.headDim]]);
+      } else if (type === 'moe') {
+        const width = c.moeLatentSize ?? c.hiddenSize;
+        out.push([`${p}.mixer.gate.weight`, [c.nRoutedExperts, c.hiddenSize]], [`${p}.mixer.gate.e_score_correction_bias`, [c.nRoutedExperts]],
+          [`${p}.mixer.experts.up_proj`, [c.nRoutedExperts, c.moeIntermediateSize, width]], [`${p}.mixer.experts.down_proj`, [c.nRoutedExperts, width, c.moeIntermediateSize]],
+          [`${p}.mixer.shared_experts.up_proj.weight`, [c.moeSharedExpertIntermediateSize, c.hiddenSize]],
+          [`${p}.mixer.shared_experts.down_proj.weight`, [c.hiddenSize, c.moeSharedExpertIntermediateSize]]);
+        if (c.mlpBias) out.push([`${p}.mixer.shared_experts.up_proj.bias`, [c.moeSharedExpertIntermediateSize]], [`${p}.mixer.shared_experts.down_proj.bias`, [c.hiddenSize]]);
+        if (c.moeLatentSize !== null) {
+          out.push([`${p}.mixer.fc1_latent_proj.weight`, [c.moeLatentSize, c.hiddenSize]], [`${p}.mixer.fc2_latent_proj.weight`, [c.hiddenSize, c.moeLatentSize]]);
+          if (c.mlpBias) out.push([`${p}.mixer.fc1_latent_proj.bias`, [c.moeLatentSize]], [`${p}.mixer.fc2_latent_proj.bias`, [c.hiddenSize]]);
+        }
       } else {
         out.push([`${p}.mixer.up_proj.weight`, [c.intermediateSize, c.hiddenSize]], [`${p}.mixer.down_proj.weight`, [c.hiddenSize, c.intermediateSize]]);
         if (c.mlpBias) out.push([`${p}.mixer.up_proj.bias`, [c.intermediateSize]], [`${p}.mixer.down_proj.bias`, [c.hiddenSize]]);
@@ -72,13 +84,25 @@ export class NemotronHForCausalLM {
     const config = NemotronHConfig.fromPretrained(dir);
     const reader = CheckpointReader.open(dir);
     const weights = new Map<string, tf.Tensor>();
+    // Checkpoints keep one tensor per expert (mixer.experts.{e}.up_proj.weight); transformers stacks them.
+    const experts = new Map<string, tf.Tensor[]>();
     try {
       for (const stored of reader.names()) {
         const name = stored.replace(/^backbone\./, 'model.');
         const { data } = reader.read(stored);
         let shape = reader.info(stored).shape;
         if (name.endsWith('.conv1d.weight')) shape = [shape[0], shape[shape.length - 1]];
-        weights.set(name, tf.tensor(data as Float32Array, shape, 'float32'));
+        const expert = /^(.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$/.exec(name);
+        if (expert) {
+          const key = `${expert[1]}.${expert[3]}`;
+          const list = experts.get(key) ?? [];
+          list[Number(expert[2])] = tf.tensor(data as Float32Array, shape, 'float32');
+          experts.set(key, list);
+        } else weights.set(name, tf.tensor(data as Float32Array, shape, 'float32'));
+      }
+      for (const [key, list] of experts) {
+        weights.set(key, tf.stack(list));
+        tf.dispose(list);
       }
     } finally {
       reader.close();
@@ -137,7 +161,7 @@ export class NemotronHForCausalLM {
           out = r.out;
           layers.push(state ? { keys: tf.keep(r.keys), values: tf.keep(r.values) } : null);
         } else {
-          out = this.mlp(x, p);
+          out = type === 'moe' ? this.moe(x, p) : this.mlp(x, p);
           layers.push(null);
         }
         hidden = tf.add(hidden, out);
@@ -179,7 +203,7 @@ export class NemotronHForCausalLM {
           out = r.out;
           next.push({ keys: tf.keep(r.keys), values: tf.keep(r.values) });
         } else {
-          out = this.mlp(x, p);
+          out = type === 'moe' ? this.moe(x, p) : this.mlp(x, p);
           next.push(null);
         }
         hidden = tf.add(hidden, out);
@@ -197,9 +221,51 @@ export class NemotronHForCausalLM {
     return tf.matMul(x.reshape([-1, this.config.hiddenSize]), head, false, true).reshape([batch, time, this.config.vocabSize]);
   }
 
-  private mlp(x: tf.Tensor, p: string): tf.Tensor {
-    const up = this.linear(x, `${p}.mixer.up_proj`);
-    return this.linear(tf.square(tf.relu(up)), `${p}.mixer.down_proj`);
+  private mlp(x: tf.Tensor, p: string, prefix = 'mixer'): tf.Tensor {
+    const up = this.linear(x, `${p}.${prefix}.up_proj`);
+    return this.linear(tf.square(tf.relu(up)), `${p}.${prefix}.down_proj`);
+  }
+
+  /**
+   * A mixture-of-experts layer: the router's sigmoid scores (plus the correction bias, for choosing only) pick the
+   * topk_group best groups (a group scored by its two best experts), then num_experts_per_tok experts among them;
+   * their scores, normalized and scaled, weigh the experts' relu² MLPs; a shared expert adds to every token.
+   */
+  private moe(x: tf.Tensor, p: string): tf.Tensor {
+    const c = this.config;
+    const [batch, time] = x.shape as [number, number, number];
+    const flat = x.reshape([batch * time, c.hiddenSize]);
+    const tokens = batch * time;
+    const scores = tf.sigmoid(tf.matMul(flat, this.w(`${p}.mixer.gate.weight`), false, true));
+    // The choice is made on the host (it is not differentiable); the weights stay tensors (their gradient reaches the router).
+    const choice = tf.add(scores, this.w(`${p}.mixer.gate.e_score_correction_bias`)).arraySync() as number[][];
+    const perGroup = c.nRoutedExperts / c.nGroup;
+    const mask = choice.map((row) => {
+      const groupScore = Array.from({ length: c.nGroup }, (_, g) => row.slice(g * perGroup, (g + 1) * perGroup).sort((a, b) => b - a).slice(0, 2).reduce((s, v) => s + v, 0));
+      const groups = new Set(groupScore.map((v, g) => [v, g]).sort((a, b) => b[0] - a[0]).slice(0, c.topkGroup).map(([, g]) => g));
+      const chosen = row.map((v, e) => [groups.has(Math.floor(e / perGroup)) ? v : -Infinity, e]).sort((a, b) => b[0] - a[0]).slice(0, c.numExpertsPerTok).map(([, e]) => e);
+      return row.map((_, e) => (chosen.includes(e) ? 1 : 0));
+    });
+    let weights = tf.mul(scores, tf.tensor2d(mask));
+    if (c.normTopkProb) weights = tf.div(weights, tf.add(tf.sum(weights, -1, true), 1e-20));
+    weights = tf.mul(weights, c.routedScalingFactor);
+    const latent = c.moeLatentSize === null ? flat : this.linear(flat, `${p}.mixer.fc1_latent_proj`);
+    const width = c.moeLatentSize ?? c.hiddenSize;
+    const parts: tf.Tensor[] = [];
+    const rows: number[] = [];
+    for (let e = 0; e < c.nRoutedExperts; e++) {
+      const routed = mask.flatMap((m, t) => (m[e] ? [t] : []));
+      if (routed.length === 0) continue;
+      const index = tf.tensor1d(routed, 'int32');
+      const up = tf.gather(this.w(`${p}.mixer.experts.up_proj`), e).reshape([c.moeIntermediateSize, width]);
+      const down = tf.gather(this.w(`${p}.mixer.experts.down_proj`), e).reshape([width, c.moeIntermediateSize]);
+      const h = tf.matMul(tf.square(tf.relu(tf.matMul(tf.gather(latent, index), up, false, true))), down, false, true);
+      parts.push(tf.mul(h, tf.gather(weights, index).slice([0, e], [-1, 1])));
+      rows.push(...routed);
+    }
+    let routedOut: tf.Tensor = tf.unsortedSegmentSum(tf.concat(parts, 0), tf.tensor1d(rows, 'int32'), tokens);
+    if (c.moeLatentSize !== null) routedOut = this.linear(routedOut, `${p}.mixer.fc2_latent_proj`);
+    return tf.add(routedOut.reshape([batch, time, c.hiddenSize]), this.mlp(x, p, 'mixer.shared_experts'));
   }
 
   /** Splits in_proj's output into the gate, the convolution's input and Δt. */

@@ -44,10 +44,40 @@ grads = {n: p.grad.flatten()[:16].tolist() for n, p in model.named_parameters()
                   "model.layers.0.mixer.in_proj.weight", "model.layers.0.mixer.norm.weight", "model.layers.1.mixer.q_proj.weight",
                   "model.layers.3.mixer.up_proj.weight", "model.embeddings.weight")}
 
+# A mixture-of-experts variant (Nemotron 3 Nano's "E" layers): 8 relu² experts in 2 groups, 2 a token from the best
+# group, a shared expert, sigmoid router scores with a correction bias; and one with the latent projections.
+moe_cases = {}
+for name, latent in (("moe", None), ("moe-latent", 16)):
+    moe_config = NemotronHConfig(
+        vocab_size=96, hidden_size=32, hybrid_override_pattern="ME*E", num_hidden_layers=4, mamba_num_heads=4, mamba_head_dim=8,
+        n_groups=2, ssm_state_size=8, conv_kernel=4, chunk_size=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, max_position_embeddings=64, eos_token_id=2, pad_token_id=0, bos_token_id=1,
+        n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=24, routed_scaling_factor=2.5, norm_topk_prob=True, moe_latent_size=latent,
+    )
+    torch.manual_seed(1)
+    moe = NemotronHForCausalLM(moe_config).eval()
+    with torch.no_grad():
+        for _, p in moe.named_parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() == 1 else 0.15))
+        for layer in moe.model.layers:
+            if hasattr(layer.mixer, "gate"):
+                layer.mixer.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.1)
+    moe.save_pretrained(os.path.join(OUT, name))
+    with torch.no_grad():
+        moe_logits = moe(torch.tensor(prompt), attention_mask=torch.tensor(mask)).logits
+        moe_greedy = moe.generate(torch.tensor(prompt[:1]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    moe.zero_grad()
+    moe(torch.tensor(prompt[:1]), labels=torch.tensor(prompt[:1])).loss.backward()
+    moe_grads = {n: p.grad.flatten()[:16].tolist() for n, p in moe.named_parameters()
+                 if n.startswith("model.layers.1.mixer.") and p.grad is not None}
+    moe_cases[name] = {"logits": moe_logits.tolist(), "greedy": moe_greedy[0].tolist(), "gradients": moe_grads}
+    print(name, "greedy", moe_greedy[0].tolist()[10:], sorted(moe_grads))
+
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump({
         "prompt": prompt, "attention_mask": mask, "logits": logits.tolist(), "loss": loss, "greedy": generated[0].tolist(), "greedy_repetition_penalty_1_3": penalized[0].tolist(),
-        "row1_alone_logits": alone[0].tolist(), "gradients": grads,
+        "row1_alone_logits": alone[0].tolist(), "gradients": grads, "moe": moe_cases,
     }, f)
 print("loss", loss, "greedy", generated[0].tolist()[10:])
 print("row 1 padded vs alone:", (logits[1, 3:] - alone[0]).abs().max().item())

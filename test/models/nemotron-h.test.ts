@@ -14,6 +14,7 @@ const DIR = path.resolve(FIXTURES, '../nemotron-h');
 interface Reference {
   prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[]; greedy_repetition_penalty_1_3: number[];
   row1_alone_logits: number[][]; gradients: Record<string, number[]>;
+  moe: Record<string, { logits: number[][][]; greedy: number[]; gradients: Record<string, number[]> }>;
 }
 const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'utf8')) as Reference;
 
@@ -22,7 +23,7 @@ function maxDiff(a: number[], b: number[]): number {
 }
 
 describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron Nano 2)', () => {
-  it('reads config.json in transformers 5\'s layout and the checkpoints\' own (hybrid_override_pattern, mamba_* names); refuses experts by name', () => {
+  it('reads config.json in transformers 5\'s layout and the checkpoints\' own (hybrid_override_pattern, mamba_* names), experts included', () => {
     const config = NemotronHConfig.fromPretrained(path.join(DIR, 'model'));
     expect(config.layerTypes).to.deep.equal(['mamba', 'attention', 'mamba', 'mlp']);
     expect([config.mambaNumHeads, config.mambaHeadDim, config.nGroups, config.ssmStateSize, config.convDim]).to.deep.equal([4, 8, 2, 8, 64]);
@@ -30,7 +31,10 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       mamba_head_dim: 8, mamba_n_groups: 2, mamba_d_state: 8, mamba_d_conv: 4, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 8 });
     expect(legacy.layerTypes).to.deep.equal(['mamba', 'mlp', 'attention']);
     expect([legacy.nGroups, legacy.ssmStateSize, legacy.convKernel]).to.deep.equal([2, 8, 4]);
-    expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'ME' })).to.throw(/layer 1 is a mixture of experts \("E"\)/);
+    const moe = NemotronHConfig.fromPretrained(path.join(DIR, 'moe-latent'));
+    expect(moe.layerTypes).to.deep.equal(['mamba', 'moe', 'attention', 'moe']);
+    expect([moe.nRoutedExperts, moe.numExpertsPerTok, moe.nGroup, moe.topkGroup, moe.moeLatentSize, moe.routedScalingFactor]).to.deep.equal([8, 2, 2, 1, 16, 2.5]);
+    expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'ME', n_routed_experts: 6, n_group: 4 })).to.throw(/n_routed_experts 6 must be a multiple of n_group 4/);
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'MX' })).to.throw(/hybrid_override_pattern has "X" at 1/);
   });
 
@@ -134,6 +138,36 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       expect(tf.memory().numTensors).to.equal(before);
       model.dispose();
     });
+
+    for (const variant of ['moe', 'moe-latent']) {
+      it(`mixture-of-experts layers (${variant}): logits, gradients of the router, experts and shared expert, and greedy generation equal transformers'`, async () => {
+        const ref = reference.moe[variant];
+        const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, variant));
+        const before = tf.memory().numTensors;
+        const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
+        const ours = await logits.array() as number[][][];
+        logits.dispose();
+        let worst = 0;
+        reference.prompt.forEach((_, b) => reference.attention_mask[b].forEach((m, t) => {
+          if (m) worst = Math.max(worst, maxDiff(ours[b][t], ref.logits[b][t]));
+        }));
+        expect(worst, 'logits').to.be.at.most(1e-4);
+        const names = Object.keys(ref.gradients);
+        const { grads, value } = tf.variableGrads(() => {
+          const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
+          out.logits.dispose();
+          return out.loss!;
+        }, names.map((n) => model.weights.get(n)!));
+        for (const name of names) {
+          const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
+          expect(maxDiff(g, ref.gradients[name]), `gradient of ${name}`).to.be.at.most(1e-4);
+        }
+        tf.dispose([value, ...Object.values(grads)]);
+        expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(ref.greedy);
+        expect(tf.memory().numTensors).to.equal(before);
+        model.dispose();
+      });
+    }
 
     it('greedy generation with the kept state (convolution window, SSM state, attention cache) writes transformers\' tokens', async () => {
       const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));

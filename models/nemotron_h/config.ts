@@ -56,42 +56,49 @@ export interface NemotronHConfigFields {
 
 type Json = Record<string, unknown>;
 
-export class NemotronHConfig implements NemotronHConfigFields {
-  vocabSize = 131072;
-  hiddenSize = 4096;
-  layerTypes: NemotronHLayerType[] = ['mamba', 'moe', 'attention', 'mlp'];
-  mambaNumHeads = 128;
-  mambaHeadDim = 64;
-  nGroups = 8;
-  ssmStateSize = 128;
-  convKernel = 4;
-  chunkSize = 128;
-  numAttentionHeads = 32;
-  numKeyValueHeads = 8;
-  headDim = 128;
-  intermediateSize = 21504;
-  layerNormEpsilon = 1e-5;
-  useConvBias = true;
-  useBias = false;
-  mlpBias = false;
-  timeStepMin = 0.001;
-  maxPositionEmbeddings = 4096;
-  tieWordEmbeddings = false;
-  bosTokenId: number | null = 1;
-  eosTokenId: number | number[] | null = 2;
-  padTokenId: number | null = 0;
-  nRoutedExperts = 8;
-  numExpertsPerTok = 2;
-  moeIntermediateSize = 7688;
-  moeSharedExpertIntermediateSize = 7688;
-  nGroup = 1;
-  topkGroup = 1;
-  normTopkProb = true;
-  routedScalingFactor = 1;
-  moeLatentSize: number | null = null;
+/** transformers' NemotronHConfig defaults (a Nemotron-H 8B's shape). */
+const DEFAULTS: NemotronHConfigFields = {
+  vocabSize: 131072,
+  hiddenSize: 4096,
+  layerTypes: ['mamba', 'moe', 'attention', 'mlp'],
+  mambaNumHeads: 128,
+  mambaHeadDim: 64,
+  nGroups: 8,
+  ssmStateSize: 128,
+  convKernel: 4,
+  chunkSize: 128,
+  numAttentionHeads: 32,
+  numKeyValueHeads: 8,
+  headDim: 128,
+  intermediateSize: 21504,
+  layerNormEpsilon: 1e-5,
+  useConvBias: true,
+  useBias: false,
+  mlpBias: false,
+  timeStepMin: 0.001,
+  maxPositionEmbeddings: 4096,
+  tieWordEmbeddings: false,
+  bosTokenId: 1,
+  eosTokenId: 2,
+  padTokenId: 0,
+  nRoutedExperts: 8,
+  numExpertsPerTok: 2,
+  moeIntermediateSize: 7688,
+  moeSharedExpertIntermediateSize: 7688,
+  nGroup: 1,
+  topkGroup: 1,
+  normTopkProb: true,
+  routedScalingFactor: 1,
+  moeLatentSize: null,
+};
 
+// The fields are the interface's (declaration merging): one list of names, DEFAULTS fills them.
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface NemotronHConfig extends NemotronHConfigFields {}
+
+export class NemotronHConfig {
   constructor(fields: Partial<NemotronHConfigFields> = {}) {
-    Object.assign(this, fields);
+    Object.assign(this, DEFAULTS, { layerTypes: [...DEFAULTS.layerTypes] }, fields);
     this.validate();
   }
 

@@ -22,6 +22,33 @@ function maxDiff(a: number[], b: number[]): number {
   return a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 }
 
+/** Logits of the left-padded batch within 1e-4 of transformers' at every real position. */
+async function expectLogits(model: NemotronHForCausalLM, expected: number[][][]): Promise<void> {
+  const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
+  const ours = await logits.array() as number[][][];
+  logits.dispose();
+  let worst = 0;
+  reference.prompt.forEach((_, b) => reference.attention_mask[b].forEach((m, t) => {
+    if (m) worst = Math.max(worst, maxDiff(ours[b][t], expected[b][t]));
+  }));
+  expect(worst, 'logits').to.be.at.most(1e-4);
+}
+
+/** The loss's gradient (first 16 values of each named weight) within 1e-4 of transformers'. */
+async function expectGradients(model: NemotronHForCausalLM, expected: Record<string, number[]>): Promise<void> {
+  const names = Object.keys(expected);
+  const { grads, value } = tf.variableGrads(() => {
+    const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
+    out.logits.dispose();
+    return out.loss!;
+  }, names.map((n) => model.weights.get(n)!));
+  for (const name of names) {
+    const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
+    expect(maxDiff(g, expected[name]), `gradient of ${name}`).to.be.at.most(1e-4);
+  }
+  tf.dispose([value, ...Object.values(grads)]);
+}
+
 describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron Nano 2)', () => {
   it('reads config.json in transformers 5\'s layout and the checkpoints\' own (hybrid_override_pattern, mamba_* names), experts included', () => {
     const config = NemotronHConfig.fromPretrained(path.join(DIR, 'model'));
@@ -113,28 +140,11 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     it('logits of a left-padded batch and the loss equal transformers\'; gradients too; no tensor left', async () => {
       const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
       const before = tf.memory().numTensors;
-      const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
-      const ours = await logits.array() as number[][][];
-      logits.dispose();
-      let worst = 0;
-      reference.prompt.forEach((_, b) => reference.attention_mask[b].forEach((m, t) => {
-        if (m) worst = Math.max(worst, maxDiff(ours[b][t], reference.logits[b][t]));
-      }));
-      expect(worst, 'logits').to.be.at.most(1e-4);
+      await expectLogits(model, reference.logits);
       const { logits: l2, loss } = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
       expect(Math.abs((await loss!.data())[0] - reference.loss)).to.be.at.most(1e-5);
       tf.dispose([l2, loss!]);
-      const names = Object.keys(reference.gradients);
-      const { grads, value } = tf.variableGrads(() => {
-        const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
-        out.logits.dispose();
-        return out.loss!;
-      }, names.map((n) => model.weights.get(n)!));
-      for (const name of names) {
-        const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
-        expect(maxDiff(g, reference.gradients[name]), `gradient of ${name}`).to.be.at.most(1e-4);
-      }
-      tf.dispose([value, ...Object.values(grads)]);
+      await expectGradients(model, reference.gradients);
       expect(tf.memory().numTensors).to.equal(before);
       model.dispose();
     });
@@ -144,25 +154,8 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         const ref = reference.moe[variant];
         const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, variant));
         const before = tf.memory().numTensors;
-        const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
-        const ours = await logits.array() as number[][][];
-        logits.dispose();
-        let worst = 0;
-        reference.prompt.forEach((_, b) => reference.attention_mask[b].forEach((m, t) => {
-          if (m) worst = Math.max(worst, maxDiff(ours[b][t], ref.logits[b][t]));
-        }));
-        expect(worst, 'logits').to.be.at.most(1e-4);
-        const names = Object.keys(ref.gradients);
-        const { grads, value } = tf.variableGrads(() => {
-          const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
-          out.logits.dispose();
-          return out.loss!;
-        }, names.map((n) => model.weights.get(n)!));
-        for (const name of names) {
-          const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
-          expect(maxDiff(g, ref.gradients[name]), `gradient of ${name}`).to.be.at.most(1e-4);
-        }
-        tf.dispose([value, ...Object.values(grads)]);
+        await expectLogits(model, ref.logits);
+        await expectGradients(model, ref.gradients);
         expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(ref.greedy);
         expect(tf.memory().numTensors).to.equal(before);
         model.dispose();

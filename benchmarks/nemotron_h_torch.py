@@ -1,0 +1,21 @@
+"""PyTorch + transformers on the NemotronH shape of benchmarks/nemotron-h.ts (same figures, same machine), for its comparison.
+
+    .venv-ref/bin/python benchmarks/nemotron_h_torch.py
+"""
+import time, torch
+from transformers import NemotronHConfig, NemotronHForCausalLM
+torch.set_num_threads(2)
+c = NemotronHConfig(vocab_size=32000, hidden_size=1024, layers_block_type=['linear_attention','mlp','linear_attention','mlp','linear_attention','full_attention','mlp','linear_attention','mlp','linear_attention','mlp','linear_attention'],
+    mamba_num_heads=32, mamba_head_dim=64, n_groups=8, ssm_state_size=128, conv_kernel=4, chunk_size=128, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+    intermediate_size=4096, max_position_embeddings=4096)
+m = NemotronHForCausalLM(c).eval()
+print('params', sum(p.numel() for p in m.parameters())/1e6)
+prompt = lambda n: torch.tensor([[(i * 7919 + 3) % 32000 for i in range(n)]])
+with torch.no_grad():
+    m(prompt(16))
+    for n in (128, 512):
+        t = time.time(); m(prompt(n)); s = time.time() - t
+        print(f'prompt {n}: {s:.2f} s = {n/s:.1f} tok/s')
+    t = time.time(); m.generate(prompt(32), max_new_tokens=1, do_sample=False, eos_token_id=None, pad_token_id=0); first = time.time() - t
+    t = time.time(); m.generate(prompt(32), max_new_tokens=65, do_sample=False, eos_token_id=None, pad_token_id=0); s = time.time() - t
+    print(f'decode 64 after prefill: {(s-first):.2f} s = {64/(s-first):.1f} tok/s')

@@ -7,7 +7,10 @@
  * step updates it (the convolution's window, the SSM state, the attention keys and values) as transformers' cache does.
  */
 import * as tf from '@tensorflow/tfjs';
+import * as fs from 'fs';
+import * as path from 'path';
 import { CheckpointReader } from '../../src/io/checkpoint';
+import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
@@ -413,6 +416,48 @@ export class NemotronHForCausalLM {
       disposeState(state);
     }
     return sequences;
+  }
+
+  /**
+   * Writes config.json and model.safetensors as NVIDIA's checkpoints lay them out (backbone.* names, one tensor per
+   * expert, conv1d.weight as [channels, 1, kernel]; layers_block_type and hybrid_override_pattern both), which
+   * transformers and fromPretrained read back.
+   */
+  async savePretrained(dir: string): Promise<void> {
+    fs.mkdirSync(dir, { recursive: true });
+    const tensors: TensorToWrite[] = [];
+    for (const [name, variable] of this.weights) {
+      const stored = name.replace(/^model\./, 'backbone.');
+      const data = await variable.data() as Float32Array;
+      if (name.endsWith('.mixer.experts.up_proj') || name.endsWith('.mixer.experts.down_proj')) {
+        const [experts, rows, cols] = variable.shape as [number, number, number];
+        const kind = name.endsWith('up_proj') ? 'up_proj' : 'down_proj';
+        for (let e = 0; e < experts; e++) {
+          tensors.push({ name: stored.replace(/experts\.(up|down)_proj$/, `experts.${e}.${kind}.weight`), dtype: 'F32', shape: [rows, cols], data: data.slice(e * rows * cols, (e + 1) * rows * cols) });
+        }
+      } else {
+        const shape = name.endsWith('.conv1d.weight') ? [variable.shape[0] as number, 1, variable.shape[1] as number] : variable.shape;
+        tensors.push({ name: stored, dtype: 'F32', shape, data });
+      }
+    }
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    const c = this.config;
+    const typeNames = { mamba: 'linear_attention', attention: 'full_attention', mlp: 'mlp', moe: 'moe' } as const;
+    const pattern = { mamba: 'M', attention: '*', mlp: '-', moe: 'E' } as const;
+    const json = {
+      architectures: ['NemotronHForCausalLM'], model_type: 'nemotron_h', vocab_size: c.vocabSize, hidden_size: c.hiddenSize,
+      layers_block_type: c.layerTypes.map((t) => typeNames[t]), hybrid_override_pattern: c.layerTypes.map((t) => pattern[t]).join(''),
+      num_hidden_layers: c.numHiddenLayers, mamba_num_heads: c.mambaNumHeads, mamba_head_dim: c.mambaHeadDim, n_groups: c.nGroups,
+      ssm_state_size: c.ssmStateSize, conv_kernel: c.convKernel, chunk_size: c.chunkSize, num_attention_heads: c.numAttentionHeads,
+      num_key_value_heads: c.numKeyValueHeads, head_dim: c.headDim, intermediate_size: c.intermediateSize, layer_norm_epsilon: c.layerNormEpsilon,
+      use_conv_bias: c.useConvBias, use_bias: c.useBias, mlp_bias: c.mlpBias, time_step_min: c.timeStepMin, mlp_hidden_act: 'relu2',
+      mamba_hidden_act: 'silu', max_position_embeddings: c.maxPositionEmbeddings, tie_word_embeddings: c.tieWordEmbeddings,
+      bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId, pad_token_id: c.padTokenId, n_routed_experts: c.nRoutedExperts,
+      num_experts_per_tok: c.numExpertsPerTok, moe_intermediate_size: c.moeIntermediateSize, moe_shared_expert_intermediate_size: c.moeSharedExpertIntermediateSize,
+      n_group: c.nGroup, topk_group: c.topkGroup, norm_topk_prob: c.normTopkProb, routed_scaling_factor: c.routedScalingFactor, moe_latent_size: c.moeLatentSize,
+      torch_dtype: 'float32',
+    };
+    fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
   }
 
   numParameters(): number {

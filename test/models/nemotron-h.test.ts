@@ -116,6 +116,28 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     fs.rmSync(legacy, { recursive: true, force: true });
   });
 
+  it('savePretrained writes what fromPretrained and transformers read back (the same greedy tokens; transformers\' logits when the reference venv is there)', async () => {
+    const saved = tmpDir('nemotron-h-saved');
+    const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));
+    await model.savePretrained(saved);
+    const again = await NemotronHForCausalLM.fromPretrained(saved);
+    expect(again.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(reference.moe['moe-latent'].greedy);
+    const ours = await again.forward({ inputIds: reference.prompt.slice(0, 1) }).logits.array() as number[][][];
+    model.dispose();
+    again.dispose();
+    const python = process.env.NEMOTRON_REF_PYTHON ?? path.resolve(__dirname, '../../../.venv-ref/bin/python');
+    if (fs.existsSync(python)) {
+      const script = 'import json, sys, torch\nfrom transformers import NemotronHForCausalLM\n' +
+        'm = NemotronHForCausalLM.from_pretrained(sys.argv[1]).eval()\n' +
+        'print(json.dumps(m(torch.tensor(json.loads(sys.argv[2]))).logits.tolist()))';
+      const r = spawnSync(python, ['-c', script, saved, JSON.stringify(reference.prompt.slice(0, 1))], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      const theirs = JSON.parse(r.stdout.trim().split('\n').pop()!) as number[][][];
+      expect(Math.max(...theirs[0].map((row, t) => maxDiff(row, ours[0][t])))).to.be.at.most(1e-4);
+    }
+    fs.rmSync(saved, { recursive: true, force: true });
+  });
+
   it('the CLI generate runs a NemotronH folder (greedy, streamed), and refuses what it does not run for it by name', async () => {
     const dir = tmpDir('nemotron-h-cli');
     for (const from of [path.join(DIR, 'model'), path.resolve(FIXTURES, '../structured-output/tokenizer')]) {

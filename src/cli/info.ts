@@ -9,6 +9,8 @@ import { Command } from 'commander';
 import { NemotronGGUF } from '../io/gguf';
 import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronConfig, RopeScaling } from '../../models/nemotron/config';
+import { NemotronHConfig } from '../../models/nemotron_h/config';
+import { CheckpointReader } from '../io/checkpoint';
 
 /**
  * Checks that `dir` is a folder holding every file of `required`; the error names the missing file(s) and the folder.
@@ -143,6 +145,38 @@ const HEAD_ARCHITECTURE: Record<string, string> = {
 };
 
 /** Reads config.json and the safetensors headers of `dir` into a model card. */
+/** Whether `location` is a checkpoint folder of model_type nemotron_h. */
+function nemotronHFolder(location: string): boolean {
+  try {
+    return !isGGUF(location) && (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type === 'nemotron_h';
+  } catch {
+    return false;
+  }
+}
+
+/** A NemotronH checkpoint's card: its layer pattern, parameters and float32 memory (weights, state a sequence, KV a token). */
+export function nemotronHCard(dir: string): Record<string, string | number | string[]> {
+  const config = NemotronHConfig.fromPretrained(dir);
+  const reader = CheckpointReader.open(dir);
+  let parameters = 0;
+  try {
+    for (const name of reader.names()) parameters += reader.info(name).shape.reduce((a, b) => a * b, 1);
+  } finally {
+    reader.close();
+  }
+  const count = (type: string) => config.layerTypes.filter((t) => t === type).length;
+  const pattern = { mamba: 'M', attention: '*', mlp: '-', moe: 'E' } as const;
+  const mambaState = (config.convKernel - 1) * config.convDim + config.mambaNumHeads * config.mambaHeadDim * config.ssmStateSize;
+  return {
+    architecture: 'NemotronHForCausalLM', layers: config.numHiddenLayers, pattern: config.layerTypes.map((t) => pattern[t]).join(''),
+    mamba_layers: count('mamba'), attention_layers: count('attention'), mlp_layers: count('mlp'), moe_layers: count('moe'),
+    hidden_size: config.hiddenSize, vocab_size: config.vocabSize, parameters, parameters_readable: formatCount(parameters),
+    float32_weights: formatBytes(parameters * 4),
+    state_per_sequence: formatBytes(count('mamba') * mambaState * 4),
+    kv_cache_per_token: formatBytes(2 * count('attention') * config.numKeyValueHeads * config.headDim * 4),
+  };
+}
+
 export function modelCard(dir: string): ModelCard {
   // A GGUF file: its metadata is the config, its tensor table the checkpoint (types as stored, Q4_K, F32, …).
   const gguf = isGGUF(dir);
@@ -326,6 +360,11 @@ KV cache bytes per token = 2 × layers × KV heads × head_dim × 4.
 Example:
   nemotron-tfjs info --model ./Minitron-4B-Base --json`)
     .action((opts: { model: string; json: boolean }) => {
+      if (nemotronHFolder(opts.model)) {
+        const card = nemotronHCard(opts.model);
+        process.stdout.write(opts.json ? JSON.stringify(card, null, 2) + '\n' : `${Object.entries(card).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(' ') : v}`).join('\n')}\n`);
+        return;
+      }
       const card = modelCard(opts.model);
       process.stdout.write(opts.json ? JSON.stringify(card, null, 2) + '\n' : formatModelCard(card));
     });

@@ -138,7 +138,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     fs.rmSync(saved, { recursive: true, force: true });
   });
 
-  it('the CLI generate runs a NemotronH folder (greedy, streamed), and refuses what it does not run for it by name', async () => {
+  it('the CLI generate runs a NemotronH folder (greedy, streamed), and refuses what it does not run for it by name; info describes one', async () => {
     const dir = tmpDir('nemotron-h-cli');
     for (const from of [path.join(DIR, 'model'), path.resolve(FIXTURES, '../structured-output/tokenizer')]) {
       for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(dir, f));
@@ -153,6 +153,11 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     model.dispose();
     expect(r.stdout).to.equal(`${tokenizer.decode(expected, { skipSpecialTokens: true })}\n`);
     expect(r.stderr).to.match(/generated: \d+ tokens? .* \(NemotronH\)/);
+    const info = spawnSync(process.execPath, [CLI, 'info', '--model', path.join(DIR, 'moe-latent'), '--json'], { encoding: 'utf8' });
+    const card = JSON.parse(info.stdout) as Record<string, unknown>;
+    const moe = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));
+    expect(card).to.deep.include({ pattern: 'ME*E', mamba_layers: 1, moe_layers: 2, parameters: moe.numParameters() });
+    moe.dispose();
     const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--num-beams', '2'], { encoding: 'utf8' });
     expect(refused.stderr).to.match(/--num-beams: not supported for NemotronH checkpoints yet/);
     fs.rmSync(dir, { recursive: true, force: true });

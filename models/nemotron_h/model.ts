@@ -460,6 +460,36 @@ export class NemotronHForCausalLM {
     fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
   }
 
+  /** The trained parameters by transformers' names (the router's correction bias is a buffer: not among them). */
+  namedParameters(): Map<string, tf.Variable> {
+    return new Map([...this.weights].filter(([, v]) => v.trainable));
+  }
+
+  /**
+   * The causal LM loss of a batch as the Trainer collates it (right-padded ids, their mask, labels with -100 where
+   * nothing is predicted), for Trainer and evaluation.
+   */
+  computeLoss(inputs: { inputIds?: unknown; attentionMask?: unknown; labels?: unknown }): tf.Scalar {
+    const rows = (v: unknown, what: string): number[][] => {
+      if (Array.isArray(v) && v.every((r) => Array.isArray(r))) return v as number[][];
+      throw new Error(`NemotronH.computeLoss: ${what} must be rows of numbers (number[][]), got ${v instanceof tf.Tensor ? 'a tensor' : typeof v}`);
+    };
+    const { logits, loss } = this.forward({
+      inputIds: rows(inputs.inputIds, 'inputIds'), attentionMask: inputs.attentionMask === undefined ? undefined : rows(inputs.attentionMask, 'attentionMask'),
+      labels: rows(inputs.labels, 'labels'),
+    });
+    logits.dispose();
+    return loss!;
+  }
+
+  get isGradientCheckpointing(): boolean {
+    return false;
+  }
+
+  gradientCheckpointingEnable(): void {
+    throw new Error('NemotronH: gradient checkpointing is not supported yet; train without it');
+  }
+
   numParameters(): number {
     let n = 0;
     this.weights.forEach((v) => { n += v.size; });

@@ -44,6 +44,22 @@ grads = {n: p.grad.flatten()[:16].tolist() for n, p in model.named_parameters()
                   "model.layers.0.mixer.in_proj.weight", "model.layers.0.mixer.norm.weight", "model.layers.1.mixer.q_proj.weight",
                   "model.layers.3.mixer.up_proj.weight", "model.embeddings.weight")}
 
+# One training step as the Trainer takes it: a right-padded batch (labels -100 at the padding), the mean loss over its
+# tokens, gradients clipped to norm 1, AdamW (lr 1e-2, no weight decay).
+train_batch = [prompt[0], prompt[1][3:] + [0, 0, 0]]
+train_mask = [[1] * 10, [1] * 7 + [0, 0, 0]]
+train_labels = [prompt[0], prompt[1][3:] + [-100, -100, -100]]
+step_model = NemotronHForCausalLM.from_pretrained(os.path.join(OUT, "model")).train()
+step_model.config.use_cache = False
+optimizer = torch.optim.AdamW(step_model.parameters(), lr=1e-2, weight_decay=0.0)
+step_loss = step_model(torch.tensor(train_batch), attention_mask=torch.tensor(train_mask), labels=torch.tensor(train_labels)).loss
+step_loss.backward()
+torch.nn.utils.clip_grad_norm_(step_model.parameters(), 1.0)
+optimizer.step()
+after_step = {n: p.detach().flatten()[:8].tolist() for n, p in step_model.named_parameters()
+              if n in ("model.layers.0.mixer.A_log", "model.layers.0.mixer.in_proj.weight", "model.layers.1.mixer.k_proj.weight", "lm_head.weight")}
+training = {"batch": train_batch, "mask": train_mask, "labels": train_labels, "loss": step_loss.item(), "after_step": after_step}
+
 # A mixture-of-experts variant (Nemotron 3 Nano's "E" layers): 8 relu² experts in 2 groups, 2 a token from the best
 # group, a shared expert, sigmoid router scores with a correction bias; and one with the latent projections.
 moe_cases = {}
@@ -77,7 +93,7 @@ for name, latent in (("moe", None), ("moe-latent", 16)):
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump({
         "prompt": prompt, "attention_mask": mask, "logits": logits.tolist(), "loss": loss, "greedy": generated[0].tolist(), "greedy_repetition_penalty_1_3": penalized[0].tolist(),
-        "row1_alone_logits": alone[0].tolist(), "gradients": grads, "moe": moe_cases,
+        "row1_alone_logits": alone[0].tolist(), "gradients": grads, "moe": moe_cases, "training": training,
     }, f)
 print("loss", loss, "greedy", generated[0].tolist()[10:])
 print("row 1 padded vs alone:", (logits[1, 3:] - alone[0]).abs().max().item())

@@ -15,7 +15,8 @@ import { ScheduleName, learningRate } from './schedule';
  * the adapter). namedParameters() are the trained parameters; savePretrained(dir) writes what a run produces.
  */
 export interface TrainableModel {
-  readonly config: NemotronConfig;
+  /** The padding id collate uses (a Nemotron or NemotronH config). */
+  readonly config: Pick<NemotronConfig, 'padTokenId'>;
   namedParameters(): Map<string, tf.Variable>;
   computeLoss(inputs: HeadInputs): tf.Scalar;
   gradientCheckpointingEnable(): void;
@@ -195,7 +196,8 @@ export class Trainer {
   /** The evaluation loss, and the task's metric (accuracy, token accuracy, exact match) where the model has a forward. */
   async evaluateWithMetrics(examples: Example[] = this.options.evalExamples ?? []): Promise<{ evalLoss: number; evalAccuracy?: number; evalTokenAccuracy?: number; evalExactMatch?: number }> {
     if (this.options.task === 'causal-lm' || !this.model.forward) return { evalLoss: await this.evaluate(examples) };
-    const m = await evaluateExamples(this.model as EvaluableModel, examples, this.options.task, { batchSize: this.options.batchSize, padTokenId: this.options.padTokenId });
+    // A classification head's forward (only Nemotron's heads have one): what evaluateExamples reads.
+    const m = await evaluateExamples(this.model as unknown as EvaluableModel, examples, this.options.task, { batchSize: this.options.batchSize, padTokenId: this.options.padTokenId });
     return {
       evalLoss: m.loss,
       ...(m.accuracy !== undefined ? { evalAccuracy: m.accuracy } : {}),

@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs';
 import { NemotronHConfig, NemotronHForCausalLM } from '../../src/index';
 import { ssdScan } from '../../models/nemotron_h/model';
 import { spawnSync } from 'child_process';
-import { CheckpointReader, NemotronTokenizer, writeSafetensors } from '../../src/index';
+import { CheckpointReader, NemotronTokenizer, Trainer, writeSafetensors } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // A tiny NemotronH ("M*M-": Mamba-2, attention, Mamba-2, MLP) and what transformers computes with it
@@ -15,6 +15,7 @@ interface Reference {
   prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[]; greedy_repetition_penalty_1_3: number[];
   row1_alone_logits: number[][]; gradients: Record<string, number[]>;
   moe: Record<string, { logits: number[][][]; greedy: number[]; gradients: Record<string, number[]> }>;
+  training: { batch: number[][]; mask: number[][]; labels: number[][]; loss: number; after_step: Record<string, number[]> };
 }
 const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'utf8')) as Reference;
 
@@ -188,6 +189,24 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         model.dispose();
       });
     }
+
+    it('the Trainer fine-tunes it: a step on a right-padded batch (loss, clipping, AdamW) moves the weights as torch\'s does', async () => {
+      const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
+      const before = tf.memory().numTensors;
+      const { batch, mask, loss: torchLoss, after_step: afterStep } = reference.training;
+      const examples = batch.map((ids, r) => ({ inputIds: ids.slice(0, mask[r].indexOf(0) < 0 ? ids.length : mask[r].indexOf(0)) }));
+      const trainer = new Trainer(model, examples, { task: 'causal-lm', lr: 1e-2, batchSize: 2, maxSteps: 1, schedule: 'constant', maxGradNorm: 1, shuffle: false, padTokenId: 0 });
+      const log = await trainer.step();
+      expect(Math.abs(log.loss - torchLoss), 'loss').to.be.at.most(1e-5);
+      for (const [name, values] of Object.entries(afterStep)) {
+        const ours = Array.from(await model.weights.get(name)!.data()).slice(0, 8);
+        expect(maxDiff(ours, values), name).to.be.at.most(1e-5);
+      }
+      trainer.dispose();
+      expect(tf.memory().numTensors).to.equal(before);
+      expect(() => model.gradientCheckpointingEnable()).to.throw(/gradient checkpointing is not supported yet/);
+      model.dispose();
+    });
 
     it('greedy generation with the kept state (convolution window, SSM state, attention cache) writes transformers\' tokens', async () => {
       const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));

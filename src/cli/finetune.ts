@@ -14,6 +14,7 @@ import { NemotronTokenizer } from '../tokenizer';
 import { isGGUF } from '../../models/nemotron/pretrained';
 import { Example, TASKS, TaskName, readJsonl } from '../training/data';
 import { LoraModel } from '../training/lora';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { Trainer, TrainableModel } from '../training/trainer';
 
 type HeadModel = NemotronPreTrainedModel & TrainableModel;
@@ -39,6 +40,34 @@ function checkpointBytes(dir: string): number {
 }
 
 /** Head settings a classification dataset implies when the checkpoint has no such head yet. */
+/** finetune for a NemotronH checkpoint: the causal LM trained whole (the other options refused by name). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], evalExamples: Example[] | undefined, backend: string): Promise<void> {
+  const refused = [['--task ' + task, task !== 'causal-lm'], ['--lora-r', opts.loraR !== undefined], ['--add-special-tokens', opts.addSpecialTokens !== undefined],
+    ['--gradient-checkpointing', Boolean(opts.gradientCheckpointing)], ['--resume', Boolean(opts.resume)]].filter(([, on]) => on).map(([flag]) => flag);
+  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (causal-lm, all weights)`);
+  const model = await NemotronHForCausalLM.fromPretrained(opts.model);
+  const trainer = new Trainer(model, train, {
+    task, lr: opts.lr, epochs: opts.epochs, maxSteps: opts.maxSteps, batchSize: opts.batchSize, gradAccum: opts.gradAccum,
+    schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
+    seed: opts.seed, evalExamples, evalEvery: opts.evalEvery, outputDir: opts.output, saveEvery: opts.saveEvery,
+    logFile: path.join(opts.output, 'train_log.jsonl'), progress: opts.progress && process.stderr.isTTY, padTokenId: model.config.padTokenId ?? 0,
+  });
+  try {
+    fs.mkdirSync(opts.output, { recursive: true });
+    fs.rmSync(path.join(opts.output, 'train_log.jsonl'), { force: true });
+    process.stderr.write(`finetune causal-lm (NemotronH): ${train.length} examples, ${trainer.totalSteps} steps, backend ${backend}\n`);
+    const history = await trainer.fit();
+    await model.savePretrained(opts.output);
+    const lastEval = trainer.evalHistory[trainer.evalHistory.length - 1];
+    process.stdout.write(`trained ${trainer.state.step} steps: loss ${history[0]?.loss.toFixed(4) ?? '-'} → ${history[history.length - 1]?.loss.toFixed(4) ?? '-'}` +
+      `${lastEval ? ` · eval loss ${lastEval.evalLoss.toFixed(4)}` : ''}; saved to ${opts.output}\n`);
+  } finally {
+    trainer.dispose();
+    model.dispose();
+  }
+}
+
 function headConfig(task: TaskName, examples: Example[], numLabels?: number): Partial<NemotronConfigFields> {
   if (task === 'sequence-classification') {
     const label = examples[0].label;
@@ -105,6 +134,13 @@ export function registerFinetune(program: Command): void {
       const readOptions = { assistantOnlyLoss: opts.assistantOnlyLoss ?? false };
       const train = readJsonl(opts.train, task, tokenizer, opts.maxLength, readOptions);
       const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength, readOptions) : undefined;
+      if (!gguf && (JSON.parse(fs.readFileSync(path.join(opts.model, 'config.json'), 'utf8')) as { model_type?: string }).model_type === 'nemotron_h') {
+        await finetuneNemotronH(opts, task, train, evalExamples, backend);
+        if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+          if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
+        }
+        return;
+      }
       const resuming = opts.resume && fs.existsSync(path.join(opts.output, 'trainer_state.json'));
       // A LoRA run saves only the adapter: its base weights always come from --model.
       const from = resuming && !lora ? opts.output : opts.model;

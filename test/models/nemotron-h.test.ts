@@ -139,7 +139,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     fs.rmSync(saved, { recursive: true, force: true });
   });
 
-  it('the CLI generate runs a NemotronH folder (greedy, streamed), and refuses what it does not run for it by name; info describes one', async () => {
+  it('the CLI: generate runs a NemotronH folder (greedy, streamed), finetune trains it, info describes it; what they do not run for it is refused by name', async () => {
     const dir = tmpDir('nemotron-h-cli');
     for (const from of [path.join(DIR, 'model'), path.resolve(FIXTURES, '../structured-output/tokenizer')]) {
       for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(dir, f));
@@ -151,6 +151,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     const model = await NemotronHForCausalLM.fromPretrained(dir);
     const ids = tokenizer.encode('the name');
     const expected = model.generate([ids], { maxNewTokens: 8 })[0];
+    const parameters = model.numParameters();
     model.dispose();
     expect(r.stdout).to.equal(`${tokenizer.decode(expected, { skipSpecialTokens: true })}\n`);
     expect(r.stderr).to.match(/generated: \d+ tokens? .* \(NemotronH\)/);
@@ -159,6 +160,20 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     const moe = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));
     expect(card).to.deep.include({ pattern: 'ME*E', mamba_layers: 1, moe_layers: 2, parameters: moe.numParameters() });
     moe.dispose();
+    // finetune: the Trainer on a JSONL of ids, the result saved where fromPretrained (and transformers) read it.
+    const data = path.join(dir, 'train.jsonl');
+    fs.writeFileSync(data, reference.prompt.map((ids) => JSON.stringify({ input_ids: ids.filter((t) => t > 0) })).join('\n') + '\n');
+    const out = path.join(dir, 'tuned');
+    const tuned = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', out, '--max-steps', '3',
+      '--batch-size', '2', '--lr', '1e-2', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(tuned.status, tuned.stderr).to.equal(0);
+    expect(tuned.stdout).to.match(/^trained 3 steps: loss [\d.]+ → [\d.]+; saved to /);
+    expect(fs.readFileSync(path.join(out, 'train_log.jsonl'), 'utf8').trim().split('\n')).to.have.length(3);
+    const reloaded = await NemotronHForCausalLM.fromPretrained(out);
+    expect(reloaded.numParameters()).to.equal(parameters);
+    reloaded.dispose();
+    const noLora = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', out, '--lora-r', '4', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(noLora.stderr).to.match(/--lora-r: not supported for NemotronH checkpoints yet/);
     const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--num-beams', '2'], { encoding: 'utf8' });
     expect(refused.stderr).to.match(/--num-beams: not supported for NemotronH checkpoints yet/);
     fs.rmSync(dir, { recursive: true, force: true });

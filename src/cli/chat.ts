@@ -2,7 +2,7 @@
  * `nemotron-tfjs chat --model DIR`: a conversation in the terminal, as `transformers chat` holds one: each line read is
  * a user message, the whole conversation goes through the chat template and the reply streams back and joins the
  * history. `/clear` forgets the conversation, `/exit` (or the end of the input) ends it. Lines may come from a pipe.
- * Turns run on a one-row ContinuousBatcher with prefix caching, so that a turn runs only what the last one did not.
+ * Turns run on a one-row ContinuousBatcher with prefix caching, so that a turn reuses what the last one ran.
  * Where the tokenizer has a response_template, the reply is read with it: reasoning and tool calls are shown apart.
  */
 import * as readline from 'readline';

@@ -32,6 +32,8 @@ function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
 
 export class NemotronHForCausalLM {
   readonly weights = new Map<string, tf.Variable>();
+  /** LoRA adapters by module name (`model.layers.0.mixer.in_proj`), while a NemotronHLoraModel is attached. */
+  readonly adapters = new Map<string, { A: tf.Variable; B: tf.Variable; scaling: number }>();
 
   constructor(readonly config: NemotronHConfig, weights?: Map<string, tf.Tensor>) {
     for (const [name, shape] of this.expectedShapes()) {
@@ -130,9 +132,14 @@ export class NemotronHForCausalLM {
   }
 
   private linear(x: tf.Tensor, name: string): tf.Tensor {
-    const y = tf.matMul(x.reshape([-1, x.shape[x.rank - 1]]), this.w(`${name}.weight`), false, true);
+    const flat = x.reshape([-1, x.shape[x.rank - 1]]);
+    let y = tf.matMul(flat, this.w(`${name}.weight`), false, true);
     const bias = this.weights.get(`${name}.bias`);
-    return (bias ? tf.add(y, bias) : y).reshape([...x.shape.slice(0, -1), -1]);
+    if (bias) y = tf.add(y, bias);
+    // LoRA: W·x + scaling·B·A·x, as PEFT's Linear adds it.
+    const adapter = this.adapters.get(name);
+    if (adapter) y = tf.add(y, tf.mul(tf.matMul(tf.matMul(flat, adapter.A, false, true), adapter.B, false, true), adapter.scaling));
+    return y.reshape([...x.shape.slice(0, -1), -1]);
   }
 
   /**

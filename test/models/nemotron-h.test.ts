@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronHConfig, NemotronHForCausalLM } from '../../src/index';
+import { NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel } from '../../src/index';
 import { ssdScan } from '../../models/nemotron_h/model';
 import { spawnSync } from 'child_process';
 import { CheckpointReader, NemotronTokenizer, Trainer, writeSafetensors } from '../../src/index';
@@ -137,6 +137,47 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       expect(Math.max(...theirs[0].map((row, t) => maxDiff(row, ours[0][t])))).to.be.at.most(1e-4);
     }
     fs.rmSync(saved, { recursive: true, force: true });
+  });
+
+  it('LoRA as PEFT: adapters trained with the Trainer, saved where PeftModel.from_pretrained reads them (the same logits), merged or unloaded', async () => {
+    const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));
+    const before = tf.memory().numTensors;
+    const prompt = reference.prompt.slice(0, 1);
+    const logitsOf = async () => { const { logits } = model.forward({ inputIds: prompt }); const a = await logits.array() as number[][][]; logits.dispose(); return a; };
+    const base = await logitsOf();
+    const lora = NemotronHLoraModel.attach(model, { r: 4, loraAlpha: 8, targetModules: 'all-linear', seed: 1 });
+    expect([...lora.namedParameters().keys()]).to.include('base_model.model.model.layers.0.mixer.in_proj.lora_A.weight');
+    expect(lora.namedParameters().has('base_model.model.model.layers.1.mixer.shared_experts.up_proj.lora_B.weight')).to.equal(true);
+    expect(() => NemotronHLoraModel.attach(model, { r: 2, loraAlpha: 2, targetModules: ['in_proj', 'out_proj'] })).to.throw(/"out_proj": PEFT refuses it for Mamba-based models/);
+    const frozen = model.weights.get('model.layers.0.mixer.in_proj.weight')!;
+    const frozenBefore = Array.from(await frozen.data());
+    const trainer = new Trainer(lora, reference.prompt.map((ids) => ({ inputIds: ids.filter((t) => t > 0) })), { task: 'causal-lm', lr: 5e-2, batchSize: 2, maxSteps: 2, schedule: 'constant', shuffle: false, padTokenId: 0 });
+    await trainer.step();
+    await trainer.step();
+    trainer.dispose();
+    expect(Array.from(await frozen.data())).to.deep.equal(frozenBefore);
+    const adapted = await logitsOf();
+    expect(maxDiff(adapted[0][9], base[0][9])).to.be.greaterThan(1e-3);
+    const dir = tmpDir('nemotron-h-adapter');
+    await lora.savePretrained(dir);
+    const python = process.env.NEMOTRON_REF_PYTHON ?? path.resolve(__dirname, '../../../.venv-ref/bin/python');
+    if (fs.existsSync(python) && spawnSync(python, ['-c', 'import peft'], { encoding: 'utf8' }).status === 0) {
+      const script = 'import json, sys, torch\nfrom transformers import NemotronHForCausalLM\nfrom peft import PeftModel\n' +
+        'm = PeftModel.from_pretrained(NemotronHForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2]).eval()\n' +
+        'print(json.dumps(m(torch.tensor(json.loads(sys.argv[3]))).logits.tolist()))';
+      const r = spawnSync(python, ['-c', script, path.join(DIR, 'moe-latent'), dir, JSON.stringify(prompt)], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      const theirs = JSON.parse(r.stdout.trim().split('\n').pop()!) as number[][][];
+      expect(Math.max(...theirs[0].map((row, t) => maxDiff(row, adapted[0][t]))), 'PEFT\'s logits').to.be.at.most(1e-4);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+    lora.mergeAndUnload();
+    const merged = await logitsOf();
+    expect(Math.max(...merged[0].map((row, t) => maxDiff(row, adapted[0][t]))), 'merged').to.be.at.most(1e-4);
+    expect(model.adapters.size).to.equal(0);
+    expect(model.weights.get('model.layers.0.mixer.in_proj.weight')!.trainable).to.equal(true);
+    expect(tf.memory().numTensors).to.equal(before);
+    model.dispose();
   });
 
   it('the CLI: generate runs a NemotronH folder (greedy, streamed), finetune trains it, info describes it; what they do not run for it is refused by name', async () => {

@@ -15,6 +15,7 @@ import { isGGUF } from '../../models/nemotron/pretrained';
 import { Example, TASKS, TaskName, readJsonl } from '../training/data';
 import { LoraModel } from '../training/lora';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
+import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
 import { Trainer, TrainableModel } from '../training/trainer';
 
 type HeadModel = NemotronPreTrainedModel & TrainableModel;
@@ -43,10 +44,13 @@ function checkpointBytes(dir: string): number {
 /** finetune for a NemotronH checkpoint: the causal LM trained whole (the other options refused by name). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], evalExamples: Example[] | undefined, backend: string): Promise<void> {
-  const refused = [['--task ' + task, task !== 'causal-lm'], ['--lora-r', opts.loraR !== undefined], ['--add-special-tokens', opts.addSpecialTokens !== undefined],
+  const refused = [['--task ' + task, task !== 'causal-lm'], ['--add-special-tokens', opts.addSpecialTokens !== undefined], ['--lora-dropout', (opts.loraDropout ?? 0) > 0],
     ['--gradient-checkpointing', Boolean(opts.gradientCheckpointing)], ['--resume', Boolean(opts.resume)]].filter(([, on]) => on).map(([flag]) => flag);
-  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (causal-lm, all weights)`);
-  const model = await NemotronHForCausalLM.fromPretrained(opts.model);
+  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (causal-lm: all weights, or LoRA)`);
+  const base = await NemotronHForCausalLM.fromPretrained(opts.model);
+  // --lora-r: PEFT's adapters on the linear modules (the base frozen; the adapter is what is saved).
+  const targets = opts.loraTargets === undefined || opts.loraTargets === 'all-linear' ? 'all-linear' : String(opts.loraTargets).split(',').map((t: string) => t.trim());
+  const model = opts.loraR === undefined ? base : NemotronHLoraModel.attach(base, { r: opts.loraR, loraAlpha: opts.loraAlpha ?? 2 * opts.loraR, targetModules: targets, seed: opts.seed });
   const trainer = new Trainer(model, train, {
     task, lr: opts.lr, epochs: opts.epochs, maxSteps: opts.maxSteps, batchSize: opts.batchSize, gradAccum: opts.gradAccum,
     schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
@@ -56,7 +60,7 @@ async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], ev
   try {
     fs.mkdirSync(opts.output, { recursive: true });
     fs.rmSync(path.join(opts.output, 'train_log.jsonl'), { force: true });
-    process.stderr.write(`finetune causal-lm (NemotronH): ${train.length} examples, ${trainer.totalSteps} steps, backend ${backend}\n`);
+    process.stderr.write(`finetune causal-lm (NemotronH${model instanceof NemotronHLoraModel ? `, LoRA r ${opts.loraR}` : ''}): ${train.length} examples, ${trainer.totalSteps} steps, backend ${backend}\n`);
     const history = await trainer.fit();
     await model.savePretrained(opts.output);
     const lastEval = trainer.evalHistory[trainer.evalHistory.length - 1];
@@ -64,7 +68,7 @@ async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], ev
       `${lastEval ? ` · eval loss ${lastEval.evalLoss.toFixed(4)}` : ''}; saved to ${opts.output}\n`);
   } finally {
     trainer.dispose();
-    model.dispose();
+    base.dispose();
   }
 }
 

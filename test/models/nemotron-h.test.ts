@@ -213,8 +213,16 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     const reloaded = await NemotronHForCausalLM.fromPretrained(out);
     expect(reloaded.numParameters()).to.equal(parameters);
     reloaded.dispose();
-    const noLora = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', out, '--lora-r', '4', '--backend', 'cpu'], { encoding: 'utf8' });
-    expect(noLora.stderr).to.match(/--lora-r: not supported for NemotronH checkpoints yet/);
+    // --lora-r: the adapter is what is saved (PEFT's files).
+    const adapter = path.join(dir, 'adapter');
+    const withLora = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', adapter, '--lora-r', '4',
+      '--max-steps', '2', '--batch-size', '2', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(withLora.status, withLora.stderr).to.equal(0);
+    expect(withLora.stderr).to.match(/finetune causal-lm \(NemotronH, LoRA r 4\)/);
+    expect(JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'))).to.deep.include({ peft_type: 'LORA', r: 4, lora_alpha: 16 });
+    expect(fs.existsSync(path.join(adapter, 'adapter_model.safetensors'))).to.equal(true);
+    const dropout = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', adapter, '--lora-r', '4', '--lora-dropout', '0.1', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(dropout.stderr).to.match(/--lora-dropout: not supported for NemotronH checkpoints yet/);
     const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--num-beams', '2'], { encoding: 'utf8' });
     expect(refused.stderr).to.match(/--num-beams: not supported for NemotronH checkpoints yet/);
     fs.rmSync(dir, { recursive: true, force: true });

@@ -39,3 +39,4 @@ export * from './serving/prefix-cache';
 export { NemotronHConfig, type NemotronHConfigFields, type NemotronHLayerType } from '../models/nemotron_h/config';
 export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState } from '../models/nemotron_h/model';
 export { NEMOTRON_H_LORA_MODULES, NemotronHLoraModel, type NemotronHLoraConfig } from '../models/nemotron_h/lora';
+export { NemotronHRowRunner } from './serving/nemotron-h-runner';

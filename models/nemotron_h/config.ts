@@ -102,6 +102,11 @@ export class NemotronHConfig {
     this.validate();
   }
 
+  /** The longest sequence generation plans for (max_position_embeddings; attention here has no position embedding). */
+  get maxSequenceLength(): number {
+    return this.maxPositionEmbeddings;
+  }
+
   get numHiddenLayers(): number {
     return this.layerTypes.length;
   }

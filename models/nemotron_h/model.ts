@@ -32,6 +32,8 @@ function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
 
 export class NemotronHForCausalLM {
   readonly weights = new Map<string, tf.Variable>();
+  /** generation_config.json of the checkpoint (what generate() and the server take defaults from), or null. */
+  generationConfig: Record<string, unknown> | null = null;
   /** LoRA adapters by module name (`model.layers.0.mixer.in_proj`), while a NemotronHLoraModel is attached. */
   readonly adapters = new Map<string, { A: tf.Variable; B: tf.Variable; scaling: number }>();
 
@@ -114,6 +116,8 @@ export class NemotronHForCausalLM {
     }
     try {
       const model = new NemotronHForCausalLM(config, weights);
+      const generationFile = path.join(dir, 'generation_config.json');
+      if (fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8')) as Record<string, unknown>;
       const missing = [...model.weights.keys()].filter((n) => !weights.has(n));
       if (missing.length) {
         model.dispose();

@@ -15,7 +15,9 @@ import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { GenerateOptions, rowDecoding, stopStringDecoder } from '../generation/generate';
 import { type CompiledGrammar, type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { type Json, type ResponseEvent, type ResponseTemplate, type ResponseTemplateSpec, type ToolSpec, ResponseParser, loadResponseTemplate, parseResponse } from '../response-parsing/index';
-import { ContinuousBatcher } from './batcher';
+import { type BatchRow, ContinuousBatcher } from './batcher';
+import { NemotronHRowRunner } from './nemotron-h-runner';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
 import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
 
@@ -32,8 +34,11 @@ export interface OpenAIServerOptions {
   prefillChunkTokens?: number;
   /** Automatic prefix caching: finished rows' keys and values kept, up to this many tokens (BatcherOptions). Default 0: off. */
   prefixCacheTokens?: number;
-  /** The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on `model`). */
-  batcher?: ContinuousBatcher;
+  /**
+   * The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on a Nemotron model,
+   * a NemotronHRowRunner — one row after another — on a NemotronH one).
+   */
+  batcher?: { generate(row: BatchRow): Promise<void> };
   /** Requests to /v1/… must carry `Authorization: Bearer <apiKey>` (as vLLM's --api-key); /health stays open. */
   apiKey?: string;
   /** Each finished request, in a line (method, path, status, tokens, seconds). */
@@ -504,12 +509,16 @@ function replyPieces(events: ResponseEvent[]): ReplyPiece[] {
  * The request handler of an OpenAI-compatible server for `model` and `tokenizer` (see the module comment); mount it
  * with `http.createServer(handler)`, or use {@link createOpenAIServer}.
  */
-export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.RequestListener {
+export function openAIHandler(served: NemotronForCausalLM | NemotronHForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.RequestListener {
+  // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
+  const model = served as NemotronForCausalLM;
+  const hybrid = served instanceof NemotronHForCausalLM;
   const created = Math.floor(Date.now() / 1000);
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
-  const batcher = options.batcher ?? new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens, prefixCacheTokens: options.prefixCacheTokens });
+  const batcher = options.batcher ?? (served instanceof NemotronHForCausalLM ? new NemotronHRowRunner(served)
+    : new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens, prefixCacheTokens: options.prefixCacheTokens }));
   // Checked now, so that a template this server cannot read fails at start, not at the first request.
   const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
   const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;
@@ -607,6 +616,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
       prompts = read.ids;
       if (booleanField(body, 'echo')) echo = read.texts;
       if (requested === 0 && !echo) throw new OpenAIError(400, 'max_tokens 0 generates nothing; it is for echo: true (the prompt and its logprobs)', 'max_tokens');
+      if (hybrid && echo && logprobs !== null) throw new OpenAIError(400, 'echo with logprobs (the prompt\'s log-probabilities) is not supported for NemotronH models yet', 'logprobs');
     }
     if (prompts.length * n > maxRows) {
       throw new OpenAIError(400, `${prompts.length} prompts × n ${n} = ${prompts.length * n} rows; this server decodes at most ${maxRows} a request`, 'n');
@@ -722,6 +732,7 @@ export function openAIHandler(model: NemotronForCausalLM, tokenizer: NemotronTok
 
   /** The prompt's tokens for echo with logprobs: the first has none (nothing comes before it); offsets in its text. */
   async function promptScores(prompt: number[], topK: number): Promise<PromptScored[]> {
+    if (hybrid) throw new OpenAIError(400, 'echo with logprobs (the prompt\'s log-probabilities) is not supported for NemotronH models yet', 'logprobs');
     const scored = await sequenceLogprobs(model, prompt, { topK });
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
     let offset = 0;
@@ -1171,7 +1182,7 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Body> {
 }
 
 /** An http.Server with {@link openAIHandler}; `listen` it (port 0 picks a free port, see {@link serverAddress}). */
-export function createOpenAIServer(model: NemotronForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.Server {
+export function createOpenAIServer(model: NemotronForCausalLM | NemotronHForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.Server {
   return http.createServer(openAIHandler(model, tokenizer, options));
 }
 

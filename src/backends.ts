@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
+import { registerNemotronHStepKernel } from './kernels/nemotron-h-graph';
 import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
 import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
 import { guardBindingLimit, registerWebGPUKernels } from './kernels/webgpu-kernels';
@@ -110,6 +111,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
   if (name === 'tensorflow' || name === 'cuda') {
     registerTensorFlowKernels();
     registerDecodeStepKernel();
+    registerNemotronHStepKernel();
   }
   if (name === 'cuda' && !(tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice) {
     console.warn('nemotron-tfjs: backend cuda: TensorFlow found no usable GPU (CUDA 12 driver and libraries); it runs on the CPU');

@@ -14,6 +14,9 @@ import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
+import { NEMOTRON_H_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
+import { type NemotronHStepSpec, nemotronHStepInputs, nemotronHStepSpec } from '../../src/kernels/nemotron-h-graph';
+import { DecodeGraphError, decodeStepFits } from '../../src/kernels/tensorflow-graph';
 import { NemotronHConfig } from './config';
 
 /** What a pass leaves for the next: per layer, the Mamba convolution window and SSM state, or attention's keys and values. */
@@ -147,11 +150,14 @@ export class NemotronHForCausalLM {
   }
 
   /**
-   * Logits of every position (and, with labels, the causal LM loss: labels shifted inside, -100 ignored), a prompt
-   * pass from nothing; `state` (when given an empty object) receives what a decoding step needs.
+   * Logits of every position, or of the last `logitsToKeep` (and, with labels, the causal LM loss: labels shifted
+   * inside, -100 ignored), a prompt pass from nothing; `state` (when given an empty object) receives what a decoding step needs.
    */
-  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][] }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     const { inputIds } = inputs;
+    const keepLogits = inputs.logitsToKeep ?? 0;
+    if (!Number.isInteger(keepLogits) || keepLogits < 0) throw new Error(`NemotronH.forward: logitsToKeep must be a whole number ≥ 0 (0: every position), got ${keepLogits}`);
+    if (keepLogits > 0 && inputs.labels) throw new Error('NemotronH.forward: the loss needs every position\'s logits; give labels or logitsToKeep, not both');
     const batch = inputIds.length;
     const length = inputIds[0]?.length ?? 0;
     if (batch === 0 || length === 0 || inputIds.some((r) => r.length !== length)) throw new Error('NemotronH.forward: inputIds must be a non-empty rectangle of token ids');
@@ -180,8 +186,9 @@ export class NemotronHForCausalLM {
         }
         hidden = tf.add(hidden, out);
       });
-      const normed = rmsNorm(hidden, this.w('model.norm_f.weight'), this.config.layerNormEpsilon);
-      return this.lmHead(normed) as tf.Tensor3D;
+      // transformers' logits_to_keep: the output projection of the last positions alone (generation needs the last).
+      const kept = keepLogits > 0 && keepLogits < length ? hidden.slice([0, length - keepLogits, 0], [-1, -1, -1]) : hidden;
+      return this.lmHead(rmsNorm(kept, this.w('model.norm_f.weight'), this.config.layerNormEpsilon)) as tf.Tensor3D;
     });
     if (state) {
       state.layers = layers;
@@ -200,6 +207,16 @@ export class NemotronHForCausalLM {
   /** One token a row after a pass that filled `state` (which it updates): the next logits, [batch, 1, vocab]. */
   step(tokens: number[], state: NemotronHState): tf.Tensor3D {
     state.mask.forEach((m) => m.push(1));
+    const spec = this.compiledStep(tokens.length);
+    if (spec) {
+      try {
+        return this.compiledStepRun(spec, tokens, state);
+      } catch (e) {
+        if (!(e instanceof DecodeGraphError)) throw e;
+        // Nothing changed yet (the state is replaced only on success): the eager step below computes the same.
+        console.warn(`nemotron-tfjs: ${e.message}; decoding layer by layer`);
+      }
+    }
     const next: NemotronHState['layers'] = [];
     const logits = tf.tidy(() => {
       let hidden = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(tokens.map((t) => [t]), undefined, 'int32'));
@@ -227,6 +244,42 @@ export class NemotronHForCausalLM {
     disposeState(state);
     state.layers = next;
     return logits;
+  }
+
+  /**
+   * The spec of the compiled decoding step where the backend has it (the native one: NEMOTRON_H_STEP_KERNEL) and it
+   * applies: no LoRA adapters (merged ones are plain weights), no mixture-of-experts layers, weights that fit the
+   * copy a graph run makes (decodeStepFits).
+   */
+  private compiledStep(batch: number): NemotronHStepSpec | null {
+    if (this.adapters.size > 0 || !fusedKernelApplies(NEMOTRON_H_STEP_KERNEL) || !decodeStepFits(4 * this.numParameters())) return null;
+    return nemotronHStepSpec(this.config, batch);
+  }
+
+  /** One step through the compiled graph: the same logits and state as the eager step. */
+  private compiledStepRun(spec: NemotronHStepSpec, tokens: number[], state: NemotronHState): tf.Tensor3D {
+    const [logits, ...next] = tf.tidy(() => {
+      const named: tf.NamedTensorMap = { hidden: tf.gather(this.w('model.embeddings.weight'), tf.tensor1d(tokens, 'int32')) };
+      if (this.config.layerTypes.includes('attention')) {
+        named.mask = tf.tensor2d(state.mask.map((row) => row.map((m) => (m === 1 ? 0 : -1e9)))).reshape([tokens.length, 1, 1, -1]);
+      }
+      state.layers.forEach((layer, i) => {
+        if (layer && 'conv' in layer) Object.assign(named, { [`conv.${i}`]: layer.conv, [`ssm.${i}`]: layer.ssm });
+        else if (layer) Object.assign(named, { [`keys.${i}`]: layer.keys, [`values.${i}`]: layer.values });
+      });
+      for (const [name] of nemotronHStepInputs(spec)) if (!(name in named)) named[name] = this.w(name);
+      return tf.engine().runKernel(NEMOTRON_H_STEP_KERNEL, named, spec as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    });
+    disposeState(state);
+    let k = 0;
+    state.layers = this.config.layerTypes.map((type) => {
+      if (type === 'mamba') return { conv: next[k++] as tf.Tensor3D, ssm: next[k++] as tf.Tensor4D };
+      if (type === 'attention') return { keys: next[k++] as tf.Tensor4D, values: next[k++] as tf.Tensor4D };
+      return null;
+    });
+    const shaped = logits.reshape([tokens.length, 1, this.config.vocabSize]) as tf.Tensor3D;
+    logits.dispose();
+    return shaped;
   }
 
   private lmHead(x: tf.Tensor): tf.Tensor {
@@ -318,8 +371,9 @@ export class NemotronHForCausalLM {
     const k = c.convKernel;
     const padded = tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
     const weight = this.w(`${p}.mixer.conv1d.weight`);
-    let conv: tf.Tensor = tf.zeros(rawXBC.shape);
-    for (let j = 0; j < k; j++) conv = tf.add(conv, tf.mul(padded.slice([0, j, 0], [batch, time, c.convDim]), weight.slice([0, j], [c.convDim, 1]).reshape([c.convDim])));
+    // One depthwise convolution (a row of height 1): a kernel where K shifted products took 3·K.
+    const filter = tf.transpose(weight).reshape([1, k, c.convDim, 1]) as tf.Tensor4D;
+    let conv: tf.Tensor = tf.depthwiseConv2d(padded.reshape([batch, 1, time + k - 1, c.convDim]) as tf.Tensor4D, filter, 1, 'valid').reshape([batch, time, c.convDim]);
     const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
     if (bias) conv = tf.add(conv, bias);
     const xBC = tf.mul(tf.mul(conv, tf.sigmoid(conv)), keep);
@@ -400,7 +454,7 @@ export class NemotronHForCausalLM {
     };
     const onHost = processors.doSample || (options.repetitionPenalty ?? 1) !== 1;
     const done = inputIds.map(() => false);
-    let logits = this.forward({ inputIds, attentionMask: options.attentionMask }, state).logits;
+    let logits = this.forward({ inputIds, attentionMask: options.attentionMask, logitsToKeep: 1 }, state).logits;
     try {
       for (let step = 0; step < options.maxNewTokens; step++) {
         const last = tf.tidy(() => {

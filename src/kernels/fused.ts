@@ -50,6 +50,8 @@ export interface AdamWAttrs {
 }
 /** A whole decoding step of NemotronModel, one new token per row with a KV cache (see tensorflow-graph.ts). */
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
+/** A whole decoding step of NemotronHForCausalLM (Mamba-2 state, attention KV) to the logits (see nemotron-h-graph.ts). */
+export const NEMOTRON_H_STEP_KERNEL = 'NemotronHDecodeStep';
 
 let enabled = true;
 const disabled = new Set<string>();

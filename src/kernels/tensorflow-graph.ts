@@ -51,7 +51,7 @@ interface NodeDef {
 }
 
 /** Records TFOps as GraphDef nodes; a handle is a node name (its first output). */
-class GraphOps implements TFOps<string> {
+export class GraphOps implements TFOps<string> {
   readonly nodes: NodeDef[] = [];
   private readonly constants = new Map<string, string>();
 
@@ -170,7 +170,7 @@ export function decodeStepSpec(c: DecodeStepConfig, batch: number, hasMask: bool
     headDim: c.headDim, rotaryDim: c.rotaryDim, intermediateSize: c.intermediateSize, eps: c.normEps,
     attentionBias: c.attentionBias, mlpBias: c.mlpBias, activation: c.hiddenAct, batch, hasMask, vocabSize,
   };
-  return failed.has(JSON.stringify(spec)) ? null : spec;
+  return graphFailed(DECODE_STEP_KERNEL, spec) ? null : spec;
 }
 
 interface DecodeGraph {
@@ -251,21 +251,33 @@ function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames
   return { bytes: g.savedModel(), inputNames, outputNames };
 }
 
+/** A recorded graph: the SavedModel's bytes, its inputs' names in feeding order and its outputs' names. */
+export interface RecordedGraph {
+  bytes: Uint8Array;
+  inputNames: string[];
+  outputNames: string[];
+}
+
 const graphs = new Map<string, DecodeGraph>();
 /** Specs whose graph could not be built or loaded: not tried again (decodeStepSpec answers null for them). */
 const failed = new Set<string>();
+
+/** Whether the graph of `kernelName` for `spec` failed before (it is not tried again). */
+export function graphFailed(kernelName: string, spec: object): boolean {
+  return failed.has(`${kernelName}:${JSON.stringify(spec)}`);
+}
 
 /** A decoding graph that could not be written or loaded; the model falls back to its layers. */
 export class DecodeGraphError extends Error {}
 
 /** The loaded graph for `spec`: recorded, written to a temporary SavedModel, loaded, and the files removed. */
-function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
-  const key = JSON.stringify(spec);
+function loadGraph(backend: NodeBackend, kernelName: string, spec: object, record: (spec: never) => RecordedGraph): DecodeGraph {
+  const key = `${kernelName}:${JSON.stringify(spec)}`;
   let graph = graphs.get(key);
   if (!graph) {
-    const { bytes, inputNames, outputNames } = recordDecodeStep(spec);
     let dir: string | null = null;
     try {
+      const { bytes, inputNames, outputNames } = record(spec as never);
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-tfjs-graph-'));
       fs.writeFileSync(path.join(dir, 'saved_model.pb'), bytes);
       const tensorNames = (names: string[]) => names.map((n) => `${n}:0`).join(',');
@@ -282,29 +294,33 @@ function decodeGraph(backend: NodeBackend, spec: DecodeStepSpec): DecodeGraph {
 }
 
 /**
- * The kernel: inputs named as decodeStepInputs(spec), attrs the spec. Outputs [lastHiddenState [b, hidden] (after
- * the final norm), logits [b, vocab] where spec.vocabSize > 0, keys.0, values.0, keys.1, …] with the new token's keys
- * and values appended.
+ * Registers for 'tensorflow' a kernel that runs the graph `record` writes for its attrs (the spec), fed the kernel's
+ * inputs by the graph's input names; its outputs are the graph's, in order. Idempotent. Not on a GPU build
+ * (tfjs-node-gpu registers under the same name): runSavedModel resolves every input handle to host memory, which on
+ * a GPU would copy all the weights back each step.
  */
-function decodeStepKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.Tensor[] {
-  const node = backend as NodeBackend;
-  const graph = decodeGraph(node, attrs as unknown as DecodeStepSpec);
-  const ids = node.getInputTensorIds(graph.inputNames.map((name) => {
-    const t = inputs[name];
-    if (!t) throw new Error(`${DECODE_STEP_KERNEL}: missing input ${JSON.stringify(name)}`);
-    return t;
-  }));
-  const outputs = node.binding.runSavedModel(graph.modelId, ids, graph.feeds, graph.fetches);
-  return outputs.map((metadata) => node.createOutputTensor(metadata));
+export function registerGraphKernel<S extends object>(kernelName: string, record: (spec: S) => RecordedGraph): void {
+  if (tf.getKernel(kernelName, 'tensorflow')) return;
+  const kernelFunc = ({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.Tensor[] => {
+    const node = backend as NodeBackend;
+    const graph = loadGraph(node, kernelName, attrs ?? {}, record);
+    const ids = node.getInputTensorIds(graph.inputNames.map((name) => {
+      const t = inputs[name];
+      if (!t) throw new Error(`${kernelName}: missing input ${JSON.stringify(name)}`);
+      return t;
+    }));
+    const outputs = node.binding.runSavedModel(graph.modelId, ids, graph.feeds, graph.fetches);
+    return outputs.map((metadata) => node.createOutputTensor(metadata));
+  };
+  tf.registerKernel({ kernelName, backendName: 'tensorflow', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  limitFusedKernel(kernelName, 'tensorflow', () => !(tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice);
 }
 
 /**
- * Registers the decoding-step kernel for 'tensorflow' (idempotent). Not on a GPU build (tfjs-node-gpu registers under
- * the same name): runSavedModel resolves every input handle to host memory, which on a GPU would copy all the
- * weights back each step.
+ * Registers the decoding-step kernel for 'tensorflow' (idempotent): inputs named as decodeStepInputs(spec), attrs the
+ * spec. Outputs [lastHiddenState [b, hidden] (after the final norm), logits [b, vocab] where spec.vocabSize > 0,
+ * keys.0, values.0, keys.1, …] with the new token's keys and values appended.
  */
 export function registerDecodeStepKernel(): void {
-  if (tf.getKernel(DECODE_STEP_KERNEL, 'tensorflow')) return;
-  tf.registerKernel({ kernelName: DECODE_STEP_KERNEL, backendName: 'tensorflow', kernelFunc: decodeStepKernel as unknown as tf.KernelFunc });
-  limitFusedKernel(DECODE_STEP_KERNEL, 'tensorflow', () => !(tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice);
+  registerGraphKernel(DECODE_STEP_KERNEL, recordDecodeStep);
 }

@@ -128,7 +128,7 @@ export function mlp<H>(ops: TFOps<H>, x: H, w: MLPWeights<H>, rows: number, size
  * grouped products of the general path cost oneDNN a new primitive for every key length (BatchMatMulV2), or run
  * Eigen's tensor contraction (V3) at 3–4× the time at 512 keys; measured in a decoding graph of minitron-small.
  */
-function decodingAttention<H>(ops: TFOps<H>, query: H, keys: H, values: H, mask: H | undefined, shape: AttentionShape): H {
+export function decodingAttention<H>(ops: TFOps<H>, query: H, keys: H, values: H, mask: H | undefined, shape: AttentionShape): H {
   const { batch: b, numHeads: heads, kvHeads, headDim: d, scale } = shape;
   const groups = heads / kvHeads;
   const column = reshape(ops, ops.op('Mul', [query, scalar(ops, scale)]), [b, kvHeads, groups, d, 1]);

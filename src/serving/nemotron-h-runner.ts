@@ -29,7 +29,7 @@ export class NemotronHRowRunner {
   private async run(row: BatchRow): Promise<void> {
     if (row.cancelled?.()) return;
     const state: Partial<NemotronHState> = {};
-    let logits = this.model.forward({ inputIds: [row.prompt] }, state).logits;
+    let logits = this.model.forward({ inputIds: [row.prompt], logitsToKeep: 1 }, state).logits;
     const sequence = row.prompt.slice();
     try {
       for (let step = 0; ; step++) {

@@ -3,7 +3,8 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel } from '../../src/index';
-import { ssdScan } from '../../models/nemotron_h/model';
+import { type NemotronHState, disposeState, ssdScan } from '../../models/nemotron_h/model';
+import { NEMOTRON_H_STEP_KERNEL, setBackend, useFusedKernels } from '../../src/index';
 import { spawnSync } from 'child_process';
 import { CheckpointReader, NemotronTokenizer, Trainer, writeSafetensors } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
@@ -228,6 +229,81 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  (testBackends().includes('tensorflow') ? describe : describe.skip)('the native backend\'s compiled decoding step', () => {
+    before(async () => { await setBackend('tensorflow'); });
+    after(() => useFusedKernels(true));
+
+    /** Logits of three steps of a left-padded batch and the state after them, compiled or eager. */
+    async function steps(model: NemotronHForCausalLM, compiled: boolean): Promise<{ logits: number[][][][]; state: number[][]; ran: string[] }> {
+      useFusedKernels(compiled, [NEMOTRON_H_STEP_KERNEL]);
+      const state: Partial<NemotronHState> = {};
+      model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask }, state).logits.dispose();
+      const logits: number[][][][] = [];
+      let ran: string[] = [];
+      for (const tokens of [[5, 9], [17, 3], [40, 41]]) {
+        const profile = await tf.profile(() => model.step(tokens, state as NemotronHState));
+        ran = profile.kernelNames;
+        const out = profile.result as tf.Tensor;
+        logits.push(await out.array() as number[][][]);
+        out.dispose();
+      }
+      const kept = await Promise.all(state.layers!.flatMap((l) => (l ? Object.values(l) : [])).map(async (t) => Array.from(await (t as tf.Tensor).data())));
+      disposeState(state);
+      return { logits, state: kept, ran };
+    }
+
+    /** Weights of std 0.3 (not 0.02): every one of them, biases included, then moves the logits measurably. */
+    const spread = (model: NemotronHForCausalLM) => {
+      let seed = 1;
+      model.weights.forEach((v) => tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.3, 'float32', seed++))));
+      return model;
+    };
+    const shapes: Array<[string, () => Promise<NemotronHForCausalLM>]> = [
+      ['the fixture model ("M*M-")', () => NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'))],
+      ['biases everywhere, untied head, "-*MM"', async () => spread(new NemotronHForCausalLM(new NemotronHConfig({
+        vocabSize: 96, hiddenSize: 24, layerTypes: ['mlp', 'attention', 'mamba', 'mamba'], mambaNumHeads: 6, mambaHeadDim: 4, nGroups: 3, ssmStateSize: 5,
+        convKernel: 3, chunkSize: 4, numAttentionHeads: 4, numKeyValueHeads: 1, headDim: 6, intermediateSize: 40, useBias: true, useConvBias: true,
+        mlpBias: true, tieWordEmbeddings: false, maxPositionEmbeddings: 64,
+      })))],
+    ];
+    for (const [what, load] of shapes) {
+      it(`runs a step as one graph with the eager step's logits and state (${what}); no tensor left`, async () => {
+        const model = await load();
+        const before = tf.memory().numTensors;
+        const eager = await steps(model, false);
+        const compiled = await steps(model, true);
+        expect(compiled.ran).to.include(NEMOTRON_H_STEP_KERNEL);
+        expect(eager.ran).to.not.include(NEMOTRON_H_STEP_KERNEL);
+        const worst = (a: number[], b: number[]) => maxDiff(a, b);
+        compiled.logits.forEach((step, i) => expect(worst(step.flat(2), eager.logits[i].flat(2)), `logits of step ${i}`).to.be.at.most(1e-5));
+        compiled.state.forEach((values, i) => expect(worst(values, eager.state[i]), `state tensor ${i}`).to.be.at.most(1e-5));
+        expect(tf.memory().numTensors).to.equal(before);
+        model.dispose();
+      });
+    }
+
+    it('leaves mixture-of-experts models and attached adapters to the eager step', async () => {
+      useFusedKernels(true);
+      const kernelsOfStep = async (model: NemotronHForCausalLM) => {
+        const state: Partial<NemotronHState> = {};
+        model.forward({ inputIds: reference.prompt.slice(0, 1) }, state).logits.dispose();
+        const profile = await tf.profile(() => model.step([4], state as NemotronHState));
+        (profile.result as tf.Tensor).dispose();
+        disposeState(state);
+        return profile.kernelNames;
+      };
+      const moe = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe'));
+      expect(await kernelsOfStep(moe)).to.not.include(NEMOTRON_H_STEP_KERNEL);
+      moe.dispose();
+      const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
+      expect(await kernelsOfStep(model)).to.include(NEMOTRON_H_STEP_KERNEL);
+      const lora = NemotronHLoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: 'all-linear' });
+      expect(await kernelsOfStep(model)).to.not.include(NEMOTRON_H_STEP_KERNEL);
+      lora.unload();
+      model.dispose();
+    });
+  });
+
   forEachBackend(testBackends(), () => {
     it('logits of a left-padded batch and the loss equal transformers\'; gradients too; no tensor left', async () => {
       const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
@@ -237,6 +313,14 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       expect(Math.abs((await loss!.data())[0] - reference.loss)).to.be.at.most(1e-5);
       tf.dispose([l2, loss!]);
       await expectGradients(model, reference.gradients);
+      // logitsToKeep (transformers' logits_to_keep): the last positions' logits alone, the same values.
+      const last = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask, logitsToKeep: 2 }).logits;
+      expect(last.shape).to.deep.equal([2, 2, model.config.vocabSize]);
+      const ours = await last.array() as number[][][];
+      last.dispose();
+      reference.prompt.forEach((row, b) => [0, 1].forEach((t) => expect(maxDiff(ours[b][t], reference.logits[b][row.length - 2 + t])).to.be.at.most(1e-4)));
+      expect(() => model.forward({ inputIds: reference.prompt, logitsToKeep: 1, labels: reference.prompt })).to.throw(/give labels or logitsToKeep, not both/);
+      expect(() => model.forward({ inputIds: reference.prompt, logitsToKeep: -1 })).to.throw(/logitsToKeep must be a whole number ≥ 0 \(0: every position\), got -1/);
       expect(tf.memory().numTensors).to.equal(before);
       model.dispose();
     });

@@ -2,9 +2,10 @@
  * NemotronH (Nemotron-H, Nemotron Nano 2): a stack of pre-norm residual blocks whose mixer is a Mamba-2 block, an
  * attention block (no position embedding) or a relu² MLP, as transformers' modeling_nemotron_h computes it.
  *
- * A prompt pass runs the Mamba-2 scan step by step (the recurrence h_t = exp(Δt·A)·h_{t-1} + Δt·x_t·B_tᵀ,
- * y_t = h_t·C_t + D·x_t, which transformers' chunked scan computes in blocks) and leaves each layer's state; a decoding
- * step updates it (the convolution's window, the SSM state, the attention keys and values) as transformers' cache does.
+ * A prompt pass runs the Mamba-2 scan in chunks (ssdScan: the recurrence h_t = exp(Δt·A)·h_{t-1} + Δt·x_t·B_tᵀ,
+ * y_t = h_t·C_t + D·x_t in blocks, as transformers' torch path computes it), from nothing or from a kept state, and
+ * leaves each layer's state; a decoding step updates it (the convolution's window, the SSM state, the attention keys
+ * and values) as transformers' cache does — on the native backend as one compiled graph (nemotron-h-graph.ts).
  */
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
@@ -151,7 +152,9 @@ export class NemotronHForCausalLM {
 
   /**
    * Logits of every position, or of the last `logitsToKeep` (and, with labels, the causal LM loss: labels shifted
-   * inside, -100 ignored), a prompt pass from nothing; `state` (when given an empty object) receives what a decoding step needs.
+   * inside, -100 ignored). From nothing, or, when `state` holds an earlier pass's layers, continuing it: the positions
+   * after those (no padding). `state` (an empty object, or that earlier one) receives what the next pass or decoding
+   * step needs.
    */
   forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     const { inputIds } = inputs;
@@ -164,6 +167,16 @@ export class NemotronHForCausalLM {
     const bad = inputIds.flat().find((id) => !Number.isInteger(id) || id < 0 || id >= this.config.vocabSize);
     if (bad !== undefined) throw new Error(`NemotronH.forward: token id ${bad} is outside [0, vocab_size ${this.config.vocabSize})`);
     const mask = inputs.attentionMask ?? inputIds.map((r) => r.map(() => 1));
+    // A state from an earlier pass: these positions continue it (a prompt in chunks, a kept prefix's rest).
+    const past = state?.layers?.length ? state as NemotronHState : null;
+    if (past) {
+      if (past.mask.length !== batch) throw new Error(`NemotronH.forward: the state holds ${past.mask.length} rows, the inputs ${batch}`);
+      // Padding would decay the Mamba-2 state (transformers zeroes its inputs, not its Δt): only left padding, from nothing.
+      if (mask.some((row) => row.includes(0))) throw new Error('NemotronH.forward: positions that continue a state cannot be padding (attentionMask 0)');
+      const limit = this.config.maxPositionEmbeddings;
+      if (past.mask[0].length + length > limit) throw new Error(`NemotronH.forward: ${past.mask[0].length} kept positions plus ${length} new ones pass max_position_embeddings ${limit}`);
+    }
+    const fullMask = past ? past.mask.map((row, b) => [...row, ...mask[b]]) : mask;
     const layers: NemotronHState['layers'] = [];
     const logits = tf.tidy(() => {
       let hidden = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
@@ -171,13 +184,14 @@ export class NemotronHForCausalLM {
       this.config.layerTypes.forEach((type, i) => {
         const p = `model.layers.${i}`;
         const x = rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon);
+        const kept = past?.layers[i];
         let out: tf.Tensor;
         if (type === 'mamba') {
-          const r = this.mambaPrompt(x, keep, p);
+          const r = this.mambaPrompt(x, keep, p, kept as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined);
           out = r.out;
           layers.push(state ? { conv: tf.keep(r.conv), ssm: tf.keep(r.ssm) } : null);
         } else if (type === 'attention') {
-          const r = this.attention(x, mask, p, null);
+          const r = this.attention(x, fullMask, p, (kept as { keys: tf.Tensor4D; values: tf.Tensor4D } | undefined) ?? null);
           out = r.out;
           layers.push(state ? { keys: tf.keep(r.keys), values: tf.keep(r.values) } : null);
         } else {
@@ -191,8 +205,9 @@ export class NemotronHForCausalLM {
       return this.lmHead(rmsNorm(kept, this.w('model.norm_f.weight'), this.config.layerNormEpsilon)) as tf.Tensor3D;
     });
     if (state) {
+      disposeState(state);
       state.layers = layers;
-      state.mask = mask.map((r) => r.slice());
+      state.mask = fullMask.map((r) => r.slice());
     }
     if (!inputs.labels) return { logits };
     const labels = inputs.labels;
@@ -363,13 +378,14 @@ export class NemotronHForCausalLM {
     return { xs: xs.reshape([batch, time, c.mambaNumHeads, c.mambaHeadDim]), B: heads(B), C: heads(C) };
   }
 
-  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor, p: string): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
+  /** The Mamba-2 block over the prompt's positions, from nothing or from a kept window and state. */
+  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const [batch, time] = x.shape;
     const { gate, xBC: rawXBC, dt: rawDt } = this.project(tf.mul(x, keep), p);
-    // Causal depthwise convolution: output t sees inputs t-K+1 … t (zeros before the start).
+    // Causal depthwise convolution: output t sees inputs t-K+1 … t (before the start, the kept window, or zeros).
     const k = c.convKernel;
-    const padded = tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
+    const padded = initial ? tf.concat([initial.conv, rawXBC], 1) : tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
     const weight = this.w(`${p}.mixer.conv1d.weight`);
     // One depthwise convolution (a row of height 1): a kernel where K shifted products took 3·K.
     const filter = tf.transpose(weight).reshape([1, k, c.convDim, 1]) as tf.Tensor4D;
@@ -381,7 +397,7 @@ export class NemotronHForCausalLM {
     const dt = tf.maximum(softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))), c.timeStepMin);
     const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
     const D = this.w(`${p}.mixer.D`);
-    const { y: scanned, state: h } = ssdScan(xs, dt, A, B, C, c.chunkSize);
+    const { y: scanned, state: h } = ssdScan(xs, dt, A, B, C, c.chunkSize, initial?.ssm);
     const y = tf.add(scanned, tf.mul(xs, D.reshape([1, 1, -1, 1]))).reshape([batch, time, c.mambaIntermediateSize]);
     // The window a decoding step continues: the last K-1 inputs of the convolution (zeros before the prompt).
     const window = padded.slice([0, time, 0], [batch, k - 1, c.convDim]) as tf.Tensor3D;
@@ -588,10 +604,11 @@ export interface NemotronHGenerateOptions {
  * The Mamba-2 scan of a whole prompt in chunks (the state-space duality form transformers' torch path computes): within
  * a chunk, y = (C·Bᵀ ∘ L)·(Δt·x) with L[l, s] = exp(Σ_{s<j≤l} Δt_j·A) the decay from s to l; across chunks, each
  * chunk's final state carries into the next. x [batch, time, heads, head_dim], Δt [batch, time, heads], A [heads],
- * B and C [batch, time, heads, state]. Returns y (without the D·x skip) and the state after the last token,
- * [batch, heads, head_dim, state].
+ * B and C [batch, time, heads, state]; `initialState` [batch, heads, head_dim, state] the state before the first
+ * position (default zeros). Returns y (without the D·x skip) and the state after the last token, [batch, heads,
+ * head_dim, state].
  */
-export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor, C: tf.Tensor, chunkSize: number): { y: tf.Tensor; state: tf.Tensor } {
+export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor, C: tf.Tensor, chunkSize: number, initialState?: tf.Tensor): { y: tf.Tensor; state: tf.Tensor } {
   const [batch, time, heads, headDim] = x.shape as [number, number, number, number];
   const stateSize = B.shape[3] as number;
   const q = Math.min(chunkSize, time);
@@ -616,7 +633,8 @@ export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor,
   const decayToEnd = tf.exp(tf.sub(last, cumsum)).expandDims(-1);
   const chunkStates = tf.matMul(tf.mul(Bs, decayToEnd), xs, true, false).reshape([batch, chunks, heads, stateSize, headDim]);
   const chunkDecay = tf.exp(last).reshape([batch, chunks, heads, 1, 1]);
-  let running: tf.Tensor = tf.zeros([batch, 1, heads, stateSize, headDim]);
+  // The state entering the first chunk: a kept one ([batch, heads, head_dim, state]), or zeros.
+  let running: tf.Tensor = initialState ? initialState.transpose([0, 1, 3, 2]).reshape([batch, 1, heads, stateSize, headDim]) : tf.zeros([batch, 1, heads, stateSize, headDim]);
   const entering: tf.Tensor[] = [];
   for (let k = 0; k < chunks; k++) {
     entering.push(running);

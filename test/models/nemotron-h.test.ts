@@ -67,16 +67,18 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     expect(() => NemotronHConfig.fromJSON({ hybrid_override_pattern: 'MX' })).to.throw(/hybrid_override_pattern has "X" at 1/);
   });
 
-  it('the chunked scan equals the step-by-step recurrence (lengths that do not fill the last chunk, one chunk, many)', async () => {
+  it('the chunked scan equals the step-by-step recurrence (lengths that do not fill the last chunk, one chunk, many; from zeros or a kept state)', async () => {
     const random = (shape: number[], scale = 1, offset = 0) => tf.add(tf.mul(tf.randomUniform(shape, -1, 1, 'float32', 7 + shape.length), scale), offset);
-    for (const [time, chunk] of [[13, 5], [3, 8], [16, 4]]) {
+    for (const [time, chunk, fromState] of [[13, 5, 0], [3, 8, 1], [16, 4, 1], [9, 4, 0]]) {
       const [batch, heads, headDim, state] = [2, 3, 4, 5];
       const x = random([batch, time, heads, headDim]);
       const dt = random([batch, time, heads], 0.4, 0.5);
       const A = random([heads], 0.5, -1);
       const B = random([batch, time, heads, state]);
       const C = random([batch, time, heads, state]);
-      const { y, state: final } = ssdScan(x, dt, A, B, C, chunk);
+      const initial = fromState ? random([batch, heads, headDim, state], 0.7) : undefined;
+      const { y, state: final } = ssdScan(x, dt, A, B, C, chunk, initial);
+      const initials = initial ? await initial.array() as number[][][][] : null;
       // h_t = exp(Δt·A)·h_{t-1} + Δt·x_t·B_tᵀ, y_t = h_t·C_t, in plain numbers.
       const [xs, dts, As, Bs, Cs] = await Promise.all([x, dt, A, B, C].map((t) => t.array())) as [number[][][][], number[][][], number[], number[][][][], number[][][][]];
       const ys = await y.array() as number[][][][];
@@ -84,7 +86,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       let worst = 0;
       for (let b = 0; b < batch; b++) {
         for (let h = 0; h < heads; h++) {
-          const hs = Array.from({ length: headDim }, () => new Array<number>(state).fill(0));
+          const hs = Array.from({ length: headDim }, (_, p) => (initials ? initials[b][h][p].slice() : new Array<number>(state).fill(0)));
           for (let t = 0; t < time; t++) {
             const decay = Math.exp(dts[b][t][h] * As[h]);
             for (let p = 0; p < headDim; p++) {
@@ -100,7 +102,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         }
       }
       expect(worst, `time ${time}, chunk ${chunk}`).to.be.at.most(1e-5);
-      tf.dispose([x, dt, A, B, C, y, final]);
+      tf.dispose([x, dt, A, B, C, y, final, ...(initial ? [initial] : [])]);
     }
   });
 
@@ -354,6 +356,39 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       expect(tf.memory().numTensors).to.equal(before);
       expect(() => model.gradientCheckpointingEnable()).to.throw(/gradient checkpointing is not supported yet/);
       model.dispose();
+    });
+
+    it('a pass continues a kept state: a prompt in pieces gives the whole prompt\'s logits and state (Mamba-2, attention, experts)', async () => {
+      for (const variant of ['model', 'moe']) {
+        const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, variant));
+        const before = tf.memory().numTensors;
+        const prompt = reference.prompt[0];
+        const whole: Partial<NemotronHState> = {};
+        const all = model.forward({ inputIds: [prompt] }, whole).logits;
+        const expected = await all.array() as number[][][];
+        all.dispose();
+        for (const cut of [1, 5, prompt.length - 1]) {
+          const pieces: Partial<NemotronHState> = {};
+          model.forward({ inputIds: [prompt.slice(0, cut)] }, pieces).logits.dispose();
+          const rest = model.forward({ inputIds: [prompt.slice(cut)] }, pieces).logits;
+          const ours = await rest.array() as number[][][];
+          rest.dispose();
+          ours[0].forEach((row, t) => expect(maxDiff(row, expected[0][cut + t]), `${variant}, cut at ${cut}, position ${cut + t}`).to.be.at.most(1e-5));
+          expect(pieces.mask).to.deep.equal([prompt.map(() => 1)]);
+          const kept = (st: Partial<NemotronHState>) => Promise.all(st.layers!.flatMap((l) => (l ? Object.values(l) : [])).map(async (t) => Array.from(await (t as tf.Tensor).data())));
+          const [a, b] = await Promise.all([kept(pieces), kept(whole)]);
+          a.forEach((values, i) => expect(maxDiff(values, b[i]), `state ${i}`).to.be.at.most(1e-5));
+          disposeState(pieces);
+        }
+        const state: Partial<NemotronHState> = {};
+        model.forward({ inputIds: [prompt.slice(0, 3)] }, state).logits.dispose();
+        expect(() => model.forward({ inputIds: [prompt.slice(3, 5)], attentionMask: [[0, 1]] }, state)).to.throw(/positions that continue a state cannot be padding/);
+        expect(() => model.forward({ inputIds: [[1], [2]] }, state)).to.throw(/the state holds 1 rows, the inputs 2/);
+        disposeState(state);
+        disposeState(whole);
+        expect(tf.memory().numTensors).to.equal(before);
+        model.dispose();
+      }
     });
 
     it('greedy generation with the kept state (convolution window, SSM state, attention cache) writes transformers\' tokens', async () => {

@@ -37,6 +37,6 @@ export * from '../models/nemotron/presets';
 export * from './response-parsing/index';
 export * from './serving/prefix-cache';
 export { NemotronHConfig, type NemotronHConfigFields, type NemotronHLayerType } from '../models/nemotron_h/config';
-export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState } from '../models/nemotron_h/model';
+export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState, disposeState, joinStates, selectStateRows, stateLength } from '../models/nemotron_h/model';
 export { NEMOTRON_H_LORA_MODULES, NemotronHLoraModel, type NemotronHLoraConfig } from '../models/nemotron_h/lora';
-export { NemotronHRowRunner } from './serving/nemotron-h-runner';
+export { NemotronHBatcher, type NemotronHBatcherOptions } from './serving/nemotron-h-batcher';

@@ -658,3 +658,50 @@ export function disposeState(state: Partial<NemotronHState>): void {
   state.layers = [];
 }
 
+
+/** Positions a state holds (its rows' masks' length). */
+export function stateLength(state: NemotronHState): number {
+  return state.mask[0]?.length ?? 0;
+}
+
+type KeptLayer = NonNullable<NemotronHState['layers'][number]>;
+type MambaKept = { conv: tf.Tensor3D; ssm: tf.Tensor4D };
+type AttentionKept = { keys: tf.Tensor4D; values: tf.Tensor4D };
+
+/** `build` for every layer that keeps something, in its own tidy (its result kept). */
+function mapLayers(state: NemotronHState, build: (layer: KeptLayer, i: number) => KeptLayer): NemotronHState['layers'] {
+  return state.layers.map((layer, i) => (layer ? tf.tidy(() => build(layer, i) as unknown as tf.TensorContainer) as unknown as KeptLayer : null));
+}
+
+/**
+ * Rows `rows` of a state, as a new one (the given one stays as it is), without its first `dropLeft` positions (left
+ * padding that none of the rows needs any more: attention's keys and values and the masks lose them; the Mamba-2
+ * window and state hold no positions).
+ */
+export function selectStateRows(state: NemotronHState, rows: number[], dropLeft = 0): NemotronHState {
+  const layers = mapLayers(state, (layer) => {
+    const index = tf.tensor1d(rows, 'int32');
+    if ('conv' in layer) return { conv: tf.gather(layer.conv, index), ssm: tf.gather(layer.ssm, index) } as MambaKept;
+    const cut = (t: tf.Tensor4D) => tf.gather(t, index).slice([0, 0, dropLeft, 0], [-1, -1, -1, -1]) as tf.Tensor4D;
+    return { keys: cut(layer.keys), values: cut(layer.values) };
+  });
+  return { layers, mask: rows.map((r) => state.mask[r].slice(dropLeft)) };
+}
+
+/**
+ * The rows of `a` then those of `b`, as a new state (the given ones stay as they are): the shorter one's attention
+ * keys and values left-padded with zeros, masked (0) in its masks, so that every row keeps its own positions.
+ */
+export function joinStates(a: NemotronHState, b: NemotronHState): NemotronHState {
+  const length = Math.max(stateLength(a), stateLength(b));
+  const [byA, byB] = [length - stateLength(a), length - stateLength(b)];
+  const padLeft = (t: tf.Tensor4D, by: number) => (by ? tf.pad(t, [[0, 0], [0, 0], [by, 0], [0, 0]]) : t);
+  const layers = mapLayers(a, (layer, i) => {
+    const other = b.layers[i]!;
+    if ('conv' in layer) return { conv: tf.concat([layer.conv, (other as MambaKept).conv]), ssm: tf.concat([layer.ssm, (other as MambaKept).ssm]) } as MambaKept;
+    const y = other as AttentionKept;
+    return { keys: tf.concat([padLeft(layer.keys, byA), padLeft(y.keys, byB)]), values: tf.concat([padLeft(layer.values, byA), padLeft(y.values, byB)]) } as AttentionKept;
+  });
+  const pad = (m: number[]) => [...new Array<number>(length - m.length).fill(0), ...m];
+  return { layers, mask: [...a.mask, ...b.mask].map(pad) };
+}

@@ -2,7 +2,8 @@
  * `nemotron-tfjs chat --model DIR`: a conversation in the terminal, as `transformers chat` holds one: each line read is
  * a user message, the whole conversation goes through the chat template and the reply streams back and joins the
  * history. `/clear` forgets the conversation, `/exit` (or the end of the input) ends it. Lines may come from a pipe.
- * Turns run on a one-row ContinuousBatcher with prefix caching, so that a turn reuses what the last one ran.
+ * Turns run on a one-row ContinuousBatcher (NemotronHBatcher for a NemotronH folder) with prefix caching, so that a
+ * turn reuses what the last one ran.
  * Where the tokenizer has a response_template, the reply is read with it: reasoning and tool calls are shown apart.
  */
 import * as readline from 'readline';
@@ -11,9 +12,13 @@ import { isGGUF } from '../../models/nemotron/pretrained';
 import { endsWithStopString, rowDecoding, stopStringDecoder } from '../generation/generate';
 import { ChatMessage } from '../tokenizer';
 import { ContinuousBatcher } from '../serving/batcher';
+import { NemotronHBatcher } from '../serving/nemotron-h-batcher';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
+import type { NemotronForCausalLM } from '../../models/nemotron/heads';
+import type { NemotronTokenizer } from '../tokenizer';
 import type { Json, ResponseEvent } from '../response-parsing/index';
 import { checkModelDir } from './info';
-import { GenerateCliOptions, addSamplingOptions, backendOption, integerArg, loadCausalLM, readGenerationConfig, resolveDecoding } from './generate';
+import { GenerateCliOptions, addSamplingOptions, backendOption, integerArg, loadCausalLM, loadNemotronH, modelType, readGenerationConfig, resolveDecoding } from './generate';
 
 export type ChatCliOptions = Pick<GenerateCliOptions, 'model' | 'maxNewTokens' | 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty' | 'presencePenalty' | 'frequencyPenalty' |
   'seed' | 'greedy' | 'sample' | 'backend' | 'adapter' | 'system'>;
@@ -23,18 +28,27 @@ export async function runChat(o: ChatCliOptions, input: NodeJS.ReadableStream & 
   const generationConfig = isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json']));
   // Replies stream, so no beams (generation_config.json's num_beams does not apply here).
   const options = { ...resolveDecoding({ ...o, prompt: '', stream: true, addSpecialTokens: false, skipSpecialTokens: true, numBeams: 1 }, generationConfig), numBeams: 1 };
-  const { model, tokenizer } = await loadCausalLM(o.model, o, (tok) => {
+  const needsTemplate = (tok: NemotronTokenizer) => {
     if (tok.chatTemplates.size === 0) {
       throw new Error(`the tokenizer in ${o.model} has no chat template (tokenizer_config.json's chat_template, chat_template.jinja): ` +
         'chat needs an instruct model; use generate for a base model');
     }
-  });
+  };
+  const hybrid = modelType(o.model) === 'nemotron_h';
+  if (hybrid && (o.presencePenalty !== undefined || o.frequencyPenalty !== undefined)) {
+    throw new Error('--presence-penalty, --frequency-penalty: not supported for NemotronH checkpoints yet');
+  }
+  const { model: loaded, tokenizer } = hybrid ? await loadNemotronH(o.model, o) : await loadCausalLM(o.model, o, needsTemplate);
+  if (hybrid) needsTemplate(tokenizer);
+  // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
+  const model = loaded as NemotronForCausalLM;
   options.tokenizer = tokenizer;
   // Stop strings (generation_config.json's) are checked here, as the batcher leaves them to its caller.
   const stops = [options.stopStrings ?? [], model.generationConfig?.stop_strings ?? []].flat().filter((t): t is string => typeof t === 'string' && t.length > 0);
   options.stopStrings = [];
   const decodeForStops = stopStringDecoder(tokenizer);
-  const batcher = new ContinuousBatcher(model, { maxRows: 1, prefixCacheTokens: model.config.maxPositionEmbeddings });
+  const scheduling = { maxRows: 1, prefixCacheTokens: model.config.maxPositionEmbeddings };
+  const batcher = loaded instanceof NemotronHForCausalLM ? new NemotronHBatcher(loaded, scheduling) : new ContinuousBatcher(model, scheduling);
   const template = tokenizer.responseTemplate;
   const opening: ChatMessage[] = o.system !== undefined ? [{ role: 'system', content: o.system }] : [];
   let history = opening.slice();

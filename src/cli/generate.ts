@@ -246,13 +246,23 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
 }
 
 /** config.json's model_type of a checkpoint folder (null for a GGUF file or an unreadable config). */
-function modelType(location: string): string | null {
+/** config.json's model_type of a checkpoint folder (null for a GGUF file or a folder without one). */
+export function modelType(location: string): string | null {
   if (isGGUF(location)) return null;
   try {
     return (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type ?? null;
   } catch {
     return null;
   }
+}
+
+/** A NemotronH folder with its tokenizer, on the chosen backend (serve, chat; --adapter refused by name). */
+export async function loadNemotronH(modelPath: string, o: { adapter?: string; backend?: string }): Promise<{ model: NemotronHForCausalLM; tokenizer: NemotronTokenizer; backend: string }> {
+  if (o.adapter !== undefined) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
+  const tokenizer = await NemotronTokenizer.fromPretrained(checkModelDir(modelPath, ['config.json', 'tokenizer.json']));
+  if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
+  const backend = await initBackend(o.backend);
+  return { model: await NemotronHForCausalLM.fromPretrained(modelPath), tokenizer, backend };
 }
 
 /** generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2): greedy or sampled, streamed; the other options refused by name. */

@@ -5,13 +5,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
-import { backendOption, integerArg, loadCausalLM } from './generate';
+import { backendOption, integerArg, loadCausalLM, loadNemotronH, modelType } from './generate';
 import { createOpenAIServer, serverAddress } from '../serving/openai';
 import type { ResponseTemplateSpec } from '../response-parsing/index';
-import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../backends';
-import { NemotronTokenizer } from '../tokenizer';
-import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 
 export interface ServeCliOptions {
   model: string;
@@ -46,27 +42,10 @@ function readResponseTemplate(value: string | undefined): ResponseTemplateSpec |
   }
 }
 
-function isNemotronH(location: string): boolean {
-  try {
-    return (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type === 'nemotron_h';
-  } catch {
-    return false;
-  }
-}
-
-/** A NemotronH folder for serving (its rows run one after another; --adapter is refused by name). */
-async function loadNemotronH(o: ServeCliOptions): Promise<{ model: NemotronHForCausalLM; tokenizer: NemotronTokenizer; backend: string }> {
-  if (o.adapter !== undefined) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
-  const tokenizer = await NemotronTokenizer.fromPretrained(o.model);
-  if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
-  const backend = await initBackend(o.backend);
-  return { model: await NemotronHForCausalLM.fromPretrained(o.model), tokenizer, backend };
-}
-
 /** Loads the model, listens, and resolves once the server has closed (SIGINT or SIGTERM close it). */
 export async function runServe(o: ServeCliOptions): Promise<void> {
   const responseTemplate = readResponseTemplate(o.responseTemplate);
-  const { model, tokenizer, backend } = isNemotronH(o.model) ? await loadNemotronH(o) : await loadCausalLM(o.model, o);
+  const { model, tokenizer, backend } = modelType(o.model) === 'nemotron_h' ? await loadNemotronH(o.model, o) : await loadCausalLM(o.model, o);
   const modelId = o.servedModelName ?? path.basename(path.resolve(o.model));
   const server = createOpenAIServer(model, tokenizer, {
     modelId, defaultMaxTokens: o.maxTokens, maxRows: o.maxRows, prefillChunkTokens: o.prefillChunk, prefixCacheTokens: o.prefixCacheTokens, apiKey: o.apiKey ?? process.env.NEMOTRON_API_KEY,

@@ -26,7 +26,8 @@ export interface BatchRow {
   cancelled?(): boolean;
 }
 
-interface Active {
+/** A row decoding now. */
+export interface Active {
   row: BatchRow;
   /** Prompt and generated tokens. */
   sequence: number[];
@@ -73,44 +74,55 @@ export interface BatcherOptions {
   prefixCacheTokens?: number;
 }
 
-export class ContinuousBatcher {
-  private pending: Waiting[] = [];
-  private prefill: Prefill | null = null;
-  private active: Active[] = [];
-  private cache: KVCache | null = null;
-  /** Attention mask of each active row over the cache's positions (0: left padding). */
-  private masks: number[][] = [];
+export type { Waiting };
+
+/**
+ * What continuous batching is the same for whatever the model keeps between steps: rows wait, their prompts run (in
+ * chunks) and join the batch, one step a loop turn gives every active row a token, and each row leaves when it ends.
+ * A subclass says how prompts run and join (admit), how a step runs (step), and what a failure frees.
+ */
+export abstract class BatchScheduler {
+  protected pending: Waiting[] = [];
+  protected active: Active[] = [];
   private running = false;
   readonly stats: BatcherStats = { steps: 0, rowSteps: 0, peakRows: 0 };
 
   readonly maxRows: number;
   readonly prefillChunkTokens: number;
-  /** The kept prefixes (null when prefix caching is off). */
-  readonly prefixCache: PrefixCache | null;
 
-  /** `options`: BatcherOptions, or the most rows decoded together. */
-  constructor(private readonly model: NemotronForCausalLM, options: BatcherOptions | number = {}) {
-    const o = typeof options === 'number' ? { maxRows: options } : options;
+  constructor(private readonly schedulerName: string, o: BatcherOptions) {
     this.maxRows = o.maxRows ?? 16;
     this.prefillChunkTokens = o.prefillChunkTokens ?? 512;
-    this.prefixCache = o.prefixCacheTokens ? new PrefixCache(o.prefixCacheTokens) : null;
-    if (!Number.isInteger(this.maxRows) || this.maxRows < 1) throw new Error(`ContinuousBatcher: maxRows must be a positive integer, got ${this.maxRows}`);
+    if (!Number.isInteger(this.maxRows) || this.maxRows < 1) throw new Error(`${schedulerName}: maxRows must be a positive integer, got ${this.maxRows}`);
     if (!Number.isInteger(this.prefillChunkTokens) || this.prefillChunkTokens < 1) {
-      throw new Error(`ContinuousBatcher: prefillChunkTokens must be a positive integer, got ${this.prefillChunkTokens}`);
+      throw new Error(`${schedulerName}: prefillChunkTokens must be a positive integer, got ${this.prefillChunkTokens}`);
     }
   }
 
+  /** The model's context: prompt plus new tokens. */
+  protected abstract get contextLength(): number;
+  /** The rows whose prompts are running now (not yet in the batch). */
+  protected abstract get prefillRows(): Waiting[];
+  /** Runs (a chunk of) waiting prompts; joins them to the batch once done. */
+  protected abstract admit(): Promise<void>;
+  /** One token for every active row. */
+  protected abstract step(): Promise<void>;
+  /** A prompt pass failed (its rows are failed already): free what it held. */
+  protected abstract abandonPrefill(): void;
+  /** A step failed (its rows are failed already): free the batch's state. */
+  protected abstract resetBatch(): void;
+
   /** Rows decoding now and rows waiting for room. */
   get load(): { active: number; waiting: number } {
-    return { active: this.active.length, waiting: this.pending.length + (this.prefill?.joining.length ?? 0) };
+    return { active: this.active.length, waiting: this.pending.length + this.prefillRows.length };
   }
 
   /** Continues `row.prompt`; resolves when the row ends (an EOS, its maximum, or onToken returning false). */
   generate(row: BatchRow): Promise<void> {
-    const limit = this.model.config.maxSequenceLength;
-    if (row.prompt.length === 0) return Promise.reject(new Error('ContinuousBatcher: the prompt is empty'));
+    const limit = this.contextLength;
+    if (row.prompt.length === 0) return Promise.reject(new Error(`${this.schedulerName}: the prompt is empty`));
     if (row.prompt.length + row.decoding.maxNewTokens > limit) {
-      return Promise.reject(new Error(`ContinuousBatcher: the prompt (${row.prompt.length} tokens) plus ${row.decoding.maxNewTokens} new tokens is longer than the context (${limit})`));
+      return Promise.reject(new Error(`${this.schedulerName}: the prompt (${row.prompt.length} tokens) plus ${row.decoding.maxNewTokens} new tokens is longer than the context (${limit})`));
     }
     return new Promise<void>((done, fail) => {
       this.pending.push({ row, done, fail });
@@ -125,14 +137,13 @@ export class ContinuousBatcher {
 
   private async loop(): Promise<void> {
     try {
-      while (this.pending.length || this.active.length || this.prefill) {
+      while (this.pending.length || this.active.length || this.prefillRows.length) {
         try {
           await this.admit();
         } catch (e) {
           // A failed prompt pass fails the rows it carried.
-          for (const j of this.prefill?.joining ?? []) j.fail(e);
-          this.prefill?.cache.dispose();
-          this.prefill = null;
+          for (const j of this.prefillRows) j.fail(e);
+          this.abandonPrefill();
         }
         try {
           if (this.active.length) await this.step();
@@ -140,9 +151,7 @@ export class ContinuousBatcher {
           // A failed step fails the rows it carried; the batch starts over.
           for (const a of this.active) a.fail(e);
           this.active = [];
-          this.masks = [];
-          this.cache?.dispose();
-          this.cache = null;
+          this.resetBatch();
         }
         await new Promise((resolve) => setImmediate(resolve));
       }
@@ -151,19 +160,61 @@ export class ContinuousBatcher {
     }
   }
 
+  /** The next waiting row that still wants an answer (a request that went away is done without running). */
+  protected nextWaiting(): Waiting | null {
+    while (this.pending.length) {
+      const next = this.pending.shift()!;
+      if (!next.row.cancelled?.()) return next;
+      next.done();
+    }
+    return null;
+  }
+}
+
+export class ContinuousBatcher extends BatchScheduler {
+  private prefill: Prefill | null = null;
+  private cache: KVCache | null = null;
+  /** Attention mask of each active row over the cache's positions (0: left padding). */
+  private masks: number[][] = [];
+  /** The kept prefixes (null when prefix caching is off). */
+  readonly prefixCache: PrefixCache | null;
+
+  /** `options`: BatcherOptions, or the most rows decoded together. */
+  constructor(private readonly model: NemotronForCausalLM, options: BatcherOptions | number = {}) {
+    const o = typeof options === 'number' ? { maxRows: options } : options;
+    super('ContinuousBatcher', o);
+    this.prefixCache = o.prefixCacheTokens ? new PrefixCache(o.prefixCacheTokens) : null;
+  }
+
+  protected get contextLength(): number {
+    return this.model.config.maxSequenceLength;
+  }
+
+  protected get prefillRows(): Waiting[] {
+    return this.prefill?.joining ?? [];
+  }
+
+  protected abandonPrefill(): void {
+    this.prefill?.cache.dispose();
+    this.prefill = null;
+  }
+
+  protected resetBatch(): void {
+    this.masks = [];
+    this.cache?.dispose();
+    this.cache = null;
+  }
+
   /**
    * Runs the prompts of waiting rows (as many as there is room for) as one left-padded batch, a chunk of positions a
    * call (at most prefillChunkTokens tokens), and joins them to the batch after their first token.
    */
-  private async admit(): Promise<void> {
+  protected async admit(): Promise<void> {
     if (!this.prefill) {
       const joining: Waiting[] = [];
       while (this.pending.length && this.active.length + joining.length < this.maxRows) {
-        const next = this.pending.shift()!;
-        if (next.row.cancelled?.()) {
-          next.done();
-          continue;
-        }
+        const next = this.nextWaiting();
+        if (!next) break;
         // A prompt that begins with kept tokens runs alone, from where they end.
         const kept = joining.length === 0 ? this.prefixCache?.lookup(next.row.prompt) : null;
         if (kept) {
@@ -206,7 +257,7 @@ export class ContinuousBatcher {
       const joined: Active[] = [];
       p.joining.forEach(({ row, done, fail }, r) => {
         const active: Active = { row, sequence: row.prompt.slice(), generated: 0, done, fail };
-        if (this.accept(active, logits.subarray(r * vocab, (r + 1) * vocab))) {
+        if (acceptToken(active, logits.subarray(r * vocab, (r + 1) * vocab))) {
           keep.push(r);
           joined.push(active);
         }
@@ -231,7 +282,7 @@ export class ContinuousBatcher {
   }
 
   /** One token for every active row, in one forward pass over the batch. */
-  private async step(): Promise<void> {
+  protected async step(): Promise<void> {
     const batch = this.active.length;
     this.masks.forEach((m) => m.push(1));
     const out = this.model.forward({
@@ -242,23 +293,9 @@ export class ContinuousBatcher {
       useCache: true,
       logitsToKeep: 1,
     });
-    const vocab = this.model.config.vocabSize;
-    const onHost = this.active.flatMap((a, b) => (a.row.wantLogits || a.row.decoding.needsLogits ? [b] : []));
-    const [ids, rows] = tf.tidy(() => {
-      const logits = out.logits.reshape([batch, vocab]);
-      return [tf.argMax(logits, -1), onHost.length ? tf.gather(logits, tf.tensor1d(onHost, 'int32')) : null] as const;
-    });
-    out.logits.dispose();
-    const [best, hostLogits] = await Promise.all([ids.data(), rows?.data() as Promise<Float32Array> | undefined]);
-    tf.dispose([ids, ...(rows ? [rows] : [])]);
+    const keep = acceptStep(this.active, await readStep(this.active, out.logits));
     this.stats.steps++;
     this.stats.rowSteps += batch;
-    const keep: number[] = [];
-    this.active.forEach((a, b) => {
-      const at = onHost.indexOf(b);
-      const going = at >= 0 ? this.accept(a, hostLogits!.subarray(at * vocab, (at + 1) * vocab)) : this.accept(a, null, best[b]);
-      if (going) keep.push(b);
-    });
     if (keep.length < batch) {
       if (this.prefixCache) {
         // A finished row's keys and values are kept by its tokens (all but the last, which never ran).
@@ -284,23 +321,63 @@ export class ContinuousBatcher {
     }
   }
 
-  /** The row's next token from its logits (or the device's argmax); false once the row has ended. */
-  private accept(a: Active, logits: Float32Array | null, argmaxToken?: number): boolean {
-    const { decoding } = a.row;
-    let token: number;
-    try {
-      const raw = logits && a.row.wantLogits ? logits.slice() : null;
-      token = decoding.needsLogits ? decoding.next(logits!.slice(), a.sequence, a.generated) : argmaxToken ?? argmax(logits!);
-      a.sequence.push(token);
-      a.generated++;
-      const going = a.row.onToken(token, raw);
-      if (going && !decoding.eosTokenIds.includes(token) && a.generated < decoding.maxNewTokens) return true;
-    } catch (e) {
-      a.failed = true;
-      a.fail(e);
-      return false;
-    }
-    a.done();
+}
+
+/** A step's logits read back: each row's argmax, and the logits of the rows that need them. */
+export interface StepTokens {
+  best: ArrayLike<number>;
+  onHost: number[];
+  hostLogits: Float32Array | undefined;
+  vocab: number;
+}
+
+/**
+ * A step's logits ([rows, 1, vocab], which this disposes) read back: the argmax on the device, the logits on the host
+ * only for the rows that need them (sampling, processors, log-probabilities).
+ */
+export async function readStep(active: Active[], stepLogits: tf.Tensor): Promise<StepTokens> {
+  const vocab = stepLogits.shape[stepLogits.rank - 1] as number;
+  const onHost = active.flatMap((a, b) => (a.row.wantLogits || a.row.decoding.needsLogits ? [b] : []));
+  const [ids, rows] = tf.tidy(() => {
+    const logits = stepLogits.reshape([active.length, vocab]);
+    return [tf.argMax(logits, -1), onHost.length ? tf.gather(logits, tf.tensor1d(onHost, 'int32')) : null] as const;
+  });
+  stepLogits.dispose();
+  const [best, hostLogits] = await Promise.all([ids.data(), rows?.data() as Promise<Float32Array> | undefined]);
+  tf.dispose([ids, ...(rows ? [rows] : [])]);
+  return { best, onHost, hostLogits, vocab };
+}
+
+/**
+ * Each row's next token (acceptToken) from what readStep read; returns the indices of the rows that go on. Synchronous,
+ * so that what a caller does with the rows that ended happens before their requests' callers resume.
+ */
+export function acceptStep(active: Active[], { best, onHost, hostLogits, vocab }: StepTokens): number[] {
+  const keep: number[] = [];
+  active.forEach((a, b) => {
+    const at = onHost.indexOf(b);
+    const going = at >= 0 ? acceptToken(a, hostLogits!.subarray(at * vocab, (at + 1) * vocab)) : acceptToken(a, null, best[b]);
+    if (going) keep.push(b);
+  });
+  return keep;
+}
+
+/** The row's next token from its logits (or the device's argmax); false once the row has ended. */
+export function acceptToken(a: Active, logits: Float32Array | null, argmaxToken?: number): boolean {
+  const { decoding } = a.row;
+  let token: number;
+  try {
+    const raw = logits && a.row.wantLogits ? logits.slice() : null;
+    token = decoding.needsLogits ? decoding.next(logits!.slice(), a.sequence, a.generated) : argmaxToken ?? argmax(logits!);
+    a.sequence.push(token);
+    a.generated++;
+    const going = a.row.onToken(token, raw);
+    if (going && !decoding.eosTokenIds.includes(token) && a.generated < decoding.maxNewTokens) return true;
+  } catch (e) {
+    a.failed = true;
+    a.fail(e);
     return false;
   }
+  a.done();
+  return false;
 }

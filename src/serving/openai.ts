@@ -16,7 +16,7 @@ import { GenerateOptions, rowDecoding, stopStringDecoder } from '../generation/g
 import { type CompiledGrammar, type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { type Json, type ResponseEvent, type ResponseTemplate, type ResponseTemplateSpec, type ToolSpec, ResponseParser, loadResponseTemplate, parseResponse } from '../response-parsing/index';
 import { type BatchRow, ContinuousBatcher } from './batcher';
-import { NemotronHRowRunner } from './nemotron-h-runner';
+import { NemotronHBatcher } from './nemotron-h-batcher';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { TokenLogprob, logprobOf, sequenceLogprobs } from '../inference/logprobs';
 import { ChatMessage, NemotronTokenizer, StreamDecoder } from '../tokenizer';
@@ -32,11 +32,11 @@ export interface OpenAIServerOptions {
   maxBodyBytes?: number;
   /** Most prompt tokens one prefill pass runs (longer prompts run in chunks between decoding steps). Default 512. */
   prefillChunkTokens?: number;
-  /** Automatic prefix caching: finished rows' keys and values kept, up to this many tokens (BatcherOptions). Default 0: off. */
+  /** Automatic prefix caching: finished rows' keys and values (NemotronH: states) kept, up to this many tokens (BatcherOptions). Default 0: off. */
   prefixCacheTokens?: number;
   /**
    * The scheduler that decodes the requests' rows (default: a ContinuousBatcher of maxRows rows on a Nemotron model,
-   * a NemotronHRowRunner — one row after another — on a NemotronH one).
+   * a NemotronHBatcher on a NemotronH one).
    */
   batcher?: { generate(row: BatchRow): Promise<void> };
   /** Requests to /v1/… must carry `Authorization: Bearer <apiKey>` (as vLLM's --api-key); /health stays open. */
@@ -517,8 +517,8 @@ export function openAIHandler(served: NemotronForCausalLM | NemotronHForCausalLM
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
   const context = model.config.maxSequenceLength;
-  const batcher = options.batcher ?? (served instanceof NemotronHForCausalLM ? new NemotronHRowRunner(served)
-    : new ContinuousBatcher(model, { maxRows, prefillChunkTokens: options.prefillChunkTokens, prefixCacheTokens: options.prefixCacheTokens }));
+  const scheduling = { maxRows, prefillChunkTokens: options.prefillChunkTokens, prefixCacheTokens: options.prefixCacheTokens };
+  const batcher = options.batcher ?? (served instanceof NemotronHForCausalLM ? new NemotronHBatcher(served, scheduling) : new ContinuousBatcher(model, scheduling));
   // Checked now, so that a template this server cannot read fails at start, not at the first request.
   const chosenTemplate = options.responseTemplate === undefined ? tokenizer.responseTemplate : options.responseTemplate;
   const responseTemplate = chosenTemplate ? loadResponseTemplate(chosenTemplate) : null;

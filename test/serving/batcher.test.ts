@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 // From the entry point, as a user imports them.
 import { BatchRow, ContinuousBatcher, NemotronForCausalLM, GenerateOptions, generate, rowDecoding } from '../../src/index';
+import { countPasses as countPassesOf, joinWhileDecoding as joinRows, recordRow } from './rows';
 import { CONFIGS, fixtureDir, forEachBackend, testBackends } from '../helpers';
 
 /** The new tokens (and raw logits) of one prompt decoded alone. */
@@ -18,48 +19,13 @@ forEachBackend(testBackends(), () => {
       after(() => model.dispose());
 
       /** A row that records its tokens and logits; `then` runs after its n-th token. */
-      function recorder(prompt: number[], options: GenerateOptions, then?: { after: number; run: () => void }) {
-        const tokens: number[] = [];
-        const logits: Float32Array[] = [];
-        const row: BatchRow = {
-          prompt, decoding: rowDecoding(model, prompt, options), wantLogits: true,
-          onToken: (token, l) => {
-            tokens.push(token);
-            logits.push(l!);
-            if (then && tokens.length === then.after) then.run();
-            return true;
-          },
-        };
-        return { row, tokens, logits };
-      }
+      const recorder = (prompt: number[], options: GenerateOptions, then?: { after: number; run: () => void }) => recordRow(prompt, rowDecoding(model, prompt, options), then);
 
       /** Decodes `first`; after its `after`-th token the `later` rows join. Returns the recorders, first's first. */
-      async function joinWhileDecoding(batcher: ContinuousBatcher, first: [number[], GenerateOptions], after: number, later: Array<[number[], GenerateOptions]>) {
-        const joined: Array<ReturnType<typeof recorder>> = [];
-        const pending: Promise<void>[] = [];
-        const head = recorder(first[0], first[1], {
-          after,
-          run: () => later.forEach(([prompt, options]) => {
-            const r = recorder(prompt, options);
-            joined.push(r);
-            pending.push(batcher.generate(r.row));
-          }),
-        });
-        await batcher.generate(head.row);
-        await Promise.all(pending);
-        return [head, ...joined];
-      }
+      const joinWhileDecoding = (batcher: ContinuousBatcher, first: [number[], GenerateOptions], after: number, later: Array<[number[], GenerateOptions]>) =>
+        joinRows(batcher, recorder, first, after, later);
 
-      /** Records the tokens (rows × positions) of each forward pass of the model until restore(). */
-      function countPasses(): { passes: number[]; restore: () => void } {
-        const forward = model.forward.bind(model);
-        const passes: number[] = [];
-        model.forward = ((inputs: Parameters<typeof forward>[0]) => {
-          passes.push((inputs.inputIds as number[][]).length * (inputs.inputIds as number[][])[0].length);
-          return forward(inputs);
-        }) as typeof model.forward;
-        return { passes, restore: () => { model.forward = forward; } };
-      }
+      const countPasses = () => countPassesOf(model);
 
       /** A row's tokens equal its prompt decoded alone, its logits within 1e-4. */
       async function expectAsAlone(prompt: number[], options: GenerateOptions, got: ReturnType<typeof recorder>, what: string) {

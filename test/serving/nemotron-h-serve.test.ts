@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
+import { spawnSync } from 'child_process';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { setBackend } from '../../src/backends';
@@ -14,7 +15,7 @@ import { FIXTURES, tmpDir } from '../helpers';
 const CHAT_TEMPLATE = '{% for m in messages %}{{ m.content }}{% endfor %}:';
 type Json = Record<string, any>;
 
-describe('serving a NemotronH model over OpenAI\'s API (its rows one after another)', function () {
+describe('serving a NemotronH model over OpenAI\'s API (continuous batching: NemotronHBatcher)', function () {
   this.timeout(120_000);
   // What before() sets up: the checkpoint folder, the model and its tokenizer, the server and its URL.
   const s = {} as { dir: string; server: http.Server };
@@ -80,6 +81,31 @@ describe('serving a NemotronH model over OpenAI\'s API (its rows one after anoth
     const echo = await post('/v1/completions', { prompt: 'the name', max_tokens: 2, echo: true, logprobs: 1 });
     expect([echo.status, echo.json.error.param]).to.deep.equal([400, 'logprobs']);
     expect(echo.json.error.message).to.match(/not supported for NemotronH models yet/);
+  });
+
+  it('the CLI chat holds a conversation with a NemotronH folder (each turn what generate() writes after the conversation so far)', async () => {
+    const env = { ...process.env };
+    delete env.NEMOTRON_DEBUG;
+    const lines = ['flags', 'is ok', '/clear', 'yes'];
+    const r = spawnSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'chat', '--model', s.dir, '--greedy', '-n', '4', '--backend', 'cpu'],
+      { input: lines.join('\n') + '\n', encoding: 'utf8', env, timeout: 60_000 });
+    expect(r.status, r.stderr).to.equal(0);
+    let history: Array<{ role: string; content: string }> = [];
+    const expected: string[] = [];
+    for (const line of lines) {
+      if (line === '/clear') {
+        history = [];
+        expected.push('(conversation cleared)');
+        continue;
+      }
+      const messages = [...history, { role: 'user', content: line }];
+      const reply = greedy(tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }), 4);
+      expected.push(reply);
+      history = [...messages, { role: 'assistant', content: reply }];
+    }
+    expect(r.stdout).to.equal(expected.map((l) => `${l}\n`).join(''));
+    const refused = spawnSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'chat', '--model', s.dir, '--presence-penalty', '0.5', '--backend', 'cpu'], { input: '', encoding: 'utf8', env });
+    expect(refused.stderr).to.match(/--presence-penalty, --frequency-penalty: not supported for NemotronH checkpoints yet/);
   });
 
   it('the CLI serves a NemotronH folder', async () => {

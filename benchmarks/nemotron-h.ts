@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { NEMOTRON_H_STEP_KERNEL, NemotronHConfig, NemotronHForCausalLM, setBackend, useFusedKernels } from '../src/index';
+import { NEMOTRON_H_STEP_KERNEL, type NemotronForCausalLM, NemotronHBatcher, NemotronHConfig, NemotronHForCausalLM, rowDecoding, setBackend, useFusedKernels } from '../src/index';
 import { machineInfo } from './configs';
 
 async function main(): Promise<void> {
@@ -58,6 +58,28 @@ async function main(): Promise<void> {
   useFusedKernels(true);
   log('');
   if (decoded.length === 2) log(`Greedy tokens of the two decodings ${decoded[0] === decoded[1] ? 'equal' : 'DIFFER'}.`);
+  // Serving: N requests at once (32-token prompts, 64 new tokens, greedy) on NemotronHBatcher, together or one row at a time.
+  log('');
+  log('| requests at once | rows decoded together | seconds | new tokens/s (all requests) | peak rows |');
+  log('| ---: | --- | ---: | ---: | ---: |');
+  const serveRound = async (clients: number, maxRows: number) => {
+    const batcher = new NemotronHBatcher(model, { maxRows });
+    const prompts = Array.from({ length: clients }, (_, c) => prompt(32)[0].map((t) => (t + 101 * c) % config.vocabSize));
+    let tokens = 0;
+    const start = performance.now();
+    await Promise.all(prompts.map((p) => batcher.generate({
+      prompt: p, decoding: rowDecoding(model as unknown as NemotronForCausalLM, p, { maxNewTokens: 64, doSample: false, eosTokenId: null }),
+      onToken: () => { tokens++; return true; },
+    })));
+    return { seconds: (performance.now() - start) / 1000, tokens, peak: batcher.stats.peakRows };
+  };
+  await serveRound(2, 2); // builds the batched steps' graphs
+  for (const clients of [1, 4, 8]) {
+    for (const maxRows of clients === 1 ? [1] : [1, clients]) {
+      const r = await serveRound(clients, maxRows);
+      log(`| ${clients} | ${maxRows === 1 ? 'one at a time' : `up to ${maxRows}`} | ${r.seconds.toFixed(2)} | ${(r.tokens / r.seconds).toFixed(1)} | ${r.peak} |`);
+    }
+  }
   const out = arg('--out', '');
   if (out) {
     const file = path.join(out, `nemotron-h-small-${new Date().toISOString().slice(0, 10)}.md`);

@@ -14,8 +14,14 @@ prompt = lambda n: torch.tensor([[(i * 7919 + 3) % 32000 for i in range(n)]])
 with torch.no_grad():
     m(prompt(16))
     for n in (128, 512):
-        t = time.time(); m(prompt(n)); s = time.time() - t
-        print(f'prompt {n}: {s:.2f} s = {n/s:.1f} tok/s')
+        for run in ('first', 'second'):
+            t = time.time(); m(prompt(n)); s = time.time() - t
+            print(f'prompt {n} ({run} at this length): {s:.2f} s = {n/s:.1f} tok/s')
     t = time.time(); m.generate(prompt(32), max_new_tokens=1, do_sample=False, eos_token_id=None, pad_token_id=0); first = time.time() - t
     t = time.time(); m.generate(prompt(32), max_new_tokens=65, do_sample=False, eos_token_id=None, pad_token_id=0); s = time.time() - t
     print(f'decode 64 after prefill: {(s-first):.2f} s = {64/(s-first):.1f} tok/s')
+    # Rows decoded together: batch 4 and 8 of 32-token prompts (no padding), 64 new tokens each, prompt pass included.
+    for rows in (4, 8):
+        batch = torch.stack([(prompt(32)[0] + 101 * r) % 32000 for r in range(rows)])
+        t = time.time(); m.generate(batch, max_new_tokens=64, min_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0); s = time.time() - t
+        print(f'{rows} rows together, 64 new tokens each: {s:.2f} s = {rows*64/s:.1f} new tok/s')

@@ -10,10 +10,11 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_ENV, BACKEND_NAMES, currentBackend, initBackend } from '../backends';
 import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
-import { GenerateOptions, generate, generateStream } from '../generation/generate';
+import { GenerateOptions, endsWithStopString, generate, generateStream, rowDecoding, stopStringDecoder } from '../generation/generate';
 import { type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
+import { NemotronHBatcher } from '../serving/nemotron-h-batcher';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
 import { checkModelDir, formatBytes } from './info';
@@ -245,7 +246,6 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
   return null;
 }
 
-/** config.json's model_type of a checkpoint folder (null for a GGUF file or an unreadable config). */
 /** config.json's model_type of a checkpoint folder (null for a GGUF file or a folder without one). */
 export function modelType(location: string): string | null {
   if (isGGUF(location)) return null;
@@ -265,38 +265,67 @@ export async function loadNemotronH(modelPath: string, o: { adapter?: string; ba
   return { model: await NemotronHForCausalLM.fromPretrained(modelPath), tokenizer, backend };
 }
 
-/** generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2): greedy or sampled, streamed; the other options refused by name. */
+/** The grammar of --json/--json-schema/--grammar/--regex/--choice, compiled for the model's vocabulary and EOS ids (null without one). */
+async function compileStructuredOutput(o: GenerateCliOptions, tokenizer: NemotronTokenizer, model: { generationConfig: Record<string, unknown> | null; config: { vocabSize: number; eosTokenId: number | number[] | null } }) {
+  const grammarSpec = structuredOutput(o);
+  if (!grammarSpec) return undefined;
+  // The grammar ends with the EOS ids generation stops at (generation_config.json's, else config.json's).
+  const eos = (model.generationConfig?.eos_token_id as number | number[] | null | undefined) ?? model.config.eosTokenId;
+  const stopTokenIds = eos === null || eos === undefined ? undefined : Array.isArray(eos) ? eos : [eos];
+  const compiler = await GrammarCompiler.create(tokenizer, { vocabSize: model.config.vocabSize, stopTokenIds });
+  return compiler.compile(grammarSpec);
+}
+
+/**
+ * generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2), streamed: one row on a NemotronHBatcher with the
+ * row decoding generate() applies (greedy or sampled, every logits processor, structured output), stop strings checked
+ * here as chat checks them; beams and speculative decoding refused by name.
+ */
 async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
-  const refused = [['--num-beams', (o.numBeams ?? 1) > 1], ['--stop', (o.stop?.length ?? 0) > 0], ['--prompt-lookup', o.promptLookup !== undefined],
-    ['--assistant-model', o.assistantModel !== undefined], ['--no-repeat-ngram-size', o.noRepeatNgramSize !== undefined], ['--adapter', o.adapter !== undefined],
-    ['--presence-penalty', o.presencePenalty !== undefined], ['--frequency-penalty', o.frequencyPenalty !== undefined],
-    ['structured output', structuredOutput(o) !== null]].filter(([, on]) => on).map(([flag]) => flag);
-  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (greedy or sampled decoding only)`);
+  const refused = [['--num-beams', (o.numBeams ?? 1) > 1], ['--prompt-lookup', o.promptLookup !== undefined],
+    ['--assistant-model', o.assistantModel !== undefined]].filter(([, on]) => on).map(([flag]) => flag);
+  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet`);
+  if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
   const options = resolveDecoding(o, readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
-  const tokenizer = await NemotronTokenizer.fromPretrained(o.model);
-  const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
-  const promptIds = o.chat ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }) : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
-  if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
-  if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
-  const backend = await initBackend(o.backend);
-  const model = await NemotronHForCausalLM.fromPretrained(o.model);
+  const { model, tokenizer, backend } = await loadNemotronH(o.model, o);
   try {
+    const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];
+    const promptIds = o.chat ? tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true }) : tokenizer.encode(o.prompt, { addSpecialTokens: o.addSpecialTokens });
+    if (promptIds.length === 0) throw new Error('--prompt encodes to no tokens; give some text');
+    const stops = [options.stopStrings ?? [], model.generationConfig?.stop_strings ?? []].flat().filter((t): t is string => typeof t === 'string' && t.length > 0);
+    options.stopStrings = [];
+    const decodeForStops = stopStringDecoder(tokenizer);
+    const grammar = await compileStructuredOutput(o, tokenizer, model);
+    const constraint = grammar ? await grammar.constraint() : undefined;
+    // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
+    const decoding = rowDecoding(model as unknown as NemotronForCausalLM, promptIds, options, constraint);
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
     let text = '';
     const emit = (piece: string) => { if (o.stream) process.stdout.write(piece); else text += piece; };
     if (!o.chat) for (const id of promptIds) emit(decoder.push(id));
     const start = performance.now();
-    let generated = 0;
-    model.generate([promptIds], {
-      maxNewTokens: o.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP,
-      minP: options.minP, repetitionPenalty: options.repetitionPenalty, seed: options.seed,
-      eosTokenId: (readGenerationConfig(o.model)?.eos_token_id as number | number[] | undefined) ?? model.config.eosTokenId,
-      onToken: ([token]) => { generated++; emit(decoder.push(token)); },
-    });
+    let [first, last, generated] = [start, start, 0];
+    const sequence = promptIds.slice();
+    try {
+      await new NemotronHBatcher(model, { maxRows: 1 }).generate({
+        prompt: promptIds, decoding,
+        onToken: (token) => {
+          last = performance.now();
+          if (generated++ === 0) first = last;
+          sequence.push(token);
+          emit(decoder.push(token));
+          return !(stops.length && endsWithStopString(sequence, stops, decodeForStops));
+        },
+      });
+    } finally {
+      constraint?.dispose();
+      grammar?.dispose();
+    }
     emit(decoder.flush());
-    if (!o.stream) process.stdout.write(text);
-    process.stdout.write('\n');
-    process.stderr.write(`prompt: ${plural(promptIds.length, 'token')} · generated: ${plural(generated, 'token')} in ${((performance.now() - start) / 1000).toFixed(2)} s · backend ${backend} (NemotronH)\n`);
+    process.stdout.write(o.stream ? '\n' : `${text}\n`);
+    const decodeRate = generated > 1 ? rate(generated - 1, last - first) : '–';
+    process.stderr.write(`prompt: ${plural(promptIds.length, 'token')}, ${rate(promptIds.length, first - start)} tok/s · ` +
+      `generated: ${plural(generated, 'token')}, ${decodeRate} tok/s · backend ${currentBackend() ?? backend} (NemotronH)\n`);
   } finally {
     model.dispose();
   }
@@ -346,18 +375,11 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   }
   if (o.assistantTokens !== undefined) options.numAssistantTokens = o.assistantTokens;
   if (o.promptLookup !== undefined) options.promptLookupNumTokens = o.promptLookup;
-  const grammarSpec = structuredOutput(o);
-  if (grammarSpec) {
-    try {
-      // The grammar ends with the EOS ids generation stops at (generation_config.json's, else config.json's).
-      const eos = (model.generationConfig?.eos_token_id as number | number[] | null | undefined) ?? model.config.eosTokenId;
-      const stopTokenIds = eos === null || eos === undefined ? undefined : Array.isArray(eos) ? eos : [eos];
-      const compiler = await GrammarCompiler.create(tokenizer, { vocabSize: model.config.vocabSize, stopTokenIds });
-      options.grammar = await compiler.compile(grammarSpec);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
+  try {
+    options.grammar = await compileStructuredOutput(o, tokenizer, model);
+  } catch (e) {
+    model.dispose();
+    throw e;
   }
 
   try {
@@ -490,11 +512,13 @@ where X counts the prompt pass (which also yields the first new token) and Y the
 Example:
   nemotron-tfjs generate --model ./Minitron-4B-Base --prompt "The capital of France is" -n 20 --greedy`)
     .action(async (_opts: unknown, cmd: Command) => {
-      const opts = cmd.optsWithGlobals() as GenerateCliOptions & { specialTokens: boolean; showSpecialTokens?: boolean };
+      const opts = cmd.optsWithGlobals() as GenerateCliOptions & { specialTokens: boolean; showSpecialTokens?: boolean; repeatNgramSize?: number | boolean };
       await runGenerate({
         ...opts,
         addSpecialTokens: opts.specialTokens,
         skipSpecialTokens: !opts.showSpecialTokens,
+        // commander reads a "--no-" option as the negation of the rest: the value lands under repeatNgramSize (true when absent).
+        noRepeatNgramSize: typeof opts.repeatNgramSize === 'number' ? opts.repeatNgramSize : undefined,
       });
     });
 }

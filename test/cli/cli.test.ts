@@ -130,25 +130,29 @@ describe('CLI (nemotron-tfjs)', function () {
     });
 
     it('--no-repeat-ngram-size and --stop: the text of generate() with noRepeatNgramSize and stopStrings, cut at the stop string', async () => {
-      const base = { maxNewTokens: 12, doSample: false, noRepeatNgramSize: 2 };
+      const base = { maxNewTokens: 12, doSample: false, noRepeatNgramSize: 1 };
       const free = await expectedText(PROMPT, base);
       const promptText = tokenizer.decode(tokenizer.encode(PROMPT), { skipSpecialTokens: true });
       const continuation = free.slice(promptText.length).trimEnd();
       // A stop string from the middle of what the model writes, so that it bites.
       const stop = continuation.slice(Math.floor(continuation.length / 2), Math.floor(continuation.length / 2) + 2);
       expect(stop.trim().length, `continuation ${JSON.stringify(continuation)}`).to.be.greaterThan(0);
-      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '2', '--stop', stop,
+      const r = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '1', '--stop', stop,
         '--stop', 'never-written', '--backend', 'cpu');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.equal(await expectedText(PROMPT, { ...base, stopStrings: [stop, 'never-written'], tokenizer }));
       expect(r.stdout.length).to.be.lessThan(free.length);
       expect(r.stdout.slice(promptText.length)).to.include(stop);
+      // The rule bites here (commander once read the flag as "--no-" + repeat-ngram-size and dropped it).
+      const unruled = cli('generate', '--model', model, '--prompt', PROMPT, '--greedy', '-n', '12', '--backend', 'cpu');
+      expect(unruled.stdout).to.equal(await expectedText(PROMPT, { maxNewTokens: 12, doSample: false }));
+      expect(unruled.stdout).to.not.equal(free);
       // The same stop string from generation_config.json.
       const stopDir = path.join(tmp, 'stop-strings');
       copyCheckpoint(model, stopDir);
       const file = path.join(stopDir, 'generation_config.json');
       fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), stop_strings: [stop, 'never-written'] }));
-      const fromFile = cli('generate', '--model', stopDir, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '2', '--backend', 'cpu');
+      const fromFile = cli('generate', '--model', stopDir, '--prompt', PROMPT, '--greedy', '-n', '12', '--no-repeat-ngram-size', '1', '--backend', 'cpu');
       expect(fromFile.code, fromFile.stderr).to.equal(0);
       expect(fromFile.stdout).to.equal(r.stdout);
       // With beams: a hypothesis that ends in a stop string finishes, as on EOS (the library's beam search, checked

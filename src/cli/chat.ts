@@ -35,9 +35,6 @@ export async function runChat(o: ChatCliOptions, input: NodeJS.ReadableStream & 
     }
   };
   const hybrid = modelType(o.model) === 'nemotron_h';
-  if (hybrid && (o.presencePenalty !== undefined || o.frequencyPenalty !== undefined)) {
-    throw new Error('--presence-penalty, --frequency-penalty: not supported for NemotronH checkpoints yet');
-  }
   const { model: loaded, tokenizer } = hybrid ? await loadNemotronH(o.model, o) : await loadCausalLM(o.model, o, needsTemplate);
   if (hybrid) needsTemplate(tokenizer);
   // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).

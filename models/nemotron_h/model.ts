@@ -15,7 +15,8 @@ import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
-import { NEMOTRON_H_STEP_KERNEL, fusedKernelApplies } from '../../src/kernels/fused';
+import { NEMOTRON_H_STEP_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
+import { recomputeInBackward } from '../../src/training/checkpointing';
 import { type NemotronHStepSpec, nemotronHStepInputs, nemotronHStepSpec } from '../../src/kernels/nemotron-h-graph';
 import { DecodeGraphError, decodeStepFits } from '../../src/kernels/tensorflow-graph';
 import { NemotronHConfig } from './config';
@@ -179,25 +180,20 @@ export class NemotronHForCausalLM {
     const fullMask = past ? past.mask.map((row, b) => [...row, ...mask[b]]) : mask;
     const layers: NemotronHState['layers'] = [];
     const logits = tf.tidy(() => {
-      let hidden = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
+      let hidden: tf.Tensor = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
       const keep = tf.tensor2d(mask, undefined, 'float32').expandDims(-1);
+      // Gradient checkpointing: a layer keeps its input alone and runs again in the backward (no state is kept then).
+      const checkpointed = this.gradientCheckpointing && recordingGradients() && !state;
       this.config.layerTypes.forEach((type, i) => {
         const p = `model.layers.${i}`;
-        const x = rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon);
-        const kept = past?.layers[i];
-        let out: tf.Tensor;
-        if (type === 'mamba') {
-          const r = this.mambaPrompt(x, keep, p, kept as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined);
-          out = r.out;
-          layers.push(state ? { conv: tf.keep(r.conv), ssm: tf.keep(r.ssm) } : null);
-        } else if (type === 'attention') {
-          const r = this.attention(x, fullMask, p, (kept as { keys: tf.Tensor4D; values: tf.Tensor4D } | undefined) ?? null);
-          out = r.out;
-          layers.push(state ? { keys: tf.keep(r.keys), values: tf.keep(r.values) } : null);
-        } else {
-          out = type === 'moe' ? this.moe(x, p) : this.mlp(x, p);
+        if (checkpointed) {
+          hidden = recomputeInBackward((h, [k]) => tf.add(h, this.mixer(type, rmsNorm(h, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), k, fullMask, p).out),
+            hidden, [keep], this.layerVariables(i));
           layers.push(null);
+          return;
         }
+        const { out, kept } = this.mixer(type, rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), keep, fullMask, p, past?.layers[i]);
+        layers.push(state && kept ? (Object.fromEntries(Object.entries(kept).map(([k, t]) => [k, tf.keep(t)])) as typeof kept) : null);
         hidden = tf.add(hidden, out);
       });
       // transformers' logits_to_keep: the output projection of the last positions alone (generation needs the last).
@@ -217,6 +213,31 @@ export class NemotronHForCausalLM {
       return crossEntropy(shifted, labels.flatMap((r) => r.slice(1)));
     });
     return { logits, loss };
+  }
+
+  /**
+   * A layer's mixer over the prompt's positions (x normalized): its output, and what it leaves for the next pass (the
+   * Mamba-2 window and state, attention's keys and values), continuing `past` where given.
+   */
+  private mixer(type: NemotronHConfig['layerTypes'][number], x: tf.Tensor, keep: tf.Tensor, fullMask: number[][], p: string,
+    past?: NemotronHState['layers'][number]): { out: tf.Tensor; kept: NemotronHState['layers'][number] } {
+    if (type === 'mamba') {
+      const { out, conv, ssm } = this.mambaPrompt(x, keep, p, (past ?? undefined) as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined);
+      return { out, kept: { conv, ssm } };
+    }
+    if (type === 'attention') {
+      const { out, keys, values } = this.attention(x, fullMask, p, (past ?? null) as { keys: tf.Tensor4D; values: tf.Tensor4D } | null);
+      return { out, kept: { keys, values } };
+    }
+    return { out: type === 'moe' ? this.moe(x, p) : this.mlp(x, p), kept: null };
+  }
+
+  /** The trainable variables a layer reads (its weights, its LoRA adapters): what checkpointing's backward differentiates. */
+  private layerVariables(i: number): tf.Variable[] {
+    const prefix = `model.layers.${i}.`;
+    const own = [...this.weights].filter(([name, v]) => name.startsWith(prefix) && v.trainable).map(([, v]) => v);
+    const adapters = [...this.adapters].filter(([name]) => name.startsWith(prefix)).flatMap(([, a]) => [a.A, a.B].filter((v) => v.trainable));
+    return [...own, ...adapters];
   }
 
   /** One token a row after a pass that filled `state` (which it updates): the next logits, [batch, 1, vocab]. */
@@ -563,12 +584,23 @@ export class NemotronHForCausalLM {
     return loss!;
   }
 
+  private gradientCheckpointing = false;
+
   get isGradientCheckpointing(): boolean {
-    return false;
+    return this.gradientCheckpointing;
   }
 
+  /**
+   * transformers' gradient_checkpointing_enable(): while a gradient tape records, each layer keeps only its input and
+   * runs again in the backward, instead of keeping every activation inside it (the chunked scan's decay matrices and
+   * states, the MLPs' wide activations). One more forward of the layers a training step; gradients unchanged.
+   */
   gradientCheckpointingEnable(): void {
-    throw new Error('NemotronH: gradient checkpointing is not supported yet; train without it');
+    this.gradientCheckpointing = true;
+  }
+
+  gradientCheckpointingDisable(): void {
+    this.gradientCheckpointing = false;
   }
 
   numParameters(): number {

@@ -45,7 +45,7 @@ function checkpointBytes(dir: string): number {
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], evalExamples: Example[] | undefined, backend: string): Promise<void> {
   const refused = [['--task ' + task, task !== 'causal-lm'], ['--add-special-tokens', opts.addSpecialTokens !== undefined], ['--lora-dropout', (opts.loraDropout ?? 0) > 0],
-    ['--gradient-checkpointing', Boolean(opts.gradientCheckpointing)], ['--resume', Boolean(opts.resume)]].filter(([, on]) => on).map(([flag]) => flag);
+    ['--resume', Boolean(opts.resume)]].filter(([, on]) => on).map(([flag]) => flag);
   if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet (causal-lm: all weights, or LoRA)`);
   const base = await NemotronHForCausalLM.fromPretrained(opts.model);
   // --lora-r: PEFT's adapters on the linear modules (the base frozen; the adapter is what is saved).
@@ -56,6 +56,7 @@ async function finetuneNemotronH(opts: any, task: TaskName, train: Example[], ev
     schedule: opts.schedule, warmupSteps: opts.warmupSteps, weightDecay: opts.weightDecay, maxGradNorm: opts.maxGradNorm,
     seed: opts.seed, evalExamples, evalEvery: opts.evalEvery, outputDir: opts.output, saveEvery: opts.saveEvery,
     logFile: path.join(opts.output, 'train_log.jsonl'), progress: opts.progress && process.stderr.isTTY, padTokenId: model.config.padTokenId ?? 0,
+    gradientCheckpointing: opts.gradientCheckpointing ?? false,
   });
   try {
     fs.mkdirSync(opts.output, { recursive: true });

@@ -219,7 +219,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     // --lora-r: the adapter is what is saved (PEFT's files).
     const adapter = path.join(dir, 'adapter');
     const withLora = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', dir, '--train', data, '--output', adapter, '--lora-r', '4',
-      '--max-steps', '2', '--batch-size', '2', '--backend', 'cpu'], { encoding: 'utf8' });
+      '--max-steps', '2', '--batch-size', '2', '--gradient-checkpointing', '--backend', 'cpu'], { encoding: 'utf8' });
     expect(withLora.status, withLora.stderr).to.equal(0);
     expect(withLora.stderr).to.match(/finetune causal-lm \(NemotronH, LoRA r 4\)/);
     expect(JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'))).to.deep.include({ peft_type: 'LORA', r: 4, lora_alpha: 16 });
@@ -369,6 +369,9 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         const before = tf.memory().numTensors;
         await expectLogits(model, ref.logits);
         await expectGradients(model, ref.gradients);
+        model.gradientCheckpointingEnable();
+        await expectGradients(model, ref.gradients);
+        model.gradientCheckpointingDisable();
         expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(ref.greedy);
         expect(tf.memory().numTensors).to.equal(before);
         model.dispose();
@@ -389,8 +392,47 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
       }
       trainer.dispose();
       expect(tf.memory().numTensors).to.equal(before);
-      expect(() => model.gradientCheckpointingEnable()).to.throw(/gradient checkpointing is not supported yet/);
       model.dispose();
+      // With gradient checkpointing (each layer run again in the backward): the same step, less memory at the peak.
+      const checkpointed = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
+      const again = new Trainer(checkpointed, examples, { task: 'causal-lm', lr: 1e-2, batchSize: 2, maxSteps: 1, schedule: 'constant', maxGradNorm: 1, shuffle: false, padTokenId: 0, gradientCheckpointing: true });
+      expect(checkpointed.isGradientCheckpointing).to.equal(true);
+      expect(Math.abs((await again.step()).loss - torchLoss), 'loss, checkpointed').to.be.at.most(1e-5);
+      for (const [name, values] of Object.entries(afterStep)) {
+        const ours = Array.from(await checkpointed.weights.get(name)!.data()).slice(0, 8);
+        expect(maxDiff(ours, values), `${name}, checkpointed`).to.be.at.most(1e-5);
+      }
+      again.dispose();
+      const peak = async () => {
+        const { peakBytes, result } = await tf.profile(() => {
+          const { value, grads } = tf.variableGrads(() => checkpointed.computeLoss({ inputIds: batch, attentionMask: mask, labels: batch }));
+          return [value, ...Object.values(grads)];
+        });
+        tf.dispose(result as tf.Tensor[]);
+        return peakBytes;
+      };
+      const withCheckpoints = await peak();
+      checkpointed.gradientCheckpointingDisable();
+      expect(withCheckpoints).to.be.lessThan(await peak());
+      // LoRA's adapters (the base frozen) get the same gradients through the recomputed layers.
+      const lora = NemotronHLoraModel.attach(checkpointed, { r: 2, loraAlpha: 4, targetModules: 'all-linear', seed: 3 });
+      const adapterGrads = async (on: boolean) => {
+        if (on) checkpointed.gradientCheckpointingEnable();
+        else checkpointed.gradientCheckpointingDisable();
+        const adapters = [...checkpointed.adapters.values()].flatMap((a) => [a.A, a.B]);
+        // B starts at zero (PEFT's init): move it, so that A's gradient is not zero too.
+        adapters.forEach((v, i) => { if (i % 2 === 1) tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.1, 'float32', i))); });
+        const { value, grads } = tf.variableGrads(() => checkpointed.computeLoss({ inputIds: batch, attentionMask: mask, labels: batch }), adapters);
+        const out = await Promise.all(adapters.map(async (v) => Array.from(await grads[v.name].data())));
+        tf.dispose([value, ...Object.values(grads)]);
+        return out;
+      };
+      const [plain, recomputed] = [await adapterGrads(false), await adapterGrads(true)];
+      expect(plain.flat().some((g) => g !== 0)).to.equal(true);
+      plain.forEach((g, i) => expect(maxDiff(recomputed[i], g), `adapter gradient ${i}`).to.be.at.most(1e-6));
+      lora.unload();
+      expect(tf.memory().numTensors).to.equal(before);
+      checkpointed.dispose();
     });
 
     it('a pass continues a kept state: a prompt in pieces gives the whole prompt\'s logits and state (Mamba-2, attention, experts)', async () => {

@@ -279,11 +279,10 @@ async function compileStructuredOutput(o: GenerateCliOptions, tokenizer: Nemotro
 /**
  * generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2), streamed: one row on a NemotronHBatcher with the
  * row decoding generate() applies (greedy or sampled, every logits processor, structured output), stop strings checked
- * here as chat checks them; beams and speculative decoding refused by name.
+ * here as chat checks them; beam search with the library's generate(); speculative decoding refused by name.
  */
 async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
-  const refused = [['--num-beams', (o.numBeams ?? 1) > 1], ['--prompt-lookup', o.promptLookup !== undefined],
-    ['--assistant-model', o.assistantModel !== undefined]].filter(([, on]) => on).map(([flag]) => flag);
+  const refused = [['--prompt-lookup', o.promptLookup !== undefined], ['--assistant-model', o.assistantModel !== undefined]].filter(([, on]) => on).map(([flag]) => flag);
   if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet`);
   if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
   const options = resolveDecoding(o, readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
@@ -295,6 +294,17 @@ async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
     const stops = [options.stopStrings ?? [], model.generationConfig?.stop_strings ?? []].flat().filter((t): t is string => typeof t === 'string' && t.length > 0);
     options.stopStrings = [];
     const decodeForStops = stopStringDecoder(tokenizer);
+    if ((options.numBeams ?? 1) > 1) {
+      // Beam search (the library's generate(), the hybrid state reordered to the beams): the text comes at the end.
+      const start = performance.now();
+      const out = await generate(model, [promptIds], { ...options, tokenizer });
+      const tokens = out.sequences[0].slice(promptIds.length);
+      const text = tokenizer.decode(o.chat ? tokens : out.sequences[0], { skipSpecialTokens: o.skipSpecialTokens });
+      process.stdout.write(`${text}\n`);
+      process.stderr.write(`prompt: ${plural(promptIds.length, 'token')} · beam search (${options.numBeams} beams): ${plural(tokens.length, 'token')} in ` +
+        `${((performance.now() - start) / 1000).toFixed(2)} s · backend ${currentBackend() ?? backend} (NemotronH)\n`);
+      return;
+    }
     const grammar = await compileStructuredOutput(o, tokenizer, model);
     const constraint = grammar ? await grammar.constraint() : undefined;
     // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).

@@ -1,8 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { KVCache } from '../../layers/kv-cache';
-import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { IntMatrixLike } from '../tensors';
-import { positionsFromMask } from '../tensors';
+import type { StepDecoder } from './decoder';
 import { ProcessorOptions, processScores } from './processors';
 
 /** Beam search settings (transformers' generate with num_beams > 1). */
@@ -93,7 +90,7 @@ function sampleWithoutReplacement(values: Float64Array, k: number, random: () =>
  * log-prob; the best numBeams that do not end run on (the KV cache reordered to them). It stops when no running beam
  * can beat the worst finished one (the early-stopping heuristic), at the length limit, or as earlyStopping says.
  */
-export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchInputs, settings: BeamSearchSettings): Promise<BeamSearchOutput> {
+export async function beamSearch(decoder: StepDecoder, inputs: BeamSearchInputs, settings: BeamSearchSettings): Promise<BeamSearchOutput> {
   const { rows, mask, maxNew, minNew, eos, pad } = inputs;
   const numBeams = settings.numBeams;
   const lengthPenalty = settings.lengthPenalty ?? 1;
@@ -107,7 +104,7 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
   const batch = rows.length;
   const promptLength = rows[0].length;
   const maxLength = promptLength + maxNew;
-  const vocab = model.config.vocabSize;
+  const vocab = decoder.vocabSize;
   const keep = Math.max(2, 1 + eos.length) * numBeams;
 
   // Per prompt: the running beams (the first one live, the others ruled out until the first step spreads them) and
@@ -116,20 +113,13 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
   const finished: Hypothesis[][] = rows.map(() => Array.from({ length: numBeams }, () => ({ tokens: [], score: RULED_OUT, done: false })));
   const improvable = rows.map(() => true);
   const beamMask = mask.flatMap((m) => Array.from({ length: numBeams }, () => m.slice()));
-  const cache = new KVCache(model.config.numHiddenLayers);
   try {
     for (let step = 0; step < maxNew; step++) {
       const curLength = promptLength + step;
       const flat = running.flatMap((beams, b) => beams.map((h) => [...rows[b], ...h.tokens]));
-      const positions = positionsFromMask(beamMask);
-      const out = model.forward({
-        inputIds: step === 0 ? flat : flat.map((s) => [s[s.length - 1]]),
-        attentionMask: beamMask,
-        positionIds: step === 0 ? positions : positions.map((p) => [p[p.length - 1]]),
-        pastKeyValues: cache, useCache: true, logitsToKeep: 1,
-      });
-      const logProbs = tf.tidy(() => tf.logSoftmax(out.logits.reshape([batch * numBeams, vocab])));
-      out.logits.dispose();
+      const logits = decoder.next(flat, beamMask, step === 0);
+      const logProbs = tf.tidy(() => tf.logSoftmax(logits.reshape([batch * numBeams, vocab])));
+      logits.dispose();
       const data = await logProbs.data() as Float32Array;
       logProbs.dispose();
 
@@ -176,7 +166,7 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
       }
       running = nextRunning;
       // The cache follows the beams that run on; their masks are their prompt's, all ones since.
-      reorderCache(cache, sources);
+      decoder.reorder(sources);
       beamMask.forEach((m) => m.push(1));
 
       // The early-stopping heuristic: can the best running beam still beat the worst finished one?
@@ -191,7 +181,7 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
       if (!(improvable.some(Boolean) && openBeams && anyContinues)) break;
     }
   } finally {
-    cache.dispose();
+    decoder.dispose();
   }
   // The best numReturn finished hypotheses per prompt, filled to the longest (transformers fills with pad_token_id,
   // or the first EOS id where pad_token_id is 0 or unset, or -1 without EOS).
@@ -203,16 +193,3 @@ export async function beamSearch(model: NemotronForCausalLM, inputs: BeamSearchI
     sequencesScores: chosen.map((h) => h.score),
   };
 }
-
-/** Rows of every layer's keys and values gathered to `rows` (the beams that run on, by their former row). */
-function reorderCache(cache: KVCache, rows: number[]): void {
-  if (rows.every((r, i) => r === i)) return;
-  const index = tf.tensor1d(rows, 'int32');
-  for (let layer = 0; layer < cache.numLayers; layer++) {
-    const [keys, values] = [cache.keys[layer], cache.values[layer]];
-    if (!keys || !values) continue;
-    cache.replace(layer, tf.gather(keys, index) as tf.Tensor4D, tf.gather(values, index) as tf.Tensor4D);
-  }
-  index.dispose();
-}
-

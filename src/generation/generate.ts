@@ -1,9 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
-import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { IntMatrixLike, positionsFromMask, readIntRows } from '../tensors';
+import { IntMatrixLike, readIntRows } from '../tensors';
 import { beamSearch } from './beam-search';
+import { decoderFor } from './decoder';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { CandidateSource, draftModelSource, promptLookupSource, speculativeDecode } from './speculative';
 import { ProcessorOptions, argmax, processScores, sample } from './processors';
 import type { CompiledGrammar, TokenConstraint } from './grammar';
@@ -367,7 +368,9 @@ export function rowDecoding(model: NemotronForCausalLM, prompt: number[], callOp
  * Generates token by token. Yields after each step with the chosen tokens; the KV cache lives for one
  * generation and is freed when it ends (also on an error or an early `return()` of the iterator).
  */
-export async function* generateStream(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
+export async function* generateStream(served: NemotronForCausalLM | NemotronHForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): AsyncGenerator<GenerationStep, void> {
+  // A NemotronH model has what the options read (config's vocabulary, lengths and token ids, generationConfig).
+  const model = served as NemotronForCausalLM;
   const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
     const fromFile = callOptions.numBeams === undefined ? ` (generation_config.json sets num_beams ${options.numBeams}; numBeams: 1 streams)` : '';
@@ -384,19 +387,10 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
   const needsScores = options.outputScores || options.outputLogits || choosesOnHost(options, minNew, processors);
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
   const constraints = options.grammar ? await Promise.all(rows.map(() => options.grammar!.constraint())) : null;
-  const cache = useCache ? new KVCache(model.config.numHiddenLayers) : null;
+  const decoder = decoderFor(served, useCache);
   try {
     for (let step = 0; step < maxNew; step++) {
-      const positions = positionsFromMask(attention);
-      const fresh = cache && step > 0;
-      const out = model.forward({
-        inputIds: fresh ? sequences.map((s) => [s[s.length - 1]]) : sequences,
-        attentionMask: attention,
-        positionIds: fresh ? positions.map((p) => [p[p.length - 1]]) : positions,
-        pastKeyValues: cache ?? undefined,
-        useCache: cache !== null,
-        logitsToKeep: 1,
-      });
+      const out = { logits: decoder.next(sequences, attention, step === 0) };
       let tokens: number[];
       let stepScores: Float32Array[] | undefined;
       let stepLogits: Float32Array[] | undefined;
@@ -441,13 +435,14 @@ export async function* generateStream(model: NemotronForCausalLM, inputIds: IntM
       if (finished.every(Boolean)) break;
     }
   } finally {
-    cache?.dispose();
+    decoder.dispose();
     constraints?.forEach((c) => c.dispose());
   }
 }
 
 /** transformers' generate(): greedy or sampled decoding with a KV cache; sequences include the prompt. */
-export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): Promise<GenerateOutput> {
+export async function generate(served: NemotronForCausalLM | NemotronHForCausalLM, inputIds: IntMatrixLike, callOptions: GenerateOptions = {}): Promise<GenerateOutput> {
+  const model = served as NemotronForCausalLM;
   const options = resolveGenerateOptions(model, callOptions);
   if ((options.numBeams ?? 1) > 1) {
     if (options.grammar) throw new Error('generate: a grammar decodes greedily or sampled, not with beam search (numBeams > 1)');
@@ -460,14 +455,17 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
       warpers: warpers(options),
       random: seedrandom(String(options.seed ?? Date.now())),
     } : undefined;
-    return beamSearch(model, {
+    return beamSearch(decoderFor(served), {
       rows, mask, maxNew, minNew, eos, pad, processors,
       stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined, sampling,
     }, {
       numBeams: options.numBeams!, lengthPenalty: options.lengthPenalty, earlyStopping: options.earlyStopping, numReturnSequences: options.numReturnSequences,
     });
   }
-  if (options.assistantModel || (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0)) return speculative(model, inputIds, options);
+  if (options.assistantModel || (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0)) {
+    if (served instanceof NemotronHForCausalLM) throw new Error('generate: assisted generation and prompt lookup decoding are not supported for NemotronH models yet');
+    return speculative(model, inputIds, options);
+  }
   if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
     throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
   }
@@ -481,7 +479,7 @@ export async function generate(model: NemotronForCausalLM, inputIds: IntMatrixLi
   const sequences = prompt.map((r) => r.slice());
   const scores: Float32Array[][] = [];
   const logits: Float32Array[][] = [];
-  for await (const step of generateStream(model, prompt, streamed)) {
+  for await (const step of generateStream(served, prompt, streamed)) {
     step.tokens.forEach((t, b) => sequences[b].push(t));
     if (step.scores) scores.push(step.scores);
     if (step.logits) logits.push(step.logits);

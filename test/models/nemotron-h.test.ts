@@ -6,7 +6,7 @@ import { NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel } from '../..
 import { type NemotronHState, disposeState, ssdScan } from '../../models/nemotron_h/model';
 import { NEMOTRON_H_STEP_KERNEL, applyNoRepeatNgram, setBackend, useFusedKernels } from '../../src/index';
 import { spawnSync } from 'child_process';
-import { CheckpointReader, NemotronTokenizer, Trainer, writeSafetensors } from '../../src/index';
+import { CheckpointReader, NemotronTokenizer, Trainer, generate, writeSafetensors } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 // A tiny NemotronH ("M*M-": Mamba-2, attention, Mamba-2, MLP) and what transformers computes with it
@@ -261,8 +261,14 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     expect(stopped.stdout).to.equal(`the name${continuation.slice(0, continuation.indexOf(stop) + stop.length)}\n`);
     const chosen = run('-n', '8', '--greedy', '--choice', 'yes', '--choice', 'no');
     expect(['the nameyes\n', 'the nameno\n']).to.include(chosen.stdout);
-    const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--num-beams', '2'], { encoding: 'utf8' });
-    expect(refused.stderr).to.match(/--num-beams: not supported for NemotronH checkpoints yet/);
+    const beams = run('-n', '6', '--num-beams', '3');
+    const beamModel = await NemotronHForCausalLM.fromPretrained(dir);
+    const expectedBeams = await generate(beamModel, [ids], { maxNewTokens: 6, numBeams: 3 });
+    beamModel.dispose();
+    expect(beams.stdout).to.equal(`${tokenizer.decode(expectedBeams.sequences[0], { skipSpecialTokens: true })}\n`);
+    expect(beams.stderr).to.match(/beam search \(3 beams\): \d+ tokens? in [\d.]+ s · backend cpu \(NemotronH\)/);
+    const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--prompt-lookup', '2'], { encoding: 'utf8' });
+    expect(refused.stderr).to.match(/--prompt-lookup: not supported for NemotronH checkpoints yet/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -464,6 +470,36 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         disposeState(state);
         disposeState(whole);
         expect(tf.memory().numTensors).to.equal(before);
+        model.dispose();
+      }
+    });
+
+    it('the library\'s generate(): beam search as transformers\' (hybrid state reordered to the beams; padding, EOS, length penalty, early stopping, experts); greedy and sampled as model.generate()', async () => {
+      const beams = JSON.parse(fs.readFileSync(path.join(DIR, 'beams.json'), 'utf8')) as {
+        cases: Array<{ variant: string; rows: number[]; settings: Record<string, unknown>; sequences: number[][]; sequences_scores: number[] }>;
+      };
+      for (const c of beams.cases) {
+        const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, c.variant));
+        const before = tf.memory().numTensors;
+        const st = c.settings as { num_beams: number; max_new_tokens: number; num_return_sequences?: number; length_penalty?: number; early_stopping?: boolean; eos_token_id: number | null };
+        const out = await generate(model, c.rows.map((r) => reference.prompt[r]), {
+          attentionMask: c.rows.map((r) => reference.attention_mask[r]), numBeams: st.num_beams, maxNewTokens: st.max_new_tokens,
+          numReturnSequences: st.num_return_sequences, lengthPenalty: st.length_penalty, earlyStopping: st.early_stopping, eosTokenId: st.eos_token_id, padTokenId: 0,
+        });
+        const what = JSON.stringify(c.settings);
+        expect(out.sequences, what).to.deep.equal(c.sequences);
+        expect(maxDiff(out.sequencesScores!, c.sequences_scores), what).to.be.at.most(1e-4);
+        expect(tf.memory().numTensors).to.equal(before);
+        if (c.variant === 'model' && c.rows.length === 1) {
+          // Greedy and sampled: what the model's own generate() writes.
+          const prompt = [reference.prompt[0]];
+          expect((await generate(model, prompt, { maxNewTokens: 8, eosTokenId: null })).sequences).to.deep.equal(model.generate(prompt, { maxNewTokens: 8, eosTokenId: null }));
+          const sampling = { maxNewTokens: 8, eosTokenId: null, doSample: true, temperature: 1.3, seed: 11 };
+          expect((await generate(model, prompt, sampling)).sequences).to.deep.equal(model.generate(prompt, sampling));
+          const refused = await generate(model, prompt, { maxNewTokens: 2, promptLookupNumTokens: 2 }).then(() => '', (e: Error) => e.message);
+          expect(refused).to.match(/prompt lookup decoding are not supported for NemotronH models yet/);
+          expect(tf.memory().numTensors).to.equal(before);
+        }
         model.dispose();
       }
     });

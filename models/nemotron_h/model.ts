@@ -158,6 +158,25 @@ export class NemotronHForCausalLM {
    * step needs.
    */
   forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+    return this.pass(inputs, state, true);
+  }
+
+  /**
+   * The final hidden states (after the last norm) of a pass from nothing, [batch, time, hidden]: what the output
+   * projection reads (project() applies it), for scoring long sequences in chunks of positions.
+   */
+  lastHiddenState(inputs: { inputIds: number[][]; attentionMask?: number[][] }): tf.Tensor3D {
+    return this.pass(inputs, undefined, false).logits;
+  }
+
+  /** The output projection: hidden states [rows, hidden] to logits [rows, vocab]. */
+  project(hidden: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => this.lmHead(hidden.reshape([1, -1, this.config.hiddenSize])).reshape([-1, this.config.vocabSize]) as tf.Tensor2D);
+  }
+
+  /** forward(), or (`project` false) the hidden states the output projection would read, in `logits`' place. */
+  private pass(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state: Partial<NemotronHState> | undefined,
+    project: boolean): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     const { inputIds } = inputs;
     const keepLogits = inputs.logitsToKeep ?? 0;
     if (!Number.isInteger(keepLogits) || keepLogits < 0) throw new Error(`NemotronH.forward: logitsToKeep must be a whole number ≥ 0 (0: every position), got ${keepLogits}`);
@@ -198,7 +217,8 @@ export class NemotronHForCausalLM {
       });
       // transformers' logits_to_keep: the output projection of the last positions alone (generation needs the last).
       const kept = keepLogits > 0 && keepLogits < length ? hidden.slice([0, length - keepLogits, 0], [-1, -1, -1]) : hidden;
-      return this.lmHead(rmsNorm(kept, this.w('model.norm_f.weight'), this.config.layerNormEpsilon)) as tf.Tensor3D;
+      const normed = rmsNorm(kept, this.w('model.norm_f.weight'), this.config.layerNormEpsilon);
+      return (project ? this.lmHead(normed) : normed) as tf.Tensor3D;
     });
     if (state) {
       disposeState(state);
@@ -372,7 +392,7 @@ export class NemotronHForCausalLM {
   }
 
   /** Splits in_proj's output into the gate, the convolution's input and Δt. */
-  private project(x: tf.Tensor, p: string): { gate: tf.Tensor; xBC: tf.Tensor; dt: tf.Tensor } {
+  private inProjection(x: tf.Tensor, p: string): { gate: tf.Tensor; xBC: tf.Tensor; dt: tf.Tensor } {
     const c = this.config;
     const proj = this.linear(x, `${p}.mixer.in_proj`);
     const [gate, xBC, dt] = tf.split(proj, [c.mambaIntermediateSize, c.convDim, c.mambaNumHeads], -1);
@@ -403,7 +423,7 @@ export class NemotronHForCausalLM {
   private mambaPrompt(x: tf.Tensor, keep: tf.Tensor, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const [batch, time] = x.shape;
-    const { gate, xBC: rawXBC, dt: rawDt } = this.project(tf.mul(x, keep), p);
+    const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(tf.mul(x, keep), p);
     // Causal depthwise convolution: output t sees inputs t-K+1 … t (before the start, the kept window, or zeros).
     const k = c.convKernel;
     const padded = initial ? tf.concat([initial.conv, rawXBC], 1) : tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
@@ -428,7 +448,7 @@ export class NemotronHForCausalLM {
   private mambaStep(x: tf.Tensor, p: string, state: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const batch = x.shape[0];
-    const { gate, xBC: rawXBC, dt: rawDt } = this.project(x, p);
+    const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(x, p);
     const window = tf.concat([state.conv, rawXBC], 1);
     const weight = this.w(`${p}.mixer.conv1d.weight`);
     let conv = tf.sum(tf.mul(window, tf.transpose(weight).expandDims(0)), 1, true);

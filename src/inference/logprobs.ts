@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 
 /** A token's log-probability and the most likely tokens at its position, most likely first. */
 export interface TokenLogprob {
@@ -20,7 +21,7 @@ const CHUNK_BYTES = 64 * 1024 * 1024;
  * at each position: log_softmax of the model's logits over the sequence, one forward pass, the logits projected a
  * chunk of positions at a time (`maxChunkBytes` of logits, default 64 MiB) so that [n, vocab] never exists whole.
  */
-export async function sequenceLogprobs(model: NemotronForCausalLM, ids: number[], options: { topK?: number; maxChunkBytes?: number } = {}): Promise<TokenLogprob[]> {
+export async function sequenceLogprobs(model: NemotronForCausalLM | NemotronHForCausalLM, ids: number[], options: { topK?: number; maxChunkBytes?: number } = {}): Promise<TokenLogprob[]> {
   const topK = options.topK ?? 0;
   const vocab = model.config.vocabSize;
   if (!Array.isArray(ids) || ids.length === 0) throw new Error('sequenceLogprobs: expected a non-empty list of token ids');
@@ -34,9 +35,10 @@ export async function sequenceLogprobs(model: NemotronForCausalLM, ids: number[]
   const n = ids.length - 1;
   if (n === 0) return [];
   const hidden = tf.tidy(() => {
-    const out = model.model.forward({ inputIds: [ids] });
-    return out.lastHiddenState.reshape([ids.length, model.config.hiddenSize]) as tf.Tensor2D;
+    const last = model instanceof NemotronHForCausalLM ? model.lastHiddenState({ inputIds: [ids] }) : model.model.forward({ inputIds: [ids] }).lastHiddenState;
+    return last.reshape([ids.length, model.config.hiddenSize]) as tf.Tensor2D;
   });
+  const project = (h: tf.Tensor2D) => (model instanceof NemotronHForCausalLM ? model.project(h) : model.outputMatrix.project(h) as tf.Tensor2D);
   const result: TokenLogprob[] = [];
   try {
     const chunk = Math.max(1, Math.floor((options.maxChunkBytes ?? CHUNK_BYTES) / (4 * vocab)));
@@ -44,7 +46,7 @@ export async function sequenceLogprobs(model: NemotronForCausalLM, ids: number[]
       const rows = Math.min(chunk, n - start);
       const targets = ids.slice(start + 1, start + 1 + rows);
       const computed = tf.tidy(() => {
-        const logp = tf.logSoftmax(model.outputMatrix.project(hidden.slice([start, 0], [rows, -1])) as tf.Tensor2D);
+        const logp = tf.logSoftmax(project(hidden.slice([start, 0], [rows, -1])));
         const chosen = tf.gatherND(logp, tf.tensor2d(targets.map((t, r) => [r, t]), [rows, 2], 'int32'));
         if (topK === 0) return [chosen];
         const { values, indices } = tf.topk(logp, topK);

@@ -512,7 +512,6 @@ function replyPieces(events: ResponseEvent[]): ReplyPiece[] {
 export function openAIHandler(served: NemotronForCausalLM | NemotronHForCausalLM, tokenizer: NemotronTokenizer, options: OpenAIServerOptions): http.RequestListener {
   // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
   const model = served as NemotronForCausalLM;
-  const hybrid = served instanceof NemotronHForCausalLM;
   const created = Math.floor(Date.now() / 1000);
   const maxRows = options.maxRows ?? 16;
   const maxBody = options.maxBodyBytes ?? 8 * 1024 * 1024;
@@ -616,7 +615,6 @@ export function openAIHandler(served: NemotronForCausalLM | NemotronHForCausalLM
       prompts = read.ids;
       if (booleanField(body, 'echo')) echo = read.texts;
       if (requested === 0 && !echo) throw new OpenAIError(400, 'max_tokens 0 generates nothing; it is for echo: true (the prompt and its logprobs)', 'max_tokens');
-      if (hybrid && echo && logprobs !== null) throw new OpenAIError(400, 'echo with logprobs (the prompt\'s log-probabilities) is not supported for NemotronH models yet', 'logprobs');
     }
     if (prompts.length * n > maxRows) {
       throw new OpenAIError(400, `${prompts.length} prompts × n ${n} = ${prompts.length * n} rows; this server decodes at most ${maxRows} a request`, 'n');
@@ -732,8 +730,7 @@ export function openAIHandler(served: NemotronForCausalLM | NemotronHForCausalLM
 
   /** The prompt's tokens for echo with logprobs: the first has none (nothing comes before it); offsets in its text. */
   async function promptScores(prompt: number[], topK: number): Promise<PromptScored[]> {
-    if (hybrid) throw new OpenAIError(400, 'echo with logprobs (the prompt\'s log-probabilities) is not supported for NemotronH models yet', 'logprobs');
-    const scored = await sequenceLogprobs(model, prompt, { topK });
+    const scored = await sequenceLogprobs(served, prompt, { topK });
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
     let offset = 0;
     return prompt.map((token, i) => {

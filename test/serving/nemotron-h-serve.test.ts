@@ -74,13 +74,22 @@ describe('serving a NemotronH model over OpenAI\'s API (continuous batching: Nem
     expect(tf.memory().numTensors).to.equal(before);
   });
 
-  it('structured output decodes under the grammar; echo with logprobs is refused by name', async () => {
+  it('structured output decodes under the grammar; echo with logprobs scores the prompt as one pass of the model does', async () => {
     const flags = { type: 'array', items: { type: 'boolean' }, maxItems: 3 };
     const { json } = await post('/v1/completions', { prompt: 'the name', max_tokens: 24, temperature: 0, response_format: { type: 'json_schema', json_schema: { name: 'f', schema: flags } } });
     expect(json.choices[0].text).to.match(/^\s*\[/);
-    const echo = await post('/v1/completions', { prompt: 'the name', max_tokens: 2, echo: true, logprobs: 1 });
-    expect([echo.status, echo.json.error.param]).to.deep.equal([400, 'logprobs']);
-    expect(echo.json.error.message).to.match(/not supported for NemotronH models yet/);
+    const echo = await post('/v1/completions', { prompt: 'the name', max_tokens: 0, echo: true, logprobs: 1 });
+    expect(echo.status, JSON.stringify(echo.json)).to.equal(200);
+    const ids = tokenizer.encode('the name');
+    const { logits } = model.forward({ inputIds: [ids] });
+    const scores = tf.tidy(() => tf.logSoftmax(logits.reshape([ids.length, -1])));
+    const logp = await scores.array() as number[][];
+    tf.dispose([logits, scores]);
+    const expected = [null, ...ids.slice(1).map((t, i) => logp[i][t])];
+    const got = echo.json.choices[0].logprobs.token_logprobs as Array<number | null>;
+    expect(got[0]).to.equal(null);
+    got.slice(1).forEach((l, i) => expect(Math.abs(l! - expected[i + 1]!), `position ${i + 1}`).to.be.at.most(1e-4));
+    expect(echo.json.choices[0].text).to.equal('the name');
   });
 
   it('the CLI chat holds a conversation with a NemotronH folder (each turn what generate() writes after the conversation so far)', async () => {

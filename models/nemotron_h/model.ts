@@ -361,6 +361,7 @@ export class NemotronHForCausalLM {
     const tokens = batch * time;
     const scores = tf.sigmoid(tf.matMul(flat, this.w(`${p}.mixer.gate.weight`), false, true));
     // The choice is made on the host (it is not differentiable); the weights stay tensors (their gradient reaches the router).
+    requireSyncReads('a mixture-of-experts layer (its router\'s choice)');
     const choice = tf.add(scores, this.w(`${p}.mixer.gate.e_score_correction_bias`)).arraySync() as number[][];
     const perGroup = c.nRoutedExperts / c.nGroup;
     const mask = choice.map((row) => {
@@ -497,6 +498,7 @@ export class NemotronHForCausalLM {
    * penalty either way; stops at an EOS id. Returns the prompt and the new tokens of each row.
    */
   generate(inputIds: number[][], options: NemotronHGenerateOptions): number[][] {
+    requireSyncReads('NemotronHForCausalLM.generate', 'the library\'s async generate(model, ids, options) decodes there');
     const eos = options.eosTokenId === undefined ? this.config.eosTokenId : options.eosTokenId;
     const stops = eos === null ? [] : Array.isArray(eos) ? eos : [eos];
     if (inputIds[0].length + options.maxNewTokens > this.config.maxPositionEmbeddings) {
@@ -683,10 +685,12 @@ export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor,
   // Each chunk's own final state (from zero), then the states carried across chunks.
   const last = cumsum.slice([0, q - 1], [-1, 1]);
   const decayToEnd = tf.exp(tf.sub(last, cumsum)).expandDims(-1);
-  const chunkStates = tf.matMul(tf.mul(Bs, decayToEnd), xs, true, false).reshape([batch, chunks, heads, stateSize, headDim]);
-  const chunkDecay = tf.exp(last).reshape([batch, chunks, heads, 1, 1]);
+  // States as [batch, chunks, heads, state·head_dim]: 4-D slices (a 5-D slice's gradient, a 5-D pad, has no WebGPU kernel).
+  const width = stateSize * headDim;
+  const chunkStates = tf.matMul(tf.mul(Bs, decayToEnd), xs, true, false).reshape([batch, chunks, heads, width]);
+  const chunkDecay = tf.exp(last).reshape([batch, chunks, heads, 1]);
   // The state entering the first chunk: a kept one ([batch, heads, head_dim, state]), or zeros.
-  let running: tf.Tensor = initialState ? initialState.transpose([0, 1, 3, 2]).reshape([batch, 1, heads, stateSize, headDim]) : tf.zeros([batch, 1, heads, stateSize, headDim]);
+  let running: tf.Tensor = initialState ? initialState.transpose([0, 1, 3, 2]).reshape([batch, 1, heads, width]) : tf.zeros([batch, 1, heads, width]);
   const entering: tf.Tensor[] = [];
   for (let k = 0; k < chunks; k++) {
     entering.push(running);
@@ -699,6 +703,16 @@ export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor,
     y: pad ? y.slice([0, 0, 0, 0], [batch, time, heads, headDim]) : y,
     state: running.reshape([batch, heads, stateSize, headDim]).transpose([0, 1, 3, 2]),
   };
+}
+
+/** Backends whose tensors cannot be read synchronously in Node (WebGPU: no OffscreenCanvas there). */
+const ASYNC_ONLY_BACKENDS = ['webgpu', 'webgl'];
+
+/** Refuses, by name, what reads tensors synchronously on a backend that cannot. */
+function requireSyncReads(what: string, instead?: string): void {
+  const backend = tf.getBackend();
+  if (!ASYNC_ONLY_BACKENDS.includes(backend)) return;
+  throw new Error(`NemotronH: ${what} reads tensors synchronously, which the ${backend} backend cannot in Node${instead ? `; ${instead}` : ' (not supported there yet)'}`);
 }
 
 /** Frees the tensors a pass left (the state object stays usable for the next one). */

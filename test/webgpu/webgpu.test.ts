@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
-  KVCache, LoraModel, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
+  KVCache, LoraModel, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronHForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
   generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
 import { rotaryWithGradient } from '../../layers/rotary';
@@ -14,7 +14,7 @@ import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../../src/kernels/webgpu-decode';
 import { batchMatMul, linear } from '../../layers/weights';
-import { ADAMW_TENSORS, CONFIGS, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
+import { ADAMW_TENSORS, CONFIGS, FIXTURES, adamWThreeSteps, fixtureDir, kernelsRun, kernelsRunAsync, paddedAttentionStep, tmpDir } from '../helpers';
 import { fixtureParity, loraParity } from '../fixture-parity';
 
 /**
@@ -574,6 +574,43 @@ describe('webgpu backend: parity with transformers', function () {
     expect(fs.existsSync(path.join(dir, 'model.safetensors'))).to.equal(true);
     trainer.dispose();
     model.dispose();
+  });
+
+  it('NemotronH (Mamba-2, attention, MLP): logits, loss and gradients, greedy generation and beam search as transformers; what reads synchronously refused by name', async () => {
+    const dir = path.resolve(FIXTURES, '../nemotron-h');
+    const reference = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8'));
+    const model = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'model'));
+    const before = tf.memory().numTensors;
+    const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
+    const ours = await logits.array() as number[][][];
+    logits.dispose();
+    let worst = 0;
+    reference.attention_mask.forEach((row: number[], b: number) => row.forEach((m, t) => {
+      if (m) ours[b][t].forEach((v, i) => { worst = Math.max(worst, Math.abs(v - reference.logits[b][t][i])); });
+    }));
+    expect(worst, 'logits').to.be.at.most(1e-4);
+    const names = Object.keys(reference.gradients);
+    const { value, grads } = tf.variableGrads(() => {
+      const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
+      out.logits.dispose();
+      return out.loss!;
+    }, names.map((n) => model.weights.get(n)!));
+    expect(Math.abs((await value.data())[0] - reference.loss), 'loss').to.be.at.most(1e-5);
+    for (const name of names) {
+      const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
+      expect(g.reduce((m, v, i) => Math.max(m, Math.abs(v - reference.gradients[name][i])), 0), `gradient of ${name}`).to.be.at.most(1e-4);
+    }
+    tf.dispose([value, ...Object.values(grads)]);
+    expect((await generate(model, reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })).sequences[0]).to.deep.equal(reference.greedy);
+    const beams = JSON.parse(fs.readFileSync(path.join(dir, 'beams.json'), 'utf8')).cases[0];
+    const searched = await generate(model, [reference.prompt[0]], { numBeams: 3, maxNewTokens: 8, numReturnSequences: 2, eosTokenId: null, padTokenId: 0 });
+    expect(searched.sequences).to.deep.equal(beams.sequences);
+    expect(tf.memory().numTensors).to.equal(before);
+    expect(() => model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 2 })).to.throw(/reads tensors synchronously, which the webgpu backend cannot in Node; the library's async generate/);
+    model.dispose();
+    const moe = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'moe'));
+    expect(() => moe.forward({ inputIds: reference.prompt.slice(0, 1) })).to.throw(/a mixture-of-experts layer \(its router's choice\) reads tensors synchronously/);
+    moe.dispose();
   });
 
   for (const config of CONFIGS) {

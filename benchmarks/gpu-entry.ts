@@ -5,18 +5,21 @@
  * a decoding step's time goes, a training step), results under $OUT.
  * Bundled by scripts/gpu-prepare.sh (which also copies the fixtures into .device/fixtures); run there as
  *   bash .device/run.sh [--skip-parity] [--skip-bench] [--skip-micro] [--skip-long-train] [--configs minitron-small,minitron-4b]
+ *                       [--skip-nemotron-h] [--nemotron-h nemotron-h-8b]
+ * (then NemotronH: parity with transformers on its fixture, and a Nemotron-H-8B shape's prefill and decoding.)
  * (--quick: small products in the micro-benchmarks; --layers N, --prefill N, --decode-batches 1,16: a smaller model, prompt
  * and decode batches; for a check on a software driver, as test/webgpu/gpu-entry.test.ts does.)
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { AdamW, DECODE_STEP_KERNEL, KVCache, LoraModel, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
+import { AdamW, DECODE_STEP_KERNEL, KVCache, LoraModel, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
+import { nemotronHDecoder } from '../src/generation/decoder';
 import { LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
 import { linear, withDeferredInit } from '../layers/weights';
-import { fixtureParity, loraParity } from '../test/fixture-parity';
+import { fixtureParity, loraParity, nemotronHParity } from '../test/fixture-parity';
 import { benchConfig } from './configs';
 
 const OUT = process.env.OUT ?? '/tmp';
@@ -137,18 +140,89 @@ async function micro(quick: boolean): Promise<Record<string, unknown>> {
  * Random weights made on the GPU: a few rows drawn on the CPU, tiled to the weight's height, each row scaled by
  * its own draw. Drawing 4 billion normals in JavaScript would take minutes; the products cost the same either way.
  */
-function randomWeightsOnGPU(model: NemotronForCausalLM, stddev: number): void {
+function randomWeightsOnGPU(weights: Iterable<tf.Variable>, stddev: number): void {
   let seed = 1;
-  for (const v of model.namedParameters().values()) {
-    if (v.rank !== 2) continue; // norms and biases keep their init
-    const [rows, cols] = v.shape as [number, number];
+  for (const v of weights) {
+    if (v.rank < 2) continue; // norms and biases keep their init
+    // [rows, cols] with cols the last axis (a stack of experts is rows of its matrices).
+    const cols = v.shape[v.rank - 1] as number;
+    const rows = v.size / cols;
     const block = Math.min(rows, 61);
     tf.tidy(() => {
       const drawn = tf.randomNormal([block, cols], 0, stddev, 'float32', seed++);
       const tiled = tf.tile(drawn, [Math.ceil(rows / block), 1]).slice([0, 0], [rows, cols]);
       const scale = tf.randomUniform([rows, 1], 0.5, 1.5, 'float32', seed++);
-      v.assign(tf.mul(tiled, scale));
+      v.assign(tf.mul(tiled, scale).reshape(v.shape));
     });
+  }
+}
+
+/**
+ * NemotronH shapes: Nemotron-H-8B's (52 layers: 24 Mamba-2, 24 MLP, 4 attention; 8.1 B parameters, 32 GB in
+ * float32) and, for a check on a software driver, a tiny one.
+ */
+function nemotronHShape(name: string): NemotronHConfig {
+  if (name === 'nemotron-h-tiny') {
+    return new NemotronHConfig({
+      vocabSize: 256, hiddenSize: 64, layerTypes: ['mamba', 'mlp', 'attention', 'mamba'], mambaNumHeads: 4, mambaHeadDim: 16, nGroups: 2, ssmStateSize: 16,
+      convKernel: 4, chunkSize: 16, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 16, intermediateSize: 128, maxPositionEmbeddings: 512,
+    });
+  }
+  if (name !== 'nemotron-h-8b') throw new Error(`--nemotron-h ${name}: expected nemotron-h-8b or nemotron-h-tiny`);
+  const block = (attention: boolean) => [...(['mamba', 'mlp', 'mamba', 'mlp', 'mamba', 'mlp'] as const), ...(attention ? ['attention'] as const : [])];
+  const layerTypes = [...Array.from({ length: 4 }, () => block(true)).flat(), ...Array.from({ length: 4 }, () => block(false)).flat()];
+  return new NemotronHConfig({
+    vocabSize: 131072, hiddenSize: 4096, layerTypes, mambaNumHeads: 128, mambaHeadDim: 64, nGroups: 8, ssmStateSize: 128, convKernel: 4, chunkSize: 128,
+    numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, intermediateSize: 21504, maxPositionEmbeddings: 8192,
+  });
+}
+
+/** NemotronH on WebGPU: a prompt pass, and decoding (the library's decoder: eager ops, no compiled step here) at each batch. */
+async function benchNemotronH(name: string, r: Record<string, unknown>): Promise<void> {
+  const config = nemotronHShape(name);
+  const model = withDeferredInit(() => new NemotronHForCausalLM(config));
+  try {
+    randomWeightsOnGPU(model.weights.values(), 0.02);
+    // The 1-D weights (norms, D, Δt bias, A_log): away from the zeros of the deferred init.
+    for (const v of model.weights.values()) if (v.rank === 1) tf.tidy(() => v.assign(tf.randomUniform(v.shape, 0.5, 1.5)));
+    r.parameters = model.numParameters();
+    r.pattern = config.layerTypes.map((t) => ({ mamba: 'M', attention: '*', mlp: '-', moe: 'E' })[t]).join('');
+    const prefill = flag('--prefill') ?? (name === 'nemotron-h-tiny' ? 64 : 2048);
+    const prompt = [Array.from({ length: prefill }, (_, i) => (i * 7919 + 3) % config.vocabSize)];
+    const pass = async () => {
+      const { logits } = model.forward({ inputIds: prompt, logitsToKeep: 1 });
+      await logits.data();
+      logits.dispose();
+    };
+    r.prefillFirstSeconds = round(await time(pass), 3); // the shaders of these shapes are compiled here
+    r.prefillTokensPerSecond = round(prefill / await time(pass), 1);
+    log(`${name}: prefill ${prefill} tokens ${r.prefillTokensPerSecond} tok/s`);
+    save();
+    const batches = argv.includes('--decode-batches') ? argv[argv.indexOf('--decode-batches') + 1].split(',').map(Number) : [1, 16];
+    for (const batch of batches) {
+      const decoder = nemotronHDecoder(model);
+      const rows = Array.from({ length: batch }, (_, b) => Array.from({ length: 16 }, (_, i) => (i * 31 + b * 7 + 5) % config.vocabSize));
+      const mask = rows.map((row) => row.map(() => 1));
+      const next = async (first: boolean) => {
+        const logits = decoder.next(rows, mask, first);
+        const ids = tf.tidy(() => tf.argMax(logits.reshape([batch, -1]), -1));
+        logits.dispose();
+        const chosen = await ids.data();
+        ids.dispose();
+        rows.forEach((row, b) => { row.push(chosen[b]); mask[b].push(1); });
+      };
+      try {
+        for (const first of [true, false, false]) await next(first); // the step's shaders
+        const steps = 32;
+        r[`decodeBatch${batch}TokensPerSecond`] = round(steps * batch / await time(async () => { for (let s = 0; s < steps; s++) await next(false); }), 1);
+      } finally {
+        decoder.dispose();
+      }
+      log(`${name}: decode batch ${batch} ${r[`decodeBatch${batch}TokensPerSecond`]} tok/s`);
+      save();
+    }
+  } finally {
+    model.dispose();
   }
 }
 
@@ -164,7 +238,7 @@ async function bench(name: string, r: Record<string, unknown>): Promise<void> {
   });
   const model = withDeferredInit(() => new NemotronForCausalLM(config));
   r.initSeconds = round(await time(async () => {
-    randomWeightsOnGPU(model, config.initializerRange);
+    randomWeightsOnGPU(model.namedParameters().values(), config.initializerRange);
     const probe = model.namedParameters().values().next().value!.slice([0, 0], [1, 1]);
     await probe.data();
     probe.dispose();
@@ -465,6 +539,26 @@ async function main(): Promise<void> {
       save();
     }
   }
+  if (!argv.includes('--skip-nemotron-h')) {
+    // NemotronH (the hybrid Mamba-2 architecture): parity with transformers, then its speed; after the Nemotron figures.
+    try {
+      results['parity.nemotron-h'] = await nemotronHParity(process.env.NEMOTRON_H_FIXTURES ?? path.join(FIXTURES, 'nemotron-h'));
+    } catch (e) {
+      results['parity.nemotron-h'] = { error: (e as Error).stack ?? String(e) };
+    }
+    log(`parity nemotron-h: ${JSON.stringify(results['parity.nemotron-h'])}`);
+    save();
+    const shape = argv.includes('--nemotron-h') ? argv[argv.indexOf('--nemotron-h') + 1] : 'nemotron-h-8b';
+    const r: Record<string, unknown> = {};
+    results[`nemotronH.${shape}`] = r;
+    try {
+      await benchNemotronH(shape, r);
+    } catch (e) {
+      r.error = (e as Error).stack ?? String(e);
+    }
+    log(`bench ${shape}: ${JSON.stringify(r)}`);
+    save();
+  }
   results.finished = new Date().toISOString();
   save();
 }
@@ -508,6 +602,15 @@ function summary(): string {
     lines.push(`| ${key.slice(6)} | ${r.trainTokensPerSecond} | ${r.trainTokensPerSecondThroughForward} | ${r.trainTokensPerSecondCheckpointed} | ` +
       `${r.trainLongError ? `error: ${String(r.trainLongError).split('\n')[0]}` : `(${r.trainLongTokens ?? '—'}) ${r.trainLongTokensPerSecondCheckpointed ?? '—'}`} | ` +
       `${r.trainLoraError ? `error: ${String(r.trainLoraError).split('\n')[0]}` : `${r.trainLoraTokensPerSecond ?? '—'} | ${r.trainLoraLongTokensPerSecondCheckpointed ?? '—'}`} |`);
+  }
+  const parityH = results['parity.nemotron-h'] as { pass?: boolean; error?: string } | undefined;
+  lines.push('', `- NemotronH parity (logits, loss, gradients, greedy, beams): ${parityH?.pass ?? (parityH?.error ? `error: ${parityH.error.split('\n')[0]}` : 'not run')}`, '',
+    '| NemotronH shape | parameters | prefill tok/s (first pass s) | decode b1 tok/s | decode b16 tok/s |', '| --- | ---: | ---: | ---: | ---: |');
+  for (const [key, value] of Object.entries(results)) {
+    if (!key.startsWith('nemotronH.')) continue;
+    const r = value as Record<string, number | string>;
+    lines.push(r.error ? `| ${key.slice(10)} | error: ${String(r.error).split('\n')[0]} | | | |`
+      : `| ${key.slice(10)} ${r.pattern} | ${r.parameters} | ${r.prefillTokensPerSecond} (${r.prefillFirstSeconds}) | ${r.decodeBatch1TokensPerSecond ?? '—'} | ${r.decodeBatch16TokensPerSecond ?? '—'} |`);
   }
   return `${lines.join('\n')}\n`;
 }

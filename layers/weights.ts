@@ -27,6 +27,11 @@ export function withDeferredInit<T>(build: () => T): T {
   }
 }
 
+/** Whether a withDeferredInit build is under way (weights start as zeros). */
+export function initDeferred(): boolean {
+  return deferredInit > 0;
+}
+
 /** transformers' _init_weights for Linear/Embedding: normal(0, initializer_range); biases zero. */
 export function normalInit(stddev: number, seed?: number): ReturnType<typeof tf.initializers.randomNormal> {
   return deferredInit ? tf.initializers.zeros() : tf.initializers.randomNormal({ mean: 0, stddev, seed });

@@ -24,4 +24,7 @@ for config in tiny-gqa tiny-mha-bias; do
   mkdir -p .device/fixtures/peft-lora
   cp -r "test/fixtures/peft-lora/$config" .device/fixtures/peft-lora/
 done
+# NemotronH: its fixture checkpoint ("M*M-") and what transformers computes with it.
+mkdir -p .device/fixtures/nemotron-h
+cp -r test/fixtures/nemotron-h/model test/fixtures/nemotron-h/expected.json test/fixtures/nemotron-h/beams.json .device/fixtures/nemotron-h/
 du -sh .device

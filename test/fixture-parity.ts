@@ -3,7 +3,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import {
   NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification,
-  LoraModel, NemotronModel, SafetensorsFile, generate, setLossChunkBytes,
+  LoraModel, NemotronHForCausalLM, NemotronModel, SafetensorsFile, generate, setLossChunkBytes,
 } from '../src/index';
 
 /** Reads a scalar back. WebGPU in Node has no synchronous readback (tfjs uses OffscreenCanvas for it): always await. */
@@ -162,4 +162,45 @@ export async function loraParity(hfDir: string, loraDir: string): Promise<Record
   ref.close();
   r.pass = (r.loraLogits as number) <= 1e-4 && (r.loraMergedLogits as number) <= 1e-4 && (r.loraLossRel as number) <= 1e-5 && worst <= 0;
   return r;
+}
+
+/**
+ * NemotronH against transformers (test/fixtures/nemotron-h: expected.json, beams.json, the "M*M-" checkpoint in
+ * model/): logits of the left-padded batch (1e-4), the loss (1e-5), gradients (1e-4), greedy generation and a beam
+ * search (the library's async generate(): no synchronous reads, so it runs on WebGPU too).
+ */
+export async function nemotronHParity(dir: string): Promise<{ pass: boolean; logits: number; loss: number; gradients: number; greedy: boolean; beams: boolean }> {
+  const reference = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as {
+    prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[]; gradients: Record<string, number[]>;
+  };
+  const model = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'model'));
+  try {
+    const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
+    const ours = await logits.array() as number[][][];
+    logits.dispose();
+    let worstLogit = 0;
+    reference.attention_mask.forEach((row, b) => row.forEach((m, t) => {
+      if (m) ours[b][t].forEach((v, i) => { worstLogit = Math.max(worstLogit, Math.abs(v - reference.logits[b][t][i])); });
+    }));
+    const names = Object.keys(reference.gradients);
+    const { value, grads } = tf.variableGrads(() => {
+      const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
+      out.logits.dispose();
+      return out.loss!;
+    }, names.map((n) => model.weights.get(n)!));
+    const loss = Math.abs(await scalar(value) - reference.loss);
+    let worstGradient = 0;
+    for (const name of names) {
+      const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
+      g.forEach((v, i) => { worstGradient = Math.max(worstGradient, Math.abs(v - reference.gradients[name][i])); });
+    }
+    tf.dispose(Object.values(grads));
+    const greedy = JSON.stringify((await generate(model, reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })).sequences[0]) === JSON.stringify(reference.greedy);
+    const beam = (JSON.parse(fs.readFileSync(path.join(dir, 'beams.json'), 'utf8')) as { cases: Array<{ sequences: number[][] }> }).cases[0];
+    const searched = await generate(model, reference.prompt.slice(0, 1), { numBeams: 3, maxNewTokens: 8, numReturnSequences: 2, eosTokenId: null, padTokenId: 0 });
+    const beams = JSON.stringify(searched.sequences) === JSON.stringify(beam.sequences);
+    return { pass: worstLogit <= 1e-4 && loss <= 1e-5 && worstGradient <= 1e-4 && greedy && beams, logits: worstLogit, loss, gradients: worstGradient, greedy, beams };
+  } finally {
+    model.dispose();
+  }
 }

@@ -17,6 +17,7 @@ import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
 import { NEMOTRON_H_STEP_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
 import { recomputeInBackward } from '../../src/training/checkpointing';
+import { initDeferred } from '../../layers/weights';
 import { type NemotronHStepSpec, nemotronHStepInputs, nemotronHStepSpec } from '../../src/kernels/nemotron-h-graph';
 import { DecodeGraphError, decodeStepFits } from '../../src/kernels/tensorflow-graph';
 import { NemotronHConfig } from './config';
@@ -46,7 +47,8 @@ export class NemotronHForCausalLM {
     for (const [name, shape] of this.expectedShapes()) {
       const given = weights?.get(name);
       if (given && given.shape.join() !== shape.join()) throw new Error(`NemotronH: ${name} has shape [${given.shape}], expected [${shape}]`);
-      const value = given ?? tf.randomNormal(shape, 0, 0.02);
+      // Under withDeferredInit (weights filled afterwards: a checkpoint, or a benchmark's own draws) zeros, not draws.
+      const value = given ?? (initDeferred() ? tf.zeros(shape) : tf.randomNormal(shape, 0, 0.02));
       // The router's correction bias is a buffer (set in training by the load balancing, not by the loss).
       this.weights.set(name, tf.variable(value, !name.endsWith('e_score_correction_bias')));
       if (!given) value.dispose();

@@ -24,14 +24,21 @@ describe('the GPU device entry, on lavapipe', function () {
   it('measures the device, passes the fixture parity and benchmarks a tiny model with every variant', async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'nemotron-gpu-entry-'));
     const entry = path.resolve(__dirname, '../../benchmarks/gpu-entry.js');
-    const env: NodeJS.ProcessEnv = { ...process.env, OUT: out, NEMOTRON_FIXTURES: FIXTURES, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env, OUT: out, NEMOTRON_FIXTURES: FIXTURES, NEMOTRON_H_FIXTURES: path.resolve(FIXTURES, '../nemotron-h'), XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp',
+    };
     if (!env.VK_ICD_FILENAMES && !env.VK_DRIVER_FILES) env.VK_ICD_FILENAMES = LAVAPIPE;
-    await promisify(execFile)(process.execPath, [entry, '--quick', '--configs', 'tiny', '--decode-batches', '1'], { env, maxBuffer: 1 << 26 });
+    await promisify(execFile)(process.execPath, [entry, '--quick', '--configs', 'tiny', '--decode-batches', '1', '--nemotron-h', 'nemotron-h-tiny'], { env, maxBuffer: 1 << 26 });
     const results = JSON.parse(fs.readFileSync(path.join(out, 'gpu-results.json'), 'utf8'));
     expect(results.finished, 'the run finished').to.be.a('string');
     expect(results.adapter.limits.maxStorageBufferBindingSize).to.be.above(0);
     expect(results.micro.dispatchMicroseconds).to.be.above(0);
     for (const name of ['tiny-gqa', 'tiny-mha-bias']) expect(results[`parity.${name}`].pass, `parity ${name}`).to.equal(true);
+    // NemotronH: parity with transformers, then its figures.
+    expect(results['parity.nemotron-h'].pass, JSON.stringify(results['parity.nemotron-h'])).to.equal(true);
+    const hybrid = results['nemotronH.nemotron-h-tiny'];
+    expect(hybrid.error, 'no error in the NemotronH benchmark').to.equal(undefined);
+    for (const key of ['prefillTokensPerSecond', 'decodeBatch1TokensPerSecond']) expect(hybrid[key], key).to.be.a('number').and.above(0);
     const bench = results['bench.tiny'];
     expect(bench.error, 'no error in the benchmark').to.equal(undefined);
     for (const key of ['prefillTokensPerSecond', 'prefillTokensPerSecondWithoutTiledProduct', 'prefillTokensPerSecondWithoutProductKernels', 'decodeBatch1TokensPerSecond', 'decodeBatch1TokensPerSecondWithoutVectorizedFewRows', 'decodeBatch1TokensPerSecondWithoutNormPrologue',

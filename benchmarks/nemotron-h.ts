@@ -58,6 +58,33 @@ async function main(): Promise<void> {
   useFusedKernels(true);
   log('');
   if (decoded.length === 2) log(`Greedy tokens of the two decodings ${decoded[0] === decoded[1] ? 'equal' : 'DIFFER'}.`);
+  // A mixture-of-experts shape (Nemotron 3 Nano's layout in small): decoding eager (routing on the host) and compiled.
+  const moeConfig = new NemotronHConfig({
+    vocabSize: 32000, hiddenSize: 1024, layerTypes: ['mamba', 'moe', 'mamba', 'moe', 'mamba', 'attention', 'moe', 'mamba', 'moe', 'mamba', 'moe', 'mamba'],
+    mambaNumHeads: 32, mambaHeadDim: 64, nGroups: 8, ssmStateSize: 128, convKernel: 4, chunkSize: 128, numAttentionHeads: 16, numKeyValueHeads: 4,
+    headDim: 64, maxPositionEmbeddings: 4096, nRoutedExperts: 32, numExpertsPerTok: 4, nGroup: 1, topkGroup: 1, moeIntermediateSize: 704,
+    moeSharedExpertIntermediateSize: 1408, routedScalingFactor: 2.5,
+  });
+  const moe = new NemotronHForCausalLM(moeConfig);
+  log('');
+  log(`Mixture of experts (${(moe.numParameters() / 1e6).toFixed(1)} M parameters, "MEMEM*EMEMEM", 32 experts, 4 a token, a shared one):`);
+  log('');
+  log('| what | tokens | seconds | tokens/s |');
+  log('| --- | ---: | ---: | ---: |');
+  const moeDecoded: string[] = [];
+  for (const compiled of backend === 'tensorflow' ? [false, true] : [false]) {
+    useFusedKernels(compiled, [NEMOTRON_H_STEP_KERNEL]);
+    moe.generate(prompt(32), { maxNewTokens: 3, eosTokenId: null });
+    let first = 0;
+    let count = 0;
+    const tokens = moe.generate(prompt(32), { maxNewTokens: 65, eosTokenId: null, onToken: () => { count++; if (count === 1) first = performance.now(); } });
+    moeDecoded.push(tokens[0].join());
+    const seconds = (performance.now() - first) / 1000;
+    log(`| decoding steps (after a 32-token prompt${backend !== 'tensorflow' ? '' : compiled ? ', compiled step' : ', eager ops'}) | 64 | ${seconds.toFixed(2)} | ${(64 / seconds).toFixed(1)} |`);
+  }
+  useFusedKernels(true);
+  moe.dispose();
+  if (moeDecoded.length === 2) log(`\nGreedy tokens of the two decodings ${moeDecoded[0] === moeDecoded[1] ? 'equal' : 'DIFFER'}.`);
   // Serving: N requests at once (32-token prompts, 64 new tokens, greedy) on NemotronHBatcher, together or one row at a time.
   log('');
   log('| requests at once | rows decoded together | seconds | new tokens/s (all requests) | peak rows |');

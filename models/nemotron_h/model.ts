@@ -431,9 +431,15 @@ export class NemotronHForCausalLM {
     const k = c.convKernel;
     const padded = initial ? tf.concat([initial.conv, rawXBC], 1) : tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
     const weight = this.w(`${p}.mixer.conv1d.weight`);
-    // One depthwise convolution (a row of height 1): a kernel where K shifted products took 3·K.
-    const filter = tf.transpose(weight).reshape([1, k, c.convDim, 1]) as tf.Tensor4D;
-    let conv: tf.Tensor = tf.depthwiseConv2d(padded.reshape([batch, 1, time + k - 1, c.convDim]) as tf.Tensor4D, filter, 1, 'valid').reshape([batch, time, c.convDim]);
+    let conv: tf.Tensor;
+    if (depthwiseAvailable()) {
+      // One depthwise convolution (a row of height 1): a kernel where K shifted products take 3·K.
+      const filter = tf.transpose(weight).reshape([1, k, c.convDim, 1]) as tf.Tensor4D;
+      conv = tf.depthwiseConv2d(padded.reshape([batch, 1, time + k - 1, c.convDim]) as tf.Tensor4D, filter, 1, 'valid').reshape([batch, time, c.convDim]);
+    } else {
+      conv = tf.zeros(rawXBC.shape);
+      for (let j = 0; j < k; j++) conv = tf.add(conv, tf.mul(padded.slice([0, j, 0], [batch, time, c.convDim]), weight.slice([0, j], [c.convDim, 1]).reshape([c.convDim])));
+    }
     const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
     if (bias) conv = tf.add(conv, bias);
     const xBC = tf.mul(tf.mul(conv, tf.sigmoid(conv)), keep);
@@ -705,6 +711,13 @@ export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor,
     y: pad ? y.slice([0, 0, 0, 0], [batch, time, heads, headDim]) : y,
     state: running.reshape([batch, heads, stateSize, headDim]).transpose([0, 1, 3, 2]),
   };
+}
+
+/** Whether the backend runs the depthwise convolution, and its gradient where a tape records (wasm has no backward). */
+function depthwiseAvailable(): boolean {
+  const backend = tf.getBackend();
+  if (!tf.getKernel('DepthwiseConv2dNative', backend)) return false;
+  return !recordingGradients() || ['DepthwiseConv2dNativeBackpropInput', 'DepthwiseConv2dNativeBackpropFilter'].every((name) => tf.getKernel(name, backend));
 }
 
 /** Backends whose tensors cannot be read synchronously in Node (WebGPU: no OffscreenCanvas there). */

@@ -12,7 +12,7 @@ import { type Attrs, concat, decodingAttention, linear, mlp, reshape, scalar, tr
 
 /** What shapes the graph: the layer pattern, the sizes, and the batch. Plain values: it travels as the kernel's attrs. */
 export interface NemotronHStepSpec {
-  /** One letter a layer: M (Mamba-2), * (attention), - (MLP). Mixture-of-experts layers route on the host: no graph. */
+  /** One letter a layer: M (Mamba-2), * (attention), - (MLP), E (mixture of experts). */
   pattern: string;
   batch: number;
   hiddenSize: number;
@@ -32,23 +32,36 @@ export interface NemotronHStepSpec {
   mlpBias: boolean;
   /** The output projection is the embedding matrix (tie_word_embeddings). */
   tied: boolean;
+  /** Mixture-of-experts layers (E): the router's sizes, the experts' widths (moeLatentSize 0: no latent projections). */
+  nRoutedExperts: number;
+  numExpertsPerTok: number;
+  nGroup: number;
+  topkGroup: number;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+  moeIntermediateSize: number;
+  moeSharedExpertIntermediateSize: number;
+  moeLatentSize: number;
 }
 
 /** The fields of a NemotronHConfig the step depends on. */
 export type NemotronHStepConfig = Pick<NemotronHConfig, 'layerTypes' | 'hiddenSize' | 'vocabSize' | 'layerNormEpsilon' | 'mambaNumHeads' |
   'mambaHeadDim' | 'nGroups' | 'ssmStateSize' | 'convKernel' | 'useConvBias' | 'useBias' | 'numAttentionHeads' | 'numKeyValueHeads' | 'headDim' |
-  'intermediateSize' | 'mlpBias' | 'tieWordEmbeddings'>;
+  'intermediateSize' | 'mlpBias' | 'tieWordEmbeddings' | 'nRoutedExperts' | 'numExpertsPerTok' | 'nGroup' | 'topkGroup' | 'normTopkProb' | 'routedScalingFactor' |
+  'moeIntermediateSize' | 'moeSharedExpertIntermediateSize' | 'moeLatentSize'>;
 
 const LETTER = { mamba: 'M', attention: '*', mlp: '-', moe: 'E' } as const;
 
-/** The step's spec for `batch` rows, or null where no graph runs it (mixture-of-experts layers, a graph that failed). */
+/** The step's spec for `batch` rows, or null where no graph runs it (one that failed to load). */
 export function nemotronHStepSpec(c: NemotronHStepConfig, batch: number): NemotronHStepSpec | null {
-  if (c.layerTypes.includes('moe')) return null;
   const spec: NemotronHStepSpec = {
     pattern: c.layerTypes.map((t) => LETTER[t]).join(''), batch, hiddenSize: c.hiddenSize, vocabSize: c.vocabSize, eps: c.layerNormEpsilon,
     mambaHeads: c.mambaNumHeads, mambaHeadDim: c.mambaHeadDim, nGroups: c.nGroups, ssmStateSize: c.ssmStateSize, convKernel: c.convKernel,
     useConvBias: c.useConvBias, useBias: c.useBias, attentionHeads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim,
     intermediateSize: c.intermediateSize, mlpBias: c.mlpBias, tied: c.tieWordEmbeddings,
+    nRoutedExperts: c.nRoutedExperts, numExpertsPerTok: c.numExpertsPerTok, nGroup: c.nGroup, topkGroup: c.topkGroup, normTopkProb: c.normTopkProb,
+    routedScalingFactor: c.routedScalingFactor, moeIntermediateSize: c.moeIntermediateSize, moeSharedExpertIntermediateSize: c.moeSharedExpertIntermediateSize,
+    moeLatentSize: c.moeLatentSize ?? 0,
   };
   return graphFailed(NEMOTRON_H_STEP_KERNEL, spec) ? null : spec;
 }
@@ -88,6 +101,15 @@ export function nemotronHStepInputs(s: NemotronHStepSpec): Array<[string, number
     } else if (type === '*') {
       inputs.push(...linearWeights(`${p}.mixer.q_proj`, s.attentionHeads * s.headDim, h, false), ...linearWeights(`${p}.mixer.k_proj`, s.kvHeads * s.headDim, h, false),
         ...linearWeights(`${p}.mixer.v_proj`, s.kvHeads * s.headDim, h, false), ...linearWeights(`${p}.mixer.o_proj`, h, s.attentionHeads * s.headDim, false));
+    } else if (type === 'E') {
+      const width = s.moeLatentSize || h;
+      inputs.push([`${p}.mixer.gate.weight`, [s.nRoutedExperts, h]], [`${p}.mixer.gate.e_score_correction_bias`, [s.nRoutedExperts]],
+        [`${p}.mixer.experts.up_proj`, [s.nRoutedExperts, s.moeIntermediateSize, width]], [`${p}.mixer.experts.down_proj`, [s.nRoutedExperts, width, s.moeIntermediateSize]],
+        ...linearWeights(`${p}.mixer.shared_experts.up_proj`, s.moeSharedExpertIntermediateSize, h, s.mlpBias),
+        ...linearWeights(`${p}.mixer.shared_experts.down_proj`, h, s.moeSharedExpertIntermediateSize, s.mlpBias));
+      if (s.moeLatentSize) {
+        inputs.push(...linearWeights(`${p}.mixer.fc1_latent_proj`, s.moeLatentSize, h, s.mlpBias), ...linearWeights(`${p}.mixer.fc2_latent_proj`, h, s.moeLatentSize, s.mlpBias));
+      }
     } else {
       inputs.push(...linearWeights(`${p}.mixer.up_proj`, s.intermediateSize, h, s.mlpBias), ...linearWeights(`${p}.mixer.down_proj`, h, s.intermediateSize, s.mlpBias));
     }
@@ -163,6 +185,62 @@ function attentionStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: s
   return { out: linear(g, context, w(`${p}.o_proj.weight`), b, s.hiddenSize), keys, values };
 }
 
+/** x [rows, …] as int32 (Reshape's T is the data's type). */
+const reshapeInt = (g: GraphOps, x: string, shape: number[]) =>
+  g.opUntyped('Reshape', [x, g.constant('int32', [shape.length], shape)], { T: int32, Tshape: int32 });
+
+/** The indices (TopKV2's second output) of the k largest along the last axis, largest first (ties: lower index first). */
+const topKIndices = (g: GraphOps, x: string, k: number) => `${g.opUntyped('TopKV2', [x, g.constant('int32', [], [k])], { T: { type: 'float32' }, sorted: { bool: true } })}:1`;
+
+/** One-hot rows of int32 indices [..., n] over `depth` classes: float [..., n, depth]. */
+const oneHot = (g: GraphOps, indices: string, depth: number) => g.opUntyped('OneHot',
+  [indices, g.constant('int32', [], [depth]), scalar(g, 1), scalar(g, 0)], { T: { type: 'float32' }, TI: int32, axis: { int: -1 } });
+
+/**
+ * A mixture-of-experts layer's step (the eager moe(), routing on the device): sigmoid scores, plus the correction
+ * bias for choosing; the topk_group best groups (a group scored by its two best experts), then num_experts_per_tok
+ * experts among them; their scores normalized and scaled weigh the chosen experts' relu² MLPs (their matrices
+ * gathered, one product a row and expert); the shared expert adds to every row.
+ */
+function moeStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: string) => string, i: number): string {
+  const { batch: b, nRoutedExperts: experts, numExpertsPerTok: k, nGroup: groups } = s;
+  const p = `model.layers.${i}.mixer`;
+  const optional = (name: string) => (s.mlpBias ? w(name) : undefined);
+  const scores = g.op('Sigmoid', [linear(g, x, w(`${p}.gate.weight`), b, experts)]);
+  let choice = g.op('AddV2', [scores, w(`${p}.gate.e_score_correction_bias`)]);
+  if (groups > 1) {
+    const perGroup = experts / groups;
+    const grouped = reshape(g, choice, [b, groups, perGroup]);
+    const best2 = g.opUntyped('TopKV2', [grouped, g.constant('int32', [], [2])], { T: { type: 'float32' }, sorted: { bool: true } });
+    const groupScores = g.op('Sum', [best2, g.constant('int32', [1], [-1])], { keep_dims: { bool: false }, Tidx: int32 });
+    const kept = g.op('Sum', [oneHot(g, topKIndices(g, groupScores, s.topkGroup), groups), g.constant('int32', [1], [1])], { keep_dims: { bool: false }, Tidx: int32 });
+    // Experts outside the kept groups drop by 1e30 (the eager path's -Infinity: never chosen either way).
+    const expertKept = reshape(g, g.op('Mul', [reshape(g, kept, [b, groups, 1]), g.constant('float32', [1, 1, perGroup], new Array<number>(perGroup).fill(1))]), [b, experts]);
+    choice = g.op('AddV2', [choice, g.op('Mul', [g.op('Sub', [expertKept, scalar(g, 1)]), scalar(g, 1e30)])]);
+  }
+  const chosen = topKIndices(g, choice, k);
+  const picked = oneHot(g, chosen, experts); // [b, k, E]
+  let weights = g.op('Sum', [g.op('Mul', [picked, reshape(g, scores, [b, 1, experts])]), g.constant('int32', [1], [-1])], { keep_dims: { bool: false }, Tidx: int32 });
+  if (s.normTopkProb) weights = g.op('RealDiv', [weights, g.op('AddV2', [g.op('Sum', [weights, g.constant('int32', [1], [-1])], keepLast), scalar(g, 1e-20)])]);
+  weights = g.op('Mul', [weights, scalar(g, s.routedScalingFactor)]);
+  const width = s.moeLatentSize || s.hiddenSize;
+  const latent = s.moeLatentSize ? linear(g, x, w(`${p}.fc1_latent_proj.weight`), b, width, optional(`${p}.fc1_latent_proj.bias`)) : x;
+  // Each (row, expert) pair: the expert's matrices gathered, the row through them.
+  const index = reshapeInt(g, chosen, [b * k]);
+  const gather = (name: string) => g.opUntyped('GatherV2', [w(name), index, g.constant('int32', [], [0])], { Tparams: { type: 'float32' }, Tindices: int32, Taxis: int32, batch_dims: { int: 0 } });
+  const rows = reshape(g, g.op('Mul', [reshape(g, latent, [b, 1, width]), g.constant('float32', [1, k, 1], new Array<number>(k).fill(1))]), [b * k, 1, width]);
+  const noTranspose = { adj_x: { bool: false }, adj_y: { bool: true } };
+  const hidden = g.op('Square', [g.op('Relu', [g.op('BatchMatMulV2', [rows, gather(`${p}.experts.up_proj`)], noTranspose)])]);
+  const expertOut = g.op('BatchMatMulV2', [hidden, gather(`${p}.experts.down_proj`)], noTranspose); // [b·k, 1, width]
+  let routed = g.op('Sum', [g.op('Mul', [reshape(g, expertOut, [b, k, width]), reshape(g, weights, [b, k, 1])]), g.constant('int32', [1], [1])], { keep_dims: { bool: false }, Tidx: int32 });
+  if (s.moeLatentSize) routed = linear(g, routed, w(`${p}.fc2_latent_proj.weight`), b, s.hiddenSize, optional(`${p}.fc2_latent_proj.bias`));
+  const shared = mlp(g, x, {
+    up: w(`${p}.shared_experts.up_proj.weight`), down: w(`${p}.shared_experts.down_proj.weight`),
+    upBias: optional(`${p}.shared_experts.up_proj.bias`), downBias: optional(`${p}.shared_experts.down_proj.bias`),
+  }, b, { hidden: s.hiddenSize, intermediate: s.moeSharedExpertIntermediateSize }, 'relu2');
+  return g.op('AddV2', [routed, shared]);
+}
+
 /** Records the step: every layer as the eager step() runs it, the final norm and the output projection. */
 export function recordNemotronHStep(s: NemotronHStepSpec): RecordedGraph {
   const g = new GraphOps();
@@ -186,6 +264,8 @@ export function recordNemotronHStep(s: NemotronHStepSpec): RecordedGraph {
       const r = attentionStep(g, s, x, w, i);
       outputNames.push(g.identity(`next.keys.${i}`, r.keys), g.identity(`next.values.${i}`, r.values));
       out = r.out;
+    } else if (type === 'E') {
+      out = moeStep(g, s, x, w, i);
     } else {
       const p = `model.layers.${i}.mixer`;
       const weights = {

@@ -6,6 +6,7 @@ import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
 import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
 import { guardBindingLimit, registerWebGPUKernels } from './kernels/webgpu-kernels';
 import { registerWebGPUDecodeStep } from './kernels/webgpu-decode';
+import { registerWebGPUNemotronHKernels } from './kernels/webgpu-nemotron-h';
 import { registerLayerNorm1PGrad } from './kernels/webgpu-layernorm-grad';
 
 /**
@@ -107,6 +108,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
     registerWebGPUKernels();
     registerLayerNorm1PGrad();
     registerWebGPUDecodeStep();
+    registerWebGPUNemotronHKernels();
   }
   if (name === 'tensorflow' || name === 'cuda') {
     registerTensorFlowKernels();

@@ -15,9 +15,9 @@ import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
-import { NEMOTRON_H_STEP_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
+import { MLP_KERNEL, NEMOTRON_H_MAMBA_STEP_KERNEL, NEMOTRON_H_STEP_KERNEL, RMS_NORM_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
 import { recomputeInBackward } from '../../src/training/checkpointing';
-import { initDeferred } from '../../layers/weights';
+import { initDeferred, linear } from '../../layers/weights';
 import { type NemotronHStepSpec, nemotronHStepInputs, nemotronHStepSpec } from '../../src/kernels/nemotron-h-graph';
 import { DecodeGraphError, decodeStepFits } from '../../src/kernels/tensorflow-graph';
 import { NemotronHConfig } from './config';
@@ -32,6 +32,8 @@ export interface NemotronHState {
 const softplus = (x: tf.Tensor) => tf.softplus(x);
 
 function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  // One program where the backend has one (WebGPU), at inference.
+  if (fusedKernelApplies(RMS_NORM_KERNEL)) return tf.engine().runKernel(RMS_NORM_KERNEL, { x, weight }, { eps }) as tf.Tensor;
   const variance = tf.mean(tf.square(x), -1, true);
   return tf.mul(weight, tf.mul(x, tf.rsqrt(tf.add(variance, eps))));
 }
@@ -142,11 +144,10 @@ export class NemotronHForCausalLM {
     return v;
   }
 
+  /** x·Wᵀ (+ b) by the shared linear (a backend's fused product where it has one), LoRA's update added. */
   private linear(x: tf.Tensor, name: string): tf.Tensor {
     const flat = x.reshape([-1, x.shape[x.rank - 1]]);
-    let y = tf.matMul(flat, this.w(`${name}.weight`), false, true);
-    const bias = this.weights.get(`${name}.bias`);
-    if (bias) y = tf.add(y, bias);
+    let y = linear(flat, this.w(`${name}.weight`), this.weights.get(`${name}.bias`));
     // LoRA: W·x + scaling·B·A·x, as PEFT's Linear adds it.
     const adapter = this.adapters.get(name);
     if (adapter) y = tf.add(y, tf.mul(tf.matMul(tf.matMul(flat, adapter.A, false, true), adapter.B, false, true), adapter.scaling));
@@ -347,6 +348,15 @@ export class NemotronHForCausalLM {
   }
 
   private mlp(x: tf.Tensor, p: string, prefix = 'mixer'): tf.Tensor {
+    const flat = x.reshape([-1, x.shape[x.rank - 1]]);
+    const adapted = this.adapters.has(`${p}.${prefix}.up_proj`) || this.adapters.has(`${p}.${prefix}.down_proj`);
+    if (!adapted && fusedKernelApplies(MLP_KERNEL, { rows: flat.shape[0] })) {
+      // The backend's fused relu² MLP (the Nemotron classes' kernel: WebGPU, the native backend's eager kernels).
+      const inputs: tf.NamedTensorMap = { x: flat, up: this.w(`${p}.${prefix}.up_proj.weight`), down: this.w(`${p}.${prefix}.down_proj.weight`) };
+      const [upBias, downBias] = [this.weights.get(`${p}.${prefix}.up_proj.bias`), this.weights.get(`${p}.${prefix}.down_proj.bias`)];
+      if (upBias && downBias) [inputs.upBias, inputs.downBias] = [upBias, downBias];
+      return (tf.engine().runKernel(MLP_KERNEL, inputs, { activation: 'relu2' }) as tf.Tensor).reshape(x.shape);
+    }
     const up = this.linear(x, `${p}.${prefix}.up_proj`);
     return this.linear(tf.square(tf.relu(up)), `${p}.${prefix}.down_proj`);
   }
@@ -457,6 +467,18 @@ export class NemotronHForCausalLM {
   private mambaStep(x: tf.Tensor, p: string, state: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const batch = x.shape[0];
+    if (fusedKernelApplies(NEMOTRON_H_MAMBA_STEP_KERNEL)) {
+      // Between the projections, one kernel (WebGPU: four programs where the ops below take some forty).
+      const proj = this.linear(x.reshape([batch, c.hiddenSize]), `${p}.mixer.in_proj`);
+      const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
+      const inputs: tf.NamedTensorMap = {
+        proj, conv: state.conv, convWeight: this.w(`${p}.mixer.conv1d.weight`), dtBias: this.w(`${p}.mixer.dt_bias`), aLog: this.w(`${p}.mixer.A_log`),
+        d: this.w(`${p}.mixer.D`), ssm: state.ssm, normWeight: this.w(`${p}.mixer.norm.weight`), ...(bias ? { convBias: bias } : {}),
+      };
+      const attrs = { heads: c.mambaNumHeads, headDim: c.mambaHeadDim, groups: c.nGroups, state: c.ssmStateSize, kernel: c.convKernel, eps: c.layerNormEpsilon };
+      const [y, conv, ssm] = tf.engine().runKernel(NEMOTRON_H_MAMBA_STEP_KERNEL, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+      return { out: this.linear(y, `${p}.mixer.out_proj`).reshape([batch, 1, c.hiddenSize]), conv: conv as tf.Tensor3D, ssm: ssm as tf.Tensor4D };
+    }
     const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(x, p);
     const window = tf.concat([state.conv, rawXBC], 1);
     const weight = this.w(`${p}.mixer.conv1d.weight`);

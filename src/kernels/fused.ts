@@ -52,6 +52,10 @@ export interface AdamWAttrs {
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
 /** A whole decoding step of NemotronHForCausalLM (Mamba-2 state, attention KV) to the logits (see nemotron-h-graph.ts). */
 export const NEMOTRON_H_STEP_KERNEL = 'NemotronHDecodeStep';
+/** A Mamba-2 layer's decoding step between in_proj and out_proj: [y, conv window, SSM state] (see webgpu-nemotron-h.ts). */
+export const NEMOTRON_H_MAMBA_STEP_KERNEL = 'NemotronHMambaStep';
+/** RMSNorm: x·rsqrt(mean(x²) + eps)·w over the last axis (attrs: eps). */
+export const RMS_NORM_KERNEL = 'NemotronRMSNorm';
 
 let enabled = true;
 const disabled = new Set<string>();

@@ -538,7 +538,7 @@ function registerFewRowsKernels(): void {
   limitFusedKernel(MLP_KERNEL, 'webgpu', fewRows);
 }
 
-function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
+export function reshape(backend: WebGPUBackendLike, x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
   const kernel = tf.getKernel('Reshape', 'webgpu')!;
   return kernel.kernelFunc({ inputs: { x }, backend: backend as never, attrs: { shape } }) as tf.TensorInfo;
 }

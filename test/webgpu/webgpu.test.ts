@@ -3,12 +3,13 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import {
-  KVCache, LoraModel, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronHForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
-  generate, readJsonl, relu2, setBackend, useFusedKernels,
+  KVCache, LoraModel, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, type NemotronHState, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding, Trainer, applyRotary,
+  disposeState, generate, readJsonl, relu2, setBackend, useFusedKernels,
 } from '../../src/index';
 import { rotaryWithGradient } from '../../layers/rotary';
 import {
-  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, RELU2_KERNEL, ROTARY_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
+  ATTENTION_KERNEL, DECODE_STEP_KERNEL, LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, NEMOTRON_H_MAMBA_STEP_KERNEL, RELU2_KERNEL, RMS_NORM_KERNEL, ROTARY_KERNEL,
+  TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
 } from '../../src/kernels/fused';
 import { setMaxWeightBlockBytes } from '../../layers/vocab-matrix';
 import { FEW_ROWS, setVectorizedFewRows } from '../../src/kernels/webgpu-kernels';
@@ -589,6 +590,56 @@ describe('webgpu backend: parity with transformers', function () {
     const moe = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'moe'));
     expect(() => moe.forward({ inputIds: [[5, 17]] })).to.throw(/a mixture-of-experts layer \(its router's choice\) reads tensors synchronously/);
     moe.dispose();
+  });
+
+  it('NemotronH\'s decoding step: the Mamba-2 kernel, the RMS norm, the fused MLP and products give the plain ops\' logits and state, in far fewer programs', async () => {
+    const dir = path.resolve(FIXTURES, '../nemotron-h');
+    const spread = (model: NemotronHForCausalLM) => {
+      let seed = 1;
+      model.weights.forEach((v) => tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.3, 'float32', seed++))));
+      return model;
+    };
+    const models: Array<[string, NemotronHForCausalLM]> = [
+      ['the fixture ("M*M-")', await NemotronHForCausalLM.fromPretrained(path.join(dir, 'model'))],
+      ['conv bias, projection biases, 3 heads a group, kernel 3', spread(new NemotronHForCausalLM(new NemotronHConfig({
+        vocabSize: 96, hiddenSize: 24, layerTypes: ['mamba', 'attention', 'mamba', 'mlp'], mambaNumHeads: 6, mambaHeadDim: 4, nGroups: 2, ssmStateSize: 5,
+        convKernel: 3, chunkSize: 4, numAttentionHeads: 4, numKeyValueHeads: 1, headDim: 6, intermediateSize: 40, useBias: true, useConvBias: true,
+        maxPositionEmbeddings: 64,
+      })))],
+    ];
+    const prompt = [[5, 17, 33, 8, 41, 62, 9], [0, 0, 44, 3, 19, 55, 61]];
+    const mask = [[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]];
+    for (const [what, model] of models) {
+      const before = tf.memory().numTensors;
+      const run = async (fused: boolean) => {
+        useFusedKernels(fused, [NEMOTRON_H_MAMBA_STEP_KERNEL, RMS_NORM_KERNEL, MLP_KERNEL, LINEAR_KERNEL]);
+        const state: Partial<NemotronHState> = {};
+        model.forward({ inputIds: prompt, attentionMask: mask }, state).logits.dispose();
+        const values: number[][] = [];
+        let programs = 0;
+        for (const tokens of [[5, 9], [17, 3], [40, 41]]) {
+          let logits: tf.Tensor | undefined;
+          const seen = programsRun(() => { logits = model.step(tokens, state as NemotronHState); });
+          programs = [...seen.values()].reduce((a, b) => a + b, 0);
+          values.push(Array.from(await logits!.data()));
+          logits!.dispose();
+        }
+        for (const layer of state.layers!) if (layer) for (const t of Object.values(layer)) values.push(Array.from(await (t as tf.Tensor).data()));
+        disposeState(state);
+        return { values, programs };
+      };
+      const plain = await run(false);
+      const fused = await run(true);
+      useFusedKernels(true);
+      fused.values.forEach((v, i) => {
+        const worst = v.reduce((m, x, j) => Math.max(m, Math.abs(x - plain.values[i][j])), 0);
+        expect(worst, `${what}: output ${i}`).to.be.at.most(1e-5);
+      });
+      console.log(`    ${what}: ${plain.programs} programs a step with the plain ops, ${fused.programs} with the kernels`);
+      expect(fused.programs, what).to.be.lessThan(plain.programs / 2);
+      expect(tf.memory().numTensors).to.equal(before);
+      model.dispose();
+    }
   });
 
   for (const config of CONFIGS) {

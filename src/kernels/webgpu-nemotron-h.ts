@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { NEMOTRON_H_MAMBA_STEP_KERNEL, RMS_NORM_KERNEL } from './fused';
-import { PerElementProgram, type WebGPUBackendLike, WorkgroupProgram, reshape } from './webgpu-kernels';
+import { PerElementProgram, type WebGPUBackendLike, WorkgroupProgram, reshape, sumAcrossThreads } from './webgpu-kernels';
 
 /**
  * NemotronH's decoding step on WebGPU, where a dispatch costs 60–100 µs whatever its size: a Mamba-2 layer's step
@@ -112,6 +112,17 @@ class SsmStepProgram extends PerElementProgram {
   }
 }
 
+/** WGSL: the workgroup's sum of `squares` (each thread's) over `count` values into invRms = rsqrt(mean + eps). */
+function inverseRms(threads: number, count: string, eps: string): string {
+  return `
+      partial[tid] = squares;
+      ${sumAcrossThreads(threads, 1)}
+      if (tid == 0) {
+        invRms = inverseSqrt(partial[0] / f32(${count}) + ${eps});
+      }
+      workgroupBarrier();`;
+}
+
 /**
  * The read-out, gated and normalized: y = h·C + D·x per head, times silu(gate), RMS-normalized over each of the norm's
  * groups (inner / groups channels), times its weight. One workgroup a (row, group).
@@ -154,18 +165,7 @@ class GatedNormProgram extends WorkgroupProgram {
         let v = gated(b, e);
         squares += v * v;
       }
-      partial[tid] = squares;
-      workgroupBarrier();
-      for (var size = 32; size > 0; size = size >> 1) {
-        if (tid < size) {
-          partial[tid] = partial[tid] + partial[tid + size];
-        }
-        workgroupBarrier();
-      }
-      if (tid == 0) {
-        invRms = inverseSqrt(partial[0] / f32(uniforms.groupSize) + uniforms.eps);
-      }
-      workgroupBarrier();
+      ${inverseRms(64, 'uniforms.groupSize', 'uniforms.eps')}
       for (var e = start + tid; e < start + uniforms.groupSize; e += 64) {
         setOutputAtCoords(b, e, gated(b, e) * invRms * getNormWeight(e));
       }
@@ -200,18 +200,7 @@ class RmsNormProgram extends WorkgroupProgram {
         let v = getX(row, col);
         squares += v * v;
       }
-      partial[tid] = squares;
-      workgroupBarrier();
-      for (var size = ${block / 2}; size > 0; size = size >> 1) {
-        if (tid < size) {
-          partial[tid] = partial[tid] + partial[tid + size];
-        }
-        workgroupBarrier();
-      }
-      if (tid == 0) {
-        invRms = inverseSqrt(partial[0] / f32(cols) + uniforms.eps);
-      }
-      workgroupBarrier();
+      ${inverseRms(block, 'cols', 'uniforms.eps')}
       for (var col = tid; col < cols; col += ${block}) {
         setOutputAtCoords(row, col, getW(col) * (getX(row, col) * invRms));
       }

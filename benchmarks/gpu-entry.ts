@@ -15,7 +15,9 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { AdamW, DECODE_STEP_KERNEL, KVCache, LoraModel, ROTARY_KERNEL, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, generate, setBackend, useFusedKernels } from '../src/index';
 import { nemotronHDecoder } from '../src/generation/decoder';
-import { LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL } from '../src/kernels/fused';
+import {
+  LAYERNORM1P_GRAD_KERNEL, LINEAR_KERNEL, MLP_KERNEL, NEMOTRON_H_MAMBA_STEP_KERNEL, RMS_NORM_KERNEL, TILED_PRODUCT_KERNEL, TRANSPOSED_PRODUCT_KERNEL,
+} from '../src/kernels/fused';
 import { FEW_ROWS, setVectorizedFewRows } from '../src/kernels/webgpu-kernels';
 import { setDecodeNormPrologue } from '../src/kernels/webgpu-decode';
 import { linear, withDeferredInit } from '../layers/weights';
@@ -177,7 +179,7 @@ function nemotronHShape(name: string): NemotronHConfig {
   });
 }
 
-/** NemotronH on WebGPU: a prompt pass, and decoding (the library's decoder: eager ops, no compiled step here) at each batch. */
+/** NemotronH on WebGPU: a prompt pass, and decoding (the library's decoder with the Mamba-2 step kernel; batch 1 without it too). */
 async function benchNemotronH(name: string, r: Record<string, unknown>): Promise<void> {
   const config = nemotronHShape(name);
   const model = withDeferredInit(() => new NemotronHForCausalLM(config));
@@ -199,7 +201,9 @@ async function benchNemotronH(name: string, r: Record<string, unknown>): Promise
     log(`${name}: prefill ${prefill} tokens ${r.prefillTokensPerSecond} tok/s`);
     save();
     const batches = argv.includes('--decode-batches') ? argv[argv.indexOf('--decode-batches') + 1].split(',').map(Number) : [1, 16];
-    for (const batch of batches) {
+    // Batch 1 also with tfjs's plain ops (no Mamba-2 kernel, RMS norm, fused MLP or products): what the kernels save.
+    for (const [batch, variant] of [...batches.map((b) => [b, ''] as const), [1, 'PlainOps'] as const]) {
+      useFusedKernels(variant === '', [NEMOTRON_H_MAMBA_STEP_KERNEL, RMS_NORM_KERNEL, MLP_KERNEL, LINEAR_KERNEL]);
       const decoder = nemotronHDecoder(model);
       const rows = Array.from({ length: batch }, (_, b) => Array.from({ length: 16 }, (_, i) => (i * 31 + b * 7 + 5) % config.vocabSize));
       const mask = rows.map((row) => row.map(() => 1));
@@ -214,11 +218,12 @@ async function benchNemotronH(name: string, r: Record<string, unknown>): Promise
       try {
         for (const first of [true, false, false]) await next(first); // the step's shaders
         const steps = 32;
-        r[`decodeBatch${batch}TokensPerSecond`] = round(steps * batch / await time(async () => { for (let s = 0; s < steps; s++) await next(false); }), 1);
+        r[`decodeBatch${batch}TokensPerSecond${variant}`] = round(steps * batch / await time(async () => { for (let s = 0; s < steps; s++) await next(false); }), 1);
       } finally {
         decoder.dispose();
+        useFusedKernels(true);
       }
-      log(`${name}: decode batch ${batch} ${r[`decodeBatch${batch}TokensPerSecond`]} tok/s`);
+      log(`${name}: decode batch ${batch} ${variant} ${r[`decodeBatch${batch}TokensPerSecond${variant}`]} tok/s`);
       save();
     }
   } finally {
@@ -605,12 +610,12 @@ function summary(): string {
   }
   const parityH = results['parity.nemotron-h'] as { pass?: boolean; error?: string } | undefined;
   lines.push('', `- NemotronH parity (logits, loss, gradients, greedy, beams): ${parityH?.pass ?? (parityH?.error ? `error: ${parityH.error.split('\n')[0]}` : 'not run')}`, '',
-    '| NemotronH shape | parameters | prefill tok/s (first pass s) | decode b1 tok/s | decode b16 tok/s |', '| --- | ---: | ---: | ---: | ---: |');
+    '| NemotronH shape | parameters | prefill tok/s (first pass s) | decode b1 tok/s (tfjs ops) | decode b16 tok/s |', '| --- | ---: | ---: | ---: | ---: |');
   for (const [key, value] of Object.entries(results)) {
     if (!key.startsWith('nemotronH.')) continue;
     const r = value as Record<string, number | string>;
     lines.push(r.error ? `| ${key.slice(10)} | error: ${String(r.error).split('\n')[0]} | | | |`
-      : `| ${key.slice(10)} ${r.pattern} | ${r.parameters} | ${r.prefillTokensPerSecond} (${r.prefillFirstSeconds}) | ${r.decodeBatch1TokensPerSecond ?? '—'} | ${r.decodeBatch16TokensPerSecond ?? '—'} |`);
+      : `| ${key.slice(10)} ${r.pattern} | ${r.parameters} | ${r.prefillTokensPerSecond} (${r.prefillFirstSeconds}) | ${r.decodeBatch1TokensPerSecond ?? '—'} (${r.decodeBatch1TokensPerSecondPlainOps ?? '—'}) | ${r.decodeBatch16TokensPerSecond ?? '—'} |`);
   }
   return `${lines.join('\n')}\n`;
 }

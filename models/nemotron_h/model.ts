@@ -707,10 +707,10 @@ export function ssdScan(x: tf.Tensor, dt: tf.Tensor, A: tf.Tensor, B: tf.Tensor,
   const Cs = byChunk(C, stateSize);
   const a = padTime(tf.mul(dt, A)).reshape([batch, chunks, q, heads]).transpose([0, 1, 3, 2]).reshape([batch * chunks * heads, q]);
   const cumsum = tf.cumsum(a, 1);
-  // L[l, s] = exp(cumsum_l - cumsum_s) for s ≤ l, 0 above the diagonal (masked before exp: no inf, no NaN gradient).
-  const lower = tf.tensor2d(Array.from({ length: q }, (_, l) => Array.from({ length: q }, (_, s) => (s <= l ? 1 : 0))), undefined, 'bool');
-  const diff = tf.sub(cumsum.expandDims(2), cumsum.expandDims(1));
-  const L = tf.exp(tf.where(lower.expandDims(0).tile([batch * chunks * heads, 1, 1]), diff, tf.fill(diff.shape, -1e30)));
+  // L[l, s] = exp(cumsum_l - cumsum_s) for s ≤ l, 0 above the diagonal: -1e30 added there before exp (one broadcast
+  // add; exp gives 0 and a zero gradient — no inf, no NaN).
+  const above = tf.tensor2d(Array.from({ length: q }, (_, l) => Array.from({ length: q }, (_, s) => (s <= l ? 0 : -1e30))));
+  const L = tf.exp(tf.add(tf.sub(cumsum.expandDims(2), cumsum.expandDims(1)), above));
   const yDiag = tf.matMul(tf.mul(tf.matMul(Cs, Bs, false, true), L), xs);
   // Each chunk's own final state (from zero), then the states carried across chunks.
   const last = cumsum.slice([0, q - 1], [-1, 1]);

@@ -203,14 +203,15 @@ export class NemotronHForCausalLM {
     const layers: NemotronHState['layers'] = [];
     const logits = tf.tidy(() => {
       let hidden: tf.Tensor = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
-      const keep = tf.tensor2d(mask, undefined, 'float32').expandDims(-1);
+      // Padding's mask as a factor (null without padding: no multiplies).
+      const keep = mask.some((row) => row.includes(0)) ? tf.tensor2d(mask, undefined, 'float32').expandDims(-1) : null;
       // Gradient checkpointing: a layer keeps its input alone and runs again in the backward (no state is kept then).
       const checkpointed = this.gradientCheckpointing && recordingGradients() && !state;
       this.config.layerTypes.forEach((type, i) => {
         const p = `model.layers.${i}`;
         if (checkpointed) {
-          hidden = recomputeInBackward((h, [k]) => tf.add(h, this.mixer(type, rmsNorm(h, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), k, fullMask, p).out),
-            hidden, [keep], this.layerVariables(i));
+          hidden = recomputeInBackward((h, [k]) => tf.add(h, this.mixer(type, rmsNorm(h, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), k ?? null, fullMask, p).out),
+            hidden, keep ? [keep] : [], this.layerVariables(i));
           layers.push(null);
           return;
         }
@@ -242,7 +243,7 @@ export class NemotronHForCausalLM {
    * A layer's mixer over the prompt's positions (x normalized): its output, and what it leaves for the next pass (the
    * Mamba-2 window and state, attention's keys and values), continuing `past` where given.
    */
-  private mixer(type: NemotronHConfig['layerTypes'][number], x: tf.Tensor, keep: tf.Tensor, fullMask: number[][], p: string,
+  private mixer(type: NemotronHConfig['layerTypes'][number], x: tf.Tensor, keep: tf.Tensor | null, fullMask: number[][], p: string,
     past?: NemotronHState['layers'][number]): { out: tf.Tensor; kept: NemotronHState['layers'][number] } {
     if (type === 'mamba') {
       const { out, conv, ssm } = this.mambaPrompt(x, keep, p, (past ?? undefined) as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined);
@@ -433,10 +434,10 @@ export class NemotronHForCausalLM {
   }
 
   /** The Mamba-2 block over the prompt's positions, from nothing or from a kept window and state. */
-  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
+  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor | null, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const [batch, time] = x.shape;
-    const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(tf.mul(x, keep), p);
+    const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(keep ? tf.mul(x, keep) : x, p);
     // Causal depthwise convolution: output t sees inputs t-K+1 … t (before the start, the kept window, or zeros).
     const k = c.convKernel;
     const padded = initial ? tf.concat([initial.conv, rawXBC], 1) : tf.pad(rawXBC, [[0, 0], [k - 1, 0], [0, 0]]);
@@ -452,7 +453,8 @@ export class NemotronHForCausalLM {
     }
     const bias = this.weights.get(`${p}.mixer.conv1d.bias`);
     if (bias) conv = tf.add(conv, bias);
-    const xBC = tf.mul(tf.mul(conv, tf.sigmoid(conv)), keep);
+    const activated = tf.mul(conv, tf.sigmoid(conv));
+    const xBC = keep ? tf.mul(activated, keep) : activated;
     const { xs, B, C } = this.splitXBC(xBC);
     const dt = tf.maximum(softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))), c.timeStepMin);
     const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));

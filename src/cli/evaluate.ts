@@ -6,9 +6,10 @@ import { initBackend } from '../backends';
 import { NemotronForCausalLM, NemotronForQuestionAnswering, NemotronForSequenceClassification, NemotronForTokenClassification } from '../../models/nemotron/heads';
 import { NemotronTokenizer } from '../tokenizer';
 import { TaskName, collate, epochBatches, readJsonl } from '../training/data';
-import { EvaluableModel, evaluateExamples, slidingWindowPerplexity } from '../training/metrics';
+import { type CausalLossModel, EvaluableModel, evaluateExamples, slidingWindowPerplexity } from '../training/metrics';
 import { LoraModel } from '../training/lora';
-import { integerArg } from './generate';
+import { integerArg, modelType } from './generate';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { checkModelDir } from './info';
 import { isGGUF } from '../../models/nemotron/pretrained';
 
@@ -25,7 +26,7 @@ export interface Perplexity {
  * Token-weighted causal-LM loss over a dataset, as perplexity is defined: Σ NLL / Σ predicted tokens (a batch's mean
  * loss weighted by its predicted tokens), and its exponential.
  */
-export async function causalPerplexity(model: NemotronForCausalLM, file: string, options: { tokenizer?: NemotronTokenizer; batchSize?: number; maxLength?: number } = {}): Promise<Perplexity> {
+export async function causalPerplexity(model: NemotronForCausalLM | NemotronHForCausalLM, file: string, options: { tokenizer?: NemotronTokenizer; batchSize?: number; maxLength?: number } = {}): Promise<Perplexity> {
   const examples = readJsonl(file, 'causal-lm', options.tokenizer, options.maxLength ?? 512);
   let nll = 0;
   let tokens = 0;
@@ -111,11 +112,14 @@ export function registerEvaluate(program: Command): void {
         }
         return;
       }
-      const model = await NemotronForCausalLM.fromPretrained(opts.model);
+      // A NemotronH folder (the hybrid Mamba-2 models) scores the same way: its computeLoss.
+      const hybrid = modelType(opts.model) === 'nemotron_h';
+      if (hybrid && opts.adapter) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
+      const model = hybrid ? await NemotronHForCausalLM.fromPretrained(opts.model) : await NemotronForCausalLM.fromPretrained(opts.model);
       try {
-        if (opts.adapter) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
+        if (opts.adapter && model instanceof NemotronForCausalLM) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
         if (opts.stride !== undefined) {
-          const windowed = await slidingWindowPerplexity(model, datasetIds(opts.data, tokenizer), { maxLength: opts.maxLength, stride: opts.stride });
+          const windowed = await slidingWindowPerplexity(model as CausalLossModel, datasetIds(opts.data, tokenizer), { maxLength: opts.maxLength, stride: opts.stride });
           process.stdout.write(opts.json ? `${JSON.stringify({ ...windowed, maxLength: opts.maxLength, stride: opts.stride, backend })}\n`
             : `loss ${windowed.loss.toFixed(4)} · perplexity ${windowed.perplexity.toFixed(3)} over ${windowed.tokens} predicted tokens ` +
               `(${windowed.windows} windows of ${opts.maxLength} tokens, stride ${opts.stride}, backend ${backend})\n`);

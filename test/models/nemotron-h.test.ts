@@ -199,6 +199,16 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     model.dispose();
     expect(r.stdout).to.equal(`${tokenizer.decode(expected, { skipSpecialTokens: true })}\n`);
     expect(r.stderr).to.match(/generated: \d+ tokens?, [\d.]+ tok\/s · backend cpu \(NemotronH\)/);
+    // evaluate: the perplexity of a JSONL row, exp of transformers' loss on it; the same through --stride's window.
+    const rows = path.join(dir, 'eval.jsonl');
+    fs.writeFileSync(rows, `${JSON.stringify({ input_ids: reference.prompt[0] })}\n`);
+    for (const extra of [[], ['--stride', '4', '--max-length', '64']]) {
+      const scored = spawnSync(process.execPath, [CLI, 'evaluate', '--model', dir, '--data', rows, '--json', '--backend', 'cpu', ...extra], { encoding: 'utf8' });
+      expect(scored.status, scored.stderr).to.equal(0);
+      const result = JSON.parse(scored.stdout) as { loss: number; perplexity: number; tokens: number };
+      expect(result.tokens).to.equal(reference.prompt[0].length - 1);
+      expect(Math.abs(result.loss - reference.loss), `evaluate ${extra.join(' ')}`).to.be.at.most(1e-5);
+    }
     const info = spawnSync(process.execPath, [CLI, 'info', '--model', path.join(DIR, 'moe-latent'), '--json'], { encoding: 'utf8' });
     const card = JSON.parse(info.stdout) as Record<string, unknown>;
     const moe = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));

@@ -4,6 +4,8 @@ import { GenerateOptions, GenerateOutput, GenerationStep, generate, generateStre
 
 export * from './generate';
 export * from './processors';
+export { type StepDecoder, decoderFor, nemotronDecoder, nemotronHDecoder } from './decoder';
+export { type BeamSearchInputs, type BeamSearchOutput, type BeamSearchSettings, beamSearch } from './beam-search';
 export { CandidateSource, DraftModelOptions, draftModelSource, lookupCandidates, promptLookupSource, speculativeDecode } from './speculative';
 
 // generate() lives outside the model (cache and decoding loop are the caller's business, as in mlx-lm);

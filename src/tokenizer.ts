@@ -28,6 +28,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import * as protobuf from 'protobufjs';
 import { GGUFFile } from './io/gguf';
+import { byteLevelTokenizerJson, specialTokenTemplate } from './io/gguf-vocab';
 import { alignOffsets, offsetPipeline, wordIds } from './offsets';
 import { type Json as ParsedJson, type ResponseTemplateSpec, type ToolSpec, ResponseParser, parseResponse } from './response-parsing/index';
 
@@ -466,12 +467,30 @@ export class NemotronTokenizer {
     const gguf = GGUFFile.open(file);
     try {
       const meta = (key: string) => gguf.get(`tokenizer.ggml.${key}`);
-      if (meta('model') !== 'llama') {
-        throw new Error(`${file}: tokenizer.ggml.model is ${JSON.stringify(meta('model'))}; only SentencePiece vocabularies ("llama", as Nemotron's) are read`);
+      const kind = meta('model');
+      if (kind !== 'llama' && kind !== 'gpt2') {
+        throw new Error(`${file}: tokenizer.ggml.model is ${JSON.stringify(kind)}; SentencePiece ("llama", Nemotron's) and byte-level BPE ("gpt2", Nemotron-H's) vocabularies are read`);
       }
       const tokens = meta('tokens') as string[];
       const id = (key: string) => (typeof meta(key) === 'number' ? meta(key) as number : undefined);
       const template = gguf.get('tokenizer.chat_template');
+      if (kind === 'gpt2') {
+        // A byte-level BPE (Nemotron-H's tekken kind): tokenizer.json as the checkpoint's own, BOS as add_bos_token says.
+        const bos = id('bos_token_id');
+        const eos = id('eos_token_id');
+        const addBos = meta('add_bos_token') === true;
+        const addEos = meta('add_eos_token') === true;
+        const json = byteLevelTokenizerJson({
+          tokens, types: (meta('token_type') as number[] | undefined) ?? [], merges: (meta('merges') as string[] | undefined) ?? [],
+          pre: String(meta('pre') ?? 'gpt-2'), bos, eos, addBos, addEos, source: file,
+        });
+        const token = (i: number | undefined) => (i === undefined ? undefined : tokens[i]);
+        const config = {
+          add_bos_token: addBos, add_eos_token: addEos, bos_token: token(bos), eos_token: token(eos), unk_token: token(id('unknown_token_id')),
+          pad_token: token(id('padding_token_id')), clean_up_tokenization_spaces: false, ...(typeof template === 'string' ? { chat_template: template } : {}),
+        };
+        return NemotronTokenizer.create(json, config, { source: file });
+      }
       return NemotronTokenizer.fromSentencePiece({
         tokens, scores: (meta('scores') as number[] | undefined) ?? tokens.map(() => 0), types: (meta('token_type') as number[] | undefined) ?? [],
         merges: (meta('merges') as string[] | undefined)?.map((m) => m.split(' ') as [string, string]), mergeOrder: 'scores',
@@ -503,21 +522,13 @@ export class NemotronTokenizer {
     const added = v.tokens.flatMap((content, id) => (v.types[id] === 3 || v.types[id] === 4
       ? [{ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: v.types[id] === 3 }] : []));
     const token = (id: number | undefined) => (id === undefined || id < 0 ? undefined : v.tokens[id]);
-    // The template BOS/EOS, as transformers' update_post_processor writes it (and saves it in tokenizer.json).
-    const special = (id: number | undefined, typeId: number) => (token(id) === undefined ? [] : [{ SpecialToken: { id: token(id), type_id: typeId } }]);
-    const sequence = (name: 'A' | 'B', typeId: number) => [
-      ...(v.addBos ? special(v.bos, typeId) : []), { Sequence: { id: name, type_id: typeId } }, ...(v.addEos ? special(v.eos, typeId) : []),
-    ];
-    const templateIds = [...(v.addBos ? [v.bos] : []), ...(v.addEos ? [v.eos] : [])].filter((id) => token(id) !== undefined) as number[];
     // transformers' _get_prepend_scheme: "first" (transformers 5's non-legacy default), "always" when legacy.
     const prependScheme = !v.addPrefixSpace ? 'never' : v.legacy ? 'always' : 'first';
     const json = {
       version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
       pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false },
-      post_processor: {
-        type: 'TemplateProcessing', single: sequence('A', 0), pair: [...sequence('A', 0), ...sequence('B', 1)],
-        special_tokens: Object.fromEntries(templateIds.map((id) => [token(id), { id: token(id), ids: [id], tokens: [token(id)] }])),
-      },
+      // The template BOS/EOS, as transformers' update_post_processor writes it (and saves it in tokenizer.json).
+      post_processor: specialTokenTemplate(v.tokens, v),
       decoder: { type: 'Sequence', decoders: [
         { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
         ...(v.addPrefixSpace ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),

@@ -5,7 +5,7 @@ import * as vm from 'vm';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
-import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, writeNemotronGGUF } from '../../src/io/gguf';
+import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, isGGUF, writeNemotronGGUF } from '../../src/io/gguf';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
@@ -34,10 +34,7 @@ interface WeightReader {
   close(): void;
 }
 
-/** Whether a path is a GGUF file (fromPretrained then reads it as llama.cpp wrote it). */
-export function isGGUF(file: string): boolean {
-  return file.toLowerCase().endsWith('.gguf') && fs.existsSync(file) && fs.statSync(file).isFile();
-}
+export { isGGUF };
 
 /**
  * A checkpoint folder (config.json + safetensors; `required` files checked first) or a GGUF file, opened: its weights'

@@ -33,8 +33,10 @@ export interface NemotronHConfigFields {
   /** Bias of the Mamba in/out projections. */
   useBias: boolean;
   mlpBias: boolean;
-  /** The least Δt of a prompt pass (transformers clamps the chunked scan's Δt there; the one-token step does not). */
+  /** The least Δt of the initialization (dt_bias's draw); kept for config.json. */
   timeStepMin: number;
+  /** Δt's bounds in a prompt pass (transformers' chunked scan clamps there; the one-token step does not): (0, ∞) by default. */
+  timeStepLimit: [number, number];
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;
   bosTokenId: number | null;
@@ -56,6 +58,38 @@ export interface NemotronHConfigFields {
 
 type Json = Record<string, unknown>;
 
+/**
+ * config.json's text as an object. Python's json writes ±Infinity and NaN bare (Mamba-2 configs' time_step_limit),
+ * which JSON does not allow: read as the numbers they are (1e999 parses as Infinity), NaN as null.
+ */
+export function parseConfigJson(text: string, source: string): Json {
+  try {
+    return JSON.parse(text) as Json;
+  } catch {
+    const patched = text.replace(/([[,:]\s*)(-?)Infinity(?=\s*[,\]}])/g, '$1$21e999').replace(/([[,:]\s*)NaN(?=\s*[,\]}])/g, '$1null');
+    try {
+      return JSON.parse(patched) as Json;
+    } catch (e) {
+      throw new Error(`${source} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+}
+
+/** time_step_limit as transformers writes it: numbers, or {"__float__": "Infinity"} for what JSON cannot hold. */
+function timeStepLimit(value: unknown): [number, number] | undefined {
+  if (value === undefined) return undefined;
+  const number = (v: unknown): number => {
+    if (typeof v === 'number') return v;
+    const special = (v as { __float__?: string } | null)?.__float__;
+    if (special !== undefined && !Number.isNaN(Number(special))) return Number(special);
+    throw new Error(`NemotronHConfig: time_step_limit holds ${JSON.stringify(v)}; expected a number`);
+  };
+  if (!Array.isArray(value) || value.length !== 2) throw new Error(`NemotronHConfig: time_step_limit must be [low, high], got ${JSON.stringify(value)}`);
+  const [low, high] = value.map(number);
+  if (!(low <= high)) throw new Error(`NemotronHConfig: time_step_limit [${low}, ${high}] has its low bound above its high one`);
+  return [low, high];
+}
+
 /** transformers' NemotronHConfig defaults (a Nemotron-H 8B's shape). */
 const DEFAULTS: NemotronHConfigFields = {
   vocabSize: 131072,
@@ -76,6 +110,7 @@ const DEFAULTS: NemotronHConfigFields = {
   useBias: false,
   mlpBias: false,
   timeStepMin: 0.001,
+  timeStepLimit: [0, Infinity],
   maxPositionEmbeddings: 4096,
   tieWordEmbeddings: false,
   bosTokenId: 1,
@@ -174,6 +209,7 @@ export class NemotronHConfig {
       numKeyValueHeads: pick('num_key_value_heads', 'num_attention_heads'), headDim: pick('head_dim', 'attention_head_dim'),
       intermediateSize: pick('intermediate_size'), layerNormEpsilon: pick('layer_norm_epsilon'), useConvBias: pick('use_conv_bias', 'mamba_conv_bias'),
       useBias: pick('use_bias'), mlpBias: pick('mlp_bias'), timeStepMin: pick('time_step_min', 'mamba_dt_min'),
+      timeStepLimit: timeStepLimit(pick('time_step_limit', 'mamba_dt_limit')),
       maxPositionEmbeddings: pick('max_position_embeddings'), tieWordEmbeddings: pick('tie_word_embeddings'),
       bosTokenId: pick('bos_token_id'), eosTokenId: pick('eos_token_id'), padTokenId: pick('pad_token_id'),
       nRoutedExperts: pick('n_routed_experts', 'num_local_experts'), numExpertsPerTok: pick('num_experts_per_tok'), moeIntermediateSize: pick('moe_intermediate_size'),
@@ -193,6 +229,6 @@ export class NemotronHConfig {
   static fromPretrained(dir: string): NemotronHConfig {
     const file = path.join(dir, 'config.json');
     if (!fs.existsSync(file)) throw new Error(`${dir}: config.json is missing`);
-    return NemotronHConfig.fromJSON(JSON.parse(fs.readFileSync(file, 'utf8')) as Json);
+    return NemotronHConfig.fromJSON(parseConfigJson(fs.readFileSync(file, 'utf8'), file));
   }
 }

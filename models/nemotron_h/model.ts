@@ -11,6 +11,8 @@ import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { CheckpointReader } from '../../src/io/checkpoint';
+import { type GGUFVocabularySource, type GGUFWriteType, isGGUF } from '../../src/io/gguf';
+import { NemotronHGGUF, writeNemotronHGGUF } from '../../src/io/gguf-nemotron-h';
 import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
@@ -95,8 +97,31 @@ export class NemotronHForCausalLM {
     return out;
   }
 
-  /** A checkpoint folder (config.json, safetensors; transformers 5's "model." names or the checkpoints' "backbone."). */
-  static async fromPretrained(dir: string): Promise<NemotronHForCausalLM> {
+  /**
+   * A checkpoint folder (config.json, safetensors; transformers 5's "model." names or the checkpoints' "backbone."), or
+   * a GGUF file as llama.cpp's converter writes NemotronH (nemotron_h / nemotron_h_moe; weights dequantized).
+   */
+  static async fromPretrained(location: string): Promise<NemotronHForCausalLM> {
+    const gguf = isGGUF(location);
+    const { config, weights } = gguf ? NemotronHForCausalLM.readGGUF(location) : NemotronHForCausalLM.readCheckpoint(location);
+    try {
+      const model = new NemotronHForCausalLM(config, weights);
+      const generationFile = path.join(location, 'generation_config.json');
+      if (!gguf && fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8')) as Record<string, unknown>;
+      const missing = [...model.weights.keys()].filter((n) => !weights.has(n));
+      const unused = [...weights.keys()].filter((n) => !model.weights.has(n));
+      if (missing.length || (gguf && unused.length)) {
+        model.dispose();
+        const list = (names: string[]) => `${names.slice(0, 5).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
+        throw new Error(missing.length ? `NemotronH checkpoint in ${location} lacks ${list(missing)}` : `${location} holds tensors this configuration has no place for: ${list(unused)}`);
+      }
+      return model;
+    } finally {
+      weights.forEach((t) => t.dispose());
+    }
+  }
+
+  private static readCheckpoint(dir: string): { config: NemotronHConfig; weights: Map<string, tf.Tensor> } {
     const config = NemotronHConfig.fromPretrained(dir);
     const reader = CheckpointReader.open(dir);
     const weights = new Map<string, tf.Tensor>();
@@ -123,18 +148,24 @@ export class NemotronHForCausalLM {
     } finally {
       reader.close();
     }
+    return { config, weights };
+  }
+
+  private static readGGUF(file: string): { config: NemotronHConfig; weights: Map<string, tf.Tensor> } {
+    const gguf = NemotronHGGUF.open(file);
+    const weights = new Map<string, tf.Tensor>();
     try {
-      const model = new NemotronHForCausalLM(config, weights);
-      const generationFile = path.join(dir, 'generation_config.json');
-      if (fs.existsSync(generationFile)) model.generationConfig = JSON.parse(fs.readFileSync(generationFile, 'utf8')) as Record<string, unknown>;
-      const missing = [...model.weights.keys()].filter((n) => !weights.has(n));
-      if (missing.length) {
-        model.dispose();
-        throw new Error(`NemotronH checkpoint in ${dir} lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
+      const config = NemotronHConfig.fromJSON(gguf.configJson());
+      for (const name of gguf.names()) {
+        const { shape, data } = gguf.read(name);
+        weights.set(name, tf.tensor(data, shape, 'float32'));
       }
-      return model;
-    } finally {
+      return { config, weights };
+    } catch (e) {
       weights.forEach((t) => t.dispose());
+      throw e;
+    } finally {
+      gguf.close();
     }
   }
 
@@ -456,7 +487,10 @@ export class NemotronHForCausalLM {
     const activated = tf.mul(conv, tf.sigmoid(conv));
     const xBC = keep ? tf.mul(activated, keep) : activated;
     const { xs, B, C } = this.splitXBC(xBC);
-    const dt = tf.maximum(softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`))), c.timeStepMin);
+    // transformers' chunked scan clamps Δt to time_step_limit (softplus is never below 0: the default clamps nothing).
+    let dt = softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`)));
+    if (c.timeStepLimit[0] > 0) dt = tf.maximum(dt, c.timeStepLimit[0]);
+    if (c.timeStepLimit[1] < Infinity) dt = tf.minimum(dt, c.timeStepLimit[1]);
     const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
     const D = this.w(`${p}.mixer.D`);
     const { y: scanned, state: h } = ssdScan(xs, dt, A, B, C, c.chunkSize, initial?.ssm);
@@ -606,7 +640,8 @@ export class NemotronHForCausalLM {
       num_hidden_layers: c.numHiddenLayers, mamba_num_heads: c.mambaNumHeads, mamba_head_dim: c.mambaHeadDim, n_groups: c.nGroups,
       ssm_state_size: c.ssmStateSize, conv_kernel: c.convKernel, chunk_size: c.chunkSize, num_attention_heads: c.numAttentionHeads,
       num_key_value_heads: c.numKeyValueHeads, head_dim: c.headDim, intermediate_size: c.intermediateSize, layer_norm_epsilon: c.layerNormEpsilon,
-      use_conv_bias: c.useConvBias, use_bias: c.useBias, mlp_bias: c.mlpBias, time_step_min: c.timeStepMin, mlp_hidden_act: 'relu2',
+      use_conv_bias: c.useConvBias, use_bias: c.useBias, mlp_bias: c.mlpBias, time_step_min: c.timeStepMin,
+      time_step_limit: c.timeStepLimit.map((v) => (Number.isFinite(v) ? v : { __float__: String(v) })), mlp_hidden_act: 'relu2',
       mamba_hidden_act: 'silu', max_position_embeddings: c.maxPositionEmbeddings, tie_word_embeddings: c.tieWordEmbeddings,
       bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId, pad_token_id: c.padTokenId, n_routed_experts: c.nRoutedExperts,
       num_experts_per_tok: c.numExpertsPerTok, moe_intermediate_size: c.moeIntermediateSize, moe_shared_expert_intermediate_size: c.moeSharedExpertIntermediateSize,
@@ -614,6 +649,16 @@ export class NemotronHForCausalLM {
       torch_dtype: 'float32',
     };
     fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
+  }
+
+  /**
+   * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py writes NemotronH (llama.cpp reads it;
+   * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), the tokenizer's vocabulary.
+   */
+  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string } = {}): Promise<void> {
+    const weights = [];
+    for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
+    writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name);
   }
 
   /** The trained parameters by transformers' names (the router's correction bias is a buffer: not among them). */

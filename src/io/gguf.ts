@@ -40,6 +40,11 @@ function shortestFloat32(v: number): number {
   return v;
 }
 
+/** Whether a path is a GGUF file (fromPretrained then reads it as llama.cpp wrote it). */
+export function isGGUF(file: string): boolean {
+  return file.toLowerCase().endsWith('.gguf') && fs.existsSync(file) && fs.statSync(file).isFile();
+}
+
 /** A GGUF file opened for reading: metadata at once, tensors on demand. */
 export class GGUFFile {
   readonly version: number;
@@ -461,7 +466,7 @@ export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0';
  * token by its merge (so that merges recovered from the scores, as transformers and llama.cpp do, keep their order),
  * and llama.cpp's token types (control, unknown, byte, user-defined, normal).
  */
-function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens: string[]; scores: number[]; types: number[] } {
+export function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens: string[]; scores: number[]; types: number[] } {
   const json = source.tokenizerJson() as { model: { type: string; vocab: Record<string, number>; merges?: Array<string | string[]> }; added_tokens?: Array<{ id: number; content: string; special: boolean }> };
   if (json.model.type !== 'BPE') throw new Error(`writeNemotronGGUF: the tokenizer's model is ${json.model.type}; only BPE vocabularies (Nemotron's) are written`);
   const added = new Map((json.added_tokens ?? []).map((t) => [t.id, t]));
@@ -495,45 +500,23 @@ export function writeNemotronGGUF(file: string, config: {
   if (config.ropeScaling && config.ropeScaling.ropeType !== 'linear') {
     throw new Error(`writeNemotronGGUF: llama.cpp's Nemotron reads linear rope scaling only, not ${config.ropeScaling.ropeType}`);
   }
-  const chunks: Buffer[] = [];
-  const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
-  const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
-  const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
-  const str = (s: string) => { const bytes = Buffer.from(s, 'utf8'); return Buffer.concat([u64(bytes.length), bytes]); };
-  type Value = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]];
-  const encode = ([kind, v]: Value): Buffer => {
-    switch (kind) {
-      case 'u32': return Buffer.concat([u32(4), u32(v)]);
-      case 'f32': return Buffer.concat([u32(6), f32(v)]);
-      case 'bool': return Buffer.concat([u32(7), Buffer.from([v ? 1 : 0])]);
-      case 'str': return Buffer.concat([u32(8), str(v)]);
-      case 'strs': return Buffer.concat([u32(9), u32(8), u64(v.length), ...v.map(str)]);
-      case 'f32s': return Buffer.concat([u32(9), u32(6), u64(v.length), ...v.map(f32)]);
-      case 'i32s': return Buffer.concat([u32(9), u32(5), u64(v.length), ...v.map((x) => { const b = Buffer.alloc(4); b.writeInt32LE(x); return b; })]);
-    }
-  };
   const { tokens, scores, types } = sentencePieceVocabulary(vocabulary);
-  const kv: Array<[string, Value]> = [
-    ['general.architecture', ['str', 'nemotron']], ['general.name', ['str', name]],
-    ['general.file_type', ['u32', { F32: 0, F16: 1, Q8_0: 7, Q4_0: 2 }[type]]],
+  const kv: Array<[string, GGUFMetaValue]> = [
+    ['general.architecture', ['str', 'nemotron']], ['general.name', ['str', name]], ['general.file_type', ['u32', GGUF_FILE_TYPE[type]]],
     ['nemotron.context_length', ['u32', config.maxPositionEmbeddings]], ['nemotron.embedding_length', ['u32', config.hiddenSize]],
     ['nemotron.block_count', ['u32', config.numHiddenLayers]], ['nemotron.feed_forward_length', ['u32', config.intermediateSize]],
     ['nemotron.attention.head_count', ['u32', config.numAttentionHeads]], ['nemotron.attention.head_count_kv', ['u32', config.numKeyValueHeads]],
     ['nemotron.rope.freq_base', ['f32', config.ropeTheta]], ['nemotron.vocab_size', ['u32', config.vocabSize]],
     ['nemotron.attention.layer_norm_epsilon', ['f32', config.normEps]], ['nemotron.rope.dimension_count', ['u32', config.rotaryDim]],
     ...(config.headDim !== config.hiddenSize / config.numAttentionHeads
-      ? [['nemotron.attention.key_length', ['u32', config.headDim]], ['nemotron.attention.value_length', ['u32', config.headDim]]] as Array<[string, Value]> : []),
+      ? [['nemotron.attention.key_length', ['u32', config.headDim]], ['nemotron.attention.value_length', ['u32', config.headDim]]] as Array<[string, GGUFMetaValue]> : []),
     ['nemotron.rope.scaling.type', ['str', config.ropeScaling ? 'linear' : 'none']],
-    ...(config.ropeScaling ? [['nemotron.rope.scaling.factor', ['f32', config.ropeScaling.factor!]]] as Array<[string, Value]> : []),
+    ...(config.ropeScaling ? [['nemotron.rope.scaling.factor', ['f32', config.ropeScaling.factor!]]] as Array<[string, GGUFMetaValue]> : []),
     ['tokenizer.ggml.model', ['str', 'llama']], ['tokenizer.ggml.tokens', ['strs', tokens]], ['tokenizer.ggml.scores', ['f32s', scores]],
     ['tokenizer.ggml.token_type', ['i32s', types]],
-    ...([['bos_token_id', vocabulary.bosTokenId], ['eos_token_id', vocabulary.eosTokenId], ['unknown_token_id', vocabulary.unkTokenId],
-      ['padding_token_id', vocabulary.padTokenId]] as Array<[string, number | null]>)
-      .filter(([, id]) => id !== null).map(([key, id]): [string, Value] => [`tokenizer.ggml.${key}`, ['u32', id!]]),
-    ['tokenizer.ggml.add_bos_token', ['bool', vocabulary.addBosToken]], ['tokenizer.ggml.add_eos_token', ['bool', vocabulary.addEosToken]],
-    ...(vocabulary.chatTemplates.get('default') !== undefined ? [['tokenizer.chat_template', ['str', vocabulary.chatTemplates.get('default')!]]] as Array<[string, Value]> : []),
+    ...specialTokenKeys(vocabulary),
   ];
-  // Tensors: llama.cpp names, data aligned to 32 bytes.
+  // Tensors: llama.cpp names; matrices in `type`, vectors in F32.
   const ggufNames = new Map<string, string>([['model.embed_tokens.weight', 'token_embd.weight'], ['model.norm.weight', 'output_norm.weight'],
     ['model.norm.bias', 'output_norm.bias'], ['lm_head.weight', 'output.weight']]);
   const tensorName = (hf: string) => {
@@ -543,27 +526,72 @@ export function writeNemotronGGUF(file: string, config: {
     if (!m || !module) throw new Error(`writeNemotronGGUF: ${hf} is not a weight of a Nemotron causal LM`);
     return `blk.${m[1]}.${module[0]}.${m[3]}`;
   };
+  writeGGUF(file, kv, weights.map((w) => {
+    const kind = w.shape.length === 2 ? type : 'F32';
+    if ((kind === 'Q8_0' || kind === 'Q4_0') && w.shape[w.shape.length - 1] % 32 !== 0) {
+      throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole ${kind} blocks of 32`);
+    }
+    // LayerNorm1P's weight: llama.cpp stores w + 1.
+    const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
+    return { name: tensorName(w.name), shape: w.shape, data, type: kind };
+  }));
+}
+
+/** A GGUF metadata value to write: its GGUF type and the value. */
+export type GGUFMetaValue = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]];
+
+/** llama.cpp's general.file_type of a file whose matrices are mostly `type` (LLAMA_FTYPE_*). */
+export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = { F32: 0, F16: 1, Q8_0: 7, Q4_0: 2 };
+
+/** The special tokens' ids, add_bos/add_eos and the chat template, as `tokenizer.*` keys. */
+export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[string, GGUFMetaValue]> {
+  const template = vocabulary.chatTemplates.get('default');
+  return [
+    ...([['bos_token_id', vocabulary.bosTokenId], ['eos_token_id', vocabulary.eosTokenId], ['unknown_token_id', vocabulary.unkTokenId],
+      ['padding_token_id', vocabulary.padTokenId]] as Array<[string, number | null]>)
+      .filter(([, id]) => id !== null).map(([key, id]): [string, GGUFMetaValue] => [`tokenizer.ggml.${key}`, ['u32', id!]]),
+    ['tokenizer.ggml.add_bos_token', ['bool', vocabulary.addBosToken]], ['tokenizer.ggml.add_eos_token', ['bool', vocabulary.addEosToken]],
+    ...(template !== undefined ? [['tokenizer.chat_template', ['str', template]]] as Array<[string, GGUFMetaValue]> : []),
+  ];
+}
+
+/**
+ * Writes a GGUF file (version 3): the metadata in order, then the tensor table and the data, each tensor's data aligned
+ * to 32 bytes. `shape` in numpy order; `type` F32, F16 or Q8_0 / Q4_0 (llama.cpp's reference rounding).
+ */
+export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGUFWriteType }>): void {
+  const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
+  const i32 = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v); return b; };
+  const str = (s: string) => { const bytes = Buffer.from(s, 'utf8'); return Buffer.concat([u64(bytes.length), bytes]); };
+  const encode = ([kind, v]: GGUFMetaValue): Buffer => {
+    switch (kind) {
+      case 'u32': return Buffer.concat([u32(4), u32(v)]);
+      case 'f32': return Buffer.concat([u32(6), f32(v)]);
+      case 'bool': return Buffer.concat([u32(7), Buffer.from([v ? 1 : 0])]);
+      case 'str': return Buffer.concat([u32(8), str(v)]);
+      case 'strs': return Buffer.concat([u32(9), u32(8), u64(v.length), ...v.map(str)]);
+      case 'f32s': return Buffer.concat([u32(9), u32(6), u64(v.length), ...v.map(f32)]);
+      case 'i32s': return Buffer.concat([u32(9), u32(5), u64(v.length), ...v.map(i32)]);
+    }
+  };
   const ALIGN = 32;
   const infos: Buffer[] = [];
   const datas: Buffer[] = [];
   let offset = 0;
-  for (const w of weights) {
-    const values = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
-    const matrix = w.shape.length === 2;
-    const kind = matrix ? type : 'F32';
-    if ((kind === 'Q8_0' || kind === 'Q4_0') && w.shape[w.shape.length - 1] % 32 !== 0) {
-      throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole ${kind} blocks of 32`);
-    }
-    const data = kind === 'F32' ? Buffer.from(values.buffer, values.byteOffset, values.byteLength)
-      : kind === 'F16' ? Buffer.from(Uint16Array.from(values, (v) => float32ToF16Bits(v)).buffer)
-        : kind === 'Q8_0' ? quantizeQ8_0(values) : quantizeQ4_0(values);
-    const dims = w.shape.slice().reverse();
-    infos.push(Buffer.concat([str(tensorName(w.name)), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8, Q4_0: 2 }[kind]), u64(offset)]));
+  for (const t of tensors) {
+    const data = t.type === 'F32' ? Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+      : t.type === 'F16' ? Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer)
+        : t.type === 'Q8_0' ? quantizeQ8_0(t.data) : quantizeQ4_0(t.data);
+    const dims = t.shape.slice().reverse();
+    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8, Q4_0: 2 }[t.type]), u64(offset)]));
     const padded = Math.ceil(data.length / ALIGN) * ALIGN;
     datas.push(data, Buffer.alloc(padded - data.length));
     offset += padded;
   }
-  chunks.push(u32(GGUF_MAGIC), u32(3), u64(weights.length), u64(kv.length));
+  const chunks: Buffer[] = [u32(GGUF_MAGIC), u32(3), u64(tensors.length), u64(kv.length)];
   for (const [key, value] of kv) chunks.push(str(key), encode(value));
   chunks.push(...infos);
   const headerLength = chunks.reduce((n, c) => n + c.length, 0);

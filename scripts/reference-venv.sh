@@ -10,13 +10,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$ROOT/.venv-ref}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+# The judge's version: the fixtures were made with it (5.25 changed NemotronH's prompt-pass Δt clamp), so the live
+# checks compare against the same transformers.
+TRANSFORMERS_VERSION="${TRANSFORMERS_VERSION:-5.25.0}"
 PY="${PYTHON:-python3}"
 WHEEL_DIR="${TORCH_WHEEL_DIR:-/opt/wheels}"
 
 check() {
-  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$TORCH_VERSION" <<'PYEOF' >/dev/null 2>&1
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$TORCH_VERSION" "$TRANSFORMERS_VERSION" <<'PYEOF' >/dev/null 2>&1
 import sys, torch, transformers, safetensors, numpy
 assert torch.__version__.split('+')[0] == sys.argv[1], torch.__version__
+assert transformers.__version__ == sys.argv[2], transformers.__version__
 PYEOF
 }
 
@@ -36,7 +40,8 @@ if [ -n "$LOCAL_WHEEL" ]; then
 fi
 # Keep pip from replacing torch with a CUDA build while resolving the rest.
 "${PIP[@]}" "$TORCH_SPEC"
-"${PIP[@]}" transformers safetensors numpy openai "torch==$TORCH_VERSION"
+# gguf (gguf-py, llama.cpp's Python package): the GGUF fixture scripts write their files with it.
+"${PIP[@]}" "transformers==$TRANSFORMERS_VERSION" safetensors numpy openai gguf "torch==$TORCH_VERSION"
 
 # lm-evaluation-harness (its API client, and its transformers backend on the same torch) for the serve suite's
 # end-to-end check; optional: without it that check is skipped.

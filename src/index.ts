@@ -12,6 +12,8 @@ export {
 export * from './io/safetensors';
 export * from './io/checkpoint';
 export * from './io/gguf';
+export { NemotronHGGUF, type NemotronHGGUFConfig, hfNameOfNemotronHGGUF, writeNemotronHGGUF } from './io/gguf-nemotron-h';
+export { parseConfigJson } from '../models/nemotron_h/config';
 export { Relu2, relu2 } from '../layers/relu2';
 export { NemotronLayerNorm1P } from '../layers/layernorm1p';
 export { PartialRotaryEmbedding, applyRotary } from '../layers/rotary';

@@ -33,6 +33,9 @@ export interface NemotronHState {
 
 const softplus = (x: tf.Tensor) => tf.softplus(x);
 
+/** Where savePretrained's config.json text gets time_step_limit, written by hand. */
+const TIME_STEP_LIMIT = '<time_step_limit>';
+
 function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
   // One program where the backend has one (WebGPU), at inference.
   if (fusedKernelApplies(RMS_NORM_KERNEL)) return tf.engine().runKernel(RMS_NORM_KERNEL, { x, weight }, { eps }) as tf.Tensor;
@@ -641,14 +644,17 @@ export class NemotronHForCausalLM {
       ssm_state_size: c.ssmStateSize, conv_kernel: c.convKernel, chunk_size: c.chunkSize, num_attention_heads: c.numAttentionHeads,
       num_key_value_heads: c.numKeyValueHeads, head_dim: c.headDim, intermediate_size: c.intermediateSize, layer_norm_epsilon: c.layerNormEpsilon,
       use_conv_bias: c.useConvBias, use_bias: c.useBias, mlp_bias: c.mlpBias, time_step_min: c.timeStepMin,
-      time_step_limit: c.timeStepLimit.map((v) => (Number.isFinite(v) ? v : { __float__: String(v) })), mlp_hidden_act: 'relu2',
+      time_step_limit: TIME_STEP_LIMIT, mlp_hidden_act: 'relu2',
       mamba_hidden_act: 'silu', max_position_embeddings: c.maxPositionEmbeddings, tie_word_embeddings: c.tieWordEmbeddings,
       bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId, pad_token_id: c.padTokenId, n_routed_experts: c.nRoutedExperts,
       num_experts_per_tok: c.numExpertsPerTok, moe_intermediate_size: c.moeIntermediateSize, moe_shared_expert_intermediate_size: c.moeSharedExpertIntermediateSize,
       n_group: c.nGroup, topk_group: c.topkGroup, norm_topk_prob: c.normTopkProb, routed_scaling_factor: c.routedScalingFactor, moe_latent_size: c.moeLatentSize,
       torch_dtype: 'float32',
     };
-    fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
+    // transformers checks time_step_limit as floats (0 would not do) and writes infinity as {"__float__": "Infinity"}.
+    const float = (v: number) => (Number.isFinite(v) ? (Number.isInteger(v) ? v.toFixed(1) : String(v)) : `{ "__float__": "${v}" }`);
+    const text = JSON.stringify(json, null, 2).replace(`"${TIME_STEP_LIMIT}"`, `[${c.timeStepLimit.map(float).join(', ')}]`);
+    fs.writeFileSync(path.join(dir, 'config.json'), `${text}\n`);
   }
 
   /**

@@ -3,17 +3,19 @@ import { initBackend } from '../backends';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
-import { checkModelDir } from './info';
+import { checkModelDir, modelType } from './info';
+import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 
 /**
- * `convert`: a Nemotron GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer files), which
- * transformers, finetune and every other command read, the weights dequantized; or a Hugging Face causal LM folder to
- * a GGUF file (F32, F16 or Q8_0), as llama.cpp's convert_hf_to_gguf.py writes one.
+ * `convert`: a Nemotron or NemotronH GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer
+ * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
+ * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
+ * writes one.
  */
 export function registerConvert(program: Command): void {
   program
     .command('convert')
-    .description('Convert a Nemotron GGUF file (llama.cpp\'s format) into a Hugging Face checkpoint folder (weights dequantized), or a Hugging Face causal LM folder into a GGUF file')
+    .description('Convert a Nemotron or NemotronH GGUF file (llama.cpp\'s format) into a Hugging Face checkpoint folder (weights dequantized), or a Hugging Face causal LM folder into a GGUF file')
     .option('--gguf <file>', 'the GGUF file to convert into a folder')
     .option('--model <dir>', 'the Hugging Face causal LM folder (config.json, safetensors, tokenizer.json) to convert into a GGUF file')
     .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
@@ -30,10 +32,14 @@ export function registerConvert(program: Command): void {
       await initBackend(opts.backend ?? command.optsWithGlobals().backend);
       const source = opts.gguf ?? opts.model;
       const tokenizer = await NemotronTokenizer.fromPretrained(source);
-      const model = await NemotronForCausalLM.fromPretrained(source);
+      // NemotronH (nemotron_h / nemotron_h_moe GGUF, model_type nemotron_h folder) or Nemotron.
+      const hybrid = modelType(source) === 'nemotron_h';
+      if (hybrid && opts.gguf !== undefined && opts.dtype !== 'F32') throw new Error(`--dtype ${opts.dtype}: NemotronH folders are written in F32`);
+      const model = hybrid ? await NemotronHForCausalLM.fromPretrained(source) : await NemotronForCausalLM.fromPretrained(source);
       try {
         if (opts.gguf !== undefined) {
-          await model.savePretrained(opts.output, { dtype: opts.dtype });
+          if (model instanceof NemotronHForCausalLM) await model.savePretrained(opts.output);
+          else await model.savePretrained(opts.output, { dtype: opts.dtype });
           tokenizer.savePretrained(opts.output);
         } else {
           await model.saveGGUF(opts.output, tokenizer, { type: opts.type });

@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Command, Option } from 'commander';
 import { initBackend } from '../backends';
-import { integerArg, numberArg } from './generate';
+import { integerArg, modelType, numberArg } from './generate';
 import { loadingBar } from './progress';
 import { CheckpointReader } from '../io/checkpoint';
 import {
@@ -139,9 +139,11 @@ export function registerFinetune(program: Command): void {
       const readOptions = { assistantOnlyLoss: opts.assistantOnlyLoss ?? false };
       const train = readJsonl(opts.train, task, tokenizer, opts.maxLength, readOptions);
       const evalExamples = opts.eval ? readJsonl(opts.eval, task, tokenizer, opts.maxLength, readOptions) : undefined;
-      if (!gguf && (JSON.parse(fs.readFileSync(path.join(opts.model, 'config.json'), 'utf8')) as { model_type?: string }).model_type === 'nemotron_h') {
+      if (modelType(opts.model) === 'nemotron_h') {
         await finetuneNemotronH(opts, task, train, evalExamples, backend);
-        if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        // The tokenizer beside the weights: copied from the folder, or (from a GGUF) written as tokenizer.json.
+        if (gguf && tokenizer) tokenizer.savePretrained(opts.output);
+        else if (tokenizer) for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
           if (fs.existsSync(path.join(opts.model, f))) fs.copyFileSync(path.join(opts.model, f), path.join(opts.output, f));
         }
         return;

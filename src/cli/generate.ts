@@ -17,7 +17,7 @@ import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { NemotronHBatcher } from '../serving/nemotron-h-batcher';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
-import { checkModelDir, formatBytes } from './info';
+import { checkModelDir, formatBytes, modelType } from './info';
 import { loadingBar } from './progress';
 
 /** The `--backend` option, shared by the program (global) and the subcommands that run a model. */
@@ -246,20 +246,12 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
   return null;
 }
 
-/** config.json's model_type of a checkpoint folder (null for a GGUF file or a folder without one). */
-export function modelType(location: string): string | null {
-  if (isGGUF(location)) return null;
-  try {
-    return (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type ?? null;
-  } catch {
-    return null;
-  }
-}
+export { modelType };
 
 /** A NemotronH folder with its tokenizer, on the chosen backend (serve, chat; --adapter refused by name). */
 export async function loadNemotronH(modelPath: string, o: { adapter?: string; backend?: string }): Promise<{ model: NemotronHForCausalLM; tokenizer: NemotronTokenizer; backend: string }> {
   if (o.adapter !== undefined) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
-  const tokenizer = await NemotronTokenizer.fromPretrained(checkModelDir(modelPath, ['config.json', 'tokenizer.json']));
+  const tokenizer = await NemotronTokenizer.fromPretrained(isGGUF(modelPath) ? modelPath : checkModelDir(modelPath, ['config.json', 'tokenizer.json']));
   if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
   const backend = await initBackend(o.backend);
   return { model: await NemotronHForCausalLM.fromPretrained(modelPath), tokenizer, backend };
@@ -285,7 +277,7 @@ async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
   const refused = [['--prompt-lookup', o.promptLookup !== undefined], ['--assistant-model', o.assistantModel !== undefined]].filter(([, on]) => on).map(([flag]) => flag);
   if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet`);
   if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
-  const options = resolveDecoding(o, readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
+  const options = resolveDecoding(o, isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
   const { model, tokenizer, backend } = await loadNemotronH(o.model, o);
   try {
     const messages = [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: o.prompt }];

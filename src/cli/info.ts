@@ -6,7 +6,8 @@ import * as fs from 'fs';
 import { baseParameterCount, parameterCount } from '../../models/nemotron/presets';
 import * as path from 'path';
 import { Command } from 'commander';
-import { NemotronGGUF } from '../io/gguf';
+import { GGUFFile, NemotronGGUF } from '../io/gguf';
+import { NemotronHGGUF } from '../io/gguf-nemotron-h';
 import { isGGUF, openCheckpoint } from '../../models/nemotron/pretrained';
 import { NemotronConfig, RopeScaling } from '../../models/nemotron/config';
 import { NemotronHConfig } from '../../models/nemotron_h/config';
@@ -145,24 +146,52 @@ const HEAD_ARCHITECTURE: Record<string, string> = {
 };
 
 /** Reads config.json and the safetensors headers of `dir` into a model card. */
-/** Whether `location` is a checkpoint folder of model_type nemotron_h. */
-function nemotronHFolder(location: string): boolean {
+/**
+ * config.json's model_type of a checkpoint folder, or a GGUF file's by its architecture (nemotron; nemotron_h and
+ * nemotron_h_moe as nemotron_h); null for a folder without one.
+ */
+export function modelType(location: string): string | null {
+  if (isGGUF(location)) {
+    const file = GGUFFile.open(location);
+    try {
+      const architecture = file.get('general.architecture');
+      return architecture === 'nemotron_h_moe' ? 'nemotron_h' : typeof architecture === 'string' ? architecture : null;
+    } finally {
+      file.close();
+    }
+  }
   try {
-    return !isGGUF(location) && (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type === 'nemotron_h';
+    return (JSON.parse(fs.readFileSync(path.join(location, 'config.json'), 'utf8')) as { model_type?: string }).model_type ?? null;
   } catch {
-    return false;
+    return null;
   }
 }
 
-/** A NemotronH checkpoint's card: its layer pattern, parameters and float32 memory (weights, state a sequence, KV a token). */
-export function nemotronHCard(dir: string): Record<string, string | number | string[]> {
-  const config = NemotronHConfig.fromPretrained(dir);
-  const reader = CheckpointReader.open(dir);
+/**
+ * A NemotronH checkpoint's card (a folder, or a nemotron_h / nemotron_h_moe GGUF file): its layer pattern, parameters
+ * and float32 memory (weights, state a sequence, KV a token); a GGUF's stored types too.
+ */
+export function nemotronHCard(location: string): Record<string, string | number | string[]> {
+  let config: NemotronHConfig;
   let parameters = 0;
-  try {
-    for (const name of reader.names()) parameters += reader.info(name).shape.reduce((a, b) => a * b, 1);
-  } finally {
-    reader.close();
+  let stored: string[] | null = null;
+  if (isGGUF(location)) {
+    const gguf = NemotronHGGUF.open(location);
+    try {
+      config = NemotronHConfig.fromJSON(gguf.configJson());
+      for (const info of gguf.file.tensors.values()) parameters += info.shape.reduce((a, b) => a * b, 1);
+      stored = [...gguf.dtypes()].sort();
+    } finally {
+      gguf.close();
+    }
+  } else {
+    config = NemotronHConfig.fromPretrained(location);
+    const reader = CheckpointReader.open(location);
+    try {
+      for (const name of reader.names()) parameters += reader.info(name).shape.reduce((a, b) => a * b, 1);
+    } finally {
+      reader.close();
+    }
   }
   const count = (type: string) => config.layerTypes.filter((t) => t === type).length;
   const pattern = { mamba: 'M', attention: '*', mlp: '-', moe: 'E' } as const;
@@ -174,6 +203,7 @@ export function nemotronHCard(dir: string): Record<string, string | number | str
     float32_weights: formatBytes(parameters * 4),
     state_per_sequence: formatBytes(count('mamba') * mambaState * 4),
     kv_cache_per_token: formatBytes(2 * count('attention') * config.numKeyValueHeads * config.headDim * 4),
+    ...(stored ? { gguf_types: stored } : {}),
   };
 }
 
@@ -360,7 +390,7 @@ KV cache bytes per token = 2 × layers × KV heads × head_dim × 4.
 Example:
   nemotron-tfjs info --model ./Minitron-4B-Base --json`)
     .action((opts: { model: string; json: boolean }) => {
-      if (nemotronHFolder(opts.model)) {
+      if (modelType(opts.model) === 'nemotron_h') {
         const card = nemotronHCard(opts.model);
         process.stdout.write(opts.json ? JSON.stringify(card, null, 2) + '\n' : `${Object.entries(card).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(' ') : v}`).join('\n')}\n`);
         return;

@@ -354,7 +354,8 @@ export class NemotronGGUF {
     const architecture = this.file.get('general.architecture');
     if (architecture !== 'nemotron') {
       this.file.close();
-      throw new Error(`${path}: general.architecture is ${JSON.stringify(architecture)}, expected "nemotron" (a Nemotron or Minitron GGUF)`);
+      const hint = typeof architecture === 'string' && architecture.startsWith('nemotron_h') ? ': a NemotronH GGUF, which NemotronHForCausalLM reads' : '';
+      throw new Error(`${path}: general.architecture is ${JSON.stringify(architecture)}, expected "nemotron" (a Nemotron or Minitron GGUF)${hint}`);
     }
     for (const info of this.file.tensors.values()) {
       const hf = hfNameOfGGUF(info.name);

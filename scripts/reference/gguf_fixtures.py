@@ -1,7 +1,7 @@
 """GGUF reference data, for test/io/gguf.test.ts. Needs the `gguf` package (pip install gguf) beside transformers.
 
 1. dequant.gguf: one tensor of each ggml type nemotron-tfjs reads, random blocks (finite scales), and what gguf-py's
-   dequantize() makes of them (dequant.json).
+   dequantize() makes of them (dequant.json); iquants.gguf / iquants.json the same for the i-quants, TQ and FP4 types.
 2. tiny-gqa.gguf: the tiny-gqa causal LM as llama.cpp's convert_hf_to_gguf.py writes a Nemotron checkpoint (llama.cpp
    names, LayerNorm1P weights + 1, `nemotron.*` keys, a SentencePiece vocabulary), its tensors in several types; what
    transformers computes from it (NemotronForCausalLM.from_pretrained(gguf_file=...)) and how its tokenizer encodes
@@ -64,6 +64,40 @@ def dequant_fixture(rng):
     writer.write_tensors_to_file()
     writer.close()
     json.dump({"shape": [2, 512], "values": expected}, open(os.path.join(OUT, "dequant.json"), "w"))
+
+
+def iquant_fixture(rng):
+    """iquants.gguf: random blocks of each of llama.cpp's newer types (the i-quants, ternary, FP4), scales kept finite
+    and moderate, and what gguf-py's dequantize() makes of them (iquants.json)."""
+    writer = gguf.GGUFWriter(os.path.join(OUT, "iquants.gguf"), "nemotron")
+    expected = {}
+    half_at = {Q.IQ2_XXS: 0, Q.IQ2_XS: 0, Q.IQ2_S: 0, Q.IQ3_XXS: 0, Q.IQ3_S: 0, Q.IQ1_S: 0, Q.IQ4_NL: 0, Q.IQ4_XS: 0, Q.TQ1_0: 52, Q.TQ2_0: 64}
+    for qtype in [Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ1_S, Q.IQ1_M, Q.IQ4_NL, Q.IQ4_XS, Q.TQ1_0, Q.TQ2_0, Q.MXFP4, Q.NVFP4]:
+        block_values, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        rows, cols = 2, 512
+        blocks = rows * cols // block_values
+        data = rng.integers(0, 256, size=(blocks, block_bytes), dtype=np.uint8)
+        scales = rng.uniform(-0.05, 0.05, size=blocks).astype(np.float16)
+        if qtype in half_at:
+            data[:, half_at[qtype]:half_at[qtype] + 2] = scales.view(np.uint8).reshape(blocks, 2)
+        elif qtype == Q.IQ1_M:
+            # The f16 scale in the top nibbles of the last four u16 (bits 0-3 in the first, … 12-15 in the fourth).
+            words = data[:, 48:56].copy().view(np.uint16)
+            bits = scales.view(np.uint16)
+            for i in range(4):
+                words[:, i] = (words[:, i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
+            data[:, 48:56] = words.view(np.uint8)
+        elif qtype == Q.MXFP4:
+            data[:, 0] = rng.integers(100, 150, size=blocks)  # e8m0 exponents that keep every value finite
+        raw = data.reshape(rows, cols // block_values * block_bytes)
+        writer.add_tensor(qtype.name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        expected[qtype.name] = quants.dequantize(raw, qtype).astype(np.float32).reshape(-1).tolist()
+        assert np.isfinite(expected[qtype.name]).all(), qtype.name
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    json.dump({"shape": [2, 512], "values": expected}, open(os.path.join(OUT, "iquants.json"), "w"))
 
 
 # llama.cpp's names for a Nemotron checkpoint's tensors (gguf-py's TensorNameMap for MODEL_ARCH.NEMOTRON).
@@ -164,4 +198,5 @@ def model_fixture():
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     dequant_fixture(np.random.default_rng(0))
+    iquant_fixture(np.random.default_rng(1))
     model_fixture()

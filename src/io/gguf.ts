@@ -4,10 +4,12 @@
  * convert_hf_to_gguf.py writes it: llama.cpp tensor names, LayerNorm1P weights stored with their +1, the
  * configuration in `nemotron.*` keys and a SentencePiece vocabulary in `tokenizer.ggml.*`.
  *
- * Types read: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K … Q6_K (ggml's dequantize_row_*).
+ * Types read: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K, and (gguf-iquants.ts) the
+ * i-quants IQ1_S … IQ4_XS, TQ1_0 / TQ2_0, MXFP4 and NVFP4 (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
 import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
+import { I_QUANT_TYPES, dequantizeIQuantBlock } from './gguf-iquants';
 
 const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
 
@@ -16,6 +18,7 @@ const TYPES: Record<number, [string, number, number]> = {
   0: ['F32', 1, 4], 1: ['F16', 1, 2], 2: ['Q4_0', 32, 18], 3: ['Q4_1', 32, 20], 6: ['Q5_0', 32, 22], 7: ['Q5_1', 32, 24],
   8: ['Q8_0', 32, 34], 10: ['Q2_K', 256, 84], 11: ['Q3_K', 256, 110], 12: ['Q4_K', 256, 144], 13: ['Q5_K', 256, 176],
   14: ['Q6_K', 256, 210], 30: ['BF16', 1, 2],
+  ...Object.fromEntries(I_QUANT_TYPES.map(([name, id, values, bytes]) => [id, [name, values, bytes]])),
 };
 
 export type GGUFValue = number | bigint | boolean | string | GGUFValue[];
@@ -312,7 +315,7 @@ export function dequantize(bytes: Uint8Array, type: string, count: number): Floa
         break;
       }
       default:
-        throw new Error(`dequantize: ggml type ${type} is not supported`);
+        dequantizeIQuantBlock(type, bytes, view, p, y);
     }
   }
   return out;

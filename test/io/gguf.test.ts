@@ -34,6 +34,28 @@ describe('GGUF', () => {
   });
 });
 
+describe('GGUF i-quants, ternary and FP4 types', () => {
+  it('dequantizes IQ1_S/M, IQ2_XXS/XS/S, IQ3_XXS/S, IQ4_NL/XS, TQ1_0/TQ2_0, MXFP4 and NVFP4 as gguf-py does (random blocks)', () => {
+    const expected = JSON.parse(fs.readFileSync(path.join(DIR, 'iquants.json'), 'utf8')) as { values: Record<string, number[]> };
+    expect(Object.keys(expected.values)).to.have.length(13);
+    const file = GGUFFile.open(path.join(DIR, 'iquants.gguf'));
+    try {
+      for (const [name, values] of Object.entries(expected.values)) {
+        expect(file.tensors.get(name)?.type, name).to.equal(name);
+        const { data } = file.read(name);
+        expect(data.length, name).to.equal(values.length);
+        let worst = 0;
+        data.forEach((v, i) => { worst = Math.max(worst, Math.abs(v - values[i]) / Math.max(1e-6, Math.abs(values[i]))); });
+        expect(worst, `${name}: largest relative difference`).to.be.lessThan(1e-5);
+        // Not a trivial pass: the blocks hold values of both signs and several magnitudes.
+        expect(new Set(values.map((v) => Math.sign(v))).size, name).to.be.at.least(2);
+      }
+    } finally {
+      file.close();
+    }
+  });
+});
+
 // A Nemotron GGUF as llama.cpp writes one (the tiny-gqa model, tensors in Q8_0, Q4_0/1, Q5_0/1, F16 and F32): what
 // transformers computes from it (from_pretrained(gguf_file=...)), and how its tokenizer encodes.
 const model = JSON.parse(fs.readFileSync(path.join(DIR, 'tiny-gqa-gguf.json'), 'utf8')) as {

@@ -844,6 +844,13 @@ export function selectStateRows(state: NemotronHState, rows: number[], dropLeft 
   return { layers, mask: rows.map((r) => state.mask[r].slice(dropLeft)) };
 }
 
+/** A state's copy that outlives it (its tensors kept, no data copied): what a rewind goes back to. */
+export function cloneState(state: NemotronHState): NemotronHState {
+  const layers = mapLayers(state, (layer) => ('conv' in layer
+    ? { conv: tf.clone(layer.conv), ssm: tf.clone(layer.ssm) } : { keys: tf.clone(layer.keys), values: tf.clone(layer.values) }));
+  return { layers, mask: state.mask.map((r) => r.slice()) };
+}
+
 /**
  * The rows of `a` then those of `b`, as a new state (the given ones stay as they are): the shorter one's attention
  * keys and values left-padded with zeros, masked (0) in its masks, so that every row keeps its own positions.

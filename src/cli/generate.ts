@@ -271,11 +271,10 @@ async function compileStructuredOutput(o: GenerateCliOptions, tokenizer: Nemotro
 /**
  * generate for a NemotronH checkpoint (Nemotron-H, Nemotron Nano 2), streamed: one row on a NemotronHBatcher with the
  * row decoding generate() applies (greedy or sampled, every logits processor, structured output), stop strings checked
- * here as chat checks them; beam search with the library's generate(); speculative decoding refused by name.
+ * here as chat checks them; beam search and speculative decoding (prompt lookup, an assistant model of either family)
+ * with the library's generate().
  */
 async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
-  const refused = [['--prompt-lookup', o.promptLookup !== undefined], ['--assistant-model', o.assistantModel !== undefined]].filter(([, on]) => on).map(([flag]) => flag);
-  if (refused.length) throw new Error(`${refused.join(', ')}: not supported for NemotronH checkpoints yet`);
   if (o.system !== undefined && !o.chat) throw new Error('--system needs --chat (a system message goes through the chat template)');
   const options = resolveDecoding(o, isGGUF(o.model) ? null : readGenerationConfig(checkModelDir(o.model, ['config.json', 'tokenizer.json'])));
   const { model, tokenizer, backend } = await loadNemotronH(o.model, o);
@@ -298,9 +297,6 @@ async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
       return;
     }
     const grammar = await compileStructuredOutput(o, tokenizer, model);
-    const constraint = grammar ? await grammar.constraint() : undefined;
-    // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
-    const decoding = rowDecoding(model as unknown as NemotronForCausalLM, promptIds, options, constraint);
     const decoder = tokenizer.createStreamDecoder({ skipSpecialTokens: o.skipSpecialTokens });
     let text = '';
     const emit = (piece: string) => { if (o.stream) process.stdout.write(piece); else text += piece; };
@@ -308,20 +304,36 @@ async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
     const start = performance.now();
     let [first, last, generated] = [start, start, 0];
     const sequence = promptIds.slice();
-    try {
-      await new NemotronHBatcher(model, { maxRows: 1 }).generate({
-        prompt: promptIds, decoding,
-        onToken: (token) => {
-          last = performance.now();
-          if (generated++ === 0) first = last;
-          sequence.push(token);
-          emit(decoder.push(token));
-          return !(stops.length && endsWithStopString(sequence, stops, decodeForStops));
-        },
-      });
-    } finally {
-      constraint?.dispose();
-      grammar?.dispose();
+    // Each new token printed as it comes; false once the row ends in a stop string.
+    const onToken = (token: number) => {
+      last = performance.now();
+      if (generated++ === 0) first = last;
+      sequence.push(token);
+      emit(decoder.push(token));
+      return !(stops.length && endsWithStopString(sequence, stops, decodeForStops));
+    };
+    if (o.promptLookup !== undefined || o.assistantModel !== undefined) {
+      // Speculative decoding (the library's generate(): greedy; structured output refused there by name).
+      const assistant = o.assistantModel !== undefined ? await loadAssistant(o.assistantModel) : undefined;
+      try {
+        await generate(model, [promptIds], {
+          ...options, stopStrings: stops, tokenizer, grammar: grammar ?? undefined, assistantModel: assistant, numAssistantTokens: o.assistantTokens,
+          promptLookupNumTokens: o.promptLookup, onToken: (tokens) => tokens.forEach(onToken),
+        });
+      } finally {
+        assistant?.dispose();
+        grammar?.dispose();
+      }
+    } else {
+      const constraint = grammar ? await grammar.constraint() : undefined;
+      // A NemotronH model has what rowDecoding reads (config's vocabulary, lengths and token ids, generationConfig).
+      const decoding = rowDecoding(model as unknown as NemotronForCausalLM, promptIds, options, constraint);
+      try {
+        await new NemotronHBatcher(model, { maxRows: 1 }).generate({ prompt: promptIds, decoding, onToken });
+      } finally {
+        constraint?.dispose();
+        grammar?.dispose();
+      }
     }
     emit(decoder.flush());
     process.stdout.write(o.stream ? '\n' : `${text}\n`);
@@ -331,6 +343,14 @@ async function runGenerateNemotronH(o: GenerateCliOptions): Promise<void> {
   } finally {
     model.dispose();
   }
+}
+
+/** --assistant-model: a checkpoint folder or GGUF file of either family, loaded on the backend already chosen. */
+async function loadAssistant(location: string): Promise<NemotronForCausalLM | NemotronHForCausalLM> {
+  if (!isGGUF(location)) checkModelDir(location, ['config.json']);
+  const assistant = modelType(location) === 'nemotron_h' ? await NemotronHForCausalLM.fromPretrained(location) : await NemotronForCausalLM.fromPretrained(location);
+  process.stderr.write(`assistant model ${location}: ${(assistant.numParameters() / 1e6).toFixed(1)} M parameters\n`);
+  return assistant;
 }
 
 export async function runGenerate(o: GenerateCliOptions): Promise<void> {
@@ -363,13 +383,11 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   });
   // Also for stop strings that come from generation_config.json.
   options.tokenizer = tokenizer;
-  let assistant: NemotronForCausalLM | undefined;
+  let assistant: NemotronForCausalLM | NemotronHForCausalLM | undefined;
   if (o.assistantModel !== undefined) {
     try {
-      checkModelDir(o.assistantModel, ['config.json']);
-      assistant = await NemotronForCausalLM.fromPretrained(o.assistantModel);
+      assistant = await loadAssistant(o.assistantModel);
       options.assistantModel = assistant;
-      process.stderr.write(`assistant model ${o.assistantModel}: ${(assistant.numParameters() / 1e6).toFixed(1)} M parameters\n`);
     } catch (e) {
       model.dispose();
       throw e;

@@ -83,10 +83,11 @@ export interface GenerateOptions {
   /** The longest n-gram prompt lookup matches (transformers' max_matching_ngram_size). Default 2. */
   maxMatchingNgramSize?: number;
   /**
-   * Assisted generation (transformers' assistant_model): a smaller model of the same vocabulary drafts tokens that
-   * one forward pass of this model checks. Greedy, one row; the output is unchanged.
+   * Assisted generation (transformers' assistant_model): a smaller model of the same vocabulary (Nemotron or
+   * NemotronH, either way round) drafts tokens that one forward pass of this model checks. Greedy, one row; the output
+   * is unchanged.
    */
-  assistantModel?: NemotronForCausalLM;
+  assistantModel?: NemotronForCausalLM | NemotronHForCausalLM;
   /** Tokens the assistant drafts per round (transformers' num_assistant_tokens). Default 20. */
   numAssistantTokens?: number;
   /** 'constant' (default) or 'heuristic' (+2 after a fully accepted round, −1 otherwise), as transformers. */
@@ -463,8 +464,7 @@ export async function generate(served: NemotronForCausalLM | NemotronHForCausalL
     });
   }
   if (options.assistantModel || (options.promptLookupNumTokens !== undefined && options.promptLookupNumTokens > 0)) {
-    if (served instanceof NemotronHForCausalLM) throw new Error('generate: assisted generation and prompt lookup decoding are not supported for NemotronH models yet');
-    return speculative(model, inputIds, options);
+    return speculative(served, inputIds, options);
   }
   if ((options.numReturnSequences ?? 1) !== 1 && !options.doSample) {
     throw new Error(`generate: numReturnSequences ${options.numReturnSequences} needs beam search (numBeams ≥ it): greedy decoding has one answer`);
@@ -488,7 +488,8 @@ export async function generate(served: NemotronForCausalLM | NemotronHForCausalL
 }
 
 /** generate() with promptLookupNumTokens or an assistantModel: checks what only this path supports, then runs it. */
-async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions): Promise<GenerateOutput> {
+async function speculative(served: NemotronForCausalLM | NemotronHForCausalLM, inputIds: IntMatrixLike, options: GenerateOptions): Promise<GenerateOutput> {
+  const model = served as NemotronForCausalLM;
   const how = options.assistantModel ? 'assisted generation' : 'prompt lookup decoding';
   check(!(options.assistantModel && options.promptLookupNumTokens), 'generate: give assistantModel or promptLookupNumTokens, not both');
   const unsupported: Array<[string, boolean]> = [
@@ -521,7 +522,7 @@ async function speculative(model: NemotronForCausalLM, inputIds: IntMatrixLike, 
     source = promptLookupSource(n, maxNgram);
   }
   const decodeForStops = stopStrings.length ? stopStringDecoder(options.tokenizer!) : null;
-  const sequence = await speculativeDecode(model, rows[0], source, {
+  const sequence = await speculativeDecode(served, rows[0], source, {
     maxNew, minNew, eos, onToken: options.onToken, processors,
     stops: decodeForStops ? (row) => endsWithStopString(row, stopStrings, decodeForStops) : undefined,
   });

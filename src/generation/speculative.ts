@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
+import { NemotronHForCausalLM, type NemotronHState, cloneState, disposeState, stateLength } from '../../models/nemotron_h/model';
 import { argmax, processScores, ProcessorOptions } from './processors';
 
 /**
@@ -57,34 +58,111 @@ export interface DraftModelOptions {
 }
 
 /**
- * Assisted generation (transformers' assistant_model, AssistedCandidateGenerator): a smaller model of the same
- * vocabulary drafts tokens greedily, with its own KV cache, cropped to what the main model accepted each round.
+ * One row run through a model a piece at a time, what speculative decoding needs of it: feed tokens after those it
+ * holds and read the last positions' logits, and go back to fewer tokens. A Nemotron model's KV cache is cropped; a
+ * NemotronH model's recurrent state cannot be, so it is marked (its tensors kept, which copies nothing) and a rewind
+ * restores the mark and feeds the tokens from there to the kept length again.
  */
-export function draftModelSource(draft: NemotronForCausalLM, options: DraftModelOptions = {}): CandidateSource {
+export interface SequenceRunner {
+  readonly vocabSize: number;
+  /** Tokens the runner holds. */
+  readonly length: number;
+  /** Feeds `tokens` after those it holds; the logits of the last `keep` positions, flat ([keep × vocab]). */
+  feed(tokens: number[], keep: number): Promise<Float32Array>;
+  /** Remembers this point: a rewind may go back to it, or anywhere after it. */
+  mark(): void;
+  /** Keeps the first `length` tokens only (of `sequence`, the row it was fed: a rewind may feed some again). */
+  rewind(length: number, sequence: readonly number[]): Promise<void>;
+  dispose(): void;
+}
+
+/** A runner over a Nemotron model's KV cache (positions count from the first token it holds). */
+function nemotronRunner(model: NemotronForCausalLM): SequenceRunner {
+  const cache = new KVCache(model.config.numHiddenLayers);
+  return {
+    vocabSize: model.config.vocabSize,
+    get length() { return cache.length; },
+    async feed(tokens, keep) {
+      const held = cache.length;
+      const out = model.forward({
+        inputIds: [tokens], positionIds: [tokens.map((_, i) => held + i)], attentionMask: [new Array<number>(held + tokens.length).fill(1)],
+        pastKeyValues: cache, useCache: true, logitsToKeep: keep,
+      });
+      const logits = await out.logits.data() as Float32Array;
+      out.logits.dispose();
+      return logits;
+    },
+    mark() {},
+    async rewind(length) { cropCache(cache, length); },
+    dispose: () => cache.dispose(),
+  };
+}
+
+/** A runner over a NemotronH model's state (one token: its decoding step; more: a pass continuing the state). */
+function nemotronHRunner(model: NemotronHForCausalLM): SequenceRunner {
+  let state: Partial<NemotronHState> = {};
+  let marked: NemotronHState | null = null;
+  const held = () => (state.layers?.length ? stateLength(state as NemotronHState) : 0);
+  const runner: SequenceRunner = {
+    vocabSize: model.config.vocabSize,
+    get length() { return held(); },
+    async feed(tokens, keep) {
+      const logits = held() > 0 && tokens.length === 1 && keep === 1
+        ? model.step(tokens, state as NemotronHState)
+        : model.forward({ inputIds: [tokens], logitsToKeep: keep }, state).logits;
+      const values = await logits.data() as Float32Array;
+      logits.dispose();
+      return values;
+    },
+    mark() {
+      if (marked) disposeState(marked);
+      marked = held() > 0 ? cloneState(state as NemotronHState) : null;
+    },
+    async rewind(length, sequence) {
+      if (length === held()) return;
+      const from = marked ? stateLength(marked) : 0;
+      if (length < from || length > held()) throw new Error(`SequenceRunner: cannot go back to ${length} tokens (it holds ${held()}, marked at ${from})`);
+      disposeState(state);
+      state = marked ? cloneState(marked) : {};
+      if (length > from) await runner.feed(sequence.slice(from, length), 1);
+    },
+    dispose() {
+      disposeState(state);
+      if (marked) disposeState(marked);
+    },
+  };
+  return runner;
+}
+
+/** The runner of a model of either family. */
+export function sequenceRunner(model: NemotronForCausalLM | NemotronHForCausalLM): SequenceRunner {
+  return model instanceof NemotronHForCausalLM ? nemotronHRunner(model) : nemotronRunner(model);
+}
+
+/**
+ * Assisted generation (transformers' assistant_model, AssistedCandidateGenerator): a smaller model of the same
+ * vocabulary (either family) drafts tokens greedily over what it keeps, gone back each round to what the main model
+ * accepted.
+ */
+export function draftModelSource(draft: NemotronForCausalLM | NemotronHForCausalLM, options: DraftModelOptions = {}): CandidateSource {
   let numTokens = options.numTokens ?? 20;
   const threshold = options.confidenceThreshold ?? 0.4;
-  const cache = new KVCache(draft.config.numHiddenLayers);
-  // The tokens whose keys and values the draft's cache holds.
-  let cachedTokens: number[] = [];
-  const vocab = draft.config.vocabSize;
+  const runner = sequenceRunner(draft);
+  // The tokens the draft was fed (its proposals included).
+  let fedTokens: number[] = [];
   return {
     async propose(sequence, limit) {
-      // Keep the cache for the longest prefix the draft saw and the main model kept; feed the rest.
+      // Keep what the draft holds of the longest prefix it saw and the main model kept (one token at least to feed).
       let common = 0;
-      while (common < cachedTokens.length && common < sequence.length - 1 && cachedTokens[common] === sequence[common]) common++;
-      cropCache(cache, common);
-      cachedTokens = cachedTokens.slice(0, common);
+      while (common < fedTokens.length && common < sequence.length - 1 && fedTokens[common] === sequence[common]) common++;
+      await runner.rewind(Math.min(common, runner.length), fedTokens);
+      fedTokens = fedTokens.slice(0, runner.length);
+      runner.mark();
       const row = sequence.slice();
       const proposal: number[] = [];
       while (proposal.length < Math.min(numTokens, limit)) {
-        const fed = row.slice(cachedTokens.length);
-        const out = draft.forward({
-          inputIds: [fed], positionIds: [fed.map((_, i) => cachedTokens.length + i)], attentionMask: [new Array<number>(row.length).fill(1)],
-          pastKeyValues: cache, useCache: true, logitsToKeep: 1,
-        });
-        const scores = (await out.logits.data() as Float32Array).slice(0, vocab);
-        out.logits.dispose();
-        cachedTokens = row.slice();
+        const scores = (await runner.feed(row.slice(runner.length), 1)).slice(0, runner.vocabSize);
+        fedTokens = row.slice();
         processScores(scores, row, options.processors ?? {});
         const token = argmax(scores);
         proposal.push(token);
@@ -96,7 +174,7 @@ export function draftModelSource(draft: NemotronForCausalLM, options: DraftModel
     accepted(matches, proposed) {
       if (options.schedule === 'heuristic') numTokens = matches === proposed ? numTokens + 2 : Math.max(1, numTokens - 1);
     },
-    dispose: () => cache.dispose(),
+    dispose: () => runner.dispose(),
   };
 }
 
@@ -122,25 +200,19 @@ export interface SpeculativeSettings {
 /**
  * Greedy decoding of one row where each forward pass of the model checks a run of candidate tokens (prompt lookup,
  * or a draft model's): the longest run the model itself would have chosen is accepted, plus its own next token, so
- * the output is plain greedy decoding's. Returns the row, prompt included. Frees its cache (and the source's).
+ * the output is plain greedy decoding's. Returns the row, prompt included. Frees what it kept (and the source's).
  */
-export async function speculativeDecode(model: NemotronForCausalLM, prompt: number[], source: CandidateSource, s: SpeculativeSettings): Promise<number[]> {
+export async function speculativeDecode(model: NemotronForCausalLM | NemotronHForCausalLM, prompt: number[], source: CandidateSource, s: SpeculativeSettings): Promise<number[]> {
   const sequence = prompt.slice();
-  const cache = new KVCache(model.config.numHiddenLayers);
-  const vocab = model.config.vocabSize;
+  const runner = sequenceRunner(model);
+  const vocab = runner.vocabSize;
   let generated = 0;
   try {
     while (generated < s.maxNew) {
-      // The cache holds every token but the last; the pass feeds the last one and the candidates.
+      // The runner holds every token but the last; the pass feeds the last one and the candidates.
       const candidates = await source.propose(sequence, s.maxNew - generated - 1);
-      const cached = cache.length;
-      const fed = [...sequence.slice(cached), ...candidates];
-      const out = model.forward({
-        inputIds: [fed], positionIds: [fed.map((_, i) => cached + i)], attentionMask: [new Array<number>(cached + fed.length).fill(1)],
-        pastKeyValues: cache, useCache: true, logitsToKeep: candidates.length + 1,
-      });
-      const logits = await out.logits.data() as Float32Array;
-      out.logits.dispose();
+      runner.mark();
+      const logits = await runner.feed([...sequence.slice(runner.length), ...candidates], candidates.length + 1);
       let finished = false;
       let matches = 0;
       for (let j = 0; j <= candidates.length && !finished; j++) {
@@ -156,10 +228,11 @@ export async function speculativeDecode(model: NemotronForCausalLM, prompt: numb
       }
       source.accepted?.(matches, candidates.length);
       if (finished) break;
-      cropCache(cache, sequence.length - 1);
+      // Back to every token but the last (the candidates the model did not choose dropped).
+      await runner.rewind(sequence.length - 1, sequence);
     }
   } finally {
-    cache.dispose();
+    runner.dispose();
     source.dispose?.();
   }
   return sequence;

@@ -277,8 +277,10 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     beamModel.dispose();
     expect(beams.stdout).to.equal(`${tokenizer.decode(expectedBeams.sequences[0], { skipSpecialTokens: true })}\n`);
     expect(beams.stderr).to.match(/beam search \(3 beams\): \d+ tokens? in [\d.]+ s · backend cpu \(NemotronH\)/);
-    const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--prompt-lookup', '2'], { encoding: 'utf8' });
-    expect(refused.stderr).to.match(/--prompt-lookup: not supported for NemotronH checkpoints yet/);
+    // Prompt lookup: greedy's text (speculative decoding is greedy only: with --json it is refused by name).
+    expect(run('-n', '8', '--greedy', '--prompt-lookup', '2').stdout).to.equal(`${tokenizer.decode(expected, { skipSpecialTokens: true })}\n`);
+    const refused = spawnSync(process.execPath, [CLI, 'generate', '--model', dir, '--prompt', 'x', '--prompt-lookup', '2', '--json', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(refused.stderr).to.match(/prompt lookup decoding is greedy only; not with grammar/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -511,8 +513,9 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
           expect((await generate(model, prompt, { maxNewTokens: 8, eosTokenId: null })).sequences).to.deep.equal(model.generate(prompt, { maxNewTokens: 8, eosTokenId: null }));
           const sampling = { maxNewTokens: 8, eosTokenId: null, doSample: true, temperature: 1.3, seed: 11 };
           expect((await generate(model, prompt, sampling)).sequences).to.deep.equal(model.generate(prompt, sampling));
-          const refused = await generate(model, prompt, { maxNewTokens: 2, promptLookupNumTokens: 2 }).then(() => '', (e: Error) => e.message);
-          expect(refused).to.match(/prompt lookup decoding are not supported for NemotronH models yet/);
+          // Prompt lookup: greedy's tokens (test/generation/nemotron-h-speculative.test.ts checks it at length).
+          expect((await generate(model, prompt.slice(0, 1), { maxNewTokens: 4, eosTokenId: null, promptLookupNumTokens: 2 })).sequences)
+            .to.deep.equal(model.generate(prompt.slice(0, 1), { maxNewTokens: 4, eosTokenId: null }));
           expect(tf.memory().numTensors).to.equal(before);
         }
         model.dispose();

@@ -47,6 +47,14 @@ export class NemotronHForCausalLM {
   readonly weights = new Map<string, tf.Variable>();
   /** generation_config.json of the checkpoint (what generate() and the server take defaults from), or null. */
   generationConfig: Record<string, unknown> | null = null;
+  /**
+   * Where a mixture-of-experts layer chooses its experts: 'auto' (on the device where the backend cannot read tensors
+   * synchronously — WebGPU —, else on the host), 'host', or on the device by 'device-gather' / 'device-dense'
+   * (see moeOnDevice; 'device' picks by moeGatherLimitBytes).
+   */
+  moeRouting: 'auto' | 'host' | 'device' | 'device-gather' | 'device-dense' = 'auto';
+  /** On the device, the gathered experts' matrices above which every expert runs on every token instead. */
+  moeGatherLimitBytes = 256 * 2 ** 20;
   /** LoRA adapters by module name (`model.layers.0.mixer.in_proj`), while a NemotronHLoraModel is attached. */
   readonly adapters = new Map<string, { A: tf.Variable; B: tf.Variable; scaling: number }>();
 
@@ -407,6 +415,8 @@ export class NemotronHForCausalLM {
     const flat = x.reshape([batch * time, c.hiddenSize]);
     const tokens = batch * time;
     const scores = tf.sigmoid(tf.matMul(flat, this.w(`${p}.mixer.gate.weight`), false, true));
+    const routing = this.moeRouting === 'auto' ? (ASYNC_ONLY_BACKENDS.includes(tf.getBackend()) ? 'device' : 'host') : this.moeRouting;
+    if (routing !== 'host') return tf.add(this.moeOnDevice(flat, scores, p, routing).reshape([batch, time, c.hiddenSize]), this.mlp(x, p, 'mixer.shared_experts'));
     // The choice is made on the host (it is not differentiable); the weights stay tensors (their gradient reaches the router).
     requireSyncReads('a mixture-of-experts layer (its router\'s choice)');
     const choice = tf.add(scores, this.w(`${p}.mixer.gate.e_score_correction_bias`)).arraySync() as number[][];
@@ -437,6 +447,49 @@ export class NemotronHForCausalLM {
     let routedOut: tf.Tensor = tf.unsortedSegmentSum(tf.concat(parts, 0), tf.tensor1d(rows, 'int32'), tokens);
     if (c.moeLatentSize !== null) routedOut = this.linear(routedOut, `${p}.mixer.fc2_latent_proj`);
     return tf.add(routedOut.reshape([batch, time, c.hiddenSize]), this.mlp(x, p, 'mixer.shared_experts'));
+  }
+
+  /**
+   * The routed experts with the choice made on the device (where the host cannot read tensors synchronously: WebGPU):
+   * the same groups and experts by top-k ops. 'gather' takes each token's chosen experts' matrices ([tokens ×
+   * experts a token] of them: decoding, short prompts); 'dense' runs every expert on every token and weighs the
+   * unchosen ones by zero (long prompts, where gathering would not fit). 'device' picks by the gathered size.
+   */
+  private moeOnDevice(flat: tf.Tensor, scores: tf.Tensor, p: string, routing: 'device' | 'device-gather' | 'device-dense'): tf.Tensor {
+    const c = this.config;
+    const tokens = flat.shape[0];
+    const experts = c.nRoutedExperts;
+    const k = c.numExpertsPerTok;
+    // [tokens, k + experts]: each token's experts (their indices as floats), then the 0/1 mask over the experts.
+    const route = routeOnDevice(c, scores, this.w(`${p}.mixer.gate.e_score_correction_bias`));
+    const chosen = tf.cast(route.slice([0, 0], [tokens, k]), 'int32');
+    const mask = route.slice([0, k], [tokens, experts]);
+    let weights = tf.mul(scores, mask);
+    if (c.normTopkProb) weights = tf.div(weights, tf.add(tf.sum(weights, -1, true), 1e-20));
+    weights = tf.mul(weights, c.routedScalingFactor);
+    const latent = c.moeLatentSize === null ? flat : this.linear(flat, `${p}.mixer.fc1_latent_proj`);
+    const width = c.moeLatentSize ?? c.hiddenSize;
+    const up = this.w(`${p}.mixer.experts.up_proj`);
+    const down = this.w(`${p}.mixer.experts.down_proj`);
+    const gatheredBytes = tokens * k * 2 * c.moeIntermediateSize * width * 4;
+    let routed: tf.Tensor;
+    if (routing === 'device-gather' || (routing === 'device' && gatheredBytes <= this.moeGatherLimitBytes)) {
+      // Row t·k + j: token t through its j-th expert, with that expert's matrices.
+      const index = route.slice([0, 0], [tokens, k]).reshape([tokens * k]);
+      const rows = tf.tile(latent, [1, k]).reshape([tokens * k, 1, width]);
+      const h = tf.square(tf.relu(tf.matMul(rows, gatherExperts(up, index), false, true)));
+      const out = tf.matMul(h, gatherExperts(down, index), false, true).reshape([tokens, k, width]);
+      const slotWeights = tf.sum(tf.mul(tf.oneHot(chosen, experts), weights.reshape([tokens, 1, experts])), -1, true);
+      routed = tf.sum(tf.mul(out, slotWeights), 1);
+    } else {
+      routed = tf.zeros([tokens, width]);
+      for (let e = 0; e < experts; e++) {
+        const h = tf.square(tf.relu(tf.matMul(latent, tf.gather(up, e).reshape([c.moeIntermediateSize, width]), false, true)));
+        const out = tf.matMul(h, tf.gather(down, e).reshape([width, c.moeIntermediateSize]), false, true);
+        routed = tf.add(routed, tf.mul(out, weights.slice([0, e], [tokens, 1])));
+      }
+    }
+    return c.moeLatentSize !== null ? this.linear(routed, `${p}.mixer.fc2_latent_proj`) : routed;
   }
 
   /** Splits in_proj's output into the gate, the convolution's input and Δt. */
@@ -803,6 +856,44 @@ function requireSyncReads(what: string, instead?: string): void {
   const backend = tf.getBackend();
   if (!ASYNC_ONLY_BACKENDS.includes(backend)) return;
   throw new Error(`NemotronH: ${what} reads tensors synchronously, which the ${backend} backend cannot in Node${instead ? `; ${instead}` : ' (not supported there yet)'}`);
+}
+
+/**
+ * The router's choice on the device: sigmoid scores plus the correction bias, the topk_group best groups (a group
+ * scored by its two best experts), then the best num_experts_per_tok experts among them — as [tokens, k + experts]:
+ * the chosen indices (as floats), then the 0/1 mask. One op to the gradient, whose gradient is zero: the choice is not
+ * differentiable (top-k has no gradient; the scores' reaches the router through the weights instead).
+ */
+function routeOnDevice(c: NemotronHConfig, scores: tf.Tensor, bias: tf.Tensor): tf.Tensor {
+  // customGrad hands its function the inputs, then a save callback (unused: the gradient reads nothing).
+  const route = tf.customGrad(((...args: unknown[]) => {
+    const [s, b] = args as [tf.Tensor, tf.Tensor];
+    const tokens = s.shape[0];
+    const experts = c.nRoutedExperts;
+    let choice = tf.add(s, b);
+    if (c.topkGroup < c.nGroup) {
+      const perGroup = experts / c.nGroup;
+      const groupScores = tf.sum(tf.topk(choice.reshape([tokens, c.nGroup, perGroup]), Math.min(2, perGroup)).values, -1);
+      const kept = tf.sum(tf.oneHot(tf.topk(groupScores, c.topkGroup).indices, c.nGroup), 1);
+      const keptExperts = tf.tile(kept.reshape([tokens, c.nGroup, 1]), [1, 1, perGroup]).reshape([tokens, experts]);
+      choice = tf.where(tf.greater(keptExperts, 0), choice, tf.fill([tokens, experts], -Infinity));
+    }
+    const chosen = tf.topk(choice, c.numExpertsPerTok).indices;
+    const mask = tf.sum(tf.oneHot(chosen, experts), 1);
+    return { value: tf.concat([tf.cast(chosen, 'float32'), mask], 1), gradFunc: () => [tf.zerosLike(s), tf.zerosLike(b)] };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return route(scores, bias);
+}
+
+/** Rows `index` (indices as floats) of the stacked experts' matrices, their gradient summed back per expert. */
+function gatherExperts(table: tf.Tensor, index: tf.Tensor): tf.Tensor {
+  const gather = tf.customGrad(((...args: unknown[]) => {
+    const [t, i] = args as [tf.Tensor, tf.Tensor1D];
+    (args[args.length - 1] as (ts: tf.Tensor[]) => void)([i]);
+    const gradFunc = (dy: tf.Tensor, [saved]: tf.Tensor[]) => [tf.unsortedSegmentSum(dy, tf.cast(saved, 'int32') as tf.Tensor1D, t.shape[0]), tf.zerosLike(saved)];
+    return { value: tf.gather(t, tf.cast(i, 'int32')), gradFunc };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return gather(table, index);
 }
 
 /** Frees the tensors a pass left (the state object stays usable for the next one). */

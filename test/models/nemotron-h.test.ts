@@ -386,7 +386,7 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     });
 
     for (const variant of ['moe', 'moe-latent']) {
-      it(`mixture-of-experts layers (${variant}): logits, gradients of the router, experts and shared expert, and greedy generation equal transformers'`, async () => {
+      it(`mixture-of-experts layers (${variant}): logits, gradients of the router, experts and shared expert, and greedy generation equal transformers' (routing on the host and on the device)`, async () => {
         const ref = reference.moe[variant];
         const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, variant));
         const before = tf.memory().numTensors;
@@ -396,6 +396,14 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
         await expectGradients(model, ref.gradients);
         model.gradientCheckpointingDisable();
         expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(ref.greedy);
+        // The choice made on the device (as WebGPU makes it): each token's experts gathered, or every expert run.
+        for (const routing of ['device-gather', 'device-dense'] as const) {
+          model.moeRouting = routing;
+          await expectLogits(model, ref.logits);
+          await expectGradients(model, ref.gradients);
+          expect(model.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0], routing).to.deep.equal(ref.greedy);
+        }
+        model.moeRouting = 'auto';
         expect(tf.memory().numTensors).to.equal(before);
         model.dispose();
       });

@@ -577,7 +577,7 @@ describe('webgpu backend: parity with transformers', function () {
     model.dispose();
   });
 
-  it('NemotronH (Mamba-2, attention, MLP): logits, loss and gradients, greedy generation and beam search as transformers; what reads synchronously refused by name', async () => {
+  it('NemotronH (Mamba-2, attention, MLP, experts): logits, loss and gradients, greedy generation and beam search as transformers; what reads synchronously refused by name', async () => {
     const dir = path.resolve(FIXTURES, '../nemotron-h');
     const before = tf.memory().numTensors;
     const r = await nemotronHParity(dir);
@@ -587,9 +587,27 @@ describe('webgpu backend: parity with transformers', function () {
     const model = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'model'));
     expect(() => model.generate([[5, 17]], { maxNewTokens: 2 })).to.throw(/reads tensors synchronously, which the webgpu backend cannot in Node; the library's async generate/);
     model.dispose();
-    const moe = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'moe'));
-    expect(() => moe.forward({ inputIds: [[5, 17]] })).to.throw(/a mixture-of-experts layer \(its router's choice\) reads tensors synchronously/);
-    moe.dispose();
+    // Mixture-of-experts layers choose their experts on the device here (top-k ops, no read): transformers' logits at
+    // every real position, by the gathered experts and by every expert weighed, and its greedy tokens.
+    const expected = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as {
+      prompt: number[][]; attention_mask: number[][]; moe: Record<string, { logits: number[][][]; greedy: number[] }>;
+    };
+    for (const variant of ['moe', 'moe-latent']) {
+      const moe = await NemotronHForCausalLM.fromPretrained(path.join(dir, variant));
+      for (const routing of ['device-gather', 'device-dense'] as const) {
+        moe.moeRouting = routing;
+        const logits = tf.tidy(() => moe.forward({ inputIds: expected.prompt, attentionMask: expected.attention_mask }).logits.arraySync());
+        let worst = 0;
+        expected.attention_mask.forEach((row, b) => row.forEach((on, t) => {
+          if (on) expected.moe[variant].logits[b][t].forEach((v, j) => { worst = Math.max(worst, Math.abs(v - logits[b][t][j])); });
+        }));
+        expect(worst, `${variant}, ${routing}`).to.be.at.most(1e-4);
+      }
+      moe.moeRouting = 'auto';
+      expect((await generate(moe, [expected.prompt[0]], { maxNewTokens: 12, eosTokenId: null })).sequences[0], variant).to.deep.equal(expected.moe[variant].greedy);
+      moe.dispose();
+    }
+    expect(tf.memory().numTensors).to.equal(before);
   });
 
   it('NemotronH\'s decoding step: the Mamba-2 kernel, the RMS norm, the fused MLP and products give the plain ops\' logits and state, in far fewer programs', async () => {

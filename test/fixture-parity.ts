@@ -169,10 +169,14 @@ export async function loraParity(hfDir: string, loraDir: string): Promise<Record
  * model/): logits of the left-padded batch (1e-4), the loss (1e-5), gradients (1e-4), greedy generation and a beam
  * search (the library's async generate(): no synchronous reads, so it runs on WebGPU too).
  */
-export async function nemotronHParity(dir: string): Promise<{ pass: boolean; logits: number; loss: number; gradients: number; greedy: boolean; beams: boolean }> {
+export async function nemotronHParity(dir: string): Promise<{
+  pass: boolean; logits: number; loss: number; gradients: number; greedy: boolean; beams: boolean; experts: { logits: number; gradients: number; greedy: boolean };
+}> {
   const reference = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as {
     prompt: number[][]; attention_mask: number[][]; logits: number[][][]; loss: number; greedy: number[]; gradients: Record<string, number[]>;
+    moe: Record<string, { logits: number[][][]; greedy: number[]; gradients: Record<string, number[]> }>;
   };
+  const experts = await nemotronHExpertsParity(dir, reference);
   const model = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'model'));
   try {
     const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
@@ -199,8 +203,43 @@ export async function nemotronHParity(dir: string): Promise<{ pass: boolean; log
     const beam = (JSON.parse(fs.readFileSync(path.join(dir, 'beams.json'), 'utf8')) as { cases: Array<{ sequences: number[][] }> }).cases[0];
     const searched = await generate(model, reference.prompt.slice(0, 1), { numBeams: 3, maxNewTokens: 8, numReturnSequences: 2, eosTokenId: null, padTokenId: 0 });
     const beams = JSON.stringify(searched.sequences) === JSON.stringify(beam.sequences);
-    return { pass: worstLogit <= 1e-4 && loss <= 1e-5 && worstGradient <= 1e-4 && greedy && beams, logits: worstLogit, loss, gradients: worstGradient, greedy, beams };
+    const expertsPass = experts.logits <= 1e-4 && experts.gradients <= 1e-4 && experts.greedy;
+    return { pass: worstLogit <= 1e-4 && loss <= 1e-5 && worstGradient <= 1e-4 && greedy && beams && expertsPass, logits: worstLogit, loss, gradients: worstGradient, greedy, beams, experts };
   } finally {
     model.dispose();
   }
+}
+
+/** The mixture-of-experts fixtures (moe, moe-latent; the router's choice as the backend makes it): the worst of each check. */
+async function nemotronHExpertsParity(dir: string, reference: { prompt: number[][]; attention_mask: number[][];
+  moe: Record<string, { logits: number[][][]; greedy: number[]; gradients: Record<string, number[]> }> }): Promise<{ logits: number; gradients: number; greedy: boolean }> {
+  const result = { logits: 0, gradients: 0, greedy: true };
+  for (const [variant, expected] of Object.entries(reference.moe)) {
+    const model = await NemotronHForCausalLM.fromPretrained(path.join(dir, variant));
+    try {
+      const { logits } = model.forward({ inputIds: reference.prompt, attentionMask: reference.attention_mask });
+      const ours = await logits.array() as number[][][];
+      logits.dispose();
+      reference.attention_mask.forEach((row, b) => row.forEach((m, t) => {
+        if (m) ours[b][t].forEach((v, i) => { result.logits = Math.max(result.logits, Math.abs(v - expected.logits[b][t][i])); });
+      }));
+      const names = Object.keys(expected.gradients);
+      const { value, grads } = tf.variableGrads(() => {
+        const out = model.forward({ inputIds: reference.prompt.slice(0, 1), labels: reference.prompt.slice(0, 1) });
+        out.logits.dispose();
+        return out.loss!;
+      }, names.map((n) => model.weights.get(n)!));
+      value.dispose();
+      for (const name of names) {
+        const g = Array.from(await grads[model.weights.get(name)!.name].data()).slice(0, 16);
+        g.forEach((v, i) => { result.gradients = Math.max(result.gradients, Math.abs(v - expected.gradients[name][i])); });
+      }
+      tf.dispose(Object.values(grads));
+      const greedy = (await generate(model, reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })).sequences[0];
+      result.greedy &&= JSON.stringify(greedy) === JSON.stringify(expected.greedy);
+    } finally {
+      model.dispose();
+    }
+  }
+  return result;
 }

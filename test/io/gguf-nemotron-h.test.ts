@@ -141,6 +141,30 @@ describe('NemotronH GGUF', () => {
     expect(info.stdout).to.match(/pattern: ME\*E/).and.to.match(/moe_layers: 2/).and.to.match(/gguf_types: F16 F32 Q8_0/);
   });
 
+  it('evaluate and finetune take a NemotronH GGUF: the F32 file\'s loss is its checkpoint\'s; the trained folder loads with its tokenizer', async () => {
+    const dir = tmpDir('gguf-h-cli');
+    const data = path.join(dir, 'data.jsonl');
+    fs.writeFileSync(data, reference.texts.slice(0, 4).map((text) => JSON.stringify({ text })).join('\n'));
+    const loss = (model: string) => {
+      const r = spawnSync(process.execPath, [CLI, 'evaluate', '--model', model, '--data', data, '--backend', 'cpu'], { encoding: 'utf8' });
+      expect(r.status, r.stderr).to.equal(0);
+      return Number(/loss ([\d.]+)/.exec(r.stdout)?.[1]);
+    };
+    const fromGGUF = loss(path.join(DIR, 'hybrid-f32.gguf'));
+    expect(fromGGUF).to.be.greaterThan(0);
+    expect(Math.abs(fromGGUF - loss(path.join(DIR, 'hybrid'))), 'loss, GGUF vs folder').to.be.at.most(1e-4);
+    const output = path.join(dir, 'trained');
+    const train = spawnSync(process.execPath, [CLI, 'finetune', '--task', 'causal-lm', '--model', path.join(DIR, 'moe-q8_0.gguf'), '--train', data, '--output', output,
+      '--max-steps', '2', '--batch-size', '2', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(train.status, train.stderr).to.equal(0);
+    expect(train.stdout).to.match(/trained 2 steps: loss [\d.]+ → [\d.]+/);
+    const trained = await NemotronHForCausalLM.fromPretrained(output);
+    expect(trained.config.layerTypes).to.deep.equal(['mamba', 'moe', 'attention', 'moe']);
+    trained.dispose();
+    const tokenizer = await NemotronTokenizer.fromPretrained(output);
+    expect(tokenizer.encode(reference.texts[1])).to.deep.equal(reference.encoded[1]);
+  });
+
   it('the CLI generates from a NemotronH GGUF as transformers does from its checkpoint (greedy)', async () => {
     const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, 'hybrid-f32.gguf'));
     const prompt = 'The quick brown fox jumps over the lazy dog.';

@@ -11,6 +11,8 @@
  * - the attention q/k rows permuted within each head (Llama's undo_permute, which the converter's GraniteHybridModel
  *   base turns on; attention here has no rotary embedding, so the scores do not change, but the weights do).
  *
+ * - trailing multi-token prediction blocks (`nextn_predict_layers`, Nemotron 3's MTP head) are passed over.
+ *
  * What the format does not keep takes transformers' defaults: chunk_size, time_step_min / limit; a
  * `expert_group_used_count` absent means every group may be used (topk_group = n_group).
  */
@@ -79,6 +81,8 @@ export class NemotronHGGUF {
   readonly architecture: string;
   private readonly byHfName = new Map<string, GGUFTensorInfo>();
   private configCache: Record<string, unknown> | null = null;
+  /** Trailing multi-token prediction blocks the file holds (left out of the model). */
+  readonly mtpBlocks: number = 0;
 
   private constructor(readonly path: string) {
     this.file = GGUFFile.open(path);
@@ -87,7 +91,14 @@ export class NemotronHGGUF {
       if (this.architecture !== 'nemotron_h' && this.architecture !== 'nemotron_h_moe') {
         throw new Error(`${path}: general.architecture is ${JSON.stringify(this.file.get('general.architecture'))}, expected "nemotron_h" or "nemotron_h_moe" (a NemotronH GGUF)`);
       }
+      // Multi-token prediction blocks (Nemotron 3's MTP head, `nextn_predict_layers` of them) come last; transformers'
+      // causal LM has no place for them, so they are passed over (llama.cpp uses them for speculative drafts).
+      const blocks = Number(this.file.get(`${this.architecture}.block_count`));
+      const nextn = Number(this.file.get(`${this.architecture}.nextn_predict_layers`) ?? 0);
+      this.mtpBlocks = nextn;
       for (const info of this.file.tensors.values()) {
+        const block = /^blk\.(\d+)\./.exec(info.name);
+        if (nextn > 0 && block && Number(block[1]) >= blocks - nextn) continue;
         const hf = hfNameOfNemotronHGGUF(info.name);
         if (hf === null) throw new Error(`${path}: tensor ${info.name} is not one of a NemotronH model's (llama.cpp names: token_embd, blk.N.ssm_in, blk.N.attn_q, …)`);
         this.byHfName.set(hf, info);
@@ -115,7 +126,7 @@ export class NemotronHGGUF {
       if (fallback !== undefined) return fallback;
       throw new Error(`${this.path}: the GGUF metadata has no ${this.architecture}.${key}`);
     };
-    const layers = num('block_count');
+    const layers = num('block_count') - this.mtpBlocks;
     const has = (name: string) => this.byHfName.has(name);
     const layerTypes = Array.from({ length: layers }, (_, i): 'mamba' | 'attention' | 'moe' | 'mlp' => {
       const p = `model.layers.${i}.mixer`;

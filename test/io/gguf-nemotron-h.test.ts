@@ -79,6 +79,36 @@ describe('NemotronH GGUF', () => {
     expect(await failure(NemotronHForCausalLM.fromPretrained(path.join(dir, 'stray.gguf')))).to.match(/holds tensors this configuration has no place for: model\.layers\.9\.mixer\.in_proj\.weight/);
   });
 
+  it('passes over trailing multi-token prediction blocks (nextn_predict_layers, as llama.cpp writes Nemotron 3\'s MTP head)', async () => {
+    const source = GGUFFile.open(path.join(DIR, 'moe-f32.gguf'));
+    type Meta = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['i32s', number[]];
+    const meta = (withNextn: boolean) => [...source.metadata].map(([key, value]): [string, Meta] => {
+      if (key === 'nemotron_h_moe.block_count') return [key, ['u32', 5]];
+      if (Array.isArray(value) && typeof value[0] === 'number' && key.startsWith('nemotron_h_moe.')) return [key, ['i32s', [...value as number[], Math.max(...value as number[])]]];
+      if (typeof value === 'string') return [key, ['str', value]];
+      if (typeof value === 'boolean') return [key, ['bool', value]];
+      if (Array.isArray(value)) return [key, typeof value[0] === 'string' ? ['strs', value as string[]] : ['i32s', value as number[]]];
+      return [key, Number.isInteger(value) ? ['u32', value as number] : ['f32', value as number]];
+    }).concat(withNextn ? [['nemotron_h_moe.nextn_predict_layers', ['u32', 1]]] : []);
+    const tensors = [...source.tensors.values()].map((t) => ({ name: t.name, shape: t.shape, data: source.read(t.name).data, type: 'F32' as const }));
+    // The MTP block: an attention layer's and an experts layer's tensors again, and its own input projection.
+    const mtp = tensors.filter((t) => t.name.startsWith('blk.2.') || t.name.startsWith('blk.3.')).map((t) => ({ ...t, name: t.name.replace(/^blk\.\d+\./, 'blk.4.') }))
+      .filter((t, i, all) => all.findIndex((u) => u.name === t.name) === i);
+    mtp.push({ name: 'blk.4.nextn.eh_proj.weight', shape: [32, 64], data: new Float32Array(32 * 64), type: 'F32' });
+    source.close();
+    const dir = tmpDir('gguf-h-mtp');
+    writeGGUF(path.join(dir, 'mtp.gguf'), meta(true), [...tensors, ...mtp]);
+    const withMtp = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'mtp.gguf'));
+    const plain = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-f32.gguf'));
+    expect(withMtp.config.layerTypes).to.deep.equal(plain.config.layerTypes);
+    for (const [name, value] of plain.weights) expect(tf.tidy(() => tf.max(tf.abs(tf.sub(value, withMtp.weights.get(name)!))).dataSync()[0]), name).to.equal(0);
+    withMtp.dispose();
+    plain.dispose();
+    writeGGUF(path.join(dir, 'unmarked.gguf'), meta(false), [...tensors, ...mtp]);
+    const message = await NemotronHForCausalLM.fromPretrained(path.join(dir, 'unmarked.gguf')).then(() => 'loaded', (e: Error) => e.message);
+    expect(message).to.match(/tensor blk\.4\.nextn\.eh_proj\.weight is not one of a NemotronH model's/);
+  });
+
   it('saveGGUF writes what llama.cpp\'s converter writes: the same metadata and the same tensor bytes (F32; Q8_0 with its F16 fallback)', async () => {
     const dir = tmpDir('gguf-h-write');
     for (const name of MODELS) {

@@ -686,6 +686,11 @@ export class NemotronHForCausalLM {
         tensors.push({ name: stored, dtype: 'F32', shape, data });
       }
     }
+    // transformers' NemotronH ties nothing (its _tied_weights_keys is empty): a tied model writes its output projection
+    // too, so that transformers computes with the same weights.
+    if (this.config.tieWordEmbeddings) {
+      tensors.push({ name: 'lm_head.weight', dtype: 'F32', shape: [this.config.vocabSize, this.config.hiddenSize], data: await this.w('model.embeddings.weight').data() as Float32Array });
+    }
     writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
     const c = this.config;
     const typeNames = { mamba: 'linear_attention', attention: 'full_attention', mlp: 'mlp', moe: 'moe' } as const;

@@ -10,10 +10,9 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CheckpointReader } from '../../src/io/checkpoint';
+import { type CheckpointTensor, CheckpointReader, type SaveCheckpointOptions, saveCheckpoint } from '../../src/io/checkpoint';
 import { type GGUFVocabularySource, type GGUFWriteType, isGGUF } from '../../src/io/gguf';
 import { NemotronHGGUF, writeNemotronHGGUF } from '../../src/io/gguf-nemotron-h';
-import { type TensorToWrite, writeSafetensors } from '../../src/io/safetensors';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
@@ -665,13 +664,14 @@ export class NemotronHForCausalLM {
   }
 
   /**
-   * Writes config.json and model.safetensors as NVIDIA's checkpoints lay them out (backbone.* names, one tensor per
-   * expert, conv1d.weight as [channels, 1, kernel]; layers_block_type and hybrid_override_pattern both), which
-   * transformers and fromPretrained read back.
+   * Writes config.json and the safetensors as NVIDIA's checkpoints lay them out (backbone.* names, one tensor per
+   * expert, conv1d.weight as [channels, 1, kernel]; layers_block_type and hybrid_override_pattern both; shards of
+   * `maxShardBytes`, 5 GB by default, with their index; `dtype` F32 or BF16), which transformers and fromPretrained
+   * read back.
    */
-  async savePretrained(dir: string): Promise<void> {
+  async savePretrained(dir: string, options: SaveCheckpointOptions = {}): Promise<void> {
     fs.mkdirSync(dir, { recursive: true });
-    const tensors: TensorToWrite[] = [];
+    const tensors: CheckpointTensor[] = [];
     for (const [name, variable] of this.weights) {
       const stored = name.replace(/^model\./, 'backbone.');
       const data = await variable.data() as Float32Array;
@@ -679,19 +679,20 @@ export class NemotronHForCausalLM {
         const [experts, rows, cols] = variable.shape as [number, number, number];
         const kind = name.endsWith('up_proj') ? 'up_proj' : 'down_proj';
         for (let e = 0; e < experts; e++) {
-          tensors.push({ name: stored.replace(/experts\.(up|down)_proj$/, `experts.${e}.${kind}.weight`), dtype: 'F32', shape: [rows, cols], data: data.slice(e * rows * cols, (e + 1) * rows * cols) });
+          tensors.push({ name: stored.replace(/experts\.(up|down)_proj$/, `experts.${e}.${kind}.weight`), dtype: 'float32', shape: [rows, cols], data: data.slice(e * rows * cols, (e + 1) * rows * cols) });
         }
       } else {
         const shape = name.endsWith('.conv1d.weight') ? [variable.shape[0] as number, 1, variable.shape[1] as number] : variable.shape;
-        tensors.push({ name: stored, dtype: 'F32', shape, data });
+        tensors.push({ name: stored, dtype: 'float32', shape, data });
       }
     }
     // transformers' NemotronH ties nothing (its _tied_weights_keys is empty): a tied model writes its output projection
     // too, so that transformers computes with the same weights.
     if (this.config.tieWordEmbeddings) {
-      tensors.push({ name: 'lm_head.weight', dtype: 'F32', shape: [this.config.vocabSize, this.config.hiddenSize], data: await this.w('model.embeddings.weight').data() as Float32Array });
+      tensors.push({ name: 'lm_head.weight', dtype: 'float32', shape: [this.config.vocabSize, this.config.hiddenSize], data: await this.w('model.embeddings.weight').data() as Float32Array });
     }
-    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    // Shards of at most 5 GB (transformers' split, with its index) in F32 or BF16, as the checkpoints come.
+    saveCheckpoint(dir, tensors, options);
     const c = this.config;
     const typeNames = { mamba: 'linear_attention', attention: 'full_attention', mlp: 'mlp', moe: 'moe' } as const;
     const pattern = { mamba: 'M', attention: '*', mlp: '-', moe: 'E' } as const;
@@ -707,7 +708,7 @@ export class NemotronHForCausalLM {
       bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId, pad_token_id: c.padTokenId, n_routed_experts: c.nRoutedExperts,
       num_experts_per_tok: c.numExpertsPerTok, moe_intermediate_size: c.moeIntermediateSize, moe_shared_expert_intermediate_size: c.moeSharedExpertIntermediateSize,
       n_group: c.nGroup, topk_group: c.topkGroup, norm_topk_prob: c.normTopkProb, routed_scaling_factor: c.routedScalingFactor, moe_latent_size: c.moeLatentSize,
-      torch_dtype: 'float32',
+      torch_dtype: options.dtype === 'BF16' ? 'bfloat16' : 'float32',
     };
     // transformers checks time_step_limit as floats (0 would not do) and writes infinity as {"__float__": "Infinity"}.
     const float = (v: number) => (Number.isFinite(v) ? (Number.isInteger(v) ? v.toFixed(1) : String(v)) : `{ "__float__": "${v}" }`);

@@ -34,12 +34,10 @@ export function registerConvert(program: Command): void {
       const tokenizer = await NemotronTokenizer.fromPretrained(source);
       // NemotronH (nemotron_h / nemotron_h_moe GGUF, model_type nemotron_h folder) or Nemotron.
       const hybrid = modelType(source) === 'nemotron_h';
-      if (hybrid && opts.gguf !== undefined && opts.dtype !== 'F32') throw new Error(`--dtype ${opts.dtype}: NemotronH folders are written in F32`);
       const model = hybrid ? await NemotronHForCausalLM.fromPretrained(source) : await NemotronForCausalLM.fromPretrained(source);
       try {
         if (opts.gguf !== undefined) {
-          if (model instanceof NemotronHForCausalLM) await model.savePretrained(opts.output);
-          else await model.savePretrained(opts.output, { dtype: opts.dtype });
+          await model.savePretrained(opts.output, { dtype: opts.dtype });
           tokenizer.savePretrained(opts.output);
         } else {
           await model.saveGGUF(opts.output, tokenizer, { type: opts.type });

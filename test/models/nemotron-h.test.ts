@@ -120,10 +120,26 @@ describe('NemotronH (the hybrid Mamba-2 architecture of Nemotron-H and Nemotron 
     fs.rmSync(legacy, { recursive: true, force: true });
   });
 
-  it('savePretrained writes what fromPretrained and transformers read back (the same greedy tokens; transformers\' logits when the reference venv is there)', async () => {
+  it('savePretrained writes what fromPretrained and transformers read back, in shards with their index too (the same greedy tokens; transformers\' logits when the reference venv is there)', async () => {
     const saved = tmpDir('nemotron-h-saved');
     const model = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'moe-latent'));
-    await model.savePretrained(saved);
+    // Shards of 40 kB (the model has ~150 kB of weights), as transformers splits them.
+    await model.savePretrained(saved, { maxShardBytes: 40_000 });
+    const shards = fs.readdirSync(saved).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f));
+    expect(shards.length).to.be.at.least(3);
+    expect(fs.existsSync(path.join(saved, 'model.safetensors.index.json'))).to.equal(true);
+    expect(fs.existsSync(path.join(saved, 'model.safetensors'))).to.equal(false);
+    // BF16: the weights rounded to bfloat16, read back within its rounding.
+    const bf16 = tmpDir('nemotron-h-bf16');
+    await model.savePretrained(bf16, { dtype: 'BF16' });
+    expect(JSON.parse(fs.readFileSync(path.join(bf16, 'config.json'), 'utf8')).torch_dtype).to.equal('bfloat16');
+    const rounded = await NemotronHForCausalLM.fromPretrained(bf16);
+    for (const [name, value] of model.weights) {
+      const worst = tf.tidy(() => tf.max(tf.div(tf.abs(tf.sub(value, rounded.weights.get(name)!)), tf.add(tf.abs(value), 1e-30))).dataSync()[0]);
+      expect(worst, name).to.be.at.most(2 ** -8);
+    }
+    rounded.dispose();
+    fs.rmSync(bf16, { recursive: true, force: true });
     const again = await NemotronHForCausalLM.fromPretrained(saved);
     expect(again.generate(reference.prompt.slice(0, 1), { maxNewTokens: 12, eosTokenId: null })[0]).to.deep.equal(reference.moe['moe-latent'].greedy);
     const ours = await again.forward({ inputIds: reference.prompt.slice(0, 1) }).logits.array() as number[][][];

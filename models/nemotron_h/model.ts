@@ -199,9 +199,11 @@ export class NemotronHForCausalLM {
    * Logits of every position, or of the last `logitsToKeep` (and, with labels, the causal LM loss: labels shifted
    * inside, -100 ignored). From nothing, or, when `state` holds an earlier pass's layers, continuing it: the positions
    * after those (no padding). `state` (an empty object, or that earlier one) receives what the next pass or decoding
-   * step needs.
+   * step needs. `decodingFrom`: the positions from this one on stand for decoding steps (speculative decoding checks
+   * drafted tokens in one pass), so their Δt is taken as transformers' one-token step takes it, without the prompt
+   * pass's time_step_limit clamp.
    */
-  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     return this.pass(inputs, state, true);
   }
 
@@ -219,7 +221,7 @@ export class NemotronHForCausalLM {
   }
 
   /** forward(), or (`project` false) the hidden states the output projection would read, in `logits`' place. */
-  private pass(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number }, state: Partial<NemotronHState> | undefined,
+  private pass(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number }, state: Partial<NemotronHState> | undefined,
     project: boolean): { logits: tf.Tensor3D; loss?: tf.Scalar } {
     const { inputIds } = inputs;
     const keepLogits = inputs.logitsToKeep ?? 0;
@@ -256,7 +258,8 @@ export class NemotronHForCausalLM {
           layers.push(null);
           return;
         }
-        const { out, kept } = this.mixer(type, rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), keep, fullMask, p, past?.layers[i]);
+        const { out, kept } = this.mixer(type, rmsNorm(hidden, this.w(`${p}.norm.weight`), this.config.layerNormEpsilon), keep, fullMask, p, past?.layers[i],
+          inputs.decodingFrom);
         layers.push(state && kept ? (Object.fromEntries(Object.entries(kept).map(([k, t]) => [k, tf.keep(t)])) as typeof kept) : null);
         hidden = tf.add(hidden, out);
       });
@@ -285,9 +288,9 @@ export class NemotronHForCausalLM {
    * Mamba-2 window and state, attention's keys and values), continuing `past` where given.
    */
   private mixer(type: NemotronHConfig['layerTypes'][number], x: tf.Tensor, keep: tf.Tensor | null, fullMask: number[][], p: string,
-    past?: NemotronHState['layers'][number]): { out: tf.Tensor; kept: NemotronHState['layers'][number] } {
+    past?: NemotronHState['layers'][number], decodingFrom?: number): { out: tf.Tensor; kept: NemotronHState['layers'][number] } {
     if (type === 'mamba') {
-      const { out, conv, ssm } = this.mambaPrompt(x, keep, p, (past ?? undefined) as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined);
+      const { out, conv, ssm } = this.mambaPrompt(x, keep, p, (past ?? undefined) as { conv: tf.Tensor3D; ssm: tf.Tensor4D } | undefined, decodingFrom);
       return { out, kept: { conv, ssm } };
     }
     if (type === 'attention') {
@@ -520,7 +523,7 @@ export class NemotronHForCausalLM {
   }
 
   /** The Mamba-2 block over the prompt's positions, from nothing or from a kept window and state. */
-  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor | null, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
+  private mambaPrompt(x: tf.Tensor, keep: tf.Tensor | null, p: string, initial?: { conv: tf.Tensor3D; ssm: tf.Tensor4D }, decodingFrom?: number): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {
     const c = this.config;
     const [batch, time] = x.shape;
     const { gate, xBC: rawXBC, dt: rawDt } = this.inProjection(keep ? tf.mul(x, keep) : x, p);
@@ -542,10 +545,14 @@ export class NemotronHForCausalLM {
     const activated = tf.mul(conv, tf.sigmoid(conv));
     const xBC = keep ? tf.mul(activated, keep) : activated;
     const { xs, B, C } = this.splitXBC(xBC);
-    // transformers' chunked scan clamps Δt to time_step_limit (softplus is never below 0: the default clamps nothing).
+    // transformers' chunked scan clamps Δt to time_step_limit (softplus is never below 0: the default clamps nothing);
+    // positions that stand for decoding steps (drafted tokens checked) take it unclamped, as its one-token step does.
     let dt = softplus(tf.add(rawDt, this.w(`${p}.mixer.dt_bias`)));
-    if (c.timeStepLimit[0] > 0) dt = tf.maximum(dt, c.timeStepLimit[0]);
-    if (c.timeStepLimit[1] < Infinity) dt = tf.minimum(dt, c.timeStepLimit[1]);
+    const clamped = Math.min(time, decodingFrom ?? time);
+    if (clamped > 0 && (c.timeStepLimit[0] > 0 || c.timeStepLimit[1] < Infinity)) {
+      const limited = tf.clipByValue(dt.slice([0, 0, 0], [batch, clamped, -1]), c.timeStepLimit[0], c.timeStepLimit[1]);
+      dt = clamped === time ? limited : tf.concat([limited, dt.slice([0, clamped, 0], [-1, -1, -1])], 1);
+    }
     const A = tf.neg(tf.exp(this.w(`${p}.mixer.A_log`)));
     const D = this.w(`${p}.mixer.D`);
     const { y: scanned, state: h } = ssdScan(xs, dt, A, B, C, c.chunkSize, initial?.ssm);

@@ -98,8 +98,12 @@ function nemotronRunner(model: NemotronForCausalLM): SequenceRunner {
   };
 }
 
-/** A runner over a NemotronH model's state (one token: its decoding step; more: a pass continuing the state). */
-function nemotronHRunner(model: NemotronHForCausalLM): SequenceRunner {
+/**
+ * A runner over a NemotronH model's state (one token: its decoding step; more: a pass continuing the state). The first
+ * `promptLength` tokens are the prompt, the rest decoding steps (which transformers' step takes without the prompt
+ * pass's Δt clamp).
+ */
+function nemotronHRunner(model: NemotronHForCausalLM, promptLength: number): SequenceRunner {
   let state: Partial<NemotronHState> = {};
   let marked: NemotronHState | null = null;
   const held = () => (state.layers?.length ? stateLength(state as NemotronHState) : 0);
@@ -107,9 +111,11 @@ function nemotronHRunner(model: NemotronHForCausalLM): SequenceRunner {
     vocabSize: model.config.vocabSize,
     get length() { return held(); },
     async feed(tokens, keep) {
-      const logits = held() > 0 && tokens.length === 1 && keep === 1
+      // The tokens after the prompt stand for decoding steps: taken as the step takes them (Δt unclamped).
+      const decodingFrom = Math.max(0, promptLength - held());
+      const logits = held() > 0 && decodingFrom === 0 && tokens.length === 1 && keep === 1
         ? model.step(tokens, state as NemotronHState)
-        : model.forward({ inputIds: [tokens], logitsToKeep: keep }, state).logits;
+        : model.forward({ inputIds: [tokens], logitsToKeep: keep, decodingFrom }, state).logits;
       const values = await logits.data() as Float32Array;
       logits.dispose();
       return values;
@@ -134,9 +140,9 @@ function nemotronHRunner(model: NemotronHForCausalLM): SequenceRunner {
   return runner;
 }
 
-/** The runner of a model of either family. */
-export function sequenceRunner(model: NemotronForCausalLM | NemotronHForCausalLM): SequenceRunner {
-  return model instanceof NemotronHForCausalLM ? nemotronHRunner(model) : nemotronRunner(model);
+/** The runner of a model of either family, for a row whose first `promptLength` tokens are the prompt. */
+export function sequenceRunner(model: NemotronForCausalLM | NemotronHForCausalLM, promptLength: number): SequenceRunner {
+  return model instanceof NemotronHForCausalLM ? nemotronHRunner(model, promptLength) : nemotronRunner(model);
 }
 
 /**
@@ -147,11 +153,13 @@ export function sequenceRunner(model: NemotronForCausalLM | NemotronHForCausalLM
 export function draftModelSource(draft: NemotronForCausalLM | NemotronHForCausalLM, options: DraftModelOptions = {}): CandidateSource {
   let numTokens = options.numTokens ?? 20;
   const threshold = options.confidenceThreshold ?? 0.4;
-  const runner = sequenceRunner(draft);
+  // Made at the first proposal: the row it is given then is the prompt.
+  let runner: SequenceRunner | null = null;
   // The tokens the draft was fed (its proposals included).
   let fedTokens: number[] = [];
   return {
     async propose(sequence, limit) {
+      runner ??= sequenceRunner(draft, sequence.length);
       // Keep what the draft holds of the longest prefix it saw and the main model kept (one token at least to feed).
       let common = 0;
       while (common < fedTokens.length && common < sequence.length - 1 && fedTokens[common] === sequence[common]) common++;
@@ -161,7 +169,7 @@ export function draftModelSource(draft: NemotronForCausalLM | NemotronHForCausal
       const row = sequence.slice();
       const proposal: number[] = [];
       while (proposal.length < Math.min(numTokens, limit)) {
-        const scores = (await runner.feed(row.slice(runner.length), 1)).slice(0, runner.vocabSize);
+        const scores = (await runner.feed(row.slice(runner.length), 1)).slice(0, draft.config.vocabSize);
         fedTokens = row.slice();
         processScores(scores, row, options.processors ?? {});
         const token = argmax(scores);
@@ -174,7 +182,7 @@ export function draftModelSource(draft: NemotronForCausalLM | NemotronHForCausal
     accepted(matches, proposed) {
       if (options.schedule === 'heuristic') numTokens = matches === proposed ? numTokens + 2 : Math.max(1, numTokens - 1);
     },
-    dispose: () => runner.dispose(),
+    dispose: () => runner?.dispose(),
   };
 }
 
@@ -204,7 +212,7 @@ export interface SpeculativeSettings {
  */
 export async function speculativeDecode(model: NemotronForCausalLM | NemotronHForCausalLM, prompt: number[], source: CandidateSource, s: SpeculativeSettings): Promise<number[]> {
   const sequence = prompt.slice();
-  const runner = sequenceRunner(model);
+  const runner = sequenceRunner(model, prompt.length);
   const vocab = runner.vocabSize;
   let generated = 0;
   try {

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { type GenerateOptions, NemotronForCausalLM, NemotronHForCausalLM, generate } from '../../src/index';
+import { type GenerateOptions, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, generate } from '../../src/index';
 import { FIXTURES, fixtureDir, forEachBackend, testBackends } from '../helpers';
 
 // Prompt lookup and assisted decoding for NemotronH: its recurrent state cannot be cropped as a KV cache is, so a
@@ -58,6 +58,24 @@ forEachBackend(testBackends(), () => {
     }
     expect(tf.memory().numTensors, 'tensors left').to.equal(before);
     model.dispose();
+  });
+
+  it('a Δt limit (which the prompt pass applies and a decoding step does not) leaves speculative decoding\'s tokens greedy\'s', async () => {
+    const base = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
+    const limited = new NemotronHForCausalLM(new NemotronHConfig({ ...base.config, layerTypes: [...base.config.layerTypes], timeStepLimit: [1, 2] }),
+      new Map([...base.weights].map(([name, v]) => [name, v as tf.Tensor])));
+    base.dispose();
+    const before = tf.memory().numTensors;
+    const prompt = [reference.prompt[0]];
+    const plain = (await generate(limited, prompt, { maxNewTokens: 12, eosTokenId: null })).sequences;
+    expect((await generate(limited, prompt, { maxNewTokens: 12, eosTokenId: null, promptLookupNumTokens: 3 })).sequences, 'prompt lookup').to.deep.equal(plain);
+    const own = await NemotronHForCausalLM.fromPretrained(path.join(DIR, 'model'));
+    const ownLimited = new NemotronHForCausalLM(limited.config, new Map([...own.weights].map(([name, v]) => [name, v as tf.Tensor])));
+    own.dispose();
+    expect((await generate(limited, prompt, { maxNewTokens: 12, eosTokenId: null, assistantModel: ownLimited, assistantConfidenceThreshold: 0 })).sequences, 'assisted').to.deep.equal(plain);
+    ownLimited.dispose();
+    expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+    limited.dispose();
   });
 
   it('assisted generation across the families: a NemotronH model drafting for itself, for a Nemotron model and the other way round, gives greedy tokens; no tensor left', async () => {

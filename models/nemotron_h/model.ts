@@ -481,7 +481,7 @@ export class NemotronHForCausalLM {
       const rows = tf.tile(latent, [1, k]).reshape([tokens * k, 1, width]);
       const h = tf.square(tf.relu(tf.matMul(rows, gatherExperts(up, index), false, true)));
       const out = tf.matMul(h, gatherExperts(down, index), false, true).reshape([tokens, k, width]);
-      const slotWeights = tf.sum(tf.mul(tf.oneHot(chosen, experts), weights.reshape([tokens, 1, experts])), -1, true);
+      const slotWeights = tf.sum(tf.mul(tf.cast(tf.oneHot(chosen, experts), 'float32'), weights.reshape([tokens, 1, experts])), -1, true);
       routed = tf.sum(tf.mul(out, slotWeights), 1);
     } else {
       routed = tf.zeros([tokens, width]);
@@ -887,15 +887,28 @@ function routeOnDevice(c: NemotronHConfig, scores: tf.Tensor, bias: tf.Tensor): 
     if (c.topkGroup < c.nGroup) {
       const perGroup = experts / c.nGroup;
       const groupScores = tf.sum(tf.topk(choice.reshape([tokens, c.nGroup, perGroup]), Math.min(2, perGroup)).values, -1);
-      const kept = tf.sum(tf.oneHot(tf.topk(groupScores, c.topkGroup).indices, c.nGroup), 1);
+      const kept = chosenMask(tf.topk(groupScores, c.topkGroup).indices, c.nGroup);
       const keptExperts = tf.tile(kept.reshape([tokens, c.nGroup, 1]), [1, 1, perGroup]).reshape([tokens, experts]);
-      choice = tf.where(tf.greater(keptExperts, 0), choice, tf.fill([tokens, experts], -Infinity));
+      // The other groups' experts pushed far below any score (finite: every backend's top-k orders it).
+      choice = tf.sub(choice, tf.mul(tf.sub(1, keptExperts), 1e9));
     }
     const chosen = tf.topk(choice, c.numExpertsPerTok).indices;
-    const mask = tf.sum(tf.oneHot(chosen, experts), 1);
+    const mask = chosenMask(chosen, experts);
     return { value: tf.concat([tf.cast(chosen, 'float32'), mask], 1), gradFunc: () => [tf.zerosLike(s), tf.zerosLike(b)] };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return route(scores, bias);
+}
+
+/**
+ * A 0/1 float mask [rows, depth] of the indices [rows, n]: one one-hot row an index, added up (cast to float: wasm's
+ * OneHot writes int32 whatever dtype is asked; summed a slot at a time: WebGPU's transpose for a reduction over a
+ * middle axis miscompiles on a cast integer tensor).
+ */
+function chosenMask(indices: tf.Tensor, depth: number): tf.Tensor {
+  const [rows, n] = indices.shape;
+  let mask: tf.Tensor = tf.zeros([rows, depth]);
+  for (let j = 0; j < n; j++) mask = tf.add(mask, tf.cast(tf.oneHot(indices.slice([0, j], [rows, 1]).reshape([rows]) as tf.Tensor1D, depth), 'float32'));
+  return mask;
 }
 
 /** Rows `index` (indices as floats) of the stacked experts' matrices, their gradient summed back per expert. */

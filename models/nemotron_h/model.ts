@@ -42,6 +42,18 @@ function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
   return tf.mul(weight, tf.mul(x, tf.rsqrt(tf.add(variance, eps))));
 }
 
+/** What a pass's Mamba-2 layers' recurrences took at each of its positions (forward's keepSteps), by layer. */
+export interface NemotronHSteps {
+  layers: Array<{ inputs: tf.Tensor3D; x: tf.Tensor4D; dt: tf.Tensor3D; B: tf.Tensor4D } | null>;
+  /** Positions of the pass. */
+  length: number;
+}
+
+/** Frees a pass's kept steps. */
+export function disposeSteps(steps: NemotronHSteps): void {
+  for (const layer of steps.layers) if (layer) tf.dispose(Object.values(layer));
+}
+
 export class NemotronHForCausalLM {
   readonly weights = new Map<string, tf.Variable>();
   /** generation_config.json of the checkpoint (what generate() and the server take defaults from), or null. */
@@ -54,6 +66,8 @@ export class NemotronHForCausalLM {
   moeRouting: 'auto' | 'host' | 'device' | 'device-gather' | 'device-dense' = 'auto';
   /** On the device, the gathered experts' matrices above which every expert runs on every token instead. */
   moeGatherLimitBytes = 256 * 2 ** 20;
+  /** Where a pass with keepSteps puts its Mamba-2 layers' step inputs (by layer prefix), while it runs. */
+  private stepSink: Map<string, NemotronHSteps['layers'][number]> | null = null;
   /** LoRA adapters by module name (`model.layers.0.mixer.in_proj`), while a NemotronHLoraModel is attached. */
   readonly adapters = new Map<string, { A: tf.Variable; B: tf.Variable; scaling: number }>();
 
@@ -201,9 +215,10 @@ export class NemotronHForCausalLM {
    * after those (no padding). `state` (an empty object, or that earlier one) receives what the next pass or decoding
    * step needs. `decodingFrom`: the positions from this one on stand for decoding steps (speculative decoding checks
    * drafted tokens in one pass), so their Δt is taken as transformers' one-token step takes it, without the prompt
-   * pass's time_step_limit clamp.
+   * pass's time_step_limit clamp. `keepSteps`: also return what each Mamba-2 layer's recurrence took at each position
+   * (`steps`), from which rewindState() rebuilds the state after any of them without running the layers again.
    */
-  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+  forward(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number; keepSteps?: boolean }, state?: Partial<NemotronHState>): { logits: tf.Tensor3D; loss?: tf.Scalar; steps?: NemotronHSteps } {
     return this.pass(inputs, state, true);
   }
 
@@ -221,8 +236,8 @@ export class NemotronHForCausalLM {
   }
 
   /** forward(), or (`project` false) the hidden states the output projection would read, in `logits`' place. */
-  private pass(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number }, state: Partial<NemotronHState> | undefined,
-    project: boolean): { logits: tf.Tensor3D; loss?: tf.Scalar } {
+  private pass(inputs: { inputIds: number[][]; attentionMask?: number[][]; labels?: number[][]; logitsToKeep?: number; decodingFrom?: number; keepSteps?: boolean }, state: Partial<NemotronHState> | undefined,
+    project: boolean): { logits: tf.Tensor3D; loss?: tf.Scalar; steps?: NemotronHSteps } {
     const { inputIds } = inputs;
     const keepLogits = inputs.logitsToKeep ?? 0;
     if (!Number.isInteger(keepLogits) || keepLogits < 0) throw new Error(`NemotronH.forward: logitsToKeep must be a whole number ≥ 0 (0: every position), got ${keepLogits}`);
@@ -244,6 +259,8 @@ export class NemotronHForCausalLM {
     }
     const fullMask = past ? past.mask.map((row, b) => [...row, ...mask[b]]) : mask;
     const layers: NemotronHState['layers'] = [];
+    // What the Mamba-2 layers' recurrences take (kept past the tidy), where asked for.
+    this.stepSink = inputs.keepSteps ? new Map() : null;
     const logits = tf.tidy(() => {
       let hidden: tf.Tensor = tf.gather(this.w('model.embeddings.weight'), tf.tensor2d(inputIds, undefined, 'int32'));
       // Padding's mask as a factor (null without padding: no multiplies).
@@ -273,7 +290,10 @@ export class NemotronHForCausalLM {
       state.layers = layers;
       state.mask = fullMask.map((r) => r.slice());
     }
-    if (!inputs.labels) return { logits };
+    const sink = this.stepSink;
+    this.stepSink = null;
+    const steps = sink ? { layers: this.config.layerTypes.map((_, i) => sink.get(`model.layers.${i}`) ?? null), length } : undefined;
+    if (!inputs.labels) return { logits, ...(steps ? { steps } : {}) };
     const labels = inputs.labels;
     const loss = tf.tidy(() => {
       // Position t predicts label t + 1, as transformers shifts them.
@@ -559,7 +579,44 @@ export class NemotronHForCausalLM {
     const y = tf.add(scanned, tf.mul(xs, D.reshape([1, 1, -1, 1]))).reshape([batch, time, c.mambaIntermediateSize]);
     // The window a decoding step continues: the last K-1 inputs of the convolution (zeros before the prompt).
     const window = padded.slice([0, time, 0], [batch, k - 1, c.convDim]) as tf.Tensor3D;
+    if (this.stepSink) this.stepSink.set(p, { inputs: tf.keep(rawXBC) as tf.Tensor3D, x: tf.keep(xs) as tf.Tensor4D, dt: tf.keep(dt) as tf.Tensor3D, B: tf.keep(B) as tf.Tensor4D });
     return { out: this.mambaOut(y, gate, p), conv: window, ssm: h as tf.Tensor4D };
+  }
+
+  /**
+   * The state after the first `count` positions of a pass that continued `marked` and kept its steps (`steps`, from
+   * forward's keepSteps), as a new state (the given ones stay as they are): each Mamba-2 layer's recurrence run over
+   * those positions from the marked state (elementwise, as the decoding step runs it: no projection again), its window
+   * the last inputs, attention's keys and values those of `current` (which holds the whole pass) cut to the length.
+   */
+  rewindState(marked: NemotronHState, current: NemotronHState, steps: NemotronHSteps, count: number): NemotronHState {
+    const c = this.config;
+    if (!(Number.isInteger(count) && count >= 0 && count <= steps.length)) throw new Error(`NemotronH.rewindState: ${count} positions of a pass of ${steps.length}`);
+    const length = stateLength(marked) + count;
+    const layers = current.layers.map((layer, i) => {
+      if (!layer) return null;
+      return tf.tidy(() => {
+        if ('keys' in layer) {
+          const cut = (t: tf.Tensor4D) => t.slice([0, 0, 0, 0], [-1, -1, length, -1]) as tf.Tensor4D;
+          return { keys: cut(layer.keys), values: cut(layer.values) } as unknown as tf.TensorContainer;
+        }
+        const step = steps.layers[i]!;
+        const from = marked.layers[i] as { conv: tf.Tensor3D; ssm: tf.Tensor4D };
+        const [batch] = step.x.shape;
+        const A = tf.neg(tf.exp(this.w(`model.layers.${i}.mixer.A_log`)));
+        let h: tf.Tensor = from.ssm;
+        for (let t = 0; t < count; t++) {
+          const dt = step.dt.slice([0, t, 0], [batch, 1, c.mambaNumHeads]).reshape([batch, c.mambaNumHeads]);
+          const decay = tf.exp(tf.mul(dt, A)).reshape([batch, c.mambaNumHeads, 1, 1]);
+          const x = step.x.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, c.mambaHeadDim]);
+          const B = step.B.slice([0, t, 0, 0], [batch, 1, -1, -1]).reshape([batch, c.mambaNumHeads, 1, c.ssmStateSize]);
+          h = tf.add(tf.mul(h, decay), tf.mul(tf.mul(x, dt.expandDims(-1)).expandDims(-1), B));
+        }
+        const window = tf.concat([from.conv, step.inputs.slice([0, 0, 0], [batch, count, -1])], 1);
+        return { conv: window.slice([0, count, 0], [batch, c.convKernel - 1, c.convDim]), ssm: count === 0 ? tf.clone(h) : h } as unknown as tf.TensorContainer;
+      }) as unknown as NemotronHState['layers'][number];
+    });
+    return { layers, mask: marked.mask.map((row) => [...row, ...new Array<number>(count).fill(1)]) };
   }
 
   private mambaStep(x: tf.Tensor, p: string, state: { conv: tf.Tensor3D; ssm: tf.Tensor4D }): { out: tf.Tensor; conv: tf.Tensor3D; ssm: tf.Tensor4D } {

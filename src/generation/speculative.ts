@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { KVCache } from '../../layers/kv-cache';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
-import { NemotronHForCausalLM, type NemotronHState, cloneState, disposeState, stateLength } from '../../models/nemotron_h/model';
+import { NemotronHForCausalLM, type NemotronHState, type NemotronHSteps, cloneState, disposeState, disposeSteps, stateLength } from '../../models/nemotron_h/model';
 import { argmax, processScores, ProcessorOptions } from './processors';
 
 /**
@@ -106,34 +106,58 @@ function nemotronRunner(model: NemotronForCausalLM): SequenceRunner {
 function nemotronHRunner(model: NemotronHForCausalLM, promptLength: number): SequenceRunner {
   let state: Partial<NemotronHState> = {};
   let marked: NemotronHState | null = null;
+  // The steps of the pass fed right after the mark: a rewind within them rebuilds the state from the mark.
+  let steps: NemotronHSteps | null = null;
   const held = () => (state.layers?.length ? stateLength(state as NemotronHState) : 0);
+  const dropSteps = () => {
+    if (steps) disposeSteps(steps);
+    steps = null;
+  };
   const runner: SequenceRunner = {
     vocabSize: model.config.vocabSize,
     get length() { return held(); },
     async feed(tokens, keep) {
       // The tokens after the prompt stand for decoding steps: taken as the step takes them (Δt unclamped).
       const decodingFrom = Math.max(0, promptLength - held());
-      const logits = held() > 0 && decodingFrom === 0 && tokens.length === 1 && keep === 1
-        ? model.step(tokens, state as NemotronHState)
-        : model.forward({ inputIds: [tokens], logitsToKeep: keep, decodingFrom }, state).logits;
+      // The first pass after the mark keeps its steps (later ones, onwards from it, leave them usable).
+      const afterMark = marked !== null && held() === stateLength(marked) && steps === null;
+      let logits: tf.Tensor;
+      if (held() > 0 && decodingFrom === 0 && tokens.length === 1 && keep === 1 && !afterMark) {
+        logits = model.step(tokens, state as NemotronHState);
+      } else {
+        const out = model.forward({ inputIds: [tokens], logitsToKeep: keep, decodingFrom, keepSteps: afterMark }, state);
+        logits = out.logits;
+        if (afterMark) steps = out.steps ?? null;
+      }
       const values = await logits.data() as Float32Array;
       logits.dispose();
       return values;
     },
     mark() {
       if (marked) disposeState(marked);
+      dropSteps();
       marked = held() > 0 ? cloneState(state as NemotronHState) : null;
     },
     async rewind(length, sequence) {
       if (length === held()) return;
       const from = marked ? stateLength(marked) : 0;
       if (length < from || length > held()) throw new Error(`SequenceRunner: cannot go back to ${length} tokens (it holds ${held()}, marked at ${from})`);
+      if (marked && steps && length - from <= steps.length) {
+        // The recurrence over the kept steps: no pass of the model again.
+        const rebuilt = model.rewindState(marked, state as NemotronHState, steps, length - from);
+        disposeState(state);
+        state = rebuilt;
+        dropSteps();
+        return;
+      }
       disposeState(state);
+      dropSteps();
       state = marked ? cloneState(marked) : {};
       if (length > from) await runner.feed(sequence.slice(from, length), 1);
     },
     dispose() {
       disposeState(state);
+      dropSteps();
       if (marked) disposeState(marked);
     },
   };
@@ -216,6 +240,8 @@ export async function speculativeDecode(model: NemotronForCausalLM | NemotronHFo
   const vocab = runner.vocabSize;
   let generated = 0;
   try {
+    // The prompt but its last token first: each round's pass then starts from a mark a rewind can come back to.
+    if (prompt.length > 1) await runner.feed(prompt.slice(0, -1), 1);
     while (generated < s.maxNew) {
       // The runner holds every token but the last; the pass feeds the last one and the candidates.
       const candidates = await source.propose(sequence, s.maxNew - generated - 1);

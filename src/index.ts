@@ -39,6 +39,6 @@ export * from '../models/nemotron/presets';
 export * from './response-parsing/index';
 export * from './serving/prefix-cache';
 export { NemotronHConfig, type NemotronHConfigFields, type NemotronHLayerType } from '../models/nemotron_h/config';
-export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState, disposeState, joinStates, selectStateRows, stateLength } from '../models/nemotron_h/model';
+export { NemotronHForCausalLM, type NemotronHGenerateOptions, type NemotronHState, type NemotronHSteps, cloneState, disposeState, disposeSteps, joinStates, selectStateRows, stateLength } from '../models/nemotron_h/model';
 export { NEMOTRON_H_LORA_MODULES, NemotronHLoraModel, type NemotronHLoraConfig } from '../models/nemotron_h/lora';
 export { NemotronHBatcher, type NemotronHBatcherOptions } from './serving/nemotron-h-batcher';

@@ -6,7 +6,7 @@ export * from './generate';
 export * from './processors';
 export { type StepDecoder, decoderFor, nemotronDecoder, nemotronHDecoder } from './decoder';
 export { type BeamSearchInputs, type BeamSearchOutput, type BeamSearchSettings, beamSearch } from './beam-search';
-export { CandidateSource, DraftModelOptions, draftModelSource, lookupCandidates, promptLookupSource, speculativeDecode } from './speculative';
+export { CandidateSource, DraftModelOptions, type SequenceRunner, draftModelSource, lookupCandidates, promptLookupSource, sequenceRunner, speculativeDecode } from './speculative';
 
 // generate() lives outside the model (cache and decoding loop are the caller's business, as in mlx-lm);
 // these methods give the transformers-style call `model.generate(ids, options)`.

@@ -240,8 +240,9 @@ export async function speculativeDecode(model: NemotronForCausalLM | NemotronHFo
   const vocab = runner.vocabSize;
   let generated = 0;
   try {
-    // The prompt but its last token first: each round's pass then starts from a mark a rewind can come back to.
-    if (prompt.length > 1) await runner.feed(prompt.slice(0, -1), 1);
+    // A recurrent state: the prompt but its last token first, so that each round's pass starts from a mark a rewind
+    // comes back to (a KV cache is cropped instead: the prompt goes in the first round's pass).
+    if (model instanceof NemotronHForCausalLM && prompt.length > 1) await runner.feed(prompt.slice(0, -1), 1);
     while (generated < s.maxNew) {
       // The runner holds every token but the last; the pass feeds the last one and the candidates.
       const candidates = await source.propose(sequence, s.maxNew - generated - 1);

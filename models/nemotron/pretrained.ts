@@ -302,10 +302,12 @@ export abstract class NemotronPreTrainedModel {
 
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py would (llama.cpp and transformers'
-   * gguf_file= read it): matrices in `type` (F32, F16 or Q8_0), the tokenizer's vocabulary in SentencePiece form.
+   * gguf_file= read it): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes a k-quant file
+   * (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) from the F32 one, quantized on `threads` worker threads (default: the
+   * machine's parallelism); the tokenizer's vocabulary in SentencePiece form.
    */
-  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string } = {}): Promise<void> {
-    writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, options.type ?? 'F32', options.name);
+  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string; threads?: number } = {}): Promise<void> {
+    await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, options.type ?? 'F32', options.name, options.threads);
   }
 
   /** Every parameter as a host tensor under its HF name; a matrix stored in row blocks as one, as transformers has it. */

@@ -76,9 +76,11 @@ export class NemotronHForCausalLM {
       const given = weights?.get(name);
       if (given && given.shape.join() !== shape.join()) throw new Error(`NemotronH: ${name} has shape [${given.shape}], expected [${shape}]`);
       // Under withDeferredInit (weights filled afterwards: a checkpoint, or a benchmark's own draws) zeros, not draws.
-      const value = given ?? (initDeferred() ? tf.zeros(shape) : tf.randomNormal(shape, 0, 0.02));
-      // The router's correction bias is a buffer (set in training by the load balancing, not by the loss).
-      this.weights.set(name, tf.variable(value, !name.endsWith('e_score_correction_bias')));
+      // The router's correction bias is a buffer (set in training by the load balancing, not by the loss), zeros at
+      // first as transformers registers it.
+      const buffer = name.endsWith('e_score_correction_bias');
+      const value = given ?? (initDeferred() || buffer ? tf.zeros(shape) : tf.randomNormal(shape, 0, 0.02));
+      this.weights.set(name, tf.variable(value, !buffer));
       if (!given) value.dispose();
     }
   }
@@ -782,12 +784,14 @@ export class NemotronHForCausalLM {
 
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py writes NemotronH (llama.cpp reads it;
-   * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), the tokenizer's vocabulary.
+   * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes a k-quant
+   * file (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) from the F32 one, quantized on `threads` worker threads (default:
+   * the machine's parallelism); the tokenizer's vocabulary.
    */
-  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string } = {}): Promise<void> {
+  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string; threads?: number } = {}): Promise<void> {
     const weights = [];
     for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
-    writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name);
+    await writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name, options.threads);
   }
 
   /** The trained parameters by transformers' names (the router's correction bias is a buffer: not among them). */

@@ -134,6 +134,7 @@ def convert(src, path, qtype, moe, tokenizer):
     writer.add_embedding_length(hp["hidden_size"])
     writer.add_head_count(hp["num_attention_heads"])
     writer.add_layer_norm_rms_eps(hp["layer_norm_epsilon"])
+    writer.add_layer_norm_eps(hp["layer_norm_epsilon"])  # TextModel.set_gguf_parameters; llama.cpp requires it
     writer.add_vocab_size(hp["vocab_size"])
     writer.add_ssm_conv_kernel(hp["conv_kernel"])
     writer.add_ssm_state_size(hp["ssm_state_size"])

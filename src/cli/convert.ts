@@ -4,13 +4,14 @@ import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { checkModelDir, modelType } from './info';
+import { integerArg } from './generate';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 
 /**
  * `convert`: a Nemotron or NemotronH GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer
  * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
- * writes one.
+ * writes one, or a k-quant one (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) as its llama-quantize makes it from that.
  */
 export function registerConvert(program: Command): void {
   program
@@ -20,7 +21,9 @@ export function registerConvert(program: Command): void {
     .option('--model <dir>', 'the Hugging Face causal LM folder (config.json, safetensors, tokenizer.json) to convert into a GGUF file')
     .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
-    .addOption(new Option('--type <type>', 'from --model: the GGUF matrices\' type (vectors stay F32)').choices(['F32', 'F16', 'Q8_0', 'Q4_0']).default('F32'))
+    .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or llama-quantize\'s k-quant mix')
+      .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
+    .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
@@ -40,7 +43,7 @@ export function registerConvert(program: Command): void {
           await model.savePretrained(opts.output, { dtype: opts.dtype });
           tokenizer.savePretrained(opts.output);
         } else {
-          await model.saveGGUF(opts.output, tokenizer, { type: opts.type });
+          await model.saveGGUF(opts.output, tokenizer, { type: opts.type, threads: opts.threads });
         }
         process.stdout.write(`converted ${source} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
       } finally {

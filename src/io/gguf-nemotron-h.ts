@@ -17,7 +17,8 @@
  * `expert_group_used_count` absent means every group may be used (topk_group = n_group).
  */
 import { GGUFFile, type GGUFMetaValue, type GGUFTensorInfo, type GGUFVocabularySource, type GGUFWriteType, GGUF_FILE_TYPE,
-  sentencePieceVocabulary, specialTokenKeys, writeGGUF } from './gguf';
+  sentencePieceVocabulary, specialTokenKeys, writeModelGGUF } from './gguf';
+import { type GGMLWriteType, isQuantMix } from './gguf-quantize';
 import { byteLevelVocabulary, isByteLevel } from './gguf-vocab';
 
 /** A layer's tensors: llama.cpp's name after `blk.N.`, the HF name after `model.layers.N.`. */
@@ -228,8 +229,8 @@ export interface NemotronHGGUFConfig {
  * whole quantization blocks in F16 as it falls back; the vocabulary byte-level ("gpt2", the pre-tokenizer named) or, for
  * a SentencePiece-style tokenizer, "llama". `weights`: the model's HF-named tensors (host values).
  */
-export function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, weights: Array<{ name: string; shape: number[]; data: Float32Array }>,
-  vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron_h'): void {
+export async function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, weights: Array<{ name: string; shape: number[]; data: Float32Array }>,
+  vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron_h', threads?: number): Promise<void> {
   const moe = config.layerTypes.includes('moe');
   const arch = moe ? 'nemotron_h_moe' : 'nemotron_h';
   const key = (k: string) => `${arch}.${k}`;
@@ -237,6 +238,8 @@ export function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, we
     ['general.architecture', ['str', arch]], ['general.name', ['str', name]],
     [key('block_count'), ['u32', config.layerTypes.length]], [key('embedding_length'), ['u32', config.hiddenSize]],
     [key('attention.head_count'), ['u32', config.numAttentionHeads]], [key('attention.layer_norm_rms_epsilon'), ['f32', config.layerNormEpsilon]],
+    // The converter's base class writes it too (from layer_norm_epsilon), and llama.cpp's NemotronH loader requires it.
+    [key('attention.layer_norm_epsilon'), ['f32', config.layerNormEpsilon]],
     [key('vocab_size'), ['u32', config.vocabSize]], [key('ssm.conv_kernel'), ['u32', config.convKernel]], [key('ssm.state_size'), ['u32', config.ssmStateSize]],
     [key('ssm.group_count'), ['u32', config.nGroups]], [key('ssm.inner_size'), ['u32', config.mambaNumHeads * config.mambaHeadDim]],
     [key('ssm.time_step_rank'), ['u32', config.mambaNumHeads]],
@@ -269,7 +272,7 @@ export function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, we
 
   // llama.cpp keeps these in F32 whatever the file's type (TextModel.prepare_tensors): norms, conv1d, the router.
   const keptF32 = /(_norm\.weight|ssm_conv1d\.weight|ffn_gate_inp\.weight)$/;
-  writeGGUF(file, kv, weights.map((w) => {
+  return writeModelGGUF(file, kv, weights.map((w) => {
     const ggufName = ggufNameOf(w.name);
     let { shape, data } = w;
     if (w.name.endsWith('.mixer.A_log')) { shape = [shape[0], 1]; data = data.map((a) => -Math.exp(a)); }
@@ -279,7 +282,7 @@ export function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, we
     else if (w.name.endsWith('.mixer.k_proj.weight')) data = permuteRows(data, shape[0], config.numKeyValueHeads, false);
     const matrix = shape.length >= 2 && ggufName.endsWith('.weight') && !keptF32.test(ggufName);
     const blockRows = shape[shape.length - 1] % 32 === 0;
-    const kind: GGUFWriteType = !matrix ? 'F32' : (type === 'Q8_0' || type === 'Q4_0') && !blockRows ? 'F16' : type;
+    const kind: GGMLWriteType = !matrix || isQuantMix(type) ? 'F32' : (type === 'Q8_0' || type === 'Q4_0') && !blockRows ? 'F16' : type;
     return { name: ggufName, shape, data, type: kind };
-  }));
+  }), type, { layerCount: config.layerTypes.length, expertCount: moe ? config.nRoutedExperts : 0 }, threads);
 }

@@ -9,6 +9,8 @@
  */
 import * as fs from 'fs';
 import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
+import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, isQuantMix, quantizationMix, quantizationMixMetadata, quantizeValues } from './gguf-quantize';
+import { quantizeInParallel } from './gguf-quantize-pool';
 import { I_QUANT_TYPES, dequantizeIQuantBlock } from './gguf-iquants';
 
 const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
@@ -463,7 +465,11 @@ export interface GGUFVocabularySource {
   readonly chatTemplates: ReadonlyMap<string, string>;
 }
 
-export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0';
+/**
+ * A file type to write: F32, F16, Q8_0 and Q4_0 as llama.cpp's converter writes them; Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M
+ * and Q6_K as its llama-quantize makes them from the F32 file (gguf-quantize.ts).
+ */
+export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | GGUFQuantMix;
 
 /**
  * A SentencePiece vocabulary for GGUF from a BPE tokenizer.json: the tokens in id order, scores that rank each merged
@@ -496,11 +502,12 @@ export function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens:
  * stored with their +1, the `nemotron.*` configuration keys and the vocabulary as `tokenizer.ggml.*`. Matrices in
  * `type` (F32, F16, Q8_0 or Q4_0, llama.cpp's rounding), vectors in F32. `weights`: the HF-named tensors (host values).
  */
-export function writeNemotronGGUF(file: string, config: {
+export async function writeNemotronGGUF(file: string, config: {
   vocabSize: number; hiddenSize: number; intermediateSize: number; numHiddenLayers: number; numAttentionHeads: number;
   numKeyValueHeads: number; headDim: number; maxPositionEmbeddings: number; normEps: number; ropeTheta: number; rotaryDim: number;
   ropeScaling: { ropeType: string; factor?: number } | null;
-}, weights: Array<{ name: string; shape: number[]; data: Float32Array }>, vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron'): void {
+}, weights: Array<{ name: string; shape: number[]; data: Float32Array }>, vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron',
+  threads?: number): Promise<void> {
   if (config.ropeScaling && config.ropeScaling.ropeType !== 'linear') {
     throw new Error(`writeNemotronGGUF: llama.cpp's Nemotron reads linear rope scaling only, not ${config.ropeScaling.ropeType}`);
   }
@@ -530,22 +537,40 @@ export function writeNemotronGGUF(file: string, config: {
     if (!m || !module) throw new Error(`writeNemotronGGUF: ${hf} is not a weight of a Nemotron causal LM`);
     return `blk.${m[1]}.${module[0]}.${m[3]}`;
   };
-  writeGGUF(file, kv, weights.map((w) => {
-    const kind = w.shape.length === 2 ? type : 'F32';
+  return writeModelGGUF(file, kv, weights.map((w) => {
+    const kind: GGMLWriteType = w.shape.length === 2 && !isQuantMix(type) ? type : 'F32';
     if ((kind === 'Q8_0' || kind === 'Q4_0') && w.shape[w.shape.length - 1] % 32 !== 0) {
       throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole ${kind} blocks of 32`);
     }
     // LayerNorm1P's weight: llama.cpp stores w + 1.
     const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     return { name: tensorName(w.name), shape: w.shape, data, type: kind };
-  }));
+  }), type, { layerCount: config.numHiddenLayers, expertCount: 0 }, threads);
 }
 
 /** A GGUF metadata value to write: its GGUF type and the value. */
 export type GGUFMetaValue = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]];
 
 /** llama.cpp's general.file_type of a file whose matrices are mostly `type` (LLAMA_FTYPE_*). */
-export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = { F32: 0, F16: 1, Q8_0: 7, Q4_0: 2 };
+export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
+  F32: 0, F16: 1, Q8_0: 7, Q4_0: 2, ...Object.fromEntries(Object.entries(QUANT_MIXES).map(([mix, { fileType }]) => [mix, fileType])) as Record<GGUFQuantMix, number>,
+};
+
+/**
+ * Writes a model's GGUF file of file type `type`: the tensors as given, or, for a k-quant mix, as llama-quantize turns
+ * the F32 file (`tensors` all F32) into one of that type: its tensor order, types and metadata.
+ */
+export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
+  model: { layerCount: number; expertCount: number }, threads?: number): Promise<void> {
+  if (!isQuantMix(type)) { writeGGUF(file, kv, tensors); return; }
+  const mixed = quantizationMix(type, tensors, model);
+  // The k-quants' searches are slow: every tensor's blocks go to worker threads first.
+  const quantized = mixed.filter((t) => t.type !== 'F32' && t.type !== 'F16' && t.type !== 'Q8_0' && t.type !== 'Q4_0');
+  const bytes = await quantizeInParallel(quantized.map((t) => ({ type: t.type as Parameters<typeof quantizeValues>[0], values: t.data })), threads);
+  const byName = new Map(quantized.map((t, i) => [t.name, bytes[i]]));
+  writeGGUF(file, quantizationMixMetadata(kv, type, (v): GGUFMetaValue => ['u32', v]), mixed.map((t) => ({ ...t, bytes: byName.get(t.name) })));
+}
 
 /** The special tokens' ids, add_bos/add_eos and the chat template, as `tokenizer.*` keys. */
 export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[string, GGUFMetaValue]> {
@@ -564,7 +589,7 @@ export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[strin
  * to 32 bytes. `shape` in numpy order; `type` F32, F16 or Q8_0 / Q4_0 (llama.cpp's reference rounding).
  */
 export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGUFWriteType }>): void {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType; bytes?: Buffer }>): void {
   const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
   const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
   const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
@@ -586,11 +611,15 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   const datas: Buffer[] = [];
   let offset = 0;
   for (const t of tensors) {
-    const data = t.type === 'F32' ? Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+    const columns = t.shape[t.shape.length - 1];
+    if (columns % GGML_WRITE_TYPES[t.type].blockValues !== 0) {
+      throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${GGML_WRITE_TYPES[t.type].blockValues}`);
+    }
+    const data = t.bytes ? t.bytes : t.type === 'F32' ? Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
       : t.type === 'F16' ? Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer)
-        : t.type === 'Q8_0' ? quantizeQ8_0(t.data) : quantizeQ4_0(t.data);
+        : t.type === 'Q8_0' ? quantizeQ8_0(t.data) : t.type === 'Q4_0' ? quantizeQ4_0(t.data) : quantizeValues(t.type, t.data);
     const dims = t.shape.slice().reverse();
-    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32({ F32: 0, F16: 1, Q8_0: 8, Q4_0: 2 }[t.type]), u64(offset)]));
+    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(GGML_WRITE_TYPES[t.type].id), u64(offset)]));
     const padded = Math.ceil(data.length / ALIGN) * ALIGN;
     datas.push(data, Buffer.alloc(padded - data.length));
     offset += padded;

@@ -1,0 +1,74 @@
+/**
+ * Writing GGUF files, ours against llama.cpp's llama-quantize on the same machine:
+ *
+ *   node dist/benchmarks/gguf-quantize.js [--config minitron-small] [--types F32,Q8_0,Q4_K_M,Q6_K] [--threads 1,2]
+ *     [--llama-quantize PATH] [--out benchmarks/results/gguf-quantize-minitron-small.md]
+ *
+ * Random weights (N(0, 0.02²)), one run each. For a k-quant mix the time is saveGGUF's whole call (weights read from
+ * the backend, the mix chosen, quantized on `threads` worker threads, the file written); llama-quantize (built from
+ * llama-cpp-python's sources, see scripts/reference/gguf_kquant_fixtures.py) makes the same file from the F32 one,
+ * timed as a child process, and the two files are compared byte for byte.
+ */
+import { spawnSync } from 'child_process';
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { NemotronConfig, NemotronForCausalLM, NemotronTokenizer, setBackend } from '../src/index';
+import type { GGUFWriteType } from '../src/io/gguf';
+import { benchConfig } from './configs';
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const arg = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
+  await setBackend('cpu');
+  const config = benchConfig(arg('--config', 'minitron-small'));
+  const types = arg('--types', 'F32,Q8_0,Q4_K_M,Q6_K').split(',') as GGUFWriteType[];
+  const threadCounts = arg('--threads', `1,${os.availableParallelism()}`).split(',').map(Number);
+  const llamaQuantize = arg('--llama-quantize', process.env.LLAMA_QUANTIZE ?? '');
+  const out = arg('--out', `benchmarks/results/gguf-quantize-${config.name}.md`);
+  const model = new NemotronForCausalLM(new NemotronConfig(config.fields));
+  // A SentencePiece-style vocabulary of the configuration's size is not at hand: the tiny fixture's tokenizer, its
+  // vocabulary written as the file's (llama-quantize copies metadata, so the comparison is not affected).
+  const tokenizer = await NemotronTokenizer.fromPretrained(path.resolve(__dirname, '../../test/fixtures/gguf/tiny-gqa.gguf'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gguf-bench-'));
+  const values = model.numParameters();
+  const sha = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+  const rows: string[] = [];
+  const f32 = path.join(dir, 'F32.gguf');
+  for (const type of types) {
+    for (const threads of type.includes('_K') ? threadCounts : [1]) {
+      const file = path.join(dir, `${type}-${threads}.gguf`);
+      const t = performance.now();
+      await model.saveGGUF(file, tokenizer, { type, name: config.name, threads });
+      const seconds = (performance.now() - t) / 1000;
+      if (type === 'F32') fs.copyFileSync(file, f32);
+      const size = fs.statSync(file).size;
+      rows.push(`| ours | ${type} | ${threads} | ${seconds.toFixed(2)} | ${(values / seconds / 1e6).toFixed(2)} | ${(size / 1e6).toFixed(1)} | |`);
+      console.log(rows[rows.length - 1]);
+      if (!llamaQuantize || !type.includes('_K') || !fs.existsSync(f32)) continue;
+      const theirs = path.join(dir, `${type}-llama-${threads}.gguf`);
+      const start = performance.now();
+      const run = spawnSync(llamaQuantize, [f32, theirs, type, String(threads)], { encoding: 'utf8' });
+      const theirSeconds = (performance.now() - start) / 1000;
+      if (run.status !== 0) throw new Error(`llama-quantize failed: ${run.stderr.slice(-2000)}`);
+      const same = sha(theirs) === sha(file);
+      rows.push(`| llama-quantize | ${type} | ${threads} | ${theirSeconds.toFixed(2)} | ${(values / theirSeconds / 1e6).toFixed(2)} | ${(fs.statSync(theirs).size / 1e6).toFixed(1)} | ${same ? 'identical' : 'DIFFERENT'} |`);
+      console.log(rows[rows.length - 1]);
+      fs.rmSync(theirs);
+    }
+  }
+  model.dispose();
+  fs.rmSync(dir, { recursive: true });
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  const text = [`# GGUF writing: ${config.name} (${(values / 1e6).toFixed(1)} M parameters), ${new Date().toISOString().slice(0, 10)}`, '',
+    `${cpu}, ${os.availableParallelism()} threads available, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; random weights, one run each.`, '',
+    '| writer | type | threads | seconds | M parameters/s | MB | file vs ours |', '| --- | --- | ---: | ---: | ---: | ---: | --- |', ...rows, ''].join('\n');
+  fs.writeFileSync(out, text);
+  console.log(`wrote ${out}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,459 @@
+/**
+ * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q5_0, Q5_1
+ * and the k-quants Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref), and the tensor mixes of its file types
+ * Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K (llama-quant.cpp). Every step rounds to float32 as C's float arithmetic
+ * does (`f` below), so the bytes equal those of a portable (non-FMA) build of llama-quantize; the tests compare them.
+ */
+import { f16BitsToFloat32, float32ToF16Bits } from './safetensors';
+
+const f = Math.fround;
+
+/** nearest_int: round to nearest, ties to even, by adding 1.5·2²³ in float32. */
+function nearestInt(v: number): number {
+  return f(v + 12582912) - 12582912;
+}
+
+/** f16 round trip: the value a stored half scale dequantizes to. */
+function viaF16(v: number): { bits: number; value: number } {
+  const bits = float32ToF16Bits(v);
+  return { bits, value: f16BitsToFloat32(bits) };
+}
+
+/** What makeQkx2Quants found: the scale and the (negated) minimum. */
+const fitted = { scale: 0, min: 0 };
+/** x − min for the group being fitted (float32, as C's float subtraction). */
+const centered = new Float32Array(32);
+
+/**
+ * make_qkx2_quants: the scale and (negated) minimum of n values on levels 0..nmax that minimize the weighted squared
+ * error, trying nstep + 1 scales around the range's; levels into L, the fit into `fitted`.
+ */
+function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, weights: Float32Array, L: Uint8Array, l0: number,
+  aux: Uint8Array, rmin: number, rdelta: number, nstep: number): void {
+  let min = x[x0];
+  let max = x[x0];
+  let sumW = weights[0];
+  let sumX = f(sumW * x[x0]);
+  for (let i = 1; i < n; i++) {
+    const v = x[x0 + i];
+    if (v < min) min = v;
+    if (v > max) max = v;
+    sumW = f(sumW + weights[i]);
+    sumX = f(sumX + f(weights[i] * v));
+  }
+  if (min > 0) min = 0;
+  if (max === min) {
+    L.fill(0, l0, l0 + n);
+    fitted.scale = 0;
+    fitted.min = -min;
+    return;
+  }
+  for (let i = 0; i < n; i++) centered[i] = x[x0 + i] - min;
+  let iscale = f(nmax / f(max - min));
+  let scale = f(1 / iscale);
+  let bestError = 0;
+  for (let i = 0; i < n; i++) {
+    let l = f(f(iscale * centered[i]) + 12582912) - 12582912;
+    if (l < 0) l = 0; else if (l > nmax) l = nmax;
+    L[l0 + i] = l;
+    const diff = f(f(f(scale * l) + min) - x[x0 + i]);
+    bestError = f(bestError + f(weights[i] * f(diff * diff)));
+  }
+  for (let step = 0; step <= nstep; step++) {
+    // max − min with the best minimum so far, as llama.cpp does.
+    iscale = f(f(f(rmin + f(rdelta * step)) + nmax) / f(max - min));
+    let sumL = 0;
+    let sumL2 = 0;
+    let sumXL = 0;
+    for (let i = 0; i < n; i++) {
+      let l = f(f(iscale * centered[i]) + 12582912) - 12582912;
+      if (l < 0) l = 0; else if (l > nmax) l = nmax;
+      aux[i] = l;
+      const wl = f(weights[i] * l);
+      sumL = f(sumL + wl);
+      sumL2 = f(sumL2 + f(wl * l));
+      sumXL = f(sumXL + f(wl * x[x0 + i]));
+    }
+    const D = f(f(sumW * sumL2) - f(sumL * sumL));
+    if (D > 0) {
+      let thisScale = f(f(f(sumW * sumXL) - f(sumX * sumL)) / D);
+      let thisMin = f(f(f(sumL2 * sumX) - f(sumL * sumXL)) / D);
+      if (thisMin > 0) {
+        thisMin = 0;
+        thisScale = f(sumXL / sumL2);
+      }
+      let error = 0;
+      for (let i = 0; i < n; i++) {
+        const diff = f(f(f(thisScale * aux[i]) + thisMin) - x[x0 + i]);
+        error = f(error + f(weights[i] * f(diff * diff)));
+      }
+      if (error < bestError) {
+        for (let i = 0; i < n; i++) L[l0 + i] = aux[i];
+        bestError = error;
+        scale = thisScale;
+        if (thisMin !== min) {
+          min = thisMin;
+          for (let i = 0; i < n; i++) centered[i] = x[x0 + i] - min;
+        }
+      }
+    }
+  }
+  fitted.scale = scale;
+  fitted.min = -min;
+}
+
+/**
+ * make_qx_quants with rmse_type 1 (weights x²): the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in
+ * L), refined over 18 nearby scales.
+ */
+function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number): number {
+  let max = 0;
+  let amax = 0;
+  for (let i = 0; i < n; i++) {
+    const ax = Math.abs(x[x0 + i]);
+    if (ax > amax) { amax = ax; max = x[x0 + i]; }
+  }
+  if (amax < GROUP_MAX_EPS) {
+    L.fill(0, l0, l0 + n);
+    return 0;
+  }
+  const sums = (iscale: number, store: boolean): [number, number] => {
+    let sumLX = 0;
+    let sumL2 = 0;
+    for (let i = 0; i < n; i++) {
+      const v = x[x0 + i];
+      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * v))));
+      if (store) L[l0 + i] = l + nmax;
+      const w = f(v * v);
+      sumLX = f(sumLX + f(f(w * v) * l));
+      sumL2 = f(sumL2 + f(f(w * l) * l));
+    }
+    return [sumLX, sumL2];
+  };
+  let [sumLX, sumL2] = sums(f(-nmax / max), true);
+  let scale = sumL2 ? f(sumLX / sumL2) : 0;
+  let best = f(scale * sumLX);
+  for (let is = -9; is <= 9; is++) {
+    if (is === 0) continue;
+    const iscale = f(-f(nmax + f(TENTH * is)) / max);
+    [sumLX, sumL2] = sums(iscale, false);
+    if (sumL2 > 0 && f(sumLX * sumLX) > f(best * sumL2)) {
+      sums(iscale, true);
+      scale = f(sumLX / sumL2);
+      best = f(scale * sumLX);
+    }
+  }
+  return scale;
+}
+
+const GROUP_MAX_EPS = f(1e-15);
+const TENTH = f(0.1);
+const QK_K = 256;
+
+/** The ggml type of a quantized tensor this module writes, with its block length and bytes per block. */
+export const QUANT_BLOCKS = {
+  Q5_0: { values: 32, bytes: 22 }, Q5_1: { values: 32, bytes: 24 },
+  Q4_K: { values: QK_K, bytes: 144 }, Q5_K: { values: QK_K, bytes: 176 }, Q6_K: { values: QK_K, bytes: 210 },
+} as const;
+
+/**
+ * Q5_0 / Q5_1's layout from `qhAt`: the 32 fifth bits (a u32), then 16 bytes of low nibbles, value j with value
+ * j + 16 above it; `level` gives each value's 5-bit level.
+ */
+function packFiveBits(out: Buffer, qhAt: number, values: Float32Array, start: number, level: (v: number) => number): void {
+  let qh = 0;
+  for (let j = 0; j < 16; j++) {
+    const lo = level(values[start + j]);
+    const hi = level(values[start + 16 + j]);
+    out[qhAt + 4 + j] = (lo & 0xf) | ((hi & 0xf) << 4);
+    qh |= ((lo & 0x10) >> 4) << j;
+    qh |= ((hi & 0x10) >> 4) << (j + 16);
+  }
+  out.writeUInt32LE(qh >>> 0, qhAt);
+}
+
+/** quantize_row_q5_0_ref: per 32 values, d = (the value of largest magnitude) / −16, 5-bit levels trunc(x/d + 16.5). */
+export function quantizeQ5_0(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 22);
+  for (let b = 0; b < blocks; b++) {
+    let amax = 0;
+    let max = 0;
+    for (let j = 0; j < 32; j++) {
+      const v = values[b * 32 + j];
+      if (amax < Math.abs(v)) { amax = Math.abs(v); max = v; }
+    }
+    const d = f(max / -16);
+    const id = d ? f(1 / d) : 0;
+    const at = b * 22;
+    out.writeUInt16LE(float32ToF16Bits(d), at);
+    packFiveBits(out, at + 2, values, b * 32, (v) => Math.min(31, Math.trunc(f(f(v * id) + 16.5))));
+  }
+  return out;
+}
+
+/** quantize_row_q5_1_ref: per 32 values, d = (max − min) / 31 and m = min, 5-bit levels trunc((x − m)/d + 0.5). */
+export function quantizeQ5_1(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 24);
+  for (let b = 0; b < blocks; b++) {
+    let min = Infinity;
+    let max = -Infinity;
+    for (let j = 0; j < 32; j++) {
+      const v = values[b * 32 + j];
+      if (v < min) min = v;
+      if (v > max) max = v;
+    }
+    const d = f(f(max - min) / 31);
+    const id = d ? f(1 / d) : 0;
+    const at = b * 24;
+    out.writeUInt16LE(float32ToF16Bits(d), at);
+    out.writeUInt16LE(float32ToF16Bits(min), at + 2);
+    packFiveBits(out, at + 4, values, b * 32, (v) => Math.trunc(f(f(f(v - min) * id) + 0.5)) & 0xff);
+  }
+  return out;
+}
+
+/**
+ * Q4_K and Q5_K (quantize_row_q4_K_ref / q5_K_ref): per 256 values, eight groups of 32 with a scale and a minimum
+ * each (fit by make_qkx2_quants, weighted by rms + |x|), those stored as 6-bit multiples of two f16 super-scales,
+ * then every value re-levelled against the stored scales.
+ */
+function quantizeKWithMins(values: Float32Array, bits: 4 | 5): Buffer {
+  const nmax = bits === 4 ? 15 : 31;
+  const blockBytes = bits === 4 ? 144 : 176;
+  const quantsAt = bits === 4 ? 16 : 48;
+  const blocks = values.length / QK_K;
+  const out = Buffer.alloc(blocks * blockBytes);
+  const L = new Uint8Array(QK_K);
+  const aux = new Uint8Array(32);
+  const weights = new Float32Array(32);
+  const scales = new Float32Array(8);
+  const mins = new Float32Array(8);
+  const packed = new Uint8Array(12);
+  for (let b = 0; b < blocks; b++) {
+    const x0 = b * QK_K;
+    let maxScale = 0;
+    let maxMin = 0;
+    for (let j = 0; j < 8; j++) {
+      let sumX2 = 0;
+      for (let l = 0; l < 32; l++) { const v = values[x0 + 32 * j + l]; sumX2 = f(sumX2 + f(v * v)); }
+      const avX = f(Math.sqrt(f(sumX2 / 32)));
+      for (let l = 0; l < 32; l++) weights[l] = f(avX + Math.abs(values[x0 + 32 * j + l]));
+      if (bits === 4) makeQkx2Quants(32, 15, values, x0 + 32 * j, weights, L, 32 * j, aux, -1, TENTH, 20);
+      else makeQkx2Quants(32, 31, values, x0 + 32 * j, weights, L, 32 * j, aux, -0.5, TENTH, 15);
+      scales[j] = fitted.scale;
+      mins[j] = fitted.min;
+      if (scales[j] > maxScale) maxScale = scales[j];
+      if (mins[j] > maxMin) maxMin = mins[j];
+    }
+    const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
+    const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
+    packed.fill(0);
+    for (let j = 0; j < 8; j++) {
+      const ls = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
+      const lm = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
+      if (j < 4) {
+        packed[j] = ls;
+        packed[j + 4] = lm;
+      } else {
+        packed[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+        packed[j - 4] |= (ls >> 4) << 6;
+        packed[j] |= (lm >> 4) << 6;
+      }
+    }
+    const d = viaF16(f(maxScale / 63));
+    const dmin = viaF16(f(maxMin / 63));
+    const at = b * blockBytes;
+    out.writeUInt16LE(d.bits, at);
+    out.writeUInt16LE(dmin.bits, at + 2);
+    out.set(packed, at + 4);
+    for (let j = 0; j < 8; j++) {
+      const [sc, m] = j < 4 ? [packed[j] & 63, packed[j + 4] & 63]
+        : [(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)];
+      const scale = f(d.value * sc);
+      if (!scale) continue;
+      const dm = f(dmin.value * m);
+      for (let i = 0; i < 32; i++) {
+        L[32 * j + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(values[x0 + 32 * j + i] + dm) / scale))));
+      }
+    }
+    // Low nibbles: 32 values of group 2k and, above them, 32 of group 2k + 1; Q5_K's fifth bits in qh, two per 64.
+    for (let n = 0; n < QK_K; n += 64) {
+      for (let j = 0; j < 32; j++) {
+        let lo = L[n + j];
+        let hi = L[n + j + 32];
+        if (bits === 5) {
+          const bit = n / 32;
+          if (lo > 15) { lo -= 16; out[at + 16 + j] |= 1 << bit; }
+          if (hi > 15) { hi -= 16; out[at + 16 + j] |= 2 << bit; }
+        }
+        out[at + quantsAt + n / 2 + j] = lo | (hi << 4);
+      }
+    }
+  }
+  return out;
+}
+
+export function quantizeQ4_K(values: Float32Array): Buffer {
+  return quantizeKWithMins(values, 4);
+}
+
+export function quantizeQ5_K(values: Float32Array): Buffer {
+  return quantizeKWithMins(values, 5);
+}
+
+/**
+ * Q6_K (quantize_row_q6_K_ref): per 256 values, sixteen groups of 16 with a signed scale each (make_qx_quants), those
+ * as int8 multiples of one f16 super-scale, then 6-bit levels (−32..31) against the stored scales.
+ */
+export function quantizeQ6_K(values: Float32Array): Buffer {
+  const blocks = values.length / QK_K;
+  const out = Buffer.alloc(blocks * 210);
+  const L = new Int8Array(QK_K);
+  const scales = new Float32Array(16);
+  for (let b = 0; b < blocks; b++) {
+    const x0 = b * QK_K;
+    const at = b * 210;
+    let maxScale = 0;
+    let maxAbsScale = 0;
+    for (let g = 0; g < 16; g++) {
+      scales[g] = makeQxQuants(16, 32, values, x0 + 16 * g, L, 16 * g);
+      const abs = Math.abs(scales[g]);
+      if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scales[g]; }
+    }
+    if (maxAbsScale < GROUP_MAX_EPS) continue; // an all-zero block: d = 0 and zero bytes
+    const iscale = f(-128 / maxScale);
+    const d = viaF16(f(1 / iscale));
+    out.writeUInt16LE(d.bits, at + 208);
+    for (let g = 0; g < 16; g++) {
+      const stored = (Math.min(127, nearestInt(f(iscale * scales[g]))) << 24) >> 24; // as int8
+      out.writeInt8(stored, at + 192 + g);
+      const scale = f(d.value * stored);
+      if (!scale) continue;
+      for (let i = 0; i < 16; i++) {
+        L[16 * g + i] = Math.max(-32, Math.min(31, nearestInt(f(values[x0 + 16 * g + i] / scale)))) + 32;
+      }
+    }
+    // ql: low nibbles of four 32-value runs, two to a byte; qh: their top two bits, four to a byte; per 128 values.
+    for (let n = 0; n < QK_K; n += 128) {
+      const ql = at + n / 2;
+      const qh = at + 128 + n / 4;
+      for (let l = 0; l < 32; l++) {
+        const [q1, q2, q3, q4] = [L[n + l], L[n + l + 32], L[n + l + 64], L[n + l + 96]];
+        out[ql + l] = (q1 & 0xf) | ((q3 & 0xf) << 4);
+        out[ql + l + 32] = (q2 & 0xf) | ((q4 & 0xf) << 4);
+        out[qh + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+      }
+    }
+  }
+  return out;
+}
+
+/** A tensor type that `writeGGUF` writes. */
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+
+/** ggml's type ids and block lengths of the types written. */
+export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
+  F32: { id: 0, blockValues: 1 }, F16: { id: 1, blockValues: 1 }, Q4_0: { id: 2, blockValues: 32 }, Q5_0: { id: 6, blockValues: 32 },
+  Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
+  Q6_K: { id: 14, blockValues: QK_K },
+};
+
+/** llama-quantize's k-quant file types written here, with llama.cpp's LLAMA_FTYPE_* number and the default tensor type. */
+export const QUANT_MIXES = {
+  Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
+  Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
+} as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
+export type GGUFQuantMix = keyof typeof QUANT_MIXES;
+
+export function isQuantMix(type: string): type is GGUFQuantMix {
+  return Object.prototype.hasOwnProperty.call(QUANT_MIXES, type);
+}
+
+/** llama-quantize's order of tensors (llama_model_loader's weights_map): by layer (others first), then by name. */
+function compareTensorNames(a: string, b: string): number {
+  const layer = (name: string) => { const m = /^blk\.(-?\d+)\./.exec(name); return m ? Number(m[1]) : -1; };
+  const [la, lb] = [layer(a), layer(b)];
+  if (la !== lb) return la - lb;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** tensor_allows_quantization for the tensors of Nemotron and NemotronH files: matrices named *weight, not norms. */
+function allowsQuantization(name: string, shape: number[]): boolean {
+  const dims = shape.length - shape.findIndex((d, i) => d > 1 || i === shape.length - 1);
+  return dims >= 2 && name.endsWith('weight') && !name.includes('_norm.weight') && !name.includes('ffn_gate_inp.weight')
+    && !name.includes('ssm_conv1d');
+}
+
+/**
+ * The tensor types llama-quantize chooses for a file type `mix` (llama_tensor_get_type without an importance matrix or
+ * overrides): the base type, more bits for attn_v and ffn_down in the layers `use_more_bits` picks (the _M mixes), the
+ * first ones (Q4_K_S), the output matrix (or the tied embedding) in Q6_K, and llama.cpp's fallbacks for rows that are
+ * not whole 256-value blocks (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16). `tensors` as the F32 file has them
+ * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
+ */
+export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType }>(mix: GGUFQuantMix, tensors: T[],
+  model: { layerCount: number; expertCount: number }): T[] {
+  const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
+  const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);
+  const attentionValueCount = sorted.filter((t) => isAttnV(t.name)).length;
+  const tied = !sorted.some((t) => t.name === 'output.weight');
+  const useMoreBits = (i: number, n: number) => i < Math.trunc(n / 8) || i >= Math.trunc((7 * n) / 8) || (i - Math.trunc(n / 8)) % 3 === 2;
+  const experts = Math.max(1, model.expertCount);
+  let attentionValueIndex = 0;
+  let ffnDownIndex = 0;
+  const layerOf = (counter: number, name: string): number => {
+    if (experts <= 1) return counter;
+    const m = /^blk\.(\d+)\./.exec(name);
+    if (!m) throw new Error(`quantizationMix: cannot find the layer of ${name}`);
+    return Number(m[1]);
+  };
+  return sorted.map((t) => {
+    if (!allowsQuantization(t.name, t.shape)) return t;
+    const columns = t.shape[t.shape.length - 1];
+    let type: GGMLWriteType = QUANT_MIXES[mix].base;
+    if (t.name === 'output.weight' || (tied && t.name === 'token_embd.weight')) {
+      type = columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : 'Q6_K';
+    } else if (t.name === 'token_embd.weight') {
+      // the base type
+    } else if (isAttnV(t.name)) {
+      if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(attentionValueIndex, attentionValueCount)) type = 'Q6_K';
+      else if (mix === 'Q4_K_S' && attentionValueIndex < 4) type = 'Q5_K';
+      if (experts === 8) type = 'Q8_0';
+      attentionValueIndex++;
+    } else if (t.name.includes('attn_k.weight')) {
+      if (experts === 8) type = 'Q8_0';
+    } else if (t.name.includes('ffn_down')) {
+      const layer = layerOf(ffnDownIndex, t.name);
+      const n = model.layerCount;
+      if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
+      else if (mix === 'Q4_K_S' && layer < Math.trunc(n / 8)) type = 'Q5_K';
+      ffnDownIndex++;
+    } else if (t.name.includes('attn_output.weight')) {
+      if (experts === 8 && (mix === 'Q4_K_S' || mix === 'Q4_K_M')) type = 'Q5_K';
+    }
+    if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
+      const fallback: GGMLWriteType = ({ Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
+    }
+    return { ...t, type };
+  });
+}
+
+/** The metadata llama-quantize writes: the source's keys in order, then general.quantization_version and general.file_type. */
+export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuantMix, u32: (v: number) => V): Array<[string, V]> {
+  return [...kv.filter(([key]) => key !== 'general.quantization_version' && key !== 'general.file_type'),
+    ['general.quantization_version', u32(2)], ['general.file_type', u32(QUANT_MIXES[mix].fileType)]];
+}
+
+/** `values` in a quantized type, rows of whole blocks (the caller checks). */
+export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0'>, values: Float32Array): Buffer {
+  switch (type) {
+    case 'Q5_0': return quantizeQ5_0(values);
+    case 'Q5_1': return quantizeQ5_1(values);
+    case 'Q4_K': return quantizeQ4_K(values);
+    case 'Q5_K': return quantizeQ5_K(values);
+    case 'Q6_K': return quantizeQ6_K(values);
+  }
+}

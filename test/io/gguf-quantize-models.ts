@@ -1,0 +1,70 @@
+/**
+ * The models whose k-quant GGUF files are compared with llama-quantize's (test/io/gguf-quantize.test.ts): shapes where
+ * llama.cpp's mixes differ by layer (8 layers), by tensor (attn_v, ffn_down, output, the tied embedding) and by row
+ * length (128-value rows fall back from the k-quants, 48-value ones to F16), NemotronH with Mamba, attention and eight
+ * experts (llama.cpp's rules for 8-expert models). Weights from a fixed seed, so that
+ * `scripts/reference/gguf_kquant_fixtures.py` (which runs this file to write their F32 GGUFs) and the test see the same.
+ */
+import * as path from 'path';
+import seedrandom from 'seedrandom';
+import { NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronTokenizer } from '../../src/index';
+
+const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
+
+export const QUANTIZE_MODELS = ['nemotron', 'nemotron-tied', 'nemotron-h'] as const;
+export type QuantizeModelName = (typeof QUANTIZE_MODELS)[number];
+
+/** Every parameter, in name order, drawn from a seeded normal distribution. */
+function fillWeights(params: Map<string, { shape: number[]; assign(t: unknown): void }>, seed: string, tensor: (shape: number[], data: Float32Array) => unknown): void {
+  const rng = seedrandom(seed);
+  const normal = () => Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng());
+  for (const name of [...params.keys()].sort()) {
+    const v = params.get(name)!;
+    const data = new Float32Array(v.shape.reduce((a, b) => a * b, 1));
+    // A_log and D as Mamba keeps them, RMSNorm's weights around 1 (LayerNorm1P's are offsets from 1), the rest around 0.
+    const [scale, offset] = /A_log$/.test(name) ? [0.5, 1] : /\.D$/.test(name) ? [0.1, 1]
+      : seed === 'nemotron-h' && /norm\.weight$/.test(name) ? [0.02, 1] : [0.02, 0];
+    for (let i = 0; i < data.length; i++) data[i] = offset + scale * normal();
+    v.assign(tensor(v.shape, data));
+  }
+}
+
+/** One of the models, its weights filled, with the tokenizer its GGUF takes. */
+export async function quantizeModel(name: QuantizeModelName): Promise<{ model: NemotronForCausalLM | NemotronHForCausalLM; tokenizer: NemotronTokenizer }> {
+  const tf = await import('@tensorflow/tfjs');
+  const tensor = (shape: number[], data: Float32Array) => tf.tensor(data, shape);
+  if (name === 'nemotron-h') {
+    const tokenizer = await NemotronTokenizer.fromPretrained(path.join(FIXTURES, 'nemotron-h-gguf', 'tokenizer'));
+    const config = new NemotronHConfig({
+      vocabSize: 318, hiddenSize: 256, layerTypes: ['mamba', 'moe', 'attention', 'moe', 'mamba', 'moe'],
+      mambaNumHeads: 8, mambaHeadDim: 32, nGroups: 2, ssmStateSize: 16, convKernel: 4, chunkSize: 8,
+      numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 64, intermediateSize: 256,
+      nRoutedExperts: 8, numExpertsPerTok: 2, moeIntermediateSize: 256, moeSharedExpertIntermediateSize: 256, routedScalingFactor: 2.5,
+    });
+    const model = new NemotronHForCausalLM(config);
+    fillWeights(model.namedParameters() as never, name, tensor);
+    return { model, tokenizer };
+  }
+  const tokenizer = await NemotronTokenizer.fromPretrained(path.join(FIXTURES, 'gguf', 'tiny-gqa.gguf'));
+  const config = name === 'nemotron'
+    ? new NemotronConfig({ vocabSize: 96, hiddenSize: 256, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 64, intermediateSize: 256, numHiddenLayers: 8, tieWordEmbeddings: false })
+    : new NemotronConfig({ vocabSize: 96, hiddenSize: 48, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 64, numHiddenLayers: 2, tieWordEmbeddings: true });
+  const model = new NemotronForCausalLM(config);
+  fillWeights(model.namedParameters() as never, name, tensor);
+  return { model, tokenizer };
+}
+
+/** `node dist/test/io/gguf-quantize-models.js DIR`: each model's F32 GGUF (DIR/NAME-f32.gguf), llama-quantize's input. */
+async function main(dir: string): Promise<void> {
+  const tf = await import('@tensorflow/tfjs');
+  await tf.setBackend('cpu');
+  for (const name of QUANTIZE_MODELS) {
+    const { model, tokenizer } = await quantizeModel(name);
+    await model.saveGGUF(path.join(dir, `${name}-f32.gguf`), tokenizer, { type: 'F32', name });
+    model.dispose();
+  }
+}
+
+if (require.main === module) {
+  main(process.argv[2]).catch((e) => { console.error(e); process.exit(1); });
+}

@@ -1,0 +1,112 @@
+import * as crypto from 'crypto';
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import * as tf from '@tensorflow/tfjs';
+import { GGUFFile, NemotronForCausalLM, NemotronHForCausalLM, setBackend } from '../../src/index';
+import { type GGUFQuantMix, quantizeValues } from '../../src/io/gguf-quantize';
+import { QUANTIZE_MODELS, quantizeModel } from './gguf-quantize-models';
+import { tmpDir } from '../helpers';
+
+/**
+ * GGUF k-quant files as llama.cpp's llama-quantize makes them from the F32 file: the reference quantizers' bytes on
+ * blocks of every kind, and whole files (tensor order, each tensor's type in the mix, metadata) byte for byte.
+ * Fixtures: scripts/reference/gguf_kquant_fixtures.py (llama.cpp built from llama-cpp-python's source distribution).
+ */
+const DIR = path.resolve(__dirname, '../../../test/fixtures/gguf-kquants');
+const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'utf8')) as {
+  blocks: Record<string, string>;
+  files: Record<string, { sha256: string; tensors: Array<[string, string, string]> }>;
+};
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+const MIXES: GGUFQuantMix[] = ['Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K'];
+const sha256 = (data: Buffer) => crypto.createHash('sha256').update(data).digest('hex');
+
+describe('GGUF k-quants (llama-quantize\'s Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K)', function () {
+  this.timeout(300000);
+  before(async () => { await setBackend('cpu'); });
+
+  it('quantizes blocks of every kind as ggml_quantize_chunk does, byte for byte: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K', () => {
+    const raw = fs.readFileSync(path.join(DIR, 'blocks.f32'));
+    const values = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+    for (const [type, encoded] of Object.entries(reference.blocks)) {
+      const theirs = Buffer.from(encoded, 'base64');
+      const ours = quantizeValues(type as 'Q4_K', values);
+      expect(ours.length, `${type}: bytes`).to.equal(theirs.length);
+      const rowBytes = theirs.length / 64;
+      const differing = [...Array(64).keys()].filter((r) => !ours.subarray(r * rowBytes, (r + 1) * rowBytes).equals(theirs.subarray(r * rowBytes, (r + 1) * rowBytes)));
+      expect(differing, `${type}: rows (256 values each) whose bytes differ from llama.cpp's`).to.deep.equal([]);
+    }
+  });
+
+  for (const name of QUANTIZE_MODELS) {
+    it(`${name}: saveGGUF in each k-quant mix writes llama-quantize's file byte for byte`, async () => {
+      const dir = tmpDir('gguf-kquant');
+      const { model, tokenizer } = await quantizeModel(name);
+      const before = tf.memory().numTensors;
+      try {
+        for (const mix of MIXES) {
+          const file = path.join(dir, `${name}-${mix}.gguf`);
+          await model.saveGGUF(file, tokenizer, { type: mix, name });
+          const expected = reference.files[`${name} ${mix}`];
+          if (sha256(fs.readFileSync(file)) === expected.sha256) continue;
+          // Not the same file: say where.
+          const ours = GGUFFile.open(file);
+          const tensors = [...ours.tensors].map(([t, info]) => [t, info.type, sha256(ours.readBytes(t))]);
+          ours.close();
+          expect(tensors, `${name} ${mix}: tensors in order, with their types and bytes`).to.deep.equal(expected.tensors);
+          expect.fail(`${name} ${mix}: the tensors agree but the file does not (metadata or layout)`);
+        }
+        expect(tf.memory().numTensors, 'no tensor left by saving').to.equal(before);
+      } finally {
+        model.dispose();
+      }
+    });
+  }
+
+  it('the CLI converts a folder into a k-quant mix on worker threads (convert --type Q4_K_M --threads 2) as llama-quantize does', async () => {
+    const dir = tmpDir('gguf-kquant-cli');
+    const { model, tokenizer } = await quantizeModel('nemotron');
+    await model.savePretrained(path.join(dir, 'folder'));
+    tokenizer.savePretrained(path.join(dir, 'folder'));
+    model.dispose();
+    const file = path.join(dir, 'model.Q4_K_M.gguf');
+    const run = spawnSync(process.execPath, [CLI, 'convert', '--model', path.join(dir, 'folder'), '--output', file, '--type', 'Q4_K_M', '--threads', '2', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(run.status, run.stderr).to.equal(0);
+    const written = GGUFFile.open(file);
+    try {
+      expect(written.get('general.file_type'), 'LLAMA_FTYPE_MOSTLY_Q4_K_M').to.equal(15);
+      const tensors = [...written.tensors].map(([t, info]) => [t, info.type, sha256(written.readBytes(t))]);
+      expect(tensors).to.deep.equal(reference.files['nemotron Q4_K_M'].tensors);
+    } finally {
+      written.close();
+    }
+    const refused = spawnSync(process.execPath, [CLI, 'convert', '--model', path.join(dir, 'folder'), '--output', file, '--type', 'Q4_K_M', '--threads', '0'], { encoding: 'utf8' });
+    expect(refused.status).to.not.equal(0);
+    expect(refused.stderr).to.match(/--threads <n>' argument '0' is invalid\. It must be a positive integer/);
+  });
+
+  it('the files load back, their logits nearer the F32 model\'s the more bits the mix keeps', async () => {
+    const dir = tmpDir('gguf-kquant-load');
+    for (const name of ['nemotron', 'nemotron-h'] as const) {
+      const { model, tokenizer } = await quantizeModel(name);
+      const ids = [[5, 17, 42, 8, 63, 21, 2, 30]];
+      const exact = model.forward({ inputIds: ids }).logits!;
+      const errors: number[] = [];
+      for (const mix of ['Q4_K_S', 'Q5_K_S', 'Q6_K'] as const) {
+        const file = path.join(dir, `${name}-${mix}.gguf`);
+        await model.saveGGUF(file, tokenizer, { type: mix, name });
+        const loaded = name === 'nemotron' ? await NemotronForCausalLM.fromPretrained(file) : await NemotronHForCausalLM.fromPretrained(file);
+        const logits = loaded.forward({ inputIds: ids }).logits!;
+        errors.push(tf.tidy(() => tf.div(tf.norm(tf.sub(logits, exact)), tf.norm(exact)).dataSync()[0]));
+        tf.dispose(logits);
+        loaded.dispose();
+      }
+      expect(errors[1], `${name}: Q5_K_S's relative logit error below Q4_K_S's`).to.be.below(errors[0]);
+      expect(errors[2], `${name}: Q6_K's below Q5_K_S's`).to.be.below(errors[1]);
+      exact.dispose();
+      model.dispose();
+    }
+  });
+});

@@ -500,7 +500,8 @@ export function sentencePieceVocabulary(source: GGUFVocabularySource): { tokens:
 /**
  * Writes a Nemotron model as llama.cpp's convert_hf_to_gguf.py would: llama.cpp tensor names, LayerNorm1P weights
  * stored with their +1, the `nemotron.*` configuration keys and the vocabulary as `tokenizer.ggml.*`. Matrices in
- * `type` (F32, F16, Q8_0 or Q4_0, llama.cpp's rounding), vectors in F32. `weights`: the HF-named tensors (host values).
+ * `type` (F32, F16, Q8_0 or Q4_0, llama.cpp's rounding; rows that are not whole Q8_0/Q4_0 blocks in F16, as the
+ * converter falls back), vectors in F32; or a k-quant mix (`writeModelGGUF`). `weights`: the HF-named tensors (host values).
  */
 export async function writeNemotronGGUF(file: string, config: {
   vocabSize: number; hiddenSize: number; intermediateSize: number; numHiddenLayers: number; numAttentionHeads: number;
@@ -538,10 +539,9 @@ export async function writeNemotronGGUF(file: string, config: {
     return `blk.${m[1]}.${module[0]}.${m[3]}`;
   };
   return writeModelGGUF(file, kv, weights.map((w) => {
-    const kind: GGMLWriteType = w.shape.length === 2 && !isQuantMix(type) ? type : 'F32';
-    if ((kind === 'Q8_0' || kind === 'Q4_0') && w.shape[w.shape.length - 1] % 32 !== 0) {
-      throw new Error(`writeNemotronGGUF: ${w.name} has rows of ${w.shape[1]} values, not whole ${kind} blocks of 32`);
-    }
+    // Rows that are not whole 32-value blocks: F16, as the converter falls back when gguf-py refuses to quantize.
+    const kind: GGMLWriteType = w.shape.length !== 2 || isQuantMix(type) ? 'F32'
+      : (type === 'Q8_0' || type === 'Q4_0') && w.shape[1] % 32 !== 0 ? 'F16' : type;
     // LayerNorm1P's weight: llama.cpp stores w + 1.
     const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     return { name: tensorName(w.name), shape: w.shape, data, type: kind };

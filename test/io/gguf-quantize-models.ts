@@ -1,9 +1,10 @@
 /**
  * The models whose k-quant GGUF files are compared with llama-quantize's (test/io/gguf-quantize.test.ts): shapes where
  * llama.cpp's mixes differ by layer (8 layers), by tensor (attn_v, ffn_down, output, the tied embedding) and by row
- * length (128-value rows fall back from the k-quants, 48-value ones to F16), NemotronH with Mamba, attention and eight
+ * length (384-value rows of ffn_down fall back from the k-quants, 48-value ones to F16), NemotronH with Mamba, attention and eight
  * experts (llama.cpp's rules for 8-expert models). Weights from a fixed seed, so that
- * `scripts/reference/gguf_kquant_fixtures.py` (which runs this file to write their F32 GGUFs) and the test see the same.
+ * `scripts/reference/gguf_kquant_fixtures.py` and `llama_cpp_fixtures.py` (which run this file to write their F32 GGUFs)
+ * and the tests see the same. Shapes llama.cpp loads (its Nemotron needs heads × head_dim = hidden size).
  */
 import * as path from 'path';
 import seedrandom from 'seedrandom';
@@ -36,7 +37,7 @@ export async function quantizeModel(name: QuantizeModelName): Promise<{ model: N
   if (name === 'nemotron-h') {
     const tokenizer = await NemotronTokenizer.fromPretrained(path.join(FIXTURES, 'nemotron-h-gguf', 'tokenizer'));
     const config = new NemotronHConfig({
-      vocabSize: 318, hiddenSize: 256, layerTypes: ['mamba', 'moe', 'attention', 'moe', 'mamba', 'moe'],
+      vocabSize: 320, hiddenSize: 256, layerTypes: ['mamba', 'moe', 'attention', 'moe', 'mamba', 'moe'],
       mambaNumHeads: 8, mambaHeadDim: 32, nGroups: 2, ssmStateSize: 16, convKernel: 4, chunkSize: 8,
       numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 64, intermediateSize: 256,
       nRoutedExperts: 8, numExpertsPerTok: 2, moeIntermediateSize: 256, moeSharedExpertIntermediateSize: 256, routedScalingFactor: 2.5,
@@ -47,7 +48,7 @@ export async function quantizeModel(name: QuantizeModelName): Promise<{ model: N
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(path.join(FIXTURES, 'gguf', 'tiny-gqa.gguf'));
   const config = name === 'nemotron'
-    ? new NemotronConfig({ vocabSize: 96, hiddenSize: 256, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 64, intermediateSize: 256, numHiddenLayers: 8, tieWordEmbeddings: false })
+    ? new NemotronConfig({ vocabSize: 96, hiddenSize: 256, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 64, intermediateSize: 384, numHiddenLayers: 8, tieWordEmbeddings: false })
     : new NemotronConfig({ vocabSize: 96, hiddenSize: 48, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 64, numHiddenLayers: 2, tieWordEmbeddings: true });
   const model = new NemotronForCausalLM(config);
   fillWeights(model.namedParameters() as never, name, tensor);

@@ -10,6 +10,9 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import { writeSafetensors } from '../../src/io/safetensors';
+import { loadAdapterWeights } from '../../src/training/lora';
+import { ggufNameOf, permuteRows } from '../../src/io/gguf-nemotron-h';
+import { writeLoraGGUF } from '../../src/io/gguf-lora';
 import type { NemotronHForCausalLM } from './model';
 
 /** The linear modules LoRA can adapt, by their last name (PEFT's target_modules). */
@@ -64,6 +67,31 @@ export class NemotronHLoraModel {
     return lora;
   }
 
+  /**
+   * Loads a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) onto the model, as
+   * PeftModel.from_pretrained: plain LoRA on the modules `attach` takes; variants that change the computation refused.
+   */
+  static async fromPretrained(model: NemotronHForCausalLM, dir: string): Promise<NemotronHLoraModel> {
+    const configPath = path.join(dir, 'adapter_config.json');
+    if (!fs.existsSync(configPath)) throw new Error(`No adapter_config.json in ${dir}: not a PEFT adapter folder`);
+    const raw = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+    if (raw.peft_type !== 'LORA') throw new Error(`${configPath}: peft_type ${JSON.stringify(raw.peft_type)}, only LORA is supported`);
+    for (const key of ['use_dora', 'use_rslora', 'fan_in_fan_out', 'lora_bias']) {
+      if (raw[key] === true) throw new Error(`${configPath}: ${key} = true is not supported by NemotronH's LoRA`);
+    }
+    if (raw.modules_to_save) throw new Error(`${configPath}: modules_to_save ${JSON.stringify(raw.modules_to_save)} is not supported by NemotronH's LoRA`);
+    const targets = raw.target_modules === 'all-linear' ? 'all-linear' : raw.target_modules as string[];
+    if (!Array.isArray(targets) && targets !== 'all-linear') throw new Error(`${configPath}: target_modules ${JSON.stringify(raw.target_modules)}: expected module names or 'all-linear'`);
+    const lora = NemotronHLoraModel.attach(model, { r: raw.r as number, loraAlpha: raw.lora_alpha as number, targetModules: targets });
+    try {
+      loadAdapterWeights(path.join(dir, 'adapter_model.safetensors'), lora.namedParameters());
+    } catch (e) {
+      lora.unload();
+      throw e;
+    }
+    return lora;
+  }
+
   /** The adapters under PEFT's names (`base_model.model.model.layers.0.mixer.in_proj.lora_A.weight`). */
   namedParameters(): Map<string, tf.Variable> {
     const out = new Map<string, tf.Variable>();
@@ -99,6 +127,23 @@ export class NemotronHLoraModel {
       base_model_name_or_path: null, modules_to_save: null,
     };
     fs.writeFileSync(path.join(dir, 'adapter_config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  }
+
+  /**
+   * The adapters as a GGUF LoRA file for llama.cpp (`--lora FILE` beside the base model's GGUF): llama.cpp's names,
+   * q/k's B rows permuted as the converter permutes those weights' rows.
+   */
+  async saveGGUF(file: string, options: { type?: 'F32' | 'F16'; name?: string } = {}): Promise<void> {
+    const c = this.model.config;
+    const pairs = [];
+    for (const module of [...this.model.adapters.keys()].sort()) {
+      const { A, B } = this.model.adapters.get(module)!;
+      let b = await B.data() as Float32Array;
+      if (module.endsWith('.mixer.q_proj')) b = permuteRows(b, B.shape[0], c.numAttentionHeads, false);
+      else if (module.endsWith('.mixer.k_proj')) b = permuteRows(b, B.shape[0], c.numKeyValueHeads, false);
+      pairs.push({ name: ggufNameOf(`${module}.weight`), a: { shape: A.shape, data: await A.data() as Float32Array }, b: { shape: B.shape, data: b } });
+    }
+    writeLoraGGUF(file, c.layerTypes.includes('moe') ? 'nemotron_h_moe' : 'nemotron_h', this.loraConfig.loraAlpha, pairs, options);
   }
 
   /** Folds the adapters into the weights (W += scaling·B·A) and detaches them. */

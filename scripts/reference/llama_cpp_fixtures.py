@@ -13,12 +13,16 @@ llama_tokenize's ids (special tokens added and parsed). Files:
 - F32 GGUFs of the seeded models of test/io/gguf-quantize-models.ts (Nemotron; NemotronH with Mamba, attention and
   8 experts), written by our saveGGUF, which the test writes again;
 - test/fixtures/nemotron-h-gguf/{hybrid,moe}-f32.gguf (the converter's layout; moe has latent expert projections);
+- the seeded Nemotron and NemotronH with LoRA adapters on every linear module (seeded A and B), the adapters written
+  by our LoraModel / NemotronHLoraModel.saveGGUF and applied by llama_set_adapters_lora;
 - vocabularies: hybrid-f32.gguf (byte-level, tekken) and the byte-level vocab-{gpt-2,llama-bpe,qwen2}.gguf.
-Writes test/fixtures/gguf-llama-cpp/expected.json.
+Also runs llama.cpp's convert_lora_to_gguf.py on the PEFT adapter fixtures (lora-*.gguf, F32 and F16).
+Writes test/fixtures/gguf-llama-cpp/.
 """
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -36,7 +40,8 @@ HARNESS = r"""
 #include <cstring>
 #include <string>
 #include <vector>
-// logits MODEL ids 1,2,3 -> each position's logits, a line each; logits MODEL text TEXT -> llama_tokenize's ids
+// logits MODEL ids 1,2,3 [LORA] -> each position's logits, a line each (with a LoRA adapter's GGUF applied);
+// logits MODEL text TEXT -> llama_tokenize's ids
 int main(int argc, char **argv) {
   if (argc < 4) return 2;
   llama_backend_init();
@@ -64,6 +69,12 @@ int main(int argc, char **argv) {
   cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   llama_context *ctx = llama_init_from_model(model, cp);
   if (!ctx) { fprintf(stderr, "context failed\n"); return 1; }
+  if (argc > 4) {  // a LoRA adapter's GGUF, at scale 1
+    llama_adapter_lora *adapter = llama_adapter_lora_init(model, argv[4]);
+    if (!adapter) { fprintf(stderr, "adapter failed\n"); return 1; }
+    float scale = 1.0f;
+    if (llama_set_adapters_lora(ctx, &adapter, 1, &scale)) { fprintf(stderr, "set adapter failed\n"); return 1; }
+  }
   llama_batch_ext *batch = llama_batch_ext_init(ctx);
   for (size_t i = 0; i < ids.size(); i++) {
     int idx = llama_batch_ext_add_token(batch, 0, ids[i]);
@@ -98,9 +109,12 @@ def main():
     # file, and ours) lacks; Nemotron's published checkpoints are untied.
     files = {name: os.path.join(work, f"{name}-f32.gguf") for name in ("nemotron", "nemotron-h")}
     files.update({name: os.path.join(FIXTURES, "nemotron-h-gguf", f"{name}-f32.gguf") for name in ("hybrid", "moe")})
+    runs = {name: [path] for name, path in files.items()}
+    # Our LoRA adapters' GGUFs (rsLoRA on Nemotron: its alpha written as alpha·√r) on the same bases.
+    runs.update({f"{name}+lora": [files[name], os.path.join(work, f"{name}-lora.gguf")] for name in ("nemotron", "nemotron-h")})
     logits = {}
-    for name, path in files.items():
-        out = subprocess.run([harness, path, "ids", ",".join(map(str, IDS))], capture_output=True, text=True, check=True).stdout
+    for name, (path, *adapter) in runs.items():
+        out = subprocess.run([harness, path, "ids", ",".join(map(str, IDS)), *adapter], capture_output=True, text=True, check=True).stdout
         logits[name] = [[float(v) for v in line.split()] for line in out.strip().split("\n")]
     # Byte-level vocabularies only: llama.cpp's SentencePiece tokenizer looks up the 256 <0xXX> byte tokens a real
     # vocabulary has (and aborts without them), which tiny-gqa.gguf's 96-token test vocabulary lacks.
@@ -112,6 +126,15 @@ def main():
         for text in TEXTS:
             out = subprocess.run([harness, path, "text", text], capture_output=True, text=True, check=True).stdout.strip()
             encodings[name].append([int(v) for v in out.split(",")] if out else [])
+    # llama.cpp's convert_lora_to_gguf.py on the PEFT adapter fixtures (tiny-mha-bias is rsLoRA: the converter writes
+    # its lora_alpha as is, which llama.cpp then scales by alpha / r, not PEFT's alpha / √r).
+    env = {**os.environ, "PYTHONPATH": os.path.join(LLAMA_CPP, "gguf-py")}
+    for config in ("tiny-gqa", "tiny-mha-bias"):
+        for outtype in ("f32", "f16"):
+            subprocess.run([sys.executable, os.path.join(LLAMA_CPP, "convert_lora_to_gguf.py"), "--base",
+                            os.path.join(FIXTURES, "hf-reference", config, "causal-lm"), "--outtype", outtype,
+                            "--outfile", os.path.join(OUT, f"lora-{config}-{outtype}.gguf"),
+                            os.path.join(FIXTURES, "peft-lora", config, "adapter")], check=True, env=env, capture_output=True)
     json.dump({"llama_cpp": "llama-cpp-python 0.3.36 (vendor/llama.cpp), CPU, GGML_NATIVE=OFF", "ids": IDS, "texts": TEXTS,
                "logits": logits, "encodings": encodings}, open(os.path.join(OUT, "expected.json"), "w"))
 

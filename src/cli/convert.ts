@@ -6,12 +6,15 @@ import { NemotronTokenizer } from '../tokenizer';
 import { checkModelDir, modelType } from './info';
 import { integerArg } from './generate';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
+import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
+import { LoraModel } from '../training/lora';
 
 /**
  * `convert`: a Nemotron or NemotronH GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer
  * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
- * writes one, or a k-quant one (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) as its llama-quantize makes it from that.
+ * writes one, or a k-quant one (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) as its llama-quantize makes it from that; or,
+ * with --adapter, a PEFT LoRA adapter folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one.
  */
 export function registerConvert(program: Command): void {
   program
@@ -23,11 +26,17 @@ export function registerConvert(program: Command): void {
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or llama-quantize\'s k-quant mix')
       .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
+    .option('--adapter <dir>', 'with --model (the base): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
       if (opts.gguf !== undefined && !isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
+      if (opts.adapter !== undefined) {
+        if (opts.model === undefined) throw new Error('--adapter DIR needs --model BASE: the model the adapter was trained on');
+        checkModelDir(opts.adapter, ['adapter_config.json', 'adapter_model.safetensors']);
+        if (opts.type !== 'F32' && opts.type !== 'F16') throw new Error(`--type ${opts.type}: a LoRA adapter's GGUF is F32 or F16`);
+      }
       if (opts.model !== undefined) {
         checkModelDir(opts.model, ['config.json', 'tokenizer.json']);
         if (!String(opts.output).toLowerCase().endsWith('.gguf')) throw new Error(`--output ${opts.output}: a GGUF file's name ends in .gguf`);
@@ -42,6 +51,12 @@ export function registerConvert(program: Command): void {
         if (opts.gguf !== undefined) {
           await model.savePretrained(opts.output, { dtype: opts.dtype });
           tokenizer.savePretrained(opts.output);
+        } else if (opts.adapter !== undefined) {
+          const lora = model instanceof NemotronHForCausalLM ? await NemotronHLoraModel.fromPretrained(model, opts.adapter)
+            : await LoraModel.fromPretrained(model, opts.adapter);
+          await lora.saveGGUF(opts.output, { type: opts.type });
+          process.stdout.write(`converted the LoRA adapter ${opts.adapter} (${lora.namedParameters().size / 2} modules) to ${opts.output}\n`);
+          return;
         } else {
           await model.saveGGUF(opts.output, tokenizer, { type: opts.type, threads: opts.threads });
         }

@@ -45,7 +45,7 @@ export function hfNameOfNemotronHGGUF(name: string): string | null {
   return m && known ? `model.layers.${m[1]}.${known[1]}` : null;
 }
 
-function ggufNameOf(hf: string): string {
+export function ggufNameOf(hf: string): string {
   const top = TOP_TENSORS.find(([, h]) => h === hf);
   if (top) return top[0];
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hf);
@@ -58,7 +58,7 @@ function ggufNameOf(hf: string): string {
  * Llama's permute of q/k rows (convert_hf_to_gguf.py's LlamaModel.permute) and its inverse: within each of `heads`
  * heads, rows [first half, second half] ↔ interleaved pairs.
  */
-function permuteRows(data: Float32Array, rows: number, heads: number, inverse: boolean): Float32Array {
+export function permuteRows(data: Float32Array, rows: number, heads: number, inverse: boolean): Float32Array {
   const cols = data.length / rows;
   const half = rows / heads / 2;
   const out = new Float32Array(data.length);

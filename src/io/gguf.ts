@@ -329,6 +329,18 @@ const LAYER_NAMES: Array<[string, string]> = [
   ['attn_v', 'self_attn.v_proj'], ['attn_output', 'self_attn.o_proj'], ['ffn_up', 'mlp.up_proj'], ['ffn_down', 'mlp.down_proj'],
 ];
 
+const TOP_NAMES = new Map<string, string>([['model.embed_tokens.weight', 'token_embd.weight'], ['model.norm.weight', 'output_norm.weight'],
+  ['model.norm.bias', 'output_norm.bias'], ['lm_head.weight', 'output.weight']]);
+
+/** llama.cpp's name of a Nemotron causal LM's tensor (HF name `model.layers.0.self_attn.q_proj.weight` → `blk.0.attn_q.weight`). */
+export function nemotronGGUFName(hf: string): string {
+  if (TOP_NAMES.has(hf)) return TOP_NAMES.get(hf)!;
+  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf);
+  const module = m && LAYER_NAMES.find(([, h]) => h === m[2]);
+  if (!m || !module) throw new Error(`writeNemotronGGUF: ${hf} is not a weight of a Nemotron causal LM`);
+  return `blk.${m[1]}.${module[0]}.${m[3]}`;
+}
+
 /** The HF name of a llama.cpp Nemotron tensor name, or null for one that is not a weight of the model. */
 export function hfNameOfGGUF(name: string): string | null {
   const top: Record<string, string> = {
@@ -529,15 +541,7 @@ export async function writeNemotronGGUF(file: string, config: {
     ...specialTokenKeys(vocabulary),
   ];
   // Tensors: llama.cpp names; matrices in `type`, vectors in F32.
-  const ggufNames = new Map<string, string>([['model.embed_tokens.weight', 'token_embd.weight'], ['model.norm.weight', 'output_norm.weight'],
-    ['model.norm.bias', 'output_norm.bias'], ['lm_head.weight', 'output.weight']]);
-  const tensorName = (hf: string) => {
-    if (ggufNames.has(hf)) return ggufNames.get(hf)!;
-    const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hf);
-    const module = m && LAYER_NAMES.find(([, h]) => h === m[2]);
-    if (!m || !module) throw new Error(`writeNemotronGGUF: ${hf} is not a weight of a Nemotron causal LM`);
-    return `blk.${m[1]}.${module[0]}.${m[3]}`;
-  };
+  const tensorName = nemotronGGUFName;
   return writeModelGGUF(file, kv, weights.map((w) => {
     // Rows that are not whole 32-value blocks: F16, as the converter falls back when gguf-py refuses to quantize.
     const kind: GGMLWriteType = w.shape.length !== 2 || isQuantMix(type) ? 'F32'

@@ -9,6 +9,8 @@ import { NemotronModel } from '../../models/nemotron/model';
 import { NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors';
+import { nemotronGGUFName } from '../io/gguf';
+import { writeLoraGGUF } from '../io/gguf-lora';
 
 export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors';
@@ -157,22 +159,11 @@ export class LoraModel {
       r: raw.r as number, loraAlpha: raw.lora_alpha as number, targetModules: targets, loraDropout: (raw.lora_dropout as number) ?? 0,
       useRslora: raw.use_rslora === true, layersToTransform: layersToTransform ?? undefined, modulesToSave: (raw.modules_to_save as string[] | null) ?? [],
     });
-    const file = SafetensorsFile.open(path.join(dir, ADAPTER_WEIGHTS_NAME));
     try {
-      const expected = new Set(lora.namedParameters().keys());
-      const extra = [...file.tensors.keys()].filter((k) => !expected.has(k));
-      if (extra.length) throw new Error(`${ADAPTER_WEIGHTS_NAME} has tensors no adapter of this config takes: ${extra.slice(0, 4).join(', ')}${extra.length > 4 ? ', …' : ''}`);
-      for (const [name, variable] of lora.namedParameters()) {
-        if (!file.has(name)) throw new Error(`${ADAPTER_WEIGHTS_NAME} lacks ${name}`);
-        const t = file.read(name);
-        if (t.shape.join() !== variable.shape.join()) throw new Error(`${ADAPTER_WEIGHTS_NAME}: ${name} has shape [${t.shape}], expected [${variable.shape}]`);
-        tf.tidy(() => variable.assign(tf.tensor(t.data, t.shape, 'float32')));
-      }
+      loadAdapterWeights(path.join(dir, ADAPTER_WEIGHTS_NAME), lora.namedParameters());
     } catch (e) {
       lora.unload();
       throw e;
-    } finally {
-      file.close();
     }
     return lora;
   }
@@ -237,6 +228,31 @@ export class LoraModel {
   }
 
   /**
+   * The adapters as a GGUF LoRA file for llama.cpp (`--lora FILE` beside the base model's GGUF), as its
+   * convert_lora_to_gguf.py writes this adapter: a causal LM's adapters only (llama.cpp carries no modules to save);
+   * an rsLoRA adapter's alpha written as alpha·√r, since llama.cpp scales by alpha / r.
+   */
+  async saveGGUF(file: string, options: { type?: 'F32' | 'F16'; name?: string } = {}): Promise<void> {
+    if (TASK_TYPES[this.model.constructor.name] !== 'CAUSAL_LM') {
+      throw new Error(`saveGGUF: llama.cpp's LoRA adapters are for causal LMs; this one adapts a ${this.model.constructor.name}`);
+    }
+    const c = this.loraConfig;
+    if (this.saved.size) throw new Error(`saveGGUF: llama.cpp's LoRA files carry no modules_to_save (${[...this.saved.keys()].join(', ')})`);
+    // convert_lora_to_gguf's order: the adapter checkpoint's names sorted, A and B of a module together.
+    const modules = [...this.adapters.keys()].sort();
+    const pairs = [];
+    for (const module of modules) {
+      const adapter = this.adapters.get(module)!;
+      pairs.push({
+        name: nemotronGGUFName(`${module.slice('base_model.model.'.length)}.weight`),
+        a: { shape: adapter.a.shape, data: await adapter.a.data() as Float32Array },
+        b: { shape: adapter.b.shape, data: await adapter.b.data() as Float32Array },
+      });
+    }
+    writeLoraGGUF(file, 'nemotron', c.useRslora ? c.loraAlpha * Math.sqrt(c.r) : c.loraAlpha, pairs, options);
+  }
+
+  /**
    * W += scaling·B·A for every adapter, then detaches them (PEFT's merge_and_unload: the modules to save keep their
    * trained values); returns the model.
    */
@@ -267,5 +283,26 @@ export class LoraModel {
     this.adapters.clear();
     for (const v of this.frozen) v.trainable = true;
     return this.model;
+  }
+}
+
+/**
+ * An adapter checkpoint's tensors (adapter_model.safetensors) into the attached adapters' variables, by PEFT name:
+ * every variable must be there with its shape, and nothing else may be.
+ */
+export function loadAdapterWeights(file: string, params: Map<string, tf.Variable>): void {
+  const weights = SafetensorsFile.open(file);
+  const fileName = path.basename(file);
+  try {
+    const extra = weights.names().filter((k) => !params.has(k));
+    if (extra.length) throw new Error(`${fileName} has tensors no adapter of this config takes: ${extra.slice(0, 4).join(', ')}${extra.length > 4 ? ', …' : ''}`);
+    for (const [name, variable] of params) {
+      if (!weights.has(name)) throw new Error(`${fileName} lacks ${name}`);
+      const t = weights.read(name);
+      if (t.shape.join() !== variable.shape.join()) throw new Error(`${fileName}: ${name} has shape [${t.shape}], expected [${variable.shape}]`);
+      tf.tidy(() => variable.assign(tf.tensor(t.data, t.shape, 'float32')));
+    }
+  } finally {
+    weights.close();
   }
 }

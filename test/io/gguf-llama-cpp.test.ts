@@ -1,9 +1,10 @@
 import * as fs from 'fs';
+import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { NemotronForCausalLM, NemotronHForCausalLM, NemotronTokenizer } from '../../src/index';
-import { quantizeModel } from './gguf-quantize-models';
+import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronForSequenceClassification, NemotronHForCausalLM, NemotronTokenizer, setBackend } from '../../src/index';
+import { adaptModel, quantizeModel } from './gguf-quantize-models';
 import { forEachBackend, testBackends, tmpDir } from '../helpers';
 
 /**
@@ -14,6 +15,7 @@ import { forEachBackend, testBackends, tmpDir } from '../helpers';
  * vocabularies as ours does.
  */
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 const reference = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'gguf-llama-cpp', 'expected.json'), 'utf8')) as {
   ids: number[]; texts: string[]; logits: Record<string, number[][]>; encodings: Record<string, number[][]>;
 };
@@ -33,9 +35,14 @@ async function ggufFile(name: string, dir: string): Promise<string> {
 forEachBackend(testBackends(), () => {
   const dir = tmpDir('gguf-llama-cpp');
   for (const name of Object.keys(reference.logits)) {
-    it(`${name}: logits from the F32 GGUF within 1e-4 of llama.cpp's, every position`, async () => {
-      const file = await ggufFile(name, dir);
-      const model = name === 'nemotron' ? await NemotronForCausalLM.fromPretrained(file) : await NemotronHForCausalLM.fromPretrained(file);
+    const adapted = name.endsWith('+lora');
+    it(adapted ? `${name}: llama.cpp with our adapter's GGUF on the F32 base gives our adapted model's logits within 1e-4`
+      : `${name}: logits from the F32 GGUF within 1e-4 of llama.cpp's, every position`, async () => {
+      const base = name.replace('+lora', '');
+      const file = await ggufFile(base, dir);
+      const model = base === 'nemotron' ? await NemotronForCausalLM.fromPretrained(file) : await NemotronHForCausalLM.fromPretrained(file);
+      // The adapters as llama.cpp had them: the same seeded draws, unmerged.
+      if (adapted) await adaptModel(base as 'nemotron' | 'nemotron-h', model);
       const before = tf.memory().numTensors;
       const logits = model.forward({ inputIds: [reference.ids] }).logits!;
       const theirs = tf.tensor([reference.logits[name]]);
@@ -62,4 +69,67 @@ describe('GGUF vocabularies as llama.cpp\'s tokenizer reads them', () => {
       expect(ours).to.deep.equal(reference.encodings[pre]);
     });
   }
+});
+
+describe('LoRA adapters as GGUF files (llama.cpp\'s --lora)', () => {
+  before(async () => { await setBackend('cpu'); });
+  const peft = (config: string) => [path.join(FIXTURES, 'hf-reference', config, 'causal-lm'), path.join(FIXTURES, 'peft-lora', config, 'adapter')];
+
+  for (const type of ['F32', 'F16'] as const) {
+    it(`a PEFT adapter written as convert_lora_to_gguf.py writes it, byte for byte (${type})`, async () => {
+      const [baseDir, adapterDir] = peft('tiny-gqa');
+      const lora = await LoraModel.fromPretrained(await NemotronForCausalLM.fromPretrained(baseDir), adapterDir);
+      const file = path.join(tmpDir('gguf-lora'), 'adapter.gguf');
+      await lora.saveGGUF(file, { type });
+      expect(fs.readFileSync(file).equals(fs.readFileSync(path.join(FIXTURES, 'gguf-llama-cpp', `lora-tiny-gqa-${type.toLowerCase()}.gguf`)))).to.equal(true);
+      lora.model.dispose();
+    });
+  }
+
+  it('an rsLoRA adapter: the converter\'s tensors, its alpha written as alpha·√r (llama.cpp scales by alpha / r)', async () => {
+    const [baseDir, adapterDir] = peft('tiny-mha-bias');
+    const lora = await LoraModel.fromPretrained(await NemotronForCausalLM.fromPretrained(baseDir), adapterDir);
+    expect(lora.loraConfig.useRslora, 'the fixture is rsLoRA').to.equal(true);
+    const file = path.join(tmpDir('gguf-lora'), 'adapter.gguf');
+    await lora.saveGGUF(file);
+    const [ours, theirs] = [GGUFFile.open(file), GGUFFile.open(path.join(FIXTURES, 'gguf-llama-cpp', 'lora-tiny-mha-bias-f32.gguf'))];
+    try {
+      expect([...ours.metadata.keys()]).to.deep.equal([...theirs.metadata.keys()]);
+      for (const key of ours.metadata.keys()) if (key !== 'adapter.lora.alpha') expect(ours.get(key), key).to.deep.equal(theirs.get(key));
+      expect(theirs.get('adapter.lora.alpha'), 'the converter: PEFT\'s lora_alpha').to.equal(lora.loraConfig.loraAlpha);
+      expect(ours.get('adapter.lora.alpha') as number).to.be.closeTo(lora.loraConfig.loraAlpha * Math.sqrt(lora.loraConfig.r), 1e-5);
+      expect([...ours.tensors.keys()]).to.deep.equal([...theirs.tensors.keys()]);
+      for (const name of theirs.tensors.keys()) expect(ours.readBytes(name).equals(theirs.readBytes(name)), name).to.equal(true);
+    } finally {
+      ours.close();
+      theirs.close();
+      lora.model.dispose();
+    }
+  });
+
+  it('the CLI writes a NemotronH adapter folder (PEFT\'s files) as the GGUF llama.cpp ran: convert --model BASE --adapter DIR', async () => {
+    const dir = tmpDir('gguf-lora-cli');
+    const { model, tokenizer } = await quantizeModel('nemotron-h');
+    const lora = await adaptModel('nemotron-h', model);
+    await lora.saveGGUF(path.join(dir, 'direct.gguf'));
+    await lora.savePretrained(path.join(dir, 'adapter'));
+    lora.unload();
+    await model.savePretrained(path.join(dir, 'base'));
+    tokenizer.savePretrained(path.join(dir, 'base'));
+    model.dispose();
+    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, 'convert', ...args, '--backend', 'cpu'], { encoding: 'utf8' });
+    const run = cli('--model', path.join(dir, 'base'), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'cli.gguf'));
+    expect(run.status, run.stderr).to.equal(0);
+    expect(fs.readFileSync(path.join(dir, 'cli.gguf')).equals(fs.readFileSync(path.join(dir, 'direct.gguf'))), 'the same file').to.equal(true);
+    const refused = cli('--model', path.join(dir, 'base'), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'q.gguf'), '--type', 'Q4_K_M');
+    expect(refused.stderr).to.match(/--type Q4_K_M: a LoRA adapter's GGUF is F32 or F16/);
+  });
+
+  it('refuses what llama.cpp\'s LoRA files cannot carry: a classification head\'s adapter', async () => {
+    const model = new NemotronForSequenceClassification(new NemotronConfig({ vocabSize: 32, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, numLabels: 2 }));
+    const lora = LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: ['q_proj'] });
+    const message = await lora.saveGGUF(path.join(tmpDir('gguf-lora'), 'x.gguf')).then(() => 'written', (e: Error) => e.message);
+    expect(message).to.match(/llama\.cpp's LoRA adapters are for causal LMs; this one adapts a NemotronForSequenceClassification/);
+    model.dispose();
+  });
 });

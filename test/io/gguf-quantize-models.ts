@@ -8,7 +8,7 @@
  */
 import * as path from 'path';
 import seedrandom from 'seedrandom';
-import { NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronTokenizer } from '../../src/index';
+import { LoraModel, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer } from '../../src/index';
 
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
 
@@ -16,7 +16,8 @@ export const QUANTIZE_MODELS = ['nemotron', 'nemotron-tied', 'nemotron-h'] as co
 export type QuantizeModelName = (typeof QUANTIZE_MODELS)[number];
 
 /** Every parameter, in name order, drawn from a seeded normal distribution. */
-function fillWeights(params: Map<string, { shape: number[]; assign(t: unknown): void }>, seed: string, tensor: (shape: number[], data: Float32Array) => unknown): void {
+function fillWeights(params: Map<string, { shape: number[]; assign(t: unknown): void }>, seed: string, tensor: (shape: number[], data: Float32Array) => unknown,
+  spread = 0.02): void {
   const rng = seedrandom(seed);
   const normal = () => Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng());
   for (const name of [...params.keys()].sort()) {
@@ -24,7 +25,7 @@ function fillWeights(params: Map<string, { shape: number[]; assign(t: unknown): 
     const data = new Float32Array(v.shape.reduce((a, b) => a * b, 1));
     // A_log and D as Mamba keeps them, RMSNorm's weights around 1 (LayerNorm1P's are offsets from 1), the rest around 0.
     const [scale, offset] = /A_log$/.test(name) ? [0.5, 1] : /\.D$/.test(name) ? [0.1, 1]
-      : seed === 'nemotron-h' && /norm\.weight$/.test(name) ? [0.02, 1] : [0.02, 0];
+      : seed === 'nemotron-h' && /norm\.weight$/.test(name) ? [0.02, 1] : [spread, 0];
     for (let i = 0; i < data.length; i++) data[i] = offset + scale * normal();
     v.assign(tensor(v.shape, data));
   }
@@ -55,13 +56,31 @@ export async function quantizeModel(name: QuantizeModelName): Promise<{ model: N
   return { model, tokenizer };
 }
 
-/** `node dist/test/io/gguf-quantize-models.js DIR`: each model's F32 GGUF (DIR/NAME-f32.gguf), llama-quantize's input. */
+/**
+ * LoRA adapters on every linear module of a model from `quantizeModel` (Nemotron's as rsLoRA, whose scaling llama.cpp
+ * lacks), A and B drawn from a fixed seed (B is zero when attached: nothing would show), as GGUF files llama.cpp takes.
+ */
+export async function adaptModel(name: 'nemotron' | 'nemotron-h', model: NemotronForCausalLM | NemotronHForCausalLM): Promise<LoraModel | NemotronHLoraModel> {
+  const tf = await import('@tensorflow/tfjs');
+  const lora = name === 'nemotron'
+    ? LoraModel.attach(model as NemotronForCausalLM, { r: 4, loraAlpha: 8, targetModules: 'all-linear', useRslora: true })
+    : NemotronHLoraModel.attach(model as NemotronHForCausalLM, { r: 4, loraAlpha: 8, targetModules: 'all-linear' });
+  // Wider draws than the weights', so that the adapters move the logits well past the tolerance.
+  fillWeights(lora.namedParameters() as never, `${name}-lora`, (shape, data) => tf.tensor(data, shape), 0.2);
+  return lora;
+}
+
+/**
+ * `node dist/test/io/gguf-quantize-models.js DIR`: each model's F32 GGUF (DIR/NAME-f32.gguf), llama-quantize's input,
+ * and for Nemotron and NemotronH an adapter's GGUF (DIR/NAME-lora.gguf).
+ */
 async function main(dir: string): Promise<void> {
   const tf = await import('@tensorflow/tfjs');
   await tf.setBackend('cpu');
   for (const name of QUANTIZE_MODELS) {
     const { model, tokenizer } = await quantizeModel(name);
     await model.saveGGUF(path.join(dir, `${name}-f32.gguf`), tokenizer, { type: 'F32', name });
+    if (name !== 'nemotron-tied') await (await adaptModel(name, model)).saveGGUF(path.join(dir, `${name}-lora.gguf`));
     model.dispose();
   }
 }

@@ -13,11 +13,12 @@ then, after `npm run build`: LLAMA_CPP=that/llama.cpp python scripts/reference/g
 
 It writes test/fixtures/gguf-kquants/:
 - blocks.f32 (little-endian float32 values: Gaussian blocks of several scales, all-positive, all-zero, constant, tiny,
-  half-zero, outliers, bf16-rounded) and, in expected.json, ggml_quantize_chunk's bytes for each of Q5_0, Q5_1, Q4_K,
-  Q5_K and Q6_K (a small C program linked to ggml-base, compiled here);
+  half-zero, outliers, bf16-rounded) and, in expected.json, ggml_quantize_chunk's bytes for each of Q5_0, Q5_1, Q2_K,
+  Q3_K, Q4_K, Q5_K and Q6_K (a small C program linked to ggml-base, compiled here);
 - for each model of test/io/gguf-quantize-models.ts (weights from a fixed seed): its F32 GGUF written by our writer
-  (checked elsewhere against llama.cpp's converter), run through llama-quantize for Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and
-  Q6_K: the output file's SHA-256, and each tensor's name, type and SHA-256 (in llama-quantize's order).
+  (checked elsewhere against llama.cpp's converter), run through llama-quantize for Q2_K, Q3_K_S, Q3_K_M, Q3_K_L,
+  Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K: the output file's SHA-256, and each tensor's name, type and SHA-256 (in
+  llama-quantize's order).
 llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
 """
 import base64
@@ -33,8 +34,8 @@ from gguf import GGUFReader
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 OUT = os.path.join(ROOT, "test", "fixtures", "gguf-kquants")
 LLAMA_CPP = os.environ["LLAMA_CPP"]
-TYPES = {"Q5_0": 6, "Q5_1": 7, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-MIXES = ["Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+TYPES = {"Q5_0": 6, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+MIXES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
 MODELS = ["nemotron", "nemotron-tied", "nemotron-h"]
 
 HARNESS = r"""

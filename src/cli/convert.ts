@@ -13,7 +13,7 @@ import { LoraModel } from '../training/lora';
  * `convert`: a Nemotron or NemotronH GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer
  * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
- * writes one, or a k-quant one (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) as its llama-quantize makes it from that; or,
+ * writes one, or a k-quant one (Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K) as its llama-quantize makes it from that; or,
  * with --adapter, a PEFT LoRA adapter folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one.
  */
 export function registerConvert(program: Command): void {
@@ -25,7 +25,7 @@ export function registerConvert(program: Command): void {
     .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or llama-quantize\'s k-quant mix')
-      .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
+      .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
     .option('--adapter <dir>', 'with --model (the base): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))

@@ -284,5 +284,9 @@ export async function writeNemotronHGGUF(file: string, config: NemotronHGGUFConf
     const blockRows = shape[shape.length - 1] % 32 === 0;
     const kind: GGMLWriteType = !matrix || isQuantMix(type) ? 'F32' : (type === 'Q8_0' || type === 'Q4_0') && !blockRows ? 'F16' : type;
     return { name: ggufName, shape, data, type: kind };
-  }), type, { layerCount: config.layerTypes.length, expertCount: moe ? config.nRoutedExperts : 0 }, threads);
+  }), type, {
+    layerCount: config.layerTypes.length, expertCount: moe ? config.nRoutedExperts : 0,
+    // llama.cpp's n_gqa() looks at layer 0 only: no KV heads there (a Mamba layer) gives 0.
+    gqa: config.layerTypes[0] === 'attention' ? Math.trunc(config.numAttentionHeads / config.numKeyValueHeads) : 0,
+  }, threads);
 }

@@ -1,7 +1,8 @@
 /**
  * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q5_0, Q5_1
- * and the k-quants Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref), and the tensor mixes of its file types
- * Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K (llama-quant.cpp). Every step rounds to float32 as C's float arithmetic
+ * and the k-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref), and the tensor mixes of its
+ * file types Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K (llama-quant.cpp; not Q2_K_S, which
+ * needs an importance matrix). Every step rounds to float32 as C's float arithmetic
  * does (`f` below), so the bytes equal those of a portable (non-FMA) build of llama-quantize; the tests compare them.
  */
 import { f16BitsToFloat32, float32ToF16Bits } from './safetensors';
@@ -26,10 +27,10 @@ const centered = new Float32Array(32);
 
 /**
  * make_qkx2_quants: the scale and (negated) minimum of n values on levels 0..nmax that minimize the weighted squared
- * error, trying nstep + 1 scales around the range's; levels into L, the fit into `fitted`.
+ * (or, `useMad`, absolute) error, trying nstep + 1 scales around the range's; levels into L, the fit into `fitted`.
  */
 function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, weights: Float32Array, L: Uint8Array, l0: number,
-  aux: Uint8Array, rmin: number, rdelta: number, nstep: number): void {
+  aux: Uint8Array, rmin: number, rdelta: number, nstep: number, useMad = false): void {
   let min = x[x0];
   let max = x[x0];
   let sumW = weights[0];
@@ -57,7 +58,7 @@ function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, we
     if (l < 0) l = 0; else if (l > nmax) l = nmax;
     L[l0 + i] = l;
     const diff = f(f(f(scale * l) + min) - x[x0 + i]);
-    bestError = f(bestError + f(weights[i] * f(diff * diff)));
+    bestError = f(bestError + f(weights[i] * (useMad ? Math.abs(diff) : f(diff * diff))));
   }
   for (let step = 0; step <= nstep; step++) {
     // max − min with the best minimum so far, as llama.cpp does.
@@ -85,7 +86,7 @@ function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, we
       let error = 0;
       for (let i = 0; i < n; i++) {
         const diff = f(f(f(thisScale * aux[i]) + thisMin) - x[x0 + i]);
-        error = f(error + f(weights[i] * f(diff * diff)));
+        error = f(error + f(weights[i] * (useMad ? Math.abs(diff) : f(diff * diff))));
       }
       if (error < bestError) {
         for (let i = 0; i < n; i++) L[l0 + i] = aux[i];
@@ -102,18 +103,24 @@ function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, we
   fitted.min = -min;
 }
 
-/**
- * make_qx_quants with rmse_type 1 (weights x²): the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in
- * L), refined over 18 nearby scales.
- */
-function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number): number {
+/** The first of the n values from x0 with the largest magnitude (0 if all are zero). */
+function largestMagnitude(x: Float32Array | ArrayLike<number>, x0: number, n: number): number {
   let max = 0;
   let amax = 0;
   for (let i = 0; i < n; i++) {
     const ax = Math.abs(x[x0 + i]);
     if (ax > amax) { amax = ax; max = x[x0 + i]; }
   }
-  if (amax < GROUP_MAX_EPS) {
+  return max;
+}
+
+/**
+ * make_qx_quants with rmse_type 1 (weights x²): the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in
+ * L), refined over 18 nearby scales.
+ */
+function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number): number {
+  const max = largestMagnitude(x, x0, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, l0, l0 + n);
     return 0;
   }
@@ -146,15 +153,58 @@ function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: I
   return scale;
 }
 
+/**
+ * make_q3_quants with do_rmse: the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in L), each level
+ * then moved where that lowers the x²-weighted error, for up to five rounds.
+ */
+function makeQ3Quants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number): number {
+  const max = largestMagnitude(x, x0, n);
+  if (Math.abs(max) < GROUP_MAX_EPS) {
+    L.fill(0, l0, l0 + n);
+    return 0;
+  }
+  const iscale = f(-nmax / max);
+  let sumLX = 0;
+  let sumL2 = 0;
+  for (let i = 0; i < n; i++) {
+    const v = x[x0 + i];
+    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * v))));
+    L[l0 + i] = l;
+    const w = f(v * v);
+    sumLX = f(sumLX + f(f(w * v) * l));
+    sumL2 = f(sumL2 + f(f(w * l) * l));
+  }
+  for (let round = 0; round < 5; round++) {
+    let changed = 0;
+    for (let i = 0; i < n; i++) {
+      const v = x[x0 + i];
+      const w = f(v * v);
+      const old = L[l0 + i];
+      let slx = f(sumLX - f(f(w * v) * old));
+      if (slx > 0) {
+        let sl2 = f(sumL2 - f(f(w * old) * old));
+        const level = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(f(v * sl2) / slx))));
+        if (level !== old) {
+          slx = f(slx + f(f(w * v) * level));
+          sl2 = f(sl2 + f(f(w * level) * level));
+          if (sl2 > 0 && f(f(slx * slx) * sumL2) > f(f(sumLX * sumLX) * sl2)) {
+            L[l0 + i] = level;
+            sumLX = slx;
+            sumL2 = sl2;
+            changed++;
+          }
+        }
+      }
+    }
+    if (!changed) break;
+  }
+  for (let i = 0; i < n; i++) L[l0 + i] += nmax;
+  return sumL2 > 0 ? f(sumLX / sumL2) : 0;
+}
+
 const GROUP_MAX_EPS = f(1e-15);
 const TENTH = f(0.1);
 const QK_K = 256;
-
-/** The ggml type of a quantized tensor this module writes, with its block length and bytes per block. */
-export const QUANT_BLOCKS = {
-  Q5_0: { values: 32, bytes: 22 }, Q5_1: { values: 32, bytes: 24 },
-  Q4_K: { values: QK_K, bytes: 144 }, Q5_K: { values: QK_K, bytes: 176 }, Q6_K: { values: QK_K, bytes: 210 },
-} as const;
 
 /**
  * Q5_0 / Q5_1's layout from `qhAt`: the 32 fifth bits (a u32), then 16 bytes of low nibbles, value j with value
@@ -214,6 +264,29 @@ export function quantizeQ5_1(values: Float32Array): Buffer {
   return out;
 }
 
+const groupWeights = new Float32Array(32);
+const groupAux = new Uint8Array(32);
+
+/**
+ * make_qkx2_quants over each group of `size` values of the 256-value block at x0 (weights from `weigh`, steps of 0.1
+ * from `rmin`): scales and minimums into the arrays, levels into L; returns the largest scale and minimum (0 if none
+ * is positive), from which the super-scales are made.
+ */
+function fitGroupsWithMins(values: Float32Array, x0: number, size: number, nmax: number, rmin: number, nstep: number, useMad: boolean,
+  weigh: (start: number, weights: Float32Array) => void, L: Uint8Array, scales: Float32Array, mins: Float32Array): [number, number] {
+  let maxScale = 0;
+  let maxMin = 0;
+  for (let j = 0; j < QK_K / size; j++) {
+    weigh(x0 + size * j, groupWeights);
+    makeQkx2Quants(size, nmax, values, x0 + size * j, groupWeights, L, size * j, groupAux, rmin, TENTH, nstep, useMad);
+    scales[j] = fitted.scale;
+    mins[j] = fitted.min;
+    if (scales[j] > maxScale) maxScale = scales[j];
+    if (mins[j] > maxMin) maxMin = mins[j];
+  }
+  return [maxScale, maxMin];
+}
+
 /**
  * Q4_K and Q5_K (quantize_row_q4_K_ref / q5_K_ref): per 256 values, eight groups of 32 with a scale and a minimum
  * each (fit by make_qkx2_quants, weighted by rms + |x|), those stored as 6-bit multiples of two f16 super-scales,
@@ -226,27 +299,20 @@ function quantizeKWithMins(values: Float32Array, bits: 4 | 5): Buffer {
   const blocks = values.length / QK_K;
   const out = Buffer.alloc(blocks * blockBytes);
   const L = new Uint8Array(QK_K);
-  const aux = new Uint8Array(32);
-  const weights = new Float32Array(32);
   const scales = new Float32Array(8);
   const mins = new Float32Array(8);
   const packed = new Uint8Array(12);
+  // Weights: the group's rms plus each |x|.
+  const weigh = (start: number, weights: Float32Array) => {
+    let sumX2 = 0;
+    for (let l = 0; l < 32; l++) { const v = values[start + l]; sumX2 = f(sumX2 + f(v * v)); }
+    const avX = f(Math.sqrt(f(sumX2 / 32)));
+    for (let l = 0; l < 32; l++) weights[l] = f(avX + Math.abs(values[start + l]));
+  };
   for (let b = 0; b < blocks; b++) {
     const x0 = b * QK_K;
-    let maxScale = 0;
-    let maxMin = 0;
-    for (let j = 0; j < 8; j++) {
-      let sumX2 = 0;
-      for (let l = 0; l < 32; l++) { const v = values[x0 + 32 * j + l]; sumX2 = f(sumX2 + f(v * v)); }
-      const avX = f(Math.sqrt(f(sumX2 / 32)));
-      for (let l = 0; l < 32; l++) weights[l] = f(avX + Math.abs(values[x0 + 32 * j + l]));
-      if (bits === 4) makeQkx2Quants(32, 15, values, x0 + 32 * j, weights, L, 32 * j, aux, -1, TENTH, 20);
-      else makeQkx2Quants(32, 31, values, x0 + 32 * j, weights, L, 32 * j, aux, -0.5, TENTH, 15);
-      scales[j] = fitted.scale;
-      mins[j] = fitted.min;
-      if (scales[j] > maxScale) maxScale = scales[j];
-      if (mins[j] > maxMin) maxMin = mins[j];
-    }
+    const [maxScale, maxMin] = bits === 4 ? fitGroupsWithMins(values, x0, 32, 15, -1, 20, false, weigh, L, scales, mins)
+      : fitGroupsWithMins(values, x0, 32, 31, -0.5, 15, false, weigh, L, scales, mins);
     const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
     const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
     packed.fill(0);
@@ -304,25 +370,29 @@ export function quantizeQ5_K(values: Float32Array): Buffer {
 }
 
 /**
+ * The shared frame of Q6_K and Q3_K: for each 256-value block, its sixteen groups of 16 fitted with signed scales by
+ * `fit` (levels into L), then `finish` writes the block at `at` knowing the scale of largest magnitude.
+ */
+function signedGroupBlocks(values: Float32Array, blockBytes: number, fit: (x0: number, L: Int8Array, l0: number) => number,
+  finish: (x0: number, at: number, out: Buffer, L: Int8Array, scales: Float32Array, maxScale: number) => void): Buffer {
+  const blocks = values.length / QK_K;
+  const out = Buffer.alloc(blocks * blockBytes);
+  const L = new Int8Array(QK_K);
+  const scales = new Float32Array(16);
+  for (let b = 0; b < blocks; b++) {
+    for (let g = 0; g < 16; g++) scales[g] = fit(b * QK_K + 16 * g, L, 16 * g);
+    finish(b * QK_K, b * blockBytes, out, L, scales, largestMagnitude(scales, 0, 16));
+  }
+  return out;
+}
+
+/**
  * Q6_K (quantize_row_q6_K_ref): per 256 values, sixteen groups of 16 with a signed scale each (make_qx_quants), those
  * as int8 multiples of one f16 super-scale, then 6-bit levels (−32..31) against the stored scales.
  */
 export function quantizeQ6_K(values: Float32Array): Buffer {
-  const blocks = values.length / QK_K;
-  const out = Buffer.alloc(blocks * 210);
-  const L = new Int8Array(QK_K);
-  const scales = new Float32Array(16);
-  for (let b = 0; b < blocks; b++) {
-    const x0 = b * QK_K;
-    const at = b * 210;
-    let maxScale = 0;
-    let maxAbsScale = 0;
-    for (let g = 0; g < 16; g++) {
-      scales[g] = makeQxQuants(16, 32, values, x0 + 16 * g, L, 16 * g);
-      const abs = Math.abs(scales[g]);
-      if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scales[g]; }
-    }
-    if (maxAbsScale < GROUP_MAX_EPS) continue; // an all-zero block: d = 0 and zero bytes
+  return signedGroupBlocks(values, 210, (x0, L, l0) => makeQxQuants(16, 32, values, x0, L, l0), (x0, at, out, L, scales, maxScale) => {
+    if (Math.abs(maxScale) < GROUP_MAX_EPS) return; // an all-zero block: d = 0 and zero bytes
     const iscale = f(-128 / maxScale);
     const d = viaF16(f(1 / iscale));
     out.writeUInt16LE(d.bits, at + 208);
@@ -346,23 +416,108 @@ export function quantizeQ6_K(values: Float32Array): Buffer {
         out[qh + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
       }
     }
+  });
+}
+
+/** Four 2-bit levels to a byte: per 128 values, byte l holds values l, l + 32, l + 64 and l + 96 (Q2_K, Q3_K). */
+function packTwoBits(out: Buffer, at: number, L: Int8Array | Uint8Array): void {
+  for (let n = 0; n < QK_K; n += 128) {
+    for (let l = 0; l < 32; l++) out[at + n / 4 + l] = L[n + l] | (L[n + l + 32] << 2) | (L[n + l + 64] << 4) | (L[n + l + 96] << 6);
+  }
+}
+
+/**
+ * Q2_K (quantize_row_q2_K_ref): per 256 values, sixteen groups of 16 with a scale and a minimum (make_qkx2_quants on
+ * 2-bit levels, weighted by |x|, absolute error), both as 4-bit multiples of two f16 super-scales.
+ */
+export function quantizeQ2_K(values: Float32Array): Buffer {
+  const blocks = values.length / QK_K;
+  const out = Buffer.alloc(blocks * 84);
+  const L = new Uint8Array(QK_K);
+  const scales = new Float32Array(16);
+  const mins = new Float32Array(16);
+  const weigh = (start: number, weights: Float32Array) => { for (let l = 0; l < 16; l++) weights[l] = Math.abs(values[start + l]); };
+  for (let b = 0; b < blocks; b++) {
+    const x0 = b * QK_K;
+    const at = b * 84;
+    const [maxScale, maxMin] = fitGroupsWithMins(values, x0, 16, 3, -0.5, 15, true, weigh, L, scales, mins);
+    let d = viaF16(0);
+    if (maxScale > 0) {
+      const iscale = f(15 / maxScale);
+      for (let j = 0; j < 16; j++) out[at + j] = nearestInt(f(iscale * scales[j])) & 0xff;
+      d = viaF16(f(maxScale / 15));
+    }
+    let dmin = viaF16(0);
+    if (maxMin > 0) {
+      const iscale = f(15 / maxMin);
+      for (let j = 0; j < 16; j++) out[at + j] |= (nearestInt(f(iscale * mins[j])) << 4) & 0xff;
+      dmin = viaF16(f(maxMin / 15));
+    }
+    out.writeUInt16LE(d.bits, at + 80);
+    out.writeUInt16LE(dmin.bits, at + 82);
+    for (let j = 0; j < 16; j++) {
+      const scale = f(d.value * (out[at + j] & 0xf));
+      if (!scale) continue;
+      const dm = f(dmin.value * (out[at + j] >> 4));
+      for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(0, Math.min(3, nearestInt(f(f(values[x0 + 16 * j + i] + dm) / scale))));
+    }
+    packTwoBits(out, at + 16, L);
   }
   return out;
 }
 
+/**
+ * Q3_K (quantize_row_q3_K_ref): per 256 values, sixteen groups of 16 with a signed scale (make_q3_quants), those as
+ * 6-bit multiples of one f16 super-scale; 3-bit levels, the high bit of each in hmask.
+ */
+export function quantizeQ3_K(values: Float32Array): Buffer {
+  return signedGroupBlocks(values, 110, (x0, L, l0) => makeQ3Quants(16, 4, values, x0, L, l0), (x0, at, out, L, scales, maxScale) => {
+    const packed = at + 96;
+    let d = viaF16(0);
+    if (maxScale) {
+      const iscale = f(-32 / maxScale);
+      for (let j = 0; j < 16; j++) {
+        const l = Math.max(-32, Math.min(31, (nearestInt(f(iscale * scales[j])) << 24) >> 24)) + 32;
+        if (j < 8) out[packed + j] = l & 0xf;
+        else out[packed + j - 8] |= (l & 0xf) << 4;
+        out[packed + 8 + (j % 4)] |= (l >> 4) << (2 * Math.floor(j / 4));
+      }
+      d = viaF16(f(1 / iscale));
+    }
+    out.writeUInt16LE(d.bits, at + 108);
+    for (let j = 0; j < 16; j++) {
+      const low = j < 8 ? out[packed + j] & 0xf : out[packed + j - 8] >> 4;
+      const sc = (low | (((out[packed + 8 + (j % 4)] >> (2 * Math.floor(j / 4))) & 3) << 4)) - 32;
+      const scale = f(d.value * sc);
+      if (!scale) continue;
+      for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(-4, Math.min(3, nearestInt(f(values[x0 + 16 * j + i] / scale)))) + 4;
+    }
+    // hmask: the high bit of value j in bit j / 32 of byte j % 32.
+    for (let j = 0; j < QK_K; j++) {
+      if (L[j] > 3) {
+        out[at + (j % 32)] |= 1 << Math.floor(j / 32);
+        L[j] -= 4;
+      }
+    }
+    packTwoBits(out, at + 32, L);
+  });
+}
+
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
   F32: { id: 0, blockValues: 1 }, F16: { id: 1, blockValues: 1 }, Q4_0: { id: 2, blockValues: 32 }, Q5_0: { id: 6, blockValues: 32 },
-  Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
+  Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q2_K: { id: 10, blockValues: QK_K }, Q3_K: { id: 11, blockValues: QK_K },
+  Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
   Q6_K: { id: 14, blockValues: QK_K },
 };
 
 /** llama-quantize's k-quant file types written here, with llama.cpp's LLAMA_FTYPE_* number and the default tensor type. */
 export const QUANT_MIXES = {
-  Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
+  Q2_K: { fileType: 10, base: 'Q2_K' }, Q3_K_S: { fileType: 11, base: 'Q3_K' }, Q3_K_M: { fileType: 12, base: 'Q3_K' },
+  Q3_K_L: { fileType: 13, base: 'Q3_K' }, Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
   Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
 } as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
 export type GGUFQuantMix = keyof typeof QUANT_MIXES;
@@ -388,13 +543,15 @@ function allowsQuantization(name: string, shape: number[]): boolean {
 
 /**
  * The tensor types llama-quantize chooses for a file type `mix` (llama_tensor_get_type without an importance matrix or
- * overrides): the base type, more bits for attn_v and ffn_down in the layers `use_more_bits` picks (the _M mixes), the
- * first ones (Q4_K_S), the output matrix (or the tied embedding) in Q6_K, and llama.cpp's fallbacks for rows that are
- * not whole 256-value blocks (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16). `tensors` as the F32 file has them
+ * overrides): the base type, more bits for attn_v, attn_output and ffn_down (in the layers `use_more_bits` picks for
+ * the Q4/Q5 _M mixes, the first ones for Q4_K_S and Q3_K_M, all of them for Q3_K_L and Q2_K, by the model's GQA ratio
+ * for Q2_K's attn_v), the output matrix (or the tied embedding) in Q6_K, its rules for 8-expert models, and its
+ * fallbacks for rows that are not whole 256-value blocks (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
+ * then F16). `model.gqa`: heads / KV heads of the first layer (0 when it has no attention), as llama.cpp's n_gqa(). `tensors` as the F32 file has them
  * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
  */
 export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType }>(mix: GGUFQuantMix, tensors: T[],
-  model: { layerCount: number; expertCount: number }): T[] {
+  model: { layerCount: number; expertCount: number; gqa: number }): T[] {
   const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
   const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);
   const attentionValueCount = sorted.filter((t) => isAttnV(t.name)).length;
@@ -418,7 +575,10 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     } else if (t.name === 'token_embd.weight') {
       // the base type
     } else if (isAttnV(t.name)) {
-      if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(attentionValueIndex, attentionValueCount)) type = 'Q6_K';
+      if (mix === 'Q2_K') type = model.gqa >= 4 ? 'Q4_K' : 'Q3_K';
+      else if (mix === 'Q3_K_M') type = attentionValueIndex < 2 ? 'Q5_K' : 'Q4_K';
+      else if (mix === 'Q3_K_L') type = 'Q5_K';
+      else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(attentionValueIndex, attentionValueCount)) type = 'Q6_K';
       else if (mix === 'Q4_K_S' && attentionValueIndex < 4) type = 'Q5_K';
       if (experts === 8) type = 'Q8_0';
       attentionValueIndex++;
@@ -427,14 +587,21 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     } else if (t.name.includes('ffn_down')) {
       const layer = layerOf(ffnDownIndex, t.name);
       const n = model.layerCount;
-      if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
+      if (mix === 'Q2_K') type = 'Q3_K';
+      else if (mix === 'Q3_K_M') type = layer < Math.trunc(n / 16) ? 'Q5_K' : 'Q4_K';
+      else if (mix === 'Q3_K_L') type = 'Q5_K';
+      else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
       else if (mix === 'Q4_K_S' && layer < Math.trunc(n / 8)) type = 'Q5_K';
       ffnDownIndex++;
     } else if (t.name.includes('attn_output.weight')) {
-      if (experts === 8 && (mix === 'Q4_K_S' || mix === 'Q4_K_M')) type = 'Q5_K';
+      if (experts === 8) {
+        if (mix === 'Q2_K' || mix === 'Q3_K_S' || mix === 'Q3_K_M' || mix === 'Q4_K_S' || mix === 'Q4_K_M') type = 'Q5_K';
+      } else if (mix === 'Q2_K') type = 'Q3_K';
+      else if (mix === 'Q3_K_M') type = 'Q4_K';
+      else if (mix === 'Q3_K_L') type = 'Q5_K';
     }
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
-      const fallback: GGMLWriteType = ({ Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
       type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
     }
     return { ...t, type };
@@ -450,6 +617,8 @@ export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuan
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
 export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0'>, values: Float32Array): Buffer {
   switch (type) {
+    case 'Q2_K': return quantizeQ2_K(values);
+    case 'Q3_K': return quantizeQ3_K(values);
     case 'Q5_0': return quantizeQ5_0(values);
     case 'Q5_1': return quantizeQ5_1(values);
     case 'Q4_K': return quantizeQ4_K(values);

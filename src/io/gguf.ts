@@ -549,7 +549,7 @@ export async function writeNemotronGGUF(file: string, config: {
     // LayerNorm1P's weight: llama.cpp stores w + 1.
     const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     return { name: tensorName(w.name), shape: w.shape, data, type: kind };
-  }), type, { layerCount: config.numHiddenLayers, expertCount: 0 }, threads);
+  }), type, { layerCount: config.numHiddenLayers, expertCount: 0, gqa: Math.trunc(config.numAttentionHeads / config.numKeyValueHeads) }, threads);
 }
 
 /** A GGUF metadata value to write: its GGUF type and the value. */
@@ -566,7 +566,7 @@ export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
  */
 export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
-  model: { layerCount: number; expertCount: number }, threads?: number): Promise<void> {
+  model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
   if (!isQuantMix(type)) { writeGGUF(file, kv, tensors); return; }
   const mixed = quantizationMix(type, tensors, model);
   // The k-quants' searches are slow: every tensor's blocks go to worker threads first.

@@ -49,7 +49,7 @@ export async function quantizeModel(name: QuantizeModelName): Promise<{ model: N
   }
   const tokenizer = await NemotronTokenizer.fromPretrained(path.join(FIXTURES, 'gguf', 'tiny-gqa.gguf'));
   const config = name === 'nemotron'
-    ? new NemotronConfig({ vocabSize: 96, hiddenSize: 256, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 64, intermediateSize: 384, numHiddenLayers: 8, tieWordEmbeddings: false })
+    ? new NemotronConfig({ vocabSize: 96, hiddenSize: 256, numAttentionHeads: 4, numKeyValueHeads: 1, headDim: 64, intermediateSize: 384, numHiddenLayers: 8, tieWordEmbeddings: false })
     : new NemotronConfig({ vocabSize: 96, hiddenSize: 48, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 64, numHiddenLayers: 2, tieWordEmbeddings: true });
   const model = new NemotronForCausalLM(config);
   fillWeights(model.namedParameters() as never, name, tensor);

@@ -20,14 +20,14 @@ const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'u
   files: Record<string, { sha256: string; tensors: Array<[string, string, string]> }>;
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
-const MIXES: GGUFQuantMix[] = ['Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K'];
+const MIXES: GGUFQuantMix[] = ['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K'];
 const sha256 = (data: Buffer) => crypto.createHash('sha256').update(data).digest('hex');
 
-describe('GGUF k-quants (llama-quantize\'s Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K)', function () {
+describe('GGUF k-quants (llama-quantize\'s Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K)', function () {
   this.timeout(300000);
   before(async () => { await setBackend('cpu'); });
 
-  it('quantizes blocks of every kind as ggml_quantize_chunk does, byte for byte: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K', () => {
+  it('quantizes blocks of every kind as ggml_quantize_chunk does, byte for byte: Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K', () => {
     const raw = fs.readFileSync(path.join(DIR, 'blocks.f32'));
     const values = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
     for (const [type, encoded] of Object.entries(reference.blocks)) {
@@ -94,7 +94,8 @@ describe('GGUF k-quants (llama-quantize\'s Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K)
       const ids = [[5, 17, 42, 8, 63, 21, 2, 30]];
       const exact = model.forward({ inputIds: ids }).logits!;
       const errors: number[] = [];
-      for (const mix of ['Q4_K_S', 'Q5_K_S', 'Q6_K'] as const) {
+      const mixes = ['Q2_K', 'Q3_K_M', 'Q4_K_S', 'Q5_K_S', 'Q6_K'] as const;
+      for (const mix of mixes) {
         const file = path.join(dir, `${name}-${mix}.gguf`);
         await model.saveGGUF(file, tokenizer, { type: mix, name });
         const loaded = name === 'nemotron' ? await NemotronForCausalLM.fromPretrained(file) : await NemotronHForCausalLM.fromPretrained(file);
@@ -103,8 +104,9 @@ describe('GGUF k-quants (llama-quantize\'s Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K)
         tf.dispose(logits);
         loaded.dispose();
       }
-      expect(errors[1], `${name}: Q5_K_S's relative logit error below Q4_K_S's`).to.be.below(errors[0]);
-      expect(errors[2], `${name}: Q6_K's below Q5_K_S's`).to.be.below(errors[1]);
+      for (let i = 1; i < mixes.length; i++) {
+        expect(errors[i], `${name}: ${mixes[i]}'s relative logit error below ${mixes[i - 1]}'s (${errors.map((e) => e.toFixed(3)).join(', ')})`).to.be.below(errors[i - 1]);
+      }
       exact.dispose();
       model.dispose();
     }

@@ -561,6 +561,15 @@ export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
 };
 
 /**
+ * A NaN or an infinity in a weight (a diverged training run) is refused by name rather than written (a quantized
+ * block's scale from it is garbage; llama-quantize's row validation refuses such data too).
+ */
+function checkFinite(t: { name: string; data: Float32Array; type: string }): void {
+  const bad = t.data.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) throw new Error(`writeGGUF: ${t.name} has ${t.data[bad]} at index ${bad}; a GGUF tensor (${t.type}) needs finite values`);
+}
+
+/**
  * Writes a model's GGUF file of file type `type`: the tensors as given, or, for a k-quant mix, as llama-quantize turns
  * the F32 file (`tensors` all F32) into one of that type: its tensor order, types and metadata.
  */
@@ -568,9 +577,11 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
   model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
   if (!isQuantMix(type)) { writeGGUF(file, kv, tensors); return; }
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
   const mixed = quantizationMix(type, tensors, model);
   // The k-quants' searches are slow: every tensor's blocks go to worker threads first.
   const quantized = mixed.filter((t) => t.type !== 'F32' && t.type !== 'F16' && t.type !== 'Q8_0' && t.type !== 'Q4_0');
+  quantized.forEach(checkFinite);
   const bytes = await quantizeInParallel(quantized.map((t) => ({ type: t.type as Parameters<typeof quantizeValues>[0], values: t.data })), threads);
   const byName = new Map(quantized.map((t, i) => [t.name, bytes[i]]));
   writeGGUF(file, quantizationMixMetadata(kv, type, (v): GGUFMetaValue => ['u32', v]), mixed.map((t) => ({ ...t, bytes: byName.get(t.name) })));
@@ -616,6 +627,7 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   let offset = 0;
   for (const t of tensors) {
     const columns = t.shape[t.shape.length - 1];
+    checkFinite(t);
     if (columns % GGML_WRITE_TYPES[t.type].blockValues !== 0) {
       throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${GGML_WRITE_TYPES[t.type].blockValues}`);
     }

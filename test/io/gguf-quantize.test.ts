@@ -87,6 +87,23 @@ describe('GGUF k-quants (llama-quantize\'s Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M,
     expect(refused.stderr).to.match(/--threads <n>' argument '0' is invalid\. It must be a positive integer/);
   });
 
+  it('refuses a non-finite weight (naming the tensor) and a thread count that is not a positive integer', async () => {
+    const { model, tokenizer } = await quantizeModel('nemotron-tied');
+    const dir = tmpDir('gguf-kquant-bad');
+    try {
+      const weight = model.namedParameters().get('model.layers.1.mlp.up_proj.weight')!;
+      const refuse = (options: object) => model.saveGGUF(path.join(dir, 'x.gguf'), tokenizer, options).then(() => 'written', (e: Error) => e.message);
+      expect(await refuse({ type: 'Q4_K_M', threads: 0 })).to.match(/threads 0: expected a positive integer/);
+      weight.assign(tf.tidy(() => tf.where(tf.equal(tf.range(0, weight.size).reshape(weight.shape), 5), tf.fill(weight.shape, NaN), weight)));
+      for (const type of ['Q4_K_M', 'Q8_0', 'F32'] as const) {
+        expect(await refuse({ type }), type).to.match(/blk\.1\.ffn_up\.weight has NaN at index 5; a GGUF tensor \((F16|F32)\) needs finite values/);
+      }
+      expect(fs.existsSync(path.join(dir, 'x.gguf')), 'nothing written').to.equal(false);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('the files load back, their logits nearer the F32 model\'s the more bits the mix keeps', async () => {
     const dir = tmpDir('gguf-kquant-load');
     for (const name of ['nemotron', 'nemotron-h'] as const) {

@@ -12,6 +12,7 @@ export {
 export * from './io/safetensors';
 export * from './io/checkpoint';
 export * from './io/gguf';
+export { type GGUFQuantMix } from './io/gguf-quantize';
 export { NemotronHGGUF, type NemotronHGGUFConfig, hfNameOfNemotronHGGUF, writeNemotronHGGUF } from './io/gguf-nemotron-h';
 export { parseConfigJson } from '../models/nemotron_h/config';
 export { Relu2, relu2 } from '../layers/relu2';

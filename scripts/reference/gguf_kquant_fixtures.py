@@ -18,7 +18,7 @@ It writes test/fixtures/gguf-kquants/:
 - for each model of test/io/gguf-quantize-models.ts (weights from a fixed seed): its F32 GGUF written by our writer
   (checked elsewhere against llama.cpp's converter), run through llama-quantize for Q2_K, Q3_K_S, Q3_K_M, Q3_K_L,
   Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K: the output file's SHA-256, and each tensor's name, type and SHA-256 (in
-  llama-quantize's order).
+  llama-quantize's order); and from each model's F16 GGUF, Q2_K and Q4_K_M.
 llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
 """
 import base64
@@ -106,6 +106,13 @@ def main():
                 "sha256": sha(open(path, "rb").read()),
                 "tensors": [[t.name, t.tensor_type.name, sha(t.data.tobytes())] for t in reader.tensors],
             }
+    # From the F16 files (matrices F16, as the converter's --outtype f16 writes them): what quantizeGGUF must match.
+    for model in MODELS:
+        for mix in ("Q2_K", "Q4_K_M"):
+            path = os.path.join(work, f"{model}-f16-{mix}.gguf")
+            subprocess.run([quantize, os.path.join(work, f"{model}-f16.gguf"), path, mix, "1"], check=True, capture_output=True)
+            files[f"{model} F16 {mix}"] = {"sha256": sha(open(path, "rb").read()),
+                                          "tensors": [[t.name, t.tensor_type.name, sha(t.data.tobytes())] for t in GGUFReader(path).tensors]}
     json.dump({"llama_cpp": "llama-cpp-python 0.3.36 (vendor/llama.cpp), GGML_NATIVE=OFF", "blocks": quantized, "files": files},
               open(os.path.join(OUT, "expected.json"), "w"), indent=1)
 

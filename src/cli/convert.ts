@@ -5,6 +5,8 @@ import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { checkModelDir, modelType } from './info';
 import { integerArg } from './generate';
+import { quantizeGGUF } from '../io/gguf';
+import { isQuantMix } from '../io/gguf-quantize';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
 import { LoraModel } from '../training/lora';
@@ -14,7 +16,8 @@ import { LoraModel } from '../training/lora';
  * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
  * writes one, or a k-quant one (Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K) as its llama-quantize makes it from that; or,
- * with --adapter, a PEFT LoRA adapter folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one.
+ * with --adapter, a PEFT LoRA adapter folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one; or an F32 /
+ * F16 / BF16 GGUF file to a k-quant one, as llama-quantize does.
  */
 export function registerConvert(program: Command): void {
   program
@@ -22,7 +25,7 @@ export function registerConvert(program: Command): void {
     .description('Convert a Nemotron or NemotronH GGUF file (llama.cpp\'s format) into a Hugging Face checkpoint folder (weights dequantized), or a Hugging Face causal LM folder into a GGUF file')
     .option('--gguf <file>', 'the GGUF file to convert into a folder')
     .option('--model <dir>', 'the Hugging Face causal LM folder (config.json, safetensors, tokenizer.json) to convert into a GGUF file')
-    .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model)')
+    .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model; from --gguf with a k-quant --type, llama-quantize\'s job)')
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or llama-quantize\'s k-quant mix')
       .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
@@ -32,6 +35,13 @@ export function registerConvert(program: Command): void {
     .action(async (opts, command: Command) => {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
       if (opts.gguf !== undefined && !isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
+      if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
+        // GGUF → GGUF: llama-quantize's job, without a model in memory.
+        if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into a k-quant mix: give --type Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M or Q6_K, not ${opts.type}`);
+        await quantizeGGUF(opts.gguf, opts.output, opts.type, { threads: opts.threads });
+        process.stdout.write(`quantized ${opts.gguf} to ${opts.output} (${opts.type})\n`);
+        return;
+      }
       if (opts.adapter !== undefined) {
         if (opts.model === undefined) throw new Error('--adapter DIR needs --model BASE: the model the adapter was trained on');
         checkModelDir(opts.adapter, ['adapter_config.json', 'adapter_model.safetensors']);

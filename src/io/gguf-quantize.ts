@@ -550,7 +550,7 @@ function allowsQuantization(name: string, shape: number[]): boolean {
  * then F16). `model.gqa`: heads / KV heads of the first layer (0 when it has no attention), as llama.cpp's n_gqa(). `tensors` as the F32 file has them
  * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
  */
-export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType }>(mix: GGUFQuantMix, tensors: T[],
+export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
   model: { layerCount: number; expertCount: number; gqa: number }): T[] {
   const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
   const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);

@@ -54,6 +54,8 @@ export function isGGUF(file: string): boolean {
 export class GGUFFile {
   readonly version: number;
   readonly metadata = new Map<string, GGUFValue>();
+  /** Each metadata entry's stored bytes (its type and value), to copy it as written (llama-quantize's gguf_set_kv). */
+  readonly rawMetadata = new Map<string, Buffer>();
   readonly tensors = new Map<string, GGUFTensorInfo>();
   private readonly fd: number;
 
@@ -119,7 +121,9 @@ export class GGUFFile {
     const kvCount = u64();
     for (let i = 0; i < kvCount; i++) {
       const key = str();
+      const start = at;
       this.metadata.set(key, value(u32()));
+      this.rawMetadata.set(key, Buffer.from(buffer.subarray(start, at)));
     }
     const infos: Array<{ name: string; dims: number[]; type: number; offset: number }> = [];
     for (let i = 0; i < tensorCount; i++) {
@@ -553,7 +557,8 @@ export async function writeNemotronGGUF(file: string, config: {
 }
 
 /** A GGUF metadata value to write: its GGUF type and the value. */
-export type GGUFMetaValue = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]];
+export type GGUFMetaValue = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]]
+  | ['raw', Buffer];
 
 /** llama.cpp's general.file_type of a file whose matrices are mostly `type` (LLAMA_FTYPE_*). */
 export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
@@ -577,14 +582,68 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
   model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
   if (!isQuantMix(type)) { writeGGUF(file, kv, tensors); return; }
+  await writeQuantMix(file, kv, tensors, type, model, threads);
+}
+
+/**
+ * llama-quantize's output for `mix` from a file's tensors (float32 values, or the stored bytes of a GGUF's F32 / F16 /
+ * BF16 tensors): its order and types; tensors it leaves alone written as they are, the rest quantized on worker threads.
+ */
+async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>, mix: GGUFQuantMix,
+  model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
-  const mixed = quantizationMix(type, tensors, model);
-  // The k-quants' searches are slow: every tensor's blocks go to worker threads first.
-  const quantized = mixed.filter((t) => t.type !== 'F32' && t.type !== 'F16' && t.type !== 'Q8_0' && t.type !== 'Q4_0');
+  const originalType = new Map(tensors.map((t) => [t.name, t.type]));
+  const mixed = quantizationMix(mix, tensors, model);
+  const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
+  for (const t of changed) {
+    // Stored bytes of another type: their values, to re-encode.
+    if (t.bytes) t.data = dequantize(t.bytes, originalType.get(t.name)!, t.shape.reduce((a, b) => a * b, 1));
+    t.bytes = undefined;
+  }
+  // The k-quants' searches are slow: their tensors go to worker threads first.
+  const quantized = changed.filter((t) => t.type !== 'F16' && t.type !== 'Q8_0' && t.type !== 'Q4_0');
   quantized.forEach(checkFinite);
   const bytes = await quantizeInParallel(quantized.map((t) => ({ type: t.type as Parameters<typeof quantizeValues>[0], values: t.data })), threads);
-  const byName = new Map(quantized.map((t, i) => [t.name, bytes[i]]));
-  writeGGUF(file, quantizationMixMetadata(kv, type, (v): GGUFMetaValue => ['u32', v]), mixed.map((t) => ({ ...t, bytes: byName.get(t.name) })));
+  quantized.forEach((t, i) => { t.bytes = bytes[i]; });
+  writeGGUF(file, quantizationMixMetadata(kv, mix, (v): GGUFMetaValue => ['u32', v]), mixed);
+}
+
+const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'];
+
+/**
+ * `llama-quantize INPUT OUTPUT MIX` for a Nemotron or NemotronH GGUF of F32, F16 or BF16 tensors (what the converter
+ * writes): the input's metadata copied as stored, its tensors mixed and quantized as llama-quantize does.
+ */
+export async function quantizeGGUF(input: string, output: string, mix: GGUFQuantMix, options: { threads?: number } = {}): Promise<void> {
+  const source = GGUFFile.open(input);
+  try {
+    const arch = String(source.get('general.architecture'));
+    if (!LLAMA_QUANTIZE_ARCHITECTURES.includes(arch)) {
+      throw new Error(`quantizeGGUF: ${input} is a ${arch} model; only ${LLAMA_QUANTIZE_ARCHITECTURES.join(', ')} files are quantized here`);
+    }
+    const stored = [...source.tensors.values()].filter((t) => !['F32', 'F16', 'BF16'].includes(t.type));
+    if (stored.length) {
+      throw new Error(`quantizeGGUF: ${input} holds quantized tensors already (${stored[0].name}: ${stored[0].type}${stored.length > 1 ? ', …' : ''}); ` +
+        'quantizing again compounds the rounding (llama-quantize refuses it without --allow-requantize): start from an F32, F16 or BF16 file');
+    }
+    if (Number(source.get('split.count') ?? 1) > 1) throw new Error(`quantizeGGUF: ${input} is one shard of ${source.get('split.count')}; merge the shards first (llama-gguf-split --merge)`);
+    if (Number(source.get('general.alignment') ?? 32) !== 32) throw new Error(`quantizeGGUF: ${input} aligns its data to ${source.get('general.alignment')} bytes; only 32 is written`);
+    const key = (k: string) => source.get(`${arch}.${k}`);
+    const first = (v: GGUFValue | undefined) => Number(Array.isArray(v) ? v[0] : v ?? 0);
+    const kvHeads = first(key('attention.head_count_kv'));
+    const model = {
+      layerCount: Number(key('block_count')), expertCount: Number(key('expert_count') ?? 0),
+      gqa: kvHeads ? Math.trunc(first(key('attention.head_count')) / kvHeads) : 0,
+    };
+    const tensors = [...source.tensors.values()].map((t) => ({
+      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name),
+    }));
+    const kv = [...source.rawMetadata].map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
+    await writeQuantMix(output, kv, tensors, mix, model, options.threads);
+  } finally {
+    source.close();
+  }
 }
 
 /** The special tokens' ids, add_bos/add_eos and the chat template, as `tokenizer.*` keys. */
@@ -604,7 +663,7 @@ export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[strin
  * to 32 bytes. `shape` in numpy order; `type` F32, F16 or Q8_0 / Q4_0 (llama.cpp's reference rounding).
  */
 export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType; bytes?: Buffer }>): void {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>): void {
   const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
   const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
   const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
@@ -619,6 +678,7 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
       case 'strs': return Buffer.concat([u32(9), u32(8), u64(v.length), ...v.map(str)]);
       case 'f32s': return Buffer.concat([u32(9), u32(6), u64(v.length), ...v.map(f32)]);
       case 'i32s': return Buffer.concat([u32(9), u32(5), u64(v.length), ...v.map(i32)]);
+      case 'raw': return v;
     }
   };
   const ALIGN = 32;
@@ -628,14 +688,12 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   for (const t of tensors) {
     const columns = t.shape[t.shape.length - 1];
     checkFinite(t);
-    if (columns % GGML_WRITE_TYPES[t.type].blockValues !== 0) {
-      throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${GGML_WRITE_TYPES[t.type].blockValues}`);
-    }
-    const data = t.bytes ? t.bytes : t.type === 'F32' ? Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
-      : t.type === 'F16' ? Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer)
-        : t.type === 'Q8_0' ? quantizeQ8_0(t.data) : t.type === 'Q4_0' ? quantizeQ4_0(t.data) : quantizeValues(t.type, t.data);
+    // BF16 only as copied bytes (a GGUF being requantized keeps its BF16 tensors as they are).
+    const { id, blockValues } = t.type === 'BF16' ? { id: 30, blockValues: 1 } : GGML_WRITE_TYPES[t.type];
+    if (columns % blockValues !== 0) throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${blockValues}`);
+    const data = t.bytes ?? encodeTensor(t);
     const dims = t.shape.slice().reverse();
-    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(GGML_WRITE_TYPES[t.type].id), u64(offset)]));
+    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(id), u64(offset)]));
     const padded = Math.ceil(data.length / ALIGN) * ALIGN;
     datas.push(data, Buffer.alloc(padded - data.length));
     offset += padded;
@@ -646,6 +704,18 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   const headerLength = chunks.reduce((n, c) => n + c.length, 0);
   chunks.push(Buffer.alloc(Math.ceil(headerLength / ALIGN) * ALIGN - headerLength), ...datas);
   fs.writeFileSync(file, Buffer.concat(chunks));
+}
+
+/** A tensor's bytes in its type, from its float32 values. */
+function encodeTensor(t: { name: string; data: Float32Array; type: GGMLWriteType | 'BF16' }): Buffer {
+  switch (t.type) {
+    case 'BF16': throw new Error(`writeGGUF: ${t.name}: BF16 is copied from stored bytes, not encoded`);
+    case 'F32': return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    case 'F16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer);
+    case 'Q8_0': return quantizeQ8_0(t.data);
+    case 'Q4_0': return quantizeQ4_0(t.data);
+    default: return quantizeValues(t.type, t.data);
+  }
 }
 
 /**

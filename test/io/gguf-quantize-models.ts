@@ -71,8 +71,8 @@ export async function adaptModel(name: 'nemotron' | 'nemotron-h', model: Nemotro
 }
 
 /**
- * `node dist/test/io/gguf-quantize-models.js DIR`: each model's F32 GGUF (DIR/NAME-f32.gguf), llama-quantize's input,
- * and for Nemotron and NemotronH an adapter's GGUF (DIR/NAME-lora.gguf).
+ * `node dist/test/io/gguf-quantize-models.js DIR`: each model's F32 and F16 GGUFs (DIR/NAME-f32.gguf, NAME-f16.gguf),
+ * llama-quantize's inputs, and for Nemotron and NemotronH an adapter's GGUF (DIR/NAME-lora.gguf).
  */
 async function main(dir: string): Promise<void> {
   const tf = await import('@tensorflow/tfjs');
@@ -80,6 +80,7 @@ async function main(dir: string): Promise<void> {
   for (const name of QUANTIZE_MODELS) {
     const { model, tokenizer } = await quantizeModel(name);
     await model.saveGGUF(path.join(dir, `${name}-f32.gguf`), tokenizer, { type: 'F32', name });
+    await model.saveGGUF(path.join(dir, `${name}-f16.gguf`), tokenizer, { type: 'F16', name });
     if (name !== 'nemotron-tied') await (await adaptModel(name, model)).saveGGUF(path.join(dir, `${name}-lora.gguf`));
     model.dispose();
   }

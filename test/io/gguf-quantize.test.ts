@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { GGUFFile, NemotronForCausalLM, NemotronHForCausalLM, setBackend } from '../../src/index';
+import { GGUFFile, NemotronForCausalLM, NemotronHForCausalLM, quantizeGGUF, setBackend } from '../../src/index';
 import { type GGUFQuantMix, quantizeValues } from '../../src/io/gguf-quantize';
 import { QUANTIZE_MODELS, quantizeModel } from './gguf-quantize-models';
 import { tmpDir } from '../helpers';
@@ -85,6 +85,30 @@ describe('GGUF k-quants (llama-quantize\'s Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M,
     const refused = spawnSync(process.execPath, [CLI, 'convert', '--model', path.join(dir, 'folder'), '--output', file, '--type', 'Q4_K_M', '--threads', '0'], { encoding: 'utf8' });
     expect(refused.status).to.not.equal(0);
     expect(refused.stderr).to.match(/--threads <n>' argument '0' is invalid\. It must be a positive integer/);
+  });
+
+  it('quantizeGGUF (convert --gguf F32/F16 file --type MIX) writes llama-quantize\'s file from that file, byte for byte', async () => {
+    const dir = tmpDir('gguf-requantize');
+    for (const name of QUANTIZE_MODELS) {
+      const { model, tokenizer } = await quantizeModel(name);
+      for (const source of ['F32', 'F16'] as const) await model.saveGGUF(path.join(dir, `${name}-${source}.gguf`), tokenizer, { type: source, name });
+      model.dispose();
+      for (const [source, mix] of [['F32', 'Q2_K'], ['F32', 'Q5_K_M'], ['F16', 'Q2_K'], ['F16', 'Q4_K_M']] as const) {
+        const out = path.join(dir, `${name}-${source}-${mix}.gguf`);
+        await quantizeGGUF(path.join(dir, `${name}-${source}.gguf`), out, mix);
+        const expected = reference.files[source === 'F32' ? `${name} ${mix}` : `${name} F16 ${mix}`];
+        expect(sha256(fs.readFileSync(out)), `${name}: ${source} → ${mix}`).to.equal(expected.sha256);
+      }
+    }
+    // From the CLI, on worker threads.
+    const out = path.join(dir, 'cli.gguf');
+    const run = spawnSync(process.execPath, [CLI, 'convert', '--gguf', path.join(dir, 'nemotron-h-F16.gguf'), '--output', out, '--type', 'Q4_K_M', '--threads', '2'], { encoding: 'utf8' });
+    expect(run.status, run.stderr).to.equal(0);
+    expect(sha256(fs.readFileSync(out))).to.equal(reference.files['nemotron-h F16 Q4_K_M'].sha256);
+    const refused = spawnSync(process.execPath, [CLI, 'convert', '--gguf', path.join(dir, 'nemotron-h-F16.gguf'), '--output', out, '--type', 'Q8_0'], { encoding: 'utf8' });
+    expect(refused.stderr).to.match(/quantizes into a k-quant mix: give --type Q2_K, .* not Q8_0/);
+    const requantize = await quantizeGGUF(path.join(dir, 'nemotron-F32-Q2_K.gguf'), out, 'Q4_K_M').then(() => 'done', (e: Error) => e.message);
+    expect(requantize).to.match(/holds quantized tensors already \(.*: Q\d_K.*llama-quantize refuses it without --allow-requantize/);
   });
 
   it('refuses a non-finite weight (naming the tensor) and a thread count that is not a positive integer', async () => {

@@ -29,7 +29,7 @@ export function registerConvert(program: Command): void {
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or llama-quantize\'s k-quant mix')
       .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K']).default('F32'))
-    .option('--adapter <dir>', 'with --model (the base): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
+    .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
     .action(async (opts, command: Command) => {
@@ -47,7 +47,8 @@ export function registerConvert(program: Command): void {
         checkModelDir(opts.adapter, ['adapter_config.json', 'adapter_model.safetensors']);
         if (opts.type !== 'F32' && opts.type !== 'F16') throw new Error(`--type ${opts.type}: a LoRA adapter's GGUF is F32 or F16`);
       }
-      if (opts.model !== undefined) {
+      // The base of an adapter may be the GGUF file it was fine-tuned on (finetune takes GGUF models).
+      if (opts.model !== undefined && !(opts.adapter !== undefined && isGGUF(opts.model))) {
         checkModelDir(opts.model, ['config.json', 'tokenizer.json']);
         if (!String(opts.output).toLowerCase().endsWith('.gguf')) throw new Error(`--output ${opts.output}: a GGUF file's name ends in .gguf`);
       }

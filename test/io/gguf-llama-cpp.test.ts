@@ -121,6 +121,10 @@ describe('LoRA adapters as GGUF files (llama.cpp\'s --lora)', () => {
     const run = cli('--model', path.join(dir, 'base'), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'cli.gguf'));
     expect(run.status, run.stderr).to.equal(0);
     expect(fs.readFileSync(path.join(dir, 'cli.gguf')).equals(fs.readFileSync(path.join(dir, 'direct.gguf'))), 'the same file').to.equal(true);
+    // The base as the GGUF file it may have been fine-tuned on.
+    const fromGGUF = cli('--model', await ggufFile('nemotron-h', dir), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'cli-gguf-base.gguf'));
+    expect(fromGGUF.status, fromGGUF.stderr).to.equal(0);
+    expect(fs.readFileSync(path.join(dir, 'cli-gguf-base.gguf')).equals(fs.readFileSync(path.join(dir, 'direct.gguf'))), 'the same file from a GGUF base').to.equal(true);
     const refused = cli('--model', path.join(dir, 'base'), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'q.gguf'), '--type', 'Q4_K_M');
     expect(refused.stderr).to.match(/--type Q4_K_M: a LoRA adapter's GGUF is F32 or F16/);
   });

@@ -11,8 +11,8 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import { writeSafetensors } from '../../src/io/safetensors';
 import { loadAdapterWeights } from '../../src/training/lora';
-import { ggufNameOf, permuteRows } from '../../src/io/gguf-nemotron-h';
-import { writeLoraGGUF } from '../../src/io/gguf-lora';
+import { ggufNameOf, hfNameOfNemotronHGGUF, permuteRows } from '../../src/io/gguf-nemotron-h';
+import { readLoraGGUF, writeLoraGGUF } from '../../src/io/gguf-lora';
 import type { NemotronHForCausalLM } from './model';
 
 /** The linear modules LoRA can adapt, by their last name (PEFT's target_modules). */
@@ -85,6 +85,43 @@ export class NemotronHLoraModel {
     const lora = NemotronHLoraModel.attach(model, { r: raw.r as number, loraAlpha: raw.lora_alpha as number, targetModules: targets });
     try {
       loadAdapterWeights(path.join(dir, 'adapter_model.safetensors'), lora.namedParameters());
+    } catch (e) {
+      lora.unload();
+      throw e;
+    }
+    return lora;
+  }
+
+  /**
+   * A GGUF LoRA adapter (llama.cpp's --lora file, e.g. from saveGGUF) attached to the model: the modules it adapts
+   * (q/k's B rows put back in transformers' order), with llama.cpp's scaling alpha / r.
+   */
+  static async fromGGUF(model: NemotronHForCausalLM, file: string): Promise<NemotronHLoraModel> {
+    const { alpha, rank, pairs } = readLoraGGUF(file, ['nemotron_h', 'nemotron_h_moe']);
+    const modules = pairs.map((p) => {
+      const hf = hfNameOfNemotronHGGUF(p.name);
+      if (!hf || !hf.endsWith('.weight')) throw new Error(`${file}: ${p.name} is not a weight of a NemotronH model`);
+      return hf.slice(0, -'.weight'.length);
+    });
+    const leaves = [...new Set(modules.map((m) => m.slice(m.lastIndexOf('.') + 1)))];
+    const lora = NemotronHLoraModel.attach(model, { r: rank, loraAlpha: alpha || rank, targetModules: leaves });
+    // attach adapts every module of those names: keep exactly the file's.
+    for (const [module, { A, B }] of [...model.adapters]) {
+      if (!modules.includes(module)) { tf.dispose([A, B]); model.adapters.delete(module); }
+    }
+    const c = model.config;
+    try {
+      pairs.forEach((p, i) => {
+        const adapter = model.adapters.get(modules[i]);
+        if (!adapter) throw new Error(`${file}: ${p.name} matches no module LoRA adapts in this model`);
+        let b = p.b.data;
+        if (modules[i].endsWith('.mixer.q_proj')) b = permuteRows(b, p.b.shape[0], c.numAttentionHeads, true);
+        else if (modules[i].endsWith('.mixer.k_proj')) b = permuteRows(b, p.b.shape[0], c.numKeyValueHeads, true);
+        for (const [variable, value, data] of [[adapter.A, p.a, p.a.data], [adapter.B, p.b, b]] as const) {
+          if (variable.shape.join() !== value.shape.join()) throw new Error(`${file}: ${p.name} has [${value.shape}] where this model's adapter is [${variable.shape}]`);
+          tf.tidy(() => variable.assign(tf.tensor(data, value.shape, 'float32')));
+        }
+      });
     } catch (e) {
       lora.unload();
       throw e;

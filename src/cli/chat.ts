@@ -150,7 +150,7 @@ export function registerChat(program: Command): void {
     .requiredOption('-m, --model <dir>', 'Hugging Face checkpoint folder (config.json, tokenizer.json with a chat template, safetensors), or a GGUF file')
     .option('-n, --max-new-tokens <n>', 'most tokens a reply has (fewer where the context ends)', integerArg('a positive integer', (n) => n > 0), 512))
     .option('--system <text>', 'a system message that opens the conversation')
-    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
+    .option('--adapter <path>', 'a PEFT LoRA adapter folder or a GGUF LoRA file (llama.cpp\'s --lora) to merge into the model')
     .addOption(backendOption())
     .addHelpText('after', `
 Decoding as generate's (greedy unless sampling is asked for or generation_config.json samples). Lines can be piped:

@@ -177,7 +177,9 @@ export interface LoadedCausalLM {
 export async function loadCausalLM(modelPath: string, o: { adapter?: string; backend?: string },
   check: (tokenizer: NemotronTokenizer, config: NemotronConfig) => void = () => undefined): Promise<LoadedCausalLM> {
   const dir = isGGUF(modelPath) ? modelPath : checkModelDir(modelPath, ['config.json', 'tokenizer.json']);
-  for (const file of o.adapter !== undefined ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
+  // A PEFT folder, or a GGUF LoRA file (llama.cpp's --lora).
+  const ggufAdapter = o.adapter !== undefined && isGGUF(o.adapter);
+  for (const file of o.adapter !== undefined && !ggufAdapter ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
     if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
   }
   const { reader, config } = openCheckpoint(dir);
@@ -209,7 +211,7 @@ export async function loadCausalLM(modelPath: string, o: { adapter?: string; bac
     `(backend ${backend})\n`);
   if (o.adapter !== undefined) {
     try {
-      const lora = await LoraModel.fromPretrained(model, o.adapter);
+      const lora = ggufAdapter ? await LoraModel.fromGGUF(model, o.adapter) : await LoraModel.fromPretrained(model, o.adapter);
       const r = lora.loraConfig.r;
       lora.mergeAndUnload();
       process.stderr.write(`merged the LoRA adapter in ${o.adapter} (r ${r})\n`);
@@ -506,7 +508,7 @@ export function registerGenerate(program: Command): void {
     .option('--show-special-tokens', 'print special tokens such as <s> and </s> instead of skipping them')
     .option('--chat', 'the prompt is a user message: render it with the tokenizer\'s chat template (assistant turn opened) and print only the reply')
     .option('--system <text>', 'with --chat: a system message before the prompt')
-    .option('--adapter <dir>', 'a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the model')
+    .option('--adapter <path>', 'a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) or a GGUF LoRA file (llama.cpp\'s --lora) to merge into the model')
     .option('--prompt-lookup <n>', 'prompt lookup decoding: up to n tokens proposed from the text so far, checked in one pass (greedy; the same text, faster where it repeats)',
       integerArg('an integer ≥ 1', (n) => n >= 1))
     .option('--assistant-model <dir>', 'assisted generation: a smaller checkpoint of the same vocabulary drafts tokens, one pass of the model checks them (greedy; the same text)')

@@ -85,7 +85,7 @@ export function registerServe(program: Command): void {
     .option('--prefill-chunk <tokens>', 'most prompt tokens one pass runs; longer prompts run in chunks, the other rows decoding between them', integerArg('a positive integer', (n) => n > 0), 512)
     .option('--prefix-cache-tokens <n>', 'automatic prefix caching: keep the keys and values of finished requests, up to n tokens, so that a prompt beginning with them (a chat\'s next turn) runs only the rest; 0: off',
       integerArg('an integer ≥ 0', (n) => n >= 0), 8192)
-    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to merge into the model')
+    .option('--adapter <path>', 'a PEFT LoRA adapter folder or a GGUF LoRA file (llama.cpp\'s --lora) to merge into the model')
     .option('--response-template <file>', 'a response_template (JSON) that reads replies into content, reasoning_content and tool_calls; "none": no parsing (default: tokenizer_config.json\'s response_template)')
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/ requests (default: $NEMOTRON_API_KEY, else none)')
     .option('-q, --quiet', 'no line per request on stderr')

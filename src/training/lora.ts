@@ -9,8 +9,8 @@ import { NemotronModel } from '../../models/nemotron/model';
 import { NemotronPreTrainedModel } from '../../models/nemotron/pretrained';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors';
-import { nemotronGGUFName } from '../io/gguf';
-import { writeLoraGGUF } from '../io/gguf-lora';
+import { hfNameOfGGUF, nemotronGGUFName } from '../io/gguf';
+import { readLoraGGUF, writeLoraGGUF } from '../io/gguf-lora';
 
 export const ADAPTER_CONFIG_NAME = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors';
@@ -225,6 +225,38 @@ export class LoraModel {
     const tensors = [];
     for (const [name, v] of this.namedParameters()) tensors.push({ name, dtype: 'F32' as const, shape: v.shape, data: await v.data() as Float32Array });
     writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_NAME), tensors, { format: 'pt' });
+  }
+
+  /**
+   * A GGUF LoRA adapter (llama.cpp's --lora file, e.g. from convert_lora_to_gguf.py) attached to a causal LM: the
+   * modules it adapts, with llama.cpp's scaling alpha / r (an rsLoRA adapter written by saveGGUF carries alpha·√r).
+   */
+  static async fromGGUF(model: AdaptableModel, file: string): Promise<LoraModel> {
+    const { alpha, rank, pairs } = readLoraGGUF(file, ['nemotron']);
+    const modules = pairs.map((p) => {
+      const hf = hfNameOfGGUF(p.name);
+      if (!hf || !hf.endsWith('.weight') || !/\.(self_attn|mlp)\.\w+_proj\.weight$/.test(hf)) throw new Error(`${file}: ${p.name} is not a projection LoRA adapts`);
+      return hf.slice(0, -'.weight'.length);
+    });
+    // Exactly these modules: a pattern of their whole names (PEFT's regex targets).
+    const pattern = modules.map((m) => m.replace(/\./g, '\\.')).join('|');
+    const lora = LoraModel.attach(model, { r: rank, loraAlpha: alpha || rank, targetModules: pattern });
+    try {
+      const params = lora.namedParameters();
+      pairs.forEach((p, i) => {
+        const prefix = `base_model.model.${modules[i]}`;
+        for (const [suffix, value] of [['lora_A', p.a], ['lora_B', p.b]] as const) {
+          const variable = params.get(`${prefix}.${suffix}.weight`);
+          if (!variable) throw new Error(`${file}: ${p.name} matches no module of this model`);
+          if (variable.shape.join() !== value.shape.join()) throw new Error(`${file}: ${p.name}'s ${suffix} has shape [${value.shape}], this model's [${variable.shape}]`);
+          tf.tidy(() => variable.assign(tf.tensor(value.data, value.shape, 'float32')));
+        }
+      });
+    } catch (e) {
+      lora.unload();
+      throw e;
+    }
+    return lora;
   }
 
   /**

@@ -3,7 +3,7 @@ import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronForSequenceClassification, NemotronHForCausalLM, NemotronTokenizer, setBackend } from '../../src/index';
+import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronForSequenceClassification, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer, setBackend } from '../../src/index';
 import { adaptModel, quantizeModel } from './gguf-quantize-models';
 import { forEachBackend, testBackends, tmpDir } from '../helpers';
 
@@ -127,6 +127,48 @@ describe('LoRA adapters as GGUF files (llama.cpp\'s --lora)', () => {
     expect(fs.readFileSync(path.join(dir, 'cli-gguf-base.gguf')).equals(fs.readFileSync(path.join(dir, 'direct.gguf'))), 'the same file from a GGUF base').to.equal(true);
     const refused = cli('--model', path.join(dir, 'base'), '--adapter', path.join(dir, 'adapter'), '--output', path.join(dir, 'q.gguf'), '--type', 'Q4_K_M');
     expect(refused.stderr).to.match(/--type Q4_K_M: a LoRA adapter's GGUF is F32 or F16/);
+  });
+
+  it('reads a GGUF LoRA adapter back: the converter\'s file gives PEFT\'s adapter exactly; ours of NemotronH round-trips', async () => {
+    const [baseDir, adapterDir] = peft('tiny-gqa');
+    const fromPeft = await LoraModel.fromPretrained(await NemotronForCausalLM.fromPretrained(baseDir), adapterDir);
+    const fromGGUF = await LoraModel.fromGGUF(await NemotronForCausalLM.fromPretrained(baseDir), path.join(FIXTURES, 'gguf-llama-cpp', 'lora-tiny-gqa-f32.gguf'));
+    expect(fromGGUF.scaling).to.equal(fromPeft.scaling);
+    const [theirs, ours] = [fromPeft.namedParameters(), fromGGUF.namedParameters()];
+    expect([...ours.keys()].sort()).to.deep.equal([...theirs.keys()].sort());
+    for (const [name, v] of theirs) expect(Buffer.from(ours.get(name)!.dataSync().buffer).equals(Buffer.from(v.dataSync().buffer)), name).to.equal(true);
+    fromPeft.model.dispose();
+    fromGGUF.model.dispose();
+
+    const dir = tmpDir('gguf-lora-read');
+    const { model } = await quantizeModel('nemotron-h');
+    const lora = await adaptModel('nemotron-h', model) as NemotronHLoraModel;
+    await lora.saveGGUF(path.join(dir, 'adapter.gguf'));
+    const fresh = (await quantizeModel('nemotron-h')).model as NemotronHForCausalLM;
+    const read = await NemotronHLoraModel.fromGGUF(fresh, path.join(dir, 'adapter.gguf'));
+    expect(read.scaling).to.equal(lora.scaling);
+    expect([...read.namedParameters().keys()].sort()).to.deep.equal([...lora.namedParameters().keys()].sort());
+    for (const [name, v] of lora.namedParameters()) {
+      expect(Buffer.from(read.namedParameters().get(name)!.dataSync().buffer).equals(Buffer.from(v.dataSync().buffer)), name).to.equal(true);
+    }
+    const wrongFamily = await LoraModel.fromGGUF(await NemotronForCausalLM.fromPretrained(baseDir), path.join(dir, 'adapter.gguf')).then(() => 'read', (e: Error) => e.message);
+    expect(wrongFamily).to.match(/adapts a nemotron_h_moe model, not nemotron/);
+    const notAdapter = await NemotronHLoraModel.fromGGUF(fresh, path.join(FIXTURES, 'nemotron-h-gguf', 'moe-f32.gguf')).then(() => 'read', (e: Error) => e.message);
+    expect(notAdapter).to.match(/is not a GGUF LoRA adapter \(general\.type null, adapter\.type null\)/);
+    model.dispose();
+    fresh.dispose();
+  });
+
+  it('generate --adapter takes a GGUF LoRA file as it takes the PEFT folder it came from (the same tokens)', () => {
+    const run = (adapter: string) => spawnSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'generate', '--model',
+      path.join(FIXTURES, 'gguf', 'tiny-gqa.gguf'), '--adapter', adapter, '--prompt', 'hello world', '--max-new-tokens', '8', '--greedy', '--backend', 'cpu'], { encoding: 'utf8' });
+    const [folder, file] = [run(peft('tiny-gqa')[1]), run(path.join(FIXTURES, 'gguf-llama-cpp', 'lora-tiny-gqa-f32.gguf'))];
+    expect(folder.status, folder.stderr).to.equal(0);
+    expect(file.status, file.stderr).to.equal(0);
+    expect(file.stdout).to.equal(folder.stdout);
+    const plain = spawnSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'generate', '--model', path.join(FIXTURES, 'gguf', 'tiny-gqa.gguf'),
+      '--prompt', 'hello world', '--max-new-tokens', '8', '--greedy', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(plain.stdout, 'the adapter changes the text').to.not.equal(file.stdout);
   });
 
   it('refuses what llama.cpp\'s LoRA files cannot carry: a classification head\'s adapter', async () => {

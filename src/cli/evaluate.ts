@@ -8,7 +8,7 @@ import { NemotronTokenizer } from '../tokenizer';
 import { TaskName, collate, epochBatches, readJsonl } from '../training/data';
 import { type CausalLossModel, EvaluableModel, evaluateExamples, slidingWindowPerplexity } from '../training/metrics';
 import { LoraModel } from '../training/lora';
-import { integerArg, modelType } from './generate';
+import { checkAdapter, integerArg, mergeAdapter, modelType } from './generate';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { checkModelDir } from './info';
 import { isGGUF } from '../../models/nemotron/pretrained';
@@ -82,7 +82,7 @@ export function registerEvaluate(program: Command): void {
     .requiredOption('--model <dir>', 'Hugging Face checkpoint folder (tokenizer.json for text rows), or a GGUF file (a quantized model\'s perplexity)')
     .requiredOption('--data <file>', 'JSONL in the format finetune reads for the task (causal-lm: {"text"}, {"input_ids"} or {"messages"} rows)')
     .addOption(new Option('--task <name>', 'what the checkpoint is').choices(['causal-lm', 'sequence-classification', 'token-classification', 'question-answering']).default('causal-lm'))
-    .option('--adapter <dir>', 'a PEFT LoRA adapter folder to apply (merged into the weights)')
+    .option('--adapter <path>', 'a PEFT LoRA adapter folder, or for a causal LM a GGUF LoRA file (llama.cpp\'s --lora), to apply (merged into the weights)')
     .option('--batch-size <n>', 'examples per forward', integerArg('an integer ≥ 1', (n) => n >= 1), 8)
     .option('--max-length <n>', 'truncate examples to this many tokens', integerArg('an integer ≥ 2', (n) => n >= 2), 512)
     .option('--stride <n>', 'causal-lm: the dataset as one text, scored in windows of --max-length tokens every n tokens (transformers\' sliding-window perplexity)',
@@ -114,10 +114,10 @@ export function registerEvaluate(program: Command): void {
       }
       // A NemotronH folder (the hybrid Mamba-2 models) scores the same way: its computeLoss.
       const hybrid = modelType(opts.model) === 'nemotron_h';
-      if (hybrid && opts.adapter) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
+      checkAdapter(opts.adapter);
       const model = hybrid ? await NemotronHForCausalLM.fromPretrained(opts.model) : await NemotronForCausalLM.fromPretrained(opts.model);
+      await mergeAdapter(model, opts.adapter);
       try {
-        if (opts.adapter && model instanceof NemotronForCausalLM) (await LoraModel.fromPretrained(model, opts.adapter)).mergeAndUnload();
         if (opts.stride !== undefined) {
           const windowed = await slidingWindowPerplexity(model as CausalLossModel, datasetIds(opts.data, tokenizer), { maxLength: opts.maxLength, stride: opts.stride });
           process.stdout.write(opts.json ? `${JSON.stringify({ ...windowed, maxLength: opts.maxLength, stride: opts.stride, backend })}\n`

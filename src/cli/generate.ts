@@ -14,6 +14,7 @@ import { GenerateOptions, endsWithStopString, generate, generateStream, rowDecod
 import { type GrammarSpec, GrammarCompiler } from '../generation/grammar';
 import { NemotronForCausalLM } from '../../models/nemotron/heads';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
+import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
 import { NemotronHBatcher } from '../serving/nemotron-h-batcher';
 import { NemotronConfig } from '../../models/nemotron/config';
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraModel } from '../training/lora';
@@ -177,11 +178,7 @@ export interface LoadedCausalLM {
 export async function loadCausalLM(modelPath: string, o: { adapter?: string; backend?: string },
   check: (tokenizer: NemotronTokenizer, config: NemotronConfig) => void = () => undefined): Promise<LoadedCausalLM> {
   const dir = isGGUF(modelPath) ? modelPath : checkModelDir(modelPath, ['config.json', 'tokenizer.json']);
-  // A PEFT folder, or a GGUF LoRA file (llama.cpp's --lora).
-  const ggufAdapter = o.adapter !== undefined && isGGUF(o.adapter);
-  for (const file of o.adapter !== undefined && !ggufAdapter ? [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME] : []) {
-    if (!fs.existsSync(path.join(o.adapter!, file))) throw new Error(`--adapter ${o.adapter}: ${file} is missing (expected a PEFT LoRA adapter folder)`);
-  }
+  checkAdapter(o.adapter);
   const { reader, config } = openCheckpoint(dir);
   let totalBytes: number;
   try {
@@ -209,18 +206,33 @@ export async function loadCausalLM(modelPath: string, o: { adapter?: string; bac
   }
   process.stderr.write(`loaded ${formatBytes(totalBytes)} of weights in ${((performance.now() - loadStart) / 1000).toFixed(2)} s ` +
     `(backend ${backend})\n`);
-  if (o.adapter !== undefined) {
-    try {
-      const lora = ggufAdapter ? await LoraModel.fromGGUF(model, o.adapter) : await LoraModel.fromPretrained(model, o.adapter);
-      const r = lora.loraConfig.r;
-      lora.mergeAndUnload();
-      process.stderr.write(`merged the LoRA adapter in ${o.adapter} (r ${r})\n`);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-  }
+  await mergeAdapter(model, o.adapter);
   return { model, tokenizer, backend };
+}
+
+/** --adapter: a PEFT folder (its two files there) or a GGUF LoRA file (llama.cpp's --lora); checked before any loading. */
+export function checkAdapter(adapter: string | undefined): void {
+  if (adapter === undefined || isGGUF(adapter)) return;
+  for (const file of [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]) {
+    if (!fs.existsSync(path.join(adapter, file))) throw new Error(`--adapter ${adapter}: ${file} is missing (expected a PEFT LoRA adapter folder or a GGUF LoRA file)`);
+  }
+}
+
+/** Merges an --adapter (PEFT folder or GGUF LoRA file) into either family's causal LM; the model is freed if that fails. */
+export async function mergeAdapter(model: NemotronForCausalLM | NemotronHForCausalLM, adapter: string | undefined): Promise<void> {
+  if (adapter === undefined) return;
+  try {
+    const gguf = isGGUF(adapter);
+    const lora = model instanceof NemotronHForCausalLM
+      ? (gguf ? await NemotronHLoraModel.fromGGUF(model, adapter) : await NemotronHLoraModel.fromPretrained(model, adapter))
+      : (gguf ? await LoraModel.fromGGUF(model, adapter) : await LoraModel.fromPretrained(model, adapter));
+    const r = lora.loraConfig.r;
+    lora.mergeAndUnload();
+    process.stderr.write(`merged the LoRA adapter in ${adapter} (r ${r})\n`);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
 }
 
 /** The grammar of --json / --json-schema / --grammar / --choice (at most one), or null. */
@@ -250,13 +262,15 @@ function structuredOutput(o: GenerateCliOptions): GrammarSpec | null {
 
 export { modelType };
 
-/** A NemotronH folder with its tokenizer, on the chosen backend (serve, chat; --adapter refused by name). */
+/** A NemotronH folder or GGUF with its tokenizer, on the chosen backend, an --adapter merged (serve, chat, generate). */
 export async function loadNemotronH(modelPath: string, o: { adapter?: string; backend?: string }): Promise<{ model: NemotronHForCausalLM; tokenizer: NemotronTokenizer; backend: string }> {
-  if (o.adapter !== undefined) throw new Error('--adapter: not supported for NemotronH checkpoints yet (merge the adapter with NemotronHLoraModel first)');
+  checkAdapter(o.adapter);
   const tokenizer = await NemotronTokenizer.fromPretrained(isGGUF(modelPath) ? modelPath : checkModelDir(modelPath, ['config.json', 'tokenizer.json']));
   if (process.env.NEMOTRON_DEBUG !== '1') tf.env().set('PROD', true);
   const backend = await initBackend(o.backend);
-  return { model: await NemotronHForCausalLM.fromPretrained(modelPath), tokenizer, backend };
+  const model = await NemotronHForCausalLM.fromPretrained(modelPath);
+  await mergeAdapter(model, o.adapter);
+  return { model, tokenizer, backend };
 }
 
 /** The grammar of --json/--json-schema/--grammar/--regex/--choice, compiled for the model's vocabulary and EOS ids (null without one). */

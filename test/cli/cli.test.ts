@@ -92,7 +92,7 @@ describe('CLI (nemotron-tfjs)', function () {
       expect(expected, 'the adapter changes the text').to.not.equal(plain);
       const bad = cli('generate', '--model', model, '--prompt', PROMPT, '--backend', 'cpu', '--adapter', model);
       expect(bad.code).to.equal(1);
-      expect(bad.stderr).to.match(/--adapter .*: adapter_config\.json is missing \(expected a PEFT LoRA adapter folder\)/);
+      expect(bad.stderr).to.match(/--adapter .*: adapter_config\.json is missing \(expected a PEFT LoRA adapter folder or a GGUF LoRA file\)/);
     });
 
     it('--chat renders the prompt (and --system) with the chat template and prints the reply only', async () => {

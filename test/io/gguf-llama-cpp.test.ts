@@ -171,6 +171,26 @@ describe('LoRA adapters as GGUF files (llama.cpp\'s --lora)', () => {
     expect(plain.stdout, 'the adapter changes the text').to.not.equal(file.stdout);
   });
 
+  it('NemotronH: generate --adapter merges a PEFT folder or its GGUF alike (the same tokens; not the base\'s)', async () => {
+    const dir = tmpDir('gguf-lora-h-cli');
+    const { model, tokenizer } = await quantizeModel('nemotron-h');
+    await model.savePretrained(path.join(dir, 'base'));
+    tokenizer.savePretrained(path.join(dir, 'base'));
+    const lora = await adaptModel('nemotron-h', model);
+    // Larger B than the seeded draws, so that greedy tokens change.
+    for (const [name, v] of lora.namedParameters()) if (name.includes('lora_B')) v.assign(tf.tidy(() => tf.mul(v, 20)));
+    await lora.savePretrained(path.join(dir, 'adapter'));
+    await lora.saveGGUF(path.join(dir, 'adapter.gguf'));
+    model.dispose();
+    const run = (...adapter: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--model', path.join(dir, 'base'), ...adapter,
+      '--prompt', 'the quick brown fox', '--max-new-tokens', '8', '--greedy', '--backend', 'cpu'], { encoding: 'utf8' });
+    const [folder, file, plain] = [run('--adapter', path.join(dir, 'adapter')), run('--adapter', path.join(dir, 'adapter.gguf')), run()];
+    for (const r of [folder, file, plain]) expect(r.status, r.stderr).to.equal(0);
+    expect(folder.stderr).to.match(/merged the LoRA adapter in .* \(r 4\)/);
+    expect(file.stdout).to.equal(folder.stdout);
+    expect(plain.stdout, 'the adapter changes the text').to.not.equal(folder.stdout);
+  });
+
   it('refuses what llama.cpp\'s LoRA files cannot carry: a classification head\'s adapter', async () => {
     const model = new NemotronForSequenceClassification(new NemotronConfig({ vocabSize: 32, hiddenSize: 16, numAttentionHeads: 2, numKeyValueHeads: 1, intermediateSize: 8, numHiddenLayers: 1, numLabels: 2 }));
     const lora = LoraModel.attach(model, { r: 2, loraAlpha: 4, targetModules: ['q_proj'] });

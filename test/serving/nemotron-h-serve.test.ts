@@ -114,7 +114,7 @@ describe('serving a NemotronH model over OpenAI\'s API (continuous batching: Nem
     }
     expect(r.stdout).to.equal(expected.map((l) => `${l}\n`).join(''));
     const refused = spawnSync(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'chat', '--model', s.dir, '--adapter', s.dir, '--backend', 'cpu'], { input: '', encoding: 'utf8', env });
-    expect(refused.stderr).to.match(/--adapter: not supported for NemotronH checkpoints yet/);
+    expect(refused.stderr).to.match(/--adapter .*: adapter_config\.json is missing \(expected a PEFT LoRA adapter folder or a GGUF LoRA file\)/);
   });
 
   it('the CLI serves a NemotronH folder', async () => {

@@ -10,18 +10,18 @@ import { f16BitsToFloat32, float32ToF16Bits } from './safetensors';
 const f = Math.fround;
 
 /** nearest_int: round to nearest, ties to even, by adding 1.5·2²³ in float32. */
-function nearestInt(v: number): number {
+export function nearestInt(v: number): number {
   return f(v + 12582912) - 12582912;
 }
 
 /** f16 round trip: the value a stored half scale dequantizes to. */
-function viaF16(v: number): { bits: number; value: number } {
+export function viaF16(v: number): { bits: number; value: number } {
   const bits = float32ToF16Bits(v);
   return { bits, value: f16BitsToFloat32(bits) };
 }
 
 /** What makeQkx2Quants found: the scale and the (negated) minimum. */
-const fitted = { scale: 0, min: 0 };
+export const fitted = { scale: 0, min: 0 };
 /** x − min for the group being fitted (float32, as C's float subtraction). */
 const centered = new Float32Array(32);
 
@@ -29,7 +29,7 @@ const centered = new Float32Array(32);
  * make_qkx2_quants: the scale and (negated) minimum of n values on levels 0..nmax that minimize the weighted squared
  * (or, `useMad`, absolute) error, trying nstep + 1 scales around the range's; levels into L, the fit into `fitted`.
  */
-function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, weights: Float32Array, L: Uint8Array, l0: number,
+export function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, weights: Float32Array, L: Uint8Array, l0: number,
   aux: Uint8Array, rmin: number, rdelta: number, nstep: number, useMad = false): void {
   let min = x[x0];
   let max = x[x0];
@@ -104,7 +104,7 @@ function makeQkx2Quants(n: number, nmax: number, x: Float32Array, x0: number, we
 }
 
 /** The first of the n values from x0 with the largest magnitude (0 if all are zero). */
-function largestMagnitude(x: Float32Array | ArrayLike<number>, x0: number, n: number): number {
+export function largestMagnitude(x: ArrayLike<number>, x0: number, n: number): number {
   let max = 0;
   let amax = 0;
   for (let i = 0; i < n; i++) {
@@ -115,10 +115,10 @@ function largestMagnitude(x: Float32Array | ArrayLike<number>, x0: number, n: nu
 }
 
 /**
- * make_qx_quants with rmse_type 1 (weights x²): the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in
- * L), refined over 18 nearby scales.
+ * make_qx_quants with rmse_type 1: the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in L), refined
+ * over 18 nearby scales; each value weighted by x², or by `qw` from q0 (an importance matrix's weights).
  */
-function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number): number {
+export function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: Int8Array, l0: number, qw?: Float32Array, q0 = 0): number {
   const max = largestMagnitude(x, x0, n);
   if (Math.abs(max) < GROUP_MAX_EPS) {
     L.fill(0, l0, l0 + n);
@@ -131,7 +131,7 @@ function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: number, L: I
       const v = x[x0 + i];
       const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * v))));
       if (store) L[l0 + i] = l + nmax;
-      const w = f(v * v);
+      const w = qw ? qw[q0 + i] : f(v * v);
       sumLX = f(sumLX + f(f(w * v) * l));
       sumL2 = f(sumL2 + f(f(w * l) * l));
     }
@@ -202,15 +202,15 @@ function makeQ3Quants(n: number, nmax: number, x: Float32Array, x0: number, L: I
   return sumL2 > 0 ? f(sumLX / sumL2) : 0;
 }
 
-const GROUP_MAX_EPS = f(1e-15);
+export const GROUP_MAX_EPS = f(1e-15);
 const TENTH = f(0.1);
-const QK_K = 256;
+export const QK_K = 256;
 
 /**
  * Q5_0 / Q5_1's layout from `qhAt`: the 32 fifth bits (a u32), then 16 bytes of low nibbles, value j with value
  * j + 16 above it; `level` gives each value's 5-bit level.
  */
-function packFiveBits(out: Buffer, qhAt: number, values: Float32Array, start: number, level: (v: number) => number): void {
+export function packFiveBits(out: Buffer, qhAt: number, values: ArrayLike<number>, start: number, level: (v: number) => number): void {
   let qh = 0;
   for (let j = 0; j < 16; j++) {
     const lo = level(values[start + j]);
@@ -294,14 +294,13 @@ function fitGroupsWithMins(values: Float32Array, x0: number, size: number, nmax:
  */
 function quantizeKWithMins(values: Float32Array, bits: 4 | 5): Buffer {
   const nmax = bits === 4 ? 15 : 31;
-  const blockBytes = bits === 4 ? 144 : 176;
-  const quantsAt = bits === 4 ? 16 : 48;
   const blocks = values.length / QK_K;
-  const out = Buffer.alloc(blocks * blockBytes);
+  const out = Buffer.alloc(blocks * K_WITH_MINS_BYTES[bits]);
   const L = new Uint8Array(QK_K);
   const scales = new Float32Array(8);
   const mins = new Float32Array(8);
-  const packed = new Uint8Array(12);
+  const ls = new Uint8Array(8);
+  const lm = new Uint8Array(8);
   // Weights: the group's rms plus each |x|.
   const weigh = (start: number, weights: Float32Array) => {
     let sumX2 = 0;
@@ -312,53 +311,66 @@ function quantizeKWithMins(values: Float32Array, bits: 4 | 5): Buffer {
   for (let b = 0; b < blocks; b++) {
     const x0 = b * QK_K;
     const [maxScale, maxMin] = bits === 4 ? fitGroupsWithMins(values, x0, 32, 15, -1, 20, false, weigh, L, scales, mins)
-      : fitGroupsWithMins(values, x0, 32, 31, -0.5, 15, false, weigh, L, scales, mins);
+      : fitGroupsWithMins(values, x0, 32, nmax, -0.5, 15, false, weigh, L, scales, mins);
     const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
     const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
-    packed.fill(0);
     for (let j = 0; j < 8; j++) {
-      const ls = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
-      const lm = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
-      if (j < 4) {
-        packed[j] = ls;
-        packed[j + 4] = lm;
-      } else {
-        packed[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
-        packed[j - 4] |= (ls >> 4) << 6;
-        packed[j] |= (lm >> 4) << 6;
-      }
+      ls[j] = Math.min(63, nearestInt(f(invScale * scales[j])) & 0xff);
+      lm[j] = Math.min(63, nearestInt(f(invMin * mins[j])) & 0xff);
     }
-    const d = viaF16(f(maxScale / 63));
-    const dmin = viaF16(f(maxMin / 63));
-    const at = b * blockBytes;
-    out.writeUInt16LE(d.bits, at);
-    out.writeUInt16LE(dmin.bits, at + 2);
-    out.set(packed, at + 4);
-    for (let j = 0; j < 8; j++) {
-      const [sc, m] = j < 4 ? [packed[j] & 63, packed[j + 4] & 63]
-        : [(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)];
-      const scale = f(d.value * sc);
-      if (!scale) continue;
-      const dm = f(dmin.value * m);
-      for (let i = 0; i < 32; i++) {
-        L[32 * j + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(values[x0 + 32 * j + i] + dm) / scale))));
-      }
-    }
-    // Low nibbles: 32 values of group 2k and, above them, 32 of group 2k + 1; Q5_K's fifth bits in qh, two per 64.
-    for (let n = 0; n < QK_K; n += 64) {
-      for (let j = 0; j < 32; j++) {
-        let lo = L[n + j];
-        let hi = L[n + j + 32];
-        if (bits === 5) {
-          const bit = n / 32;
-          if (lo > 15) { lo -= 16; out[at + 16 + j] |= 1 << bit; }
-          if (hi > 15) { hi -= 16; out[at + 16 + j] |= 2 << bit; }
-        }
-        out[at + quantsAt + n / 2 + j] = lo | (hi << 4);
-      }
-    }
+    finishKWithMins(values, x0, out, b * K_WITH_MINS_BYTES[bits], bits, L, ls, lm, f(maxScale / 63), f(maxMin / 63));
   }
   return out;
+}
+
+export const K_WITH_MINS_BYTES = { 4: 144, 5: 176 } as const;
+
+/**
+ * The block of Q4_K / Q5_K at `at` from its groups' 6-bit scales `ls` and minimums `lm` (≤ 63) and the two super-scales
+ * (stored as f16): every value re-levelled against the stored scales into L, then packed.
+ */
+export function finishKWithMins(values: Float32Array, x0: number, out: Buffer, at: number, bits: 4 | 5, L: Uint8Array, ls: Uint8Array,
+  lm: Uint8Array, superScale: number, superMin: number): void {
+  const nmax = bits === 4 ? 15 : 31;
+  const quantsAt = bits === 4 ? 16 : 48;
+  const packed = out.subarray(at + 4, at + 16);
+  for (let j = 0; j < 8; j++) {
+    if (j < 4) {
+      packed[j] = ls[j];
+      packed[j + 4] = lm[j];
+    } else {
+      packed[j + 4] = (ls[j] & 0xf) | ((lm[j] & 0xf) << 4);
+      packed[j - 4] |= (ls[j] >> 4) << 6;
+      packed[j] |= (lm[j] >> 4) << 6;
+    }
+  }
+  const d = viaF16(superScale);
+  const dmin = viaF16(superMin);
+  out.writeUInt16LE(d.bits, at);
+  out.writeUInt16LE(dmin.bits, at + 2);
+  for (let j = 0; j < 8; j++) {
+    const [sc, m] = j < 4 ? [packed[j] & 63, packed[j + 4] & 63]
+      : [(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)];
+    const scale = f(d.value * sc);
+    if (!scale) continue;
+    const dm = f(dmin.value * m);
+    for (let i = 0; i < 32; i++) {
+      L[32 * j + i] = Math.max(0, Math.min(nmax, nearestInt(f(f(values[x0 + 32 * j + i] + dm) / scale))));
+    }
+  }
+  // Low nibbles: 32 values of group 2k and, above them, 32 of group 2k + 1; Q5_K's fifth bits in qh, two per 64.
+  for (let n = 0; n < QK_K; n += 64) {
+    for (let j = 0; j < 32; j++) {
+      let lo = L[n + j];
+      let hi = L[n + j + 32];
+      if (bits === 5) {
+        const bit = n / 32;
+        if (lo > 15) { lo -= 16; out[at + 16 + j] |= 1 << bit; }
+        if (hi > 15) { hi -= 16; out[at + 16 + j] |= 2 << bit; }
+      }
+      out[at + quantsAt + n / 2 + j] = lo | (hi << 4);
+    }
+  }
 }
 
 export function quantizeQ4_K(values: Float32Array): Buffer {
@@ -387,11 +399,13 @@ function signedGroupBlocks(values: Float32Array, blockBytes: number, fit: (x0: n
 }
 
 /**
- * Q6_K (quantize_row_q6_K_ref): per 256 values, sixteen groups of 16 with a signed scale each (make_qx_quants), those
- * as int8 multiples of one f16 super-scale, then 6-bit levels (−32..31) against the stored scales.
+ * Q6_K (quantize_row_q6_K_ref; with `importance`, quantize_row_q6_K_impl): per 256 values, sixteen groups of 16 with a
+ * signed scale each (make_qx_quants, weighted by x² or by the importance), those as int8 multiples of one f16
+ * super-scale, then 6-bit levels (−32..31) against the stored scales. `importance`: a weight per column of the rows.
  */
-export function quantizeQ6_K(values: Float32Array): Buffer {
-  return signedGroupBlocks(values, 210, (x0, L, l0) => makeQxQuants(16, 32, values, x0, L, l0), (x0, at, out, L, scales, maxScale) => {
+export function quantizeQ6_K(values: Float32Array, importance?: Float32Array): Buffer {
+  const fit = (x0: number, L: Int8Array, l0: number) => makeQxQuants(16, 32, values, x0, L, l0, importance, importance && x0 % importance.length);
+  return signedGroupBlocks(values, 210, fit, (x0, at, out, L, scales, maxScale) => {
     if (Math.abs(maxScale) < GROUP_MAX_EPS) return; // an all-zero block: d = 0 and zero bytes
     const iscale = f(-128 / maxScale);
     const d = viaF16(f(1 / iscale));
@@ -420,7 +434,7 @@ export function quantizeQ6_K(values: Float32Array): Buffer {
 }
 
 /** Four 2-bit levels to a byte: per 128 values, byte l holds values l, l + 32, l + 64 and l + 96 (Q2_K, Q3_K). */
-function packTwoBits(out: Buffer, at: number, L: Int8Array | Uint8Array): void {
+export function packTwoBits(out: Buffer, at: number, L: Int8Array | Uint8Array): void {
   for (let n = 0; n < QK_K; n += 128) {
     for (let l = 0; l < 32; l++) out[at + n / 4 + l] = L[n + l] | (L[n + l + 32] << 2) | (L[n + l + 64] << 4) | (L[n + l + 96] << 6);
   }
@@ -453,17 +467,23 @@ export function quantizeQ2_K(values: Float32Array): Buffer {
       for (let j = 0; j < 16; j++) out[at + j] |= (nearestInt(f(iscale * mins[j])) << 4) & 0xff;
       dmin = viaF16(f(maxMin / 15));
     }
-    out.writeUInt16LE(d.bits, at + 80);
-    out.writeUInt16LE(dmin.bits, at + 82);
-    for (let j = 0; j < 16; j++) {
-      const scale = f(d.value * (out[at + j] & 0xf));
-      if (!scale) continue;
-      const dm = f(dmin.value * (out[at + j] >> 4));
-      for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(0, Math.min(3, nearestInt(f(f(values[x0 + 16 * j + i] + dm) / scale))));
-    }
-    packTwoBits(out, at + 16, L);
+    finishQ2_K(values, x0, out, at, L, d, dmin);
   }
   return out;
+}
+
+/** The Q2_K block at `at` from its packed 4-bit scales and minimums and its super-scales: levels against them, packed. */
+export function finishQ2_K(values: Float32Array, x0: number, out: Buffer, at: number, L: Uint8Array, d: { bits: number; value: number },
+  dmin: { bits: number; value: number }): void {
+  out.writeUInt16LE(d.bits, at + 80);
+  out.writeUInt16LE(dmin.bits, at + 82);
+  for (let j = 0; j < 16; j++) {
+    const scale = f(d.value * (out[at + j] & 0xf));
+    if (!scale) continue;
+    const dm = f(dmin.value * (out[at + j] >> 4));
+    for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(0, Math.min(3, nearestInt(f(f(values[x0 + 16 * j + i] + dm) / scale))));
+  }
+  packTwoBits(out, at + 16, L);
 }
 
 /**
@@ -477,30 +497,43 @@ export function quantizeQ3_K(values: Float32Array): Buffer {
     if (maxScale) {
       const iscale = f(-32 / maxScale);
       for (let j = 0; j < 16; j++) {
-        const l = Math.max(-32, Math.min(31, (nearestInt(f(iscale * scales[j])) << 24) >> 24)) + 32;
-        if (j < 8) out[packed + j] = l & 0xf;
-        else out[packed + j - 8] |= (l & 0xf) << 4;
-        out[packed + 8 + (j % 4)] |= (l >> 4) << (2 * Math.floor(j / 4));
+        packQ3Scale(out, packed, j, Math.max(-32, Math.min(31, (nearestInt(f(iscale * scales[j])) << 24) >> 24)) + 32);
       }
       d = viaF16(f(1 / iscale));
     }
-    out.writeUInt16LE(d.bits, at + 108);
-    for (let j = 0; j < 16; j++) {
-      const low = j < 8 ? out[packed + j] & 0xf : out[packed + j - 8] >> 4;
-      const sc = (low | (((out[packed + 8 + (j % 4)] >> (2 * Math.floor(j / 4))) & 3) << 4)) - 32;
-      const scale = f(d.value * sc);
-      if (!scale) continue;
-      for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(-4, Math.min(3, nearestInt(f(values[x0 + 16 * j + i] / scale)))) + 4;
-    }
-    // hmask: the high bit of value j in bit j / 32 of byte j % 32.
-    for (let j = 0; j < QK_K; j++) {
-      if (L[j] > 3) {
-        out[at + (j % 32)] |= 1 << Math.floor(j / 32);
-        L[j] -= 4;
-      }
-    }
-    packTwoBits(out, at + 32, L);
+    finishQ3_K(values, x0, out, at, L, d);
   });
+}
+
+/** Group j's 6-bit scale level l (0..63) into Q3_K's 12 scale bytes from `packed`: low nibbles, then 2-bit tops. */
+export function packQ3Scale(out: Buffer, packed: number, j: number, l: number): void {
+  if (j < 8) out[packed + j] = l & 0xf;
+  else out[packed + j - 8] |= (l & 0xf) << 4;
+  out[packed + 8 + (j % 4)] |= (l >> 4) << (2 * Math.floor(j / 4));
+}
+
+/**
+ * The Q3_K block at `at` from its packed 6-bit scales and its super-scale: 3-bit levels against them (into L), the
+ * high bit of each in hmask.
+ */
+export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: number, L: Int8Array, d: { bits: number; value: number }): void {
+  const packed = at + 96;
+  out.writeUInt16LE(d.bits, at + 108);
+  for (let j = 0; j < 16; j++) {
+    const low = j < 8 ? out[packed + j] & 0xf : out[packed + j - 8] >> 4;
+    const sc = (low | (((out[packed + 8 + (j % 4)] >> (2 * Math.floor(j / 4))) & 3) << 4)) - 32;
+    const scale = f(d.value * sc);
+    if (!scale) continue;
+    for (let i = 0; i < 16; i++) L[16 * j + i] = Math.max(-4, Math.min(3, nearestInt(f(values[x0 + 16 * j + i] / scale)))) + 4;
+  }
+  // hmask: the high bit of value j in bit j / 32 of byte j % 32.
+  for (let j = 0; j < QK_K; j++) {
+    if (L[j] > 3) {
+      out[at + (j % 32)] |= 1 << Math.floor(j / 32);
+      L[j] -= 4;
+    }
+  }
+  packTwoBits(out, at + 32, L);
 }
 
 /** A tensor type that `writeGGUF` writes. */

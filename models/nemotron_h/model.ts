@@ -13,6 +13,7 @@ import * as path from 'path';
 import { type CheckpointTensor, CheckpointReader, type SaveCheckpointOptions, saveCheckpoint } from '../../src/io/checkpoint';
 import { type GGUFVocabularySource, type GGUFWriteType, isGGUF } from '../../src/io/gguf';
 import { NemotronHGGUF, writeNemotronHGGUF } from '../../src/io/gguf-nemotron-h';
+import { type ImportanceMatrix, resolveImatrix } from '../../src/io/imatrix';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
@@ -784,14 +785,17 @@ export class NemotronHForCausalLM {
 
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py writes NemotronH (llama.cpp reads it;
-   * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes a k-quant
-   * file (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K) from the F32 one, quantized on `threads` worker threads (default:
-   * the machine's parallelism); the tokenizer's vocabulary.
+   * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes one of its
+   * mixes (Q2_K … Q6_K, IQ4_NL, IQ4_XS; Q2_K_S) from the F32 one, quantized on `threads` worker threads (default: the
+   * machine's parallelism), weighted by an importance matrix `imatrix` when given (a file's path or computeImatrix's
+   * result); the tokenizer's vocabulary.
    */
-  async saveGGUF(file: string, tokenizer: GGUFVocabularySource, options: { type?: GGUFWriteType; name?: string; threads?: number } = {}): Promise<void> {
+  async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } = {}): Promise<void> {
     const weights = [];
     for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
-    await writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name, options.threads);
+    await writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name,
+      { threads: options.threads, imatrix: resolveImatrix(options.imatrix) });
   }
 
   /** The trained parameters by transformers' names (the router's correction bias is a buffer: not among them). */

@@ -42,15 +42,18 @@ HARNESS = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include "ggml.h"
-/* quant TYPE N_PER_ROW < float32 values > ggml_quantize_chunk's bytes (no importance matrix: the _ref quantizers) */
+/* quant TYPE N_PER_ROW [IMPORTANCE] < float32 values > ggml_quantize_chunk's bytes (without an importance file: the
+   _ref quantizers; with one, N_PER_ROW float32 weights, the _impl ones llama-quantize --imatrix runs) */
 int main(int argc, char **argv) {
   int type = atoi(argv[1]); long n_per_row = atol(argv[2]);
   size_t cap = 1 << 20, n = 0, got; float *x = malloc(cap * sizeof(float));
   while ((got = fread(x + n, sizeof(float), cap - n, stdin)) > 0) { n += got; if (n == cap) { cap *= 2; x = realloc(x, cap * sizeof(float)); } }
   long nrows = n / n_per_row;
+  float *imatrix = NULL;
+  if (argc > 3) { FILE *f = fopen(argv[3], "rb"); imatrix = malloc(n_per_row * sizeof(float)); if (fread(imatrix, sizeof(float), n_per_row, f) != (size_t) n_per_row) return 1; fclose(f); }
   void *out = malloc(ggml_row_size(type, n_per_row) * nrows);
   ggml_quantize_init(type);
-  fwrite(out, 1, ggml_quantize_chunk(type, x, out, 0, nrows, n_per_row, NULL), stdout);
+  fwrite(out, 1, ggml_quantize_chunk(type, x, out, 0, nrows, n_per_row, imatrix), stdout);
   return 0;
 }
 """
@@ -78,15 +81,21 @@ def sha(data):
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    build = os.path.join(LLAMA_CPP, "build")
-    work = tempfile.mkdtemp()
+def compile_quant_harness(work):
+    """HARNESS compiled against llama.cpp's ggml-base, in `work`."""
     harness = os.path.join(work, "quant")
     with open(harness + ".c", "w") as f:
         f.write(HARNESS)
     subprocess.run(["gcc", "-O2", harness + ".c", "-I", os.path.join(LLAMA_CPP, "ggml", "include"),
-                    os.path.join(build, "ggml", "src", "libggml-base.a"), "-lm", "-lpthread", "-lstdc++", "-o", harness], check=True)
+                    os.path.join(LLAMA_CPP, "build", "ggml", "src", "libggml-base.a"), "-lm", "-lpthread", "-lstdc++", "-o", harness], check=True)
+    return harness
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    build = os.path.join(LLAMA_CPP, "build")
+    work = tempfile.mkdtemp()
+    harness = compile_quant_harness(work)
     values = blocks()
     values.tofile(os.path.join(OUT, "blocks.f32"))
     quantized = {}

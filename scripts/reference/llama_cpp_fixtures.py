@@ -94,16 +94,22 @@ int main(int argc, char **argv) {
 """
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
+def compile_llama_harness(work):
+    """HARNESS compiled against libllama, in `work`."""
     build = os.path.join(LLAMA_CPP, "build")
-    work = tempfile.mkdtemp()
     harness = os.path.join(work, "logits")
     with open(harness + ".cpp", "w") as f:
         f.write(HARNESS)
     libs = [os.path.join(build, "src", "libllama.a")] + [os.path.join(build, "ggml", "src", f"lib{n}.a") for n in ("ggml", "ggml-cpu", "ggml-base")]
     subprocess.run(["g++", "-O2", "-std=c++17", harness + ".cpp", "-I", os.path.join(LLAMA_CPP, "include"),
                     "-I", os.path.join(LLAMA_CPP, "ggml", "include"), *libs, "-lpthread", "-lm", "-ldl", "-o", harness], check=True)
+    return harness
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    work = tempfile.mkdtemp()
+    harness = compile_llama_harness(work)
     subprocess.run(["node", os.path.join(ROOT, "dist", "test", "io", "gguf-quantize-models.js"), work], check=True)
     # Not nemotron-tied: llama.cpp's Nemotron requires output.weight, which a tied checkpoint (and so the converter's
     # file, and ours) lacks; Nemotron's published checkpoints are untied.

@@ -19,6 +19,7 @@
 import { GGUFFile, type GGUFMetaValue, type GGUFTensorInfo, type GGUFVocabularySource, type GGUFWriteType, GGUF_FILE_TYPE,
   sentencePieceVocabulary, specialTokenKeys, writeModelGGUF } from './gguf';
 import { type GGMLWriteType, isQuantMix } from './gguf-quantize';
+import type { QuantizeOptions } from './gguf';
 import { byteLevelVocabulary, isByteLevel } from './gguf-vocab';
 
 /** A layer's tensors: llama.cpp's name after `blk.N.`, the HF name after `model.layers.N.`. */
@@ -230,7 +231,7 @@ export interface NemotronHGGUFConfig {
  * a SentencePiece-style tokenizer, "llama". `weights`: the model's HF-named tensors (host values).
  */
 export async function writeNemotronHGGUF(file: string, config: NemotronHGGUFConfig, weights: Array<{ name: string; shape: number[]; data: Float32Array }>,
-  vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron_h', threads?: number): Promise<void> {
+  vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron_h', options: QuantizeOptions = {}): Promise<void> {
   const moe = config.layerTypes.includes('moe');
   const arch = moe ? 'nemotron_h_moe' : 'nemotron_h';
   const key = (k: string) => `${arch}.${k}`;
@@ -288,5 +289,5 @@ export async function writeNemotronHGGUF(file: string, config: NemotronHGGUFConf
     layerCount: config.layerTypes.length, expertCount: moe ? config.nRoutedExperts : 0,
     // llama.cpp's n_gqa() looks at layer 0 only: no KV heads there (a Mamba layer) gives 0.
     gqa: config.layerTypes[0] === 'attention' ? Math.trunc(config.numAttentionHeads / config.numKeyValueHeads) : 0,
-  }, threads);
+  }, options);
 }

@@ -537,21 +537,25 @@ export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: nu
 }
 
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
   F32: { id: 0, blockValues: 1 }, F16: { id: 1, blockValues: 1 }, Q4_0: { id: 2, blockValues: 32 }, Q5_0: { id: 6, blockValues: 32 },
   Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q2_K: { id: 10, blockValues: QK_K }, Q3_K: { id: 11, blockValues: QK_K },
   Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
-  Q6_K: { id: 14, blockValues: QK_K },
+  Q6_K: { id: 14, blockValues: QK_K }, IQ4_NL: { id: 20, blockValues: 32 }, IQ4_XS: { id: 23, blockValues: QK_K },
 };
 
-/** llama-quantize's k-quant file types written here, with llama.cpp's LLAMA_FTYPE_* number and the default tensor type. */
+/**
+ * llama-quantize's file types written here (the k-quant mixes, IQ4_NL and IQ4_XS; Q2_K_S only with an importance
+ * matrix), with llama.cpp's LLAMA_FTYPE_* number and the default tensor type.
+ */
 export const QUANT_MIXES = {
   Q2_K: { fileType: 10, base: 'Q2_K' }, Q3_K_S: { fileType: 11, base: 'Q3_K' }, Q3_K_M: { fileType: 12, base: 'Q3_K' },
   Q3_K_L: { fileType: 13, base: 'Q3_K' }, Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
   Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
+  Q2_K_S: { fileType: 21, base: 'Q2_K' }, IQ4_NL: { fileType: 25, base: 'IQ4_NL' }, IQ4_XS: { fileType: 30, base: 'IQ4_XS' },
 } as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
 export type GGUFQuantMix = keyof typeof QUANT_MIXES;
 
@@ -584,7 +588,7 @@ function allowsQuantization(name: string, shape: number[]): boolean {
  * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
  */
 export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
-  model: { layerCount: number; expertCount: number; gqa: number }): T[] {
+  model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false): T[] {
   const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
   const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);
   const attentionValueCount = sorted.filter((t) => isAttnV(t.name)).length;
@@ -609,6 +613,8 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       // the base type
     } else if (isAttnV(t.name)) {
       if (mix === 'Q2_K') type = model.gqa >= 4 ? 'Q4_K' : 'Q3_K';
+      else if (mix === 'Q2_K_S' && model.gqa >= 4) type = 'Q4_K';
+      else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && model.gqa >= 4) type = 'Q5_K';
       else if (mix === 'Q3_K_M') type = attentionValueIndex < 2 ? 'Q5_K' : 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
       else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(attentionValueIndex, attentionValueCount)) type = 'Q6_K';
@@ -621,6 +627,8 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       const layer = layerOf(ffnDownIndex, t.name);
       const n = model.layerCount;
       if (mix === 'Q2_K') type = 'Q3_K';
+      else if (mix === 'Q2_K_S' && layer < Math.trunc(n / 8)) type = 'Q4_K';
+      else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && layer < Math.trunc(n / 8) && !hasImportance) type = 'Q5_K';
       else if (mix === 'Q3_K_M') type = layer < Math.trunc(n / 16) ? 'Q5_K' : 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
       else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
@@ -628,13 +636,13 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       ffnDownIndex++;
     } else if (t.name.includes('attn_output.weight')) {
       if (experts === 8) {
-        if (mix === 'Q2_K' || mix === 'Q3_K_S' || mix === 'Q3_K_M' || mix === 'Q4_K_S' || mix === 'Q4_K_M') type = 'Q5_K';
+        if (['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'IQ4_NL', 'IQ4_XS'].includes(mix)) type = 'Q5_K';
       } else if (mix === 'Q2_K') type = 'Q3_K';
       else if (mix === 'Q3_K_M') type = 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
     }
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
-      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
       type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
     }
     return { ...t, type };
@@ -648,7 +656,7 @@ export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuan
 }
 
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
-export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0'>, values: Float32Array): Buffer {
+export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS'>, values: Float32Array): Buffer {
   switch (type) {
     case 'Q2_K': return quantizeQ2_K(values);
     case 'Q3_K': return quantizeQ3_K(values);
@@ -658,4 +666,42 @@ export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_
     case 'Q5_K': return quantizeQ5_K(values);
     case 'Q6_K': return quantizeQ6_K(values);
   }
+}
+
+/**
+ * llama.cpp's quantize_row_q4_0_ref (as gguf-py): per 32 values, d = (the value of largest magnitude) / −8 (as f16)
+ * and trunc(x / d + 8.5) in [0, 15], the first 16 values in the low nibbles, the next 16 in the high ones.
+ */
+export function quantizeQ4_0(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 18);
+  for (let b = 0; b < blocks; b++) {
+    let max = 0;
+    for (let j = 0; j < 32; j++) if (Math.abs(values[b * 32 + j]) > Math.abs(max)) max = values[b * 32 + j];
+    const d = f(max / -8);
+    const id = d ? f(1 / d) : 0;
+    out.writeUInt16LE(float32ToF16Bits(d), b * 18);
+    const q = (j: number) => Math.min(15, Math.trunc(f(f(values[b * 32 + j] * id) + 8.5)));
+    for (let j = 0; j < 16; j++) out[b * 18 + 2 + j] = q(j) | (q(j + 16) << 4);
+  }
+  return out;
+}
+
+/** llama.cpp's quantize_row_q8_0_ref: per 32 values, d = max|x| / 127 (as f16) and round(x / d) as int8. */
+export function quantizeQ8_0(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 34);
+  for (let b = 0; b < blocks; b++) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(values[b * 32 + j]));
+    const d = f(amax / 127);
+    const id = d ? f(1 / d) : 0;
+    out.writeUInt16LE(float32ToF16Bits(d), b * 34);
+    // roundf: halves away from zero.
+    for (let j = 0; j < 32; j++) {
+      const x = f(values[b * 32 + j] * id);
+      out.writeInt8(Math.sign(x) * Math.floor(Math.abs(x) + 0.5), b * 34 + 2 + j);
+    }
+  }
+  return out;
 }

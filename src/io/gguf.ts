@@ -9,8 +9,10 @@
  */
 import * as fs from 'fs';
 import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
-import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, isQuantMix, quantizationMix, quantizationMixMetadata, quantizeValues } from './gguf-quantize';
-import { quantizeInParallel } from './gguf-quantize-pool';
+import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, isQuantMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
+import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
+import { type QuantizeJob, quantizeInParallel } from './gguf-quantize-pool';
+export { quantizeQ4_0, quantizeQ8_0 } from './gguf-quantize';
 import { I_QUANT_TYPES, dequantizeIQuantBlock } from './gguf-iquants';
 
 const GGUF_MAGIC = 0x46554747; // "GGUF", little-endian
@@ -524,7 +526,7 @@ export async function writeNemotronGGUF(file: string, config: {
   numKeyValueHeads: number; headDim: number; maxPositionEmbeddings: number; normEps: number; ropeTheta: number; rotaryDim: number;
   ropeScaling: { ropeType: string; factor?: number } | null;
 }, weights: Array<{ name: string; shape: number[]; data: Float32Array }>, vocabulary: GGUFVocabularySource, type: GGUFWriteType = 'F32', name = 'nemotron',
-  threads?: number): Promise<void> {
+  options: QuantizeOptions = {}): Promise<void> {
   if (config.ropeScaling && config.ropeScaling.ropeType !== 'linear') {
     throw new Error(`writeNemotronGGUF: llama.cpp's Nemotron reads linear rope scaling only, not ${config.ropeScaling.ropeType}`);
   }
@@ -553,7 +555,7 @@ export async function writeNemotronGGUF(file: string, config: {
     // LayerNorm1P's weight: llama.cpp stores w + 1.
     const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     return { name: tensorName(w.name), shape: w.shape, data, type: kind };
-  }), type, { layerCount: config.numHiddenLayers, expertCount: 0, gqa: Math.trunc(config.numAttentionHeads / config.numKeyValueHeads) }, threads);
+  }), type, { layerCount: config.numHiddenLayers, expertCount: 0, gqa: Math.trunc(config.numAttentionHeads / config.numKeyValueHeads) }, options);
 }
 
 /** A GGUF metadata value to write: its GGUF type and the value. */
@@ -580,9 +582,51 @@ function checkFinite(t: { name: string; data: Float32Array; type: string }): voi
  */
 export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
-  model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
-  if (!isQuantMix(type)) { writeGGUF(file, kv, tensors); return; }
-  await writeQuantMix(file, kv, tensors, type, model, threads);
+  model: { layerCount: number; expertCount: number; gqa: number }, options: QuantizeOptions = {}): Promise<void> {
+  if (!isQuantMix(type)) {
+    if (options.imatrix) throw new Error(`saveGGUF: an importance matrix is used by the quantization mixes (Q2_K … Q6_K, IQ4_NL, IQ4_XS), not by ${type}`);
+    writeGGUF(file, kv, tensors);
+    return;
+  }
+  await writeQuantMix(file, kv, tensors, type, model, options);
+}
+
+/**
+ * How a quantization mix is made: `threads` (worker threads; default the machine's parallelism) and `imatrix`, an
+ * importance matrix (llama-imatrix's or `computeImatrix`'s) with the path of its file, which the output records in
+ * `quantize.imatrix.file` as llama-quantize does (no such key for a matrix that was never a file).
+ */
+export interface QuantizeOptions { threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string } }
+
+/** The keys llama-quantize adds for an importance matrix (strings cut to 127 bytes, as its kv overrides are). */
+function imatrixMetadata(imatrix: { matrix: ImportanceMatrix; file?: string }): Array<[string, GGUFMetaValue]> {
+  const cut = (text: string) => { let s = text; while (Buffer.byteLength(s, 'utf8') > 127) s = s.slice(0, -1); return s; };
+  const { matrix, file } = imatrix;
+  return [
+    ...(file !== undefined ? [['quantize.imatrix.file', ['str', cut(file)]]] as Array<[string, GGUFMetaValue]> : []),
+    ...(matrix.datasets.length ? [['quantize.imatrix.dataset', ['str', cut(matrix.datasets[0])]]] as Array<[string, GGUFMetaValue]> : []),
+    ['quantize.imatrix.entries_count', ['u32', matrix.entries.size]],
+    ...(matrix.chunkCount > 0 ? [['quantize.imatrix.chunks_count', ['u32', matrix.chunkCount]]] as Array<[string, GGUFMetaValue]> : []),
+  ];
+}
+
+/**
+ * Each tensor's importance weights, as llama-quantize looks them up: by name, one weight per column for each matrix
+ * (expert) of the tensor; a size that does not match is an error (but for the token embedding, quantized without),
+ * and so is a missing entry for the Q2_K tensors of a Q2_K_S file.
+ */
+function importanceFor(t: { name: string; shape: number[]; type: string }, mix: GGUFQuantMix, matrix: ImportanceMatrix | undefined): Float32Array | undefined {
+  const embedding = t.name === 'token_embd.weight';
+  const weights = matrix ? importanceOf(matrix, t.name) : undefined;
+  const expected = t.shape[t.shape.length - 1] * (t.shape.length === 3 ? t.shape[0] : 1);
+  if (weights && weights.length !== expected) {
+    if (embedding) return undefined;
+    throw new Error(`quantize: the importance matrix has ${weights.length} values for ${t.name}, whose ${t.shape.join('×')} tensor needs ${expected}`);
+  }
+  if (!weights && mix === 'Q2_K_S' && t.type === 'Q2_K' && !embedding && t.name !== 'output.weight') {
+    throw new Error(`quantize: Q2_K_S needs an importance matrix for ${t.name}${matrix ? ' and the one given has no entry for it' : ''} (llama-quantize --imatrix FILE; computeImatrix or the imatrix command make one)`);
+  }
+  return weights;
 }
 
 /**
@@ -591,22 +635,26 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>, mix: GGUFQuantMix,
-  model: { layerCount: number; expertCount: number; gqa: number }, threads?: number): Promise<void> {
+  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix }: QuantizeOptions): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
-  const mixed = quantizationMix(mix, tensors, model);
+  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined);
   const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
   for (const t of changed) {
     // Stored bytes of another type: their values, to re-encode.
     if (t.bytes) t.data = dequantize(t.bytes, originalType.get(t.name)!, t.shape.reduce((a, b) => a * b, 1));
     t.bytes = undefined;
   }
-  // The k-quants' searches are slow: their tensors go to worker threads first.
-  const quantized = changed.filter((t) => t.type !== 'F16' && t.type !== 'Q8_0' && t.type !== 'Q4_0');
+  // The quantizers' searches are slow: their tensors go to worker threads first.
+  const quantized = changed.filter((t) => t.type !== 'F16' && t.type !== 'F32' && t.type !== 'BF16');
   quantized.forEach(checkFinite);
-  const bytes = await quantizeInParallel(quantized.map((t) => ({ type: t.type as Parameters<typeof quantizeValues>[0], values: t.data })), threads);
+  const jobs = quantized.map((t) => ({
+    type: t.type as QuantizeJob['type'], values: t.data, rowLength: t.shape[t.shape.length - 1], importance: importanceFor(t, mix, imatrix?.matrix),
+  }));
+  const bytes = await quantizeInParallel(jobs, threads);
   quantized.forEach((t, i) => { t.bytes = bytes[i]; });
-  writeGGUF(file, quantizationMixMetadata(kv, mix, (v): GGUFMetaValue => ['u32', v]), mixed);
+  const metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), mix, (v): GGUFMetaValue => ['u32', v]);
+  writeGGUF(file, imatrix ? [...metadata, ...imatrixMetadata(imatrix)] : metadata, mixed);
 }
 
 const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'];
@@ -615,7 +663,7 @@ const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'
  * `llama-quantize INPUT OUTPUT MIX` for a Nemotron or NemotronH GGUF of F32, F16 or BF16 tensors (what the converter
  * writes): the input's metadata copied as stored, its tensors mixed and quantized as llama-quantize does.
  */
-export async function quantizeGGUF(input: string, output: string, mix: GGUFQuantMix, options: { threads?: number } = {}): Promise<void> {
+export async function quantizeGGUF(input: string, output: string, mix: GGUFQuantMix, options: QuantizeOptions = {}): Promise<void> {
   const source = GGUFFile.open(input);
   try {
     const arch = String(source.get('general.architecture'));
@@ -640,7 +688,7 @@ export async function quantizeGGUF(input: string, output: string, mix: GGUFQuant
       name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name),
     }));
     const kv = [...source.rawMetadata].map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
-    await writeQuantMix(output, kv, tensors, mix, model, options.threads);
+    await writeQuantMix(output, kv, tensors, mix, model, options);
   } finally {
     source.close();
   }
@@ -712,46 +760,6 @@ function encodeTensor(t: { name: string; data: Float32Array; type: GGMLWriteType
     case 'BF16': throw new Error(`writeGGUF: ${t.name}: BF16 is copied from stored bytes, not encoded`);
     case 'F32': return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     case 'F16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer);
-    case 'Q8_0': return quantizeQ8_0(t.data);
-    case 'Q4_0': return quantizeQ4_0(t.data);
-    default: return quantizeValues(t.type, t.data);
+    default: return quantizeRows(t.type, t.data);
   }
-}
-
-/**
- * llama.cpp's quantize_row_q4_0_ref (as gguf-py): per 32 values, d = (the value of largest magnitude) / −8 (as f16)
- * and trunc(x / d + 8.5) in [0, 15], the first 16 values in the low nibbles, the next 16 in the high ones.
- */
-export function quantizeQ4_0(values: Float32Array): Buffer {
-  const blocks = values.length / 32;
-  const out = Buffer.alloc(blocks * 18);
-  for (let b = 0; b < blocks; b++) {
-    let max = 0;
-    for (let j = 0; j < 32; j++) if (Math.abs(values[b * 32 + j]) > Math.abs(max)) max = values[b * 32 + j];
-    const d = Math.fround(max / -8);
-    const id = d ? Math.fround(1 / d) : 0;
-    out.writeUInt16LE(float32ToF16Bits(d), b * 18);
-    const q = (j: number) => Math.min(15, Math.trunc(Math.fround(Math.fround(values[b * 32 + j] * id) + 8.5)));
-    for (let j = 0; j < 16; j++) out[b * 18 + 2 + j] = q(j) | (q(j + 16) << 4);
-  }
-  return out;
-}
-
-/** llama.cpp's quantize_row_q8_0_ref: per 32 values, d = max|x| / 127 (as f16) and round(x / d) as int8. */
-export function quantizeQ8_0(values: Float32Array): Buffer {
-  const blocks = values.length / 32;
-  const out = Buffer.alloc(blocks * 34);
-  for (let b = 0; b < blocks; b++) {
-    let amax = 0;
-    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(values[b * 32 + j]));
-    const d = Math.fround(amax / 127);
-    const id = d ? Math.fround(1 / d) : 0;
-    out.writeUInt16LE(float32ToF16Bits(d), b * 34);
-    // roundf: halves away from zero.
-    for (let j = 0; j < 32; j++) {
-      const x = Math.fround(values[b * 32 + j] * id);
-      out.writeInt8(Math.sign(x) * Math.floor(Math.abs(x) + 0.5), b * 34 + 2 + j);
-    }
-  }
-  return out;
 }

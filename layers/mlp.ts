@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { MLP_KERNEL, fusedKernelApplies } from '../src/kernels/fused';
 import { relu2 } from './relu2';
 import { Adapters, adaptedLinear } from './lora';
-import { HFNamedWeights, normalInit, variableOf } from './weights';
+import { HFNamedWeights, normalInit, observingProducts, variableOf } from './weights';
 
 export type Activation = 'relu2' | 'relu' | 'gelu' | 'silu';
 
@@ -56,7 +56,7 @@ export class NemotronMLP extends tf.layers.Layer implements HFNamedWeights {
   call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
     const { activation } = this.args;
-    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && this.adapters.size === 0 && fusedKernelApplies(MLP_KERNEL, { rows: x.shape[0] })) {
+    if ((activation === 'relu2' || activation === 'relu') && x.rank === 2 && this.adapters.size === 0 && !observingProducts() && fusedKernelApplies(MLP_KERNEL, { rows: x.shape[0] })) {
       const inputs: tf.NamedTensorMap = { x, up: this.upWeight.read(), down: this.downWeight.read() };
       if (this.upBias) [inputs.upBias, inputs.downBias] = [this.upBias.read(), this.downBias!.read()];
       return tf.engine().runKernel(MLP_KERNEL, inputs, { activation }) as tf.Tensor;

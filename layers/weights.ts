@@ -37,8 +37,28 @@ export function normalInit(stddev: number, seed?: number): ReturnType<typeof tf.
   return deferredInit ? tf.initializers.zeros() : tf.initializers.randomNormal({ mean: 0, stddev, seed });
 }
 
+/** Sees the input of a product with a weight (expert e of a stacked expert tensor): llama-imatrix's collection. */
+export type ProductObserver = (weight: tf.Tensor, input: tf.Tensor, expert?: number) => void;
+let productObserver: ProductObserver | null = null;
+
+/** Sets (or, with null, clears) the observer of weight products; computeImatrix sets one while it runs. */
+export function setProductObserver(observer: ProductObserver | null): void {
+  productObserver = observer;
+}
+
+/** Whether an observer watches the products (fused kernels that hide them step aside while one does). */
+export function observingProducts(): boolean {
+  return productObserver !== null;
+}
+
+/** Shows `input`, about to be multiplied by `weight`, to the observer if one is set. */
+export function observeProduct(weight: tf.Tensor, input: tf.Tensor, expert?: number): void {
+  if (productObserver) productObserver(weight, input, expert);
+}
+
 /** y = x · Wᵀ + b with W in HF layout [out, in]; x of any rank ≥ 2. */
 export function linear(x: tf.Tensor, weight: tf.Tensor, bias?: tf.Tensor | null): tf.Tensor {
+  observeProduct(weight, x);
   return tf.tidy(() => {
     const inFeatures = x.shape[x.rank - 1];
     const outFeatures = weight.shape[0];

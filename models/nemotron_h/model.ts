@@ -19,7 +19,7 @@ import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
 import { MLP_KERNEL, NEMOTRON_H_MAMBA_STEP_KERNEL, NEMOTRON_H_STEP_KERNEL, RMS_NORM_KERNEL, fusedKernelApplies, recordingGradients } from '../../src/kernels/fused';
 import { recomputeInBackward } from '../../src/training/checkpointing';
-import { initDeferred, linear } from '../../layers/weights';
+import { initDeferred, linear, observeProduct, observingProducts } from '../../layers/weights';
 import { type NemotronHStepSpec, nemotronHStepInputs, nemotronHStepSpec } from '../../src/kernels/nemotron-h-graph';
 import { DecodeGraphError, decodeStepFits } from '../../src/kernels/tensorflow-graph';
 import { NemotronHConfig } from './config';
@@ -418,7 +418,7 @@ export class NemotronHForCausalLM {
   private mlp(x: tf.Tensor, p: string, prefix = 'mixer'): tf.Tensor {
     const flat = x.reshape([-1, x.shape[x.rank - 1]]);
     const adapted = this.adapters.has(`${p}.${prefix}.up_proj`) || this.adapters.has(`${p}.${prefix}.down_proj`);
-    if (!adapted && fusedKernelApplies(MLP_KERNEL, { rows: flat.shape[0] })) {
+    if (!adapted && !observingProducts() && fusedKernelApplies(MLP_KERNEL, { rows: flat.shape[0] })) {
       // The backend's fused relu² MLP (the Nemotron classes' kernel: WebGPU, the native backend's eager kernels).
       const inputs: tf.NamedTensorMap = { x: flat, up: this.w(`${p}.${prefix}.up_proj.weight`), down: this.w(`${p}.${prefix}.down_proj.weight`) };
       const [upBias, downBias] = [this.weights.get(`${p}.${prefix}.up_proj.bias`), this.weights.get(`${p}.${prefix}.down_proj.bias`)];
@@ -439,6 +439,7 @@ export class NemotronHForCausalLM {
     const [batch, time] = x.shape as [number, number, number];
     const flat = x.reshape([batch * time, c.hiddenSize]);
     const tokens = batch * time;
+    observeProduct(this.w(`${p}.mixer.gate.weight`), flat);
     const scores = tf.sigmoid(tf.matMul(flat, this.w(`${p}.mixer.gate.weight`), false, true));
     const routing = this.moeRouting === 'auto' ? (ASYNC_ONLY_BACKENDS.includes(tf.getBackend()) ? 'device' : 'host') : this.moeRouting;
     if (routing !== 'host') return tf.add(this.moeOnDevice(flat, scores, p, routing).reshape([batch, time, c.hiddenSize]), this.mlp(x, p, 'mixer.shared_experts'));
@@ -465,7 +466,11 @@ export class NemotronHForCausalLM {
       const index = tf.tensor1d(routed, 'int32');
       const up = tf.gather(this.w(`${p}.mixer.experts.up_proj`), e).reshape([c.moeIntermediateSize, width]);
       const down = tf.gather(this.w(`${p}.mixer.experts.down_proj`), e).reshape([width, c.moeIntermediateSize]);
-      const h = tf.matMul(tf.square(tf.relu(tf.matMul(tf.gather(latent, index), up, false, true))), down, false, true);
+      const inputs = tf.gather(latent, index);
+      observeProduct(this.w(`${p}.mixer.experts.up_proj`), inputs, e);
+      const activated = tf.square(tf.relu(tf.matMul(inputs, up, false, true)));
+      observeProduct(this.w(`${p}.mixer.experts.down_proj`), activated, e);
+      const h = tf.matMul(activated, down, false, true);
       parts.push(tf.mul(h, tf.gather(weights, index).slice([0, e], [-1, 1])));
       rows.push(...routed);
     }

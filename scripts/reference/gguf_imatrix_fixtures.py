@@ -14,7 +14,8 @@ It writes test/fixtures/gguf-imatrix/:
 - calibration.txt (lowercase words: tiny-gqa.gguf's 96-token vocabulary spells them without byte fallback) and the
   ids llama.cpp tokenizes it into for each model;
 - for nemotron and nemotron-h of test/io/gguf-quantize-models.ts: `MODEL.imatrix.gguf`, llama-imatrix's output on
-  calibration.txt (chunks of 32 tokens), and the SHA-256 of llama-quantize's file (and of each tensor) with that
+  calibration.txt (chunks of 32 tokens; an F32 KV cache without flash attention, so that its activations are
+  float32 ones; for nemotron also in the legacy .dat format), and the SHA-256 of llama-quantize's file (and of each tensor) with that
   importance matrix for Q2_K_S, Q3_K_M, Q4_K_M, Q6_K, IQ4_NL and IQ4_XS; and, without one, IQ4_NL and IQ4_XS of all
   three models.
 llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
@@ -85,8 +86,14 @@ def main():
         ids = subprocess.run([llama, gguf, "text", text], capture_output=True, text=True, check=True).stdout.strip()
         tokens[model] = [int(v) for v in ids.split(",")]
         subprocess.run([os.path.join(bin_dir, "llama-imatrix"), "-m", gguf, "-f", "calibration.txt", "-o", "imatrix.gguf",
-                        "-c", str(CHUNK), "-b", str(CHUNK), "-ub", str(CHUNK), "-t", "1", "--no-ppl"], cwd=work, check=True, capture_output=True)
+                        "-c", str(CHUNK), "-b", str(CHUNK), "-ub", str(CHUNK), "-t", "1", "--no-ppl",
+                        "-ctk", "f32", "-ctv", "f32", "-fa", "off"], cwd=work, check=True, capture_output=True)
         shutil.copy(os.path.join(work, "imatrix.gguf"), os.path.join(OUT, f"{model}.imatrix.gguf"))
+        if model == "nemotron":  # the same in the legacy format
+            subprocess.run([os.path.join(bin_dir, "llama-imatrix"), "-m", gguf, "-f", "calibration.txt", "-o", "imatrix.dat",
+                            "--output-format", "dat", "-c", str(CHUNK), "-b", str(CHUNK), "-ub", str(CHUNK), "-t", "1", "--no-ppl",
+                            "-ctk", "f32", "-ctv", "f32", "-fa", "off"], cwd=work, check=True, capture_output=True)
+            shutil.copy(os.path.join(work, "imatrix.dat"), os.path.join(OUT, "nemotron.imatrix.dat"))
         for mix in IMATRIX_MIXES:
             out = os.path.join(work, f"{model}-imatrix-{mix}.gguf")
             subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--imatrix", "imatrix.gguf", gguf, out, mix, "1"],

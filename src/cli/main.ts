@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert`, `serve` and `chat` subcommands.
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert`, `imatrix`, `serve` and `chat`
+ * subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
  */
@@ -15,6 +16,7 @@ import { registerMergeLora } from './merge-lora';
 import { registerEvaluate } from './evaluate';
 import { registerPredict } from './predict';
 import { registerConvert } from './convert';
+import { registerImatrix } from './imatrix';
 import { registerServe } from './serve';
 import { registerChat } from './chat';
 
@@ -59,6 +61,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerEvaluate(program);
   registerPredict(program);
   registerConvert(program);
+  registerImatrix(program);
   registerServe(program);
   registerChat(program);
   return program;

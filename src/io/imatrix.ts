@@ -93,8 +93,9 @@ export function writeImatrix(file: string, matrix: ImportanceMatrix): void {
   writeGGUF(file, kv, names.flatMap((name) => {
     const { sums, counts } = matrix.entries.get(name)!;
     return [
-      { name: `${name}.in_sum2`, shape: [counts.length, sums.length / counts.length], data: sums, type: 'F32' as const },
-      { name: `${name}.counts`, shape: [counts.length, 1], data: counts, type: 'F32' as const },
+      // ggml drops trailing dimensions of 1 (its n_dims): one matrix's entry is 1-D.
+      { name: `${name}.in_sum2`, shape: counts.length > 1 ? [counts.length, sums.length / counts.length] : [sums.length], data: sums, type: 'F32' as const },
+      { name: `${name}.counts`, shape: counts.length > 1 ? [counts.length, 1] : [1], data: counts, type: 'F32' as const },
     ];
   }));
 }

@@ -6,9 +6,12 @@
  * `scripts/reference/gguf_kquant_fixtures.py` and `llama_cpp_fixtures.py` (which run this file to write their F32 GGUFs)
  * and the tests see the same. Shapes llama.cpp loads (its Nemotron needs heads × head_dim = hidden size).
  */
+import * as crypto from 'crypto';
+import * as fs from 'fs';
 import * as path from 'path';
+import { expect } from 'chai';
 import seedrandom from 'seedrandom';
-import { LoraModel, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer } from '../../src/index';
+import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer } from '../../src/index';
 
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
 
@@ -68,6 +71,21 @@ export async function adaptModel(name: 'nemotron' | 'nemotron-h', model: Nemotro
   // Wider draws than the weights', so that the adapters move the logits well past the tolerance.
   fillWeights(lora.namedParameters() as never, `${name}-lora`, (shape, data) => tf.tensor(data, shape), 0.2);
   return lora;
+}
+
+/** What the fixture scripts record of a file llama-quantize wrote: its SHA-256, and each tensor's name, type and SHA-256. */
+export interface QuantizedFileDigest { sha256: string; tensors: Array<[string, string, string]> }
+
+export const sha256 = (data: Buffer | Uint8Array): string => crypto.createHash('sha256').update(data).digest('hex');
+
+/** Asserts `file` is llama-quantize's file byte for byte; if not, says where: the tensors (order, types, bytes) or the rest. */
+export function expectLlamaQuantizeFile(file: string, expected: QuantizedFileDigest, label: string): void {
+  if (sha256(fs.readFileSync(file)) === expected.sha256) return;
+  const ours = GGUFFile.open(file);
+  const tensors = [...ours.tensors].map(([t, info]) => [t, info.type, sha256(ours.readBytes(t))]);
+  ours.close();
+  expect(tensors, `${label}: tensors in order, with their types and bytes`).to.deep.equal(expected.tensors);
+  expect.fail(`${label}: the tensors agree but the file does not (metadata or layout)`);
 }
 
 /**

@@ -2,8 +2,12 @@
  * Writing GGUF files, ours against llama.cpp's llama-quantize on the same machine:
  *
  *   node dist/benchmarks/gguf-quantize.js [--config minitron-small] [--types F32,Q8_0,Q4_K_M,Q6_K] [--threads 1,2]
+ *     [--imatrix-chunks 4 --imatrix-types Q2_K_S,IQ4_XS --backend tensorflow]
  *     [--llama-quantize PATH] [--out benchmarks/results/gguf-quantize-minitron-small.md]
  *
+ * With --imatrix-chunks, an importance matrix is computed first (computeImatrix over that many 512-token chunks of
+ * random token ids, on --backend), and the --imatrix-types mixes are written with it, by us and by
+ * `llama-quantize --imatrix` from the same F32 file and the same matrix.
  * Random weights (N(0, 0.02²)), one run each. For a k-quant mix the time is saveGGUF's whole call (weights read from
  * the backend, the mix chosen, quantized on `threads` worker threads, the file written); llama-quantize (built from
  * llama-cpp-python's sources, see scripts/reference/gguf_kquant_fixtures.py) makes the same file from the F32 one,
@@ -14,14 +18,14 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { NemotronConfig, NemotronForCausalLM, NemotronTokenizer, setBackend } from '../src/index';
+import { computeImatrix, NemotronConfig, NemotronForCausalLM, NemotronTokenizer, setBackend, writeImatrix } from '../src/index';
 import type { GGUFWriteType } from '../src/io/gguf';
 import { benchConfig } from './configs';
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const arg = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
-  await setBackend('cpu');
+  const backend = await setBackend(arg('--backend', 'cpu') as Parameters<typeof setBackend>[0]);
   const config = benchConfig(arg('--config', 'minitron-small'));
   const types = arg('--types', 'F32,Q8_0,Q4_K_M,Q6_K').split(',') as GGUFWriteType[];
   const threadCounts = arg('--threads', `1,${os.availableParallelism()}`).split(',').map(Number);
@@ -36,24 +40,41 @@ async function main(): Promise<void> {
   const sha = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
   const rows: string[] = [];
   const f32 = path.join(dir, 'F32.gguf');
-  for (const type of types) {
-    for (const threads of type.includes('_K') ? threadCounts : [1]) {
+  const imatrixChunks = Number(arg('--imatrix-chunks', '0'));
+  const imatrixFile = path.join(dir, 'imatrix.gguf');
+  const runs: Array<[GGUFWriteType, boolean]> = types.map((t) => [t, false]);
+  let imatrixNote = '';
+  if (imatrixChunks > 0) {
+    const ids = Array.from({ length: imatrixChunks * 512 }, (_, i) => 1 + ((i * 7919) % ((config.fields.vocabSize ?? 32000) - 1)));
+    const t = performance.now();
+    const matrix = computeImatrix(model, null, ids, { chunkSize: 512, dataset: 'random ids' });
+    const seconds = (performance.now() - t) / 1000;
+    writeImatrix(imatrixFile, matrix);
+    imatrixNote = `computeImatrix on ${backend}: ${imatrixChunks} chunks of 512 tokens in ${seconds.toFixed(2)} s (${(imatrixChunks * 512 / seconds).toFixed(1)} tokens/s), ${matrix.entries.size} matrices.`;
+    console.log(imatrixNote);
+    if (!types.includes('F32')) runs.unshift(['F32', false]);
+    runs.push(...arg('--imatrix-types', 'IQ4_XS').split(',').map((t): [GGUFWriteType, boolean] => [t as GGUFWriteType, true]));
+  }
+  for (const [type, weighted] of runs) {
+    for (const threads of type.includes('_K') || type.startsWith('IQ') ? threadCounts : [1]) {
       const file = path.join(dir, `${type}-${threads}.gguf`);
       const t = performance.now();
-      await model.saveGGUF(file, tokenizer, { type, name: config.name, threads });
+      await model.saveGGUF(file, tokenizer, { type, name: config.name, threads, imatrix: weighted ? imatrixFile : undefined });
       const seconds = (performance.now() - t) / 1000;
       if (type === 'F32') fs.copyFileSync(file, f32);
       const size = fs.statSync(file).size;
-      rows.push(`| ours | ${type} | ${threads} | ${seconds.toFixed(2)} | ${(values / seconds / 1e6).toFixed(2)} | ${(size / 1e6).toFixed(1)} | |`);
+      const label = `${type}${weighted ? ' + imatrix' : ''}`;
+      rows.push(`| ours | ${label} | ${threads} | ${seconds.toFixed(2)} | ${(values / seconds / 1e6).toFixed(2)} | ${(size / 1e6).toFixed(1)} | |`);
       console.log(rows[rows.length - 1]);
-      if (!llamaQuantize || !type.includes('_K') || !fs.existsSync(f32)) continue;
+      if (!llamaQuantize || !(type.includes('_K') || type.startsWith('IQ')) || !fs.existsSync(f32)) continue;
       const theirs = path.join(dir, `${type}-llama-${threads}.gguf`);
       const start = performance.now();
-      const run = spawnSync(llamaQuantize, [f32, theirs, type, String(threads)], { encoding: 'utf8' });
+      // The same path string as ours recorded, so that the files can be equal byte for byte.
+      const run = spawnSync(llamaQuantize, [...(weighted ? ['--imatrix', imatrixFile] : []), f32, theirs, type, String(threads)], { encoding: 'utf8' });
       const theirSeconds = (performance.now() - start) / 1000;
       if (run.status !== 0) throw new Error(`llama-quantize failed: ${run.stderr.slice(-2000)}`);
       const same = sha(theirs) === sha(file);
-      rows.push(`| llama-quantize | ${type} | ${threads} | ${theirSeconds.toFixed(2)} | ${(values / theirSeconds / 1e6).toFixed(2)} | ${(fs.statSync(theirs).size / 1e6).toFixed(1)} | ${same ? 'identical' : 'DIFFERENT'} |`);
+      rows.push(`| llama-quantize | ${label} | ${threads} | ${theirSeconds.toFixed(2)} | ${(values / theirSeconds / 1e6).toFixed(2)} | ${(fs.statSync(theirs).size / 1e6).toFixed(1)} | ${same ? 'identical' : 'DIFFERENT'} |`);
       console.log(rows[rows.length - 1]);
       fs.rmSync(theirs);
     }
@@ -63,6 +84,7 @@ async function main(): Promise<void> {
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
   const text = [`# GGUF writing: ${config.name} (${(values / 1e6).toFixed(1)} M parameters), ${new Date().toISOString().slice(0, 10)}`, '',
     `${cpu}, ${os.availableParallelism()} threads available, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; random weights, one run each.`, '',
+    ...(imatrixNote ? [imatrixNote, ''] : []),
     '| writer | type | threads | seconds | M parameters/s | MB | file vs ours |', '| --- | --- | ---: | ---: | ---: | ---: | --- |', ...rows, ''].join('\n');
   fs.writeFileSync(out, text);
   console.log(`wrote ${out}`);

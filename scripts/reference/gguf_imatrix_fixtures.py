@@ -9,15 +9,15 @@ then, after `npm run build`: LLAMA_CPP=that/llama.cpp python scripts/reference/g
 It writes test/fixtures/gguf-imatrix/:
 - importance-256.f32, importance-1024.f32: seeded importance vectors (log-normal, some zeros);
 - expected.json "blocks": ggml_quantize_chunk's bytes for test/fixtures/gguf-kquants/blocks.f32 with those vectors as
-  its quant_weights (rows of 256 and of 1024) for Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, and
-  IQ4_NL / IQ4_XS without;
+  its quant_weights (rows of 256 and of 1024) for Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+  IQ3_XXS, IQ3_S, and IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S without;
 - calibration.txt (lowercase words: tiny-gqa.gguf's 96-token vocabulary spells them without byte fallback) and the
   ids llama.cpp tokenizes it into for each model;
 - for nemotron and nemotron-h of test/io/gguf-quantize-models.ts: `MODEL.imatrix.gguf`, llama-imatrix's output on
   calibration.txt (chunks of 32 tokens; an F32 KV cache without flash attention, so that its activations are
   float32 ones; for nemotron also in the legacy .dat format), and the SHA-256 of llama-quantize's file (and of each tensor) with that
-  importance matrix for Q2_K_S, Q3_K_M, Q4_K_M, Q6_K, IQ4_NL and IQ4_XS; and, without one, IQ4_NL and IQ4_XS of all
-  three models.
+  importance matrix for Q2_K_S, Q3_K_M, Q4_K_M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XS, IQ3_S and IQ3_M; and, without one,
+  IQ4_NL, IQ4_XS, IQ3_S and IQ3_M of all three models.
 llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
 """
 import base64
@@ -34,8 +34,10 @@ from gguf_kquant_fixtures import LLAMA_CPP, ROOT, compile_quant_harness, sha
 from llama_cpp_fixtures import compile_llama_harness
 
 OUT = os.path.join(ROOT, "test", "fixtures", "gguf-imatrix")
-TYPES = {"Q4_0": 2, "Q5_0": 6, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23}
-IMATRIX_MIXES = ["Q2_K_S", "Q3_K_M", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]
+TYPES = {"Q4_0": 2, "Q5_0": 6, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23,
+         "IQ3_XXS": 18, "IQ3_S": 21}
+IMATRIX_MIXES = ["Q2_K_S", "Q3_K_M", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ3_XS", "IQ3_S", "IQ3_M"]
+PLAIN_MIXES = ["IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
 CHUNK = 32
 WORDS = ("the stop a in on to an and is it of stopped stopping store", "for car ring ten tea hat log cut mud fox big jam vex quiz", "the red ant and the old dog sat on a mat in the sun")
 
@@ -70,7 +72,7 @@ def main():
         for name, type_id in TYPES.items():
             out = subprocess.run([quant, str(type_id), str(n), path], input=values.tobytes(), capture_output=True, check=True).stdout
             blocks[f"{name} {n}"] = base64.b64encode(out).decode()
-    for name in ("IQ4_NL", "IQ4_XS"):
+    for name in ("IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S"):
         out = subprocess.run([quant, str(TYPES[name]), "256"], input=values.tobytes(), capture_output=True, check=True).stdout
         blocks[f"{name} none"] = base64.b64encode(out).decode()
 
@@ -100,7 +102,7 @@ def main():
                            cwd=work, check=True, capture_output=True)
             files[f"{model} imatrix {mix}"] = {"sha256": sha(open(out, "rb").read()), "tensors": tensor_hashes(out)}
     for model in ("nemotron", "nemotron-tied", "nemotron-h"):
-        for mix in ("IQ4_NL", "IQ4_XS"):
+        for mix in PLAIN_MIXES:
             out = os.path.join(work, f"{model}-{mix}.gguf")
             subprocess.run([os.path.join(bin_dir, "llama-quantize"), os.path.join(work, f"{model}-f32.gguf"), out, mix, "1"],
                            check=True, capture_output=True)

@@ -21,20 +21,30 @@ const KVALUES_IQ4NL = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 
 const KVALUES_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 const IQ1_DELTA = 0.125;
 
+/**
+ * A grid's codes: entry e's values at [e * width, (e + 1) * width), each an index into the grid's `map` (for the 3-bit
+ * grids, the level l of llama.cpp's kgrid tables, whose points are 2l + 1).
+ */
+export function gridCodes(name: string): Uint8Array {
+  const { shape, map, hex } = GRIDS[name];
+  // 2-bit values four a byte; 3-bit ones two a byte, in its nibbles.
+  const bits = Math.ceil(Math.log2(map.length));
+  const perByte = Math.floor(8 / bits);
+  const stride = 8 / perByte;
+  const codes = new Uint8Array(shape[0] * shape[1]);
+  hexBytes(hex).forEach((byte, i) => {
+    for (let k = 0; k < perByte; k++) codes[i * perByte + k] = (byte >> (k * stride)) & ((1 << bits) - 1);
+  });
+  return codes;
+}
+
 /** A grid unpacked: entry e's values at [e * width, (e + 1) * width). Built on first use. */
 const unpacked = new Map<string, Float32Array>();
 function grid(name: string): Float32Array {
   let values = unpacked.get(name);
   if (!values) {
-    const { shape, map, hex } = GRIDS[name];
-    // 2-bit values four a byte; 3-bit ones two a byte, in its nibbles.
-    const bits = Math.ceil(Math.log2(map.length));
-    const perByte = Math.floor(8 / bits);
-    const stride = 8 / perByte;
-    values = new Float32Array(shape[0] * shape[1]);
-    hexBytes(hex).forEach((byte, i) => {
-      for (let k = 0; k < perByte; k++) values![i * perByte + k] = map[(byte >> (k * stride)) & ((1 << bits) - 1)];
-    });
+    const { map } = GRIDS[name];
+    values = Float32Array.from(gridCodes(name), (c) => map[c]);
     unpacked.set(name, values);
   }
   return values;

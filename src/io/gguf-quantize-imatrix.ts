@@ -9,6 +9,7 @@ import {
   GROUP_MAX_EPS, K_WITH_MINS_BYTES, QK_K, type GGMLWriteType, finishKWithMins, finishQ2_K, finishQ3_K, fitted, makeQkx2Quants,
   makeQxQuants, nearestInt, packFiveBits, packQ3Scale, quantizeQ4_0, quantizeQ6_K, quantizeQ8_0, quantizeValues, viaF16,
 } from './gguf-quantize';
+import { quantizeIQ3_S, quantizeIQ3_XXS } from './gguf-quantize-iq3';
 import { float32ToF16Bits } from './safetensors';
 
 const f = Math.fround;
@@ -315,6 +316,8 @@ export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values
   switch (type) {
     case 'IQ4_NL': return quantizeIQ4(values, 32, importance);
     case 'IQ4_XS': return quantizeIQ4(values, 256, importance);
+    case 'IQ3_XXS': return quantizeIQ3_XXS(values, importance);
+    case 'IQ3_S': return quantizeIQ3_S(values, importance);
     case 'Q8_0': return quantizeQ8_0(values);
   }
   if (!importance) return type === 'Q4_0' ? quantizeQ4_0(values) : quantizeValues(type, values);

@@ -537,7 +537,7 @@ export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: nu
 }
 
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS';
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
@@ -545,6 +545,7 @@ export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: 
   Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q2_K: { id: 10, blockValues: QK_K }, Q3_K: { id: 11, blockValues: QK_K },
   Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
   Q6_K: { id: 14, blockValues: QK_K }, IQ4_NL: { id: 20, blockValues: 32 }, IQ4_XS: { id: 23, blockValues: QK_K },
+  IQ3_XXS: { id: 18, blockValues: QK_K }, IQ3_S: { id: 21, blockValues: QK_K },
 };
 
 /**
@@ -556,6 +557,7 @@ export const QUANT_MIXES = {
   Q3_K_L: { fileType: 13, base: 'Q3_K' }, Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
   Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
   Q2_K_S: { fileType: 21, base: 'Q2_K' }, IQ4_NL: { fileType: 25, base: 'IQ4_NL' }, IQ4_XS: { fileType: 30, base: 'IQ4_XS' },
+  IQ3_XS: { fileType: 22, base: 'IQ3_S' }, IQ3_S: { fileType: 26, base: 'IQ3_S' }, IQ3_M: { fileType: 27, base: 'IQ3_S' },
 } as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
 export type GGUFQuantMix = keyof typeof QUANT_MIXES;
 
@@ -597,6 +599,7 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
   const experts = Math.max(1, model.expertCount);
   let attentionValueIndex = 0;
   let ffnDownIndex = 0;
+  let ffnUpIndex = 0;
   const layerOf = (counter: number, name: string): number => {
     if (experts <= 1) return counter;
     const m = /^blk\.(\d+)\./.exec(name);
@@ -614,6 +617,8 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     } else if (isAttnV(t.name)) {
       if (mix === 'Q2_K') type = model.gqa >= 4 ? 'Q4_K' : 'Q3_K';
       else if (mix === 'Q2_K_S' && model.gqa >= 4) type = 'Q4_K';
+      else if ((mix === 'IQ3_XS' || mix === 'IQ3_S') && model.gqa >= 4) type = 'Q4_K';
+      else if (mix === 'IQ3_M') type = 'Q4_K';
       else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && model.gqa >= 4) type = 'Q5_K';
       else if (mix === 'Q3_K_M') type = attentionValueIndex < 2 ? 'Q5_K' : 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
@@ -623,12 +628,21 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       attentionValueIndex++;
     } else if (t.name.includes('attn_k.weight')) {
       if (experts === 8) type = 'Q8_0';
+      else if (mix === 'IQ3_XS') type = 'IQ3_XXS';
+    } else if (t.name.includes('attn_q.weight')) {
+      if (mix === 'IQ3_XS') type = 'IQ3_XXS';
+    } else if (t.name.includes('ffn_up')) {
+      const layer = layerOf(ffnUpIndex, t.name);
+      const n = model.layerCount;
+      if (mix === 'IQ3_XS' && layer >= Math.trunc(n / 8) && layer < Math.trunc((7 * n) / 8)) type = 'IQ3_XXS';
+      ffnUpIndex++;
     } else if (t.name.includes('ffn_down')) {
       const layer = layerOf(ffnDownIndex, t.name);
       const n = model.layerCount;
       if (mix === 'Q2_K') type = 'Q3_K';
       else if (mix === 'Q2_K_S' && layer < Math.trunc(n / 8)) type = 'Q4_K';
       else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && layer < Math.trunc(n / 8) && !hasImportance) type = 'Q5_K';
+      else if (mix === 'IQ3_M' && (layer < Math.trunc(n / 8) || (experts === 8 && useMoreBits(layer, n)))) type = 'Q4_K';
       else if (mix === 'Q3_K_M') type = layer < Math.trunc(n / 16) ? 'Q5_K' : 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
       else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
@@ -636,13 +650,14 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       ffnDownIndex++;
     } else if (t.name.includes('attn_output.weight')) {
       if (experts === 8) {
-        if (['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'IQ4_NL', 'IQ4_XS'].includes(mix)) type = 'Q5_K';
+        if (['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'IQ4_NL', 'IQ4_XS', 'IQ3_XS', 'IQ3_S', 'IQ3_M'].includes(mix)) type = 'Q5_K';
       } else if (mix === 'Q2_K') type = 'Q3_K';
       else if (mix === 'Q3_K_M') type = 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
+      else if (mix === 'IQ3_M') type = 'Q4_K';
     }
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
-      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL', IQ3_S: 'IQ4_NL', IQ3_XXS: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
       type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
     }
     return { ...t, type };
@@ -656,7 +671,7 @@ export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuan
 }
 
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
-export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS'>, values: Float32Array): Buffer {
+export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S'>, values: Float32Array): Buffer {
   switch (type) {
     case 'Q2_K': return quantizeQ2_K(values);
     case 'Q3_K': return quantizeQ3_K(values);

@@ -21,8 +21,9 @@ const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'u
   chunk: number; blocks: Record<string, string>; tokens: Record<string, number[]>; files: Record<string, QuantizedFileDigest>;
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
-const IMATRIX_MIXES: GGUFQuantMix[] = ['Q2_K_S', 'Q3_K_M', 'Q4_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS'];
-const WEIGHTED_TYPES = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q4_0', 'Q5_0', 'Q5_1', 'IQ4_NL', 'IQ4_XS'] as const;
+const IMATRIX_MIXES: GGUFQuantMix[] = ['Q2_K_S', 'Q3_K_M', 'Q4_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XS', 'IQ3_S', 'IQ3_M'];
+const PLAIN_MIXES: GGUFQuantMix[] = ['IQ4_NL', 'IQ4_XS', 'IQ3_S', 'IQ3_M'];
+const WEIGHTED_TYPES = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q4_0', 'Q5_0', 'Q5_1', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_S'] as const;
 const floats = (file: string) => { const raw = fs.readFileSync(file); return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)); };
 
 /** Runs `body` with the working directory `dir` (llama-quantize records the imatrix path as it was given). */
@@ -49,7 +50,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
   this.timeout(600000);
   before(async () => { await setBackend('cpu'); });
 
-  it('quantizes with importance weights as ggml_quantize_chunk does, byte for byte: Q2_K…Q6_K, Q4_0, Q5_0, Q5_1, IQ4_NL, IQ4_XS; IQ4 without too', () => {
+  it('quantizes with importance weights as ggml_quantize_chunk does, byte for byte: Q2_K…Q6_K, Q4_0, Q5_0, Q5_1, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S; the i-quants without too', () => {
     const values = floats(KQUANT_BLOCKS);
     for (const [key, encoded] of Object.entries(reference.blocks)) {
       const [type, rows] = key.split(' ') as [(typeof WEIGHTED_TYPES)[number], string];
@@ -61,7 +62,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
       const differing = [...Array(64).keys()].filter((b) => !ours.subarray(b * blockBytes, (b + 1) * blockBytes).equals(theirs.subarray(b * blockBytes, (b + 1) * blockBytes)));
       expect(differing, `${key}: 256-value stretches whose bytes differ from llama.cpp's`).to.deep.equal([]);
     }
-    expect(Object.keys(reference.blocks)).to.have.length(2 * WEIGHTED_TYPES.length + 2);
+    expect(Object.keys(reference.blocks)).to.have.length(2 * WEIGHTED_TYPES.length + 4);
   });
 
   it('weighted by the activations\' mean squares, each type\'s error in x·Wᵀ drops to under half the unweighted one', () => {
@@ -86,12 +87,12 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
   });
 
   for (const name of ['nemotron', 'nemotron-tied', 'nemotron-h'] as const) {
-    it(`${name}: saveGGUF writes llama-quantize's IQ4_NL and IQ4_XS files${name === 'nemotron-tied' ? '' : ', and with its importance matrix Q2_K_S, Q3_K_M, Q4_K_M, Q6_K, IQ4_NL and IQ4_XS,'} byte for byte`, async () => {
+    it(`${name}: saveGGUF writes llama-quantize's ${PLAIN_MIXES.join(', ')} files${name === 'nemotron-tied' ? '' : `, and with its importance matrix ${IMATRIX_MIXES.join(', ')},`} byte for byte`, async () => {
       const dir = tmpDir('gguf-imatrix');
       const { model, tokenizer } = await quantizeModel(name);
       const before = tf.memory().numTensors;
       try {
-        for (const mix of ['IQ4_NL', 'IQ4_XS'] as const) {
+        for (const mix of PLAIN_MIXES) {
           const file = path.join(dir, `${name}-${mix}.gguf`);
           await model.saveGGUF(file, tokenizer, { type: mix, name });
           expectLlamaQuantizeFile(file, reference.files[`${name} ${mix}`], `${name} ${mix}`);
@@ -128,13 +129,14 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
     // Q2_K_S without an importance matrix; one without an entry for a tensor; one whose entry has the wrong size.
     const refused = (mix: GGUFQuantMix, m?: ImportanceMatrix) => quantizeGGUF(path.join(dir, 'nemotron-h-F32.gguf'), path.join(dir, 'x.gguf'), mix,
       m ? { imatrix: { matrix: m } } : {}).then(() => 'written', (e: Error) => e.message);
-    expect(await refused('Q2_K_S')).to.match(/Q2_K_S needs an importance matrix for blk\.\d+\.\w+\.weight \(llama-quantize --imatrix FILE/);
+    expect(await refused('Q2_K_S')).to.match(/Q2_K_S needs an importance matrix for blk\.\d+\.\w+\.weight \(Q2_K\) \(llama-quantize --imatrix FILE/);
     const partial = { ...matrix, entries: new Map([...matrix.entries].filter(([n]) => n !== 'blk.0.ssm_in.weight')) };
-    expect(await refused('Q2_K_S', partial)).to.match(/Q2_K_S needs an importance matrix for blk\.0\.ssm_in\.weight and the one given has no entry for it/);
+    expect(await refused('Q2_K_S', partial)).to.match(/Q2_K_S needs an importance matrix for blk\.0\.ssm_in\.weight \(Q2_K\) and the one given has no entry for it/);
+    expect(await refused('IQ3_XS')).to.match(/IQ3_XS needs an importance matrix for blk\.\d+\.\w+\.weight \(IQ3_XXS\)/);
     const wrong = { ...matrix, entries: new Map([...matrix.entries].map(([n, e]) => [n, n === 'blk.2.attn_q.weight' ? { sums: e.sums.subarray(0, 128), counts: e.counts } : e])) };
     expect(await refused('Q4_K_M', wrong)).to.match(/the importance matrix has 128 values for blk\.2\.attn_q\.weight, whose 256×256 tensor needs 256/);
     const typeMismatch = cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q8_0', '--imatrix', 'imatrix.gguf');
-    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, IQ4_NL, IQ4_XS\), not --type Q8_0/);
+    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, IQ4_NL, IQ4_XS, IQ3_XS\/S\/M\), not --type Q8_0/);
     expect(cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q4_K_M', '--imatrix', 'missing.gguf').stderr).to.match(/--imatrix missing\.gguf: no such file/);
     expect(() => readImatrix(path.join(dir, 'nemotron-h-F32.gguf'))).to.throw(/has no \*\.in_sum2 tensors; it is not an importance matrix/);
   });

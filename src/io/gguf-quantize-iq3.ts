@@ -154,11 +154,26 @@ function weighGroup(values: Float32Array, x0: number, importance: Float32Array |
   }
 }
 
-/** σ² of a 256-value block: twice its mean square. */
-function blockSigma2(values: Float32Array, x0: number): number {
-  let sum = 0;
-  for (let i = 0; i < 256; i++) sum = f(sum + f(values[x0 + i] * values[x0 + i]));
-  return f(f(2 * sum) / 256);
+/**
+ * The frame of both quantizers: for each 256-value block (`blockBytes` of output from `at`), its eight groups of 32
+ * weighed (σ² twice the block's mean square) and handed to `group` in turn, then `finish` with the largest scale.
+ */
+function quantizeBlocks(values: Float32Array, importance: Float32Array | undefined, blockBytes: number,
+  group: (out: Buffer, ib: number, start: number, at: number) => number, finish: (out: Buffer, at: number, maxScale: number) => void): Buffer {
+  const out = Buffer.alloc((values.length / 256) * blockBytes);
+  for (let x0 = 0, at = 0; x0 < values.length; x0 += 256, at += blockBytes) {
+    let sum = 0;
+    for (let i = 0; i < 256; i++) sum = f(sum + f(values[x0 + i] * values[x0 + i]));
+    const sigma2 = f(f(2 * sum) / 256);
+    let maxScale = 0;
+    for (let ib = 0; ib < 8; ib++) {
+      weighGroup(values, x0 + 32 * ib, importance, sigma2);
+      const scale = group(out, ib, x0 + 32 * ib, at);
+      if (!(maxScale > scale)) maxScale = scale;
+    }
+    finish(out, at, maxScale);
+  }
+  return out;
 }
 
 /** The 4-bit level of a group's scale against the super-scale's inverse `id`. */
@@ -170,49 +185,41 @@ const scaleLevel = (id: number, scale: number) => Math.max(0, Math.min(15, neare
  */
 export function quantizeIQ3_XXS(values: Float32Array, importance?: Float32Array): Buffer {
   const grid = lattice(256);
-  const out = Buffer.alloc((values.length / 256) * 98);
   const scales = new Float32Array(8);
-  for (let x0 = 0, at = 0; x0 < values.length; x0 += 256, at += 98) {
-    const sigma2 = blockSigma2(values, x0);
-    let maxScale = 0;
-    for (let ib = 0; ib < 8; ib++) {
-      const start = x0 + 32 * ib;
-      weighGroup(values, start, importance, sigma2);
-      const signs = [0, 0, 0, 0];
-      for (let k = 0; k < 4; k++) {
-        let flips = 0;
-        for (let i = 0; i < 8; i++) if (!(values[start + 8 * k + i] >= 0)) { flips++; signs[k] |= 1 << i; }
-        if (flips % 2) {
-          let least = 0;
-          let min = f(f(weight[8 * k] * values[start + 8 * k]) * values[start + 8 * k]);
-          for (let i = 1; i < 8; i++) {
-            const v = values[start + 8 * k + i];
-            const a = f(f(weight[8 * k + i] * v) * v);
-            if (a < min) { min = a; least = i; }
-          }
-          xval[8 * k + least] = -xval[8 * k + least];
-          signs[k] ^= 1 << least;
+  return quantizeBlocks(values, importance, 98, (out, ib, start, at) => {
+    const signs = [0, 0, 0, 0];
+    for (let k = 0; k < 4; k++) {
+      let flips = 0;
+      for (let i = 0; i < 8; i++) if (!(values[start + 8 * k + i] >= 0)) { flips++; signs[k] |= 1 << i; }
+      if (flips % 2) {
+        let least = 0;
+        let min = f(f(weight[8 * k] * values[start + 8 * k]) * values[start + 8 * k]);
+        for (let i = 1; i < 8; i++) {
+          const v = values[start + 8 * k + i];
+          const a = f(f(weight[8 * k + i] * v) * v);
+          if (a < min) { min = a; least = i; }
         }
-        signs[k] &= 127;
+        xval[8 * k + least] = -xval[8 * k + least];
+        signs[k] ^= 1 << least;
       }
-      let scale = fitGroup(grid, 15, (max) => max < f(1e-8), false);
-      if (scale === null) { scales[ib] = 0; continue; }
-      if (scale < 0) {
-        scale = -scale;
-        for (let k = 0; k < 4; k++) signs[k] = ~signs[k] & 127;
-      }
-      for (let k = 0; k < 8; k++) out[at + 2 + 8 * ib + k] = grid.map[latticeIndex(L, 4 * k)];
-      out.writeUInt32LE((signs[0] | (signs[1] << 7) | (signs[2] << 14) | (signs[3] << 21)) >>> 0, at + 66 + 4 * ib);
-      scales[ib] = scale;
-      if (!(maxScale > scale)) maxScale = scale;
+      signs[k] &= 127;
     }
-    if (!maxScale) { out.fill(0, at, at + 98); continue; }
+    let scale = fitGroup(grid, 15, (max) => max < f(1e-8), false);
+    if (scale === null) return scales[ib] = 0;
+    if (scale < 0) {
+      scale = -scale;
+      for (let k = 0; k < 4; k++) signs[k] = ~signs[k] & 127;
+    }
+    for (let k = 0; k < 8; k++) out[at + 2 + 8 * ib + k] = grid.map[latticeIndex(L, 4 * k)];
+    out.writeUInt32LE((signs[0] | (signs[1] << 7) | (signs[2] << 14) | (signs[3] << 21)) >>> 0, at + 66 + 4 * ib);
+    return scales[ib] = scale;
+  }, (out, at, maxScale) => {
+    if (!maxScale) { out.fill(0, at, at + 98); return; }
     const d = f(maxScale / 31);
     out.writeUInt16LE(float32ToF16Bits(f(d * f(1.0125))), at);
     const id = f(1 / d);
     for (let ib = 0; ib < 8; ib++) out.writeUInt32LE((out.readUInt32LE(at + 66 + 4 * ib) | (scaleLevel(id, scales[ib]) << 28)) >>> 0, at + 66 + 4 * ib);
-  }
-  return out;
+  });
 }
 
 /**
@@ -222,40 +229,33 @@ export function quantizeIQ3_XXS(values: Float32Array, importance?: Float32Array)
  */
 export function quantizeIQ3_S(values: Float32Array, importance?: Float32Array): Buffer {
   const grid = lattice(512);
-  const out = Buffer.alloc((values.length / 256) * 110);
   const scales = new Float32Array(8);
-  for (let x0 = 0, at = 0; x0 < values.length; x0 += 256, at += 110) {
-    const sigma2 = blockSigma2(values, x0);
-    let maxScale = 0;
-    let qs = at + 2;
-    let signsAt = at + 74;
-    for (let ib = 0; ib < 8; ib++) {
-      const start = x0 + 32 * ib;
-      weighGroup(values, start, importance, sigma2);
-      const signs = [0, 0, 0, 0];
-      for (let k = 0; k < 4; k++) for (let i = 0; i < 8; i++) if (!(values[start + 8 * k + i] >= 0)) signs[k] |= 1 << i;
-      let scale = fitGroup(grid, 9, (max) => !max, true);
-      if (scale === null) { scales[ib] = 0; continue; }
-      if (scale < 0) {
-        scale = -scale;
-        for (let k = 0; k < 4; k++) signs[k] = ~signs[k] & 255;
-      }
-      for (let k = 0; k < 8; k++) {
-        const index = grid.map[latticeIndex(L, 4 * k)];
-        out[qs + k] = index & 255;
-        out[at + 66 + ((8 * ib + k) >> 3)] |= (index >> 8) << ((8 * ib + k) & 7);
-      }
-      qs += 8;
-      for (let k = 0; k < 4; k++) out[signsAt + k] = signs[k];
-      signsAt += 4;
-      scales[ib] = scale;
-      if (!(maxScale > scale)) maxScale = scale;
+  let qs = 0;
+  let signsAt = 0;
+  return quantizeBlocks(values, importance, 110, (out, ib, start, at) => {
+    if (ib === 0) [qs, signsAt] = [at + 2, at + 74];
+    const signs = [0, 0, 0, 0];
+    for (let k = 0; k < 4; k++) for (let i = 0; i < 8; i++) if (!(values[start + 8 * k + i] >= 0)) signs[k] |= 1 << i;
+    let scale = fitGroup(grid, 9, (max) => !max, true);
+    if (scale === null) return scales[ib] = 0;
+    if (scale < 0) {
+      scale = -scale;
+      for (let k = 0; k < 4; k++) signs[k] = ~signs[k] & 255;
     }
-    if (!maxScale) continue;
+    for (let k = 0; k < 8; k++) {
+      const index = grid.map[latticeIndex(L, 4 * k)];
+      out[qs + k] = index & 255;
+      out[at + 66 + ((8 * ib + k) >> 3)] |= (index >> 8) << ((8 * ib + k) & 7);
+    }
+    qs += 8;
+    for (let k = 0; k < 4; k++) out[signsAt + k] = signs[k];
+    signsAt += 4;
+    return scales[ib] = scale;
+  }, (out, at, maxScale) => {
+    if (!maxScale) return;
     const d = f(maxScale / 31);
     out.writeUInt16LE(float32ToF16Bits(f(d * f(1.033))), at);
     const id = f(1 / d);
     for (let ib = 0; ib < 8; ib += 2) out[at + 106 + ib / 2] = scaleLevel(id, scales[ib]) | (scaleLevel(id, scales[ib + 1]) << 4);
-  }
-  return out;
+  });
 }

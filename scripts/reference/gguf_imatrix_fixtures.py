@@ -35,8 +35,9 @@ from llama_cpp_fixtures import compile_llama_harness
 
 OUT = os.path.join(ROOT, "test", "fixtures", "gguf-imatrix")
 TYPES = {"Q4_0": 2, "Q5_0": 6, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "IQ4_XS": 23,
-         "IQ3_XXS": 18, "IQ3_S": 21}
-IMATRIX_MIXES = ["Q2_K_S", "Q3_K_M", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ3_XS", "IQ3_S", "IQ3_M"]
+         "IQ3_XXS": 18, "IQ3_S": 21, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ2_S": 22}
+IMATRIX_MIXES = ["Q2_K_S", "Q3_K_M", "Q4_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ2_XXS",
+                 "IQ2_XS", "IQ2_S", "IQ2_M"]
 PLAIN_MIXES = ["IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
 CHUNK = 32
 WORDS = ("the stop a in on to an and is it of stopped stopping store", "for car ring ten tea hat log cut mud fox big jam vex quiz", "the red ant and the old dog sat on a mat in the sun")
@@ -72,7 +73,7 @@ def main():
         for name, type_id in TYPES.items():
             out = subprocess.run([quant, str(type_id), str(n), path], input=values.tobytes(), capture_output=True, check=True).stdout
             blocks[f"{name} {n}"] = base64.b64encode(out).decode()
-    for name in ("IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S"):
+    for name in ("IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_S"):  # IQ2_XXS and IQ2_XS require one
         out = subprocess.run([quant, str(TYPES[name]), "256"], input=values.tobytes(), capture_output=True, check=True).stdout
         blocks[f"{name} none"] = base64.b64encode(out).decode()
 

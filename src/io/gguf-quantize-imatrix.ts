@@ -7,82 +7,14 @@
  */
 import {
   GROUP_MAX_EPS, K_WITH_MINS_BYTES, QK_K, type GGMLWriteType, finishKWithMins, finishQ2_K, finishQ3_K, fitted, makeQkx2Quants,
-  makeQxQuants, nearestInt, packFiveBits, packQ3Scale, quantizeQ4_0, quantizeQ6_K, quantizeQ8_0, quantizeValues, viaF16,
+  makeQpQuants, makeQxQuants, nearestInt, packFiveBits, packQ3Scale, quantizeQ4_0, quantizeQ6_K, quantizeQ8_0, quantizeValues, viaF16,
 } from './gguf-quantize';
-import { quantizeIQ3_S, quantizeIQ3_XXS } from './gguf-quantize-iq3';
+import { quantizeIQ2_S, quantizeIQ2_XS, quantizeIQ2_XXS, quantizeIQ3_S, quantizeIQ3_XXS } from './gguf-quantize-lattice';
 import { float32ToF16Bits } from './safetensors';
 
 const f = Math.fround;
 const NINE_TENTHS = f(-0.9);
 const TWENTIETH = f(0.05);
-const TENTH = f(0.1);
-
-/**
- * make_qp_quants: levels 0..nmax of n non-negative values (a block's scales or minimums) under one scale, weighted by
- * `qw`: the best of nine scales near max / nmax, then each level moved while that lowers the weighted error.
- */
-function makeQpQuants(n: number, nmax: number, x: Float32Array, L: Uint8Array, qw: Float32Array): number {
-  let max = 0;
-  for (let i = 0; i < n; i++) if (!(max > x[i])) max = x[i];
-  if (max < GROUP_MAX_EPS) {
-    L.fill(0, 0, n);
-    return 0;
-  }
-  let iscale = f(nmax / max);
-  for (let i = 0; i < n; i++) L[i] = nearestInt(f(iscale * x[i]));
-  const scale = f(1 / iscale);
-  let bestError = 0;
-  for (let i = 0; i < n; i++) {
-    const diff = f(x[i] - f(scale * L[i]));
-    bestError = f(bestError + f(f(qw[i] * diff) * diff));
-  }
-  for (let is = -4; is <= 4; is++) {
-    if (is === 0) continue;
-    const iscaleIs = f(f(f(TENTH * is) + nmax) / max);
-    const scaleIs = f(1 / iscaleIs);
-    let error = 0;
-    for (let i = 0; i < n; i++) {
-      const l = Math.min(nmax, nearestInt(f(iscaleIs * x[i])));
-      const diff = f(x[i] - f(scaleIs * l));
-      error = f(error + f(f(qw[i] * diff) * diff));
-    }
-    if (error < bestError) {
-      bestError = error;
-      iscale = iscaleIs;
-    }
-  }
-  let sumLX = 0;
-  let sumL2 = 0;
-  for (let i = 0; i < n; i++) {
-    const l = Math.min(nmax, nearestInt(f(iscale * x[i])));
-    L[i] = l;
-    sumLX = f(sumLX + f(f(qw[i] * x[i]) * l));
-    sumL2 = f(sumL2 + f(f(qw[i] * l) * l));
-  }
-  for (let round = 0; round < 5; round++) {
-    let changed = 0;
-    for (let i = 0; i < n; i++) {
-      const w = qw[i];
-      let slx = f(sumLX - f(f(w * x[i]) * L[i]));
-      let sl2 = f(sumL2 - f(f(w * L[i]) * L[i]));
-      if (slx > 0 && sl2 > 0) {
-        const level = Math.min(nmax, nearestInt(f(f(x[i] * sl2) / slx)));
-        if (level !== L[i]) {
-          slx = f(slx + f(f(w * x[i]) * level));
-          sl2 = f(sl2 + f(f(w * level) * level));
-          if (f(f(slx * slx) * sumL2) > f(f(sumLX * sumLX) * sl2)) {
-            L[i] = level;
-            sumLX = slx;
-            sumL2 = sl2;
-            changed++;
-          }
-        }
-      }
-    }
-    if (!changed) break;
-  }
-  return sumL2 > 0 ? f(sumLX / sumL2) : 0;
-}
 
 /** Σx² over n values from x0, summed in float32 in order. */
 function sumOfSquares(values: Float32Array, x0: number, n: number): number {
@@ -318,6 +250,9 @@ export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values
     case 'IQ4_XS': return quantizeIQ4(values, 256, importance);
     case 'IQ3_XXS': return quantizeIQ3_XXS(values, importance);
     case 'IQ3_S': return quantizeIQ3_S(values, importance);
+    case 'IQ2_XXS': return quantizeIQ2_XXS(values, importance);
+    case 'IQ2_XS': return quantizeIQ2_XS(values, importance);
+    case 'IQ2_S': return quantizeIQ2_S(values, importance);
     case 'Q8_0': return quantizeQ8_0(values);
   }
   if (!importance) return type === 'Q4_0' ? quantizeQ4_0(values) : quantizeValues(type, values);

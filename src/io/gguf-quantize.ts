@@ -1,8 +1,8 @@
 /**
- * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q5_0, Q5_1
- * and the k-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref), and the tensor mixes of its
- * file types Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M and Q6_K (llama-quant.cpp; not Q2_K_S, which
- * needs an importance matrix). Every step rounds to float32 as C's float arithmetic
+ * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q4_0, Q5_0,
+ * Q5_1, Q8_0 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref; the importance-
+ * weighted ones and the i-quants are in gguf-quantize-imatrix.ts and gguf-quantize-lattice.ts), and the tensor mixes
+ * of its file types (llama-quant.cpp's llama_tensor_get_type). Every step rounds to float32 as C's float arithmetic
  * does (`f` below), so the bytes equal those of a portable (non-FMA) build of llama-quantize; the tests compare them.
  */
 import { f16BitsToFloat32, float32ToF16Bits } from './safetensors';
@@ -199,6 +199,73 @@ function makeQ3Quants(n: number, nmax: number, x: Float32Array, x0: number, L: I
     if (!changed) break;
   }
   for (let i = 0; i < n; i++) L[l0 + i] += nmax;
+  return sumL2 > 0 ? f(sumLX / sumL2) : 0;
+}
+
+/**
+ * make_qp_quants: levels 0..nmax of n non-negative values (a block's scales or minimums) under one scale, weighted by
+ * `qw`: the best of nine scales near max / nmax, then each level moved while that lowers the weighted error.
+ */
+export function makeQpQuants(n: number, nmax: number, x: Float32Array, L: Uint8Array, qw: Float32Array): number {
+  let max = 0;
+  for (let i = 0; i < n; i++) if (!(max > x[i])) max = x[i];
+  if (max < GROUP_MAX_EPS) {
+    L.fill(0, 0, n);
+    return 0;
+  }
+  let iscale = f(nmax / max);
+  for (let i = 0; i < n; i++) L[i] = nearestInt(f(iscale * x[i]));
+  const scale = f(1 / iscale);
+  let bestError = 0;
+  for (let i = 0; i < n; i++) {
+    const diff = f(x[i] - f(scale * L[i]));
+    bestError = f(bestError + f(f(qw[i] * diff) * diff));
+  }
+  for (let is = -4; is <= 4; is++) {
+    if (is === 0) continue;
+    const iscaleIs = f(f(f(TENTH * is) + nmax) / max);
+    const scaleIs = f(1 / iscaleIs);
+    let error = 0;
+    for (let i = 0; i < n; i++) {
+      const l = Math.min(nmax, nearestInt(f(iscaleIs * x[i])));
+      const diff = f(x[i] - f(scaleIs * l));
+      error = f(error + f(f(qw[i] * diff) * diff));
+    }
+    if (error < bestError) {
+      bestError = error;
+      iscale = iscaleIs;
+    }
+  }
+  let sumLX = 0;
+  let sumL2 = 0;
+  for (let i = 0; i < n; i++) {
+    const l = Math.min(nmax, nearestInt(f(iscale * x[i])));
+    L[i] = l;
+    sumLX = f(sumLX + f(f(qw[i] * x[i]) * l));
+    sumL2 = f(sumL2 + f(f(qw[i] * l) * l));
+  }
+  for (let round = 0; round < 5; round++) {
+    let changed = 0;
+    for (let i = 0; i < n; i++) {
+      const w = qw[i];
+      let slx = f(sumLX - f(f(w * x[i]) * L[i]));
+      let sl2 = f(sumL2 - f(f(w * L[i]) * L[i]));
+      if (slx > 0 && sl2 > 0) {
+        const level = Math.min(nmax, nearestInt(f(f(x[i] * sl2) / slx)));
+        if (level !== L[i]) {
+          slx = f(slx + f(f(w * x[i]) * level));
+          sl2 = f(sl2 + f(f(w * level) * level));
+          if (f(f(slx * slx) * sumL2) > f(f(sumLX * sumLX) * sl2)) {
+            L[i] = level;
+            sumLX = slx;
+            sumL2 = sl2;
+            changed++;
+          }
+        }
+      }
+    }
+    if (!changed) break;
+  }
   return sumL2 > 0 ? f(sumLX / sumL2) : 0;
 }
 
@@ -537,7 +604,7 @@ export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: nu
 }
 
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S';
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
@@ -546,11 +613,13 @@ export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: 
   Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
   Q6_K: { id: 14, blockValues: QK_K }, IQ4_NL: { id: 20, blockValues: 32 }, IQ4_XS: { id: 23, blockValues: QK_K },
   IQ3_XXS: { id: 18, blockValues: QK_K }, IQ3_S: { id: 21, blockValues: QK_K },
+  IQ2_XXS: { id: 16, blockValues: QK_K }, IQ2_XS: { id: 17, blockValues: QK_K }, IQ2_S: { id: 22, blockValues: QK_K },
 };
 
 /**
- * llama-quantize's file types written here (the k-quant mixes, IQ4_NL and IQ4_XS; Q2_K_S only with an importance
- * matrix), with llama.cpp's LLAMA_FTYPE_* number and the default tensor type.
+ * llama-quantize's file types written here — the k-quant mixes, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M, and, only with an
+ * importance matrix (their IQ2 / IQ3_XXS / Q2_K tensors need one), Q2_K_S, IQ3_XS, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S and
+ * IQ2_M (all but IQ1_S, IQ1_M, TQ1_0, TQ2_0 and MXFP4_MOE) — with llama.cpp's LLAMA_FTYPE_* number and default type.
  */
 export const QUANT_MIXES = {
   Q2_K: { fileType: 10, base: 'Q2_K' }, Q3_K_S: { fileType: 11, base: 'Q3_K' }, Q3_K_M: { fileType: 12, base: 'Q3_K' },
@@ -558,8 +627,13 @@ export const QUANT_MIXES = {
   Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
   Q2_K_S: { fileType: 21, base: 'Q2_K' }, IQ4_NL: { fileType: 25, base: 'IQ4_NL' }, IQ4_XS: { fileType: 30, base: 'IQ4_XS' },
   IQ3_XS: { fileType: 22, base: 'IQ3_S' }, IQ3_S: { fileType: 26, base: 'IQ3_S' }, IQ3_M: { fileType: 27, base: 'IQ3_S' },
+  IQ3_XXS: { fileType: 23, base: 'IQ3_XXS' }, IQ2_XXS: { fileType: 19, base: 'IQ2_XXS' }, IQ2_XS: { fileType: 20, base: 'IQ2_XS' },
+  IQ2_S: { fileType: 28, base: 'IQ2_XS' }, IQ2_M: { fileType: 29, base: 'IQ2_S' },
 } as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
 export type GGUFQuantMix = keyof typeof QUANT_MIXES;
+
+/** The 2-bit mixes, which llama.cpp treats apart (IQ1_S and IQ1_M too, not written here). */
+const IQ2_MIXES: GGUFQuantMix[] = ['IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M'];
 
 export function isQuantMix(type: string): type is GGUFQuantMix {
   return Object.prototype.hasOwnProperty.call(QUANT_MIXES, type);
@@ -581,12 +655,13 @@ function allowsQuantization(name: string, shape: number[]): boolean {
 }
 
 /**
- * The tensor types llama-quantize chooses for a file type `mix` (llama_tensor_get_type without an importance matrix or
- * overrides): the base type, more bits for attn_v, attn_output and ffn_down (in the layers `use_more_bits` picks for
- * the Q4/Q5 _M mixes, the first ones for Q4_K_S and Q3_K_M, all of them for Q3_K_L and Q2_K, by the model's GQA ratio
- * for Q2_K's attn_v), the output matrix (or the tied embedding) in Q6_K, its rules for 8-expert models, and its
- * fallbacks for rows that are not whole 256-value blocks (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
- * then F16). `model.gqa`: heads / KV heads of the first layer (0 when it has no attention), as llama.cpp's n_gqa(). `tensors` as the F32 file has them
+ * The tensor types llama-quantize chooses for a file type `mix` (llama_tensor_get_type without overrides;
+ * `hasImportance`: with an importance matrix): the base type, more bits for attn_v, attn_output and ffn_down (in the
+ * layers `use_more_bits` picks for the Q4/Q5 _M mixes, the first ones for Q4_K_S and Q3_K_M, all of them for Q3_K_L
+ * and Q2_K, by the model's GQA ratio for Q2_K's attn_v), fewer for the IQ3_XS / IQ3_XXS attention, the output matrix
+ * (or the tied embedding) in Q6_K (Q5_K below 3 bits), the 2-bit mixes' own branch, its rules for 8-expert models, and
+ * its fallbacks for rows that are not whole 256-value blocks (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+ * Q6_K → Q8_0, the i-quants → IQ4_NL, then F16). `model.gqa`: heads / KV heads of the first layer (0 when it has no attention), as llama.cpp's n_gqa(). `tensors` as the F32 file has them
  * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
  */
 export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
@@ -610,13 +685,31 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     if (!allowsQuantization(t.name, t.shape)) return t;
     const columns = t.shape[t.shape.length - 1];
     let type: GGMLWriteType = QUANT_MIXES[mix].base;
+    const lowBits = mix === 'IQ3_XXS' || IQ2_MIXES.includes(mix);
     if (t.name === 'output.weight' || (tied && t.name === 'token_embd.weight')) {
-      type = columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : 'Q6_K';
+      type = columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K';
     } else if (t.name === 'token_embd.weight') {
-      // the base type
+      if (mix === 'IQ2_XXS' || mix === 'IQ2_XS') type = 'Q2_K';
+      else if (mix === 'IQ2_S' || mix === 'IQ2_M' || mix === 'IQ3_XXS') type = 'IQ3_S';
+    } else if (IQ2_MIXES.includes(mix)) {
+      // The 2-bit mixes' own rules (llama.cpp's first branch for them): no 8-expert Q8_0, ffn_down by its count.
+      const wider = mix === 'IQ2_S' || mix === 'IQ2_M' ? 'IQ3_S' : 'Q2_K';
+      if (isAttnV(t.name)) {
+        type = model.gqa >= 4 || experts >= 4 ? 'Q4_K' : wider;
+        attentionValueIndex++;
+      } else if (experts === 8 && t.name.includes('attn_k.weight')) {
+        type = 'Q4_K';
+      } else if (t.name.includes('ffn_down')) {
+        if (ffnDownIndex < Math.trunc(model.layerCount / 8)) type = wider;
+        ffnDownIndex++;
+      } else if (t.name.includes('attn_output.weight')) {
+        if (experts === 8) type = 'Q5_K';
+        else if (wider === 'IQ3_S') type = 'IQ3_S';
+      }
     } else if (isAttnV(t.name)) {
       if (mix === 'Q2_K') type = model.gqa >= 4 ? 'Q4_K' : 'Q3_K';
       else if (mix === 'Q2_K_S' && model.gqa >= 4) type = 'Q4_K';
+      else if (mix === 'IQ3_XXS') type = model.gqa >= 4 ? 'Q4_K' : hasImportance ? 'IQ3_XXS' : 'IQ3_S';
       else if ((mix === 'IQ3_XS' || mix === 'IQ3_S') && model.gqa >= 4) type = 'Q4_K';
       else if (mix === 'IQ3_M') type = 'Q4_K';
       else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && model.gqa >= 4) type = 'Q5_K';
@@ -629,8 +722,10 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     } else if (t.name.includes('attn_k.weight')) {
       if (experts === 8) type = 'Q8_0';
       else if (mix === 'IQ3_XS') type = 'IQ3_XXS';
+      else if (mix === 'IQ3_XXS') type = 'IQ2_S';
     } else if (t.name.includes('attn_q.weight')) {
       if (mix === 'IQ3_XS') type = 'IQ3_XXS';
+      else if (mix === 'IQ3_XXS') type = 'IQ2_S';
     } else if (t.name.includes('ffn_up')) {
       const layer = layerOf(ffnUpIndex, t.name);
       const n = model.layerCount;
@@ -641,6 +736,7 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       const n = model.layerCount;
       if (mix === 'Q2_K') type = 'Q3_K';
       else if (mix === 'Q2_K_S' && layer < Math.trunc(n / 8)) type = 'Q4_K';
+      else if (mix === 'IQ3_XXS' && !hasImportance) type = layer < Math.trunc(n / 8) ? 'Q4_K' : 'Q3_K';
       else if ((mix === 'IQ4_NL' || mix === 'IQ4_XS') && layer < Math.trunc(n / 8) && !hasImportance) type = 'Q5_K';
       else if (mix === 'IQ3_M' && (layer < Math.trunc(n / 8) || (experts === 8 && useMoreBits(layer, n)))) type = 'Q4_K';
       else if (mix === 'Q3_K_M') type = layer < Math.trunc(n / 16) ? 'Q5_K' : 'Q4_K';
@@ -650,14 +746,15 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       ffnDownIndex++;
     } else if (t.name.includes('attn_output.weight')) {
       if (experts === 8) {
-        if (['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'IQ4_NL', 'IQ4_XS', 'IQ3_XS', 'IQ3_S', 'IQ3_M'].includes(mix)) type = 'Q5_K';
+        if (['Q2_K', 'Q3_K_S', 'Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'IQ4_NL', 'IQ4_XS', 'IQ3_XS', 'IQ3_XXS', 'IQ3_S', 'IQ3_M'].includes(mix)) type = 'Q5_K';
       } else if (mix === 'Q2_K') type = 'Q3_K';
       else if (mix === 'Q3_K_M') type = 'Q4_K';
       else if (mix === 'Q3_K_L') type = 'Q5_K';
       else if (mix === 'IQ3_M') type = 'Q4_K';
+      else if (mix === 'IQ3_XXS') type = 'IQ3_S';
     }
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
-      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL', IQ3_S: 'IQ4_NL', IQ3_XXS: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL', IQ3_S: 'IQ4_NL', IQ3_XXS: 'IQ4_NL', IQ2_XXS: 'IQ4_NL', IQ2_XS: 'IQ4_NL', IQ2_S: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
       type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
     }
     return { ...t, type };
@@ -671,7 +768,7 @@ export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuan
 }
 
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
-export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S'>, values: Float32Array): Buffer {
+export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S'>, values: Float32Array): Buffer {
   switch (type) {
     case 'Q2_K': return quantizeQ2_K(values);
     case 'Q3_K': return quantizeQ3_K(values);

@@ -21,9 +21,11 @@ const reference = JSON.parse(fs.readFileSync(path.join(DIR, 'expected.json'), 'u
   chunk: number; blocks: Record<string, string>; tokens: Record<string, number[]>; files: Record<string, QuantizedFileDigest>;
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
-const IMATRIX_MIXES: GGUFQuantMix[] = ['Q2_K_S', 'Q3_K_M', 'Q4_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XS', 'IQ3_S', 'IQ3_M'];
+const IMATRIX_MIXES: GGUFQuantMix[] = ['Q2_K_S', 'Q3_K_M', 'Q4_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_XS', 'IQ3_S', 'IQ3_M', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M'];
 const PLAIN_MIXES: GGUFQuantMix[] = ['IQ4_NL', 'IQ4_XS', 'IQ3_S', 'IQ3_M'];
-const WEIGHTED_TYPES = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q4_0', 'Q5_0', 'Q5_1', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_S'] as const;
+const WEIGHTED_TYPES = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q4_0', 'Q5_0', 'Q5_1', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_S', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S'] as const;
+/** The types llama.cpp also quantizes without an importance matrix (IQ2_XXS and IQ2_XS assert one). */
+const UNWEIGHTED_TOO = WEIGHTED_TYPES.filter((t) => t !== 'IQ2_XXS' && t !== 'IQ2_XS');
 const floats = (file: string) => { const raw = fs.readFileSync(file); return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)); };
 
 /** Runs `body` with the working directory `dir` (llama-quantize records the imatrix path as it was given). */
@@ -50,7 +52,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
   this.timeout(600000);
   before(async () => { await setBackend('cpu'); });
 
-  it('quantizes with importance weights as ggml_quantize_chunk does, byte for byte: Q2_K…Q6_K, Q4_0, Q5_0, Q5_1, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S; the i-quants without too', () => {
+  it('quantizes with importance weights as ggml_quantize_chunk does, byte for byte: Q2_K…Q6_K, Q4_0, Q5_0, Q5_1, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S; the i-quants without too', () => {
     const values = floats(KQUANT_BLOCKS);
     for (const [key, encoded] of Object.entries(reference.blocks)) {
       const [type, rows] = key.split(' ') as [(typeof WEIGHTED_TYPES)[number], string];
@@ -62,7 +64,8 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
       const differing = [...Array(64).keys()].filter((b) => !ours.subarray(b * blockBytes, (b + 1) * blockBytes).equals(theirs.subarray(b * blockBytes, (b + 1) * blockBytes)));
       expect(differing, `${key}: 256-value stretches whose bytes differ from llama.cpp's`).to.deep.equal([]);
     }
-    expect(Object.keys(reference.blocks)).to.have.length(2 * WEIGHTED_TYPES.length + 4);
+    expect(Object.keys(reference.blocks)).to.have.length(2 * WEIGHTED_TYPES.length + 5);
+    expect(() => quantizeRows('IQ2_XS', values)).to.throw(/IQ2_XS needs an importance matrix/);
   });
 
   it('weighted by the activations\' mean squares, each type\'s error in x·Wᵀ drops to under half the unweighted one', () => {
@@ -79,7 +82,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
       const delta = tf.sub(tf.tensor2d(weight, [rows, columns]), tf.tensor2d(w, [rows, columns]));
       return tf.sum(tf.square(tf.matMul(tf.tensor2d(x, [tokens, columns]), delta, false, true))).dataSync()[0];
     });
-    for (const type of WEIGHTED_TYPES) {
+    for (const type of UNWEIGHTED_TOO) {
       const plain = productError(dequantize(quantizeRows(type, weight), type, weight.length));
       const weighted = productError(dequantize(quantizeRows(type, weight, importance), type, weight.length));
       expect(weighted / plain, `${type}: error with / without the importance weights`).to.be.below(0.5);
@@ -136,7 +139,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
     const wrong = { ...matrix, entries: new Map([...matrix.entries].map(([n, e]) => [n, n === 'blk.2.attn_q.weight' ? { sums: e.sums.subarray(0, 128), counts: e.counts } : e])) };
     expect(await refused('Q4_K_M', wrong)).to.match(/the importance matrix has 128 values for blk\.2\.attn_q\.weight, whose 256×256 tensor needs 256/);
     const typeMismatch = cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q8_0', '--imatrix', 'imatrix.gguf');
-    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, IQ4_NL, IQ4_XS, IQ3_XS\/S\/M\), not --type Q8_0/);
+    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, .*IQ2_XXS\/XS\/S\/M\), not --type Q8_0/);
     expect(cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q4_K_M', '--imatrix', 'missing.gguf').stderr).to.match(/--imatrix missing\.gguf: no such file/);
     expect(() => readImatrix(path.join(dir, 'nemotron-h-F32.gguf'))).to.throw(/has no \*\.in_sum2 tensors; it is not an importance matrix/);
   });

@@ -32,7 +32,7 @@ export function registerConvert(program: Command): void {
     .requiredOption('--output <path>', 'the folder (from --gguf) or the .gguf file (from --model; from --gguf with a k-quant --type, llama-quantize\'s job)')
     .addOption(new Option('--dtype <dtype>', 'from --gguf: dtype of the saved weights').choices(['F32', 'BF16']).default('F32'))
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or one of llama-quantize\'s mixes')
-      .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q2_K_S', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_XS', 'IQ3_S', 'IQ3_M', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M']).default('F32'))
+      .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q2_K_S', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_XS', 'IQ3_S', 'IQ3_M', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M', 'IQ1_S', 'IQ1_M', 'TQ1_0', 'TQ2_0', 'Q1_0', 'Q2_0', 'MXFP4_MOE']).default('F32'))
     .option('--imatrix <file>', 'with a mix --type: an importance matrix (the imatrix command\'s or llama-imatrix\'s file) weighing the quantization, as llama-quantize --imatrix')
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
@@ -41,7 +41,7 @@ export function registerConvert(program: Command): void {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
       if (opts.gguf !== undefined && !isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
       if (opts.imatrix !== undefined && !fs.existsSync(opts.imatrix)) throw new Error(`--imatrix ${opts.imatrix}: no such file`);
-      if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M), not --type ${opts.type}`);
+      if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, …), not --type ${opts.type}`);
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);

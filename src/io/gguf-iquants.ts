@@ -1,8 +1,8 @@
 /**
  * Dequantization of llama.cpp's newer block types, one block at a time, as ggml's dequantize_row_* computes them:
  * the i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: values from lookup grids, signs, per-group
- * scales; IQ4_NL, IQ4_XS: a non-linear 4-bit table), the ternary TQ1_0 / TQ2_0, and the 4-bit floats MXFP4 (e8m0
- * scale a block of 32) and NVFP4 (ue4m3 scale each 16 of 64).
+ * scales; IQ4_NL, IQ4_XS: a non-linear 4-bit table), the ternary TQ1_0 / TQ2_0, the 4-bit floats MXFP4 (e8m0
+ * scale a block of 32) and NVFP4 (ue4m3 scale each 16 of 64), and Q1_0 (signs of 128, ±d) / Q2_0 ((q − 1)·d, 64 a block).
  */
 import { f16BitsToFloat32 } from './safetensors';
 import { GRIDS, KSIGNS_HEX } from './gguf-grids';
@@ -11,14 +11,14 @@ import { GRIDS, KSIGNS_HEX } from './gguf-grids';
 export const I_QUANT_TYPES: Array<[string, number, number, number]> = [
   ['IQ2_XXS', 16, 256, 66], ['IQ2_XS', 17, 256, 74], ['IQ3_XXS', 18, 256, 98], ['IQ1_S', 19, 256, 50], ['IQ4_NL', 20, 32, 18],
   ['IQ3_S', 21, 256, 110], ['IQ2_S', 22, 256, 82], ['IQ4_XS', 23, 256, 136], ['IQ1_M', 29, 256, 56], ['TQ1_0', 34, 256, 54],
-  ['TQ2_0', 35, 256, 66], ['MXFP4', 39, 32, 17], ['NVFP4', 40, 64, 36],
+  ['TQ2_0', 35, 256, 66], ['MXFP4', 39, 32, 17], ['NVFP4', 40, 64, 36], ['Q1_0', 41, 128, 18], ['Q2_0', 42, 64, 18],
 ];
 
 const hexBytes = (hex: string) => Uint8Array.from({ length: hex.length / 2 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16));
 const KSIGNS = hexBytes(KSIGNS_HEX);
 const KVALUES_IQ4NL = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 // E2M1's values, doubled (the block scales carry the half).
-const KVALUES_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+export const KVALUES_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 const IQ1_DELTA = 0.125;
 
 /**
@@ -51,13 +51,13 @@ function grid(name: string): Float32Array {
 }
 
 /** e8m0 (a power of two) as float32, halved (ggml_e8m0_to_fp32_half). */
-function e8m0Half(e: number): number {
+export function e8m0Half(e: number): number {
   const bits = e < 2 ? 0x00200000 << e : (e - 1) << 23;
   return new Float32Array(new Uint32Array([bits >>> 0]).buffer)[0];
 }
 
 /** Unsigned e4m3 (bias 7) as float32, halved; 0 and 0x7F read as zero (ggml_ue4m3_to_fp32). */
-function ue4m3Half(x: number): number {
+export function ue4m3Half(x: number): number {
   if (x === 0 || x === 0x7f) return 0;
   const exp = (x >> 3) & 0xf;
   const man = x & 7;
@@ -219,6 +219,18 @@ export function dequantizeIQuantBlock(type: string, bytes: Uint8Array, view: Dat
           y[16 * s + 8 + j] = d * KVALUES_FP4[q >> 4];
         }
       }
+      return;
+    }
+    case 'Q1_0': {
+      // f16 d, then one bit a value: set +d, clear −d.
+      const d = half(p);
+      for (let j = 0; j < 128; j++) y[j] = (bytes[p + 2 + (j >> 3)] >> (j & 7)) & 1 ? d : -d;
+      return;
+    }
+    case 'Q2_0': {
+      // f16 d, then four 2-bit values a byte, q − 1 in {−1, 0, 1, 2}.
+      const d = half(p);
+      for (let j = 0; j < 64; j++) y[j] = d * (((bytes[p + 2 + (j >> 2)] >> (2 * (j & 3))) & 3) - 1);
       return;
     }
     default:

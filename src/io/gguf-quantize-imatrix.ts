@@ -10,6 +10,9 @@ import {
   makeQpQuants, makeQxQuants, nearestInt, packFiveBits, packQ3Scale, quantizeQ4_0, quantizeQ6_K, quantizeQ8_0, quantizeValues, viaF16,
 } from './gguf-quantize';
 import { quantizeIQ2_S, quantizeIQ2_XS, quantizeIQ2_XXS, quantizeIQ3_S, quantizeIQ3_XXS } from './gguf-quantize-lattice';
+import {
+  quantizeIQ1_M, quantizeIQ1_S, quantizeMXFP4, quantizeNVFP4, quantizeQ1_0, quantizeQ2_0, quantizeTQ1_0, quantizeTQ2_0,
+} from './gguf-quantize-lowbit';
 import { float32ToF16Bits } from './safetensors';
 
 const f = Math.fround;
@@ -239,7 +242,7 @@ function quantizeIQ4(values: Float32Array, superBlock: 32 | 256, importance?: Fl
 /**
  * `values` (whole rows) in `type`, as llama-quantize's ggml_quantize_chunk: with `importance` (one weight per column,
  * its length the row length: the imatrix entry of these rows) the weighted quantizers, without it the reference ones.
- * Q8_0 and F16 take no importance.
+ * Q8_0, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4 and NVFP4 take no importance (llama.cpp ignores it for them).
  */
 export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values: Float32Array, importance?: Float32Array): Buffer {
   if (importance && values.length % importance.length !== 0) {
@@ -253,7 +256,16 @@ export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values
     case 'IQ2_XXS': return quantizeIQ2_XXS(values, importance);
     case 'IQ2_XS': return quantizeIQ2_XS(values, importance);
     case 'IQ2_S': return quantizeIQ2_S(values, importance);
+    case 'IQ1_S': return quantizeIQ1_S(values, importance);
+    case 'IQ1_M': return quantizeIQ1_M(values, importance);
+    // Quantizers that take no importance weights.
     case 'Q8_0': return quantizeQ8_0(values);
+    case 'TQ1_0': return quantizeTQ1_0(values);
+    case 'TQ2_0': return quantizeTQ2_0(values);
+    case 'Q1_0': return quantizeQ1_0(values);
+    case 'Q2_0': return quantizeQ2_0(values);
+    case 'MXFP4': return quantizeMXFP4(values);
+    case 'NVFP4': return quantizeNVFP4(values);
   }
   if (!importance) return type === 'Q4_0' ? quantizeQ4_0(values) : quantizeValues(type, values);
   switch (type) {

@@ -18,13 +18,13 @@ const TENTH = f(0.1);
  * A grid with llama.cpp's search tables: its points (levels 2l + 1, `dim` a point), the map of the lattice points
  * (`bits` a level) to grid indices, and each off-grid lattice point's list of neighbours.
  */
-interface Lattice { dim: 4 | 8; bits: 2 | 3; levels: number; points: Uint8Array; map: Int32Array; neighbours: Uint16Array }
+export interface Lattice { dim: 4 | 8; bits: 2 | 3; levels: number; points: Uint8Array; map: Int32Array; neighbours: Uint16Array }
 
 /** The grids: dequantizer's grid, point size, bits a level, lattice points mapped, neighbour distances kept. */
 const LATTICES = {
   IQ3_XXS: { dim: 4, bits: 3, levels: 8, mapSize: 4096, nwant: 2 }, IQ3_S: { dim: 4, bits: 3, levels: 8, mapSize: 4096, nwant: 3 },
   IQ2_XXS: { dim: 8, bits: 2, levels: 3, mapSize: 43692, nwant: 2 }, IQ2_XS: { dim: 8, bits: 2, levels: 3, mapSize: 43692, nwant: 2 },
-  IQ2_S: { dim: 8, bits: 2, levels: 3, mapSize: 43692, nwant: 1 },
+  IQ2_S: { dim: 8, bits: 2, levels: 3, mapSize: 43692, nwant: 1 }, IQ1_S: { dim: 8, bits: 2, levels: 3, mapSize: 43692, nwant: 3 },
 } as const;
 type LatticeType = keyof typeof LATTICES;
 
@@ -34,7 +34,7 @@ const lattices = new Map<LatticeType, Lattice>();
  * iq2xs_init_impl / iq3xs_init_impl: each lattice point on the grid maps to its index; each other one to a list of
  * the grid points at its `nwant` smallest distances, by distance then index.
  */
-function lattice(type: LatticeType): Lattice {
+export function lattice(type: LatticeType): Lattice {
   const cached = lattices.get(type);
   if (cached) return cached;
   const { dim, bits, levels, mapSize, nwant } = LATTICES[type];
@@ -49,8 +49,10 @@ function lattice(type: LatticeType): Lattice {
   const lists: number[] = [];
   const d2 = new Int32Array(size);
   const mask = (1 << bits) - 1;
+  const outside = (i: number) => { for (let k = 0; k < dim; k++) if (((i >> (bits * k)) & mask) >= levels) return true; return false; };
   for (let i = 0; i < mapSize; i++) {
-    if (map[i] >= 0) continue;
+    // Points with a level the quantizers never produce (2-bit fields of 3) get no list: none is ever looked up.
+    if (map[i] >= 0 || outside(i)) continue;
     let nearest = [Infinity, Infinity, Infinity].slice(0, nwant);
     for (let j = 0; j < size; j++) {
       let d = 0;

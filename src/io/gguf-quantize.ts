@@ -604,7 +604,8 @@ export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: nu
 }
 
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S';
+export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S'
+  | 'IQ1_S' | 'IQ1_M' | 'TQ1_0' | 'TQ2_0' | 'Q1_0' | 'Q2_0' | 'MXFP4' | 'NVFP4';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
@@ -614,12 +615,15 @@ export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: 
   Q6_K: { id: 14, blockValues: QK_K }, IQ4_NL: { id: 20, blockValues: 32 }, IQ4_XS: { id: 23, blockValues: QK_K },
   IQ3_XXS: { id: 18, blockValues: QK_K }, IQ3_S: { id: 21, blockValues: QK_K },
   IQ2_XXS: { id: 16, blockValues: QK_K }, IQ2_XS: { id: 17, blockValues: QK_K }, IQ2_S: { id: 22, blockValues: QK_K },
+  IQ1_S: { id: 19, blockValues: QK_K }, IQ1_M: { id: 29, blockValues: QK_K }, TQ1_0: { id: 34, blockValues: QK_K }, TQ2_0: { id: 35, blockValues: QK_K },
+  MXFP4: { id: 39, blockValues: 32 }, NVFP4: { id: 40, blockValues: 64 }, Q1_0: { id: 41, blockValues: 128 }, Q2_0: { id: 42, blockValues: 64 },
 };
 
 /**
- * llama-quantize's file types written here — the k-quant mixes, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M, and, only with an
- * importance matrix (their IQ2 / IQ3_XXS / Q2_K tensors need one), Q2_K_S, IQ3_XS, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S and
- * IQ2_M (all but IQ1_S, IQ1_M, TQ1_0, TQ2_0 and MXFP4_MOE) — with llama.cpp's LLAMA_FTYPE_* number and default type.
+ * llama-quantize's file types written here — every one it has: the k-quant mixes, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M,
+ * TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE, and, only with an importance matrix (their IQ1 / IQ2 / IQ3_XXS / Q2_K tensors
+ * need one), Q2_K_S, IQ3_XS, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S and IQ1_M — with llama.cpp's LLAMA_FTYPE_*
+ * number and default type.
  */
 export const QUANT_MIXES = {
   Q2_K: { fileType: 10, base: 'Q2_K' }, Q3_K_S: { fileType: 11, base: 'Q3_K' }, Q3_K_M: { fileType: 12, base: 'Q3_K' },
@@ -628,12 +632,16 @@ export const QUANT_MIXES = {
   Q2_K_S: { fileType: 21, base: 'Q2_K' }, IQ4_NL: { fileType: 25, base: 'IQ4_NL' }, IQ4_XS: { fileType: 30, base: 'IQ4_XS' },
   IQ3_XS: { fileType: 22, base: 'IQ3_S' }, IQ3_S: { fileType: 26, base: 'IQ3_S' }, IQ3_M: { fileType: 27, base: 'IQ3_S' },
   IQ3_XXS: { fileType: 23, base: 'IQ3_XXS' }, IQ2_XXS: { fileType: 19, base: 'IQ2_XXS' }, IQ2_XS: { fileType: 20, base: 'IQ2_XS' },
-  IQ2_S: { fileType: 28, base: 'IQ2_XS' }, IQ2_M: { fileType: 29, base: 'IQ2_S' },
+  IQ2_S: { fileType: 28, base: 'IQ2_XS' }, IQ2_M: { fileType: 29, base: 'IQ2_S' }, IQ1_S: { fileType: 24, base: 'IQ1_S' },
+  IQ1_M: { fileType: 31, base: 'IQ1_M' }, TQ1_0: { fileType: 36, base: 'TQ1_0' }, TQ2_0: { fileType: 37, base: 'TQ2_0' },
+  MXFP4_MOE: { fileType: 38, base: 'MXFP4' }, Q1_0: { fileType: 40, base: 'Q1_0' }, Q2_0: { fileType: 41, base: 'Q2_0' },
 } as const satisfies Record<string, { fileType: number; base: GGMLWriteType }>;
 export type GGUFQuantMix = keyof typeof QUANT_MIXES;
 
-/** The 2-bit mixes, which llama.cpp treats apart (IQ1_S and IQ1_M too, not written here). */
-const IQ2_MIXES: GGUFQuantMix[] = ['IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M'];
+/** The 1- and 2-bit i-quant mixes, which llama.cpp treats apart. */
+const IQ2_MIXES: GGUFQuantMix[] = ['IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M', 'IQ1_S', 'IQ1_M'];
+/** The ternary mixes and Q2_0, whose token embedding is Q4_K. */
+const TERNARY_MIXES: GGUFQuantMix[] = ['TQ1_0', 'TQ2_0', 'Q2_0'];
 
 export function isQuantMix(type: string): type is GGUFQuantMix {
   return Object.prototype.hasOwnProperty.call(QUANT_MIXES, type);
@@ -687,12 +695,16 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     let type: GGMLWriteType = QUANT_MIXES[mix].base;
     const lowBits = mix === 'IQ3_XXS' || IQ2_MIXES.includes(mix);
     if (t.name === 'output.weight' || (tied && t.name === 'token_embd.weight')) {
-      type = columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K';
+      type = mix === 'MXFP4_MOE' || columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K';
+    } else if (mix === 'MXFP4_MOE') {
+      // Experts' stacked matrices in MXFP4, every other matrix Q8_0.
+      type = t.shape.length === 3 && t.shape[0] > 1 ? 'MXFP4' : 'Q8_0';
     } else if (t.name === 'token_embd.weight') {
-      if (mix === 'IQ2_XXS' || mix === 'IQ2_XS') type = 'Q2_K';
+      if (mix === 'IQ2_XXS' || mix === 'IQ2_XS' || mix === 'IQ1_S' || mix === 'IQ1_M') type = 'Q2_K';
       else if (mix === 'IQ2_S' || mix === 'IQ2_M' || mix === 'IQ3_XXS') type = 'IQ3_S';
+      else if (TERNARY_MIXES.includes(mix)) type = 'Q4_K';
     } else if (IQ2_MIXES.includes(mix)) {
-      // The 2-bit mixes' own rules (llama.cpp's first branch for them): no 8-expert Q8_0, ffn_down by its count.
+      // The 1- and 2-bit mixes' own rules (llama.cpp's first branch for them): no 8-expert Q8_0, ffn_down by its count.
       const wider = mix === 'IQ2_S' || mix === 'IQ2_M' ? 'IQ3_S' : 'Q2_K';
       if (isAttnV(t.name)) {
         type = model.gqa >= 4 || experts >= 4 ? 'Q4_K' : wider;
@@ -704,6 +716,7 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
         ffnDownIndex++;
       } else if (t.name.includes('attn_output.weight')) {
         if (experts === 8) type = 'Q5_K';
+        else if (mix === 'IQ1_S' || mix === 'IQ1_M') type = 'IQ2_XXS';
         else if (wider === 'IQ3_S') type = 'IQ3_S';
       }
     } else if (isAttnV(t.name)) {
@@ -754,12 +767,19 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       else if (mix === 'IQ3_XXS') type = 'IQ3_S';
     }
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
-      const fallback: GGMLWriteType = ({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', IQ4_XS: 'IQ4_NL', IQ3_S: 'IQ4_NL', IQ3_XXS: 'IQ4_NL', IQ2_XXS: 'IQ4_NL', IQ2_XS: 'IQ4_NL', IQ2_S: 'IQ4_NL' } as Partial<Record<GGMLWriteType, GGMLWriteType>>)[type] ?? type;
+      const fallback = FALLBACKS[type] ?? (GGML_WRITE_TYPES[type].blockValues <= 32 ? type : undefined);
+      if (!fallback) throw new Error(`quantize: ${t.name}'s rows of ${columns} are not whole ${type} blocks of ${GGML_WRITE_TYPES[type].blockValues}, and llama.cpp has no fallback type for ${type}`);
       type = columns % GGML_WRITE_TYPES[fallback].blockValues === 0 ? fallback : 'F16';
     }
     return { ...t, type };
   });
 }
+
+/** tensor_type_fallback: the type a tensor whose rows are not whole blocks gets instead (then F16 if that fails too). */
+const FALLBACKS: Partial<Record<GGMLWriteType, GGMLWriteType>> = {
+  Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', TQ1_0: 'Q4_0', TQ2_0: 'Q4_0', Q2_0: 'Q4_0',
+  IQ4_XS: 'IQ4_NL', IQ3_S: 'IQ4_NL', IQ3_XXS: 'IQ4_NL', IQ2_XXS: 'IQ4_NL', IQ2_XS: 'IQ4_NL', IQ2_S: 'IQ4_NL', IQ1_S: 'IQ4_NL', IQ1_M: 'IQ4_NL',
+};
 
 /** The metadata llama-quantize writes: the source's keys in order, then general.quantization_version and general.file_type. */
 export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuantMix, u32: (v: number) => V): Array<[string, V]> {
@@ -768,7 +788,7 @@ export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuan
 }
 
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
-export function quantizeValues(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S'>, values: Float32Array): Buffer {
+export function quantizeValues(type: 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'Q5_0' | 'Q5_1', values: Float32Array): Buffer {
   switch (type) {
     case 'Q2_K': return quantizeQ2_K(values);
     case 'Q3_K': return quantizeQ3_K(values);

@@ -584,7 +584,7 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
   model: { layerCount: number; expertCount: number; gqa: number }, options: QuantizeOptions = {}): Promise<void> {
   if (!isQuantMix(type)) {
-    if (options.imatrix) throw new Error(`saveGGUF: an importance matrix is used by the quantization mixes (Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M), not by ${type}`);
+    if (options.imatrix) throw new Error(`saveGGUF: an importance matrix is used by the quantization mixes (Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, …), not by ${type}`);
     writeGGUF(file, kv, tensors);
     return;
   }
@@ -623,8 +623,8 @@ function importanceFor(t: { name: string; shape: number[]; type: string }, mix: 
     if (embedding) return undefined;
     throw new Error(`quantize: the importance matrix has ${weights.length} values for ${t.name}, whose ${t.shape.join('×')} tensor needs ${expected}`);
   }
-  // llama-quantize's tensor_requires_imatrix: IQ3_XXS and IQ2 tensors, and the Q2_K ones of a Q2_K_S file.
-  const requires = ['IQ3_XXS', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S'].includes(t.type) || (mix === 'Q2_K_S' && t.type === 'Q2_K');
+  // llama-quantize's tensor_requires_imatrix: IQ3_XXS, IQ2 and IQ1 tensors, and the Q2_K ones of a Q2_K_S file.
+  const requires = ['IQ3_XXS', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ1_S', 'IQ1_M'].includes(t.type) || (mix === 'Q2_K_S' && t.type === 'Q2_K');
   if (!weights && requires && !embedding && t.name !== 'output.weight') {
     throw new Error(`quantize: ${mix} needs an importance matrix for ${t.name} (${t.type})${matrix ? ' and the one given has no entry for it' : ''} (llama-quantize --imatrix FILE; computeImatrix or the imatrix command make one)`);
   }

@@ -7,7 +7,7 @@ import seedrandom from 'seedrandom';
 import { computeImatrix, dequantize, GGUFFile, type ImportanceMatrix, importanceOf, quantizeGGUF, readImatrix, setBackend, writeImatrix } from '../../src/index';
 import { quantizeRows } from '../../src/io/gguf-quantize-imatrix';
 import { type GGUFQuantMix } from '../../src/io/gguf-quantize';
-import { type QuantizedFileDigest, expectLlamaQuantizeFile, quantizeModel, sha256 } from './gguf-quantize-models';
+import { type QuantizedFileDigest, expectLlamaBlocks, expectMixFiles, nemotronHWithImatrix, quantizeModel, sha256 } from './gguf-quantize-models';
 import { testBackends, tmpDir } from '../helpers';
 
 /**
@@ -28,13 +28,6 @@ const WEIGHTED_TYPES = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q4_0', 'Q5_0', 
 const UNWEIGHTED_TOO = WEIGHTED_TYPES.filter((t) => t !== 'IQ2_XXS' && t !== 'IQ2_XS');
 const floats = (file: string) => { const raw = fs.readFileSync(file); return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)); };
 
-/** Runs `body` with the working directory `dir` (llama-quantize records the imatrix path as it was given). */
-async function inDirectory<T>(dir: string, body: () => Promise<T>): Promise<T> {
-  const previous = process.cwd();
-  process.chdir(dir);
-  try { return await body(); } finally { process.chdir(previous); }
-}
-
 /** Each sum of `ours` within 1e-4 of llama-imatrix's, relative to that sum or (for near-zero ones) the entry's mean. */
 function expectSameStatistics(ours: ImportanceMatrix, theirs: ImportanceMatrix, label: string): void {
   expect([...ours.entries.keys()].sort(), `${label}: the matrices collected`).to.deep.equal([...theirs.entries.keys()].sort());
@@ -54,16 +47,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
 
   it('quantizes with importance weights as ggml_quantize_chunk does, byte for byte: Q2_K…Q6_K, Q4_0, Q5_0, Q5_1, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S; the i-quants without too', () => {
     const values = floats(KQUANT_BLOCKS);
-    for (const [key, encoded] of Object.entries(reference.blocks)) {
-      const [type, rows] = key.split(' ') as [(typeof WEIGHTED_TYPES)[number], string];
-      const importance = rows === 'none' ? undefined : floats(path.join(DIR, `importance-${rows}.f32`));
-      const theirs = Buffer.from(encoded, 'base64');
-      const ours = quantizeRows(type, values, importance);
-      expect(ours.length, `${key}: bytes`).to.equal(theirs.length);
-      const blockBytes = theirs.length / 64;
-      const differing = [...Array(64).keys()].filter((b) => !ours.subarray(b * blockBytes, (b + 1) * blockBytes).equals(theirs.subarray(b * blockBytes, (b + 1) * blockBytes)));
-      expect(differing, `${key}: 256-value stretches whose bytes differ from llama.cpp's`).to.deep.equal([]);
-    }
+    expectLlamaBlocks(reference.blocks, DIR);
     expect(Object.keys(reference.blocks)).to.have.length(2 * WEIGHTED_TYPES.length + 5);
     expect(() => quantizeRows('IQ2_XS', values)).to.throw(/IQ2_XS needs an importance matrix/);
   });
@@ -91,37 +75,12 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
 
   for (const name of ['nemotron', 'nemotron-tied', 'nemotron-h'] as const) {
     it(`${name}: saveGGUF writes llama-quantize's ${PLAIN_MIXES.join(', ')} files${name === 'nemotron-tied' ? '' : `, and with its importance matrix ${IMATRIX_MIXES.join(', ')},`} byte for byte`, async () => {
-      const dir = tmpDir('gguf-imatrix');
-      const { model, tokenizer } = await quantizeModel(name);
-      const before = tf.memory().numTensors;
-      try {
-        for (const mix of PLAIN_MIXES) {
-          const file = path.join(dir, `${name}-${mix}.gguf`);
-          await model.saveGGUF(file, tokenizer, { type: mix, name });
-          expectLlamaQuantizeFile(file, reference.files[`${name} ${mix}`], `${name} ${mix}`);
-        }
-        if (name !== 'nemotron-tied') {
-          fs.copyFileSync(path.join(DIR, `${name}.imatrix.gguf`), path.join(dir, 'imatrix.gguf'));
-          await inDirectory(dir, async () => {
-            for (const mix of IMATRIX_MIXES) {
-              await model.saveGGUF(`${name}-imatrix-${mix}.gguf`, tokenizer, { type: mix, name, imatrix: 'imatrix.gguf' });
-              expectLlamaQuantizeFile(`${name}-imatrix-${mix}.gguf`, reference.files[`${name} imatrix ${mix}`], `${name} imatrix ${mix}`);
-            }
-          });
-        }
-        expect(tf.memory().numTensors, 'no tensor left by saving').to.equal(before);
-      } finally {
-        model.dispose();
-      }
+      await expectMixFiles(name, reference.files, { plain: PLAIN_MIXES, imatrix: name === 'nemotron-tied' ? [] : IMATRIX_MIXES, imatrixDir: DIR });
     });
   }
 
   it('quantizeGGUF and the CLI (convert --gguf F32 --type MIX --imatrix FILE) write llama-quantize --imatrix\'s file; bad inputs are refused by name', async () => {
-    const dir = tmpDir('gguf-imatrix-requantize');
-    const { model, tokenizer } = await quantizeModel('nemotron-h');
-    await model.saveGGUF(path.join(dir, 'nemotron-h-F32.gguf'), tokenizer, { type: 'F32', name: 'nemotron-h' });
-    model.dispose();
-    fs.copyFileSync(path.join(DIR, 'nemotron-h.imatrix.gguf'), path.join(dir, 'imatrix.gguf'));
+    const dir = await nemotronHWithImatrix(DIR);
     const matrix = readImatrix(path.join(dir, 'imatrix.gguf'));
     await quantizeGGUF(path.join(dir, 'nemotron-h-F32.gguf'), path.join(dir, 'api.gguf'), 'IQ4_XS', { imatrix: { matrix, file: 'imatrix.gguf' } });
     expect(sha256(fs.readFileSync(path.join(dir, 'api.gguf')))).to.equal(reference.files['nemotron-h imatrix IQ4_XS'].sha256);
@@ -139,7 +98,7 @@ describe('Importance matrices (llama-imatrix, llama-quantize --imatrix) and IQ4_
     const wrong = { ...matrix, entries: new Map([...matrix.entries].map(([n, e]) => [n, n === 'blk.2.attn_q.weight' ? { sums: e.sums.subarray(0, 128), counts: e.counts } : e])) };
     expect(await refused('Q4_K_M', wrong)).to.match(/the importance matrix has 128 values for blk\.2\.attn_q\.weight, whose 256×256 tensor needs 256/);
     const typeMismatch = cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q8_0', '--imatrix', 'imatrix.gguf');
-    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, .*IQ2_XXS\/XS\/S\/M\), not --type Q8_0/);
+    expect(typeMismatch.stderr).to.match(/--imatrix weighs a quantization mix \(--type Q2_K … Q6_K, .*IQ2_XXS\/XS\/S\/M, IQ1_S\/M, .*\), not --type Q8_0/);
     expect(cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'y.gguf', '--type', 'Q4_K_M', '--imatrix', 'missing.gguf').stderr).to.match(/--imatrix missing\.gguf: no such file/);
     expect(() => readImatrix(path.join(dir, 'nemotron-h-F32.gguf'))).to.throw(/has no \*\.in_sum2 tensors; it is not an importance matrix/);
   });

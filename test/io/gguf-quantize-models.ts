@@ -11,6 +11,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import seedrandom from 'seedrandom';
+import { type GGUFQuantMix } from '../../src/io/gguf-quantize';
+import { quantizeRows } from '../../src/io/gguf-quantize-imatrix';
 import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer } from '../../src/index';
 
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
@@ -86,6 +88,77 @@ export function expectLlamaQuantizeFile(file: string, expected: QuantizedFileDig
   ours.close();
   expect(tensors, `${label}: tensors in order, with their types and bytes`).to.deep.equal(expected.tensors);
   expect.fail(`${label}: the tensors agree but the file does not (metadata or layout)`);
+}
+
+/**
+ * ggml_quantize_chunk's bytes for test/fixtures/gguf-kquants/blocks.f32 (64 stretches of 256 values, each a kind of
+ * block), keyed "TYPE ROWS" (ROWS: the importance vector's length, `importance-ROWS.f32` in `importanceDir`, or
+ * "none"), against `quantizeRows`' bytes, stretch by stretch.
+ */
+export function expectLlamaBlocks(blocks: Record<string, string>, importanceDir: string): void {
+  const floats = (file: string) => { const raw = fs.readFileSync(file); return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)); };
+  const values = floats(path.join(FIXTURES, 'gguf-kquants', 'blocks.f32'));
+  for (const [key, encoded] of Object.entries(blocks)) {
+    const [type, rows] = key.split(' ') as [Parameters<typeof quantizeRows>[0], string];
+    const importance = rows === 'none' ? undefined : floats(path.join(importanceDir, `importance-${rows}.f32`));
+    const theirs = Buffer.from(encoded, 'base64');
+    const ours = quantizeRows(type, values, importance);
+    expect(ours.length, `${key}: bytes`).to.equal(theirs.length);
+    const stretch = theirs.length / 64;
+    const differing = [...Array(64).keys()].filter((b) => !ours.subarray(b * stretch, (b + 1) * stretch).equals(theirs.subarray(b * stretch, (b + 1) * stretch)));
+    expect(differing, `${key}: 256-value stretches whose bytes differ from llama.cpp's`).to.deep.equal([]);
+  }
+}
+
+/** A fresh directory holding nemotron-h's F32 GGUF (`nemotron-h-F32.gguf`) and its llama-imatrix file from `imatrixDir` (`imatrix.gguf`). */
+export async function nemotronHWithImatrix(imatrixDir: string): Promise<string> {
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'nemotron-requantize-'));
+  const { model, tokenizer } = await quantizeModel('nemotron-h');
+  await model.saveGGUF(path.join(dir, 'nemotron-h-F32.gguf'), tokenizer, { type: 'F32', name: 'nemotron-h' });
+  model.dispose();
+  fs.copyFileSync(path.join(imatrixDir, 'nemotron-h.imatrix.gguf'), path.join(dir, 'imatrix.gguf'));
+  return dir;
+}
+
+/** Runs `body` with the working directory `dir` (llama-quantize records the imatrix path as it was given). */
+export async function inDirectory<T>(dir: string, body: () => Promise<T>): Promise<T> {
+  const previous = process.cwd();
+  process.chdir(dir);
+  try { return await body(); } finally { process.chdir(previous); }
+}
+
+/**
+ * Saves model `name` (from `quantizeModel`) in each of the `plain` mixes, then with its llama-imatrix file from
+ * `imatrixDir` (as `imatrix.gguf` in the working directory, the path the fixtures gave llama-quantize) in each of
+ * the `imatrix` ones, and asserts llama-quantize's file: `files["NAME MIX"]`, `files["NAME imatrix MIX"]`. A mix
+ * in `refused` must fail instead, with that message. No tensor is left behind.
+ */
+export async function expectMixFiles(name: QuantizeModelName, files: Record<string, QuantizedFileDigest>,
+  mixes: { plain: GGUFQuantMix[]; imatrix?: GGUFQuantMix[]; imatrixDir?: string; refused?: Record<string, RegExp> }): Promise<void> {
+  const tf = await import('@tensorflow/tfjs');
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), `nemotron-mix-files-`));
+  const { model, tokenizer } = await quantizeModel(name);
+  const before = tf.memory().numTensors;
+  try {
+    await inDirectory(dir, async () => {
+      const write = async (mix: GGUFQuantMix, key: string, imatrix?: string) => {
+        const file = `${key.replace(/ /g, '-')}.gguf`;
+        const refusal = mixes.refused?.[mix];
+        const said = await model.saveGGUF(file, tokenizer, { type: mix, name, ...(imatrix ? { imatrix } : {}) }).then(() => null, (e: Error) => e.message);
+        if (refusal) expect(said, `${key}: refused`).to.match(refusal);
+        else if (said) expect.fail(`${key}: ${said}`);
+        else expectLlamaQuantizeFile(file, files[key], key);
+      };
+      for (const mix of mixes.plain) await write(mix, `${name} ${mix}`);
+      if (mixes.imatrix?.length) {
+        fs.copyFileSync(path.join(mixes.imatrixDir!, `${name}.imatrix.gguf`), 'imatrix.gguf');
+        for (const mix of mixes.imatrix) await write(mix, `${name} imatrix ${mix}`, 'imatrix.gguf');
+      }
+    });
+    expect(tf.memory().numTensors, 'no tensor left by saving').to.equal(before);
+  } finally {
+    model.dispose();
+  }
 }
 
 /**

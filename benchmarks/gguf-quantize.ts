@@ -20,6 +20,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { computeImatrix, NemotronConfig, NemotronForCausalLM, NemotronTokenizer, setBackend, writeImatrix } from '../src/index';
 import type { GGUFWriteType } from '../src/io/gguf';
+import { isQuantMix } from '../src/io/gguf-quantize';
 import { benchConfig } from './configs';
 
 async function main(): Promise<void> {
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
     runs.push(...arg('--imatrix-types', 'IQ4_XS').split(',').map((t): [GGUFWriteType, boolean] => [t as GGUFWriteType, true]));
   }
   for (const [type, weighted] of runs) {
-    for (const threads of type.includes('_K') || type.startsWith('IQ') ? threadCounts : [1]) {
+    for (const threads of isQuantMix(type) ? threadCounts : [1]) {
       const file = path.join(dir, `${type}-${threads}.gguf`);
       const t = performance.now();
       await model.saveGGUF(file, tokenizer, { type, name: config.name, threads, imatrix: weighted ? imatrixFile : undefined });
@@ -66,7 +67,7 @@ async function main(): Promise<void> {
       const label = `${type}${weighted ? ' + imatrix' : ''}`;
       rows.push(`| ours | ${label} | ${threads} | ${seconds.toFixed(2)} | ${(values / seconds / 1e6).toFixed(2)} | ${(size / 1e6).toFixed(1)} | |`);
       console.log(rows[rows.length - 1]);
-      if (!llamaQuantize || !(type.includes('_K') || type.startsWith('IQ')) || !fs.existsSync(f32)) continue;
+      if (!llamaQuantize || !isQuantMix(type) || !fs.existsSync(f32)) continue;
       const theirs = path.join(dir, `${type}-llama-${threads}.gguf`);
       const start = performance.now();
       // The same path string as ours recorded, so that the files can be equal byte for byte.

@@ -323,16 +323,21 @@ const trit = (v: number, id: number) => roundAway(f(v * id)) + 1;
  */
 export function quantizeTQ1_0(values: Float32Array): Buffer {
   const out = Buffer.alloc((values.length / QK_K) * 54);
-  const pack = (digits: number[]) => Math.floor((digits.reduce((q, t) => q * 3 + t, 0) * 256 + 242) / 243);
+  // `count` trits of values from `from`, `stride` apart, as a base-3 fraction of 256 (a 5th trit of 0 for four).
+  const pack = (from: number, stride: number, count: number, id: number) => {
+    let q = 0;
+    for (let n = 0; n < count; n++) q = q * 3 + trit(values[from + stride * n], id);
+    if (count === 4) q *= 3;
+    return Math.floor((q * 256 + 242) / 243);
+  };
   for (let x0 = 0, at = 0; x0 < values.length; x0 += QK_K, at += 54) {
     const d = absMax(values, x0, QK_K);
     const id = d ? f(1 / d) : 0;
     out.writeUInt16LE(float32ToF16Bits(d), at + 52);
-    const t = (i: number) => trit(values[x0 + i], id);
-    for (let m = 0; m < 32; m++) out[at + m] = pack([0, 1, 2, 3, 4].map((n) => t(m + 32 * n)));
-    for (let m = 0; m < 16; m++) out[at + 32 + m] = pack([0, 1, 2, 3, 4].map((n) => t(160 + m + 16 * n)));
-    // Four trits and a zero: the first value in the most significant trit.
-    for (let j = 0; j < 4; j++) out[at + 48 + j] = pack([...[0, 1, 2, 3].map((m) => t(240 + j + 4 * m)), 0]);
+    for (let m = 0; m < 32; m++) out[at + m] = pack(x0 + m, 32, 5, id);
+    for (let m = 0; m < 16; m++) out[at + 32 + m] = pack(x0 + 160 + m, 16, 5, id);
+    // The first value in the most significant trit.
+    for (let j = 0; j < 4; j++) out[at + 48 + j] = pack(x0 + 240 + j, 4, 4, id);
   }
   return out;
 }

@@ -823,16 +823,20 @@ export function quantizeQ4_0(values: Float32Array): Buffer {
 export function quantizeQ8_0(values: Float32Array): Buffer {
   const blocks = values.length / 32;
   const out = Buffer.alloc(blocks * 34);
-  for (let b = 0; b < blocks; b++) {
+  // Stored through an int8 view: Buffer's checked writeInt8 a value cost more than the rounding.
+  const q = new Int8Array(out.buffer, out.byteOffset, out.length);
+  for (let b = 0, x0 = 0, at = 0; b < blocks; b++, x0 += 32, at += 34) {
     let amax = 0;
-    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(values[b * 32 + j]));
+    for (let j = 0; j < 32; j++) { const a = Math.abs(values[x0 + j]); if (a > amax) amax = a; }
     const d = f(amax / 127);
     const id = d ? f(1 / d) : 0;
-    out.writeUInt16LE(float32ToF16Bits(d), b * 34);
+    const bits = float32ToF16Bits(d);
+    out[at] = bits & 0xff;
+    out[at + 1] = bits >> 8;
     // roundf: halves away from zero.
     for (let j = 0; j < 32; j++) {
-      const x = f(values[b * 32 + j] * id);
-      out.writeInt8(Math.sign(x) * Math.floor(Math.abs(x) + 0.5), b * 34 + 2 + j);
+      const x = f(values[x0 + j] * id);
+      q[at + 2 + j] = x < 0 ? -Math.floor(0.5 - x) : Math.floor(x + 0.5);
     }
   }
   return out;

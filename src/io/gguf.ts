@@ -572,8 +572,11 @@ export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
  * block's scale from it is garbage; llama-quantize's row validation refuses such data too).
  */
 function checkFinite(t: { name: string; data: Float32Array; type: string }): void {
-  const bad = t.data.findIndex((v) => !Number.isFinite(v));
-  if (bad >= 0) throw new Error(`writeGGUF: ${t.name} has ${t.data[bad]} at index ${bad}; a GGUF tensor (${t.type}) needs finite values`);
+  const data = t.data;
+  // v − v is 0 for a finite v and NaN for NaN and ±∞: one subtraction a value (a callback a value took seconds a model).
+  for (let i = 0; i < data.length; i++) {
+    if (data[i] - data[i] !== 0) throw new Error(`writeGGUF: ${t.name} has ${data[i]} at index ${i}; a GGUF tensor (${t.type}) needs finite values`);
+  }
 }
 
 /**
@@ -737,7 +740,8 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   let offset = 0;
   for (const t of tensors) {
     const columns = t.shape[t.shape.length - 1];
-    checkFinite(t);
+    // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
+    if (!t.bytes) checkFinite(t);
     // BF16 only as copied bytes (a GGUF being requantized keeps its BF16 tensors as they are).
     const { id, blockValues } = t.type === 'BF16' ? { id: 30, blockValues: 1 } : GGML_WRITE_TYPES[t.type];
     if (columns % blockValues !== 0) throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${blockValues}`);
@@ -753,7 +757,13 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   chunks.push(...infos);
   const headerLength = chunks.reduce((n, c) => n + c.length, 0);
   chunks.push(Buffer.alloc(Math.ceil(headerLength / ALIGN) * ALIGN - headerLength), ...datas);
-  fs.writeFileSync(file, Buffer.concat(chunks));
+  // Written piece by piece: a multi-GB model is not copied into one buffer first.
+  const fd = fs.openSync(file, 'w');
+  try {
+    for (const chunk of chunks) for (let at = 0; at < chunk.length;) at += fs.writeSync(fd, chunk, at, chunk.length - at);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** A tensor's bytes in its type, from its float32 values. */

@@ -6,6 +6,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, isGGUF, writeNemotronGGUF } from '../../src/io/gguf';
+import { type TensorTypeOverrides } from '../../src/io/gguf-quantize';
 import { type ImportanceMatrix, resolveImatrix } from '../../src/io/imatrix';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
@@ -304,14 +305,15 @@ export abstract class NemotronPreTrainedModel {
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py would (llama.cpp and transformers'
    * gguf_file= read it): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes one of its mixes
-   * (Q2_K … Q6_K, IQ4_NL, IQ4_XS; Q2_K_S) from the F32 one, quantized on `threads` worker threads (default: the
-   * machine's parallelism), weighted by an importance matrix `imatrix` when given (a file's path or computeImatrix's
-   * result); the tokenizer's vocabulary in SentencePiece form.
+   * (Q2_K … Q6_K, IQ4/IQ3/IQ2/IQ1, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE) from the F32 one, quantized on `threads` worker
+   * threads (default: the machine's parallelism), weighted by an importance matrix `imatrix` when given (a file's path
+   * or computeImatrix's result), with llama-quantize's per-tensor options (`pure`, `outputTensorType`,
+   * `tokenEmbeddingType`, `tensorTypes`, `leaveOutputTensor`); the tokenizer's vocabulary in SentencePiece form.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } = {}): Promise<void> {
-    await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, options.type ?? 'F32', options.name,
-      { threads: options.threads, imatrix: resolveImatrix(options.imatrix) });
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } & TensorTypeOverrides = {}): Promise<void> {
+    const { type = 'F32', name, imatrix, ...quantizeOptions } = options;
+    await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, type, name, { ...quantizeOptions, imatrix: resolveImatrix(imatrix) });
   }
 
   /** Every parameter as a host tensor under its HF name; a matrix stored in row blocks as one, as transformers has it. */

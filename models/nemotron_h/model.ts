@@ -13,6 +13,7 @@ import * as path from 'path';
 import { type CheckpointTensor, CheckpointReader, type SaveCheckpointOptions, saveCheckpoint } from '../../src/io/checkpoint';
 import { type GGUFVocabularySource, type GGUFWriteType, isGGUF } from '../../src/io/gguf';
 import { NemotronHGGUF, writeNemotronHGGUF } from '../../src/io/gguf-nemotron-h';
+import { type TensorTypeOverrides } from '../../src/io/gguf-quantize';
 import { type ImportanceMatrix, resolveImatrix } from '../../src/io/imatrix';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
@@ -796,11 +797,11 @@ export class NemotronHForCausalLM {
    * result); the tokenizer's vocabulary.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } & TensorTypeOverrides = {}): Promise<void> {
     const weights = [];
     for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
-    await writeNemotronHGGUF(file, this.config, weights, tokenizer, options.type ?? 'F32', options.name,
-      { threads: options.threads, imatrix: resolveImatrix(options.imatrix) });
+    const { type = 'F32', name, imatrix, ...quantizeOptions } = options;
+    await writeNemotronHGGUF(file, this.config, weights, tokenizer, type, name, { ...quantizeOptions, imatrix: resolveImatrix(imatrix) });
   }
 
   /** The trained parameters by transformers' names (the router's correction bias is a buffer: not among them). */

@@ -7,19 +7,34 @@ import { NemotronTokenizer } from '../tokenizer';
 import { checkModelDir, modelType } from './info';
 import { integerArg } from './generate';
 import { quantizeGGUF } from '../io/gguf';
-import { isQuantMix } from '../io/gguf-quantize';
+import { GGML_WRITE_TYPES, type GGMLWriteType, type TensorTypeOverrides, isQuantMix } from '../io/gguf-quantize';
 import { resolveImatrix } from '../io/imatrix';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
 import { LoraModel } from '../training/lora';
+
+/** A ggml type name as llama-quantize takes one (any case) among those written here. */
+function ggmlTypeArg(value: string): GGMLWriteType {
+  const type = Object.keys(GGML_WRITE_TYPES).find((t) => t.toLowerCase() === value.toLowerCase());
+  if (!type) throw new Error(`${value}: expected a tensor type written here (${Object.keys(GGML_WRITE_TYPES).join(', ').toLowerCase()})`);
+  return type as GGMLWriteType;
+}
+
+/** --tensor-type PATTERN=TYPE, collected in order. */
+function tensorTypeArg(value: string, previous: Array<[string, GGMLWriteType]>): Array<[string, GGMLWriteType]> {
+  const at = value.indexOf('=');
+  if (at <= 0 || at === value.length - 1) throw new Error(`--tensor-type ${value}: expected PATTERN=TYPE, e.g. attn_v=q8_0`);
+  return [...previous, [value.slice(0, at), ggmlTypeArg(value.slice(at + 1))]];
+}
 
 /**
  * `convert`: a Nemotron or NemotronH GGUF file to a Hugging Face checkpoint folder (config.json, safetensors, tokenizer
  * files), which transformers, finetune and every other command read, the weights dequantized; or a Hugging Face
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
  * writes one, or one of llama-quantize's mixes (Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS,
- * IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M;
- * --imatrix weighs them by an importance matrix) as it makes them from that; or, with --adapter, a PEFT LoRA adapter
+ * IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE; --imatrix weighs them by an importance
+ * matrix; --pure, --output-tensor-type, --token-embedding-type, --tensor-type and --leave-output-tensor as
+ * llama-quantize's) as it makes them from that; or, with --adapter, a PEFT LoRA adapter
  * folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one; or an F32 / F16 / BF16 GGUF file to a mix,
  * as llama-quantize does.
  */
@@ -34,6 +49,11 @@ export function registerConvert(program: Command): void {
     .addOption(new Option('--type <type>', 'from --model: the GGUF file type: the matrices\' type (vectors stay F32), or one of llama-quantize\'s mixes')
       .choices(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q2_K', 'Q2_K_S', 'Q3_K_S', 'Q3_K_M', 'Q3_K_L', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M', 'Q6_K', 'IQ4_NL', 'IQ4_XS', 'IQ3_XXS', 'IQ3_XS', 'IQ3_S', 'IQ3_M', 'IQ2_XXS', 'IQ2_XS', 'IQ2_S', 'IQ2_M', 'IQ1_S', 'IQ1_M', 'TQ1_0', 'TQ2_0', 'Q1_0', 'Q2_0', 'MXFP4_MOE']).default('F32'))
     .option('--imatrix <file>', 'with a mix --type: an importance matrix (the imatrix command\'s or llama-imatrix\'s file) weighing the quantization, as llama-quantize --imatrix')
+    .option('--pure', 'with a mix --type: every matrix in the mix\'s base type, none of its per-tensor rules (llama-quantize --pure)')
+    .option('--output-tensor-type <type>', 'with a mix --type: output.weight\'s type, e.g. q8_0 (llama-quantize --output-tensor-type)', ggmlTypeArg)
+    .option('--token-embedding-type <type>', 'with a mix --type: token_embd.weight\'s type (llama-quantize --token-embedding-type)', ggmlTypeArg)
+    .option('--tensor-type <pattern=type>', 'with a mix --type: tensors whose name matches the regular expression get that type, the first match winning; repeatable (llama-quantize --tensor-type)', tensorTypeArg, [])
+    .option('--leave-output-tensor', 'with a mix --type: output.weight left as it is (llama-quantize --leave-output-tensor)')
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
@@ -41,11 +61,18 @@ export function registerConvert(program: Command): void {
       if ((opts.gguf === undefined) === (opts.model === undefined)) throw new Error('give --gguf FILE (GGUF → folder) or --model DIR (folder → GGUF)');
       if (opts.gguf !== undefined && !isGGUF(opts.gguf)) throw new Error(`--gguf ${opts.gguf} is not a .gguf file`);
       if (opts.imatrix !== undefined && !fs.existsSync(opts.imatrix)) throw new Error(`--imatrix ${opts.imatrix}: no such file`);
+      const overrides: TensorTypeOverrides = {
+        pure: opts.pure, outputTensorType: opts.outputTensorType, tokenEmbeddingType: opts.tokenEmbeddingType,
+        tensorTypes: opts.tensorType.length ? opts.tensorType : undefined, leaveOutputTensor: opts.leaveOutputTensor,
+      };
+      const overridden = ['--pure', '--output-tensor-type', '--token-embedding-type', '--tensor-type', '--leave-output-tensor']
+        .filter((flag, i) => [opts.pure, opts.outputTensorType, opts.tokenEmbeddingType, opts.tensorType.length || undefined, opts.leaveOutputTensor][i] !== undefined);
+      if (overridden.length && !isQuantMix(opts.type)) throw new Error(`${overridden.join(', ')}: llama-quantize's per-tensor options go with a quantization mix (--type Q4_K_M, …), not --type ${opts.type}`);
       if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, …), not --type ${opts.type}`);
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);
-        await quantizeGGUF(opts.gguf, opts.output, opts.type, { threads: opts.threads, imatrix: resolveImatrix(opts.imatrix) });
+        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, threads: opts.threads, imatrix: resolveImatrix(opts.imatrix) });
         process.stdout.write(`quantized ${opts.gguf} to ${opts.output} (${opts.type})\n`);
         return;
       }
@@ -76,7 +103,7 @@ export function registerConvert(program: Command): void {
           process.stdout.write(`converted the LoRA adapter ${opts.adapter} (${lora.namedParameters().size / 2} modules) to ${opts.output}\n`);
           return;
         } else {
-          await model.saveGGUF(opts.output, tokenizer, { type: opts.type, threads: opts.threads, imatrix: opts.imatrix });
+          await model.saveGGUF(opts.output, tokenizer, { ...overrides, type: opts.type, threads: opts.threads, imatrix: opts.imatrix });
         }
         process.stdout.write(`converted ${source} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
       } finally {

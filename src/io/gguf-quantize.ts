@@ -673,7 +673,7 @@ function allowsQuantization(name: string, shape: number[]): boolean {
  * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
  */
 export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
-  model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false): T[] {
+  model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false, overrides: TensorTypeOverrides = {}): T[] {
   const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
   const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);
   const attentionValueCount = sorted.filter((t) => isAttnV(t.name)).length;
@@ -689,13 +689,12 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     if (!m) throw new Error(`quantizationMix: cannot find the layer of ${name}`);
     return Number(m[1]);
   };
-  return sorted.map((t) => {
-    if (!allowsQuantization(t.name, t.shape)) return t;
-    const columns = t.shape[t.shape.length - 1];
+  // The mix's rules for one tensor (llama_tensor_get_type_impl; its counters advance only for tensors it decides).
+  const ruleType = (t: T, columns: number): GGMLWriteType => {
     let type: GGMLWriteType = QUANT_MIXES[mix].base;
     const lowBits = mix === 'IQ3_XXS' || IQ2_MIXES.includes(mix);
     if (t.name === 'output.weight' || (tied && t.name === 'token_embd.weight')) {
-      type = mix === 'MXFP4_MOE' || columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K';
+      type = overrides.outputTensorType ?? (mix === 'MXFP4_MOE' || columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K');
     } else if (mix === 'MXFP4_MOE') {
       // Experts' stacked matrices in MXFP4, every other matrix Q8_0.
       type = t.shape.length === 3 && t.shape[0] > 1 ? 'MXFP4' : 'Q8_0';
@@ -766,6 +765,17 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       else if (mix === 'IQ3_M') type = 'Q4_K';
       else if (mix === 'IQ3_XXS') type = 'IQ3_S';
     }
+    return type;
+  };
+  const manual = (overrides.tensorTypes ?? []).map(([pattern, type]) => [typeof pattern === 'string' ? new RegExp(pattern.toLowerCase()) : pattern, type] as const);
+  return sorted.map((t) => {
+    if (!allowsQuantization(t.name, t.shape) || (overrides.leaveOutputTensor && t.name === 'output.weight')) return t;
+    // llama_tensor_get_type: the embedding and output types given, as given; then a pattern's type, or the base
+    // type alone (--pure), or the mix's rules; then the fallback for rows that are not whole blocks.
+    if (overrides.tokenEmbeddingType && t.name === 'token_embd.weight') return { ...t, type: overrides.tokenEmbeddingType };
+    if (overrides.outputTensorType && t.name === 'output.weight') return { ...t, type: overrides.outputTensorType };
+    const columns = t.shape[t.shape.length - 1];
+    let type = manual.find(([pattern]) => pattern.test(t.name))?.[1] ?? (overrides.pure ? QUANT_MIXES[mix].base : ruleType(t, columns));
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
       const fallback = FALLBACKS[type] ?? (GGML_WRITE_TYPES[type].blockValues <= 32 ? type : undefined);
       if (!fallback) throw new Error(`quantize: ${t.name}'s rows of ${columns} are not whole ${type} blocks of ${GGML_WRITE_TYPES[type].blockValues}, and llama.cpp has no fallback type for ${type}`);
@@ -773,6 +783,18 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     }
     return { ...t, type };
   });
+}
+
+/**
+ * llama-quantize's per-tensor options: `pure` (--pure: every matrix in the mix's base type, no rules),
+ * `outputTensorType` / `tokenEmbeddingType` (--output-tensor-type / --token-embedding-type; the output type also
+ * goes to a tied embedding), `tensorTypes` (--tensor-type PATTERN=TYPE: the first pattern found in a tensor's name —
+ * a regular expression, lower-cased when given as a string, as llama-quantize lower-cases it — gives its type) and
+ * `leaveOutputTensor` (--leave-output-tensor: output.weight as it is).
+ */
+export interface TensorTypeOverrides {
+  pure?: boolean; outputTensorType?: GGMLWriteType; tokenEmbeddingType?: GGMLWriteType;
+  tensorTypes?: Array<[string | RegExp, GGMLWriteType]>; leaveOutputTensor?: boolean;
 }
 
 /** tensor_type_fallback: the type a tensor whose rows are not whole blocks gets instead (then F16 if that fails too). */

@@ -9,7 +9,7 @@
  */
 import * as fs from 'fs';
 import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
-import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, isQuantMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
+import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, isQuantMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
 import { type QuantizeJob, quantizeInParallel } from './gguf-quantize-pool';
 export { quantizeQ4_0, quantizeQ8_0 } from './gguf-quantize';
@@ -595,11 +595,13 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
 }
 
 /**
- * How a quantization mix is made: `threads` (worker threads; default the machine's parallelism) and `imatrix`, an
+ * How a quantization mix is made: `threads` (worker threads; default the machine's parallelism), `imatrix`, an
  * importance matrix (llama-imatrix's or `computeImatrix`'s) with the path of its file, which the output records in
- * `quantize.imatrix.file` as llama-quantize does (no such key for a matrix that was never a file).
+ * `quantize.imatrix.file` as llama-quantize does (no such key for a matrix that was never a file), and
+ * llama-quantize's per-tensor options (`TensorTypeOverrides`: pure, output / embedding / pattern types, the output
+ * left alone).
  */
-export interface QuantizeOptions { threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string } }
+export interface QuantizeOptions extends TensorTypeOverrides { threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string } }
 
 /** The keys llama-quantize adds for an importance matrix (strings cut to 127 bytes, as its kv overrides are). */
 function imatrixMetadata(imatrix: { matrix: ImportanceMatrix; file?: string }): Array<[string, GGUFMetaValue]> {
@@ -634,16 +636,28 @@ function importanceFor(t: { name: string; shape: number[]; type: string }, mix: 
   return weights;
 }
 
+/** The per-tensor options' types are ones written here (a JavaScript caller may pass any string). */
+function checkOverrides(overrides: TensorTypeOverrides): void {
+  const given: Array<[string, unknown]> = [['outputTensorType', overrides.outputTensorType], ['tokenEmbeddingType', overrides.tokenEmbeddingType],
+    ...(overrides.tensorTypes ?? []).map(([pattern, type]): [string, unknown] => [`tensorTypes ${pattern}`, type])];
+  for (const [option, type] of given) {
+    if (type !== undefined && !Object.prototype.hasOwnProperty.call(GGML_WRITE_TYPES, type as string)) {
+      throw new Error(`saveGGUF: ${option}: ${type} is not a tensor type written here (${Object.keys(GGML_WRITE_TYPES).join(', ')})`);
+    }
+  }
+}
+
 /**
  * llama-quantize's output for `mix` from a file's tensors (float32 values, or the stored bytes of a GGUF's F32 / F16 /
  * BF16 tensors): its order and types; tensors it leaves alone written as they are, the rest quantized on worker threads.
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>, mix: GGUFQuantMix,
-  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix }: QuantizeOptions): Promise<void> {
+  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, ...overrides }: QuantizeOptions): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
+  checkOverrides(overrides);
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
-  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined);
+  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined, overrides);
   const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
   for (const t of changed) {
     // Stored bytes of another type: their values, to re-encode.

@@ -135,27 +135,33 @@ export async function inDirectory<T>(dir: string, body: () => Promise<T>): Promi
  */
 export async function expectMixFiles(name: QuantizeModelName, files: Record<string, QuantizedFileDigest>,
   mixes: { plain: GGUFQuantMix[]; imatrix?: GGUFQuantMix[]; imatrixDir?: string; refused?: Record<string, RegExp> }): Promise<void> {
-  const tf = await import('@tensorflow/tfjs');
   const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), `nemotron-mix-files-`));
+  await withQuantizeModel(name, (model, tokenizer) => inDirectory(dir, async () => {
+    const write = async (mix: GGUFQuantMix, key: string, imatrix?: string) => {
+      const file = `${key.replace(/ /g, '-')}.gguf`;
+      const refusal = mixes.refused?.[mix];
+      const said = await model.saveGGUF(file, tokenizer, { type: mix, name, ...(imatrix ? { imatrix } : {}) }).then(() => null, (e: Error) => e.message);
+      if (refusal) expect(said, `${key}: refused`).to.match(refusal);
+      else if (said) expect.fail(`${key}: ${said}`);
+      else expectLlamaQuantizeFile(file, files[key], key);
+    };
+    for (const mix of mixes.plain) await write(mix, `${name} ${mix}`);
+    if (mixes.imatrix?.length) {
+      fs.copyFileSync(path.join(mixes.imatrixDir!, `${name}.imatrix.gguf`), 'imatrix.gguf');
+      for (const mix of mixes.imatrix) await write(mix, `${name} imatrix ${mix}`, 'imatrix.gguf');
+    }
+  }));
+}
+
+/** Runs `body` on model `name` (from `quantizeModel`), asserts it left no tensor behind, and disposes the model. */
+export async function withQuantizeModel(name: QuantizeModelName,
+  body: (model: NemotronForCausalLM | NemotronHForCausalLM, tokenizer: NemotronTokenizer) => Promise<void>): Promise<void> {
+  const tf = await import('@tensorflow/tfjs');
   const { model, tokenizer } = await quantizeModel(name);
   const before = tf.memory().numTensors;
   try {
-    await inDirectory(dir, async () => {
-      const write = async (mix: GGUFQuantMix, key: string, imatrix?: string) => {
-        const file = `${key.replace(/ /g, '-')}.gguf`;
-        const refusal = mixes.refused?.[mix];
-        const said = await model.saveGGUF(file, tokenizer, { type: mix, name, ...(imatrix ? { imatrix } : {}) }).then(() => null, (e: Error) => e.message);
-        if (refusal) expect(said, `${key}: refused`).to.match(refusal);
-        else if (said) expect.fail(`${key}: ${said}`);
-        else expectLlamaQuantizeFile(file, files[key], key);
-      };
-      for (const mix of mixes.plain) await write(mix, `${name} ${mix}`);
-      if (mixes.imatrix?.length) {
-        fs.copyFileSync(path.join(mixes.imatrixDir!, `${name}.imatrix.gguf`), 'imatrix.gguf');
-        for (const mix of mixes.imatrix) await write(mix, `${name} imatrix ${mix}`, 'imatrix.gguf');
-      }
-    });
-    expect(tf.memory().numTensors, 'no tensor left by saving').to.equal(before);
+    await body(model, tokenizer);
+    expect(tf.memory().numTensors, 'no tensor left').to.equal(before);
   } finally {
     model.dispose();
   }

@@ -1,0 +1,86 @@
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect } from 'chai';
+import { setBackend } from '../../src/index';
+import { type GGMLWriteType, type GGUFQuantMix, type TensorTypeOverrides } from '../../src/io/gguf-quantize';
+import { type QuantizedFileDigest, expectLlamaQuantizeFile, quantizeModel, type QuantizeModelName, sha256, withQuantizeModel } from './gguf-quantize-models';
+import { tmpDir } from '../helpers';
+
+/**
+ * llama-quantize's per-tensor options — --pure, --output-tensor-type, --token-embedding-type, --tensor-type and
+ * --leave-output-tensor — through saveGGUF and the CLI, against llama-quantize's files with the same options.
+ * Fixtures: scripts/reference/gguf_quantize_options_fixtures.py.
+ */
+const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures/gguf-quantize-options/expected.json'), 'utf8')) as {
+  files: Record<string, QuantizedFileDigest & { model: QuantizeModelName; mix: GGUFQuantMix; options: string[] }>;
+};
+const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+
+/** llama-quantize's flags as saveGGUF's options (its type names in any case; patterns lower-cased by saveGGUF). */
+function overridesOf(flags: string[]): TensorTypeOverrides {
+  const type = (name: string) => name.toUpperCase() as GGMLWriteType;
+  const overrides: TensorTypeOverrides = {};
+  for (let i = 0; i < flags.length; i++) {
+    switch (flags[i]) {
+      case '--pure': overrides.pure = true; break;
+      case '--leave-output-tensor': overrides.leaveOutputTensor = true; break;
+      case '--output-tensor-type': overrides.outputTensorType = type(flags[++i]); break;
+      case '--token-embedding-type': overrides.tokenEmbeddingType = type(flags[++i]); break;
+      case '--tensor-type': {
+        const [pattern, name] = flags[++i].split('=');
+        overrides.tensorTypes = [...(overrides.tensorTypes ?? []), [pattern, type(name)]];
+        break;
+      }
+      default: throw new Error(`unknown flag ${flags[i]}`);
+    }
+  }
+  return overrides;
+}
+
+describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --token-embedding-type, --tensor-type, --leave-output-tensor)', function () {
+  this.timeout(600000);
+  before(async () => { await setBackend('cpu'); });
+
+  for (const [key, expected] of Object.entries(reference.files)) {
+    it(`${key}: saveGGUF writes llama-quantize ${expected.options.join(' ')}'s ${expected.mix} file byte for byte`, async () => {
+      await withQuantizeModel(expected.model, async (model, tokenizer) => {
+        const file = path.join(tmpDir('gguf-options'), 'out.gguf');
+        await model.saveGGUF(file, tokenizer, { type: expected.mix, name: expected.model, ...overridesOf(expected.options) });
+        expectLlamaQuantizeFile(file, expected, key);
+      });
+    });
+  }
+
+  it('the CLI takes the same flags (convert --gguf F32 --type MIX ... and --model DIR), and refuses bad ones by name', async () => {
+    const dir = tmpDir('gguf-options-cli');
+    for (const name of ['nemotron', 'nemotron-h'] as const) {
+      const { model, tokenizer } = await quantizeModel(name);
+      await model.saveGGUF(path.join(dir, `${name}-F32.gguf`), tokenizer, { type: 'F32', name });
+      if (name === 'nemotron') {
+        await model.savePretrained(path.join(dir, 'folder'));
+        tokenizer.savePretrained(path.join(dir, 'folder'));
+      }
+      model.dispose();
+    }
+    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args, '--backend', 'cpu'], { encoding: 'utf8', cwd: dir });
+    const viaGGUF = reference.files['nemotron-h Q4_K_M tensor types'];
+    let run = cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'a.gguf', '--type', 'Q4_K_M', ...viaGGUF.options);
+    expect(run.status, run.stderr).to.equal(0);
+    expect(sha256(fs.readFileSync(path.join(dir, 'a.gguf')))).to.equal(viaGGUF.sha256);
+    const viaFolder = reference.files['nemotron Q4_K_M output q8_0 embedding q8_0'];
+    run = cli('convert', '--model', 'folder', '--output', 'b.gguf', '--type', 'Q4_K_M', '--threads', '2', ...viaFolder.options);
+    expect(run.status, run.stderr).to.equal(0);
+    expect(sha256(fs.readFileSync(path.join(dir, 'b.gguf')))).to.equal(viaFolder.sha256);
+    const refused = (...args: string[]) => { const r = cli('convert', '--gguf', 'nemotron-F32.gguf', '--output', 'x.gguf', ...args); expect(r.status).to.not.equal(0); return r.stderr; };
+    expect(refused('--type', 'Q4_K_M', '--output-tensor-type', 'q9_0')).to.match(/q9_0: expected a tensor type written here \(f32, f16, .*q8_0.*\)/);
+    expect(refused('--type', 'Q4_K_M', '--tensor-type', 'attn_v')).to.match(/--tensor-type attn_v: expected PATTERN=TYPE, e\.g\. attn_v=q8_0/);
+    expect(refused('--type', 'Q8_0', '--pure')).to.match(/--pure: llama-quantize's per-tensor options go with a quantization mix \(--type Q4_K_M, …\), not --type Q8_0/);
+    // From the API: a type that is not written here, by option.
+    const { model, tokenizer } = await quantizeModel('nemotron');
+    const said = await model.saveGGUF(path.join(dir, 'y.gguf'), tokenizer, { type: 'Q4_K_M', tensorTypes: [['attn_q', 'Q4_1' as GGMLWriteType]] })
+      .then(() => 'written', (e: Error) => e.message);
+    model.dispose();
+    expect(said).to.match(/saveGGUF: tensorTypes attn_q: Q4_1 is not a tensor type written here/);
+  });
+});

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert`, `imatrix`, `serve` and `chat`
+ * The `nemotron-tfjs` command line: `generate`, `info`, `finetune`, `merge-lora`, `evaluate`, `predict`, `convert`, `imatrix`, `split`, `serve` and `chat`
  * subcommands.
  *
  * Errors are printed as `error: <message>` on stderr with exit code 1; set NEMOTRON_DEBUG=1 for the stack trace.
@@ -17,6 +17,7 @@ import { registerEvaluate } from './evaluate';
 import { registerPredict } from './predict';
 import { registerConvert } from './convert';
 import { registerImatrix } from './imatrix';
+import { registerSplit } from './split';
 import { registerServe } from './serve';
 import { registerChat } from './chat';
 
@@ -62,6 +63,7 @@ Run "nemotron-tfjs <command> --help" for the options of a command.`);
   registerPredict(program);
   registerConvert(program);
   registerImatrix(program);
+  registerSplit(program);
   registerServe(program);
   registerChat(program);
   return program;

@@ -36,6 +36,8 @@ export interface GGUFTensorInfo {
   /** Absolute offset of the data in the file, and its length. */
   byteOffset: number;
   byteLength: number;
+  /** The shard holding it, in a split file (0: the first). */
+  shard?: number;
 }
 
 /** The shortest decimal that reads back as the same float32 (a stored 1e-5 is 1e-5, not 9.99999974e-6). */
@@ -52,7 +54,15 @@ export function isGGUF(file: string): boolean {
   return file.toLowerCase().endsWith('.gguf') && fs.existsSync(file) && fs.statSync(file).isFile();
 }
 
-/** A GGUF file opened for reading: metadata at once, tensors on demand. */
+/** llama.cpp's name of shard `index` (from 0) of `count` (llama_split_path): PREFIX-00001-of-00003.gguf. */
+export function splitPath(prefix: string, index: number, count: number): string {
+  return `${prefix}-${String(index + 1).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.gguf`;
+}
+
+/**
+ * A GGUF file opened for reading: metadata at once, tensors on demand. A split model (llama-gguf-split's shards,
+ * `split.count` > 1) opens from its first shard: the metadata is the first shard's, the tensors every shard's.
+ */
 export class GGUFFile {
   readonly version: number;
   readonly metadata = new Map<string, GGUFValue>();
@@ -60,8 +70,10 @@ export class GGUFFile {
   readonly rawMetadata = new Map<string, Buffer>();
   readonly tensors = new Map<string, GGUFTensorInfo>();
   private readonly fd: number;
+  /** The other shards of a split file, in order. */
+  private readonly shards: GGUFFile[] = [];
 
-  private constructor(readonly path: string) {
+  private constructor(readonly path: string, shardOf?: { index: number; count: number }) {
     this.fd = fs.openSync(path, 'r');
     try {
       const size = fs.fstatSync(this.fd).size;
@@ -78,14 +90,46 @@ export class GGUFFile {
           prefix = Math.min(size, prefix * 4);
         }
       }
+      const count = Number(this.metadata.get('split.count') ?? 0);
+      const index = Number(this.metadata.get('split.no') ?? 0);
+      if (shardOf) {
+        if (index !== shardOf.index || count !== shardOf.count) throw new Error(`${path}: split.no ${index} of ${count}, but its name says shard ${shardOf.index + 1} of ${shardOf.count}`);
+      } else if (count > 1) {
+        this.openShards(index, count);
+      }
     } catch (e) {
-      fs.closeSync(this.fd);
+      this.close();
       throw e;
     }
   }
 
   static open(path: string): GGUFFile {
     return new GGUFFile(path);
+  }
+
+  /** The shards after this first one, named as llama.cpp names them, their tensors merged in. */
+  private openShards(index: number, count: number): void {
+    const suffix = /-(\d{5})-of-(\d{5})\.gguf$/.exec(this.path);
+    if (index !== 0) {
+      const first = suffix ? splitPath(this.path.slice(0, suffix.index), 0, count) : 'its first shard';
+      throw new Error(`${this.path} is shard ${index + 1} of ${count} of a split model: open ${first}`);
+    }
+    if (!suffix || Number(suffix[1]) !== 1 || Number(suffix[2]) !== count) {
+      throw new Error(`${this.path} is the first of ${count} shards but not named PREFIX-00001-of-${String(count).padStart(5, '0')}.gguf, so its other shards cannot be found`);
+    }
+    const prefix = this.path.slice(0, suffix.index);
+    for (let i = 1; i < count; i++) {
+      const file = splitPath(prefix, i, count);
+      if (!fs.existsSync(file)) throw new Error(`${this.path} is split into ${count} shards; ${file} is missing`);
+      const shard = new GGUFFile(file, { index: i, count });
+      this.shards.push(shard);
+      for (const [name, info] of shard.tensors) {
+        if (this.tensors.has(name)) throw new Error(`${file}: tensor ${name} is in an earlier shard too`);
+        this.tensors.set(name, { ...info, shard: i });
+      }
+    }
+    const expected = Number(this.metadata.get('split.tensors.count') ?? this.tensors.size);
+    if (expected !== this.tensors.size) throw new Error(`${this.path}: the ${count} shards hold ${this.tensors.size} tensors; split.tensors.count says ${expected}`);
   }
 
   private parse(buffer: Buffer, fileSize: number): number {
@@ -159,7 +203,7 @@ export class GGUFFile {
     const info = this.tensors.get(name);
     if (!info) throw new Error(`${this.path} has no tensor ${name}`);
     const bytes = Buffer.alloc(info.byteLength);
-    fs.readSync(this.fd, bytes, 0, info.byteLength, info.byteOffset);
+    fs.readSync(info.shard ? this.shards[info.shard - 1].fd : this.fd, bytes, 0, info.byteLength, info.byteOffset);
     return bytes;
   }
 
@@ -171,6 +215,7 @@ export class GGUFFile {
   }
 
   close(): void {
+    for (const shard of this.shards) shard.close();
     fs.closeSync(this.fd);
   }
 }
@@ -559,8 +604,8 @@ export async function writeNemotronGGUF(file: string, config: {
 }
 
 /** A GGUF metadata value to write: its GGUF type and the value. */
-export type GGUFMetaValue = ['u32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]] | ['f32s', number[]] | ['i32s', number[]]
-  | ['raw', Buffer];
+export type GGUFMetaValue = ['u32', number] | ['u16', number] | ['i32', number] | ['f32', number] | ['bool', boolean] | ['str', string] | ['strs', string[]]
+  | ['f32s', number[]] | ['i32s', number[]] | ['raw', Buffer];
 
 /** llama.cpp's general.file_type of a file whose matrices are mostly `type` (LLAMA_FTYPE_*). */
 export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
@@ -694,7 +739,6 @@ export async function quantizeGGUF(input: string, output: string, mix: GGUFQuant
       throw new Error(`quantizeGGUF: ${input} holds quantized tensors already (${stored[0].name}: ${stored[0].type}${stored.length > 1 ? ', …' : ''}); ` +
         'quantizing again compounds the rounding (llama-quantize refuses it without --allow-requantize): start from an F32, F16 or BF16 file');
     }
-    if (Number(source.get('split.count') ?? 1) > 1) throw new Error(`quantizeGGUF: ${input} is one shard of ${source.get('split.count')}; merge the shards first (llama-gguf-split --merge)`);
     if (Number(source.get('general.alignment') ?? 32) !== 32) throw new Error(`quantizeGGUF: ${input} aligns its data to ${source.get('general.alignment')} bytes; only 32 is written`);
     const key = (k: string) => source.get(`${arch}.${k}`);
     const first = (v: GGUFValue | undefined) => Number(Array.isArray(v) ? v[0] : v ?? 0);
@@ -706,7 +750,8 @@ export async function quantizeGGUF(input: string, output: string, mix: GGUFQuant
     const tensors = [...source.tensors.values()].map((t) => ({
       name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name),
     }));
-    const kv = [...source.rawMetadata].map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
+    // A split input (opened from its first shard) is written whole: its split.* keys dropped, as llama-quantize drops them.
+    const kv = [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
     await writeQuantMix(output, kv, tensors, mix, model, options);
   } finally {
     source.close();
@@ -727,10 +772,11 @@ export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[strin
 
 /**
  * Writes a GGUF file (version 3): the metadata in order, then the tensor table and the data, each tensor's data aligned
- * to 32 bytes. `shape` in numpy order; `type` F32, F16 or Q8_0 / Q4_0 (llama.cpp's reference rounding).
+ * to 32 bytes. `shape` in numpy order; `type` one written here (from `data`, llama.cpp's rounding) or, with its stored
+ * `bytes`, any type the reader knows.
  */
 export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>): void {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16' | string; bytes?: Buffer }>): void {
   const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
   const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
   const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
@@ -739,6 +785,8 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   const encode = ([kind, v]: GGUFMetaValue): Buffer => {
     switch (kind) {
       case 'u32': return Buffer.concat([u32(4), u32(v)]);
+      case 'u16': { const b = Buffer.alloc(2); b.writeUInt16LE(v); return Buffer.concat([u32(2), b]); }
+      case 'i32': return Buffer.concat([u32(5), i32(v)]);
       case 'f32': return Buffer.concat([u32(6), f32(v)]);
       case 'bool': return Buffer.concat([u32(7), Buffer.from([v ? 1 : 0])]);
       case 'str': return Buffer.concat([u32(8), str(v)]);
@@ -757,11 +805,14 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
     // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
     if (!t.bytes) checkFinite(t);
     // BF16 only as copied bytes (a GGUF being requantized keeps its BF16 tensors as they are).
-    const { id, blockValues } = t.type === 'BF16' ? { id: 30, blockValues: 1 } : GGML_WRITE_TYPES[t.type];
+    // Any type the reader knows, as stored bytes (a split copies them); the types written here from values too.
+    const known = Object.entries(TYPES).find(([, [name]]) => name === t.type);
+    if (!known) throw new Error(`writeGGUF: ${t.name}: unknown ggml type ${t.type}`);
+    const [id, [, blockValues]] = known;
     if (columns % blockValues !== 0) throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${blockValues}`);
     const data = t.bytes ?? encodeTensor(t);
     const dims = t.shape.slice().reverse();
-    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(id), u64(offset)]));
+    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(Number(id)), u64(offset)]));
     const padded = Math.ceil(data.length / ALIGN) * ALIGN;
     datas.push(data, Buffer.alloc(padded - data.length));
     offset += padded;
@@ -781,11 +832,12 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
 }
 
 /** A tensor's bytes in its type, from its float32 values. */
-function encodeTensor(t: { name: string; data: Float32Array; type: GGMLWriteType | 'BF16' }): Buffer {
+function encodeTensor(t: { name: string; data: Float32Array; type: string }): Buffer {
+  if (t.type !== 'BF16' && !Object.prototype.hasOwnProperty.call(GGML_WRITE_TYPES, t.type)) throw new Error(`writeGGUF: ${t.name}: ${t.type} is read here, not written (give its stored bytes)`);
   switch (t.type) {
     case 'BF16': throw new Error(`writeGGUF: ${t.name}: BF16 is copied from stored bytes, not encoded`);
     case 'F32': return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     case 'F16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer);
-    default: return quantizeRows(t.type, t.data);
+    default: return quantizeRows(t.type as Parameters<typeof quantizeRows>[0], t.data);
   }
 }

@@ -12,7 +12,7 @@ export {
 export * from './io/safetensors';
 export * from './io/checkpoint';
 export * from './io/gguf';
-export { type SplitLimit, parseSplitSize, splitGGUF } from './io/gguf-split';
+export { type SplitLimit, mergeGGUF, parseSplitSize, splitGGUF } from './io/gguf-split';
 export { type GGUFQuantMix } from './io/gguf-quantize';
 export { type ImatrixEntry, type ImportanceMatrix, importanceOf, readImatrix, writeImatrix } from './io/imatrix';
 export { NemotronHGGUF, type NemotronHGGUFConfig, hfNameOfNemotronHGGUF, writeNemotronHGGUF } from './io/gguf-nemotron-h';

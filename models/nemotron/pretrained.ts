@@ -311,7 +311,7 @@ export abstract class NemotronPreTrainedModel {
    * `tokenEmbeddingType`, `tensorTypes`, `leaveOutputTensor`); the tokenizer's vocabulary in SentencePiece form.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } & TensorTypeOverrides = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
     const { type = 'F32', name, imatrix, ...quantizeOptions } = options;
     await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, type, name, { ...quantizeOptions, imatrix: resolveImatrix(imatrix) });
   }

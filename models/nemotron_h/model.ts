@@ -797,7 +797,7 @@ export class NemotronHForCausalLM {
    * result); the tokenizer's vocabulary.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix } & TensorTypeOverrides = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
     const weights = [];
     for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
     const { type = 'F32', name, imatrix, ...quantizeOptions } = options;

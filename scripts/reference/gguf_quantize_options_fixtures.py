@@ -1,5 +1,5 @@
 """Fixtures for llama-quantize's per-tensor options (test/io/gguf-quantize-options.test.ts): --pure,
---output-tensor-type, --token-embedding-type, --tensor-type PATTERN=TYPE and --leave-output-tensor.
+--output-tensor-type, --token-embedding-type, --tensor-type PATTERN=TYPE and --leave-output-tensor; and --override-kv.
 
 Build llama.cpp as scripts/reference/gguf_kquant_fixtures.py says, then, after `npm run build`:
 LLAMA_CPP=that/llama.cpp python scripts/reference/gguf_quantize_options_fixtures.py
@@ -31,6 +31,9 @@ CASES = [
     ("nemotron-h Q4_K_M tensor types", "nemotron-h", "Q4_K_M", ["--tensor-type", "ATTN_V=q8_0", "--tensor-type", "ffn_down_exps=q5_k",
                                                                  "--tensor-type", "blk\\.[0-2]\\.ssm_in=q6_k", "--tensor-type", "ssm=q4_0"]),
     ("nemotron-h MXFP4_MOE pure", "nemotron-h", "MXFP4_MOE", ["--pure"]),
+    # Metadata: a string replaced, a bool replaced, an int (stored as u32 of its magnitude) and a new float key.
+    ("nemotron Q4_K_M override kv", "nemotron", "Q4_K_M", ["--override-kv", "general.name=str:renamed", "--override-kv", "tokenizer.ggml.add_bos_token=bool:false",
+                                                           "--override-kv", "nemotron.context_length=int:-2048", "--override-kv", "custom.scale=float:0.1"]),
 ]
 
 

@@ -33,8 +33,8 @@ function tensorTypeArg(value: string, previous: Array<[string, GGMLWriteType]>):
  * causal LM folder (Nemotron, NemotronH) to a GGUF file (F32, F16, Q8_0 or Q4_0), as llama.cpp's convert_hf_to_gguf.py
  * writes one, or one of llama-quantize's mixes (Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS,
  * IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE; --imatrix weighs them by an importance
- * matrix; --pure, --output-tensor-type, --token-embedding-type, --tensor-type and --leave-output-tensor as
- * llama-quantize's) as it makes them from that; or, with --adapter, a PEFT LoRA adapter
+ * matrix; --pure, --output-tensor-type, --token-embedding-type, --tensor-type, --leave-output-tensor and
+ * --override-kv as llama-quantize's) as it makes them from that; or, with --adapter, a PEFT LoRA adapter
  * folder to a GGUF LoRA file, as its convert_lora_to_gguf.py writes one; or an F32 / F16 / BF16 GGUF file to a mix,
  * as llama-quantize does.
  */
@@ -54,6 +54,7 @@ export function registerConvert(program: Command): void {
     .option('--token-embedding-type <type>', 'with a mix --type: token_embd.weight\'s type (llama-quantize --token-embedding-type)', ggmlTypeArg)
     .option('--tensor-type <pattern=type>', 'with a mix --type: tensors whose name matches the regular expression get that type, the first match winning; repeatable (llama-quantize --tensor-type)', tensorTypeArg, [])
     .option('--leave-output-tensor', 'with a mix --type: output.weight left as it is (llama-quantize --leave-output-tensor)')
+    .option('--override-kv <KEY=TYPE:VALUE>', 'with a mix --type: set a metadata key in the output (TYPE int, float, bool or str); repeatable (llama-quantize --override-kv)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(['tensorflow', 'cuda', 'webgpu', 'wasm', 'cpu']))
@@ -65,14 +66,16 @@ export function registerConvert(program: Command): void {
         pure: opts.pure, outputTensorType: opts.outputTensorType, tokenEmbeddingType: opts.tokenEmbeddingType,
         tensorTypes: opts.tensorType.length ? opts.tensorType : undefined, leaveOutputTensor: opts.leaveOutputTensor,
       };
-      const overridden = ['--pure', '--output-tensor-type', '--token-embedding-type', '--tensor-type', '--leave-output-tensor']
-        .filter((flag, i) => [opts.pure, opts.outputTensorType, opts.tokenEmbeddingType, opts.tensorType.length || undefined, opts.leaveOutputTensor][i] !== undefined);
+      const overridden = ['--pure', '--output-tensor-type', '--token-embedding-type', '--tensor-type', '--leave-output-tensor', '--override-kv']
+        .filter((flag, i) => [opts.pure, opts.outputTensorType, opts.tokenEmbeddingType, opts.tensorType.length || undefined, opts.leaveOutputTensor,
+          opts.overrideKv.length || undefined][i] !== undefined);
+      const overrideKv: string[] | undefined = opts.overrideKv.length ? opts.overrideKv : undefined;
       if (overridden.length && !isQuantMix(opts.type)) throw new Error(`${overridden.join(', ')}: llama-quantize's per-tensor options go with a quantization mix (--type Q4_K_M, …), not --type ${opts.type}`);
       if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, …), not --type ${opts.type}`);
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);
-        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, threads: opts.threads, imatrix: resolveImatrix(opts.imatrix) });
+        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, overrideKv, threads: opts.threads, imatrix: resolveImatrix(opts.imatrix) });
         process.stdout.write(`quantized ${opts.gguf} to ${opts.output} (${opts.type})\n`);
         return;
       }
@@ -103,7 +106,7 @@ export function registerConvert(program: Command): void {
           process.stdout.write(`converted the LoRA adapter ${opts.adapter} (${lora.namedParameters().size / 2} modules) to ${opts.output}\n`);
           return;
         } else {
-          await model.saveGGUF(opts.output, tokenizer, { ...overrides, type: opts.type, threads: opts.threads, imatrix: opts.imatrix });
+          await model.saveGGUF(opts.output, tokenizer, { ...overrides, overrideKv, type: opts.type, threads: opts.threads, imatrix: opts.imatrix });
         }
         process.stdout.write(`converted ${source} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
       } finally {

@@ -1,7 +1,8 @@
 /**
  * llama.cpp's split GGUF files (llama-gguf-split): a model's tensors spread over shards PREFIX-00001-of-0000N.gguf,
  * the metadata in the first, each shard carrying split.no / split.count / split.tensors.count. `GGUFFile.open` reads
- * them from the first shard; `splitGGUF` writes them as `llama-gguf-split --split` does, byte for byte.
+ * them from the first shard; `splitGGUF` and `mergeGGUF` write them / join them as `llama-gguf-split --split` /
+ * `--merge` do, byte for byte.
  */
 import { GGUFFile, type GGUFMetaValue, splitPath, writeGGUF } from './gguf';
 
@@ -56,6 +57,23 @@ export function splitGGUF(input: string, outputPrefix: string, limit: SplitLimit
       }));
       return file;
     });
+  } finally {
+    source.close();
+  }
+}
+
+/**
+ * `llama-gguf-split --merge`: the shards of a split file (from its first) as one file — the first shard's metadata
+ * with split.count set to 0 (read as unsplit), every shard's tensors in order.
+ */
+export function mergeGGUF(firstShard: string, output: string): void {
+  const source = GGUFFile.open(firstShard);
+  try {
+    if (!(Number(source.get('split.count') ?? 0) >= 1)) throw new Error(`mergeGGUF: ${firstShard} is not a split file (no split.count)`);
+    const metadata = [...source.rawMetadata].filter(([key]) => key !== 'split.count').map(([key, raw]): [string, GGUFMetaValue] => [key, ['raw', raw]]);
+    writeGGUF(output, [...metadata, ['split.count', ['u16', 0]]], [...source.tensors.values()].map((info) => ({
+      name: info.name, shape: info.shape, type: info.type, data: new Float32Array(0), bytes: source.readBytes(info.name),
+    })));
   } finally {
     source.close();
   }

@@ -633,6 +633,9 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
   model: { layerCount: number; expertCount: number; gqa: number }, options: QuantizeOptions = {}): Promise<void> {
   if (!isQuantMix(type)) {
     if (options.imatrix) throw new Error(`saveGGUF: an importance matrix is used by the quantization mixes (Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, …), not by ${type}`);
+    const { threads: _threads, imatrix: _imatrix, ...rest } = options;
+    const given = Object.entries(rest).filter(([, v]) => v !== undefined).map(([k]) => k);
+    if (given.length) throw new Error(`saveGGUF: ${given.join(', ')}: llama-quantize's options go with a quantization mix (Q4_K_M, …), not ${type}`);
     writeGGUF(file, kv, tensors);
     return;
   }
@@ -644,9 +647,13 @@ export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaVa
  * importance matrix (llama-imatrix's or `computeImatrix`'s) with the path of its file, which the output records in
  * `quantize.imatrix.file` as llama-quantize does (no such key for a matrix that was never a file), and
  * llama-quantize's per-tensor options (`TensorTypeOverrides`: pure, output / embedding / pattern types, the output
- * left alone).
+ * left alone) and metadata overrides (`overrideKv`).
  */
-export interface QuantizeOptions extends TensorTypeOverrides { threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string } }
+export interface QuantizeOptions extends TensorTypeOverrides {
+  threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string };
+  /** llama-quantize's --override-kv, as it spells them: `KEY=TYPE:VALUE` (TYPE int, float, bool or str). */
+  overrideKv?: string[];
+}
 
 /** The keys llama-quantize adds for an importance matrix (strings cut to 127 bytes, as its kv overrides are). */
 function imatrixMetadata(imatrix: { matrix: ImportanceMatrix; file?: string }): Array<[string, GGUFMetaValue]> {
@@ -698,9 +705,10 @@ function checkOverrides(overrides: TensorTypeOverrides): void {
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>, mix: GGUFQuantMix,
-  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, ...overrides }: QuantizeOptions): Promise<void> {
+  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, overrideKv, ...overrides }: QuantizeOptions): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
   checkOverrides(overrides);
+  overrideKv?.forEach(parseKvOverride);
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
   const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined, overrides);
   const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
@@ -717,8 +725,41 @@ async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   }));
   const bytes = await quantizeInParallel(jobs, threads);
   quantized.forEach((t, i) => { t.bytes = bytes[i]; });
-  const metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), mix, (v): GGUFMetaValue => ['u32', v]);
+  let metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), mix, (v): GGUFMetaValue => ['u32', v]);
+  // --override-kv, in order, before the importance matrix's keys (gguf_set_val: a key set again moves to the end).
+  for (const [key, value] of (overrideKv ?? []).map(parseKvOverride)) metadata = [...metadata.filter(([k]) => k !== key), [key, value]];
   writeGGUF(file, imatrix ? [...metadata, ...imatrixMetadata(imatrix)] : metadata, mixed);
+}
+
+/**
+ * llama-quantize's --override-kv KEY=TYPE:VALUE (string_parse_kv_override): int (stored as u32 of its magnitude, as
+ * llama-quantize stores it), float (f32), bool (true / false) or str (at most 127 bytes).
+ */
+export function parseKvOverride(text: string): [string, GGUFMetaValue] {
+  const at = text.indexOf('=');
+  if (at <= 0 || at >= 128) throw new Error(`--override-kv ${text}: expected KEY=TYPE:VALUE with a key of 1 to 127 characters (TYPE int, float, bool or str)`);
+  const [key, rest] = [text.slice(0, at), text.slice(at + 1)];
+  const colon = rest.indexOf(':');
+  const [type, value] = colon < 0 ? [rest, ''] : [rest.slice(0, colon), rest.slice(colon + 1)];
+  switch (type) {
+    case 'int': {
+      if (!/^[+-]?\d+$/.test(value.trim())) throw new Error(`--override-kv ${text}: ${value} is not an integer`);
+      return [key, ['u32', Math.abs(Number(value))]];
+    }
+    case 'float': {
+      if (value.trim() === '' || !Number.isFinite(Number(value))) throw new Error(`--override-kv ${text}: ${value} is not a number`);
+      return [key, ['f32', Number(value)]];
+    }
+    case 'bool': {
+      if (value !== 'true' && value !== 'false') throw new Error(`--override-kv ${text}: a bool is true or false, not ${value}`);
+      return [key, ['bool', value === 'true']];
+    }
+    case 'str': {
+      if (Buffer.byteLength(value, 'utf8') > 127) throw new Error(`--override-kv ${text}: a string value cannot exceed 127 bytes`);
+      return [key, ['str', value]];
+    }
+    default: throw new Error(`--override-kv ${text}: the type ${type} is not int, float, bool or str`);
+  }
 }
 
 const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'];

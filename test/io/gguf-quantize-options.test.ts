@@ -9,7 +9,7 @@ import { tmpDir } from '../helpers';
 
 /**
  * llama-quantize's per-tensor options — --pure, --output-tensor-type, --token-embedding-type, --tensor-type and
- * --leave-output-tensor — through saveGGUF and the CLI, against llama-quantize's files with the same options.
+ * --leave-output-tensor — and --override-kv, through saveGGUF and the CLI, against llama-quantize's files with the same options.
  * Fixtures: scripts/reference/gguf_quantize_options_fixtures.py.
  */
 const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures/gguf-quantize-options/expected.json'), 'utf8')) as {
@@ -18,15 +18,16 @@ const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../t
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
 /** llama-quantize's flags as saveGGUF's options (its type names in any case; patterns lower-cased by saveGGUF). */
-function overridesOf(flags: string[]): TensorTypeOverrides {
+function overridesOf(flags: string[]): TensorTypeOverrides & { overrideKv?: string[] } {
   const type = (name: string) => name.toUpperCase() as GGMLWriteType;
-  const overrides: TensorTypeOverrides = {};
+  const overrides: TensorTypeOverrides & { overrideKv?: string[] } = {};
   for (let i = 0; i < flags.length; i++) {
     switch (flags[i]) {
       case '--pure': overrides.pure = true; break;
       case '--leave-output-tensor': overrides.leaveOutputTensor = true; break;
       case '--output-tensor-type': overrides.outputTensorType = type(flags[++i]); break;
       case '--token-embedding-type': overrides.tokenEmbeddingType = type(flags[++i]); break;
+      case '--override-kv': overrides.overrideKv = [...(overrides.overrideKv ?? []), flags[++i]]; break;
       case '--tensor-type': {
         const [pattern, name] = flags[++i].split('=');
         overrides.tensorTypes = [...(overrides.tensorTypes ?? []), [pattern, type(name)]];
@@ -38,7 +39,7 @@ function overridesOf(flags: string[]): TensorTypeOverrides {
   return overrides;
 }
 
-describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --token-embedding-type, --tensor-type, --leave-output-tensor)', function () {
+describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --token-embedding-type, --tensor-type, --leave-output-tensor) and --override-kv', function () {
   this.timeout(600000);
   before(async () => { await setBackend('cpu'); });
 
@@ -52,7 +53,7 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     });
   }
 
-  it('the CLI takes the same flags (convert --gguf F32 --type MIX ... and --model DIR), and refuses bad ones by name', async () => {
+  it('the CLI takes the same flags (convert --gguf F32 --type MIX ... and --model DIR); bad ones are refused by name, on the CLI and the API', async () => {
     const dir = tmpDir('gguf-options-cli');
     for (const name of ['nemotron', 'nemotron-h'] as const) {
       const { model, tokenizer } = await quantizeModel(name);
@@ -82,5 +83,13 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
       .then(() => 'written', (e: Error) => e.message);
     model.dispose();
     expect(said).to.match(/saveGGUF: tensorTypes attn_q: Q4_1 is not a tensor type written here/);
+    const refusedByApi = async (options: Parameters<typeof model.saveGGUF>[2]) => {
+      const m = (await quantizeModel('nemotron-tied')).model;
+      try { return await m.saveGGUF(path.join(dir, 'z.gguf'), tokenizer, options).then(() => 'written', (e: Error) => e.message); } finally { m.dispose(); }
+    };
+    expect(await refusedByApi({ type: 'Q4_K_M', overrideKv: ['general.name=string:x'] })).to.match(/--override-kv general\.name=string:x: the type string is not int, float, bool or str/);
+    expect(await refusedByApi({ type: 'Q4_K_M', overrideKv: ['x=bool:yes'] })).to.match(/a bool is true or false, not yes/);
+    expect(await refusedByApi({ type: 'Q4_K_M', overrideKv: ['x=int:1.5'] })).to.match(/1\.5 is not an integer/);
+    expect(await refusedByApi({ type: 'Q8_0', pure: true, overrideKv: ['x=int:1'] })).to.match(/saveGGUF: pure, overrideKv: llama-quantize's options go with a quantization mix \(Q4_K_M, …\), not Q8_0/);
   });
 });

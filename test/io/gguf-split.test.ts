@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
-import { GGUFFile, NemotronForCausalLM, NemotronHForCausalLM, parseSplitSize, quantizeGGUF, setBackend, splitGGUF } from '../../src/index';
+import { GGUFFile, mergeGGUF, NemotronForCausalLM, NemotronHForCausalLM, parseSplitSize, quantizeGGUF, setBackend, splitGGUF } from '../../src/index';
 import { type QuantizeModelName, quantizeModel, sha256 } from './gguf-quantize-models';
 import { tmpDir } from '../helpers';
 
@@ -15,6 +15,7 @@ import { tmpDir } from '../helpers';
 const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures/gguf-split/expected.json'), 'utf8')) as {
   splits: Record<string, { model: QuantizeModelName; options: string[]; shards: Array<[string, string]> }>;
   'quantized from split': { source: string; mix: 'Q4_K_M'; sha256: string };
+  merged: { source: string; sha256: string };
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
@@ -47,12 +48,13 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     });
   }
 
-  it('a model loads from its first shard as from the whole file (Nemotron, NemotronH), and quantizeGGUF writes llama-quantize\'s file from a split input', async () => {
+  it('a model loads from its first shard as from the whole file (Nemotron, NemotronH); quantizeGGUF writes llama-quantize\'s file from a split input, mergeGGUF llama-gguf-split --merge\'s', async () => {
     for (const [name, key] of [['nemotron', 'nemotron size 2M'], ['nemotron-h', 'nemotron-h tensors 10']] as const) {
       const whole = await f32File(name);
       const prefix = path.join(tmpDir('gguf-split-load'), name);
       const shards = splitGGUF(whole, prefix, limitOf(reference.splits[key].options));
       const [split, file] = [GGUFFile.open(shards[0]), GGUFFile.open(whole)];
+      const tensorCount = file.tensors.size;
       try {
         expect([...split.tensors.keys()].sort()).to.deep.equal([...file.tensors.keys()].sort());
         for (const t of file.tensors.keys()) expect(split.readBytes(t).equals(file.readBytes(t)), t).to.equal(true);
@@ -73,11 +75,18 @@ describe('Split GGUF files (llama-gguf-split)', function () {
         const out = path.join(path.dirname(prefix), 'q.gguf');
         await quantizeGGUF(shards[0], out, 'Q4_K_M');
         expect(sha256(fs.readFileSync(out))).to.equal(reference['quantized from split'].sha256);
+        // Joined again, as llama-gguf-split --merge joins them (split.count 0: read as one file).
+        const merged = path.join(path.dirname(prefix), 'merged.gguf');
+        mergeGGUF(shards[0], merged);
+        expect(sha256(fs.readFileSync(merged))).to.equal(reference.merged.sha256);
+        const m = GGUFFile.open(merged);
+        expect([m.get('split.count'), m.tensors.size]).to.deep.equal([0, tensorCount]);
+        m.close();
       }
     }
   });
 
-  it('refuses a shard other than the first, a missing shard, and limits that cannot be met, by name; the CLI splits as llama-gguf-split does', async () => {
+  it('refuses a shard other than the first, a missing shard, and limits that cannot be met, by name; the CLI splits and merges as llama-gguf-split does', async () => {
     const dir = tmpDir('gguf-split-errors');
     const expected = reference.splits['nemotron-h tensors 10'];
     const source = await f32File('nemotron-h');
@@ -85,6 +94,9 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     expect(run.status, run.stderr).to.equal(0);
     expect(run.stdout).to.match(/wrote 5 shards: .*m-00001-of-00005\.gguf/);
     expected.shards.forEach(([suffix, hash]) => expect(sha256(fs.readFileSync(path.join(dir, `m${suffix}`))), suffix).to.equal(hash));
+    const merge = spawnSync(process.execPath, [CLI, 'split', '--merge', '--input', path.join(dir, 'm-00001-of-00005.gguf'), '--output', path.join(dir, 'merged.gguf')], { encoding: 'utf8' });
+    expect(merge.status, merge.stderr).to.equal(0);
+    expect(sha256(fs.readFileSync(path.join(dir, 'merged.gguf')))).to.equal(reference.merged.sha256);
     const failure = (f: () => unknown) => { try { f(); return 'opened'; } catch (e) { return (e as Error).message; } };
     expect(failure(() => GGUFFile.open(path.join(dir, 'm-00002-of-00005.gguf')))).to.match(/m-00002-of-00005\.gguf is shard 2 of 5 of a split model: open .*m-00001-of-00005\.gguf/);
     fs.renameSync(path.join(dir, 'm-00004-of-00005.gguf'), path.join(dir, 'elsewhere.gguf'));

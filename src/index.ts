@@ -14,7 +14,7 @@ export * from './io/checkpoint';
 export * from './io/gguf';
 export { type SplitLimit, mergeGGUF, parseSplitSize, splitGGUF } from './io/gguf-split';
 export { type GGUFQuantMix } from './io/gguf-quantize';
-export { type ImatrixEntry, type ImportanceMatrix, importanceOf, readImatrix, writeImatrix } from './io/imatrix';
+export { type ImatrixEntry, type ImatrixSource, type ImportanceMatrix, filterImatrix, importanceOf, readImatrix, writeImatrix } from './io/imatrix';
 export { NemotronHGGUF, type NemotronHGGUFConfig, hfNameOfNemotronHGGUF, writeNemotronHGGUF } from './io/gguf-nemotron-h';
 export { parseConfigJson } from '../models/nemotron_h/config';
 export { Relu2, relu2 } from '../layers/relu2';

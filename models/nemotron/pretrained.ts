@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
 import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, isGGUF, writeNemotronGGUF } from '../../src/io/gguf';
 import { type TensorTypeOverrides } from '../../src/io/gguf-quantize';
-import { type ImportanceMatrix, resolveImatrix } from '../../src/io/imatrix';
+import { type ImatrixSource, resolveImatrix } from '../../src/io/imatrix';
 import { shapesEqual } from '../../src/tensors';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
@@ -311,7 +311,7 @@ export abstract class NemotronPreTrainedModel {
    * `tokenEmbeddingType`, `tensorTypes`, `leaveOutputTensor`); the tokenizer's vocabulary in SentencePiece form.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: ImatrixSource; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
     const { type = 'F32', name, imatrix, ...quantizeOptions } = options;
     await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, type, name, { ...quantizeOptions, imatrix: resolveImatrix(imatrix) });
   }

@@ -14,7 +14,7 @@ import { type CheckpointTensor, CheckpointReader, type SaveCheckpointOptions, sa
 import { type GGUFVocabularySource, type GGUFWriteType, isGGUF } from '../../src/io/gguf';
 import { NemotronHGGUF, writeNemotronHGGUF } from '../../src/io/gguf-nemotron-h';
 import { type TensorTypeOverrides } from '../../src/io/gguf-quantize';
-import { type ImportanceMatrix, resolveImatrix } from '../../src/io/imatrix';
+import { type ImatrixSource, resolveImatrix } from '../../src/io/imatrix';
 import seedrandom from 'seedrandom';
 import { crossEntropy } from '../../src/losses';
 import { type ProcessorOptions, argmax, processScores, sample } from '../../src/generation/processors';
@@ -797,7 +797,7 @@ export class NemotronHForCausalLM {
    * result); the tokenizer's vocabulary.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: string | ImportanceMatrix; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: ImatrixSource; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
     const weights = [];
     for (const [name, variable] of this.weights) weights.push({ name, shape: variable.shape.slice(), data: await variable.data() as Float32Array });
     const { type = 'F32', name, imatrix, ...quantizeOptions } = options;

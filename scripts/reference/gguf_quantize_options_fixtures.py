@@ -1,5 +1,6 @@
 """Fixtures for llama-quantize's per-tensor options (test/io/gguf-quantize-options.test.ts): --pure,
---output-tensor-type, --token-embedding-type, --tensor-type PATTERN=TYPE and --leave-output-tensor; and --override-kv.
+--output-tensor-type, --token-embedding-type, --tensor-type PATTERN=TYPE and --leave-output-tensor; --override-kv;
+and --include-weights / --exclude-weights with test/fixtures/gguf-imatrix's importance matrices.
 
 Build llama.cpp as scripts/reference/gguf_kquant_fixtures.py says, then, after `npm run build`:
 LLAMA_CPP=that/llama.cpp python scripts/reference/gguf_quantize_options_fixtures.py
@@ -10,6 +11,7 @@ llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
 """
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -32,6 +34,10 @@ CASES = [
                                                                  "--tensor-type", "blk\\.[0-2]\\.ssm_in=q6_k", "--tensor-type", "ssm=q4_0"]),
     ("nemotron-h MXFP4_MOE pure", "nemotron-h", "MXFP4_MOE", ["--pure"]),
     # Metadata: a string replaced, a bool replaced, an int (stored as u32 of its magnitude) and a new float key.
+    # The importance matrix (test/fixtures/gguf-imatrix's, as imatrix.gguf) for some tensors only.
+    ("nemotron Q4_K_M imatrix exclude", "nemotron", "Q4_K_M", ["--imatrix", "imatrix.gguf", "--exclude-weights", "ffn_down", "--exclude-weights", "attn_v"]),
+    ("nemotron-h IQ4_XS imatrix include", "nemotron-h", "IQ4_XS", ["--imatrix", "imatrix.gguf", "--include-weights", "attn_q", "--include-weights", "ssm_in"]),
+    ("nemotron Q4_K_M imatrix include nothing", "nemotron", "Q4_K_M", ["--imatrix", "imatrix.gguf", "--include-weights", "no_such_tensor"]),
     ("nemotron Q4_K_M override kv", "nemotron", "Q4_K_M", ["--override-kv", "general.name=str:renamed", "--override-kv", "tokenizer.ggml.add_bos_token=bool:false",
                                                            "--override-kv", "nemotron.context_length=int:-2048", "--override-kv", "custom.scale=float:0.1"]),
 ]
@@ -45,7 +51,9 @@ def main():
     files = {}
     for key, model, mix, options in CASES:
         out = os.path.join(work, key.replace(" ", "-") + ".gguf")
-        subprocess.run([quantize, *options, os.path.join(work, f"{model}-f32.gguf"), out, mix, "1"], check=True, capture_output=True)
+        if "--imatrix" in options:
+            shutil.copy(os.path.join(ROOT, "test", "fixtures", "gguf-imatrix", f"{model}.imatrix.gguf"), os.path.join(work, "imatrix.gguf"))
+        subprocess.run([quantize, *options, os.path.join(work, f"{model}-f32.gguf"), out, mix, "1"], cwd=work, check=True, capture_output=True)
         files[key] = {"model": model, "mix": mix, "options": options, "sha256": sha(open(out, "rb").read()),
                       "tensors": [[t.name, t.tensor_type.name, sha(t.data.tobytes())] for t in GGUFReader(out).tensors]}
     json.dump({"llama_cpp": "llama-cpp-python 0.3.36 (vendor/llama.cpp), GGML_NATIVE=OFF", "files": files},

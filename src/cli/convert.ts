@@ -8,7 +8,7 @@ import { checkModelDir, modelType } from './info';
 import { integerArg } from './generate';
 import { quantizeGGUF } from '../io/gguf';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type TensorTypeOverrides, isQuantMix } from '../io/gguf-quantize';
-import { resolveImatrix } from '../io/imatrix';
+import { filterImatrix, resolveImatrix } from '../io/imatrix';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
 import { NemotronHLoraModel } from '../../models/nemotron_h/lora';
 import { LoraModel } from '../training/lora';
@@ -54,6 +54,8 @@ export function registerConvert(program: Command): void {
     .option('--token-embedding-type <type>', 'with a mix --type: token_embd.weight\'s type (llama-quantize --token-embedding-type)', ggmlTypeArg)
     .option('--tensor-type <pattern=type>', 'with a mix --type: tensors whose name matches the regular expression get that type, the first match winning; repeatable (llama-quantize --tensor-type)', tensorTypeArg, [])
     .option('--leave-output-tensor', 'with a mix --type: output.weight left as it is (llama-quantize --leave-output-tensor)')
+    .option('--include-weights <name>', 'with --imatrix: use it only for tensors whose names contain this; repeatable (llama-quantize --include-weights)', (v: string, prev: string[]) => [...prev, v], [])
+    .option('--exclude-weights <name>', 'with --imatrix: not for tensors whose names contain this; repeatable (llama-quantize --exclude-weights)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--override-kv <KEY=TYPE:VALUE>', 'with a mix --type: set a metadata key in the output (TYPE int, float, bool or str); repeatable (llama-quantize --override-kv)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
@@ -71,11 +73,14 @@ export function registerConvert(program: Command): void {
           opts.overrideKv.length || undefined][i] !== undefined);
       const overrideKv: string[] | undefined = opts.overrideKv.length ? opts.overrideKv : undefined;
       if (overridden.length && !isQuantMix(opts.type)) throw new Error(`${overridden.join(', ')}: llama-quantize's per-tensor options go with a quantization mix (--type Q4_K_M, …), not --type ${opts.type}`);
+      if ((opts.includeWeights.length || opts.excludeWeights.length) && opts.imatrix === undefined) throw new Error('--include-weights / --exclude-weights choose entries of an --imatrix FILE; none was given');
+      const imatrix = opts.imatrix === undefined ? undefined
+        : filterImatrix(resolveImatrix(opts.imatrix)!, { include: opts.includeWeights, exclude: opts.excludeWeights });
       if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, …), not --type ${opts.type}`);
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);
-        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, overrideKv, threads: opts.threads, imatrix: resolveImatrix(opts.imatrix) });
+        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, overrideKv, threads: opts.threads, imatrix });
         process.stdout.write(`quantized ${opts.gguf} to ${opts.output} (${opts.type})\n`);
         return;
       }
@@ -106,7 +111,7 @@ export function registerConvert(program: Command): void {
           process.stdout.write(`converted the LoRA adapter ${opts.adapter} (${lora.namedParameters().size / 2} modules) to ${opts.output}\n`);
           return;
         } else {
-          await model.saveGGUF(opts.output, tokenizer, { ...overrides, overrideKv, type: opts.type, threads: opts.threads, imatrix: opts.imatrix });
+          await model.saveGGUF(opts.output, tokenizer, { ...overrides, overrideKv, type: opts.type, threads: opts.threads, imatrix });
         }
         process.stdout.write(`converted ${source} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, vocabulary ${tokenizer.vocabSize}) to ${opts.output}\n`);
       } finally {

@@ -101,7 +101,24 @@ export function writeImatrix(file: string, matrix: ImportanceMatrix): void {
 }
 
 /** saveGGUF's `imatrix` option: a file's path (read here, its path recorded in the output) or a matrix in memory. */
-export function resolveImatrix(imatrix: string | ImportanceMatrix | undefined): { matrix: ImportanceMatrix; file?: string } | undefined {
+export function resolveImatrix(imatrix: ImatrixSource | undefined): { matrix: ImportanceMatrix; file?: string } | undefined {
   if (imatrix === undefined) return undefined;
-  return typeof imatrix === 'string' ? { matrix: readImatrix(imatrix), file: imatrix } : { matrix: imatrix };
+  if (typeof imatrix === 'string') return { matrix: readImatrix(imatrix), file: imatrix };
+  return 'matrix' in imatrix ? imatrix : { matrix: imatrix };
+}
+
+/** An importance matrix as saveGGUF takes one: a file's path, a matrix, or a matrix with the path it came from. */
+export type ImatrixSource = string | ImportanceMatrix | { matrix: ImportanceMatrix; file?: string };
+
+/**
+ * llama-quantize's --exclude-weights / --include-weights: the entries whose names contain none of `exclude`, or, with
+ * `include`, some of `include` (not both); a matrix left with no entry is no matrix (llama-quantize then quantizes
+ * without one and writes no quantize.imatrix keys).
+ */
+export function filterImatrix(imatrix: { matrix: ImportanceMatrix; file?: string }, { include, exclude }: { include?: string[]; exclude?: string[] }):
+  { matrix: ImportanceMatrix; file?: string } | undefined {
+  if (include?.length && exclude?.length) throw new Error('filterImatrix: give include or exclude weights, not both (llama-quantize takes one)');
+  const keep = (name: string) => (include?.length ? include.some((part) => name.includes(part)) : !(exclude ?? []).some((part) => name.includes(part)));
+  const entries = new Map([...imatrix.matrix.entries].filter(([name]) => keep(name)));
+  return entries.size ? { ...imatrix, matrix: { ...imatrix.matrix, entries } } : undefined;
 }

@@ -2,25 +2,27 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
-import { setBackend } from '../../src/index';
+import { filterImatrix, type ImatrixSource, type ImportanceMatrix, readImatrix, setBackend } from '../../src/index';
 import { type GGMLWriteType, type GGUFQuantMix, type TensorTypeOverrides } from '../../src/io/gguf-quantize';
 import { type QuantizedFileDigest, expectLlamaQuantizeFile, quantizeModel, type QuantizeModelName, sha256, withQuantizeModel } from './gguf-quantize-models';
 import { tmpDir } from '../helpers';
 
 /**
  * llama-quantize's per-tensor options — --pure, --output-tensor-type, --token-embedding-type, --tensor-type and
- * --leave-output-tensor — and --override-kv, through saveGGUF and the CLI, against llama-quantize's files with the same options.
+ * --leave-output-tensor —, --override-kv and --include-weights / --exclude-weights, through saveGGUF and the CLI, against llama-quantize's files with the same options.
  * Fixtures: scripts/reference/gguf_quantize_options_fixtures.py.
  */
 const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures/gguf-quantize-options/expected.json'), 'utf8')) as {
   files: Record<string, QuantizedFileDigest & { model: QuantizeModelName; mix: GGUFQuantMix; options: string[] }>;
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+const IMATRIX = path.resolve(__dirname, '../../../test/fixtures/gguf-imatrix');
 
 /** llama-quantize's flags as saveGGUF's options (its type names in any case; patterns lower-cased by saveGGUF). */
-function overridesOf(flags: string[]): TensorTypeOverrides & { overrideKv?: string[] } {
+function overridesOf(flags: string[], model: QuantizeModelName): TensorTypeOverrides & { overrideKv?: string[]; imatrix?: ImatrixSource } {
   const type = (name: string) => name.toUpperCase() as GGMLWriteType;
-  const overrides: TensorTypeOverrides & { overrideKv?: string[] } = {};
+  const overrides: TensorTypeOverrides & { overrideKv?: string[]; imatrix?: ImatrixSource } = {};
+  const weights: { include: string[]; exclude: string[] } = { include: [], exclude: [] };
   for (let i = 0; i < flags.length; i++) {
     switch (flags[i]) {
       case '--pure': overrides.pure = true; break;
@@ -28,6 +30,10 @@ function overridesOf(flags: string[]): TensorTypeOverrides & { overrideKv?: stri
       case '--output-tensor-type': overrides.outputTensorType = type(flags[++i]); break;
       case '--token-embedding-type': overrides.tokenEmbeddingType = type(flags[++i]); break;
       case '--override-kv': overrides.overrideKv = [...(overrides.overrideKv ?? []), flags[++i]]; break;
+      // The fixture's matrix, recorded under the name llama-quantize was given.
+      case '--imatrix': overrides.imatrix = { matrix: readImatrix(path.join(IMATRIX, `${model}.imatrix.gguf`)), file: flags[++i] }; break;
+      case '--include-weights': weights.include.push(flags[++i]); break;
+      case '--exclude-weights': weights.exclude.push(flags[++i]); break;
       case '--tensor-type': {
         const [pattern, name] = flags[++i].split('=');
         overrides.tensorTypes = [...(overrides.tensorTypes ?? []), [pattern, type(name)]];
@@ -36,6 +42,7 @@ function overridesOf(flags: string[]): TensorTypeOverrides & { overrideKv?: stri
       default: throw new Error(`unknown flag ${flags[i]}`);
     }
   }
+  if (overrides.imatrix) overrides.imatrix = filterImatrix(overrides.imatrix as { matrix: ImportanceMatrix; file: string }, weights);
   return overrides;
 }
 
@@ -47,7 +54,7 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     it(`${key}: saveGGUF writes llama-quantize ${expected.options.join(' ')}'s ${expected.mix} file byte for byte`, async () => {
       await withQuantizeModel(expected.model, async (model, tokenizer) => {
         const file = path.join(tmpDir('gguf-options'), 'out.gguf');
-        await model.saveGGUF(file, tokenizer, { type: expected.mix, name: expected.model, ...overridesOf(expected.options) });
+        await model.saveGGUF(file, tokenizer, { type: expected.mix, name: expected.model, ...overridesOf(expected.options, expected.model) });
         expectLlamaQuantizeFile(file, expected, key);
       });
     });
@@ -73,9 +80,16 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     run = cli('convert', '--model', 'folder', '--output', 'b.gguf', '--type', 'Q4_K_M', '--threads', '2', ...viaFolder.options);
     expect(run.status, run.stderr).to.equal(0);
     expect(sha256(fs.readFileSync(path.join(dir, 'b.gguf')))).to.equal(viaFolder.sha256);
+    fs.copyFileSync(path.join(IMATRIX, 'nemotron.imatrix.gguf'), path.join(dir, 'imatrix.gguf'));
+    const excluded = reference.files['nemotron Q4_K_M imatrix exclude'];
+    run = cli('convert', '--gguf', 'nemotron-F32.gguf', '--output', 'c.gguf', '--type', 'Q4_K_M', ...excluded.options);
+    expect(run.status, run.stderr).to.equal(0);
+    expect(sha256(fs.readFileSync(path.join(dir, 'c.gguf')))).to.equal(excluded.sha256);
     const refused = (...args: string[]) => { const r = cli('convert', '--gguf', 'nemotron-F32.gguf', '--output', 'x.gguf', ...args); expect(r.status).to.not.equal(0); return r.stderr; };
     expect(refused('--type', 'Q4_K_M', '--output-tensor-type', 'q9_0')).to.match(/q9_0: expected a tensor type written here \(f32, f16, .*q8_0.*\)/);
     expect(refused('--type', 'Q4_K_M', '--tensor-type', 'attn_v')).to.match(/--tensor-type attn_v: expected PATTERN=TYPE, e\.g\. attn_v=q8_0/);
+    expect(refused('--type', 'Q4_K_M', '--imatrix', 'imatrix.gguf', '--include-weights', 'a', '--exclude-weights', 'b')).to.match(/give include or exclude weights, not both/);
+    expect(refused('--type', 'Q4_K_M', '--include-weights', 'attn_q')).to.match(/--include-weights \/ --exclude-weights choose entries of an --imatrix FILE; none was given/);
     expect(refused('--type', 'Q8_0', '--pure')).to.match(/--pure: llama-quantize's per-tensor options go with a quantization mix \(--type Q4_K_M, …\), not --type Q8_0/);
     // From the API: a type that is not written here, by option.
     const { model, tokenizer } = await quantizeModel('nemotron');

@@ -9,7 +9,7 @@ then, after `npm run build`: LLAMA_CPP=that/llama.cpp python scripts/reference/g
 It writes test/fixtures/gguf-split/expected.json: for the F32 files of test/io/gguf-quantize-models.ts, the SHA-256 of
 each shard of `llama-gguf-split --split` by tensor count (nemotron-h, 10 a shard) and by size (nemotron at 2M,
 nemotron-h at 1M), the SHA-256 of llama-quantize's Q4_K_M file from the first shard of the nemotron-h split and of
-`llama-gguf-split --merge`'s file from it. llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
+`llama-gguf-split --merge`'s file from it, and of each shard of `llama-quantize --keep-split`'s Q4_K_M from it. llama-cpp-python 0.3.36 (llama.cpp of 2026-11) made the committed ones.
 """
 import glob
 import json
@@ -40,10 +40,15 @@ def main():
     first = sorted(glob.glob(os.path.join(work, "nemotron-h-tensors-10-*-of-*.gguf")))[0]
     out = os.path.join(work, "from-split-Q4_K_M.gguf")
     subprocess.run([os.path.join(bin_dir, "llama-quantize"), first, out, "Q4_K_M", "1"], check=True, capture_output=True)
+    kept = os.path.join(work, "kept.gguf")
+    subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--keep-split", first, kept, "Q4_K_M", "1"], check=True, capture_output=True)
+    kept_shards = sorted(glob.glob(os.path.join(work, "kept-*-of-*.gguf")))
     merged = os.path.join(work, "merged.gguf")
     subprocess.run([os.path.join(bin_dir, "llama-gguf-split"), "--merge", first, merged], check=True, capture_output=True)
     json.dump({"llama_cpp": "llama-cpp-python 0.3.36 (vendor/llama.cpp), GGML_NATIVE=OFF", "splits": splits,
                "merged": {"source": "nemotron-h tensors 10", "sha256": sha(open(merged, "rb").read())},
+               "keep split": {"source": "nemotron-h tensors 10", "mix": "Q4_K_M",
+                              "shards": [[os.path.basename(s)[len("kept"):], sha(open(s, "rb").read())] for s in kept_shards]},
                "quantized from split": {"source": "nemotron-h tensors 10", "mix": "Q4_K_M", "sha256": sha(open(out, "rb").read())}},
               open(os.path.join(OUT, "expected.json"), "w"), indent=1)
 

@@ -56,6 +56,7 @@ export function registerConvert(program: Command): void {
     .option('--leave-output-tensor', 'with a mix --type: output.weight left as it is (llama-quantize --leave-output-tensor)')
     .option('--include-weights <name>', 'with --imatrix: use it only for tensors whose names contain this; repeatable (llama-quantize --include-weights)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--exclude-weights <name>', 'with --imatrix: not for tensors whose names contain this; repeatable (llama-quantize --exclude-weights)', (v: string, prev: string[]) => [...prev, v], [])
+    .option('--keep-split', 'from --gguf (the first shard of a split file) with a mix --type: the output in the same shards, OUTPUT-0000i-of-0000n.gguf (llama-quantize --keep-split)')
     .option('--override-kv <KEY=TYPE:VALUE>', 'with a mix --type: set a metadata key in the output (TYPE int, float, bool or str); repeatable (llama-quantize --override-kv)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
@@ -80,7 +81,7 @@ export function registerConvert(program: Command): void {
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);
-        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, overrideKv, threads: opts.threads, imatrix });
+        await quantizeGGUF(opts.gguf, opts.output, opts.type, { ...overrides, overrideKv, keepSplit: opts.keepSplit, threads: opts.threads, imatrix });
         process.stdout.write(`quantized ${opts.gguf} to ${opts.output} (${opts.type})\n`);
         return;
       }

@@ -670,11 +670,13 @@ function allowsQuantization(name: string, shape: number[]): boolean {
  * (or the tied embedding) in Q6_K (Q5_K below 3 bits), the 2-bit mixes' own branch, its rules for 8-expert models, and
  * its fallbacks for rows that are not whole 256-value blocks (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
  * Q6_K → Q8_0, the i-quants → IQ4_NL, then F16). `model.gqa`: heads / KV heads of the first layer (0 when it has no attention), as llama.cpp's n_gqa(). `tensors` as the F32 file has them
- * (numpy-order shapes); returned in llama-quantize's order with each one's type, tensors it leaves alone unchanged.
+ * (numpy-order shapes); returned in llama-quantize's order (`inGivenOrder`: theirs) with each one's type, tensors it
+ * leaves alone unchanged.
  */
 export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
-  model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false, overrides: TensorTypeOverrides = {}): T[] {
-  const sorted = tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
+  model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false, overrides: TensorTypeOverrides = {}, inGivenOrder = false): T[] {
+  // llama-quantize's order (by name), or with --keep-split the shards' own (shard, then offset): the rules count in it.
+  const sorted = inGivenOrder ? tensors.slice() : tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
   const isAttnV = (name: string) => /attn_(qkv|kv_b|v)\.weight/.test(name);
   const attentionValueCount = sorted.filter((t) => isAttnV(t.name)).length;
   const tied = !sorted.some((t) => t.name === 'output.weight');

@@ -653,6 +653,11 @@ export interface QuantizeOptions extends TensorTypeOverrides {
   threads?: number; imatrix?: { matrix: ImportanceMatrix; file?: string };
   /** llama-quantize's --override-kv, as it spells them: `KEY=TYPE:VALUE` (TYPE int, float, bool or str). */
   overrideKv?: string[];
+  /**
+   * llama-quantize's --keep-split (quantizeGGUF of a split input only): the output in the input's shards,
+   * OUTPUT-0000i-of-0000n.gguf (OUTPUT without its .gguf), each tensor where it was, the mix's rules counted in that order.
+   */
+  keepSplit?: boolean;
 }
 
 /** The keys llama-quantize adds for an importance matrix (strings cut to 127 bytes, as its kv overrides are). */
@@ -704,13 +709,15 @@ function checkOverrides(overrides: TensorTypeOverrides): void {
  * BF16 tensors): its order and types; tensors it leaves alone written as they are, the rest quantized on worker threads.
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer }>, mix: GGUFQuantMix,
-  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, overrideKv, ...overrides }: QuantizeOptions): Promise<void> {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer; shard?: number }>, mix: GGUFQuantMix,
+  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, overrideKv, keepSplit, ...overrides }: QuantizeOptions,
+  shardCount = 1): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
+  if (keepSplit && shardCount < 2) throw new Error('keepSplit writes the shards of a split GGUF input (quantizeGGUF from its first shard)');
   checkOverrides(overrides);
   overrideKv?.forEach(parseKvOverride);
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
-  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined, overrides);
+  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined, overrides, keepSplit);
   const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
   for (const t of changed) {
     // Stored bytes of another type: their values, to re-encode.
@@ -728,7 +735,17 @@ async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   let metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), mix, (v): GGUFMetaValue => ['u32', v]);
   // --override-kv, in order, before the importance matrix's keys (gguf_set_val: a key set again moves to the end).
   for (const [key, value] of (overrideKv ?? []).map(parseKvOverride)) metadata = [...metadata.filter(([k]) => k !== key), [key, value]];
-  writeGGUF(file, imatrix ? [...metadata, ...imatrixMetadata(imatrix)] : metadata, mixed);
+  if (imatrix) metadata = [...metadata, ...imatrixMetadata(imatrix)];
+  if (!keepSplit) {
+    writeGGUF(file, metadata, mixed);
+    return;
+  }
+  // --keep-split: each tensor in its input shard's place, the metadata in the first, the split keys in every one.
+  const prefix = file.endsWith('.gguf') ? file.slice(0, -'.gguf'.length) : file;
+  for (let i = 0; i < shardCount; i++) {
+    const split: Array<[string, GGUFMetaValue]> = [['split.no', ['u16', i]], ['split.count', ['u16', shardCount]], ['split.tensors.count', ['i32', mixed.length]]];
+    writeGGUF(splitPath(prefix, i, shardCount), [...(i === 0 ? metadata : []), ...split], mixed.filter((t) => (t.shard ?? 0) === i));
+  }
 }
 
 /**
@@ -789,11 +806,13 @@ export async function quantizeGGUF(input: string, output: string, mix: GGUFQuant
       gqa: kvHeads ? Math.trunc(first(key('attention.head_count')) / kvHeads) : 0,
     };
     const tensors = [...source.tensors.values()].map((t) => ({
-      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name),
+      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
     }));
     // A split input (opened from its first shard) is written whole: its split.* keys dropped, as llama-quantize drops them.
     const kv = [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
-    await writeQuantMix(output, kv, tensors, mix, model, options);
+    const shardCount = Number(source.get('split.count') ?? 1);
+    if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
+    await writeQuantMix(output, kv, tensors, mix, model, options, shardCount);
   } finally {
     source.close();
   }

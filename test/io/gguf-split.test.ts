@@ -16,6 +16,7 @@ const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../t
   splits: Record<string, { model: QuantizeModelName; options: string[]; shards: Array<[string, string]> }>;
   'quantized from split': { source: string; mix: 'Q4_K_M'; sha256: string };
   merged: { source: string; sha256: string };
+  'keep split': { source: string; mix: 'Q4_K_M'; shards: Array<[string, string]> };
 };
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
@@ -48,7 +49,7 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     });
   }
 
-  it('a model loads from its first shard as from the whole file (Nemotron, NemotronH); quantizeGGUF writes llama-quantize\'s file from a split input, mergeGGUF llama-gguf-split --merge\'s', async () => {
+  it('a model loads from its first shard as from the whole file (Nemotron, NemotronH); quantizeGGUF writes llama-quantize\'s file from a split input (and its shards with keepSplit), mergeGGUF llama-gguf-split --merge\'s', async () => {
     for (const [name, key] of [['nemotron', 'nemotron size 2M'], ['nemotron-h', 'nemotron-h tensors 10']] as const) {
       const whole = await f32File(name);
       const prefix = path.join(tmpDir('gguf-split-load'), name);
@@ -75,6 +76,12 @@ describe('Split GGUF files (llama-gguf-split)', function () {
         const out = path.join(path.dirname(prefix), 'q.gguf');
         await quantizeGGUF(shards[0], out, 'Q4_K_M');
         expect(sha256(fs.readFileSync(out))).to.equal(reference['quantized from split'].sha256);
+        // --keep-split: the output in the input's shards, the mix's rules counted in their order.
+        const kept = path.join(path.dirname(prefix), 'kept.gguf');
+        await quantizeGGUF(shards[0], kept, 'Q4_K_M', { keepSplit: true });
+        reference['keep split'].shards.forEach(([suffix, hash]) => expect(sha256(fs.readFileSync(path.join(path.dirname(prefix), `kept${suffix}`))), `kept${suffix}`).to.equal(hash));
+        const keptOnWhole = await quantizeGGUF(whole, kept, 'Q4_K_M', { keepSplit: true }).then(() => 'written', (e: Error) => e.message);
+        expect(keptOnWhole).to.match(/keepSplit writes the shards of a split input; .*nemotron-h-f32\.gguf is one file/);
         // Joined again, as llama-gguf-split --merge joins them (split.count 0: read as one file).
         const merged = path.join(path.dirname(prefix), 'merged.gguf');
         mergeGGUF(shards[0], merged);
@@ -86,7 +93,7 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     }
   });
 
-  it('refuses a shard other than the first, a missing shard, and limits that cannot be met, by name; the CLI splits and merges as llama-gguf-split does', async () => {
+  it('refuses a shard other than the first, a missing shard, and limits that cannot be met, by name; the CLI splits and merges as llama-gguf-split does, and quantizes with --keep-split', async () => {
     const dir = tmpDir('gguf-split-errors');
     const expected = reference.splits['nemotron-h tensors 10'];
     const source = await f32File('nemotron-h');
@@ -97,6 +104,10 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     const merge = spawnSync(process.execPath, [CLI, 'split', '--merge', '--input', path.join(dir, 'm-00001-of-00005.gguf'), '--output', path.join(dir, 'merged.gguf')], { encoding: 'utf8' });
     expect(merge.status, merge.stderr).to.equal(0);
     expect(sha256(fs.readFileSync(path.join(dir, 'merged.gguf')))).to.equal(reference.merged.sha256);
+    const kept = spawnSync(process.execPath, [CLI, 'convert', '--gguf', path.join(dir, 'm-00001-of-00005.gguf'), '--output', path.join(dir, 'k.gguf'),
+      '--type', 'Q4_K_M', '--keep-split', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(kept.status, kept.stderr).to.equal(0);
+    reference['keep split'].shards.forEach(([suffix, hash]) => expect(sha256(fs.readFileSync(path.join(dir, `k${suffix}`))), `k${suffix}`).to.equal(hash));
     const failure = (f: () => unknown) => { try { f(); return 'opened'; } catch (e) { return (e as Error).message; } };
     expect(failure(() => GGUFFile.open(path.join(dir, 'm-00002-of-00005.gguf')))).to.match(/m-00002-of-00005\.gguf is shard 2 of 5 of a split model: open .*m-00001-of-00005\.gguf/);
     fs.renameSync(path.join(dir, 'm-00004-of-00005.gguf'), path.join(dir, 'elsewhere.gguf'));

@@ -6,7 +6,7 @@ import { isGGUF } from '../../models/nemotron/pretrained';
 import { NemotronTokenizer } from '../tokenizer';
 import { checkModelDir, modelType } from './info';
 import { integerArg } from './generate';
-import { quantizeGGUF } from '../io/gguf';
+import { planQuantization, quantizeGGUF } from '../io/gguf';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type TensorTypeOverrides, isQuantMix } from '../io/gguf-quantize';
 import { filterImatrix, resolveImatrix } from '../io/imatrix';
 import { NemotronHForCausalLM } from '../../models/nemotron_h/model';
@@ -25,6 +25,21 @@ function tensorTypeArg(value: string, previous: Array<[string, GGMLWriteType]>):
   const at = value.indexOf('=');
   if (at <= 0 || at === value.length - 1) throw new Error(`--tensor-type ${value}: expected PATTERN=TYPE, e.g. attn_v=q8_0`);
   return [...previous, [value.slice(0, at), ggmlTypeArg(value.slice(at + 1))]];
+}
+
+/** A quantization plan as a table: each tensor's types and size, then the totals. */
+function printPlan(plan: ReturnType<typeof planQuantization>): void {
+  const width = Math.max(...plan.map((t) => t.name.length));
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(2);
+  let [weights, before, after] = [0, 0, 0];
+  for (const t of plan) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    weights += count;
+    before += count * (t.from === 'F32' ? 4 : 2);
+    after += t.bytes;
+    process.stdout.write(`${t.name.padEnd(width)}  ${t.from.padEnd(4)} → ${t.to.padEnd(7)} ${mib(t.bytes).padStart(10)} MiB\n`);
+  }
+  process.stdout.write(`${plan.length} tensors: ${mib(before)} MiB → ${mib(after)} MiB, ${(8 * after / weights).toFixed(2)} bits a weight\n`);
 }
 
 /**
@@ -57,6 +72,7 @@ export function registerConvert(program: Command): void {
     .option('--include-weights <name>', 'with --imatrix: use it only for tensors whose names contain this; repeatable (llama-quantize --include-weights)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--exclude-weights <name>', 'with --imatrix: not for tensors whose names contain this; repeatable (llama-quantize --exclude-weights)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--keep-split', 'from --gguf (the first shard of a split file) with a mix --type: the output in the same shards, OUTPUT-0000i-of-0000n.gguf (llama-quantize --keep-split)')
+    .option('--dry-run', 'with --gguf and a mix --type: print each tensor\'s type and size in the output, write nothing (llama-quantize --dry-run)')
     .option('--override-kv <KEY=TYPE:VALUE>', 'with a mix --type: set a metadata key in the output (TYPE int, float, bool or str); repeatable (llama-quantize --override-kv)', (v: string, prev: string[]) => [...prev, v], [])
     .option('--adapter <dir>', 'with --model (the base: a folder or a GGUF file): a PEFT LoRA adapter folder to write as a GGUF LoRA file for llama.cpp\'s --lora (--type F32 or F16)')
     .option('--threads <n>', 'from --model: worker threads quantizing a k-quant mix (default: the machine\'s parallelism)', integerArg('a positive integer', (n) => n >= 1))
@@ -78,6 +94,11 @@ export function registerConvert(program: Command): void {
       const imatrix = opts.imatrix === undefined ? undefined
         : filterImatrix(resolveImatrix(opts.imatrix)!, { include: opts.includeWeights, exclude: opts.excludeWeights });
       if (opts.imatrix !== undefined && !isQuantMix(opts.type)) throw new Error(`--imatrix weighs a quantization mix (--type Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, TQ1_0, …), not --type ${opts.type}`);
+      if (opts.dryRun) {
+        if (opts.gguf === undefined || !isQuantMix(opts.type)) throw new Error('--dry-run plans a quantization mix (--type Q4_K_M, …) of a GGUF file (--gguf FILE)');
+        printPlan(planQuantization(opts.gguf, opts.type, { ...overrides, keepSplit: opts.keepSplit, hasImatrix: imatrix !== undefined }));
+        return;
+      }
       if (opts.gguf !== undefined && String(opts.output).toLowerCase().endsWith('.gguf')) {
         // GGUF → GGUF: llama-quantize's job, without a model in memory.
         if (!isQuantMix(opts.type)) throw new Error(`--gguf FILE --output FILE.gguf quantizes into one of llama-quantize's mixes: give --type Q2_K, Q2_K_S, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS/XS/S/M or IQ2_XXS/XS/S/M, not ${opts.type}`);

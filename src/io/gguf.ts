@@ -786,6 +786,43 @@ const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'
  * writes): the input's metadata copied as stored, its tensors mixed and quantized as llama-quantize does.
  */
 export async function quantizeGGUF(input: string, output: string, mix: GGUFQuantMix, options: QuantizeOptions = {}): Promise<void> {
+  const { source, model, shardCount } = openForQuantization(input);
+  try {
+    if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
+    const tensors = [...source.tensors.values()].map((t) => ({
+      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
+    }));
+    // A split input (opened from its first shard) is written whole: its split.* keys dropped, as llama-quantize drops them.
+    const kv = [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
+    await writeQuantMix(output, kv, tensors, mix, model, options, shardCount);
+  } finally {
+    source.close();
+  }
+}
+
+/**
+ * `llama-quantize --dry-run`: what quantizeGGUF would write, without quantizing — each tensor's type before and after
+ * and its bytes after, in llama-quantize's order (the per-tensor options and keepSplit's order apply).
+ */
+export function planQuantization(input: string, mix: GGUFQuantMix, options: TensorTypeOverrides & { keepSplit?: boolean; hasImatrix?: boolean } = {}):
+  Array<{ name: string; shape: number[]; from: string; to: string; bytes: number }> {
+  const { source, model } = openForQuantization(input);
+  try {
+    const { keepSplit, hasImatrix, ...overrides } = options;
+    checkOverrides(overrides);
+    const tensors = [...source.tensors.values()].map((t) => ({ name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16' }));
+    return quantizationMix(mix, tensors, model, hasImatrix, overrides, keepSplit).map((t) => {
+      const [, blockValues, blockBytes] = Object.values(TYPES).find(([name]) => name === t.type)!;
+      const count = t.shape.reduce((a, b) => a * b, 1);
+      return { name: t.name, shape: t.shape, from: source.tensors.get(t.name)!.type, to: t.type, bytes: (count / blockValues) * blockBytes };
+    });
+  } finally {
+    source.close();
+  }
+}
+
+/** A GGUF that llama-quantize would take (ours: Nemotron / NemotronH, F32 / F16 / BF16 tensors), opened, with what its rules need. */
+function openForQuantization(input: string): { source: GGUFFile; model: { layerCount: number; expertCount: number; gqa: number }; shardCount: number } {
   const source = GGUFFile.open(input);
   try {
     const arch = String(source.get('general.architecture'));
@@ -805,16 +842,10 @@ export async function quantizeGGUF(input: string, output: string, mix: GGUFQuant
       layerCount: Number(key('block_count')), expertCount: Number(key('expert_count') ?? 0),
       gqa: kvHeads ? Math.trunc(first(key('attention.head_count')) / kvHeads) : 0,
     };
-    const tensors = [...source.tensors.values()].map((t) => ({
-      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
-    }));
-    // A split input (opened from its first shard) is written whole: its split.* keys dropped, as llama-quantize drops them.
-    const kv = [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
-    const shardCount = Number(source.get('split.count') ?? 1);
-    if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
-    await writeQuantMix(output, kv, tensors, mix, model, options, shardCount);
-  } finally {
+    return { source, model, shardCount: Number(source.get('split.count') ?? 1) };
+  } catch (e) {
     source.close();
+    throw e;
   }
 }
 

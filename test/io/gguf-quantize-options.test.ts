@@ -2,7 +2,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
-import { filterImatrix, type ImatrixSource, type ImportanceMatrix, readImatrix, setBackend } from '../../src/index';
+import { filterImatrix, GGUFFile, type ImatrixSource, type ImportanceMatrix, planQuantization, quantizeGGUF, readImatrix, setBackend } from '../../src/index';
 import { type GGMLWriteType, type GGUFQuantMix, type TensorTypeOverrides } from '../../src/io/gguf-quantize';
 import { type QuantizedFileDigest, expectLlamaQuantizeFile, quantizeModel, type QuantizeModelName, sha256, withQuantizeModel } from './gguf-quantize-models';
 import { tmpDir } from '../helpers';
@@ -60,6 +60,28 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     });
   }
 
+  it('planQuantization (convert --dry-run) gives the types and sizes of llama-quantize\'s files without writing one', async () => {
+    const dir = tmpDir('gguf-options-plan');
+    for (const key of ['nemotron-h Q4_K_M tensor types', 'nemotron Q3_K_M blk.0 attn_v q8_0', 'nemotron-tied Q4_K_M output q8_0']) {
+      const expected = reference.files[key];
+      const { model, tokenizer } = await quantizeModel(expected.model);
+      const source = path.join(dir, `${expected.model}-F32.gguf`);
+      await model.saveGGUF(source, tokenizer, { type: 'F32', name: expected.model });
+      model.dispose();
+      const options = overridesOf(expected.options, expected.model);
+      const plan = planQuantization(source, expected.mix, options);
+      expect(plan.map((t) => [t.name, t.to]), key).to.deep.equal(expected.tensors.map(([name, type]) => [name, type]));
+      const out = path.join(dir, 'out.gguf');
+      await quantizeGGUF(source, out, expected.mix, options as Parameters<typeof quantizeGGUF>[3]);
+      const written = GGUFFile.open(out);
+      try {
+        expect(plan.map((t) => t.bytes), `${key}: sizes`).to.deep.equal(plan.map((t) => written.tensors.get(t.name)!.byteLength));
+      } finally {
+        written.close();
+      }
+    }
+  });
+
   it('the CLI takes the same flags (convert --gguf F32 --type MIX ... and --model DIR); bad ones are refused by name, on the CLI and the API', async () => {
     const dir = tmpDir('gguf-options-cli');
     for (const name of ['nemotron', 'nemotron-h'] as const) {
@@ -90,6 +112,10 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     expect(refused('--type', 'Q4_K_M', '--tensor-type', 'attn_v')).to.match(/--tensor-type attn_v: expected PATTERN=TYPE, e\.g\. attn_v=q8_0/);
     expect(refused('--type', 'Q4_K_M', '--imatrix', 'imatrix.gguf', '--include-weights', 'a', '--exclude-weights', 'b')).to.match(/give include or exclude weights, not both/);
     expect(refused('--type', 'Q4_K_M', '--include-weights', 'attn_q')).to.match(/--include-weights \/ --exclude-weights choose entries of an --imatrix FILE; none was given/);
+    const plan = cli('convert', '--gguf', 'nemotron-h-F32.gguf', '--output', 'p.gguf', '--type', 'Q4_K_M', '--dry-run', ...viaGGUF.options);
+    expect(plan.status, plan.stderr).to.equal(0);
+    expect(plan.stdout).to.match(/blk\.2\.attn_v\.weight\s+F32\s+→ Q8_0/).and.to.match(/\d+ tensors: [\d.]+ MiB → [\d.]+ MiB, [\d.]+ bits a weight/);
+    expect(fs.existsSync(path.join(dir, 'p.gguf')), '--dry-run writes nothing').to.equal(false);
     expect(refused('--type', 'Q8_0', '--pure')).to.match(/--pure: llama-quantize's per-tensor options go with a quantization mix \(--type Q4_K_M, …\), not --type Q8_0/);
     // From the API: a type that is not written here, by option.
     const { model, tokenizer } = await quantizeModel('nemotron');

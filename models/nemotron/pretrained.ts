@@ -304,14 +304,15 @@ export abstract class NemotronPreTrainedModel {
 
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py would (llama.cpp and transformers'
-   * gguf_file= read it): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes one of its mixes
-   * (Q2_K … Q6_K, IQ4/IQ3/IQ2/IQ1, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE) from the F32 one, quantized on `threads` worker
-   * threads (default: the machine's parallelism), weighted by an importance matrix `imatrix` when given (a file's path
-   * or computeImatrix's result), with llama-quantize's per-tensor options (`pure`, `outputTensorType`,
-   * `tokenEmbeddingType`, `tensorTypes`, `leaveOutputTensor`); the tokenizer's vocabulary in SentencePiece form.
+   * gguf_file= read it): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes one of its file types
+   * (BF16, Q4_1, Q5_0, Q5_1, Q2_K … Q6_K, IQ4/IQ3/IQ2/IQ1, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE) from the F32 one, quantized
+   * on `threads` worker threads (default: the machine's parallelism), weighted by an importance matrix `imatrix` when
+   * given (a file's path or computeImatrix's result), with llama-quantize's per-tensor options (`pure`,
+   * `outputTensorType`, `tokenEmbeddingType`, `tensorTypes`, `leaveOutputTensor`), `overrideKv` and `pruneLayers`; the
+   * tokenizer's vocabulary in SentencePiece form.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
-    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: ImatrixSource; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {
+    options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: ImatrixSource; overrideKv?: string[]; pruneLayers?: number[] } & TensorTypeOverrides = {}): Promise<void> {
     const { type = 'F32', name, imatrix, ...quantizeOptions } = options;
     await writeNemotronGGUF(file, this.config, await this.hostTensors(), tokenizer, type, name, { ...quantizeOptions, imatrix: resolveImatrix(imatrix) });
   }

@@ -792,9 +792,10 @@ export class NemotronHForCausalLM {
   /**
    * Writes the model as a GGUF file, as llama.cpp's convert_hf_to_gguf.py writes NemotronH (llama.cpp reads it;
    * fromPretrained reads it back): matrices in `type` (F32, F16, Q8_0 or Q4_0), or as llama-quantize makes one of its
-   * mixes (Q2_K … Q6_K, IQ4_NL, IQ4_XS; Q2_K_S) from the F32 one, quantized on `threads` worker threads (default: the
-   * machine's parallelism), weighted by an importance matrix `imatrix` when given (a file's path or computeImatrix's
-   * result); the tokenizer's vocabulary.
+   * file types (BF16, Q4_1, Q5_0, Q5_1, Q2_K … Q6_K, the i-quants, MXFP4_MOE, …) from the F32 one, quantized on
+   * `threads` worker threads (default: the machine's parallelism), weighted by an importance matrix `imatrix` when given
+   * (a file's path or computeImatrix's result), with llama-quantize's per-tensor options and `overrideKv`; the
+   * tokenizer's vocabulary.
    */
   async saveGGUF(file: string, tokenizer: GGUFVocabularySource,
     options: { type?: GGUFWriteType; name?: string; threads?: number; imatrix?: ImatrixSource; overrideKv?: string[] } & TensorTypeOverrides = {}): Promise<void> {

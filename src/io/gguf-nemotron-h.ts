@@ -18,7 +18,7 @@
  */
 import { GGUFFile, type GGUFMetaValue, type GGUFTensorInfo, type GGUFVocabularySource, type GGUFWriteType, GGUF_FILE_TYPE,
   sentencePieceVocabulary, specialTokenKeys, writeModelGGUF } from './gguf';
-import { type GGMLWriteType, isQuantMix } from './gguf-quantize';
+import { type GGMLWriteType, isLlamaQuantizeMix } from './gguf-quantize';
 import type { QuantizeOptions } from './gguf';
 import { byteLevelVocabulary, isByteLevel } from './gguf-vocab';
 
@@ -283,7 +283,7 @@ export async function writeNemotronHGGUF(file: string, config: NemotronHGGUFConf
     else if (w.name.endsWith('.mixer.k_proj.weight')) data = permuteRows(data, shape[0], config.numKeyValueHeads, false);
     const matrix = shape.length >= 2 && ggufName.endsWith('.weight') && !keptF32.test(ggufName);
     const blockRows = shape[shape.length - 1] % 32 === 0;
-    const kind: GGMLWriteType = !matrix || isQuantMix(type) ? 'F32' : (type === 'Q8_0' || type === 'Q4_0') && !blockRows ? 'F16' : type;
+    const kind: GGMLWriteType = !matrix || isLlamaQuantizeMix(type) ? 'F32' : (type === 'Q8_0' || type === 'Q4_0') && !blockRows ? 'F16' : type as GGMLWriteType;
     return { name: ggufName, shape, data, type: kind };
   }), type, {
     layerCount: config.layerTypes.length, expertCount: moe ? config.nRoutedExperts : 0,

@@ -110,13 +110,13 @@ function quantizeQ3_KWeighted(values: Float32Array, importance: Float32Array): B
 }
 
 /**
- * Q4_0, Q5_0 and Q5_1 with an importance matrix (quantize_row_q{4_0,5_0,5_1}_impl): σ² is the whole row's mean square;
- * each block of 32 fit by make_qx_quants (Q4_0, Q5_0) or make_qkx3_quants (Q5_1) on importance-weighted errors, its
+ * Q4_0, Q4_1, Q5_0 and Q5_1 with an importance matrix (quantize_row_q{4_0,4_1,5_0,5_1}_impl): σ² is the whole row's mean
+ * square; each block of 32 fit by make_qx_quants (Q4_0, Q5_0) or make_qkx3_quants (Q4_1, Q5_1) on importance-weighted errors, its
  * levels stored as found.
  */
-function quantizeLegacyWeighted(values: Float32Array, importance: Float32Array, kind: 'Q4_0' | 'Q5_0' | 'Q5_1'): Buffer {
+function quantizeLegacyWeighted(values: Float32Array, importance: Float32Array, kind: 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q5_1'): Buffer {
   const rowLength = importance.length;
-  const blockBytes = { Q4_0: 18, Q5_0: 22, Q5_1: 24 }[kind];
+  const blockBytes = { Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24 }[kind];
   const out = Buffer.alloc((values.length / 32) * blockBytes);
   const signed = new Int8Array(32);
   const unsigned = new Uint8Array(32);
@@ -125,11 +125,12 @@ function quantizeLegacyWeighted(values: Float32Array, importance: Float32Array, 
     for (let c = 0; c < rowLength; c += 32) {
       const at = ((r0 + c) / 32) * blockBytes;
       importanceWeights(values, r0 + c, 32, importance, c, sigma2, groupWeights);
-      if (kind === 'Q5_1') {
-        makeQkx2Quants(32, 31, values, r0 + c, groupWeights, unsigned, 0, groupAux, NINE_TENTHS, TWENTIETH, 36);
+      if (kind === 'Q5_1' || kind === 'Q4_1') {
+        makeQkx2Quants(32, kind === 'Q5_1' ? 31 : 15, values, r0 + c, groupWeights, unsigned, 0, groupAux, NINE_TENTHS, TWENTIETH, 36);
         out.writeUInt16LE(float32ToF16Bits(fitted.scale), at);
         out.writeUInt16LE(float32ToF16Bits(-fitted.min), at + 2);
-        packFiveBits(out, at + 4, unsigned, 0, (l) => l);
+        if (kind === 'Q5_1') packFiveBits(out, at + 4, unsigned, 0, (l) => l);
+        else for (let j = 0; j < 16; j++) out[at + 4 + j] = unsigned[j] | (unsigned[j + 16] << 4);
         continue;
       }
       const d = makeQxQuants(32, kind === 'Q4_0' ? 8 : 16, values, r0 + c, signed, 0, groupWeights, 0);
@@ -244,7 +245,7 @@ function quantizeIQ4(values: Float32Array, superBlock: 32 | 256, importance?: Fl
  * its length the row length: the imatrix entry of these rows) the weighted quantizers, without it the reference ones.
  * Q8_0, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4 and NVFP4 take no importance (llama.cpp ignores it for them).
  */
-export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values: Float32Array, importance?: Float32Array): Buffer {
+export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16' | 'BF16'>, values: Float32Array, importance?: Float32Array): Buffer {
   if (importance && values.length % importance.length !== 0) {
     throw new Error(`quantizeRows: ${values.length} values are not whole rows of ${importance.length} (the importance vector's length)`);
   }
@@ -272,7 +273,7 @@ export function quantizeRows(type: Exclude<GGMLWriteType, 'F32' | 'F16'>, values
     case 'Q2_K': case 'Q4_K': case 'Q5_K': return quantizeWithMinsWeighted(values, importance, type);
     case 'Q3_K': return quantizeQ3_KWeighted(values, importance);
     case 'Q6_K': return quantizeQ6_K(values, importance);
-    case 'Q4_0': case 'Q5_0': case 'Q5_1': return quantizeLegacyWeighted(values, importance, type);
+    case 'Q4_0': case 'Q4_1': case 'Q5_0': case 'Q5_1': return quantizeLegacyWeighted(values, importance, type);
   }
 }
 

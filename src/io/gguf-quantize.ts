@@ -1,10 +1,11 @@
 /**
- * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q4_0, Q5_0,
+ * llama.cpp's reference quantizers for the types `llama-quantize` writes without an importance matrix: Q4_0, Q4_1, Q5_0,
  * Q5_1, Q8_0 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (ggml-quants.c, quantize_row_*_ref; the importance-
  * weighted ones and the i-quants are in gguf-quantize-imatrix.ts and gguf-quantize-lattice.ts), and the tensor mixes
  * of its file types (llama-quant.cpp's llama_tensor_get_type). Every step rounds to float32 as C's float arithmetic
  * does (`f` below), so the bytes equal those of a portable (non-FMA) build of llama-quantize; the tests compare them.
  */
+import * as fs from 'fs';
 import { f16BitsToFloat32, float32ToF16Bits } from './safetensors';
 
 const f = Math.fround;
@@ -310,6 +311,32 @@ export function quantizeQ5_0(values: Float32Array): Buffer {
 }
 
 /** quantize_row_q5_1_ref: per 32 values, d = (max − min) / 31 and m = min, 5-bit levels trunc((x − m)/d + 0.5). */
+/**
+ * llama.cpp's quantize_row_q4_1_ref: per 32 values, d = (max − min) / 15 and m = min (both f16), levels
+ * trunc((x − min) / d + 0.5) up to 15, the first 16 values in the low nibbles, the next 16 in the high ones.
+ */
+export function quantizeQ4_1(values: Float32Array): Buffer {
+  const blocks = values.length / 32;
+  const out = Buffer.alloc(blocks * 20);
+  for (let b = 0; b < blocks; b++) {
+    let min = Infinity;
+    let max = -Infinity;
+    for (let j = 0; j < 32; j++) {
+      const v = values[b * 32 + j];
+      if (v < min) min = v;
+      if (v > max) max = v;
+    }
+    const d = f(f(max - min) / 15);
+    const id = d ? f(1 / d) : 0;
+    const at = b * 20;
+    out.writeUInt16LE(float32ToF16Bits(d), at);
+    out.writeUInt16LE(float32ToF16Bits(min), at + 2);
+    const q = (j: number) => Math.min(15, Math.trunc(f(f(f(values[b * 32 + j] - min) * id) + 0.5)));
+    for (let j = 0; j < 16; j++) out[at + 4 + j] = q(j) | (q(j + 16) << 4);
+  }
+  return out;
+}
+
 export function quantizeQ5_1(values: Float32Array): Buffer {
   const blocks = values.length / 32;
   const out = Buffer.alloc(blocks * 24);
@@ -604,12 +631,13 @@ export function finishQ3_K(values: Float32Array, x0: number, out: Buffer, at: nu
 }
 
 /** A tensor type that `writeGGUF` writes. */
-export type GGMLWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S'
+export type GGMLWriteType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_1' | 'Q5_0' | 'Q5_1' | 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'IQ4_NL' | 'IQ4_XS' | 'IQ3_XXS' | 'IQ3_S' | 'IQ2_XXS' | 'IQ2_XS' | 'IQ2_S'
   | 'IQ1_S' | 'IQ1_M' | 'TQ1_0' | 'TQ2_0' | 'Q1_0' | 'Q2_0' | 'MXFP4' | 'NVFP4';
 
 /** ggml's type ids and block lengths of the types written. */
 export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: number }> = {
-  F32: { id: 0, blockValues: 1 }, F16: { id: 1, blockValues: 1 }, Q4_0: { id: 2, blockValues: 32 }, Q5_0: { id: 6, blockValues: 32 },
+  F32: { id: 0, blockValues: 1 }, F16: { id: 1, blockValues: 1 }, BF16: { id: 30, blockValues: 1 }, Q4_0: { id: 2, blockValues: 32 },
+  Q4_1: { id: 3, blockValues: 32 }, Q5_0: { id: 6, blockValues: 32 },
   Q5_1: { id: 7, blockValues: 32 }, Q8_0: { id: 8, blockValues: 32 }, Q2_K: { id: 10, blockValues: QK_K }, Q3_K: { id: 11, blockValues: QK_K },
   Q4_K: { id: 12, blockValues: QK_K }, Q5_K: { id: 13, blockValues: QK_K },
   Q6_K: { id: 14, blockValues: QK_K }, IQ4_NL: { id: 20, blockValues: 32 }, IQ4_XS: { id: 23, blockValues: QK_K },
@@ -620,12 +648,17 @@ export const GGML_WRITE_TYPES: Record<GGMLWriteType, { id: number; blockValues: 
 };
 
 /**
- * llama-quantize's file types written here — every one it has: the k-quant mixes, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M,
- * TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE, and, only with an importance matrix (their IQ1 / IQ2 / IQ3_XXS / Q2_K tensors
- * need one), Q2_K_S, IQ3_XS, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S and IQ1_M — with llama.cpp's LLAMA_FTYPE_*
- * number and default type.
+ * llama-quantize's file types written here — every one it has (COPY apart, see quantizeGGUF): the legacy types Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0, the float ones F16, BF16, F32 (no per-tensor rules for these three), the k-quant mixes,
+ * IQ4_NL, IQ4_XS, IQ3_S, IQ3_M, TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4_MOE, and, only with an importance matrix (their IQ1 /
+ * IQ2 / IQ3_XXS / Q2_K tensors need one), Q2_K_S, IQ3_XS, IQ3_XXS, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S and IQ1_M — with
+ * llama.cpp's LLAMA_FTYPE_* number and default type. (saveGGUF writes F32, F16, Q8_0 and Q4_0 as llama.cpp's converter
+ * does instead: see CONVERTER_TYPES.)
  */
 export const QUANT_MIXES = {
+  F32: { fileType: 0, base: 'F32' }, F16: { fileType: 1, base: 'F16' }, BF16: { fileType: 32, base: 'BF16' },
+  Q4_0: { fileType: 2, base: 'Q4_0' }, Q4_1: { fileType: 3, base: 'Q4_1' }, Q8_0: { fileType: 7, base: 'Q8_0' },
+  Q5_0: { fileType: 8, base: 'Q5_0' }, Q5_1: { fileType: 9, base: 'Q5_1' },
   Q2_K: { fileType: 10, base: 'Q2_K' }, Q3_K_S: { fileType: 11, base: 'Q3_K' }, Q3_K_M: { fileType: 12, base: 'Q3_K' },
   Q3_K_L: { fileType: 13, base: 'Q3_K' }, Q4_K_S: { fileType: 14, base: 'Q4_K' }, Q4_K_M: { fileType: 15, base: 'Q4_K' },
   Q5_K_S: { fileType: 16, base: 'Q5_K' }, Q5_K_M: { fileType: 17, base: 'Q5_K' }, Q6_K: { fileType: 18, base: 'Q6_K' },
@@ -647,8 +680,16 @@ export function isQuantMix(type: string): type is GGUFQuantMix {
   return Object.prototype.hasOwnProperty.call(QUANT_MIXES, type);
 }
 
+/** The types saveGGUF writes as llama.cpp's convert_hf_to_gguf.py does (every matrix in the type), not as llama-quantize. */
+export const CONVERTER_TYPES = ['F32', 'F16', 'Q8_0', 'Q4_0'] as const;
+
+/** Whether saveGGUF makes file type `type` as llama-quantize does (from the F32 file), rather than as the converter. */
+export function isLlamaQuantizeMix(type: string): type is GGUFQuantMix {
+  return isQuantMix(type) && !(CONVERTER_TYPES as readonly string[]).includes(type);
+}
+
 /** llama-quantize's order of tensors (llama_model_loader's weights_map): by layer (others first), then by name. */
-function compareTensorNames(a: string, b: string): number {
+export function compareTensorNames(a: string, b: string): number {
   const layer = (name: string) => { const m = /^blk\.(-?\d+)\./.exec(name); return m ? Number(m[1]) : -1; };
   const [la, lb] = [layer(a), layer(b)];
   if (la !== lb) return la - lb;
@@ -673,7 +714,7 @@ function allowsQuantization(name: string, shape: number[]): boolean {
  * (numpy-order shapes); returned in llama-quantize's order (`inGivenOrder`: theirs) with each one's type, tensors it
  * leaves alone unchanged.
  */
-export function quantizationMix<T extends { name: string; shape: number[]; type: GGMLWriteType | 'BF16' }>(mix: GGUFQuantMix, tensors: T[],
+export function quantizationMix<T extends { name: string; shape: number[]; type: string }>(mix: GGUFQuantMix, tensors: T[],
   model: { layerCount: number; expertCount: number; gqa: number }, hasImportance = false, overrides: TensorTypeOverrides = {}, inGivenOrder = false): T[] {
   // llama-quantize's order (by name), or with --keep-split the shards' own (shard, then offset): the rules count in it.
   const sorted = inGivenOrder ? tensors.slice() : tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name));
@@ -696,7 +737,7 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     let type: GGMLWriteType = QUANT_MIXES[mix].base;
     const lowBits = mix === 'IQ3_XXS' || IQ2_MIXES.includes(mix);
     if (t.name === 'output.weight' || (tied && t.name === 'token_embd.weight')) {
-      type = overrides.outputTensorType ?? (mix === 'MXFP4_MOE' || columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K');
+      type = overrides.outputTensorType ?? (mix === 'MXFP4_MOE' || mix === 'Q8_0' || columns % GGML_WRITE_TYPES[type].blockValues !== 0 ? 'Q8_0' : lowBits ? 'Q5_K' : 'Q6_K');
     } else if (mix === 'MXFP4_MOE') {
       // Experts' stacked matrices in MXFP4, every other matrix Q8_0.
       type = t.shape.length === 3 && t.shape[0] > 1 ? 'MXFP4' : 'Q8_0';
@@ -757,6 +798,8 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
       else if (mix === 'Q3_K_L') type = 'Q5_K';
       else if ((mix === 'Q4_K_M' || mix === 'Q5_K_M') && useMoreBits(layer, n)) type = 'Q6_K';
       else if (mix === 'Q4_K_S' && layer < Math.trunc(n / 8)) type = 'Q5_K';
+      // With an importance matrix only, so that a Q4_0 / Q5_0 file without one stays as it always was.
+      else if ((mix === 'Q4_0' || mix === 'Q5_0') && hasImportance && layer < Math.trunc(n / 8)) type = mix === 'Q4_0' ? 'Q4_1' : 'Q5_1';
       ffnDownIndex++;
     } else if (t.name.includes('attn_output.weight')) {
       if (experts === 8) {
@@ -776,6 +819,9 @@ export function quantizationMix<T extends { name: string; shape: number[]; type:
     // type alone (--pure), or the mix's rules; then the fallback for rows that are not whole blocks.
     if (overrides.tokenEmbeddingType && t.name === 'token_embd.weight') return { ...t, type: overrides.tokenEmbeddingType };
     if (overrides.outputTensorType && t.name === 'output.weight') return { ...t, type: overrides.outputTensorType };
+    // F16, BF16 and F32 files: every other matrix in that type; no rules, patterns or fallbacks (llama.cpp applies
+    // those only when the file type is a quantized one).
+    if (FLOAT_TYPES.includes(QUANT_MIXES[mix].base)) return { ...t, type: QUANT_MIXES[mix].base };
     const columns = t.shape[t.shape.length - 1];
     let type = manual.find(([pattern]) => pattern.test(t.name))?.[1] ?? (overrides.pure ? QUANT_MIXES[mix].base : ruleType(t, columns));
     if (columns % GGML_WRITE_TYPES[type].blockValues !== 0) {
@@ -799,6 +845,28 @@ export interface TensorTypeOverrides {
   tensorTypes?: Array<[string | RegExp, GGMLWriteType]>; leaveOutputTensor?: boolean;
 }
 
+const FLOAT_TYPES: GGMLWriteType[] = ['F32', 'F16', 'BF16'];
+
+/** A ggml type name as llama-quantize takes one (any case), among those written here. */
+export function parseGGMLType(value: string): GGMLWriteType {
+  const type = Object.keys(GGML_WRITE_TYPES).find((t) => t.toLowerCase() === value.toLowerCase());
+  if (!type) throw new Error(`${value}: expected a tensor type written here (${Object.keys(GGML_WRITE_TYPES).join(', ').toLowerCase()})`);
+  return type as GGMLWriteType;
+}
+
+/** llama-quantize's --tensor-type PATTERN=TYPE (the pattern lower-cased later, by quantizationMix). */
+export function parseTensorType(value: string): [string, GGMLWriteType] {
+  const at = value.indexOf('=');
+  if (at <= 0 || at === value.length - 1) throw new Error(`--tensor-type ${value}: expected PATTERN=TYPE, e.g. attn_v=q8_0`);
+  return [value.slice(0, at), parseGGMLType(value.slice(at + 1))];
+}
+
+/** llama-quantize's --tensor-type-file: PATTERN=TYPE entries separated by spaces or newlines, in order. */
+export function readTensorTypeFile(file: string): Array<[string, GGMLWriteType]> {
+  if (!fs.existsSync(file)) throw new Error(`--tensor-type-file ${file}: no such file`);
+  return fs.readFileSync(file, 'utf8').split(/\s+/).filter((entry) => entry !== '').map(parseTensorType);
+}
+
 /** tensor_type_fallback: the type a tensor whose rows are not whole blocks gets instead (then F16 if that fails too). */
 const FALLBACKS: Partial<Record<GGMLWriteType, GGMLWriteType>> = {
   Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0', TQ1_0: 'Q4_0', TQ2_0: 'Q4_0', Q2_0: 'Q4_0',
@@ -806,14 +874,15 @@ const FALLBACKS: Partial<Record<GGMLWriteType, GGMLWriteType>> = {
 };
 
 /** The metadata llama-quantize writes: the source's keys in order, then general.quantization_version and general.file_type. */
-export function quantizationMixMetadata<V>(kv: Array<[string, V]>, mix: GGUFQuantMix, u32: (v: number) => V): Array<[string, V]> {
+export function quantizationMixMetadata<V>(kv: Array<[string, V]>, fileType: number, u32: (v: number) => V): Array<[string, V]> {
   return [...kv.filter(([key]) => key !== 'general.quantization_version' && key !== 'general.file_type'),
-    ['general.quantization_version', u32(2)], ['general.file_type', u32(QUANT_MIXES[mix].fileType)]];
+    ['general.quantization_version', u32(2)], ['general.file_type', u32(fileType)]];
 }
 
 /** `values` in a quantized type, rows of whole blocks (the caller checks). */
-export function quantizeValues(type: 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'Q5_0' | 'Q5_1', values: Float32Array): Buffer {
+export function quantizeValues(type: 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'Q4_1' | 'Q5_0' | 'Q5_1', values: Float32Array): Buffer {
   switch (type) {
+    case 'Q4_1': return quantizeQ4_1(values);
     case 'Q2_K': return quantizeQ2_K(values);
     case 'Q3_K': return quantizeQ3_K(values);
     case 'Q5_0': return quantizeQ5_0(values);

@@ -8,8 +8,8 @@
  * i-quants IQ1_S … IQ4_XS, TQ1_0 / TQ2_0, MXFP4 and NVFP4 (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
-import { bf16BitsToFloat32, f16BitsToFloat32, float32ToF16Bits } from './safetensors';
-import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, isQuantMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
+import { bf16BitsToFloat32, f16BitsToFloat32, float32ToBf16Bits, float32ToF16Bits } from './safetensors';
+import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, compareTensorNames, isLlamaQuantizeMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
 import { type QuantizeJob, quantizeInParallel } from './gguf-quantize-pool';
 export { quantizeQ4_0, quantizeQ8_0 } from './gguf-quantize';
@@ -529,10 +529,10 @@ export interface GGUFVocabularySource {
 }
 
 /**
- * A file type to write: F32, F16, Q8_0 and Q4_0 as llama.cpp's converter writes them; Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M
- * and Q6_K as its llama-quantize makes them from the F32 file (gguf-quantize.ts).
+ * A file type to write: F32, F16, Q8_0 and Q4_0 as llama.cpp's converter writes them; the others (BF16, Q4_1, Q5_0,
+ * Q5_1, the k-quant and i-quant mixes, …) as its llama-quantize makes them from the F32 file (gguf-quantize.ts).
  */
-export type GGUFWriteType = 'F32' | 'F16' | 'Q8_0' | 'Q4_0' | GGUFQuantMix;
+export type GGUFWriteType = GGUFQuantMix;
 
 /**
  * A SentencePiece vocabulary for GGUF from a BPE tokenizer.json: the tokens in id order, scores that rank each merged
@@ -595,8 +595,8 @@ export async function writeNemotronGGUF(file: string, config: {
   const tensorName = nemotronGGUFName;
   return writeModelGGUF(file, kv, weights.map((w) => {
     // Rows that are not whole 32-value blocks: F16, as the converter falls back when gguf-py refuses to quantize.
-    const kind: GGMLWriteType = w.shape.length !== 2 || isQuantMix(type) ? 'F32'
-      : (type === 'Q8_0' || type === 'Q4_0') && w.shape[1] % 32 !== 0 ? 'F16' : type;
+    const kind: GGMLWriteType = w.shape.length !== 2 || isLlamaQuantizeMix(type) ? 'F32'
+      : (type === 'Q8_0' || type === 'Q4_0') && w.shape[1] % 32 !== 0 ? 'F16' : type as GGMLWriteType;
     // LayerNorm1P's weight: llama.cpp stores w + 1.
     const data = /norm\.weight$/.test(w.name) ? Float32Array.from(w.data, (v) => v + 1) : w.data;
     return { name: tensorName(w.name), shape: w.shape, data, type: kind };
@@ -608,9 +608,7 @@ export type GGUFMetaValue = ['u32', number] | ['u16', number] | ['i32', number] 
   | ['f32s', number[]] | ['i32s', number[]] | ['raw', Buffer];
 
 /** llama.cpp's general.file_type of a file whose matrices are mostly `type` (LLAMA_FTYPE_*). */
-export const GGUF_FILE_TYPE: Record<GGUFWriteType, number> = {
-  F32: 0, F16: 1, Q8_0: 7, Q4_0: 2, ...Object.fromEntries(Object.entries(QUANT_MIXES).map(([mix, { fileType }]) => [mix, fileType])) as Record<GGUFQuantMix, number>,
-};
+export const GGUF_FILE_TYPE = Object.fromEntries(Object.entries(QUANT_MIXES).map(([mix, { fileType }]) => [mix, fileType])) as Record<GGUFWriteType, number>;
 
 /**
  * A NaN or an infinity in a weight (a diverged training run) is refused by name rather than written (a quantized
@@ -631,7 +629,7 @@ function checkFinite(t: { name: string; data: Float32Array; type: string }): voi
 export async function writeModelGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
   tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType }>, type: GGUFWriteType,
   model: { layerCount: number; expertCount: number; gqa: number }, options: QuantizeOptions = {}): Promise<void> {
-  if (!isQuantMix(type)) {
+  if (!isLlamaQuantizeMix(type)) {
     if (options.imatrix) throw new Error(`saveGGUF: an importance matrix is used by the quantization mixes (Q2_K … Q6_K, IQ4_NL/XS, IQ3_XXS/XS/S/M, IQ2_XXS/XS/S/M, IQ1_S/M, …), not by ${type}`);
     const { threads: _threads, imatrix: _imatrix, ...rest } = options;
     const given = Object.entries(rest).filter(([, v]) => v !== undefined).map(([k]) => k);
@@ -658,7 +656,26 @@ export interface QuantizeOptions extends TensorTypeOverrides {
    * OUTPUT-0000i-of-0000n.gguf (OUTPUT without its .gguf), each tensor where it was, the mix's rules counted in that order.
    */
   keepSplit?: boolean;
+  /**
+   * llama-quantize's --prune-layers: these decoder layers (numbered from 0) left out, the others renumbered in order and
+   * `block_count` set to what is left; the mix's layer rules still count the input's layers, and the kept layers take
+   * their importance weights under their old names. Not for models with per-layer metadata arrays (NemotronH), which
+   * llama.cpp could not load afterwards.
+   */
+  pruneLayers?: number[];
+  /**
+   * llama-quantize's --allow-requantize (quantizeGGUF): a tensor already quantized may be dequantized and quantized into
+   * another type (which compounds the rounding); without it that is refused. A tensor already in its target type is
+   * copied either way.
+   */
+  allowRequantize?: boolean;
 }
+
+/** What a mix's rules need of the model: its layer count (before pruning), experts, GQA ratio and the input's file type. */
+interface QuantizeModelInfo { layerCount: number; expertCount: number; gqa: number; fileType?: number }
+
+/** llama-quantize's file types, and COPY: every tensor as it is, the metadata rewritten (overrides, pruning). */
+export type LlamaQuantizeType = GGUFQuantMix | 'COPY';
 
 /** The keys llama-quantize adds for an importance matrix (strings cut to 127 bytes, as its kv overrides are). */
 function imatrixMetadata(imatrix: { matrix: ImportanceMatrix; file?: string }): Array<[string, GGUFMetaValue]> {
@@ -677,9 +694,10 @@ function imatrixMetadata(imatrix: { matrix: ImportanceMatrix; file?: string }): 
  * (expert) of the tensor; a size that does not match is an error (but for the token embedding, quantized without),
  * and so is a missing entry for an IQ3_XXS tensor or the Q2_K tensors of a Q2_K_S file.
  */
-function importanceFor(t: { name: string; shape: number[]; type: string }, mix: GGUFQuantMix, matrix: ImportanceMatrix | undefined): Float32Array | undefined {
+function importanceFor(t: { name: string; shape: number[]; type: string; sourceName?: string }, mix: GGUFQuantMix, matrix: ImportanceMatrix | undefined): Float32Array | undefined {
   const embedding = t.name === 'token_embd.weight';
-  const weights = matrix ? importanceOf(matrix, t.name) : undefined;
+  // A pruned model's layers are found under the names they had (llama-quantize's remap_imatrix).
+  const weights = matrix ? importanceOf(matrix, t.sourceName ?? t.name) : undefined;
   const expected = t.shape[t.shape.length - 1] * (t.shape.length === 3 ? t.shape[0] : 1);
   if (weights && weights.length !== expected) {
     if (embedding) return undefined;
@@ -704,38 +722,127 @@ function checkOverrides(overrides: TensorTypeOverrides): void {
   }
 }
 
+/** The kinds of float tensor llama-quantize reads without --allow-requantize. */
+const FLOAT_TENSOR_TYPES = ['F32', 'F16', 'BF16'];
+
 /**
- * llama-quantize's output for `mix` from a file's tensors (float32 values, or the stored bytes of a GGUF's F32 / F16 /
- * BF16 tensors): its order and types; tensors it leaves alone written as they are, the rest quantized on worker threads.
+ * llama-quantize's plan for `mix` (or COPY): the tensors it writes — pruned layers left out and the rest renamed
+ * (`sourceName`: the name in the input), in its order — each with its type, and the file's general.file_type.
+ */
+function planMix<T extends { name: string; shape: number[]; type: string }>(kv: Array<[string, GGUFMetaValue]>, tensors: T[], mix: LlamaQuantizeType,
+  model: QuantizeModelInfo, hasImportance: boolean, { pruneLayers, keepSplit, ...overrides }: TensorTypeOverrides & { pruneLayers?: number[]; keepSplit?: boolean }):
+  { tensors: Array<T & { sourceName: string }>; fileType: number; keptLayers?: number } {
+  checkOverrides(overrides);
+  const pruned = pruneLayers?.length ? pruneTensors(kv, tensors, pruneLayers, model.layerCount) : undefined;
+  const renamed = pruned?.tensors ?? tensors.map((t) => ({ ...t, sourceName: t.name }));
+  if (mix === 'COPY') {
+    // llama-quantize copies every tensor; the file type is the input's (general.file_type, else its guess).
+    const sorted = keepSplit ? renamed : renamed.slice().sort((a, b) => compareTensorNames(a.name, b.name));
+    return { tensors: sorted, fileType: model.fileType ?? guessFileType(tensors), keptLayers: pruned?.keptLayers };
+  }
+  return { tensors: quantizationMix(mix, renamed, model, hasImportance, overrides, keepSplit), fileType: QUANT_MIXES[mix].fileType, keptLayers: pruned?.keptLayers };
+}
+
+/** llama_model_loader's guess of a file type without general.file_type: that of its most common tensor type, marked guessed (1024). */
+function guessFileType(tensors: Array<{ type: string }>): number {
+  const counts = new Map<string, number>();
+  let [most, mostCount] = ['F32', 0];
+  for (const t of tensors) {
+    const n = (counts.get(t.type) ?? 0) + 1;
+    counts.set(t.type, n);
+    if (n > mostCount) [most, mostCount] = [t.type, n];
+  }
+  const byType: Record<string, number> = { Q2_K: 10, Q3_K: 12, Q4_K: 15, Q5_K: 17, Q6_K: 18, IQ2_S: 28, IQ3_S: 26 };
+  const mixOf = Object.entries(QUANT_MIXES).find(([, { base }]) => base === most)?.[1].fileType;
+  return (byType[most] ?? mixOf ?? 0) | 1024;
+}
+
+/**
+ * llama-quantize's --prune-layers (remap_layer): the listed layers' tensors left out, the layers after the first pruned
+ * one renumbered in order. Refused where the result could not be loaded: a layer that is not there, every layer, or
+ * metadata arrays with an entry a layer (llama.cpp checks their length against block_count).
+ */
+function pruneTensors<T extends { name: string }>(kv: Array<[string, GGUFMetaValue]>, tensors: T[], layers: number[], layerCount: number):
+  { tensors: Array<T & { sourceName: string }>; keptLayers: number } {
+  for (const layer of layers) {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= layerCount) throw new Error(`pruneLayers: ${layer} is not a layer of this model (0 to ${layerCount - 1})`);
+  }
+  const prune = [...new Set(layers)].sort((a, b) => a - b);
+  if (prune.length >= layerCount) throw new Error(`pruneLayers: ${prune.join(',')} would leave none of the ${layerCount} layers`);
+  const perLayer = kv.filter(([key, value]) => !key.startsWith('general.') && !key.startsWith('tokenizer.') && metaArrayLength(value) === layerCount).map(([key]) => key);
+  if (perLayer.length) {
+    throw new Error(`pruneLayers: this model has an entry a layer in ${perLayer.join(', ')}; llama-quantize keeps those whole, and llama.cpp then refuses the file (wrong array length)`);
+  }
+  const mapped = new Map<number, number | null>();
+  let next = 0;
+  const out: Array<T & { sourceName: string }> = [];
+  for (const t of tensors.slice().sort((a, b) => compareTensorNames(a.name, b.name))) {
+    const m = /^blk\.(\d+)\./.exec(t.name);
+    if (!m) { out.push({ ...t, sourceName: t.name }); continue; }
+    const layer = Number(m[1]);
+    if (!mapped.has(layer)) {
+      if (prune.includes(layer)) mapped.set(layer, null);
+      else if (layer < prune[0]) { mapped.set(layer, layer); next = layer + 1; } else mapped.set(layer, next++);
+    }
+    const to = mapped.get(layer);
+    if (to !== null && to !== undefined) out.push({ ...t, name: t.name.replace(/^blk\.\d+\./, `blk.${to}.`), sourceName: t.name });
+  }
+  // In the caller's order (the shards' order with keepSplit).
+  const order = new Map(tensors.map((t, i) => [t.name, i]));
+  return { tensors: out.sort((a, b) => order.get(a.sourceName)! - order.get(b.sourceName)!), keptLayers: next };
+}
+
+/** The length of a metadata array (typed, or a raw GGUF value: its type 9), else -1. */
+function metaArrayLength([kind, value]: GGUFMetaValue): number {
+  if (kind === 'strs' || kind === 'f32s' || kind === 'i32s') return value.length;
+  if (kind === 'raw' && value.readUInt32LE(0) === 9) return Number(value.readBigUInt64LE(8));
+  return -1;
+}
+
+/**
+ * llama-quantize's output for `mix` (or COPY) from a file's tensors (float32 values, or a GGUF's stored bytes): its
+ * order and types; tensors it leaves alone written as they are, the rest (dequantized first where they were quantized,
+ * with allowRequantize) quantized on worker threads.
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16'; bytes?: Buffer; shard?: number }>, mix: GGUFQuantMix,
-  model: { layerCount: number; expertCount: number; gqa: number }, { threads, imatrix, overrideKv, keepSplit, ...overrides }: QuantizeOptions,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: string; bytes?: Buffer; shard?: number }>, mix: LlamaQuantizeType,
+  model: QuantizeModelInfo, { threads, imatrix, overrideKv, keepSplit, allowRequantize, pruneLayers, ...overrides }: QuantizeOptions,
   shardCount = 1): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
   if (keepSplit && shardCount < 2) throw new Error('keepSplit writes the shards of a split GGUF input (quantizeGGUF from its first shard)');
-  checkOverrides(overrides);
   overrideKv?.forEach(parseKvOverride);
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
-  const mixed = quantizationMix(mix, tensors, model, imatrix !== undefined, overrides, keepSplit);
-  const changed = mixed.filter((t) => t.type !== originalType.get(t.name));
+  const plan = planMix(kv, tensors, mix, model, imatrix !== undefined, { ...overrides, pruneLayers, keepSplit });
+  const mixed = plan.tensors;
+  const changed = mixed.filter((t) => t.type !== originalType.get(t.sourceName));
   for (const t of changed) {
+    const from = originalType.get(t.sourceName)!;
+    if (!FLOAT_TENSOR_TYPES.includes(from) && !allowRequantize) {
+      throw new Error(`quantize: ${t.sourceName} is ${from} already; requantizing it to ${t.type} compounds the rounding and is refused without allowRequantize (llama-quantize --allow-requantize)`);
+    }
     // Stored bytes of another type: their values, to re-encode.
-    if (t.bytes) t.data = dequantize(t.bytes, originalType.get(t.name)!, t.shape.reduce((a, b) => a * b, 1));
+    if (t.bytes) t.data = dequantize(t.bytes, from, t.shape.reduce((a, b) => a * b, 1));
     t.bytes = undefined;
   }
   // The quantizers' searches are slow: their tensors go to worker threads first.
-  const quantized = changed.filter((t) => t.type !== 'F16' && t.type !== 'F32' && t.type !== 'BF16');
+  const quantized = changed.filter((t) => !FLOAT_TENSOR_TYPES.includes(t.type));
   quantized.forEach(checkFinite);
   const jobs = quantized.map((t) => ({
-    type: t.type as QuantizeJob['type'], values: t.data, rowLength: t.shape[t.shape.length - 1], importance: importanceFor(t, mix, imatrix?.matrix),
+    type: t.type as QuantizeJob['type'], values: t.data, rowLength: t.shape[t.shape.length - 1], importance: importanceFor(t, mix as GGUFQuantMix, imatrix?.matrix),
   }));
   const bytes = await quantizeInParallel(jobs, threads);
   quantized.forEach((t, i) => { t.bytes = bytes[i]; });
-  let metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), mix, (v): GGUFMetaValue => ['u32', v]);
-  // --override-kv, in order, before the importance matrix's keys (gguf_set_val: a key set again moves to the end).
-  for (const [key, value] of (overrideKv ?? []).map(parseKvOverride)) metadata = [...metadata.filter(([k]) => k !== key), [key, value]];
+  let metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), plan.fileType, (v): GGUFMetaValue => ['u32', v]);
+  // gguf_set_val moves a key set again to the end: --override-kv in order, the importance matrix's keys, then a pruned
+  // model's block_count.
+  const setLast = (key: string, value: GGUFMetaValue) => { metadata = [...metadata.filter(([k]) => k !== key), [key, value]]; };
+  for (const [key, value] of (overrideKv ?? []).map(parseKvOverride)) setLast(key, value);
   if (imatrix) metadata = [...metadata, ...imatrixMetadata(imatrix)];
+  if (plan.keptLayers !== undefined) {
+    const blockCount = kv.find(([key]) => key.endsWith('.block_count') && !key.startsWith('general.'));
+    if (!blockCount) throw new Error('pruneLayers: the metadata has no ARCH.block_count to set');
+    setLast(blockCount[0], ['u32', plan.keptLayers]);
+  }
   if (!keepSplit) {
     writeGGUF(file, metadata, mixed);
     return;
@@ -782,65 +889,68 @@ export function parseKvOverride(text: string): [string, GGUFMetaValue] {
 const LLAMA_QUANTIZE_ARCHITECTURES = ['nemotron', 'nemotron_h', 'nemotron_h_moe'];
 
 /**
- * `llama-quantize INPUT OUTPUT MIX` for a Nemotron or NemotronH GGUF of F32, F16 or BF16 tensors (what the converter
- * writes): the input's metadata copied as stored, its tensors mixed and quantized as llama-quantize does.
+ * `llama-quantize INPUT OUTPUT TYPE` for a Nemotron or NemotronH GGUF (what the converter writes, or a split one from its
+ * first shard): the input's metadata copied as stored, its tensors mixed and quantized as llama-quantize does, or
+ * with COPY only copied (for pruneLayers, overrideKv or to merge a split file). Quantized inputs need allowRequantize
+ * where a tensor changes type.
  */
-export async function quantizeGGUF(input: string, output: string, mix: GGUFQuantMix, options: QuantizeOptions = {}): Promise<void> {
+export async function quantizeGGUF(input: string, output: string, mix: LlamaQuantizeType, options: QuantizeOptions = {}): Promise<void> {
   const { source, model, shardCount } = openForQuantization(input);
   try {
     if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
     const tensors = [...source.tensors.values()].map((t) => ({
-      name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16', data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
+      name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
     }));
-    // A split input (opened from its first shard) is written whole: its split.* keys dropped, as llama-quantize drops them.
-    const kv = [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
-    await writeQuantMix(output, kv, tensors, mix, model, options, shardCount);
+    await writeQuantMix(output, rawMetadata(source), tensors, mix, model, options, shardCount);
   } finally {
     source.close();
   }
 }
 
+/** A GGUF's metadata as stored; a split input (opened from its first shard) without its split.* keys, as llama-quantize drops them. */
+function rawMetadata(source: GGUFFile): Array<[string, GGUFMetaValue]> {
+  return [...source.rawMetadata].filter(([k]) => !k.startsWith('split.')).map(([k, raw]): [string, GGUFMetaValue] => [k, ['raw', raw]]);
+}
+
 /**
- * `llama-quantize --dry-run`: what quantizeGGUF would write, without quantizing — each tensor's type before and after
- * and its bytes after, in llama-quantize's order (the per-tensor options and keepSplit's order apply).
+ * `llama-quantize --dry-run`: what quantizeGGUF would write, without quantizing — each tensor's name (after pruning),
+ * type before and after and bytes after, in llama-quantize's order (the per-tensor options, pruneLayers and keepSplit's
+ * order apply).
  */
-export function planQuantization(input: string, mix: GGUFQuantMix, options: TensorTypeOverrides & { keepSplit?: boolean; hasImatrix?: boolean } = {}):
+export function planQuantization(input: string, mix: LlamaQuantizeType,
+  options: TensorTypeOverrides & { keepSplit?: boolean; hasImatrix?: boolean; pruneLayers?: number[] } = {}):
   Array<{ name: string; shape: number[]; from: string; to: string; bytes: number }> {
   const { source, model } = openForQuantization(input);
   try {
-    const { keepSplit, hasImatrix, ...overrides } = options;
-    checkOverrides(overrides);
-    const tensors = [...source.tensors.values()].map((t) => ({ name: t.name, shape: t.shape, type: t.type as 'F32' | 'F16' | 'BF16' }));
-    return quantizationMix(mix, tensors, model, hasImatrix, overrides, keepSplit).map((t) => {
+    const { hasImatrix, ...rest } = options;
+    const tensors = [...source.tensors.values()].map((t) => ({ name: t.name, shape: t.shape, type: t.type }));
+    return planMix(rawMetadata(source), tensors, mix, model, hasImatrix ?? false, rest).tensors.map((t) => {
       const [, blockValues, blockBytes] = Object.values(TYPES).find(([name]) => name === t.type)!;
       const count = t.shape.reduce((a, b) => a * b, 1);
-      return { name: t.name, shape: t.shape, from: source.tensors.get(t.name)!.type, to: t.type, bytes: (count / blockValues) * blockBytes };
+      return { name: t.name, shape: t.shape, from: source.tensors.get(t.sourceName)!.type, to: t.type, bytes: (count / blockValues) * blockBytes };
     });
   } finally {
     source.close();
   }
 }
 
-/** A GGUF that llama-quantize would take (ours: Nemotron / NemotronH, F32 / F16 / BF16 tensors), opened, with what its rules need. */
-function openForQuantization(input: string): { source: GGUFFile; model: { layerCount: number; expertCount: number; gqa: number }; shardCount: number } {
+/** A GGUF that llama-quantize would take (ours: Nemotron / NemotronH), opened, with what its rules need. */
+function openForQuantization(input: string): { source: GGUFFile; model: QuantizeModelInfo; shardCount: number } {
   const source = GGUFFile.open(input);
   try {
     const arch = String(source.get('general.architecture'));
     if (!LLAMA_QUANTIZE_ARCHITECTURES.includes(arch)) {
       throw new Error(`quantizeGGUF: ${input} is a ${arch} model; only ${LLAMA_QUANTIZE_ARCHITECTURES.join(', ')} files are quantized here`);
     }
-    const stored = [...source.tensors.values()].filter((t) => !['F32', 'F16', 'BF16'].includes(t.type));
-    if (stored.length) {
-      throw new Error(`quantizeGGUF: ${input} holds quantized tensors already (${stored[0].name}: ${stored[0].type}${stored.length > 1 ? ', …' : ''}); ` +
-        'quantizing again compounds the rounding (llama-quantize refuses it without --allow-requantize): start from an F32, F16 or BF16 file');
-    }
     if (Number(source.get('general.alignment') ?? 32) !== 32) throw new Error(`quantizeGGUF: ${input} aligns its data to ${source.get('general.alignment')} bytes; only 32 is written`);
     const key = (k: string) => source.get(`${arch}.${k}`);
     const first = (v: GGUFValue | undefined) => Number(Array.isArray(v) ? v[0] : v ?? 0);
     const kvHeads = first(key('attention.head_count_kv'));
+    const fileType = source.get('general.file_type');
     const model = {
       layerCount: Number(key('block_count')), expertCount: Number(key('expert_count') ?? 0),
       gqa: kvHeads ? Math.trunc(first(key('attention.head_count')) / kvHeads) : 0,
+      fileType: fileType === undefined ? undefined : Number(fileType),
     };
     return { source, model, shardCount: Number(source.get('split.count') ?? 1) };
   } catch (e) {
@@ -895,7 +1005,6 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
     const columns = t.shape[t.shape.length - 1];
     // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
     if (!t.bytes) checkFinite(t);
-    // BF16 only as copied bytes (a GGUF being requantized keeps its BF16 tensors as they are).
     // Any type the reader knows, as stored bytes (a split copies them); the types written here from values too.
     const known = Object.entries(TYPES).find(([, [name]]) => name === t.type);
     if (!known) throw new Error(`writeGGUF: ${t.name}: unknown ggml type ${t.type}`);
@@ -924,9 +1033,9 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
 
 /** A tensor's bytes in its type, from its float32 values. */
 function encodeTensor(t: { name: string; data: Float32Array; type: string }): Buffer {
-  if (t.type !== 'BF16' && !Object.prototype.hasOwnProperty.call(GGML_WRITE_TYPES, t.type)) throw new Error(`writeGGUF: ${t.name}: ${t.type} is read here, not written (give its stored bytes)`);
+  if (!Object.prototype.hasOwnProperty.call(GGML_WRITE_TYPES, t.type)) throw new Error(`writeGGUF: ${t.name}: ${t.type} is read here, not written (give its stored bytes)`);
   switch (t.type) {
-    case 'BF16': throw new Error(`writeGGUF: ${t.name}: BF16 is copied from stored bytes, not encoded`);
+    case 'BF16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToBf16Bits(v)).buffer);
     case 'F32': return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     case 'F16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer);
     default: return quantizeRows(t.type as Parameters<typeof quantizeRows>[0], t.data);

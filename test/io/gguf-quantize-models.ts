@@ -11,8 +11,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
 import seedrandom from 'seedrandom';
-import { type GGUFQuantMix } from '../../src/io/gguf-quantize';
-import { quantizeRows } from '../../src/io/gguf-quantize-imatrix';
+import { type GGMLWriteType, type GGUFQuantMix, parseTensorType, readTensorTypeFile } from '../../src/io/gguf-quantize';
+import { type ImportanceMatrix, quantizeRows } from '../../src/io/gguf-quantize-imatrix';
+import { type QuantizeOptions } from '../../src/io/gguf';
+import { filterImatrix, type ImatrixSource, readImatrix } from '../../src/io/imatrix';
 import { GGUFFile, LoraModel, NemotronConfig, NemotronForCausalLM, NemotronHConfig, NemotronHForCausalLM, NemotronHLoraModel, NemotronTokenizer } from '../../src/index';
 
 const FIXTURES = path.resolve(__dirname, '../../../test/fixtures');
@@ -108,6 +110,37 @@ export function expectLlamaBlocks(blocks: Record<string, string>, importanceDir:
     const differing = [...Array(64).keys()].filter((b) => !ours.subarray(b * stretch, (b + 1) * stretch).equals(theirs.subarray(b * stretch, (b + 1) * stretch)));
     expect(differing, `${key}: 256-value stretches whose bytes differ from llama.cpp's`).to.deep.equal([]);
   }
+}
+
+/**
+ * llama-quantize's flags as saveGGUF's / quantizeGGUF's options (its type names in any case; patterns lower-cased by
+ * saveGGUF): `--imatrix` is model `model`'s fixture matrix, recorded under the name given; `--tensor-type-file` is
+ * read from the working directory.
+ */
+export function llamaQuantizeOptions(flags: string[], model: QuantizeModelName): QuantizeOptions & { imatrix?: ImatrixSource } {
+  const type = (name: string) => name.toUpperCase() as GGMLWriteType;
+  const options: QuantizeOptions & { imatrix?: ImatrixSource } = {};
+  const weights: { include: string[]; exclude: string[] } = { include: [], exclude: [] };
+  let imatrix: { matrix: ImportanceMatrix; file: string } | undefined;
+  for (let i = 0; i < flags.length; i++) {
+    switch (flags[i]) {
+      case '--pure': options.pure = true; break;
+      case '--leave-output-tensor': options.leaveOutputTensor = true; break;
+      case '--allow-requantize': options.allowRequantize = true; break;
+      case '--output-tensor-type': options.outputTensorType = type(flags[++i]); break;
+      case '--token-embedding-type': options.tokenEmbeddingType = type(flags[++i]); break;
+      case '--override-kv': options.overrideKv = [...(options.overrideKv ?? []), flags[++i]]; break;
+      case '--prune-layers': options.pruneLayers = flags[++i].split(',').map(Number); break;
+      case '--imatrix': imatrix = { matrix: readImatrix(path.join(FIXTURES, 'gguf-imatrix', `${model}.imatrix.gguf`)), file: flags[++i] }; break;
+      case '--include-weights': weights.include.push(flags[++i]); break;
+      case '--exclude-weights': weights.exclude.push(flags[++i]); break;
+      case '--tensor-type': options.tensorTypes = [...(options.tensorTypes ?? []), parseTensorType(flags[++i])]; break;
+      case '--tensor-type-file': options.tensorTypes = [...(options.tensorTypes ?? []), ...readTensorTypeFile(flags[++i])]; break;
+      default: throw new Error(`unknown flag ${flags[i]}`);
+    }
+  }
+  if (imatrix) options.imatrix = filterImatrix(imatrix, weights);
+  return options;
 }
 
 /** A fresh directory holding nemotron-h's F32 GGUF (`nemotron-h-F32.gguf`) and its llama-imatrix file from `imatrixDir` (`imatrix.gguf`). */

@@ -2,9 +2,9 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { expect } from 'chai';
-import { filterImatrix, GGUFFile, type ImatrixSource, type ImportanceMatrix, planQuantization, quantizeGGUF, readImatrix, setBackend } from '../../src/index';
-import { type GGMLWriteType, type GGUFQuantMix, type TensorTypeOverrides } from '../../src/io/gguf-quantize';
-import { type QuantizedFileDigest, expectLlamaQuantizeFile, quantizeModel, type QuantizeModelName, sha256, withQuantizeModel } from './gguf-quantize-models';
+import { GGUFFile, planQuantization, quantizeGGUF, setBackend } from '../../src/index';
+import { type GGMLWriteType, type GGUFQuantMix } from '../../src/io/gguf-quantize';
+import { type QuantizedFileDigest, expectLlamaQuantizeFile, llamaQuantizeOptions, quantizeModel, type QuantizeModelName, sha256, withQuantizeModel } from './gguf-quantize-models';
 import { tmpDir } from '../helpers';
 
 /**
@@ -18,34 +18,6 @@ const reference = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../t
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 const IMATRIX = path.resolve(__dirname, '../../../test/fixtures/gguf-imatrix');
 
-/** llama-quantize's flags as saveGGUF's options (its type names in any case; patterns lower-cased by saveGGUF). */
-function overridesOf(flags: string[], model: QuantizeModelName): TensorTypeOverrides & { overrideKv?: string[]; imatrix?: ImatrixSource } {
-  const type = (name: string) => name.toUpperCase() as GGMLWriteType;
-  const overrides: TensorTypeOverrides & { overrideKv?: string[]; imatrix?: ImatrixSource } = {};
-  const weights: { include: string[]; exclude: string[] } = { include: [], exclude: [] };
-  for (let i = 0; i < flags.length; i++) {
-    switch (flags[i]) {
-      case '--pure': overrides.pure = true; break;
-      case '--leave-output-tensor': overrides.leaveOutputTensor = true; break;
-      case '--output-tensor-type': overrides.outputTensorType = type(flags[++i]); break;
-      case '--token-embedding-type': overrides.tokenEmbeddingType = type(flags[++i]); break;
-      case '--override-kv': overrides.overrideKv = [...(overrides.overrideKv ?? []), flags[++i]]; break;
-      // The fixture's matrix, recorded under the name llama-quantize was given.
-      case '--imatrix': overrides.imatrix = { matrix: readImatrix(path.join(IMATRIX, `${model}.imatrix.gguf`)), file: flags[++i] }; break;
-      case '--include-weights': weights.include.push(flags[++i]); break;
-      case '--exclude-weights': weights.exclude.push(flags[++i]); break;
-      case '--tensor-type': {
-        const [pattern, name] = flags[++i].split('=');
-        overrides.tensorTypes = [...(overrides.tensorTypes ?? []), [pattern, type(name)]];
-        break;
-      }
-      default: throw new Error(`unknown flag ${flags[i]}`);
-    }
-  }
-  if (overrides.imatrix) overrides.imatrix = filterImatrix(overrides.imatrix as { matrix: ImportanceMatrix; file: string }, weights);
-  return overrides;
-}
-
 describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --token-embedding-type, --tensor-type, --leave-output-tensor) and --override-kv', function () {
   this.timeout(600000);
   before(async () => { await setBackend('cpu'); });
@@ -54,7 +26,7 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     it(`${key}: saveGGUF writes llama-quantize ${expected.options.join(' ')}'s ${expected.mix} file byte for byte`, async () => {
       await withQuantizeModel(expected.model, async (model, tokenizer) => {
         const file = path.join(tmpDir('gguf-options'), 'out.gguf');
-        await model.saveGGUF(file, tokenizer, { type: expected.mix, name: expected.model, ...overridesOf(expected.options, expected.model) });
+        await model.saveGGUF(file, tokenizer, { type: expected.mix, name: expected.model, ...llamaQuantizeOptions(expected.options, expected.model) });
         expectLlamaQuantizeFile(file, expected, key);
       });
     });
@@ -68,7 +40,7 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
       const source = path.join(dir, `${expected.model}-F32.gguf`);
       await model.saveGGUF(source, tokenizer, { type: 'F32', name: expected.model });
       model.dispose();
-      const options = overridesOf(expected.options, expected.model);
+      const options = llamaQuantizeOptions(expected.options, expected.model);
       const plan = planQuantization(source, expected.mix, options);
       expect(plan.map((t) => [t.name, t.to]), key).to.deep.equal(expected.tensors.map(([name, type]) => [name, type]));
       const out = path.join(dir, 'out.gguf');
@@ -116,13 +88,15 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     expect(plan.status, plan.stderr).to.equal(0);
     expect(plan.stdout).to.match(/blk\.2\.attn_v\.weight\s+F32\s+→ Q8_0/).and.to.match(/\d+ tensors: [\d.]+ MiB → [\d.]+ MiB, [\d.]+ bits a weight/);
     expect(fs.existsSync(path.join(dir, 'p.gguf')), '--dry-run writes nothing').to.equal(false);
-    expect(refused('--type', 'Q8_0', '--pure')).to.match(/--pure: llama-quantize's per-tensor options go with a quantization mix \(--type Q4_K_M, …\), not --type Q8_0/);
+    const fromFolder = cli('convert', '--model', 'folder', '--output', 'x.gguf', '--type', 'Q8_0', '--pure');
+    expect(fromFolder.status).to.not.equal(0);
+    expect(fromFolder.stderr).to.match(/--pure: llama-quantize's options go with one of its types \(--type Q4_K_M, …; from --gguf, any\), not --model's --type Q8_0/);
     // From the API: a type that is not written here, by option.
     const { model, tokenizer } = await quantizeModel('nemotron');
-    const said = await model.saveGGUF(path.join(dir, 'y.gguf'), tokenizer, { type: 'Q4_K_M', tensorTypes: [['attn_q', 'Q4_1' as GGMLWriteType]] })
+    const said = await model.saveGGUF(path.join(dir, 'y.gguf'), tokenizer, { type: 'Q4_K_M', tensorTypes: [['attn_q', 'Q8_1' as GGMLWriteType]] })
       .then(() => 'written', (e: Error) => e.message);
     model.dispose();
-    expect(said).to.match(/saveGGUF: tensorTypes attn_q: Q4_1 is not a tensor type written here/);
+    expect(said).to.match(/saveGGUF: tensorTypes attn_q: Q8_1 is not a tensor type written here/);
     const refusedByApi = async (options: Parameters<typeof model.saveGGUF>[2]) => {
       const m = (await quantizeModel('nemotron-tied')).model;
       try { return await m.saveGGUF(path.join(dir, 'z.gguf'), tokenizer, options).then(() => 'written', (e: Error) => e.message); } finally { m.dispose(); }

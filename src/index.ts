@@ -13,7 +13,7 @@ export * from './io/safetensors';
 export * from './io/checkpoint';
 export * from './io/gguf';
 export { type SplitLimit, mergeGGUF, parseSplitSize, splitGGUF } from './io/gguf-split';
-export { type GGUFQuantMix } from './io/gguf-quantize';
+export { type GGMLWriteType, type GGUFQuantMix, type TensorTypeOverrides, readTensorTypeFile } from './io/gguf-quantize';
 export { type ImatrixEntry, type ImatrixSource, type ImportanceMatrix, filterImatrix, importanceOf, readImatrix, writeImatrix } from './io/imatrix';
 export { NemotronHGGUF, type NemotronHGGUFConfig, hfNameOfNemotronHGGUF, writeNemotronHGGUF } from './io/gguf-nemotron-h';
 export { parseConfigJson } from '../models/nemotron_h/config';

@@ -95,11 +95,12 @@ export function registerConvert(program: Command): void {
         ['--prune-layers', opts.pruneLayers], ['--allow-requantize', opts.allowRequantize]];
       const overridden = flags.filter(([, v]) => v !== undefined).map(([flag]) => flag);
       const overrideKv: string[] | undefined = opts.overrideKv.length ? opts.overrideKv : undefined;
-      if (overridden.length && !llamaQuantize) throw new Error(`${overridden.join(', ')}: llama-quantize's options go with one of its types (--type Q4_K_M, …; from --gguf, any), not --model's --type ${opts.type}`);
+      const job = opts.gguf !== undefined ? 'a GGUF into a folder' : `--model's --type ${opts.type} (the converter's)`;
+      if (overridden.length && !llamaQuantize) throw new Error(`${overridden.join(', ')}: llama-quantize's options go with its job (--gguf FILE --output FILE.gguf, or --model DIR with --type Q4_K_M, …), not ${job}`);
       if ((opts.includeWeights.length || opts.excludeWeights.length) && opts.imatrix === undefined) throw new Error('--include-weights / --exclude-weights choose entries of an --imatrix FILE; none was given');
       const imatrix = opts.imatrix === undefined ? undefined
         : filterImatrix(resolveImatrix(opts.imatrix)!, { include: opts.includeWeights, exclude: opts.excludeWeights });
-      if (opts.imatrix !== undefined && !llamaQuantize) throw new Error(`--imatrix weighs one of llama-quantize's types (--type Q4_K_M, IQ4_XS, …), not --model's --type ${opts.type}`);
+      if (opts.imatrix !== undefined && !llamaQuantize) throw new Error(`--imatrix weighs llama-quantize's job (--gguf FILE --output FILE.gguf, or --model DIR with --type Q4_K_M, …), not ${job}`);
       if (opts.dryRun) {
         if (!toGGUF) throw new Error('--dry-run plans llama-quantize\'s job (--type Q4_K_M, …) on a GGUF file: give --gguf FILE --output FILE.gguf');
         printPlan(planQuantization(opts.gguf, opts.type, { ...overrides, keepSplit: opts.keepSplit, hasImatrix: imatrix !== undefined, pruneLayers: opts.pruneLayers }));

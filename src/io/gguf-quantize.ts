@@ -125,34 +125,50 @@ export function makeQxQuants(n: number, nmax: number, x: Float32Array, x0: numbe
     L.fill(0, l0, l0 + n);
     return 0;
   }
-  const sums = (iscale: number, store: boolean): [number, number] => {
-    let sumLX = 0;
-    let sumL2 = 0;
-    for (let i = 0; i < n; i++) {
-      const v = x[x0 + i];
-      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * v))));
-      if (store) L[l0 + i] = l + nmax;
-      const w = qw ? qw[q0 + i] : f(v * v);
-      sumLX = f(sumLX + f(f(w * v) * l));
-      sumL2 = f(sumL2 + f(f(w * l) * l));
-    }
-    return [sumLX, sumL2];
-  };
-  let [sumLX, sumL2] = sums(f(-nmax / max), true);
+  // Each value's weight w and w·x, once (C computes w*x[i]*l as (w*x[i])*l, so the products are the same floats).
+  for (let i = 0; i < n; i++) {
+    const v = x[x0 + i];
+    const w = qw ? qw[q0 + i] : f(v * v);
+    qxWeights[i] = w;
+    qxWeighted[i] = f(w * v);
+  }
+  let iscale = f(-nmax / max);
+  let sumLX = 0;
+  let sumL2 = 0;
+  for (let i = 0; i < n; i++) {
+    let l = f(f(iscale * x[x0 + i]) + 12582912) - 12582912;
+    if (l < -nmax) l = -nmax; else if (l > nmax - 1) l = nmax - 1;
+    L[l0 + i] = l + nmax;
+    sumLX = f(sumLX + f(qxWeighted[i] * l));
+    sumL2 = f(sumL2 + f(f(qxWeights[i] * l) * l));
+  }
   let scale = sumL2 ? f(sumLX / sumL2) : 0;
   let best = f(scale * sumLX);
   for (let is = -9; is <= 9; is++) {
     if (is === 0) continue;
-    const iscale = f(-f(nmax + f(TENTH * is)) / max);
-    [sumLX, sumL2] = sums(iscale, false);
+    iscale = f(-f(nmax + f(TENTH * is)) / max);
+    sumLX = 0;
+    sumL2 = 0;
+    for (let i = 0; i < n; i++) {
+      let l = f(f(iscale * x[x0 + i]) + 12582912) - 12582912;
+      if (l < -nmax) l = -nmax; else if (l > nmax - 1) l = nmax - 1;
+      sumLX = f(sumLX + f(qxWeighted[i] * l));
+      sumL2 = f(sumL2 + f(f(qxWeights[i] * l) * l));
+    }
     if (sumL2 > 0 && f(sumLX * sumLX) > f(best * sumL2)) {
-      sums(iscale, true);
+      for (let i = 0; i < n; i++) {
+        let l = f(f(iscale * x[x0 + i]) + 12582912) - 12582912;
+        if (l < -nmax) l = -nmax; else if (l > nmax - 1) l = nmax - 1;
+        L[l0 + i] = l + nmax;
+      }
       scale = f(sumLX / sumL2);
       best = f(scale * sumLX);
     }
   }
   return scale;
 }
+const qxWeights = new Float32Array(256);
+const qxWeighted = new Float32Array(256);
 
 /**
  * make_q3_quants with do_rmse: the signed scale of n values on levels −nmax..nmax−1 (stored + nmax in L), each level

@@ -8,7 +8,7 @@
  * i-quants IQ1_S … IQ4_XS, TQ1_0 / TQ2_0, MXFP4 and NVFP4 (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
-import { bf16BitsToFloat32, f16BitsToFloat32, float32ToBf16Bits, float32ToF16Bits } from './safetensors';
+import { f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32 } from './safetensors';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, compareTensorNames, isLlamaQuantizeMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
 import { type QuantizeJob, quantizeInParallel } from './gguf-quantize-pool';
@@ -222,20 +222,15 @@ export class GGUFFile {
 
 /** `count` values of ggml type `type` from their stored bytes (ggml's dequantize_row_*). */
 export function dequantize(bytes: Uint8Array, type: string, count: number): Float32Array {
+  if (type === 'F16' || type === 'BF16') return halfBytesToFloat32(bytes, count, type === 'BF16');
   const out = new Float32Array(count);
+  if (type === 'F32') {
+    // A byte copy (little-endian hosts, as Node's are): the bytes may start at any offset.
+    new Uint8Array(out.buffer).set(bytes.subarray(0, 4 * count));
+    return out;
+  }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const half = (at: number) => f16BitsToFloat32(view.getUint16(at, true));
-  switch (type) {
-    case 'F32':
-      for (let i = 0; i < count; i++) out[i] = view.getFloat32(4 * i, true);
-      return out;
-    case 'F16':
-      for (let i = 0; i < count; i++) out[i] = half(2 * i);
-      return out;
-    case 'BF16':
-      for (let i = 0; i < count; i++) out[i] = bf16BitsToFloat32(view.getUint16(2 * i, true));
-      return out;
-  }
   const signed = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === type) ?? [];
   if (!blockValues || !blockBytes) throw new Error(`dequantize: unknown ggml type ${type}`);
@@ -1035,9 +1030,9 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
 function encodeTensor(t: { name: string; data: Float32Array; type: string }): Buffer {
   if (!Object.prototype.hasOwnProperty.call(GGML_WRITE_TYPES, t.type)) throw new Error(`writeGGUF: ${t.name}: ${t.type} is read here, not written (give its stored bytes)`);
   switch (t.type) {
-    case 'BF16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToBf16Bits(v)).buffer);
+    case 'BF16': return Buffer.from(float32ArrayToBf16(t.data).buffer);
     case 'F32': return Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-    case 'F16': return Buffer.from(Uint16Array.from(t.data, (v) => float32ToF16Bits(v)).buffer);
+    case 'F16': return Buffer.from(float32ArrayToF16(t.data).buffer);
     default: return quantizeRows(t.type as Parameters<typeof quantizeRows>[0], t.data);
   }
 }

@@ -182,6 +182,38 @@ export function f16BitsToFloat32(bits: number): number {
   return scratchF32[0];
 }
 
+/** `data` as bfloat16 bit patterns (RNE; NaN stays NaN), in one pass over its float32 bits. */
+export function float32ArrayToBf16(data: Float32Array): Uint16Array {
+  const src = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint16Array(data.length);
+  for (let i = 0; i < src.length; i++) out[i] = bf16FromF32Bits(src[i]);
+  return out;
+}
+
+/** `data` as IEEE half-precision bit patterns (RNE), in one pass over its float32 bits. */
+export function float32ArrayToF16(data: Float32Array): Uint16Array {
+  const src = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint16Array(data.length);
+  for (let i = 0; i < src.length; i++) out[i] = f16FromF32Bits(src[i]);
+  return out;
+}
+
+/** Half-precision (`bf16`: bfloat16) bit patterns, little-endian at any byte offset, as float32 values. */
+export function halfBytesToFloat32(bytes: Uint8Array, count: number, bf16: boolean): Float32Array {
+  // Copied to an aligned buffer first: a GGUF tensor's bytes may start at an odd offset of a pooled Buffer.
+  const halves = new Uint16Array(count);
+  new Uint8Array(halves.buffer).set(bytes.subarray(0, 2 * count));
+  const out = new Float32Array(count);
+  const bits = new Uint32Array(out.buffer);
+  if (bf16) {
+    for (let i = 0; i < count; i++) bits[i] = halves[i] << 16;
+  } else {
+    const table = getF16Table();
+    for (let i = 0; i < count; i++) bits[i] = table[halves[i]];
+  }
+  return out;
+}
+
 /** Copy of `data` with every value rounded to bfloat16 (RNE), as float32. */
 export function roundToBf16(data: Float32Array): Float32Array {
   const out = new Float32Array(data.length);

@@ -90,7 +90,7 @@ describe('llama-quantize\'s per-tensor options (--pure, --output-tensor-type, --
     expect(fs.existsSync(path.join(dir, 'p.gguf')), '--dry-run writes nothing').to.equal(false);
     const fromFolder = cli('convert', '--model', 'folder', '--output', 'x.gguf', '--type', 'Q8_0', '--pure');
     expect(fromFolder.status).to.not.equal(0);
-    expect(fromFolder.stderr).to.match(/--pure: llama-quantize's options go with one of its types \(--type Q4_K_M, …; from --gguf, any\), not --model's --type Q8_0/);
+    expect(fromFolder.stderr).to.match(/--pure: llama-quantize's options go with its job \(--gguf FILE --output FILE\.gguf, or --model DIR with --type Q4_K_M, …\), not --model's --type Q8_0 \(the converter's\)/);
     // From the API: a type that is not written here, by option.
     const { model, tokenizer } = await quantizeModel('nemotron');
     const said = await model.saveGGUF(path.join(dir, 'y.gguf'), tokenizer, { type: 'Q4_K_M', tensorTypes: [['attn_q', 'Q8_1' as GGMLWriteType]] })

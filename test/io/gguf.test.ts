@@ -114,7 +114,7 @@ describe('GGUF tokenizer', () => {
     expect(backDiff).to.be.lessThan(0.1);
     reloaded.dispose();
     const refused = spawnSync(process.execPath, [CLI, 'convert', '--model', out, '--gguf', back, '--output', out], { encoding: 'utf8' });
-    expect(refused.stderr).to.match(/give --gguf FILE \(GGUF → folder\) or --model DIR \(folder → GGUF\)/);
+    expect(refused.stderr).to.match(/give --gguf FILE \(GGUF → folder or GGUF\) or --model DIR \(folder → GGUF\)/);
   });
 
   it('saveGGUF writes what it reads back: F32 the same logits and vocabulary, F16, Q8_0 and Q4_0 within their rounding', async () => {

@@ -42,36 +42,76 @@ function chunksOf(job: QuantizeJob): Array<{ values: Float32Array; importance?: 
   return chunks;
 }
 
+interface QueuedChunk { type: QuantType; values: Float32Array; importance?: Float32Array; done: (bytes: Uint8Array) => void; fail: (e: Error) => void }
+
 /**
- * Each job's values quantized (`quantizeRows`), on `threads` worker threads (default: the machine's parallelism);
- * small totals, or one thread, run here. The bytes equal the single-threaded ones: rows are independent.
+ * Worker threads quantizing jobs chunk by chunk (`quantizeRows`): `quantize(job)` queues a job's chunks and resolves
+ * with its bytes once they are all back, so that several jobs — the next tensors of a file — keep every thread busy.
+ * With one thread, or without the worker's file (a bundle), jobs run here. The bytes equal the single-threaded ones:
+ * rows are independent. `close()` ends the threads.
  */
-export async function quantizeInParallel(jobs: QuantizeJob[], threads = os.availableParallelism()): Promise<Buffer[]> {
-  const chunks = jobs.flatMap((j, job) => chunksOf(j).map((c) => ({ job, ...c })));
-  const total = jobs.reduce((n, j) => n + j.values.length, 0);
-  const results = new Array<Uint8Array>(chunks.length);
-  // Small totals and one thread run here, and so does a bundle without the worker's file.
-  if (threads <= 1 || total <= 2 * CHUNK_VALUES || !fs.existsSync(WORKER)) {
-    chunks.forEach((c, i) => { results[i] = quantizeRows(jobs[c.job].type, c.values, c.importance); });
-  } else {
-    const workers = Array.from({ length: Math.min(threads, chunks.length) }, () => new Worker(WORKER));
-    let next = 0;
-    try {
-      await Promise.all(workers.map((worker) => new Promise<void>((resolve, reject) => {
-        const send = () => {
-          if (next >= chunks.length) { resolve(); return; }
-          const id = next++;
-          const values = chunks[id].values.slice();
-          const importance = chunks[id].importance?.slice();
-          worker.postMessage({ id, type: jobs[chunks[id].job].type, values, importance }, [values.buffer]);
-        };
-        worker.on('message', ({ id, bytes }: { id: number; bytes: Uint8Array }) => { results[id] = bytes; send(); });
-        worker.on('error', reject);
-        send();
-      })));
-    } finally {
-      await Promise.all(workers.map((w) => w.terminate()));
+export class QuantizePool {
+  private readonly workers: Worker[] = [];
+  private readonly pending = new Map<Worker, QueuedChunk[]>();
+  private readonly queue: QueuedChunk[] = [];
+  private readonly inline: boolean;
+
+  constructor(private readonly threads = os.availableParallelism()) {
+    this.inline = threads <= 1 || !fs.existsSync(WORKER);
+  }
+
+  async quantize(job: QuantizeJob): Promise<Buffer> {
+    const chunks = chunksOf(job);
+    if (this.inline) return Buffer.concat(chunks.map((c) => quantizeRows(job.type, c.values, c.importance)));
+    const parts = await Promise.all(chunks.map((c) => new Promise<Uint8Array>((done, fail) => {
+      this.queue.push({ type: job.type, values: c.values, importance: c.importance, done, fail });
+      this.dispatch();
+    })));
+    return Buffer.concat(parts);
+  }
+
+  /**
+   * Hands queued chunks to workers, starting workers up to `threads`; each holds up to two, so that it starts the next
+   * as soon as it sends one back, without waiting for this thread.
+   */
+  private dispatch(): void {
+    while (this.queue.length) {
+      if (this.workers.length < this.threads && !this.workers.some((w) => this.pending.get(w)!.length === 0)) this.start();
+      const worker = this.workers.find((w) => this.pending.get(w)!.length < 2);
+      if (!worker) return;
+      const chunk = this.queue.shift()!;
+      this.pending.get(worker)!.push(chunk);
+      // Copied as it is sent (the copy's buffer moves to the worker), so that only the chunks being worked on are copies.
+      const values = chunk.values.slice();
+      worker.postMessage({ id: 0, type: chunk.type, values, importance: chunk.importance?.slice() }, [values.buffer]);
     }
   }
-  return jobs.map((_, job) => Buffer.concat(chunks.flatMap((c, i) => (c.job === job ? [results[i]] : []))));
+
+  private start(): void {
+    const worker = new Worker(WORKER);
+    const pending: QueuedChunk[] = [];
+    this.workers.push(worker);
+    this.pending.set(worker, pending);
+    // A worker answers its chunks in the order they were sent.
+    worker.on('message', ({ bytes }: { bytes: Uint8Array }) => {
+      pending.shift()!.done(bytes);
+      this.dispatch();
+    });
+    worker.on('error', (e) => { for (const chunk of pending.splice(0)) chunk.fail(e); });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** Each job's values quantized on `threads` worker threads (default: the machine's parallelism); small totals run here. */
+export async function quantizeInParallel(jobs: QuantizeJob[], threads = os.availableParallelism()): Promise<Buffer[]> {
+  const total = jobs.reduce((n, j) => n + j.values.length, 0);
+  const pool = new QuantizePool(total <= 2 * CHUNK_VALUES ? 1 : threads);
+  try {
+    return await Promise.all(jobs.map((job) => pool.quantize(job)));
+  } finally {
+    await pool.close();
+  }
 }

@@ -1,4 +1,4 @@
-/** A worker of quantizeInParallel: quantizes the chunks it is sent (gguf-quantize-pool.ts). */
+/** A worker of QuantizePool: quantizes the chunks it is sent (gguf-quantize-pool.ts). */
 import { parentPort } from 'worker_threads';
 import { quantizeRows } from './gguf-quantize-imatrix';
 

@@ -8,10 +8,11 @@
  * i-quants IQ1_S … IQ4_XS, TQ1_0 / TQ2_0, MXFP4 and NVFP4 (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
-import { f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32 } from './safetensors';
+import * as path from 'path';
+import { f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32, readAll, writeAll } from './safetensors';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, compareTensorNames, isLlamaQuantizeMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
-import { type QuantizeJob, quantizeInParallel } from './gguf-quantize-pool';
+import { type QuantizeJob, QuantizePool } from './gguf-quantize-pool';
 export { quantizeQ4_0, quantizeQ8_0 } from './gguf-quantize';
 import { I_QUANT_TYPES, dequantizeIQuantBlock } from './gguf-iquants';
 
@@ -72,6 +73,11 @@ export class GGUFFile {
   private readonly fd: number;
   /** The other shards of a split file, in order. */
   private readonly shards: GGUFFile[] = [];
+
+  /** The files of the other shards of a split file, in order (none for one file). */
+  get shardPaths(): string[] {
+    return this.shards.map((shard) => shard.path);
+  }
 
   private constructor(readonly path: string, shardOf?: { index: number; count: number }) {
     this.fd = fs.openSync(path, 'r');
@@ -203,7 +209,7 @@ export class GGUFFile {
     const info = this.tensors.get(name);
     if (!info) throw new Error(`${this.path} has no tensor ${name}`);
     const bytes = Buffer.alloc(info.byteLength);
-    fs.readSync(info.shard ? this.shards[info.shard - 1].fd : this.fd, bytes, 0, info.byteLength, info.byteOffset);
+    readAll(info.shard ? this.shards[info.shard - 1].fd : this.fd, bytes, info.byteOffset, this.path);
     return bytes;
   }
 
@@ -800,7 +806,7 @@ function metaArrayLength([kind, value]: GGUFMetaValue): number {
  * with allowRequantize) quantized on worker threads.
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: string; bytes?: Buffer; shard?: number }>, mix: LlamaQuantizeType,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: string; read?: () => Buffer; shard?: number }>, mix: LlamaQuantizeType,
   model: QuantizeModelInfo, { threads, imatrix, overrideKv, keepSplit, allowRequantize, pruneLayers, ...overrides }: QuantizeOptions,
   shardCount = 1): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
@@ -809,24 +815,16 @@ async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   const originalType = new Map(tensors.map((t) => [t.name, t.type]));
   const plan = planMix(kv, tensors, mix, model, imatrix !== undefined, { ...overrides, pruneLayers, keepSplit });
   const mixed = plan.tensors;
-  const changed = mixed.filter((t) => t.type !== originalType.get(t.sourceName));
-  for (const t of changed) {
+  // Everything that can be refused is, before a byte is written: requantizing, and missing or mismatched importance.
+  const importance = new Map<string, Float32Array | undefined>();
+  for (const t of mixed) {
     const from = originalType.get(t.sourceName)!;
+    if (t.type === from) continue;
     if (!FLOAT_TENSOR_TYPES.includes(from) && !allowRequantize) {
       throw new Error(`quantize: ${t.sourceName} is ${from} already; requantizing it to ${t.type} compounds the rounding and is refused without allowRequantize (llama-quantize --allow-requantize)`);
     }
-    // Stored bytes of another type: their values, to re-encode.
-    if (t.bytes) t.data = dequantize(t.bytes, from, t.shape.reduce((a, b) => a * b, 1));
-    t.bytes = undefined;
+    if (!FLOAT_TENSOR_TYPES.includes(t.type)) importance.set(t.name, importanceFor(t, mix as GGUFQuantMix, imatrix?.matrix));
   }
-  // The quantizers' searches are slow: their tensors go to worker threads first.
-  const quantized = changed.filter((t) => !FLOAT_TENSOR_TYPES.includes(t.type));
-  quantized.forEach(checkFinite);
-  const jobs = quantized.map((t) => ({
-    type: t.type as QuantizeJob['type'], values: t.data, rowLength: t.shape[t.shape.length - 1], importance: importanceFor(t, mix as GGUFQuantMix, imatrix?.matrix),
-  }));
-  const bytes = await quantizeInParallel(jobs, threads);
-  quantized.forEach((t, i) => { t.bytes = bytes[i]; });
   let metadata = quantizationMixMetadata(kv.filter(([key]) => !key.startsWith('quantize.imatrix.')), plan.fileType, (v): GGUFMetaValue => ['u32', v]);
   // gguf_set_val moves a key set again to the end: --override-kv in order, the importance matrix's keys, then a pruned
   // model's block_count.
@@ -838,15 +836,34 @@ async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
     if (!blockCount) throw new Error('pruneLayers: the metadata has no ARCH.block_count to set');
     setLast(blockCount[0], ['u32', plan.keptLayers]);
   }
-  if (!keepSplit) {
-    writeGGUF(file, metadata, mixed);
-    return;
-  }
-  // --keep-split: each tensor in its input shard's place, the metadata in the first, the split keys in every one.
-  const prefix = file.endsWith('.gguf') ? file.slice(0, -'.gguf'.length) : file;
-  for (let i = 0; i < shardCount; i++) {
-    const split: Array<[string, GGUFMetaValue]> = [['split.no', ['u16', i]], ['split.count', ['u16', shardCount]], ['split.tensors.count', ['i32', mixed.length]]];
-    writeGGUF(splitPath(prefix, i, shardCount), [...(i === 0 ? metadata : []), ...split], mixed.filter((t) => (t.shard ?? 0) === i));
+  // Tensor by tensor, as llama-quantize goes: a tensor's source is read (and decoded) only when its turn nears, and its
+  // bytes written as soon as they are made, so that memory holds a few tensors, not the model.
+  const pool = new QuantizePool(threads);
+  const bytesOf = async (t: (typeof mixed)[number]): Promise<Buffer> => {
+    const from = originalType.get(t.sourceName)!;
+    if (t.type === from) {
+      if (t.read) return t.read();
+      checkFinite(t);
+      return encodeTensor(t);
+    }
+    const values = t.read ? dequantize(t.read(), from, t.shape.reduce((a, b) => a * b, 1)) : t.data;
+    checkFinite({ name: t.name, data: values, type: t.type });
+    if (FLOAT_TENSOR_TYPES.includes(t.type)) return encodeTensor({ name: t.name, data: values, type: t.type });
+    return pool.quantize({ type: t.type as QuantizeJob['type'], values, rowLength: t.shape[t.shape.length - 1], importance: importance.get(t.name) });
+  };
+  try {
+    if (!keepSplit) {
+      await writeGGUFStreaming(file, metadata, mixed, bytesOf);
+      return;
+    }
+    // --keep-split: each tensor in its input shard's place, the metadata in the first, the split keys in every one.
+    const prefix = file.endsWith('.gguf') ? file.slice(0, -'.gguf'.length) : file;
+    for (let i = 0; i < shardCount; i++) {
+      const split: Array<[string, GGUFMetaValue]> = [['split.no', ['u16', i]], ['split.count', ['u16', shardCount]], ['split.tensors.count', ['i32', mixed.length]]];
+      await writeGGUFStreaming(splitPath(prefix, i, shardCount), [...(i === 0 ? metadata : []), ...split], mixed.filter((t) => (t.shard ?? 0) === i), bytesOf);
+    }
+  } finally {
+    await pool.close();
   }
 }
 
@@ -893,8 +910,11 @@ export async function quantizeGGUF(input: string, output: string, mix: LlamaQuan
   const { source, model, shardCount } = openForQuantization(input);
   try {
     if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
+    // The input is read tensor by tensor while the output is written: the two must be different files.
+    const inputs = [input, ...source.shardPaths].map((p) => path.resolve(p));
+    if (inputs.includes(path.resolve(output))) throw new Error(`quantizeGGUF: the output ${output} is the input; write to another file`);
     const tensors = [...source.tensors.values()].map((t) => ({
-      name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), bytes: source.readBytes(t.name), shard: t.shard,
+      name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), read: () => source.readBytes(t.name), shard: t.shard,
     }));
     await writeQuantMix(output, rawMetadata(source), tensors, mix, model, options, shardCount);
   } finally {
@@ -972,7 +992,45 @@ export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[strin
  * `bytes`, any type the reader knows.
  */
 export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | 'BF16' | string; bytes?: Buffer }>): void {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | string; bytes?: Buffer }>): void {
+  writeGGUFFile(file, kv, tensors, (write) => {
+    // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
+    for (const t of tensors) write(t.bytes ?? (checkFinite(t), encodeTensor(t)));
+  });
+}
+
+/**
+ * writeGGUF with each tensor's bytes made by `bytesOf` when its turn nears: the next tensors' are started while one is
+ * written (up to ~64 M values ahead), so that worker threads stay busy and memory holds a few tensors.
+ */
+export async function writeGGUFStreaming<T extends { name: string; shape: number[]; type: string }>(file: string, kv: Array<[string, GGUFMetaValue]>,
+  tensors: T[], bytesOf: (t: T) => Promise<Buffer>): Promise<void> {
+  const AHEAD_VALUES = 1 << 26;
+  const count = (t: T) => t.shape.reduce((a, b) => a * b, 1);
+  const started: Array<Promise<Buffer>> = [];
+  let ahead = 0;
+  await writeGGUFFile(file, kv, tensors, async (write) => {
+    for (let i = 0; i < tensors.length; i++) {
+      while (started.length < tensors.length && (started.length === i || ahead + count(tensors[started.length]) <= AHEAD_VALUES)) {
+        const next = bytesOf(tensors[started.length]);
+        next.catch(() => undefined); // awaited in its turn; no unhandled rejection meanwhile
+        ahead += count(tensors[started.length]);
+        started.push(next);
+      }
+      write(await started[i]);
+      ahead -= count(tensors[i]);
+      delete started[i];
+    }
+  });
+}
+
+/**
+ * A GGUF file (version 3): the metadata in order, the tensor table, then each tensor's data — handed to `write` in
+ * order by `body` — aligned to 32 bytes. Each tensor's size is known from its type and shape, so the table is written
+ * first; bytes of another size are refused. A file that fails is removed.
+ */
+function writeGGUFFile<R extends void | Promise<void>>(file: string, kv: Array<[string, GGUFMetaValue]>, tensors: Array<{ name: string; shape: number[]; type: string }>,
+  body: (write: (data: Buffer) => void) => R): R {
   const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
   const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
   const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
@@ -993,37 +1051,48 @@ export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
     }
   };
   const ALIGN = 32;
-  const infos: Buffer[] = [];
-  const datas: Buffer[] = [];
+  const padding = (n: number) => Buffer.alloc(Math.ceil(n / ALIGN) * ALIGN - n);
+  const chunks: Buffer[] = [u32(GGUF_MAGIC), u32(3), u64(tensors.length), u64(kv.length)];
+  for (const [key, value] of kv) chunks.push(str(key), encode(value));
+  const sizes: number[] = [];
   let offset = 0;
   for (const t of tensors) {
-    const columns = t.shape[t.shape.length - 1];
-    // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
-    if (!t.bytes) checkFinite(t);
     // Any type the reader knows, as stored bytes (a split copies them); the types written here from values too.
     const known = Object.entries(TYPES).find(([, [name]]) => name === t.type);
     if (!known) throw new Error(`writeGGUF: ${t.name}: unknown ggml type ${t.type}`);
-    const [id, [, blockValues]] = known;
+    const [id, [, blockValues, blockBytes]] = known;
+    const columns = t.shape[t.shape.length - 1];
     if (columns % blockValues !== 0) throw new Error(`writeGGUF: ${t.name} has rows of ${columns} values, not whole ${t.type} blocks of ${blockValues}`);
-    const data = t.bytes ?? encodeTensor(t);
-    const dims = t.shape.slice().reverse();
-    infos.push(Buffer.concat([str(t.name), u32(dims.length), ...dims.map(u64), u32(Number(id)), u64(offset)]));
-    const padded = Math.ceil(data.length / ALIGN) * ALIGN;
-    datas.push(data, Buffer.alloc(padded - data.length));
-    offset += padded;
+    sizes.push((t.shape.reduce((a, b) => a * b, 1) / blockValues) * blockBytes);
+    chunks.push(str(t.name), u32(t.shape.length), ...t.shape.slice().reverse().map(u64), u32(Number(id)), u64(offset));
+    offset += Math.ceil(sizes[sizes.length - 1] / ALIGN) * ALIGN;
   }
-  const chunks: Buffer[] = [u32(GGUF_MAGIC), u32(3), u64(tensors.length), u64(kv.length)];
-  for (const [key, value] of kv) chunks.push(str(key), encode(value));
-  chunks.push(...infos);
-  const headerLength = chunks.reduce((n, c) => n + c.length, 0);
-  chunks.push(Buffer.alloc(Math.ceil(headerLength / ALIGN) * ALIGN - headerLength), ...datas);
+  const header = Buffer.concat(chunks);
   // Written piece by piece: a multi-GB model is not copied into one buffer first.
   const fd = fs.openSync(file, 'w');
-  try {
-    for (const chunk of chunks) for (let at = 0; at < chunk.length;) at += fs.writeSync(fd, chunk, at, chunk.length - at);
-  } finally {
+  let written = 0;
+  const write = (data: Buffer) => {
+    const t = tensors[written];
+    if (data.length !== sizes[written]) throw new Error(`writeGGUF: ${t.name}: ${data.length} bytes for a ${t.shape.join('×')} ${t.type} tensor of ${sizes[written]}`);
+    writeAll(fd, data);
+    writeAll(fd, padding(data.length));
+    written++;
+  };
+  const finish = (failed: unknown) => {
     fs.closeSync(fd);
+    if (failed !== undefined) { fs.rmSync(file, { force: true }); throw failed; }
+    if (written !== tensors.length) { fs.rmSync(file, { force: true }); throw new Error(`writeGGUF: ${written} of ${tensors.length} tensors written`); }
+  };
+  try {
+    writeAll(fd, header);
+    writeAll(fd, padding(header.length));
+    const result = body(write);
+    if (result instanceof Promise) return result.then(() => finish(undefined), (e: unknown) => finish(e ?? new Error('writeGGUF failed'))) as R;
+  } catch (e) {
+    finish(e ?? new Error('writeGGUF failed'));
   }
+  finish(undefined);
+  return undefined as R;
 }
 
 /** A tensor's bytes in its type, from its float32 values. */

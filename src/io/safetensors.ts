@@ -255,18 +255,7 @@ class FileSource implements ByteSource {
   }
   readInto(target: Uint8Array, position: number): void {
     if (this.fd === null) throw new Error(`${this.path}: file is closed`);
-    let done = 0;
-    while (done < target.length) {
-      const len = Math.min(IO_CHUNK, target.length - done);
-      const n = fs.readSync(this.fd, target, done, len, position + done);
-      if (n <= 0) {
-        throw new Error(
-          `${this.path}: unexpected end of file at byte ${position + done} ` +
-            `(needed ${target.length} bytes from ${position}; was the file truncated after opening?)`,
-        );
-      }
-      done += n;
-    }
+    readAll(this.fd, target, position, this.path);
   }
   close(): void {
     if (this.fd !== null) {
@@ -628,7 +617,24 @@ export function missingTensorMessage(name: string, where: string, available: str
 // Writing
 // ---------------------------------------------------------------------------------------
 
-function writeAll(fd: number, bytes: Uint8Array): void {
+/** `target.length` bytes of file `fd` from `position`, in calls of at most 1 GiB (Node refuses 2 GiB and more in one). */
+export function readAll(fd: number, target: Uint8Array, position: number, path: string): void {
+  let done = 0;
+  while (done < target.length) {
+    const len = Math.min(IO_CHUNK, target.length - done);
+    const n = fs.readSync(fd, target, done, len, position + done);
+    if (n <= 0) {
+      throw new Error(
+        `${path}: unexpected end of file at byte ${position + done} ` +
+          `(needed ${target.length} bytes from ${position}; was the file truncated after opening?)`,
+      );
+    }
+    done += n;
+  }
+}
+
+/** All of `bytes` to file `fd`, in calls of at most 1 GiB. */
+export function writeAll(fd: number, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.length) {
     const len = Math.min(IO_CHUNK, bytes.length - done);

@@ -52,7 +52,7 @@ describe('llama-quantize\'s legacy and float types, COPY, --prune-layers, --tens
           await quantizeGGUF(`${expected.model}-F32.gguf`, input, expected.source.mix, llamaQuantizeOptions(expected.source.options, expected.model));
           expectLlamaQuantizeFile(input, expected.source, `${key} (its input, ${expected.source.mix})`);
         }
-        const output = `${key.replace(/ /g, '-')}.gguf`;
+        const output = `out-${key.replace(/ /g, '-')}.gguf`;
         await quantizeGGUF(input, output, expected.mix, llamaQuantizeOptions(expected.options, expected.model));
         expectLlamaQuantizeFile(output, expected, key);
       });
@@ -119,12 +119,13 @@ describe('llama-quantize\'s legacy and float types, COPY, --prune-layers, --tens
     });
   });
 
-  it('refuses by name: requantizing without allowRequantize, pruning a layer that is not there, every layer, or a NemotronH (per-layer metadata)', async () => {
+  it('refuses by name: requantizing without allowRequantize, writing over the input, pruning a layer that is not there, every layer, or a NemotronH (per-layer metadata)', async () => {
     await inDirectory(dir, async () => {
       await quantizeGGUF('nemotron-F32.gguf', 'q8.gguf', 'Q8_0');
       const said = (promise: Promise<void>) => promise.then(() => 'written', (e: Error) => e.message);
       expect(await said(quantizeGGUF('q8.gguf', 'x.gguf', 'Q4_K_M')))
         .to.match(/quantize: output\.weight is Q8_0 already; requantizing it to Q6_K compounds the rounding and is refused without allowRequantize \(llama-quantize --allow-requantize\)/);
+      expect(await said(quantizeGGUF('q8.gguf', './q8.gguf', 'Q4_K_M', { allowRequantize: true }))).to.match(/quantizeGGUF: the output \.\/q8\.gguf is the input/);
       // Every tensor in its target type already: copied, no flag needed.
       expect(await said(quantizeGGUF('q8.gguf', 'y.gguf', 'Q8_0'))).to.equal('written');
       expect(sha256(fs.readFileSync('y.gguf'))).to.equal(sha256(fs.readFileSync('q8.gguf')));

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'child_process';
-import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend } from '../../src/index';
+import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend, writeGGUF } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -30,6 +30,28 @@ describe('GGUF', () => {
       }
     } finally {
       file.close();
+    }
+  });
+
+  it('writes and reads a tensor over 2 GiB (Node refuses one read or write call that large; Minitron-4B\'s F32 embedding is 3.1 GB)', function () {
+    this.timeout(120000);
+    const file = path.join(tmpDir('gguf-large'), 'large.gguf');
+    const columns = 2 ** 29 + 2 ** 18;   // 2 GiB + 1 MiB of F32
+    const bytes = Buffer.alloc(4 * columns);
+    const marks = [0, 2 ** 30 - 3, 2 ** 31 - 1, 2 ** 31, bytes.length - 1];
+    marks.forEach((at, i) => { bytes[at] = 17 + i; });
+    writeGGUF(file, [['general.architecture', ['str', 'nemotron']]], [{ name: 'large', shape: [1, columns], type: 'F32', data: new Float32Array(0), bytes }]);
+    try {
+      const gguf = GGUFFile.open(file);
+      try {
+        const read = gguf.readBytes('large');
+        expect(read.length).to.equal(bytes.length);
+        expect(marks.map((at) => read[at])).to.deep.equal(marks.map((_, i) => 17 + i));
+      } finally {
+        gguf.close();
+      }
+    } finally {
+      fs.rmSync(file, { force: true });
     }
   });
 });

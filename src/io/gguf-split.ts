@@ -4,7 +4,7 @@
  * them from the first shard; `splitGGUF` and `mergeGGUF` write them / join them as `llama-gguf-split --split` /
  * `--merge` do, byte for byte.
  */
-import { GGUFFile, type GGUFMetaValue, splitPath, writeGGUF } from './gguf';
+import { GGUFFile, type GGUFMetaValue, refuseOverwrite, splitPath, writeGGUF } from './gguf';
 
 /** Where a shard ends: after `maxTensors` tensors, or before the tensor that would take it past `maxBytes` of data. */
 export type SplitLimit = { maxTensors: number; maxBytes?: undefined } | { maxBytes: number; maxTensors?: undefined };
@@ -47,13 +47,14 @@ export function splitGGUF(input: string, outputPrefix: string, limit: SplitLimit
       shards[shards.length - 1].push(name);
     });
     const metadata = [...source.rawMetadata].map(([key, raw]): [string, GGUFMetaValue] => [key, ['raw', raw]]);
+    refuseOverwrite(source, shards.map((_, i) => splitPath(outputPrefix, i, shards.length)), 'splitGGUF');
     return shards.map((shard, i) => {
       const file = splitPath(outputPrefix, i, shards.length);
       // gguf_set_val appends (a key set again moves to the end): split.no, split.tensors.count, then split.count.
       writeGGUF(file, [...(i === 0 ? metadata : []), ['split.no', ['u16', i]], ['split.tensors.count', ['i32', names.length]],
         ['split.count', ['u16', shards.length]]], shard.map((name) => {
         const info = source.tensors.get(name)!;
-        return { name, shape: info.shape, type: info.type, data: new Float32Array(0), bytes: source.readBytes(name) };
+        return { name, shape: info.shape, type: info.type, data: new Float32Array(0), read: () => source.readBytes(name) };
       }));
       return file;
     });
@@ -71,8 +72,10 @@ export function mergeGGUF(firstShard: string, output: string): void {
   try {
     if (!(Number(source.get('split.count') ?? 0) >= 1)) throw new Error(`mergeGGUF: ${firstShard} is not a split file (no split.count)`);
     const metadata = [...source.rawMetadata].filter(([key]) => key !== 'split.count').map(([key, raw]): [string, GGUFMetaValue] => [key, ['raw', raw]]);
+    refuseOverwrite(source, [output], 'mergeGGUF');
+    // Tensor by tensor, as llama-gguf-split merges: a merged model is never in memory whole.
     writeGGUF(output, [...metadata, ['split.count', ['u16', 0]]], [...source.tensors.values()].map((info) => ({
-      name: info.name, shape: info.shape, type: info.type, data: new Float32Array(0), bytes: source.readBytes(info.name),
+      name: info.name, shape: info.shape, type: info.type, data: new Float32Array(0), read: () => source.readBytes(info.name),
     })));
   } finally {
     source.close();

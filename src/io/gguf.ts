@@ -910,9 +910,8 @@ export async function quantizeGGUF(input: string, output: string, mix: LlamaQuan
   const { source, model, shardCount } = openForQuantization(input);
   try {
     if (options.keepSplit && !(shardCount > 1)) throw new Error(`quantizeGGUF: keepSplit writes the shards of a split input; ${input} is one file`);
-    // The input is read tensor by tensor while the output is written: the two must be different files.
-    const inputs = [input, ...source.shardPaths].map((p) => path.resolve(p));
-    if (inputs.includes(path.resolve(output))) throw new Error(`quantizeGGUF: the output ${output} is the input; write to another file`);
+    const prefix = output.endsWith('.gguf') ? output.slice(0, -'.gguf'.length) : output;
+    refuseOverwrite(source, options.keepSplit ? Array.from({ length: shardCount }, (_, i) => splitPath(prefix, i, shardCount)) : [output], 'quantizeGGUF');
     const tensors = [...source.tensors.values()].map((t) => ({
       name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), read: () => source.readBytes(t.name), shard: t.shard,
     }));
@@ -992,11 +991,19 @@ export function specialTokenKeys(vocabulary: GGUFVocabularySource): Array<[strin
  * `bytes`, any type the reader knows.
  */
 export function writeGGUF(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | string; bytes?: Buffer }>): void {
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: GGMLWriteType | string; bytes?: Buffer; read?: () => Buffer }>): void {
   writeGGUFFile(file, kv, tensors, (write) => {
-    // Stored bytes are written as they are (copied from a GGUF, or quantized after their own check).
-    for (const t of tensors) write(t.bytes ?? (checkFinite(t), encodeTensor(t)));
+    // Stored bytes are written as they are (copied from a GGUF — `read` when its turn comes, so that one tensor at a
+    // time is in memory —, or quantized after their own check).
+    for (const t of tensors) write(t.bytes ?? t.read?.() ?? (checkFinite(t), encodeTensor(t)));
   });
+}
+
+/** Refuses to write `outputs` over the files of `source` (read tensor by tensor while the outputs are written). */
+export function refuseOverwrite(source: GGUFFile, outputs: string[], what: string): void {
+  const inputs = [source.path, ...source.shardPaths].map((p) => path.resolve(p));
+  const clash = outputs.find((o) => inputs.includes(path.resolve(o)));
+  if (clash !== undefined) throw new Error(`${what}: the output ${clash} is an input file; write to another file`);
 }
 
 /**

@@ -125,7 +125,7 @@ describe('llama-quantize\'s legacy and float types, COPY, --prune-layers, --tens
       const said = (promise: Promise<void>) => promise.then(() => 'written', (e: Error) => e.message);
       expect(await said(quantizeGGUF('q8.gguf', 'x.gguf', 'Q4_K_M')))
         .to.match(/quantize: output\.weight is Q8_0 already; requantizing it to Q6_K compounds the rounding and is refused without allowRequantize \(llama-quantize --allow-requantize\)/);
-      expect(await said(quantizeGGUF('q8.gguf', './q8.gguf', 'Q4_K_M', { allowRequantize: true }))).to.match(/quantizeGGUF: the output \.\/q8\.gguf is the input/);
+      expect(await said(quantizeGGUF('q8.gguf', './q8.gguf', 'Q4_K_M', { allowRequantize: true }))).to.match(/quantizeGGUF: the output \.\/q8\.gguf is an input file; write to another file/);
       // Every tensor in its target type already: copied, no flag needed.
       expect(await said(quantizeGGUF('q8.gguf', 'y.gguf', 'Q8_0'))).to.equal('written');
       expect(sha256(fs.readFileSync('y.gguf'))).to.equal(sha256(fs.readFileSync('q8.gguf')));

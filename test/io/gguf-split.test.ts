@@ -109,6 +109,14 @@ describe('Split GGUF files (llama-gguf-split)', function () {
     expect(kept.status, kept.stderr).to.equal(0);
     reference['keep split'].shards.forEach(([suffix, hash]) => expect(sha256(fs.readFileSync(path.join(dir, `k${suffix}`))), `k${suffix}`).to.equal(hash));
     const failure = (f: () => unknown) => { try { f(); return 'opened'; } catch (e) { return (e as Error).message; } };
+    // Inputs are read tensor by tensor while the output is written: writing over one is refused, and the input stays whole.
+    const before = sha256(fs.readFileSync(path.join(dir, 'm-00003-of-00005.gguf')));
+    expect(failure(() => mergeGGUF(path.join(dir, 'm-00001-of-00005.gguf'), path.join(dir, 'm-00003-of-00005.gguf')))).to.match(/mergeGGUF: the output .*m-00003-of-00005\.gguf is an input file/);
+    expect(sha256(fs.readFileSync(path.join(dir, 'm-00003-of-00005.gguf')))).to.equal(before);
+    expect(failure(() => splitGGUF(path.join(dir, 'merged.gguf'), path.join(dir, 'merged'), { maxTensors: 1000 }))).to.equal('opened');
+    expect(failure(() => splitGGUF(path.join(dir, 'merged-00001-of-00001.gguf'), path.join(dir, 'merged'), { maxTensors: 1000 }))).to.match(/splitGGUF: the output .*merged-00001-of-00001\.gguf is an input file/);
+    const said = await quantizeGGUF(path.join(dir, 'm-00001-of-00005.gguf'), path.join(dir, 'm.gguf'), 'Q8_0', { keepSplit: true }).then(() => 'written', (e: Error) => e.message);
+    expect(said).to.match(/quantizeGGUF: the output .*m-00001-of-00005\.gguf is an input file/);
     expect(failure(() => GGUFFile.open(path.join(dir, 'm-00002-of-00005.gguf')))).to.match(/m-00002-of-00005\.gguf is shard 2 of 5 of a split model: open .*m-00001-of-00005\.gguf/);
     fs.renameSync(path.join(dir, 'm-00004-of-00005.gguf'), path.join(dir, 'elsewhere.gguf'));
     expect(failure(() => GGUFFile.open(path.join(dir, 'm-00001-of-00005.gguf')))).to.match(/is split into 5 shards; .*m-00004-of-00005\.gguf is missing/);

@@ -2,19 +2,22 @@
  * quantizeGGUF at a published checkpoint's shape, against llama-quantize on the same file:
  *
  *   node dist/benchmarks/gguf-full-size.js [--preset minitron-4b] [--type Q8_0] [--threads 2] [--dir /tmp]
- *     [--llama-quantize PATH] [--out benchmarks/results/gguf-full-size-minitron-4b.md]
+ *     [--llama-quantize PATH] [--load-model] [--out benchmarks/results/gguf-full-size-minitron-4b.md]
  *
  * Writes the preset's F16 GGUF as llama.cpp's converter lays it out (tensor names, norms in F32) with random values —
  * a 64 MB pool of N(0, 0.02²) halves, tiled from a different offset for each tensor: no model is built, so an 8 GB
  * file is made in a minute — then times quantizeGGUF to `--type` in a child process and records its peak RSS
- * (VmHWM), and llama-quantize's (`/usr/bin/time -v`), and compares the two files byte for byte.
+ * (VmHWM), and llama-quantize's (`/usr/bin/time -v`), and compares the two files byte for byte; then times reading
+ * every tensor of our file back to float32 (GGUFFile.read) on one thread and on `--threads`, and with `--load-model`
+ * loads it as a model (tensorflow backend) and runs one forward. Node flags given to this
+ * process (`node --cpu-prof …`) go to the children too.
  */
 import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { NemotronConfig, quantizeGGUF, writeGGUF } from '../src/index';
+import { GGUFFile, NemotronConfig, NemotronForCausalLM, initBackend, quantizeGGUF, writeGGUF } from '../src/index';
 import { type GGUFMetaValue } from '../src/io/gguf';
 import { type GGUFQuantMix } from '../src/io/gguf-quantize';
 import { float32ArrayToF16 } from '../src/io/safetensors';
@@ -38,6 +41,37 @@ async function main(): Promise<void> {
   const arg = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
   const threads = Number(arg('--threads', String(os.availableParallelism())));
   const type = arg('--type', 'Q8_0') as GGUFQuantMix;
+  if (argv.includes('--read-only')) {
+    // The child: every tensor of a GGUF dequantized (GGUFFile.read, as fromPretrained reads it) on `threads` threads.
+    const start = performance.now();
+    const file = GGUFFile.open(arg('--input', ''), { decodeThreads: threads });
+    let values = 0;
+    try {
+      for (const name of file.tensors.keys()) values += file.read(name).data.length;
+    } finally {
+      file.close();
+    }
+    const peak = Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+    console.log(JSON.stringify({ seconds: (performance.now() - start) / 1000, peakBytes: peak, values }));
+    return;
+  }
+  if (argv.includes('--model-only')) {
+    // The child: the quantized file loaded as a model on the tensorflow backend (fromPretrained), then one forward.
+    const backend = await initBackend('tensorflow', { quiet: true }).catch(() => initBackend());
+    let start = performance.now();
+    const model = await NemotronForCausalLM.fromPretrained(arg('--input', ''));
+    const loadSeconds = (performance.now() - start) / 1000;
+    const loadPeak = Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+    start = performance.now();
+    const out = model.forward({ inputIds: [[2, 1014, 338, 263, 1243, 29889, 450, 4996]], logitsToKeep: 1 });
+    const logits = out.logits.dataSync();
+    out.logits.dispose();
+    const forwardSeconds = (performance.now() - start) / 1000;
+    const finite = logits.every((v) => Number.isFinite(v));
+    model.dispose();
+    console.log(JSON.stringify({ backend, loadSeconds, loadPeak, forwardSeconds, finite }));
+    return;
+  }
   if (argv.includes('--quantize-only')) {
     // The child: one quantizeGGUF call, its time and this process's peak RSS.
     const start = performance.now();
@@ -89,7 +123,8 @@ async function main(): Promise<void> {
   const parameters = tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
   console.log(`wrote ${f16}: ${(fs.statSync(f16).size / 1e9).toFixed(2)} GB, ${(parameters / 1e9).toFixed(2)} B parameters, in ${makeSeconds.toFixed(1)} s`);
   const ours = path.join(dir, `${type}.gguf`);
-  const child = spawnSync(process.execPath, [__filename, '--quantize-only', '--input', f16, '--output', ours, '--type', type, '--threads', String(threads)],
+  // The child takes this process's node flags (e.g. `node --cpu-prof` profiles it and its worker threads).
+  const child = spawnSync(process.execPath, [...process.execArgv, __filename, '--quantize-only', '--input', f16, '--output', ours, '--type', type, '--threads', String(threads)],
     { encoding: 'utf8', maxBuffer: 1 << 24 });
   if (child.status !== 0) throw new Error(`quantizeGGUF failed: ${child.stderr.slice(-2000)}`);
   const measured = JSON.parse(child.stdout.trim().split('\n').pop()!) as { seconds: number; peakBytes: number };
@@ -118,11 +153,33 @@ async function main(): Promise<void> {
     rows.push(`| llama-quantize | ${seconds.toFixed(1)} | ${(peakKb / 2 ** 20).toFixed(2)} (mmap'd input pages count) | ${(fs.statSync(theirs).size / 1e9).toFixed(2)} | ${same ? 'identical' : 'DIFFERENT'} |`);
     console.log(rows[1]);
   }
+  // Reading the quantized file back, as a GGUF model load dequantizes it: on one thread and on `threads`.
+  const loads: string[] = [];
+  for (const readThreads of [...new Set([1, threads])]) {
+    const read = spawnSync(process.execPath, [...process.execArgv, __filename, '--read-only', '--input', ours, '--threads', String(readThreads)],
+      { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (read.status !== 0) throw new Error(`reading ${ours} failed: ${read.stderr.slice(-2000)}`);
+    const r = JSON.parse(read.stdout.trim().split('\n').pop()!) as { seconds: number; peakBytes: number; values: number };
+    loads.push(`| ${readThreads} | ${r.seconds.toFixed(1)} | ${(r.values / r.seconds / 1e6).toFixed(0)} | ${(r.peakBytes / 2 ** 30).toFixed(2)} |`);
+    console.log(loads[loads.length - 1]);
+  }
+  let modelLoad = '';
+  if (argv.includes('--load-model')) {
+    const run = spawnSync(process.execPath, [...process.execArgv, __filename, '--model-only', '--input', ours], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (run.status !== 0) throw new Error(`loading ${ours} failed: ${run.stderr.slice(-2000)}`);
+    const m = JSON.parse(run.stdout.trim().split('\n').pop()!) as { backend: string; loadSeconds: number; loadPeak: number; forwardSeconds: number; finite: boolean };
+    modelLoad = `NemotronForCausalLM.fromPretrained of that file on the ${m.backend} backend (dequantized on ${threads} threads, float32 weights): ` +
+      `${m.loadSeconds.toFixed(1)} s, peak RSS ${(m.loadPeak / 2 ** 30).toFixed(2)} GiB; a forward of 8 tokens ${m.forwardSeconds.toFixed(2)} s, ` +
+      `logits ${m.finite ? 'finite' : 'NOT FINITE'}.`;
+    console.log(modelLoad);
+  }
   fs.rmSync(dir, { recursive: true });
   const text = [`# quantizeGGUF at ${presetName}'s shape: F16 → ${type}, ${new Date().toISOString().slice(0, 10)}`, '',
     `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism()} threads available, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${threads} threads;`,
     `random F16 values (a tiled pool), ${(parameters / 1e9).toFixed(2)} B parameters; the F16 file written in ${makeSeconds.toFixed(1)} s. One run.`, '',
-    '| writer | seconds | peak RSS GiB | output GB | file vs ours |', '| --- | ---: | ---: | ---: | --- |', ...rows, ''].join('\n');
+    '| writer | seconds | peak RSS GiB | output GB | file vs ours |', '| --- | ---: | ---: | ---: | --- |', ...rows, '',
+    `Every tensor of our ${type} file dequantized to float32 (GGUFFile.read, what a GGUF model load does before the backend), each in a child process:`, '',
+    '| decode threads | seconds | M values/s | peak RSS GiB |', '| ---: | ---: | ---: | ---: |', ...loads, '', ...(modelLoad ? [modelLoad, ''] : [])].join('\n');
   fs.writeFileSync(out, text);
   console.log(`wrote ${out}`);
 }

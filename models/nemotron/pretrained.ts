@@ -1,7 +1,5 @@
 import * as fs from 'fs';
 import * as os from 'os';
-import * as v8 from 'v8';
-import * as vm from 'vm';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointReader, saveCheckpoint } from '../../src/io/checkpoint';
@@ -9,6 +7,7 @@ import { GGUFVocabularySource, GGUFWriteType, NemotronGGUF, isGGUF, writeNemotro
 import { type TensorTypeOverrides } from '../../src/io/gguf-quantize';
 import { type ImatrixSource, resolveImatrix } from '../../src/io/imatrix';
 import { shapesEqual } from '../../src/tensors';
+import { collectGarbage } from '../../src/gc';
 import { NemotronConfig, NemotronConfigFields } from './config';
 import { withDeferredInit } from '../../layers/weights';
 import { BLOCK_SEPARATOR, VocabMatrix, groupBlocks, joinRows } from '../../layers/vocab-matrix';
@@ -343,20 +342,6 @@ function moveToBackend(value: tf.Tensor): tf.Tensor {
     return value;
   }
   return tf.add(value, 0);
-}
-
-let gc: (() => void) | null | undefined;
-/** V8's collector, reachable without --expose-gc through a flag set at run time. */
-function collectGarbage(): void {
-  if (gc === undefined) {
-    try {
-      v8.setFlagsFromString('--expose-gc');
-      gc = vm.runInNewContext('gc') as () => void;
-    } catch {
-      gc = null;
-    }
-  }
-  gc?.();
 }
 
 function uploadsLazily(): boolean {

@@ -1,9 +1,16 @@
-/** A worker of QuantizePool: quantizes the chunks it is sent (gguf-quantize-pool.ts). */
+/** A worker of QuantizePool: decodes, checks and converts the chunks it is sent (gguf-quantize-pool.ts). */
 import { parentPort } from 'worker_threads';
-import { quantizeRows } from './gguf-quantize-imatrix';
+import { convertChunk } from './gguf';
+import { type ChunkWork } from './gguf-quantize-pool';
 
-parentPort!.on('message', (job: { id: number; type: Parameters<typeof quantizeRows>[0]; values: Float32Array; importance?: Float32Array }) => {
-  const bytes = quantizeRows(job.type, job.values, job.importance);
-  const copy = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length).slice();
-  parentPort!.postMessage({ id: job.id, bytes: copy }, [copy.buffer]);
+parentPort!.on('message', (work: ChunkWork) => {
+  let bytes: Uint8Array;
+  try {
+    bytes = convertChunk(work);
+  } catch (e) {
+    parentPort!.postMessage({ error: (e as Error).message });
+    return;
+  }
+  const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+  parentPort!.postMessage({ bytes: own }, [own.buffer as ArrayBuffer]);
 });

@@ -934,6 +934,7 @@ export function quantizeQ8_0(values: Float32Array): Buffer {
   const out = Buffer.alloc(blocks * 34);
   // Stored through an int8 view: Buffer's checked writeInt8 a value cost more than the rounding.
   const q = new Int8Array(out.buffer, out.byteOffset, out.length);
+  const signs = new Int32Array(values.buffer, values.byteOffset, values.length);
   for (let b = 0, x0 = 0, at = 0; b < blocks; b++, x0 += 32, at += 34) {
     let amax = 0;
     for (let j = 0; j < 32; j++) { const a = Math.abs(values[x0 + j]); if (a > amax) amax = a; }
@@ -942,10 +943,12 @@ export function quantizeQ8_0(values: Float32Array): Buffer {
     const bits = float32ToF16Bits(d);
     out[at] = bits & 0xff;
     out[at + 1] = bits >> 8;
-    // roundf: halves away from zero.
+    // roundf (halves away from zero) without a branch: |x| + 0.5 truncated, the sign put back from the value's sign
+    // bit, (k ^ s) − s. A branch on the sign mispredicts half the time on weights (~5× slower on random signs).
     for (let j = 0; j < 32; j++) {
-      const x = f(values[x0 + j] * id);
-      q[at + 2 + j] = x < 0 ? -Math.floor(0.5 - x) : Math.floor(x + 0.5);
+      const k = (Math.abs(f(values[x0 + j] * id)) + 0.5) | 0;
+      const s = signs[x0 + j] >> 31;
+      q[at + 2 + j] = (k ^ s) - s;
     }
   }
   return out;

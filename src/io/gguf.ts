@@ -8,11 +8,13 @@
  * i-quants IQ1_S … IQ4_XS, TQ1_0 / TQ2_0, MXFP4 and NVFP4 (ggml's dequantize_row_*).
  */
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32, readAll, writeAll } from './safetensors';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, compareTensorNames, isLlamaQuantizeMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
-import { type QuantizeJob, QuantizePool } from './gguf-quantize-pool';
+import { type ChunkWork, QuantizePool } from './gguf-quantize-pool';
+import { PARALLEL_DECODE_VALUES, decodeInParallel } from './gguf-decode-pool';
 export { quantizeQ4_0, quantizeQ8_0 } from './gguf-quantize';
 import { I_QUANT_TYPES, dequantizeIQuantBlock } from './gguf-iquants';
 
@@ -27,6 +29,11 @@ const TYPES: Record<number, [string, number, number]> = {
 };
 
 export type GGUFValue = number | bigint | boolean | string | GGUFValue[];
+
+export interface GGUFOpenOptions {
+  /** Threads that dequantize a large tensor (this one and decodeThreads − 1 workers; default: the machine's parallelism). */
+  decodeThreads?: number;
+}
 
 export interface GGUFTensorInfo {
   name: string;
@@ -79,7 +86,12 @@ export class GGUFFile {
     return this.shards.map((shard) => shard.path);
   }
 
-  private constructor(readonly path: string, shardOf?: { index: number; count: number }) {
+  /** Threads that decode a large tensor in `read` (default: the machine's parallelism). */
+  readonly decodeThreads: number;
+
+  private constructor(readonly path: string, shardOf?: { index: number; count: number }, { decodeThreads = os.availableParallelism() }: GGUFOpenOptions = {}) {
+    if (!(Number.isInteger(decodeThreads) && decodeThreads >= 1)) throw new Error(`GGUFFile.open: decodeThreads ${decodeThreads}: expected a positive integer`);
+    this.decodeThreads = decodeThreads;
     this.fd = fs.openSync(path, 'r');
     try {
       const size = fs.fstatSync(this.fd).size;
@@ -109,8 +121,8 @@ export class GGUFFile {
     }
   }
 
-  static open(path: string): GGUFFile {
-    return new GGUFFile(path);
+  static open(path: string, options: GGUFOpenOptions = {}): GGUFFile {
+    return new GGUFFile(path, undefined, options);
   }
 
   /** The shards after this first one, named as llama.cpp names them, their tensors merged in. */
@@ -208,16 +220,36 @@ export class GGUFFile {
   readBytes(name: string): Buffer {
     const info = this.tensors.get(name);
     if (!info) throw new Error(`${this.path} has no tensor ${name}`);
-    const bytes = Buffer.alloc(info.byteLength);
-    readAll(info.shard ? this.shards[info.shard - 1].fd : this.fd, bytes, info.byteOffset, this.path);
+    return this.readRange(name, 0, info.byteLength);
+  }
+
+  /** `length` of a tensor's stored bytes from `offset` (in a buffer of their own). */
+  readRange(name: string, offset: number, length: number): Buffer {
+    const info = this.tensors.get(name);
+    if (!info) throw new Error(`${this.path} has no tensor ${name}`);
+    if (!(Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0 && offset + length <= info.byteLength)) {
+      throw new Error(`${this.path}: bytes ${offset}..${offset + length} of tensor ${name}: it has ${info.byteLength}`);
+    }
+    const bytes = Buffer.alloc(length);
+    readAll(info.shard ? this.shards[info.shard - 1].fd : this.fd, bytes, info.byteOffset + offset, this.path);
     return bytes;
   }
 
-  /** A tensor's values as float32, in its (numpy-order) shape. */
+  /**
+   * A tensor's values as float32, in its (numpy-order) shape. A large one is decoded on `decodeThreads` threads (in a
+   * SharedArrayBuffer), a small one here.
+   */
   read(name: string): { shape: number[]; data: Float32Array } {
-    const info = this.tensors.get(name)!;
-    const bytes = this.readBytes(name);
-    return { shape: info.shape, data: dequantize(bytes, info.type, info.shape.reduce((a, b) => a * b, 1)) };
+    const info = this.tensors.get(name);
+    if (!info) throw new Error(`${this.path} has no tensor ${name}`);
+    const count = info.shape.reduce((a, b) => a * b, 1);
+    if (count >= PARALLEL_DECODE_VALUES && this.decodeThreads > 1) {
+      const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === info.type)!;
+      const file = info.shard ? this.shards[info.shard - 1] : this;
+      const source = { fd: file.fd, path: file.path, byteOffset: info.byteOffset, type: info.type, count, blockValues, blockBytes };
+      return { shape: info.shape, data: decodeInParallel(source, this.decodeThreads, dequantize) };
+    }
+    return { shape: info.shape, data: dequantize(this.readBytes(name), info.type, count) };
   }
 
   close(): void {
@@ -226,13 +258,20 @@ export class GGUFFile {
   }
 }
 
+/** The stored size of `count` values of ggml type `type` (whole blocks). */
+export function storedBytes(type: string, count: number): number {
+  const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === type) ?? [];
+  if (!blockValues || !blockBytes || count % blockValues !== 0) throw new Error(`${count} values of ggml type ${type} are not whole blocks of a known type`);
+  return (count / blockValues) * blockBytes;
+}
+
 /** `count` values of ggml type `type` from their stored bytes (ggml's dequantize_row_*). */
-export function dequantize(bytes: Uint8Array, type: string, count: number): Float32Array {
-  if (type === 'F16' || type === 'BF16') return halfBytesToFloat32(bytes, count, type === 'BF16');
-  const out = new Float32Array(count);
+export function dequantize(bytes: Uint8Array, type: string, count: number, out: Float32Array = new Float32Array(count)): Float32Array {
+  if (out.length !== count) throw new Error(`dequantize: ${count} values into an array of ${out.length}`);
+  if (type === 'F16' || type === 'BF16') return halfBytesToFloat32(bytes, count, type === 'BF16', out);
   if (type === 'F32') {
     // A byte copy (little-endian hosts, as Node's are): the bytes may start at any offset.
-    new Uint8Array(out.buffer).set(bytes.subarray(0, 4 * count));
+    new Uint8Array(out.buffer, out.byteOffset, 4 * count).set(bytes.subarray(0, 4 * count));
     return out;
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -615,12 +654,22 @@ export const GGUF_FILE_TYPE = Object.fromEntries(Object.entries(QUANT_MIXES).map
  * A NaN or an infinity in a weight (a diverged training run) is refused by name rather than written (a quantized
  * block's scale from it is garbage; llama-quantize's row validation refuses such data too).
  */
-function checkFinite(t: { name: string; data: Float32Array; type: string }): void {
+function checkFinite(t: { name: string; data: Float32Array; type: string }, first = 0): void {
   const data = t.data;
   // v − v is 0 for a finite v and NaN for NaN and ±∞: one subtraction a value (a callback a value took seconds a model).
   for (let i = 0; i < data.length; i++) {
-    if (data[i] - data[i] !== 0) throw new Error(`writeGGUF: ${t.name} has ${data[i]} at index ${i}; a GGUF tensor (${t.type}) needs finite values`);
+    if (data[i] - data[i] !== 0) throw new Error(`writeGGUF: ${t.name} has ${data[i]} at index ${first + i}; a GGUF tensor (${t.type}) needs finite values`);
   }
+}
+
+/**
+ * QuantizePool's work on one chunk of a tensor (on a worker thread): its values, decoded from `from`'s stored bytes
+ * where it has them, checked and written in `type` (F32, F16, BF16 or a quantized type).
+ */
+export function convertChunk({ name, type, from, payload, first, count, importance }: ChunkWork): Uint8Array {
+  const values = from !== undefined ? dequantize(payload as Uint8Array, from, count) : payload as Float32Array;
+  checkFinite({ name, data: values, type }, first);
+  return FLOAT_TENSOR_TYPES.includes(type) ? encodeTensor({ name, data: values, type }) : quantizeRows(type as Parameters<typeof quantizeRows>[0], values, importance);
 }
 
 /**
@@ -806,7 +855,7 @@ function metaArrayLength([kind, value]: GGUFMetaValue): number {
  * with allowRequantize) quantized on worker threads.
  */
 async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: string; read?: () => Buffer; shard?: number }>, mix: LlamaQuantizeType,
+  tensors: Array<{ name: string; shape: number[]; data: Float32Array; type: string; read?: () => Buffer; readRange?: (offset: number, length: number) => Buffer; shard?: number }>, mix: LlamaQuantizeType,
   model: QuantizeModelInfo, { threads, imatrix, overrideKv, keepSplit, allowRequantize, pruneLayers, ...overrides }: QuantizeOptions,
   shardCount = 1): Promise<void> {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new Error(`saveGGUF: threads ${threads}: expected a positive integer`);
@@ -838,18 +887,19 @@ async function writeQuantMix(file: string, kv: Array<[string, GGUFMetaValue]>,
   }
   // Tensor by tensor, as llama-quantize goes: a tensor's source is read (and decoded) only when its turn nears, and its
   // bytes written as soon as they are made, so that memory holds a few tensors, not the model.
-  const pool = new QuantizePool(threads);
-  const bytesOf = async (t: (typeof mixed)[number]): Promise<Buffer> => {
+  const pool = new QuantizePool(convertChunk, threads);
+  const bytesOf = async (t: (typeof mixed)[number]): Promise<Uint8Array | Uint8Array[]> => {
     const from = originalType.get(t.sourceName)!;
     if (t.type === from) {
       if (t.read) return t.read();
       checkFinite(t);
       return encodeTensor(t);
     }
-    const values = t.read ? dequantize(t.read(), from, t.shape.reduce((a, b) => a * b, 1)) : t.data;
-    checkFinite({ name: t.name, data: values, type: t.type });
-    if (FLOAT_TENSOR_TYPES.includes(t.type)) return encodeTensor({ name: t.name, data: values, type: t.type });
-    return pool.quantize({ type: t.type as QuantizeJob['type'], values, rowLength: t.shape[t.shape.length - 1], importance: importance.get(t.name) });
+    const job = { name: t.name, type: t.type, rowLength: t.shape[t.shape.length - 1], count: t.shape.reduce((a, b) => a * b, 1), importance: importance.get(t.name) };
+    const { readRange } = t;
+    // A stored tensor is read and decoded chunk by chunk on the workers; values in memory are copied out chunk by chunk.
+    if (readRange) return pool.quantize({ ...job, stored: { type: from, read: (first, count) => readRange(storedBytes(from, first), storedBytes(from, count)) } });
+    return pool.quantize({ ...job, values: t.read ? dequantize(t.read(), from, job.count) : t.data });
   };
   try {
     if (!keepSplit) {
@@ -913,7 +963,8 @@ export async function quantizeGGUF(input: string, output: string, mix: LlamaQuan
     const prefix = output.endsWith('.gguf') ? output.slice(0, -'.gguf'.length) : output;
     refuseOverwrite(source, options.keepSplit ? Array.from({ length: shardCount }, (_, i) => splitPath(prefix, i, shardCount)) : [output], 'quantizeGGUF');
     const tensors = [...source.tensors.values()].map((t) => ({
-      name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), read: () => source.readBytes(t.name), shard: t.shard,
+      name: t.name, shape: t.shape, type: t.type, data: new Float32Array(0), shard: t.shard,
+      read: () => source.readBytes(t.name), readRange: (offset: number, length: number) => source.readRange(t.name, offset, length),
     }));
     await writeQuantMix(output, rawMetadata(source), tensors, mix, model, options, shardCount);
   } finally {
@@ -939,9 +990,7 @@ export function planQuantization(input: string, mix: LlamaQuantizeType,
     const { hasImatrix, ...rest } = options;
     const tensors = [...source.tensors.values()].map((t) => ({ name: t.name, shape: t.shape, type: t.type }));
     return planMix(rawMetadata(source), tensors, mix, model, hasImatrix ?? false, rest).tensors.map((t) => {
-      const [, blockValues, blockBytes] = Object.values(TYPES).find(([name]) => name === t.type)!;
-      const count = t.shape.reduce((a, b) => a * b, 1);
-      return { name: t.name, shape: t.shape, from: source.tensors.get(t.sourceName)!.type, to: t.type, bytes: (count / blockValues) * blockBytes };
+      return { name: t.name, shape: t.shape, from: source.tensors.get(t.sourceName)!.type, to: t.type, bytes: storedBytes(t.type, t.shape.reduce((a, b) => a * b, 1)) };
     });
   } finally {
     source.close();
@@ -1011,22 +1060,29 @@ export function refuseOverwrite(source: GGUFFile, outputs: string[], what: strin
  * written (up to ~64 M values ahead), so that worker threads stay busy and memory holds a few tensors.
  */
 export async function writeGGUFStreaming<T extends { name: string; shape: number[]; type: string }>(file: string, kv: Array<[string, GGUFMetaValue]>,
-  tensors: T[], bytesOf: (t: T) => Promise<Buffer>): Promise<void> {
+  tensors: T[], bytesOf: (t: T) => Promise<Uint8Array | Uint8Array[]>): Promise<void> {
   const AHEAD_VALUES = 1 << 26;
   const count = (t: T) => t.shape.reduce((a, b) => a * b, 1);
-  const started: Array<Promise<Buffer>> = [];
+  const started: Array<Promise<Uint8Array | Uint8Array[]>> = [];
   let ahead = 0;
-  await writeGGUFFile(file, kv, tensors, async (write) => {
+  // Starts the next tensors while fewer than AHEAD_VALUES are started and not yet made (always tensor `i` itself).
+  const topUp = (i: number) => {
+    while (started.length < tensors.length && (started.length === i || ahead + count(tensors[started.length]) <= AHEAD_VALUES)) {
+      const next = bytesOf(tensors[started.length]);
+      next.catch(() => undefined); // awaited in its turn; no unhandled rejection meanwhile
+      ahead += count(tensors[started.length]);
+      started.push(next);
+    }
+  };
+  await writeGGUFFile(file, kv, tensors, async (_, writeYielding) => {
     for (let i = 0; i < tensors.length; i++) {
-      while (started.length < tensors.length && (started.length === i || ahead + count(tensors[started.length]) <= AHEAD_VALUES)) {
-        const next = bytesOf(tensors[started.length]);
-        next.catch(() => undefined); // awaited in its turn; no unhandled rejection meanwhile
-        ahead += count(tensors[started.length]);
-        started.push(next);
-      }
-      write(await started[i]);
-      ahead -= count(tensors[i]);
+      topUp(i);
+      const bytes = await started[i];
       delete started[i];
+      ahead -= count(tensors[i]);
+      // The next tensors are under way while this one is written (a large one takes seconds).
+      topUp(i + 1);
+      await writeYielding(bytes);
     }
   });
 }
@@ -1037,7 +1093,7 @@ export async function writeGGUFStreaming<T extends { name: string; shape: number
  * first; bytes of another size are refused. A file that fails is removed.
  */
 function writeGGUFFile<R extends void | Promise<void>>(file: string, kv: Array<[string, GGUFMetaValue]>, tensors: Array<{ name: string; shape: number[]; type: string }>,
-  body: (write: (data: Buffer) => void) => R): R {
+  body: (write: (data: Uint8Array | Uint8Array[]) => void, writeYielding: (data: Uint8Array | Uint8Array[]) => Promise<void>) => R): R {
   const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
   const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
   const f32 = (v: number) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
@@ -1078,11 +1134,36 @@ function writeGGUFFile<R extends void | Promise<void>>(file: string, kv: Array<[
   // Written piece by piece: a multi-GB model is not copied into one buffer first.
   const fd = fs.openSync(file, 'w');
   let written = 0;
-  const write = (data: Buffer) => {
+  // A tensor's bytes in one piece or several (a quantized tensor's chunks, in order, not joined first).
+  const piecesOf = (data: Uint8Array | Uint8Array[]) => {
     const t = tensors[written];
-    if (data.length !== sizes[written]) throw new Error(`writeGGUF: ${t.name}: ${data.length} bytes for a ${t.shape.join('×')} ${t.type} tensor of ${sizes[written]}`);
-    writeAll(fd, data);
-    writeAll(fd, padding(data.length));
+    const pieces = Array.isArray(data) ? data : [data];
+    const length = pieces.reduce((n, piece) => n + piece.length, 0);
+    if (length !== sizes[written]) throw new Error(`writeGGUF: ${t.name}: ${length} bytes for a ${t.shape.join('×')} ${t.type} tensor of ${sizes[written]}`);
+    return { pieces, length };
+  };
+  const write = (data: Uint8Array | Uint8Array[]) => {
+    const { pieces, length } = piecesOf(data);
+    for (const piece of pieces) writeAll(fd, piece);
+    writeAll(fd, padding(length));
+    written++;
+  };
+  // The same, letting other work run every ~16 MB: worker threads that answer meanwhile get their next chunks at once
+  // instead of idling while a large tensor is written.
+  const writeYielding = async (data: Uint8Array | Uint8Array[]) => {
+    const { pieces, length } = piecesOf(data);
+    let sinceYield = 0;
+    for (const piece of pieces) {
+      for (let at = 0; at < piece.length; at += 1 << 24) {
+        const part = piece.subarray(at, at + (1 << 24));
+        writeAll(fd, part);
+        if ((sinceYield += part.length) >= 1 << 24) {
+          sinceYield = 0;
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      }
+    }
+    writeAll(fd, padding(length));
     written++;
   };
   const finish = (failed: unknown) => {
@@ -1093,7 +1174,7 @@ function writeGGUFFile<R extends void | Promise<void>>(file: string, kv: Array<[
   try {
     writeAll(fd, header);
     writeAll(fd, padding(header.length));
-    const result = body(write);
+    const result = body(write, writeYielding);
     if (result instanceof Promise) return result.then(() => finish(undefined), (e: unknown) => finish(e ?? new Error('writeGGUF failed'))) as R;
   } catch (e) {
     finish(e ?? new Error('writeGGUF failed'));

@@ -199,12 +199,15 @@ export function float32ArrayToF16(data: Float32Array): Uint16Array {
 }
 
 /** Half-precision (`bf16`: bfloat16) bit patterns, little-endian at any byte offset, as float32 values. */
-export function halfBytesToFloat32(bytes: Uint8Array, count: number, bf16: boolean): Float32Array {
-  // Copied to an aligned buffer first: a GGUF tensor's bytes may start at an odd offset of a pooled Buffer.
-  const halves = new Uint16Array(count);
-  new Uint8Array(halves.buffer).set(bytes.subarray(0, 2 * count));
-  const out = new Float32Array(count);
-  const bits = new Uint32Array(out.buffer);
+export function halfBytesToFloat32(bytes: Uint8Array, count: number, bf16: boolean, out: Float32Array = new Float32Array(count)): Float32Array {
+  // Viewed in place where aligned; else copied first (a GGUF tensor's bytes may start at an odd offset of a pooled Buffer).
+  let halves: Uint16Array;
+  if (bytes.byteOffset % 2 === 0) halves = new Uint16Array(bytes.buffer, bytes.byteOffset, count);
+  else {
+    halves = new Uint16Array(count);
+    new Uint8Array(halves.buffer).set(bytes.subarray(0, 2 * count));
+  }
+  const bits = new Uint32Array(out.buffer, out.byteOffset, count);
   if (bf16) {
     for (let i = 0; i < count; i++) bits[i] = halves[i] << 16;
   } else {

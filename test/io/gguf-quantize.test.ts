@@ -106,6 +106,33 @@ describe('GGUF k-quants (llama-quantize\'s Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M,
     }
   });
 
+  it('quantizeGGUF refuses a non-finite stored value, decoded chunk by chunk on the workers, by tensor and index', async () => {
+    const { model, tokenizer } = await quantizeModel('nemotron-h');
+    const dir = tmpDir('gguf-quantize-nan');
+    const input = path.join(dir, 'F16.gguf');
+    await model.saveGGUF(input, tokenizer, { type: 'F16', name: 'nemotron-h' });
+    model.dispose();
+    // An expert tensor of 8 × 256 × 256 values spans two chunks of 2^18: the bad value sits in the second one.
+    const source = GGUFFile.open(input);
+    const info = source.tensors.get('blk.1.ffn_up_exps.weight')!;
+    source.close();
+    expect(info.type).to.equal('F16');
+    const index = 400_000;
+    expect(info.byteLength / 2, 'the tensor reaches past one chunk').to.be.above(index);
+    for (const [bits, shown] of [[0x7e00, 'NaN'], [0xfc00, '-Infinity']] as const) {
+      const bytes = fs.readFileSync(input);
+      bytes.writeUInt16LE(bits, info.byteOffset + 2 * index);
+      const bad = path.join(dir, 'bad.gguf');
+      fs.writeFileSync(bad, bytes);
+      for (const threads of [1, 2]) {
+        const out = path.join(dir, 'out.gguf');
+        const message = await quantizeGGUF(bad, out, 'Q8_0', { threads }).then(() => 'written', (e: Error) => e.message);
+        expect(message, `threads ${threads}`).to.equal(`writeGGUF: blk.1.ffn_up_exps.weight has ${shown} at index ${index}; a GGUF tensor (Q8_0) needs finite values`);
+        expect(fs.existsSync(out), 'nothing written').to.equal(false);
+      }
+    }
+  });
+
   it('the files load back, their logits nearer the F32 model\'s the more bits the mix keeps', async () => {
     const dir = tmpDir('gguf-kquant-load');
     for (const name of ['nemotron', 'nemotron-h'] as const) {

@@ -5,6 +5,9 @@ import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'child_process';
 import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend, writeGGUF } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
+import seedrandom from 'seedrandom';
+import { storedBytes } from '../../src/io/gguf';
+import { I_QUANT_TYPES } from '../../src/io/gguf-iquants';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
@@ -31,6 +34,50 @@ describe('GGUF', () => {
     } finally {
       file.close();
     }
+  });
+
+  it('decodes a large tensor on worker threads (shared memory) as on one thread, for every type it reads', function () {
+    this.timeout(120000);
+    const file = path.join(tmpDir('gguf-parallel-decode'), 'random.gguf');
+    // 4,097 rows of 1,024: past the parallel threshold (2^22 values), its last chunk of 2^20 a partial one. Random bytes:
+    // NaN and infinite scales included, which must come out the same too.
+    const shape = [4097, 1024];
+    const count = shape[0] * shape[1];
+    const types = ['F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', ...I_QUANT_TYPES.map(([name]) => name)];
+    const rng = seedrandom('parallel-decode');
+    const tensors = types.map((type) => {
+      const bytes = Buffer.alloc(storedBytes(type, count));
+      for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(rng() * 256);
+      return { name: type, shape, type, data: new Float32Array(0), bytes };
+    });
+    writeGGUF(file, [['general.architecture', ['str', 'test']]], [...tensors, { name: 'small', shape: [2, 1024], type: 'F32', data: new Float32Array(2048).fill(0.5) }]);
+    const one = GGUFFile.open(file, { decodeThreads: 1 });
+    const three = GGUFFile.open(file, { decodeThreads: 3 });
+    try {
+      for (const type of types) {
+        const serial = one.read(type).data;
+        const parallel = three.read(type).data;
+        expect(parallel.buffer, `${type}: decoded in shared memory`).to.be.instanceOf(SharedArrayBuffer);
+        expect(parallel.length, type).to.equal(count);
+        // The same values: equal, or both NaN (a NaN's payload bits may depend on how the JIT ordered an operation).
+        let differing = -1;
+        let finite = 0;
+        for (let i = 0; i < count; i++) {
+          const [a, b] = [serial[i], parallel[i]];
+          if (a - a === 0) finite++;
+          if (differing < 0 && a !== b && !(a !== a && b !== b)) differing = i;
+        }
+        expect(differing, `${type}: first differing value`).to.equal(-1);
+        // Not all NaN: most values of random blocks are finite.
+        expect(finite, type).to.be.above(count / 2);
+      }
+      expect(Array.from(three.read('small').data.subarray(0, 3))).to.deep.equal([0.5, 0.5, 0.5]);
+    } finally {
+      one.close();
+      three.close();
+      fs.rmSync(file, { force: true });
+    }
+    expect(() => GGUFFile.open(file, { decodeThreads: 0 })).to.throw(/decodeThreads 0: expected a positive integer/);
   });
 
   it('writes and reads a tensor over 2 GiB (Node refuses one read or write call that large; Minitron-4B\'s F32 embedding is 3.1 GB)', function () {

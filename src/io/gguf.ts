@@ -279,99 +279,108 @@ export function dequantize(bytes: Uint8Array, type: string, count: number, out: 
   const signed = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const [, blockValues, blockBytes] = Object.values(TYPES).find(([n]) => n === type) ?? [];
   if (!blockValues || !blockBytes) throw new Error(`dequantize: unknown ggml type ${type}`);
-  for (let b = 0; b < count / blockValues; b++) {
-    const p = b * blockBytes;
-    const y = out.subarray(b * blockValues, (b + 1) * blockValues);
-    const q = (i: number) => bytes[p + i];
-    switch (type) {
-      case 'Q8_0': {
+  const blocks = count / blockValues;
+  // One loop a type, writing `out` at the block's offset `o` (p: the block's first byte): a type switch, a subarray and
+  // a closure a block cost as much as decoding a Q8_0 block.
+  switch (type) {
+    case 'Q8_0':
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 32) {
         const d = half(p);
-        for (let j = 0; j < 32; j++) y[j] = signed[p + 2 + j] * d;
-        break;
+        for (let j = 0; j < 32; j++) out[o + j] = signed[p + 2 + j] * d;
       }
-      case 'Q4_0': case 'Q4_1': {
+      break;
+    case 'Q4_0': case 'Q4_1': {
+      const qs = type === 'Q4_1' ? 4 : 2;
+      const offset = type === 'Q4_1' ? 0 : 8;
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 32) {
         const d = half(p);
         const m = type === 'Q4_1' ? half(p + 2) : 0;
-        const qs = type === 'Q4_1' ? 4 : 2;
-        const offset = type === 'Q4_1' ? 0 : 8;
         for (let j = 0; j < 16; j++) {
-          y[j] = ((q(qs + j) & 0xf) - offset) * d + m;
-          y[j + 16] = ((q(qs + j) >> 4) - offset) * d + m;
+          out[o + j] = ((bytes[p + qs + j] & 0xf) - offset) * d + m;
+          out[o + j + 16] = ((bytes[p + qs + j] >> 4) - offset) * d + m;
         }
-        break;
       }
-      case 'Q5_0': case 'Q5_1': {
+      break;
+    }
+    case 'Q5_0': case 'Q5_1': {
+      const hAt = type === 'Q5_1' ? 4 : 2;
+      const offset = type === 'Q5_1' ? 0 : 16;
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 32) {
         const d = half(p);
         const m = type === 'Q5_1' ? half(p + 2) : 0;
-        const hAt = type === 'Q5_1' ? 4 : 2;
         const qh = view.getUint32(p + hAt, true);
-        const offset = type === 'Q5_1' ? 0 : 16;
         for (let j = 0; j < 16; j++) {
           const low = ((qh >>> j) << 4) & 0x10;
           const high = (qh >>> (j + 12)) & 0x10;
-          y[j] = (((q(hAt + 4 + j) & 0xf) | low) - offset) * d + m;
-          y[j + 16] = (((q(hAt + 4 + j) >> 4) | high) - offset) * d + m;
+          out[o + j] = (((bytes[p + hAt + 4 + j] & 0xf) | low) - offset) * d + m;
+          out[o + j + 16] = (((bytes[p + hAt + 4 + j] >> 4) | high) - offset) * d + m;
         }
-        break;
       }
-      case 'Q2_K': {
-        // scales[16], qs[64], d, dmin
+      break;
+    }
+    case 'Q2_K':
+      // scales[16], qs[64], d, dmin
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 256) {
         const d = half(p + 80);
         const dmin = half(p + 82);
         let is = 0;
-        let out0 = 0;
+        let at = o;
         for (let n = 0; n < 256; n += 128) {
-          const qs = 16 + n / 4;
+          const qs = p + 16 + n / 4;
           for (let shift = 0; shift < 8; shift += 2) {
-            for (const half16 of [0, 16]) {
-              const sc = q(is++);
+            for (let half16 = 0; half16 <= 16; half16 += 16) {
+              const sc = bytes[p + is++];
               const dl = d * (sc & 0xf);
               const ml = dmin * (sc >> 4);
-              for (let l = 0; l < 16; l++) y[out0++] = dl * ((q(qs + half16 + l) >> shift) & 3) - ml;
+              for (let l = 0; l < 16; l++) out[at++] = dl * ((bytes[qs + half16 + l] >> shift) & 3) - ml;
             }
           }
         }
-        break;
       }
-      case 'Q3_K': {
-        // hmask[32], qs[64], scales[12], d
+      break;
+    case 'Q3_K': {
+      // hmask[32], qs[64], scales[12], d; the 16 6-bit scales unpacked as ggml does (four uint32s of int8s).
+      const [k1, k2] = [0x03030303, 0x0f0f0f0f];
+      const aux = new Int32Array(4);
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 256) {
         const d = half(p + 108);
-        const raw = [0, 1, 2].map((i) => view.getUint32(p + 96 + 4 * i, true));
-        const [k1, k2] = [0x03030303, 0x0f0f0f0f];
-        const aux = [
-          (raw[0] & k2) | (((raw[2] >>> 0) & k1) << 4),
-          (raw[1] & k2) | (((raw[2] >>> 2) & k1) << 4),
-          ((raw[0] >>> 4) & k2) | (((raw[2] >>> 4) & k1) << 4),
-          ((raw[1] >>> 4) & k2) | (((raw[2] >>> 6) & k1) << 4),
-        ];
-        const scale = (i: number) => ((aux[i >> 2] >>> (8 * (i & 3))) & 0xff) << 24 >> 24; // int8
+        const [r0, r1, r2] = [view.getUint32(p + 96, true), view.getUint32(p + 100, true), view.getUint32(p + 104, true)];
+        aux[0] = (r0 & k2) | (((r2 >>> 0) & k1) << 4);
+        aux[1] = (r1 & k2) | (((r2 >>> 2) & k1) << 4);
+        aux[2] = ((r0 >>> 4) & k2) | (((r2 >>> 4) & k1) << 4);
+        aux[3] = ((r1 >>> 4) & k2) | (((r2 >>> 6) & k1) << 4);
         let is = 0;
-        let out0 = 0;
-        let bit = 1;
+        let at = o;
+        let bit = 0;
         for (let n = 0; n < 256; n += 128) {
-          const qs = 32 + n / 4;
+          const qs = p + 32 + n / 4;
           for (let shift = 0; shift < 8; shift += 2) {
-            for (const half16 of [0, 16]) {
-              const dl = d * (scale(is++) - 32);
+            for (let half16 = 0; half16 <= 16; half16 += 16) {
+              const scale = ((aux[is >> 2] >>> (8 * (is & 3))) & 0xff) << 24 >> 24; // int8
+              is++;
+              const dl = d * (scale - 32);
               for (let l = 0; l < 16; l++) {
-                const low = (q(qs + half16 + l) >> shift) & 3;
-                y[out0++] = dl * (low - ((q(half16 + l) & bit) ? 0 : 4));
+                const low = (bytes[qs + half16 + l] >> shift) & 3;
+                // 4 where the high-mask bit is clear, without a branch on it.
+                out[at++] = dl * (low - (4 - (((bytes[p + half16 + l] >> bit) & 1) << 2)));
               }
             }
-            bit <<= 1;
+            bit++;
           }
         }
-        break;
       }
-      case 'Q4_K': case 'Q5_K': {
-        // d, dmin, scales[12], (qh[32] for Q5_K), qs[128]; plain loops over the bytes (this is the hot path of a load).
+      break;
+    }
+    case 'Q4_K': case 'Q5_K': {
+      // d, dmin, scales[12], (qh[32] for Q5_K), qs[128].
+      const five = type === 'Q5_K';
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += 256) {
         const d = half(p);
         const dmin = half(p + 2);
         const sc = p + 4;
-        const five = type === 'Q5_K';
         const qh = p + 16;
         let ql = p + (five ? 48 : 16);
-        let out0 = 0;
+        let at = o;
         for (let is = 0; is < 8; is += 2) {
           let s1: number, m1: number, s2: number, m2: number;
           if (is < 4) {
@@ -381,35 +390,48 @@ export function dequantize(bytes: Uint8Array, type: string, count: number, out: 
             s1 = (bytes[sc + is + 4] & 0xf) | ((bytes[sc + is - 4] >> 6) << 4); m1 = (bytes[sc + is + 4] >> 4) | ((bytes[sc + is] >> 6) << 4);
             s2 = (bytes[sc + is + 5] & 0xf) | ((bytes[sc + is - 3] >> 6) << 4); m2 = (bytes[sc + is + 5] >> 4) | ((bytes[sc + is + 1] >> 6) << 4);
           }
-          const [d1, o1, d2, o2] = [d * s1, dmin * m1, d * s2, dmin * m2];
-          const [u1, u2] = [1 << is, 2 << is];
-          for (let l = 0; l < 32; l++) y[out0 + l] = d1 * ((bytes[ql + l] & 0xf) + (five && bytes[qh + l] & u1 ? 16 : 0)) - o1;
-          for (let l = 0; l < 32; l++) y[out0 + 32 + l] = d2 * ((bytes[ql + l] >> 4) + (five && bytes[qh + l] & u2 ? 16 : 0)) - o2;
-          out0 += 64;
+          const d1 = d * s1;
+          const o1 = dmin * m1;
+          const d2 = d * s2;
+          const o2 = dmin * m2;
+          if (five) {
+            // The fifth bit shifted into place rather than tested: a branch on random bits mispredicts half the time.
+            for (let l = 0; l < 32; l++) out[at + l] = d1 * ((bytes[ql + l] & 0xf) + (((bytes[qh + l] >> is) & 1) << 4)) - o1;
+            for (let l = 0; l < 32; l++) out[at + 32 + l] = d2 * ((bytes[ql + l] >> 4) + (((bytes[qh + l] >> (is + 1)) & 1) << 4)) - o2;
+          } else {
+            for (let l = 0; l < 32; l++) out[at + l] = d1 * (bytes[ql + l] & 0xf) - o1;
+            for (let l = 0; l < 32; l++) out[at + 32 + l] = d2 * (bytes[ql + l] >> 4) - o2;
+          }
+          at += 64;
           ql += 32;
         }
-        break;
       }
-      case 'Q6_K': {
-        // ql[128], qh[64], scales int8[16], d
+      break;
+    }
+    case 'Q6_K':
+      // ql[128], qh[64], scales int8[16], d
+      for (let b = 0, p = 0, o0 = 0; b < blocks; b++, p += blockBytes, o0 += 256) {
         const d = half(p + 208);
         for (let n = 0; n < 2; n++) {
-          const [ql, qh, sc, o] = [p + 64 * n, p + 128 + 32 * n, p + 192 + 8 * n, 128 * n];
+          const ql = p + 64 * n;
+          const qh = p + 128 + 32 * n;
+          const sc = p + 192 + 8 * n;
+          const o = o0 + 128 * n;
           for (let l = 0; l < 32; l++) {
             const is = l >> 4;
             const h = bytes[qh + l];
-            const [a, b] = [bytes[ql + l], bytes[ql + l + 32]];
-            y[o + l] = d * signed[sc + is] * (((a & 0xf) | ((h & 3) << 4)) - 32);
-            y[o + l + 32] = d * signed[sc + is + 2] * (((b & 0xf) | (((h >> 2) & 3) << 4)) - 32);
-            y[o + l + 64] = d * signed[sc + is + 4] * (((a >> 4) | (((h >> 4) & 3) << 4)) - 32);
-            y[o + l + 96] = d * signed[sc + is + 6] * (((b >> 4) | (((h >> 6) & 3) << 4)) - 32);
+            const a = bytes[ql + l];
+            const c = bytes[ql + l + 32];
+            out[o + l] = d * signed[sc + is] * (((a & 0xf) | ((h & 3) << 4)) - 32);
+            out[o + l + 32] = d * signed[sc + is + 2] * (((c & 0xf) | (((h >> 2) & 3) << 4)) - 32);
+            out[o + l + 64] = d * signed[sc + is + 4] * (((a >> 4) | (((h >> 4) & 3) << 4)) - 32);
+            out[o + l + 96] = d * signed[sc + is + 6] * (((c >> 4) | (((h >> 6) & 3) << 4)) - 32);
           }
         }
-        break;
       }
-      default:
-        dequantizeIQuantBlock(type, bytes, view, p, y);
-    }
+      break;
+    default:
+      for (let b = 0, p = 0, o = 0; b < blocks; b++, p += blockBytes, o += blockValues) dequantizeIQuantBlock(type, bytes, view, p, out.subarray(o, o + blockValues));
   }
   return out;
 }

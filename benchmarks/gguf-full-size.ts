@@ -2,14 +2,15 @@
  * quantizeGGUF at a published checkpoint's shape, against llama-quantize on the same file:
  *
  *   node dist/benchmarks/gguf-full-size.js [--preset minitron-4b] [--type Q8_0] [--threads 2] [--dir /tmp]
- *     [--llama-quantize PATH] [--load-model] [--out benchmarks/results/gguf-full-size-minitron-4b.md]
+ *     [--llama-quantize PATH] [--load-model] [--keep] [--out benchmarks/results/gguf-full-size-minitron-4b.md]
  *
  * Writes the preset's F16 GGUF as llama.cpp's converter lays it out (tensor names, norms in F32) with random values —
  * a 64 MB pool of N(0, 0.02²) halves, tiled from a different offset for each tensor: no model is built, so an 8 GB
  * file is made in a minute — then times quantizeGGUF to `--type` in a child process and records its peak RSS
  * (VmHWM), and llama-quantize's (`/usr/bin/time -v`), and compares the two files byte for byte; then times reading
  * every tensor of our file back to float32 (GGUFFile.read) on one thread and on `--threads`, and with `--load-model`
- * loads it as a model (tensorflow backend) and runs one forward. Node flags given to this
+ * loads it as a model (tensorflow backend) and runs one forward (`--keep` leaves the files; `--model-only --input FILE`
+ * is that last step alone). Node flags given to this
  * process (`node --cpu-prof …`) go to the children too.
  */
 import { spawnSync } from 'child_process';
@@ -173,7 +174,8 @@ async function main(): Promise<void> {
       `logits ${m.finite ? 'finite' : 'NOT FINITE'}.`;
     console.log(modelLoad);
   }
-  fs.rmSync(dir, { recursive: true });
+  if (argv.includes('--keep')) console.log(`kept ${dir}`);
+  else fs.rmSync(dir, { recursive: true });
   const text = [`# quantizeGGUF at ${presetName}'s shape: F16 → ${type}, ${new Date().toISOString().slice(0, 10)}`, '',
     `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism()} threads available, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${threads} threads;`,
     `random F16 values (a tiled pool), ${(parameters / 1e9).toFixed(2)} B parameters; the F16 file written in ${makeSeconds.toFixed(1)} s. One run.`, '',

@@ -46,7 +46,16 @@ function loadNativeBinding(name: 'tensorflow' | 'cuda'): void {
     throw new Error(`the ${nativeLoaded} backend is loaded in this process; ${name} is another build of the same binding ` +
       `(both register tfjs's "tensorflow" backend), so a process can use one of them`);
   }
-  requireOptional(name === 'cuda' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node');
+  // tfjs-node finds its binding through node-pre-gyp, which parses process.argv as its own command line: a script run
+  // with `--dir X` (an abbreviation of node-pre-gyp's --directory) made it look for the package under X, and the
+  // backend failed to load. It sees no arguments while it loads.
+  const argv = process.argv;
+  process.argv = argv.slice(0, 1);
+  try {
+    requireOptional(name === 'cuda' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node');
+  } finally {
+    process.argv = argv;
+  }
   nativeLoaded = name;
 }
 

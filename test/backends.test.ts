@@ -1,8 +1,10 @@
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { BACKEND_ENV, availableBackends, initBackend, setBackend } from '../src/index';
-import { testBackends } from './helpers';
+import { testBackends, tmpDir } from './helpers';
 
 describe('backend selection', () => {
   after(async () => { await setBackend('cpu'); });
@@ -44,5 +46,16 @@ describe('backend selection', () => {
     await setBackend('cuda').catch((e: Error) => { message = e.message; });
     expect(message).to.match(/the tensorflow backend is loaded in this process; cuda is another build of the same binding/);
     expect(tf.getBackend(), 'still on tensorflow').to.equal('tensorflow');
+  });
+
+  it('loads tensorflow in a script whose own arguments include --dir (node-pre-gyp reads process.argv as its own)', function () {
+    if (!testBackends().includes('tensorflow')) this.skip();
+    this.timeout(60000);
+    const index = path.resolve(__dirname, '../src/index.js');
+    const script = path.join(tmpDir('backend-argv'), 'load.js');
+    fs.writeFileSync(script, `require(${JSON.stringify(index)}).setBackend('tensorflow').then(() => console.log('loaded ' + process.argv.slice(2).join(' ')), (e) => { console.log(e.message); process.exit(1); });`);
+    const run = spawnSync(process.execPath, [script, '--dir', '/nonexistent', '--debug'], { encoding: 'utf8' });
+    expect(run.stdout.trim(), run.stderr.slice(-500)).to.equal('loaded --dir /nonexistent --debug');
+    expect(run.status).to.equal(0);
   });
 });

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { collectGarbage } from '../gc';
-import { readAll } from './safetensors';
+import { backendFloat32Array, readAll } from './safetensors';
 
 /** Tensors of at least this many values are decoded in parallel; smaller ones are not worth the hand-off. */
 export const PARALLEL_DECODE_VALUES = 1 << 22;
@@ -78,7 +78,7 @@ export function decodeInParallel(source: DecodeSource, threads: number, dequanti
     sharedSinceCollection = 4 * source.count;
   }
   const job: SharedDecode = {
-    ...source, control: new Int32Array(new SharedArrayBuffer(16)), out: new Float32Array(new SharedArrayBuffer(4 * source.count)),
+    ...source, control: new Int32Array(new SharedArrayBuffer(16)), out: backendFloat32Array(source.count, true),
     error: new Uint8Array(new SharedArrayBuffer(1024)),
   };
   if (fs.existsSync(WORKER)) for (const worker of decodeWorkers(threads - 1)) worker.postMessage(job);

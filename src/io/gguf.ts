@@ -10,7 +10,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32, readAll, writeAll } from './safetensors';
+import { backendFloat32Array, f16BitsToFloat32, float32ArrayToBf16, float32ArrayToF16, halfBytesToFloat32, readAll, writeAll } from './safetensors';
 import { GGML_WRITE_TYPES, type GGMLWriteType, type GGUFQuantMix, QUANT_MIXES, type TensorTypeOverrides, compareTensorNames, isLlamaQuantizeMix, quantizationMix, quantizationMixMetadata } from './gguf-quantize';
 import { type ImportanceMatrix, importanceOf, quantizeRows } from './gguf-quantize-imatrix';
 import { type ChunkWork, QuantizePool } from './gguf-quantize-pool';
@@ -266,7 +266,7 @@ export function storedBytes(type: string, count: number): number {
 }
 
 /** `count` values of ggml type `type` from their stored bytes (ggml's dequantize_row_*). */
-export function dequantize(bytes: Uint8Array, type: string, count: number, out: Float32Array = new Float32Array(count)): Float32Array {
+export function dequantize(bytes: Uint8Array, type: string, count: number, out: Float32Array = backendFloat32Array(count)): Float32Array {
   if (out.length !== count) throw new Error(`dequantize: ${count} values into an array of ${out.length}`);
   if (type === 'F16' || type === 'BF16') return halfBytesToFloat32(bytes, count, type === 'BF16', out);
   if (type === 'F32') {

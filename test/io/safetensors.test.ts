@@ -113,6 +113,26 @@ describe('io/safetensors', () => {
     });
     after(() => st.close());
 
+    it('reads tensors of a MiB and more (arrays placed for the tensorflow backend) back exactly: F32, BF16, F16', () => {
+      const n = 3 * 2 ** 18 + 5;
+      // Values exact in every format: integers below 256 (8 significant bits, as BF16 keeps) times a power of two.
+      const values = Float32Array.from({ length: n }, (_, i) => (i % 2 ? -1 : 1) * ((i % 250) + 1) * 2 ** -((i % 7) + 1));
+      const large = path.join(tmp, 'large.safetensors');
+      writeSafetensors(large, (['F32', 'BF16', 'F16'] as const).map((dtype) => ({ name: dtype, dtype, shape: [n], data: values })));
+      const file = SafetensorsFile.open(large);
+      try {
+        for (const dtype of ['F32', 'BF16', 'F16']) {
+          const { data } = file.read(dtype);
+          expect(data.length, dtype).to.equal(n);
+          let differing = -1;
+          for (let i = 0; i < n && differing < 0; i++) if (data[i] !== values[i]) differing = i;
+          expect(differing, `${dtype}: first differing value`).to.equal(-1);
+        }
+      } finally {
+        file.close();
+      }
+    });
+
     it('writes a valid header: format pt, padded to 8 bytes, aligned offsets', () => {
       const bytes = fs.readFileSync(file);
       const n = Number(bytes.readBigUInt64LE(0));

@@ -3,7 +3,7 @@ import * as path from 'path';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'child_process';
-import { GGUFFile, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend, writeGGUF } from '../../src/index';
+import { GGUFFile, NemotronConfig, NemotronForCausalLM, NemotronTokenizer, generate, quantizeQ4_0, quantizeQ8_0, setBackend, writeGGUF } from '../../src/index';
 import { FIXTURES, forEachBackend, testBackends, tmpDir } from '../helpers';
 import seedrandom from 'seedrandom';
 import { storedBytes } from '../../src/io/gguf';
@@ -148,6 +148,30 @@ forEachBackend(testBackends(), () => {
     expect(out.sequences).to.deep.equal(model.generated);
     expect(tf.memory().numTensors, 'tensors left').to.equal(before);
     lm.dispose();
+  });
+
+  it('a model with tensors of 4 M values loads exactly: from an F32 GGUF (decoded on worker threads, shared memory) and from safetensors', async function () {
+    this.timeout(120000);
+    // up_proj and down_proj are 8,192 × 512 = 2^22 values: the size from which GGUFFile.read decodes in parallel, and
+    // far above the size from which the loaders place float32 arrays for the backend.
+    const tokenizer = await NemotronTokenizer.fromPretrained(path.join(DIR, 'tiny-gqa.gguf'));
+    const config = new NemotronConfig({ vocabSize: 96, hiddenSize: 512, numAttentionHeads: 4, numKeyValueHeads: 2, intermediateSize: 8192, numHiddenLayers: 1, tieWordEmbeddings: false });
+    const original = new NemotronForCausalLM(config);
+    const dir = tmpDir('gguf-parallel-load');
+    await original.saveGGUF(path.join(dir, 'model.gguf'), tokenizer, { type: 'F32' });
+    await original.savePretrained(path.join(dir, 'hf'));
+    const ids = [[5, 17, 42, 8, 63, 21]];
+    const expected = original.forward({ inputIds: ids }).logits!;
+    const before = tf.memory().numTensors;
+    for (const source of [path.join(dir, 'model.gguf'), path.join(dir, 'hf')]) {
+      const loaded = await NemotronForCausalLM.fromPretrained(source);
+      const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(loaded.forward({ inputIds: ids }).logits!, expected))).dataSync()[0]);
+      expect(diff, `${source}: max |logits diff| from the saved model`).to.equal(0);
+      loaded.dispose();
+    }
+    expect(tf.memory().numTensors, 'tensors left').to.equal(before);
+    expected.dispose();
+    original.dispose();
   });
 });
 

@@ -3,7 +3,8 @@ import * as tf from '@tensorflow/tfjs';
 import { registerWasmTrainingKernels } from './kernels/wasm-kernels';
 import { registerNemotronHStepKernel } from './kernels/nemotron-h-graph';
 import { registerDecodeStepKernel } from './kernels/tensorflow-graph';
-import { registerTensorFlowKernels } from './kernels/tensorflow-kernels';
+import { NodeBackend, readsTransposedSlowly, registerTensorFlowKernels } from './kernels/tensorflow-kernels';
+import { TransposedProductMode, setTransposedProductMode } from './kernels/tensorflow-ops';
 import { guardBindingLimit, registerWebGPUKernels } from './kernels/webgpu-kernels';
 import { registerWebGPUDecodeStep } from './kernels/webgpu-decode';
 import { registerWebGPUNemotronHKernels } from './kernels/webgpu-nemotron-h';
@@ -121,6 +122,7 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
   }
   if (name === 'tensorflow' || name === 'cuda') {
     registerTensorFlowKernels();
+    chooseTransposedProducts();
     registerDecodeStepKernel();
     registerNemotronHStepKernel();
   }
@@ -129,6 +131,25 @@ export async function setBackend(name: BackendName | string): Promise<BackendNam
   }
   current = name;
   return name;
+}
+
+export const TRANSPOSED_PRODUCT_ENV = 'NEMOTRON_TRANSPOSED_PRODUCT';
+const TRANSPOSED_PRODUCT_MODES = ['auto', 'direct', 'swapped', 'always-swapped'];
+let slowTransposedReads: boolean | undefined;
+
+/**
+ * How the native backend multiplies by a transposed weight (tensorflow-ops.ts, TransposedProductMode):
+ * $NEMOTRON_TRANSPOSED_PRODUCT, or 'auto' — timed once per process on the CPU build, never swapped on a GPU.
+ */
+function chooseTransposedProducts(): void {
+  const asked = process.env[TRANSPOSED_PRODUCT_ENV] || 'auto';
+  if (!TRANSPOSED_PRODUCT_MODES.includes(asked)) {
+    throw new Error(`${TRANSPOSED_PRODUCT_ENV}=${JSON.stringify(asked)} is not a mode; expected one of ${TRANSPOSED_PRODUCT_MODES.join(', ')}`);
+  }
+  if (asked !== 'auto') return setTransposedProductMode(asked as TransposedProductMode);
+  const backend = tf.backend() as unknown as NodeBackend & { isUsingGpuDevice?: boolean };
+  slowTransposedReads ??= !backend.isUsingGpuDevice && readsTransposedSlowly(backend);
+  setTransposedProductMode(slowTransposedReads ? 'swapped' : 'direct');
 }
 
 /**

@@ -141,7 +141,7 @@ function mambaStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: strin
   const { inner, convDim } = mambaSizes(s);
   const p = `model.layers.${i}.mixer`;
   const width = inner + convDim + heads;
-  const proj = linear(g, x, w(`${p}.in_proj.weight`), b, width, s.useBias ? w(`${p}.in_proj.bias`) : undefined);
+  const proj = linear(g, x, w(`${p}.in_proj.weight`), { rows: b, inFeatures: s.hiddenSize, outFeatures: width }, s.useBias ? w(`${p}.in_proj.bias`) : undefined);
   const gate = columns(g, proj, [b, width], 0, inner);
   const xBC = columns(g, proj, [b, width], inner, convDim);
   const rawDt = columns(g, proj, [b, width], inner + convDim, heads);
@@ -169,7 +169,7 @@ function mambaStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: strin
   const gated = reshape(g, g.op('Mul', [reshape(g, y, [b, inner]), silu(g, gate)]), [b, groups, inner / groups]);
   const variance = g.op('Mean', [g.op('Square', [gated]), g.constant('int32', [1], [-1])], keepLast);
   const normed = reshape(g, g.op('Mul', [gated, g.op('Rsqrt', [g.op('AddV2', [variance, scalar(g, s.eps)])])]), [b, inner]);
-  const out = linear(g, g.op('Mul', [normed, w(`${p}.norm.weight`)]), w(`${p}.out_proj.weight`), b, s.hiddenSize, s.useBias ? w(`${p}.out_proj.bias`) : undefined);
+  const out = linear(g, g.op('Mul', [normed, w(`${p}.norm.weight`)]), w(`${p}.out_proj.weight`), { rows: b, inFeatures: inner, outFeatures: s.hiddenSize }, s.useBias ? w(`${p}.out_proj.bias`) : undefined);
   return { out, conv: nextWindow, ssm: reshape(g, h, [b, heads, headDim, n]) };
 }
 
@@ -177,12 +177,12 @@ function mambaStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: strin
 function attentionStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: string) => string, i: number): { out: string; keys: string; values: string } {
   const { batch: b, attentionHeads: heads, kvHeads, headDim: d } = s;
   const p = `model.layers.${i}.mixer`;
-  const project = (name: string, count: number) => reshape(g, linear(g, x, w(`${p}.${name}.weight`), b, count * d), [b, count, 1, d]);
+  const project = (name: string, count: number) => reshape(g, linear(g, x, w(`${p}.${name}.weight`), { rows: b, inFeatures: s.hiddenSize, outFeatures: count * d }), [b, count, 1, d]);
   const keys = concat(g, w(`keys.${i}`), project('k_proj', kvHeads), 2);
   const values = concat(g, w(`values.${i}`), project('v_proj', kvHeads), 2);
   const shape = { batch: b, seq: 1, numHeads: heads, kvHeads, headDim: d, rotaryDim: 0, scale: 1 / Math.sqrt(d) };
   const context = decodingAttention(g, project('q_proj', heads), keys, values, w('mask'), shape);
-  return { out: linear(g, context, w(`${p}.o_proj.weight`), b, s.hiddenSize), keys, values };
+  return { out: linear(g, context, w(`${p}.o_proj.weight`), { rows: b, inFeatures: heads * d, outFeatures: s.hiddenSize }), keys, values };
 }
 
 /** x [rows, …] as int32 (Reshape's T is the data's type). */
@@ -206,7 +206,7 @@ function moeStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: string)
   const { batch: b, nRoutedExperts: experts, numExpertsPerTok: k, nGroup: groups } = s;
   const p = `model.layers.${i}.mixer`;
   const optional = (name: string) => (s.mlpBias ? w(name) : undefined);
-  const scores = g.op('Sigmoid', [linear(g, x, w(`${p}.gate.weight`), b, experts)]);
+  const scores = g.op('Sigmoid', [linear(g, x, w(`${p}.gate.weight`), { rows: b, inFeatures: s.hiddenSize, outFeatures: experts })]);
   let choice = g.op('AddV2', [scores, w(`${p}.gate.e_score_correction_bias`)]);
   if (groups > 1) {
     const perGroup = experts / groups;
@@ -224,7 +224,7 @@ function moeStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: string)
   if (s.normTopkProb) weights = g.op('RealDiv', [weights, g.op('AddV2', [g.op('Sum', [weights, g.constant('int32', [1], [-1])], keepLast), scalar(g, 1e-20)])]);
   weights = g.op('Mul', [weights, scalar(g, s.routedScalingFactor)]);
   const width = s.moeLatentSize || s.hiddenSize;
-  const latent = s.moeLatentSize ? linear(g, x, w(`${p}.fc1_latent_proj.weight`), b, width, optional(`${p}.fc1_latent_proj.bias`)) : x;
+  const latent = s.moeLatentSize ? linear(g, x, w(`${p}.fc1_latent_proj.weight`), { rows: b, inFeatures: s.hiddenSize, outFeatures: width }, optional(`${p}.fc1_latent_proj.bias`)) : x;
   // Each (row, expert) pair: the expert's matrices gathered, the row through them.
   const index = reshapeInt(g, chosen, [b * k]);
   const gather = (name: string) => g.opUntyped('GatherV2', [w(name), index, g.constant('int32', [], [0])], { Tparams: { type: 'float32' }, Tindices: int32, Taxis: int32, batch_dims: { int: 0 } });
@@ -233,7 +233,7 @@ function moeStep(g: GraphOps, s: NemotronHStepSpec, x: string, w: (name: string)
   const hidden = g.op('Square', [g.op('Relu', [g.op('BatchMatMulV2', [rows, gather(`${p}.experts.up_proj`)], noTranspose)])]);
   const expertOut = g.op('BatchMatMulV2', [hidden, gather(`${p}.experts.down_proj`)], noTranspose); // [b·k, 1, width]
   let routed = g.op('Sum', [g.op('Mul', [reshape(g, expertOut, [b, k, width]), reshape(g, weights, [b, k, 1])]), g.constant('int32', [1], [1])], { keep_dims: { bool: false }, Tidx: int32 });
-  if (s.moeLatentSize) routed = linear(g, routed, w(`${p}.fc2_latent_proj.weight`), b, s.hiddenSize, optional(`${p}.fc2_latent_proj.bias`));
+  if (s.moeLatentSize) routed = linear(g, routed, w(`${p}.fc2_latent_proj.weight`), { rows: b, inFeatures: width, outFeatures: s.hiddenSize }, optional(`${p}.fc2_latent_proj.bias`));
   const shared = mlp(g, x, {
     up: w(`${p}.shared_experts.up_proj.weight`), down: w(`${p}.shared_experts.down_proj.weight`),
     upBias: optional(`${p}.shared_experts.up_proj.bias`), downBias: optional(`${p}.shared_experts.down_proj.bias`),
@@ -278,7 +278,7 @@ export function recordNemotronHStep(s: NemotronHStepSpec): RecordedGraph {
   });
   const last = rmsNorm(g, hidden, w('model.norm_f.weight'), s.eps);
   const head = w(s.tied ? 'model.embeddings.weight' : 'lm_head.weight');
-  outputNames.unshift(g.identity('logits', linear(g, last, head, s.batch, s.vocabSize)));
+  outputNames.unshift(g.identity('logits', linear(g, last, head, { rows: s.batch, inFeatures: s.hiddenSize, outFeatures: s.vocabSize })));
   return { bytes: g.savedModel(), inputNames: inputs.map(([name]) => name), outputNames };
 }
 

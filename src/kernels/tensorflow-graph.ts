@@ -5,7 +5,7 @@ import * as protobuf from 'protobufjs';
 import * as tf from '@tensorflow/tfjs';
 import { DECODE_STEP_KERNEL, limitFusedKernel } from './fused';
 import type { NodeBackend } from './tensorflow-kernels';
-import { Attrs, TFOps, attention, layerNorm1P, linear, mlp } from './tensorflow-ops';
+import { Attrs, TFOps, attention, layerNorm1P, linear, mlp, transposedProductMode } from './tensorflow-ops';
 
 /**
  * One decoding step of NemotronModel (a new token per row, with a KV cache) as a single TensorFlow graph.
@@ -225,18 +225,18 @@ function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames
   const outputNames: string[] = [];
   for (let i = 0; i < spec.numLayers; i++) {
     const p = `layers.${i}.`;
-    const project = (name: string, x: string, out: number) =>
-      linear(g, x, w(`${p}self_attn.${name}.weight`), b, out, optional(`${p}self_attn.${name}.bias`, spec.attentionBias));
+    const project = (name: string, x: string, inFeatures: number, outFeatures: number) =>
+      linear(g, x, w(`${p}self_attn.${name}.weight`), { rows: b, inFeatures, outFeatures }, optional(`${p}self_attn.${name}.bias`, spec.attentionBias));
     const normed = layerNorm1P(g, hidden, w(`${p}input_layernorm.weight`), w(`${p}input_layernorm.bias`), eps);
     const { context, keys, values } = attention(g, {
-      q: project('q_proj', normed, numHeads * headDim),
-      k: project('k_proj', normed, kvHeads * headDim),
-      v: project('v_proj', normed, kvHeads * headDim),
+      q: project('q_proj', normed, hiddenSize, numHeads * headDim),
+      k: project('k_proj', normed, hiddenSize, kvHeads * headDim),
+      v: project('v_proj', normed, hiddenSize, kvHeads * headDim),
       cos: w('cos'), sin: w('sin'), mask: optional('mask', spec.hasMask),
       pastKeys: w(`past.keys.${i}`), pastValues: w(`past.values.${i}`),
     }, shape, 0); // one new token: the key length does not shape the graph
     outputNames.push(g.identity(`keys.${i}`, keys), g.identity(`values.${i}`, values));
-    hidden = g.op('AddV2', [hidden, project('o_proj', context, hiddenSize)]);
+    hidden = g.op('AddV2', [hidden, project('o_proj', context, numHeads * headDim, hiddenSize)]);
     const mlpWeights = {
       up: w(`${p}mlp.up_proj.weight`), down: w(`${p}mlp.down_proj.weight`),
       upBias: optional(`${p}mlp.up_proj.bias`, spec.mlpBias), downBias: optional(`${p}mlp.down_proj.bias`, spec.mlpBias),
@@ -246,7 +246,7 @@ function recordDecodeStep(spec: DecodeStepSpec): { bytes: Uint8Array; inputNames
   }
   const last = layerNorm1P(g, hidden, w('norm.weight'), w('norm.bias'), eps);
   // The output projection in the graph saves its own dispatch and the tfjs ops around it (~1.5 ms a step).
-  if (spec.vocabSize > 0) outputNames.unshift(g.identity('logits', linear(g, last, w('output.weight'), b, spec.vocabSize)));
+  if (spec.vocabSize > 0) outputNames.unshift(g.identity('logits', linear(g, last, w('output.weight'), { rows: b, inFeatures: hiddenSize, outFeatures: spec.vocabSize })));
   outputNames.unshift(g.identity('last_hidden_state', last));
   return { bytes: g.savedModel(), inputNames, outputNames };
 }
@@ -264,7 +264,12 @@ const failed = new Set<string>();
 
 /** Whether the graph of `kernelName` for `spec` failed before (it is not tried again). */
 export function graphFailed(kernelName: string, spec: object): boolean {
-  return failed.has(`${kernelName}:${JSON.stringify(spec)}`);
+  return failed.has(graphKey(kernelName, spec));
+}
+
+/** A graph is recorded for its spec and for the form of its products (the mode may change between calls). */
+function graphKey(kernelName: string, spec: object): string {
+  return `${kernelName}:${transposedProductMode()}:${JSON.stringify(spec)}`;
 }
 
 /** A decoding graph that could not be written or loaded; the model falls back to its layers. */
@@ -272,7 +277,7 @@ export class DecodeGraphError extends Error {}
 
 /** The loaded graph for `spec`: recorded, written to a temporary SavedModel, loaded, and the files removed. */
 function loadGraph(backend: NodeBackend, kernelName: string, spec: object, record: (spec: never) => RecordedGraph): DecodeGraph {
-  const key = `${kernelName}:${JSON.stringify(spec)}`;
+  const key = graphKey(kernelName, spec);
   let graph = graphs.get(key);
   if (!graph) {
     let dir: string | null = null;

@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { ADAMW_KERNEL, ATTENTION_KERNEL, AdamWAttrs, LAYERNORM1P_KERNEL, LINEAR_KERNEL, MLP_KERNEL, ROTARY_KERNEL, limitFusedKernel } from './fused';
-import { AttentionShape, Attrs, TFOps, attention, layerNorm1P, linear, mlp, rotary } from './tensorflow-ops';
+import {
+  AttentionShape, Attrs, TFOps, attention, layerNorm1P, linear, mlp, rotary, swappedProduct, swapsTransposedProduct, transpose,
+} from './tensorflow-ops';
 
 /**
  * Fused kernels for the native backends ('tensorflow', and 'cuda', which registers under that name), for inference.
@@ -154,9 +156,9 @@ function rotaryKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor {
 function linearKernel({ inputs, backend }: KernelArgs): tf.Tensor {
   const { x, weight, bias } = inputs as Record<string, tf.TensorInfo | undefined>;
   const rows = x!.shape[0];
-  const out = weight!.shape[0];
+  const [out, inFeatures] = weight!.shape;
   return runEager(backend, (ops) => [
-    [linear(ops, ops.input(x!), ops.input(weight!), rows, out, bias && ops.input(bias)), [rows, out]],
+    [linear(ops, ops.input(x!), ops.input(weight!), { rows, inFeatures, outFeatures: out }, bias && ops.input(bias)), [rows, out]],
   ])[0];
 }
 
@@ -245,17 +247,24 @@ function adamWKernel({ inputs, backend, attrs }: KernelArgs): tf.Tensor[] {
 
 /**
  * tfjs-node runs every matMul as BatchMatMulV2. For two matrices oneDNN's MatMul is as fast or faster where the first
- * operand is transposed or neither is — the two products of a linear's backward, dyᵀ·x and dy·W (measured on this
- * machine's 2 cores, 256 tokens of minitron-small: dy·W of down_proj 94 → 192 GFLOP/s, the others 0–20 % faster) —
- * while x·Wᵀ, the forward, stays faster as BatchMatMulV2. Other shapes go to tfjs-node's kernel.
+ * operand is transposed or neither is — the two products of a linear's backward, dyᵀ·x and dy·W (measured on the Xeon's
+ * 2 cores, 256 tokens of minitron-small: dy·W of down_proj 94 → 192 GFLOP/s, the others 0–20 % faster). a·bᵀ, the
+ * forward, stays on tfjs-node's kernel unless this machine reads a transposed b slowly (swapsTransposedProduct), where
+ * it is computed as (b·aᵀ)ᵀ (and aᵀ·bᵀ as (b·a)ᵀ). Other shapes go to tfjs-node's kernel.
  */
 function matMulKernel(original: tf.KernelFunc): tf.KernelFunc {
   return (args) => {
     const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
     const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
-    if (a.shape.length !== 2 || b.shape.length !== 2 || a.dtype !== 'float32' || b.dtype !== 'float32' || (transposeB && !transposeA)) {
-      return original(args);
+    if (a.shape.length !== 2 || b.shape.length !== 2 || a.dtype !== 'float32' || b.dtype !== 'float32') return original(args);
+    const [m, k] = transposeA ? [a.shape[1], a.shape[0]] : a.shape;
+    const n = b.shape[0];
+    if (transposeB && swapsTransposedProduct(m, k, n)) {
+      return runEager(args.backend, (ops) => [[transpose(ops, ops.op('MatMul', [ops.input(b), ops.input(a)], {
+        transpose_a: { bool: false }, transpose_b: { bool: !transposeA },
+      }), [1, 0]), [m, n]]])[0];
     }
+    if (transposeB && !transposeA) return original(args);
     const node = args.backend as NodeBackend;
     const binding = node.binding;
     const [out] = binding.executeOp('MatMul', [
@@ -265,6 +274,37 @@ function matMulKernel(original: tf.KernelFunc): tf.KernelFunc {
     ], node.getInputTensorIds([a, b]), 1);
     return node.createOutputTensor(out);
   };
+}
+
+/**
+ * Whether this machine's TensorFlow multiplies by a large transposed operand slowly: 8 × 1,024 by (2,048 × 1,024)ᵀ
+ * timed both ways, best of three each (~30 ms in all). Swapping is chosen only where it is at least twice as fast —
+ * 7× on this machine's AMD EPYC, slower on the Xeon measured before.
+ */
+export function readsTransposedSlowly(backend: NodeBackend): boolean {
+  const binding = backend.binding;
+  const [m, k, n] = [8, 1024, 2048];
+  const x = binding.createTensor([m, k], binding.TF_FLOAT, new Float32Array(m * k).fill(0.5));
+  const w = binding.createTensor([n, k], binding.TF_FLOAT, new Float32Array(n * k).fill(0.25));
+  const ops = new EagerOps(backend);
+  const time = (product: () => number) => {
+    let best = Infinity;
+    for (let i = 0; i < 4; i++) {
+      const start = performance.now();
+      product();
+      best = Math.min(best, performance.now() - start); // eager CPU ops run synchronously
+      ops.finish([]);
+    }
+    return best;
+  };
+  try {
+    const direct = time(() => ops.op('MatMul', [x, w], { transpose_a: { bool: false }, transpose_b: { bool: true } }));
+    const swapped = time(() => swappedProduct(ops, x, w));
+    return swapped * 2 <= direct;
+  } finally {
+    binding.deleteTensor(x);
+    binding.deleteTensor(w);
+  }
 }
 
 /** Target shapes of Reshape as TensorFlow int32 handles, made once (tfjs-node makes and frees a tfjs tensor per call). */

@@ -63,14 +63,57 @@ export function batchMatMul<H>(ops: TFOps<H>, a: H, b: H, transposeB: boolean, m
 }
 
 /**
- * x [rows, in] · Wᵀ (+ b) with W [out, in]. Decoding multiplies one or two rows, where the op matters (measured over
- * minitron-small's 559 MB of weights on this machine's two cores: BatchMatMulV2, what tf.matMul runs, 11 GB/s;
- * MatMul 15; BatchMatMulV3 as W · xᵀ 19–22, like torch's 21): one row takes W · xᵀ, two take MatMul. From four rows
- * on BatchMatMulV2 is as fast or faster.
+ * How TensorFlow is asked for x [m, k] · Wᵀ with W [n, k] (HF's layout). Some CPUs read a large transposed right
+ * operand slowly: on this machine's AMD EPYC (AVX2, no AVX-512; MatMul, BatchMatMulV2 and V3 alike) 8 × 3,072 by
+ * 9,216 × 3,072 takes 52 ms as x·Wᵀ and 9 ms as (W·xᵀ)ᵀ, 512 rows 396 and 180 ms; on the Intel Xeon measured on
+ * 2026-11-28 x·Wᵀ was the faster. 'auto' (setBackend's default) times both once per process and swaps where it pays:
+ * 'swapped'. 'direct' never swaps; 'always-swapped' swaps every product of two rows or more (tests use it to run the
+ * swapped form on small models).
  */
-export function linear<H>(ops: TFOps<H>, x: H, weight: H, rows: number, outFeatures: number, bias?: H): H {
+export type TransposedProductMode = 'direct' | 'swapped' | 'always-swapped';
+
+let transposedProducts: TransposedProductMode = 'direct';
+
+export function setTransposedProductMode(mode: TransposedProductMode): void {
+  transposedProducts = mode;
+}
+
+export function transposedProductMode(): TransposedProductMode {
+  return transposedProducts;
+}
+
+/**
+ * Whether x [m, k] · Wᵀ (W [n, k]) is computed as (W·xᵀ)ᵀ. On the slow machine the swapped form wins where W is large
+ * (n·k ≥ 2^20) and has more rows than x (m < n) — measured for k 128–9,216, n 256–9,216, m 1–2,048 — and loses by up to
+ * 3× on small weights or when x is the larger operand.
+ */
+export function swapsTransposedProduct(m: number, k: number, n: number): boolean {
+  if (transposedProducts === 'always-swapped') return m >= 2;
+  return transposedProducts === 'swapped' && m < n && n * k >= 1 << 20;
+}
+
+/** x [m, k] · b [n, k]ᵀ as (b · xᵀ)ᵀ: MatMul with the small operand transposed, then its [n, m] result. */
+export function swappedProduct<H>(ops: TFOps<H>, x: H, b: H): H {
+  return transpose(ops, ops.op('MatMul', [b, x], { transpose_a: { bool: false }, transpose_b: { bool: true } }), [1, 0]);
+}
+
+export interface LinearSize {
+  rows: number;
+  inFeatures: number;
+  outFeatures: number;
+}
+
+/**
+ * x [rows, in] · Wᵀ (+ b) with W [out, in]. Decoding multiplies one or two rows, where the op matters (measured over
+ * minitron-small's 559 MB of weights on the Xeon's two cores: BatchMatMulV2, what tf.matMul runs, 11 GB/s; MatMul 15;
+ * BatchMatMulV3 as W · xᵀ 19–22, like torch's 21): one row takes W · xᵀ, two take MatMul. From four rows on
+ * BatchMatMulV2 is as fast or faster there; machines that read Wᵀ slowly swap (swapsTransposedProduct).
+ */
+export function linear<H>(ops: TFOps<H>, x: H, weight: H, size: LinearSize, bias?: H): H {
+  const { rows, inFeatures, outFeatures } = size;
   let out: H;
   if (rows === 1) out = reshape(ops, batchMatMulV3(ops, weight, x, true), [1, outFeatures]);
+  else if (swapsTransposedProduct(rows, inFeatures, outFeatures)) out = swappedProduct(ops, x, weight);
   else if (rows === 2) out = ops.op('MatMul', [x, weight], { transpose_a: { bool: false }, transpose_b: { bool: true } });
   else out = ops.op('BatchMatMulV2', [x, weight], { adj_x: { bool: false }, adj_y: { bool: true } });
   return bias === undefined ? out : ops.op('AddV2', [out, bias]);
@@ -116,9 +159,9 @@ export interface MLPWeights<H> {
 /** NemotronMLP, down(act(up(x))) with act relu² or relu, on x [rows, hidden]. */
 export function mlp<H>(ops: TFOps<H>, x: H, w: MLPWeights<H>, rows: number, sizes: { hidden: number; intermediate: number },
   activation: 'relu2' | 'relu'): H {
-  const hidden = ops.op('Relu', [linear(ops, x, w.up, rows, sizes.intermediate, w.upBias)]);
+  const hidden = ops.op('Relu', [linear(ops, x, w.up, { rows, inFeatures: sizes.hidden, outFeatures: sizes.intermediate }, w.upBias)]);
   const activated = activation === 'relu2' ? ops.op('Square', [hidden]) : hidden;
-  return linear(ops, activated, w.down, rows, sizes.hidden, w.downBias);
+  return linear(ops, activated, w.down, { rows, inFeatures: sizes.intermediate, outFeatures: sizes.hidden }, w.downBias);
 }
 
 /**

@@ -7,6 +7,10 @@ import {
 } from '../../src/index';
 import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { DECODE_STEP_MEMORY_SHARE, decodeStepFits, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
+import {
+  TransposedProductMode, setTransposedProductMode, swapsTransposedProduct, transposedProductMode,
+} from '../../src/kernels/tensorflow-ops';
+import { TRANSPOSED_PRODUCT_ENV } from '../../src/backends';
 import { ADAMW_TENSORS, adamWThreeSteps, expectClose, kernelsRun, paddedAttentionStep } from '../helpers';
 
 /**
@@ -112,6 +116,87 @@ describeNative('tensorflow backend: tfjs-node kernels replaced for speed', funct
     expect(nativeHandles()).to.equal(handles);
     expect(() => x.reshape([5, 5])).to.throw(/24|25|shape/);
     tf.dispose([x, ids]);
+  });
+});
+
+describeNative('tensorflow backend: x·Wᵀ as (W·xᵀ)ᵀ on machines that read a transposed weight slowly', function () {
+  this.timeout(120_000);
+  let chosen: TransposedProductMode;
+  before(async () => {
+    await setBackend('tensorflow');
+    chosen = transposedProductMode();
+  });
+  afterEach(() => setTransposedProductMode(chosen));
+
+  it('swaps large weights with more rows than x in swapped mode, every product of two rows or more in always-swapped, none in direct', () => {
+    const shapes: Array<[number, number, number, boolean]> = [
+      // m, k, n, swapped in 'swapped' mode
+      [8, 3072, 9216, true], [512, 3072, 3072, true], [2047, 1024, 2048, true],
+      [2048, 1024, 1024, false], // x as large as W
+      [4, 1024, 512, false], [64, 256, 2048, false], // W under 2^20 values
+    ];
+    for (const [m, k, n, swapped] of shapes) {
+      setTransposedProductMode('swapped');
+      expect(swapsTransposedProduct(m, k, n), `swapped mode, ${m} × ${k} by ${n} × ${k}`).to.equal(swapped);
+      setTransposedProductMode('always-swapped');
+      expect(swapsTransposedProduct(m, k, n), `always-swapped, ${m} × ${k} by ${n} × ${k}`).to.equal(true);
+      setTransposedProductMode('direct');
+      expect(swapsTransposedProduct(m, k, n), `direct, ${m} × ${k} by ${n} × ${k}`).to.equal(false);
+    }
+    setTransposedProductMode('always-swapped');
+    expect(swapsTransposedProduct(1, 64, 64), 'one row (W·xᵀ already)').to.equal(false);
+  });
+
+  it('matMul a·bᵀ and aᵀ·bᵀ, their gradients, and the linear and MLP kernels give the same values in every mode', () => {
+    // 8 × 1,024 by 2,048 × 1,024: large enough for 'swapped' mode's rule; values of order 1.
+    const [m, k, n] = [8, 1024, 2048];
+    const a = tf.randomNormal([m, k], 0, 1, 'float32', 21);
+    const w = tf.randomNormal([n, k], 0, 1 / 32, 'float32', 22);
+    const bias = tf.randomNormal([n], 0, 1, 'float32', 23);
+    const mlp = new NemotronMLP({ hiddenSize: k, intermediateSize: n, bias: false, activation: 'relu2', initializerRange: 1 / 32 });
+    const x3 = tf.randomNormal([1, m, k], 0, 1, 'float32', 24);
+    const run = (mode: TransposedProductMode) => {
+      setTransposedProductMode(mode);
+      const [dx, dw] = tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.matMul(p, q, false, true).square().sum())([a, w]);
+      return [
+        tf.matMul(a, w, false, true), tf.tidy(() => tf.matMul(a.transpose(), w, true, true)), dx, dw,
+        tf.engine().runKernel(LINEAR_KERNEL, { x: a, weight: w, bias }) as tf.Tensor, mlp.apply(x3) as tf.Tensor,
+      ];
+    };
+    run('direct').forEach((t) => t.dispose()); // tfjs's gradient helpers, the layer's weights: made once
+    const before = tf.memory().numTensors;
+    const handles = nativeHandles();
+    const direct = run('direct');
+    const names = ['a·bᵀ', 'aᵀ·bᵀ', 'd/da', 'd/db', 'linear kernel', 'MLP kernel'];
+    // TOL on values of order 1, scaled by the largest (d/db's are ~6: twice an output times 8 rows of x).
+    const scale = direct.map((t) => Math.max(1, tf.tidy(() => t.abs().max().dataSync()[0])));
+    for (const mode of ['swapped', 'always-swapped'] as const) {
+      const results = run(mode);
+      results.forEach((t, i) => expectClose(t, direct[i].clone(), TOL * scale[i], `${mode}: ${names[i]}`));
+      tf.dispose(results);
+    }
+    tf.dispose(direct);
+    expect(tf.memory().numTensors).to.equal(before);
+    expect(nativeHandles()).to.equal(handles);
+    tf.dispose([a, w, bias, x3]);
+    freeWeights(mlp);
+  });
+
+  it(`$${TRANSPOSED_PRODUCT_ENV}: a mode by name is taken; anything else is refused by name`, async () => {
+    const saved = process.env[TRANSPOSED_PRODUCT_ENV];
+    try {
+      process.env[TRANSPOSED_PRODUCT_ENV] = 'always-swapped';
+      await setBackend('tensorflow');
+      expect(transposedProductMode()).to.equal('always-swapped');
+      process.env[TRANSPOSED_PRODUCT_ENV] = 'transposed';
+      let message = '';
+      await setBackend('tensorflow').catch((e: Error) => { message = e.message; });
+      expect(message).to.match(/NEMOTRON_TRANSPOSED_PRODUCT="transposed" is not a mode; expected one of auto, direct, swapped, always-swapped/);
+    } finally {
+      if (saved === undefined) delete process.env[TRANSPOSED_PRODUCT_ENV];
+      else process.env[TRANSPOSED_PRODUCT_ENV] = saved;
+      await setBackend('tensorflow');
+    }
   });
 });
 
@@ -289,6 +374,27 @@ describeNative('tensorflow backend: the decoding step as one graph', function ()
       model.dispose();
     });
   }
+
+  it('records its products swapped in always-swapped mode (every linear of two rows or more): same logits and caches', () => {
+    const chosen = transposedProductMode();
+    for (const [name, fields, prompts, mask] of cases.slice(1, 3)) {
+      const model = new NemotronForCausalLM(new NemotronConfig({ ...base, ...fields } as never));
+      useFusedKernels(false);
+      const plain = decode(model, prompts, mask, 3);
+      useFusedKernels(true);
+      setTransposedProductMode('always-swapped');
+      let swapped: tf.Tensor[] = [];
+      try {
+        const counts = kernelsRun(() => { swapped = decode(model, prompts, mask, 3); });
+        expect(counts.get(DECODE_STEP_KERNEL), `${name}: decoding steps run as one graph`).to.equal(3);
+      } finally {
+        setTransposedProductMode(chosen);
+      }
+      swapped.forEach((t, i) => expectClose(t, plain[i], TOL, `${name}: ${i <= 3 ? `logits of step ${i}` : `cache tensor ${i - 4}`}`));
+      tf.dispose(swapped);
+      model.dispose();
+    }
+  });
 
   it('applies the output projection in the compiled step: projectedLogits = lastHiddenState · Wᵀ', () => {
     const model = new NemotronForCausalLM(new NemotronConfig(base as never));

@@ -83,13 +83,16 @@ export function transposedProductMode(): TransposedProductMode {
 }
 
 /**
- * Whether x [m, k] · Wᵀ (W [n, k]) is computed as (W·xᵀ)ᵀ. On the slow machine the swapped form wins where W is large
- * (n·k ≥ 2^20) and has more rows than x (m < n) — measured for k 128–9,216, n 256–9,216, m 1–2,048 — and loses by up to
- * 3× on small weights or when x is the larger operand.
+ * Whether x [m, k] · Wᵀ (W [n, k]) is computed as (W·xᵀ)ᵀ. On the slow machine the swapped form wins (up to 15×) where
+ * W is large and has more rows than x: n·k ≥ 2^20 and m < n, or n·k ≥ 2^18 and m ≤ n/2, k ≥ 512 in both — measured
+ * for k 128–9,216, n 256–9,216, m 1–2,048 — and loses by up to 3× on small weights, short rows (k < 512) or when x
+ * is about as large as W.
  */
 export function swapsTransposedProduct(m: number, k: number, n: number): boolean {
   if (transposedProducts === 'always-swapped') return m >= 2;
-  return transposedProducts === 'swapped' && m < n && n * k >= 1 << 20;
+  if (transposedProducts !== 'swapped' || k < 512) return false;
+  const weight = n * k;
+  return weight >= 1 << 20 ? m < n : weight >= 1 << 18 && 2 * m <= n;
 }
 
 /** x [m, k] · b [n, k]ᵀ as (b · xᵀ)ᵀ: MatMul with the small operand transposed, then its [n, m] result. */

@@ -128,12 +128,12 @@ describeNative('tensorflow backend: x·Wᵀ as (W·xᵀ)ᵀ on machines that rea
   });
   afterEach(() => setTransposedProductMode(chosen));
 
-  it('swaps large weights with more rows than x in swapped mode, every product of two rows or more in always-swapped, none in direct', () => {
+  it('swaps large weights with more rows than x (twice as many under 2^20 values) in swapped mode, every product of two rows or more in always-swapped, none in direct', () => {
     const shapes: Array<[number, number, number, boolean]> = [
       // m, k, n, swapped in 'swapped' mode
-      [8, 3072, 9216, true], [512, 3072, 3072, true], [2047, 1024, 2048, true],
-      [2048, 1024, 1024, false], // x as large as W
-      [4, 1024, 512, false], [64, 256, 2048, false], // W under 2^20 values
+      [8, 3072, 9216, true], [512, 3072, 3072, true], [2047, 1024, 2048, true], [128, 1024, 256, true],
+      [2048, 1024, 1024, false], [129, 1024, 256, false], // x about as large as W
+      [4, 256, 4096, false], [4, 1024, 128, false], // short rows (k < 512), W under 2^18 values
     ];
     for (const [m, k, n, swapped] of shapes) {
       setTransposedProductMode('swapped');

@@ -4,7 +4,7 @@ import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { BackendName, setBackend } from '../src/backends';
-import { ADAMW_KERNEL, useFusedKernels } from '../src/kernels/fused';
+import { ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL, useFusedKernels } from '../src/kernels/fused';
 import { AdamW } from '../src/training/optimizer';
 
 /** Tests run from dist/test/…; fixtures stay in the source tree. */
@@ -156,28 +156,32 @@ export function paddedAttentionStep(rope: { tables(p: tf.Tensor2D, max: number):
 }
 
 /**
- * Three AdamW steps over a parameter that decays and one that does not, gradients drawn from `seed`, with
- * ADAMW_KERNEL on or off: copies of the parameters and both moments, and how often the kernel ran.
+ * Three AdamW steps over two parameters that decay (stepping together, as one flat tensor) and one that does not
+ * (alone), gradients drawn from `seed`, with the AdamW kernels on or off: copies of the parameters and both moments,
+ * and how often each kernel ran (ADAMW_KERNEL for a group; on tensorflow, ADAMW_RESIDENT_KERNEL for one alone).
  */
-export function adamWThreeSteps(fused: boolean, seed: number): { tensors: tf.Tensor[]; kernels: number } {
-  useFusedKernels(fused, [ADAMW_KERNEL]);
+export function adamWThreeSteps(fused: boolean, seed: number): { tensors: tf.Tensor[]; kernels: number; byKernel: Map<string, number> } {
+  useFusedKernels(fused, [ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL]);
   const params = new Map(tf.tidy(() => [
     ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([64, 48], 0, 0.5, 'float32', seed))],
     ['layers.0.mlp.up_proj.bias', tf.variable(tf.randomNormal([64], 0, 0.5, 'float32', seed + 1))],
+    ['layers.0.mlp.down_proj.weight', tf.variable(tf.randomNormal([48, 64], 0, 0.5, 'float32', seed + 2))],
   ] as Array<[string, tf.Variable]>));
   const optimizer = new AdamW(params, { weightDecay: 0.1 });
-  let kernels = 0;
+  const byKernel = new Map<string, number>();
   for (let step = 0; step < 3; step++) {
     const grads = new Map([...params].map(([name, p], i) => [name, tf.randomNormal(p.shape, 0, 1, 'float32', seed + 10 * step + i)]));
-    kernels += kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).get(ADAMW_KERNEL) ?? 0;
+    const counts = kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1)));
+    for (const name of [ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL]) byKernel.set(name, (byKernel.get(name) ?? 0) + (counts.get(name) ?? 0));
     tf.dispose([...grads.values()]);
   }
-  const tensors = [...params.values(), ...optimizer.expAvg.values(), ...optimizer.expAvgSq.values()].map((t) => t.clone());
+  const names = [...params.keys()];
+  const tensors = [...params.values(), ...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
   optimizer.dispose();
   tf.dispose([...params.values()]);
   useFusedKernels(true);
-  return { tensors, kernels };
+  return { tensors, kernels: [...byKernel.values()].reduce((a, b) => a + b, 0), byKernel };
 }
 
 /** The names of adamWThreeSteps' tensors, in order. */
-export const ADAMW_TENSORS = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];
+export const ADAMW_TENSORS = ['weight', 'bias', 'weight 2', 'exp_avg weight', 'exp_avg bias', 'exp_avg weight 2', 'exp_avg_sq weight', 'exp_avg_sq bias', 'exp_avg_sq weight 2'];

@@ -48,6 +48,21 @@ export interface AdamWAttrs {
   decay: number;
   step: number;
 }
+/**
+ * AdamW for one parameter whose moments stay on the backend between steps, updated in place: inputs param and grad
+ * (and, on a slot's first step, expAvg and expAvgSq to start from; zeros without), attrs AdamWAttrs and `slot`;
+ * output the parameter after the step.
+ */
+export const ADAMW_RESIDENT_KERNEL = 'NemotronAdamWResident';
+/** Moments a backend keeps for ADAMW_RESIDENT_KERNEL. read() gives them as tensors, which the caller disposes. */
+export interface ResidentMoments {
+  read(): [tf.Tensor, tf.Tensor];
+  dispose(): void;
+}
+/** Where ADAMW_RESIDENT_KERNEL keeps one parameter's moments: empty until the kernel's first step fills it. */
+export interface MomentSlot {
+  moments?: ResidentMoments;
+}
 /** A whole decoding step of NemotronModel, one new token per row with a KV cache (see tensorflow-graph.ts). */
 export const DECODE_STEP_KERNEL = 'NemotronDecodeStep';
 /** A whole decoding step of NemotronHForCausalLM (Mamba-2 state, attention KV) to the logits (see nemotron-h-graph.ts). */

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { ADAMW_KERNEL, fusedKernelApplies } from '../kernels/fused';
+import { ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL, MomentSlot, fusedKernelApplies } from '../kernels/fused';
 import { BLOCK_SEPARATOR, blockOf, groupBlocks, joinRows } from '../../layers/vocab-matrix';
 
 export interface AdamWOptions {
@@ -43,8 +43,10 @@ export class AdamW {
   private readonly foreach: boolean;
   /** Steps taken (t in the bias correction). */
   step = 0;
-  readonly expAvg = new Map<string, tf.Tensor>();
-  readonly expAvgSq = new Map<string, tf.Tensor>();
+  private readonly avg = new Map<string, tf.Tensor>();
+  private readonly avgSq = new Map<string, tf.Tensor>();
+  /** Moments the backend keeps between steps (ADAMW_RESIDENT_KERNEL), by parameter; read into the maps when asked. */
+  private readonly slots = new Map<string, MomentSlot>();
 
   constructor(readonly params: Map<string, tf.Variable>, options: AdamWOptions = {}) {
     this.beta1 = options.beta1 ?? 0.9;
@@ -57,6 +59,30 @@ export class AdamW {
       if (!(value >= 0 && value < 1)) throw new Error(`AdamW: ${name} must be in [0, 1), got ${value}`);
     }
     if (!(this.weightDecay >= 0)) throw new Error(`AdamW: weightDecay must be ≥ 0, got ${this.weightDecay}`);
+  }
+
+  /**
+   * First moments by parameter name. Moments the backend keeps are read into the map when it is asked for; those
+   * tensors, like every moment here, are disposed by the next step.
+   */
+  get expAvg(): Map<string, tf.Tensor> {
+    this.readResident();
+    return this.avg;
+  }
+
+  /** Second moments by parameter name (see expAvg). */
+  get expAvgSq(): Map<string, tf.Tensor> {
+    this.readResident();
+    return this.avgSq;
+  }
+
+  private readResident(): void {
+    for (const [name, slot] of this.slots) {
+      if (!slot.moments || this.avg.has(name)) continue;
+      const [m, v] = slot.moments.read();
+      this.avg.set(name, tf.keep(m));
+      this.avgSq.set(name, tf.keep(v));
+    }
   }
 
   /** One update with gradients keyed by parameter name. */
@@ -88,10 +114,11 @@ export class AdamW {
   /** Steps `group` (one parameter, or several of one decay as one flat tensor) and keeps their new moments. */
   private update(group: Update[], lr: number): void {
     const single = group.length === 1;
+    if (single && fusedKernelApplies(ADAMW_RESIDENT_KERNEL)) return this.updateResident(group[0], lr);
     const [p, m, v] = tf.tidy(() => {
       const flat = (ts: tf.Tensor[]) => (single ? ts[0] : tf.concat(ts.map((t) => t.reshape([-1]))));
       const moment = (map: Map<string, tf.Tensor>) => flat(group.map((u) => map.get(u.name) ?? tf.zerosLike(u.param)));
-      return this.adamStep(flat(group.map((u) => u.param)), flat(group.map((u) => u.grad)), moment(this.expAvg), moment(this.expAvgSq), group[0].decay, lr);
+      return this.adamStep(flat(group.map((u) => u.param)), flat(group.map((u) => u.grad)), moment(this.avg), moment(this.avgSq), group[0].decay, lr);
     });
     const pieces = (t: tf.Tensor) => (single ? [t] : tf.split(t, group.map((u) => u.param.size)).map((piece, i) => {
       const shaped = piece.reshape(group[i].param.shape);
@@ -103,11 +130,34 @@ export class AdamW {
     group.forEach((u, i) => {
       u.param.assign(ps[i]);
       ps[i].dispose();
-      this.expAvg.get(u.name)?.dispose();
-      this.expAvgSq.get(u.name)?.dispose();
-      this.expAvg.set(u.name, tf.keep(ms[i]));
-      this.expAvgSq.set(u.name, tf.keep(vs[i]));
+      this.avg.get(u.name)?.dispose();
+      this.avgSq.get(u.name)?.dispose();
+      this.avg.set(u.name, tf.keep(ms[i]));
+      this.avgSq.set(u.name, tf.keep(vs[i]));
     });
+  }
+
+  /**
+   * Steps one parameter whose moments the backend keeps (updated in place: a moment held by a tensor would be copied
+   * on write each step). Its first step starts them from the moments held here, if any (loadState, or steps taken on
+   * another path), else zeros.
+   */
+  private updateResident(u: Update, lr: number): void {
+    let slot = this.slots.get(u.name);
+    if (!slot) this.slots.set(u.name, (slot = {}));
+    const started = slot.moments !== undefined;
+    const held = [this.avg.get(u.name), this.avgSq.get(u.name)].filter((t): t is tf.Tensor => t !== undefined);
+    this.avg.delete(u.name);
+    this.avgSq.delete(u.name);
+    // Views read since the last step go first, so that the backend's moments are its own again.
+    if (started) tf.dispose(held);
+    const inputs: tf.NamedTensorMap = { param: u.param, grad: u.grad };
+    if (!started && held.length === 2) Object.assign(inputs, { expAvg: held[0], expAvgSq: held[1] });
+    const attrs = { lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, decay: u.decay, step: this.step, slot };
+    const p = tf.engine().runKernel(ADAMW_RESIDENT_KERNEL, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
+    if (!started) tf.dispose(held); // the backend's moments started from them
+    u.param.assign(p);
+    p.dispose();
   }
 
   /**
@@ -145,7 +195,7 @@ export class AdamW {
     this.step = step;
     for (const [key, t] of tensors) {
       const [, prefix, name] = /^(exp_avg_sq|exp_avg)\.(.+)$/.exec(key) ?? [];
-      const target = prefix === 'exp_avg' ? this.expAvg : this.expAvgSq;
+      const target = prefix === 'exp_avg' ? this.avg : this.avgSq;
       if (name && this.params.has(name)) {
         target.set(name, tf.keep(tf.tensor(t.data, t.shape, 'float32')));
         continue;
@@ -164,9 +214,11 @@ export class AdamW {
   }
 
   dispose(): void {
-    for (const t of [...this.expAvg.values(), ...this.expAvgSq.values()]) t.dispose();
-    this.expAvg.clear();
-    this.expAvgSq.clear();
+    for (const t of [...this.avg.values(), ...this.avgSq.values()]) t.dispose();
+    this.avg.clear();
+    this.avgSq.clear();
+    for (const slot of this.slots.values()) slot.moments?.dispose();
+    this.slots.clear();
   }
 }
 

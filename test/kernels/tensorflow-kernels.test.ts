@@ -2,10 +2,10 @@ import * as os from 'os';
 import { expect } from 'chai';
 import * as tf from '@tensorflow/tfjs';
 import {
-  KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding,
+  AdamW, KVCache, NemotronAttention, NemotronConfig, NemotronForCausalLM, NemotronLayerNorm1P, NemotronMLP, PartialRotaryEmbedding,
   applyRotary, setBackend, useFusedKernels,
 } from '../../src/index';
-import { ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
+import { ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL, ATTENTION_KERNEL, DECODE_STEP_KERNEL, LINEAR_KERNEL, ROTARY_KERNEL } from '../../src/kernels/fused';
 import { DECODE_STEP_MEMORY_SHARE, decodeStepFits, decodeStepSpec } from '../../src/kernels/tensorflow-graph';
 import {
   TransposedProductMode, setTransposedProductMode, swapsTransposedProduct, transposedProductMode,
@@ -304,12 +304,71 @@ describeNative('tensorflow backend: AdamW through ResourceApplyAdam', function (
     const handles = nativeHandles();
     const fused = adamWThreeSteps(true, 7);
     const plain = adamWThreeSteps(false, 7);
-    expect(fused.kernels, 'one kernel a parameter a step').to.equal(6);
+    expect(fused.byKernel.get(ADAMW_KERNEL), 'the two decaying parameters as one tensor, once a step').to.equal(3);
+    expect(fused.byKernel.get(ADAMW_RESIDENT_KERNEL), 'the bias alone, its moments kept, once a step').to.equal(3);
     expect(plain.kernels).to.equal(0);
     fused.tensors.forEach((t, i) => expectClose(t, plain.tensors[i], 1e-6, ADAMW_TENSORS[i]));
     tf.dispose(fused.tensors);
     expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
     expect(nativeHandles(), 'TensorFlow handles').to.equal(handles);
+  });
+});
+
+describeNative('tensorflow backend: AdamW with the moments kept in TensorFlow variables (parameters over 2^18 values)', function () {
+  this.timeout(60_000);
+  before(async () => { await setBackend('tensorflow'); });
+  after(() => useFusedKernels(true));
+
+  /**
+   * Four steps of a 600 × 512 weight (decays) and a 300,000-value bias (does not); after step 2 the moments are read
+   * (kept as copies) and the state saved; a second optimizer resumes from that state for steps 3–4.
+   */
+  async function fourSteps(fused: boolean): Promise<{ tensors: tf.Tensor[]; afterTwo: tf.Tensor[]; kernels: Map<string, number> }> {
+    useFusedKernels(fused, [ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL]);
+    const params = new Map(tf.tidy(() => [
+      ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([600, 512], 0, 0.5, 'float32', 31))],
+      ['layers.0.mlp.up_proj.bias', tf.variable(tf.randomNormal([300_000], 0, 0.5, 'float32', 32))],
+    ] as Array<[string, tf.Variable]>));
+    const names = [...params.keys()];
+    let optimizer = new AdamW(params, { weightDecay: 0.1 });
+    const kernels = new Map<string, number>();
+    let afterTwo: tf.Tensor[] = [];
+    for (let step = 0; step < 4; step++) {
+      const grads = new Map([...params].map(([name, p], i) => [name, tf.randomNormal(p.shape, 0, 1, 'float32', 40 + 10 * step + i)]));
+      kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).forEach((n, k) => kernels.set(k, (kernels.get(k) ?? 0) + n));
+      tf.dispose([...grads.values()]);
+      if (step === 1) {
+        afterTwo = [...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
+        const state = new Map((await optimizer.stateTensors()).map((t) => [t.name, t]));
+        const resumed = new AdamW(params, { weightDecay: 0.1 });
+        resumed.loadState(optimizer.step, state);
+        optimizer.dispose();
+        optimizer = resumed;
+      }
+    }
+    const tensors = [...params.values(), ...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
+    optimizer.dispose();
+    tf.dispose([...params.values()]);
+    useFusedKernels(true);
+    return { tensors, afterTwo, kernels };
+  }
+
+  it('equals the plain update, moments read between steps and state saved and resumed included; leaks nothing', async () => {
+    (await fourSteps(true)).tensors.forEach((t) => t.dispose()); // warm-up: constants, first allocations
+    const tensors = tf.memory().numTensors;
+    const handles = nativeHandles();
+    const fused = await fourSteps(true);
+    const plain = await fourSteps(false);
+    expect(fused.kernels.get(ADAMW_RESIDENT_KERNEL), 'one kernel a parameter a step').to.equal(8);
+    expect(fused.kernels.get(ADAMW_KERNEL) ?? 0).to.equal(0);
+    expect(plain.kernels.get(ADAMW_RESIDENT_KERNEL) ?? 0).to.equal(0);
+    const names = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];
+    fused.tensors.forEach((t, i) => expectClose(t, plain.tensors[i], 1e-6, names[i]));
+    // Read after step 2, the moments kept their values through steps 3 and 4 (updated in place only when unshared).
+    fused.afterTwo.forEach((t, i) => expectClose(t, plain.afterTwo[i], 1e-6, `after step 2: ${names[i + 2]}`));
+    tf.dispose([...fused.tensors, ...fused.afterTwo]);
+    expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
+    expect(nativeHandles(), 'TensorFlow handles (the variables destroyed)').to.equal(handles);
   });
 });
 

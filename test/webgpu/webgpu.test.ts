@@ -511,7 +511,7 @@ describe('webgpu backend: parity with transformers', function () {
     const before = tf.memory().numTensors;
     const fused = adamWThreeSteps(true, 7);
     const plain = adamWThreeSteps(false, 7);
-    expect(fused.kernels, 'one kernel a parameter a step').to.equal(6);
+    expect(fused.kernels, 'one kernel a step for the two decaying parameters together, one for the bias').to.equal(6);
     expect(plain.kernels).to.equal(0);
     for (let i = 0; i < ADAMW_TENSORS.length; i++) {
       const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(fused.tensors[i], plain.tensors[i]))));

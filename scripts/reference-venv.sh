@@ -47,6 +47,10 @@ fi
 # end-to-end check; optional: without it that check is skipped.
 "${PIP[@]}" "lm_eval[api]" accelerate "torch==$TORCH_VERSION" || echo "lm_eval could not be installed: the lm-evaluation-harness check will be skipped" >&2
 
+# PEFT for the benchmark's LoRA step on the PyTorch side (benchmarks/torch_bench.py); optional: without it that row
+# says so.
+"${PIP[@]}" peft "torch==$TORCH_VERSION" || echo "peft could not be installed: the benchmark's PyTorch LoRA step will be skipped" >&2
+
 if ! check; then
   echo "reference venv at $VENV is incomplete" >&2
   exit 1

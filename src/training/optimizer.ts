@@ -76,6 +76,19 @@ export class AdamW {
     return this.avgSq;
   }
 
+  private releaseResident(name: string): void {
+    const slot = this.slots.get(name);
+    if (!slot) return;
+    this.slots.delete(name);
+    if (!slot.moments) return;
+    if (!this.avg.has(name)) {
+      const [m, v] = slot.moments.read();
+      this.avg.set(name, tf.keep(m));
+      this.avgSq.set(name, tf.keep(v));
+    }
+    slot.moments.dispose(); // the tensors read keep the values
+  }
+
   private readResident(): void {
     for (const [name, slot] of this.slots) {
       if (!slot.moments || this.avg.has(name)) continue;
@@ -115,6 +128,8 @@ export class AdamW {
   private update(group: Update[], lr: number): void {
     const single = group.length === 1;
     if (single && fusedKernelApplies(ADAMW_RESIDENT_KERNEL)) return this.updateResident(group[0], lr);
+    // Moments the backend kept (the kernel off now, or another backend) become tensors here again.
+    for (const u of group) this.releaseResident(u.name);
     const [p, m, v] = tf.tidy(() => {
       const flat = (ts: tf.Tensor[]) => (single ? ts[0] : tf.concat(ts.map((t) => t.reshape([-1]))));
       const moment = (map: Map<string, tf.Tensor>) => flat(group.map((u) => map.get(u.name) ?? tf.zerosLike(u.param)));

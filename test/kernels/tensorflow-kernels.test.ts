@@ -321,9 +321,10 @@ describeNative('tensorflow backend: AdamW with the moments kept in TensorFlow va
 
   /**
    * Four steps of a 600 × 512 weight (decays) and a 300,000-value bias (does not); after step 2 the moments are read
-   * (kept as copies) and the state saved; a second optimizer resumes from that state for steps 3–4.
+   * (kept as copies) and the state saved, and a second optimizer resumes from that state for steps 3–4 — or, without
+   * `resume`, the same optimizer takes steps 3–4 with the AdamW kernels off (nothing read in between).
    */
-  async function fourSteps(fused: boolean): Promise<{ tensors: tf.Tensor[]; afterTwo: tf.Tensor[]; kernels: Map<string, number> }> {
+  async function fourSteps(fused: boolean, resume = true): Promise<{ tensors: tf.Tensor[]; afterTwo: tf.Tensor[]; kernels: Map<string, number> }> {
     useFusedKernels(fused, [ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL]);
     const params = new Map(tf.tidy(() => [
       ['layers.0.mlp.up_proj.weight', tf.variable(tf.randomNormal([600, 512], 0, 0.5, 'float32', 31))],
@@ -338,12 +339,16 @@ describeNative('tensorflow backend: AdamW with the moments kept in TensorFlow va
       kernelsRun(() => optimizer.apply(grads, 0.05 / (step + 1))).forEach((n, k) => kernels.set(k, (kernels.get(k) ?? 0) + n));
       tf.dispose([...grads.values()]);
       if (step === 1) {
-        afterTwo = [...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
-        const state = new Map((await optimizer.stateTensors()).map((t) => [t.name, t]));
-        const resumed = new AdamW(params, { weightDecay: 0.1 });
-        resumed.loadState(optimizer.step, state);
-        optimizer.dispose();
-        optimizer = resumed;
+        if (resume) {
+          afterTwo = [...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
+          const state = new Map((await optimizer.stateTensors()).map((t) => [t.name, t]));
+          const resumed = new AdamW(params, { weightDecay: 0.1 });
+          resumed.loadState(optimizer.step, state);
+          optimizer.dispose();
+          optimizer = resumed;
+        } else {
+          useFusedKernels(false, [ADAMW_KERNEL, ADAMW_RESIDENT_KERNEL]); // steps 3–4 on the plain ops, same optimizer
+        }
       }
     }
     const tensors = [...params.values(), ...names.map((n) => optimizer.expAvg.get(n)!), ...names.map((n) => optimizer.expAvgSq.get(n)!)].map((t) => t.clone());
@@ -369,6 +374,19 @@ describeNative('tensorflow backend: AdamW with the moments kept in TensorFlow va
     tf.dispose([...fused.tensors, ...fused.afterTwo]);
     expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
     expect(nativeHandles(), 'TensorFlow handles (the variables destroyed)').to.equal(handles);
+  });
+
+  it('hands its kept moments back as tensors when the kernel stops applying (here: turned off after two steps)', async () => {
+    const tensors = tf.memory().numTensors;
+    const handles = nativeHandles();
+    const switched = await fourSteps(true, false);
+    const plain = await fourSteps(false);
+    expect(switched.kernels.get(ADAMW_RESIDENT_KERNEL), 'two steps of two parameters').to.equal(4);
+    const names = ['weight', 'bias', 'exp_avg weight', 'exp_avg bias', 'exp_avg_sq weight', 'exp_avg_sq bias'];
+    switched.tensors.forEach((t, i) => expectClose(t, plain.tensors[i], 1e-6, names[i]));
+    tf.dispose([...switched.tensors, ...plain.afterTwo]);
+    expect(tf.memory().numTensors, 'tfjs tensors').to.equal(tensors);
+    expect(nativeHandles(), 'TensorFlow handles').to.equal(handles);
   });
 });
 
